@@ -1,0 +1,138 @@
+# Makefile for the engine, its tests, lessons and homework. `make help` lists the targets.
+# Everything it builds goes to build/; `make exercise` keeps copies of engine.cpp in .saved/.
+
+CXX      ?= g++
+CXXFLAGS ?= -std=c++17 -O2 -g -Wall -Wextra
+SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+# Exercise stubs throw before reading their parameters; that is by design, not a bug to warn about.
+STUB_FLAGS := -Wno-unused-parameter
+B := build
+
+LESSON_SRCS := $(sort $(wildcard lessons/[0-9][0-9]_*.cpp))
+lesson_num   = $(firstword $(subst _, ,$(notdir $(1))))
+LESSONS     := $(foreach f,$(LESSON_SRCS),$(call lesson_num,$(f)))
+# Lessons with homework have a reference solution file of the same name in lessons/solutions/.
+HOMEWORK    := $(foreach f,$(LESSON_SRCS),$(if $(wildcard lessons/solutions/$(notdir $(f))),$(call lesson_num,$(f))))
+# Engine exercise regions: `// BEGIN EXERCISE <name>` in engine.cpp.
+REGIONS     := $(shell sed -n 's|.*// BEGIN EXERCISE \([A-Za-z0-9_.]*\).*|\1|p' engine.cpp)
+SPLICE      := lessons/exercises.awk
+
+# Everything `make test` runs: the test binary, plus the builds that prove each exercise both
+# ways (reference passes, stub reports TODO).
+TEST_BINS := $(B)/tests \
+             $(foreach r,$(REGIONS),$(B)/stubs/$(r)/tests) \
+             $(foreach n,$(HOMEWORK),$(B)/lessons/$(n)-solution $(B)/lessons/$(n)-stub)
+
+.PHONY: all test asan lessons lesson check exercise exercise-reset bench clean help
+all: $(TEST_BINS) $(foreach n,$(LESSONS),$(B)/lessons/$(n)) $(B)/bench
+
+help:
+	@echo "make                  build everything (into build/)"
+	@echo "make test [FILTER=w]  build and run the tests (only those whose name contains w)"
+	@echo "make asan             the tests under AddressSanitizer + UndefinedBehaviorSanitizer"
+	@echo "make lessons          build and run every lesson"
+	@echo "make lesson N=02      build and run one lesson"
+	@echo "make check N=02       grade lesson 02's homework (SOLUTIONS=1: the reference solutions)"
+	@echo "make exercise E=name  blank an engine region for you to rewrite; regions: $(REGIONS)"
+	@echo "make exercise-reset   restore engine.cpp (your attempt is kept in .saved/)"
+	@echo "make bench            time a training step of the scalar engine"
+	@echo "make clean            remove build/"
+
+# Rebuild everything when the compiler or its flags change (e.g. `make CXX=clang++`).
+$(B)/flags: FORCE
+	@mkdir -p $(B)
+	@echo '$(CXX) $(CXXFLAGS)' | cmp -s - $@ || echo '$(CXX) $(CXXFLAGS)' > $@
+FORCE:
+
+# ---- the engine and the tests ----------------------------------------------------------------
+$(B)/%.o: %.cpp engine.h $(B)/flags
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) -c $< -o $@
+
+$(B)/tests: $(B)/tests.o $(B)/engine.o
+	$(CXX) $(CXXFLAGS) $^ -o $@
+
+test: $(TEST_BINS)
+	./$(B)/tests $(FILTER)
+
+# Each region blanked on its own, linked with the same tests: its tests must then say TODO.
+$(B)/stubs/%/engine.cpp: engine.cpp $(SPLICE)
+	@mkdir -p $(@D)
+	awk -v mode=blank -v only=$* -f $(SPLICE) engine.cpp > $@
+$(B)/stubs/%/engine.o: $(B)/stubs/%/engine.cpp engine.h $(B)/flags
+	$(CXX) $(CXXFLAGS) $(STUB_FLAGS) -I. -c $< -o $@
+$(B)/stubs/%/tests: $(B)/tests.o $(B)/stubs/%/engine.o
+	$(CXX) $(CXXFLAGS) $^ -o $@
+
+$(B)/asan/%.o: %.cpp engine.h $(B)/flags
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) $(SANITIZE) -c $< -o $@
+$(B)/asan/tests: $(B)/asan/tests.o $(B)/asan/engine.o
+	$(CXX) $(CXXFLAGS) $(SANITIZE) $^ -o $@
+
+asan: $(B)/asan/tests $(TEST_BINS)
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ./$(B)/asan/tests $(FILTER)
+
+# ---- lessons and their homework --------------------------------------------------------------
+# build/lessons/NN          the lesson as you edit it (run it; `--check` grades your homework)
+# build/lessons/NN-solution the same lesson with the reference solutions spliced in
+# build/lessons/NN-stub     the same lesson with every exercise blanked, whatever you wrote
+LESSON_DEPS := $(B)/engine.o engine.h lessons/lesson.h $(B)/flags
+define lesson_rules
+$(B)/lessons/$(1): $(2) $(LESSON_DEPS)
+	@mkdir -p $$(@D)
+	$$(CXX) $$(CXXFLAGS) $$(STUB_FLAGS) -I. -Ilessons $(2) $(B)/engine.o -o $$@
+$(B)/lessons/$(1)-solution.cpp: $(2) lessons/solutions/$(notdir $(2)) $$(SPLICE)
+	@mkdir -p $$(@D)
+	awk -v mode=splice -f $$(SPLICE) lessons/solutions/$(notdir $(2)) $(2) > $$@
+$(B)/lessons/$(1)-stub.cpp: $(2) $$(SPLICE)
+	@mkdir -p $$(@D)
+	awk -v mode=blank -f $$(SPLICE) $(2) > $$@
+$(B)/lessons/$(1)-%: $(B)/lessons/$(1)-%.cpp $(LESSON_DEPS)
+	$$(CXX) $$(CXXFLAGS) $$(STUB_FLAGS) -I. -Ilessons $$< $(B)/engine.o -o $$@
+endef
+$(foreach f,$(LESSON_SRCS),$(eval $(call lesson_rules,$(call lesson_num,$(f)),$(f))))
+
+lessons: $(foreach n,$(LESSONS),$(B)/lessons/$(n))
+	@set -e; for n in $(LESSONS); do echo "=== lesson $$n"; ./$(B)/lessons/$$n; done
+
+lesson:
+	@test -n "$(N)" || { echo "usage: make lesson N=02   (lessons: $(LESSONS))"; exit 2; }
+	@$(MAKE) --no-print-directory $(B)/lessons/$(N)
+	./$(B)/lessons/$(N)
+
+check:
+	@test -n "$(N)" || { echo "usage: make check N=02 [SOLUTIONS=1]   (homework: $(HOMEWORK))"; exit 2; }
+	@$(MAKE) --no-print-directory $(B)/lessons/$(N)$(if $(SOLUTIONS),-solution)
+	@./$(B)/lessons/$(N)$(if $(SOLUTIONS),-solution) --check
+
+# ---- engine exercises ------------------------------------------------------------------------
+# `make exercise E=gelu` replaces the gelu region of engine.cpp with a stub. Before it touches the
+# file it copies it to .saved/: the first copy (engine.cpp.original) is what exercise-reset
+# restores, and every later state is kept under its time stamp, so no edit of yours is lost.
+exercise:
+	@test -n "$(E)" || { echo "usage: make exercise E=<region>   (regions: $(REGIONS))"; exit 2; }
+	@grep -q "// BEGIN EXERCISE $(E)\b" engine.cpp || { echo "no region '$(E)' in engine.cpp (regions: $(REGIONS))"; exit 2; }
+	@mkdir -p .saved
+	@stamp=$$(date +%Y%m%d-%H%M%S); cp engine.cpp .saved/engine.cpp.$$stamp; \
+	 test -f .saved/engine.cpp.original || cp engine.cpp .saved/engine.cpp.original; \
+	 awk -v mode=blank -v only=$(E) -f $(SPLICE) .saved/engine.cpp.$$stamp > .saved/engine.cpp.new && \
+	 mv .saved/engine.cpp.new engine.cpp && \
+	 echo "engine.cpp: region '$(E)' is now yours to write (previous file kept as .saved/engine.cpp.$$stamp)." && \
+	 echo "Its tests say TODO until it works: make test FILTER=$(E)"
+
+exercise-reset:
+	@test -f .saved/engine.cpp.original || { echo "no exercise is active; engine.cpp is unchanged"; exit 0; }
+	@stamp=$$(date +%Y%m%d-%H%M%S); cp engine.cpp .saved/engine.cpp.attempt-$$stamp && \
+	 cp .saved/engine.cpp.original engine.cpp && rm .saved/engine.cpp.original && touch engine.cpp && \
+	 echo "engine.cpp restored; your attempt is kept as .saved/engine.cpp.attempt-$$stamp"
+
+# ---- benchmarks ------------------------------------------------------------------------------
+$(B)/bench: $(B)/bench.o $(B)/engine.o
+	$(CXX) $(CXXFLAGS) $^ -o $@
+
+bench: $(B)/bench
+	./$(B)/bench
+
+clean:
+	rm -rf $(B)
