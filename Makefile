@@ -23,6 +23,8 @@ TEST_BINS := $(B)/tests \
              $(foreach r,$(REGIONS),$(B)/stubs/$(r)/tests) \
              $(foreach n,$(HOMEWORK),$(B)/lessons/$(n)-solution $(B)/lessons/$(n)-stub)
 
+# Keep generated sources and objects (make would otherwise delete them as intermediates).
+.SECONDARY:
 .PHONY: all test asan lessons lesson check exercise exercise-reset bench clean help
 all: $(TEST_BINS) $(foreach n,$(LESSONS),$(B)/lessons/$(n)) $(B)/bench
 

@@ -4,7 +4,6 @@
 
 #include <cstdint>
 #include <functional>
-#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -24,30 +23,42 @@ struct not_implemented : std::logic_error {
 
 // One node of the computational graph. A Value (below) is a handle to one of these.
 // Every op has at most two inputs, so the edges are two fixed slots: no allocation per edge.
+// The fields that backward() reads come first: together they span 64 bytes, one cache line.
 struct Node {
-    double data = 0.0;                    // the number computed in the forward pass
-    double grad = 0.0;                    // dL/d(this node), filled in by backward()
-    std::shared_ptr<Node> parents[2];     // the op's inputs (empty for a leaf)
-    double local_grad[2] = {0.0, 0.0};    // ∂(this)/∂(parent i), recorded by the op in forward
+    double data = 0.0;                       // the number computed in the forward pass
+    double grad = 0.0;                       // dL/d(this node), filled in by backward()
+    Node* parents[2] = {nullptr, nullptr};   // the op's inputs (none for a leaf); each is owned
+    double local_grad[2] = {0.0, 0.0};       // ∂(this)/∂(parent i), recorded by the op in forward
     int n_parents = 0;
-    const char* op = "";                  // "+", "*", "tanh", ... ("" for a leaf)
-    std::string label;                    // optional name, for printing graphs
-    std::uint64_t visit_stamp = 0;        // used by the topological sort (engine.cpp §1.4)
+    int refs = 0;                            // Values and nodes pointing here (engine.cpp §1.6)
+    std::uint32_t visit_stamp = 0;           // used by the topological sort (engine.cpp §1.4)
+    int pending_consumers = 0;               // likewise
+    const char* op = "";                     // "+", "*", "tanh", ... ("" for a leaf)
+    std::string label;                       // optional name, for printing graphs
 
     static std::int64_t live_count;       // nodes alive now: lets tests prove graphs get freed
-
     Node() { ++live_count; }
+    ~Node() { --live_count; }
     Node(const Node&) = delete;
     Node& operator=(const Node&) = delete;
-    ~Node();                              // frees long chains without recursion (engine.cpp §1.6)
+    static void* operator new(std::size_t size);   // a free list of nodes (engine.cpp §1.6)
+    static void operator delete(void* p);
 };
 
-// A cheap handle to a node: copies share the node, and the node lives while any handle does.
-// The constructor from double is implicit on purpose: it is what makes `2 * a` and `a + 1` work.
+// A cheap handle to a node: copies share the node, and the node lives while any handle (or any
+// node built from it) does. The constructor from double is implicit on purpose: it is what
+// makes `2 * a` and `a + 1` work.
 class Value {
 public:
     Value(double data = 0.0);
     Value(double data, std::string label);
+    Value(const Value& other) : node_(other.node_) { ++node_->refs; }
+    Value(Value&& other) noexcept : node_(other.node_) { other.node_ = nullptr; }
+    Value& operator=(Value other) noexcept {   // copy-and-swap: the old node is released
+        std::swap(node_, other.node_);
+        return *this;
+    }
+    ~Value() { if (node_) release(node_); }
 
     double& data() const { return node_->data; }   // handle semantics: `p.data() -= lr * p.grad()`
     double& grad() const { return node_->grad; }
@@ -56,7 +67,7 @@ public:
     Value& set_label(std::string label);
     std::vector<Value> parents() const;
     bool is_leaf() const { return node_->n_parents == 0; }
-    Node* node() const { return node_.get(); }
+    Node* node() const { return node_; }
 
     // Reverse-mode autodiff from this value: seeds dL/dL = 1, then adds dL/dx into every leaf x.
     // Leaf gradients accumulate across calls until zero_grad(), as in PyTorch.
@@ -68,8 +79,9 @@ public:
                          double db);
 
 private:
-    explicit Value(std::shared_ptr<Node> node) : node_(std::move(node)) {}
-    std::shared_ptr<Node> node_;
+    explicit Value(Node* node) : node_(node) { ++node_->refs; }
+    static void release(Node* node);   // drop one reference; free what nobody points to
+    Node* node_;
 };
 
 Value operator+(const Value& a, const Value& b);
