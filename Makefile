@@ -116,7 +116,7 @@ exercise:
 	@test -n "$(E)" || { echo "usage: make exercise E=<region>   (regions: $(REGIONS))"; exit 2; }
 	@grep -q "// BEGIN EXERCISE $(E)\b" engine.cpp || { echo "no region '$(E)' in engine.cpp (regions: $(REGIONS))"; exit 2; }
 	@mkdir -p .saved
-	@stamp=$$(date +%Y%m%d-%H%M%S); cp engine.cpp .saved/engine.cpp.$$stamp; \
+	@stamp=$$(date +%Y%m%d-%H%M%S-%N); cp engine.cpp .saved/engine.cpp.$$stamp; \
 	 test -f .saved/engine.cpp.original || cp engine.cpp .saved/engine.cpp.original; \
 	 awk -v mode=blank -v only=$(E) -f $(SPLICE) .saved/engine.cpp.$$stamp > .saved/engine.cpp.new && \
 	 mv .saved/engine.cpp.new engine.cpp && \
@@ -124,10 +124,13 @@ exercise:
 	 echo "Its tests say TODO until it works: make test FILTER=$(E)"
 
 exercise-reset:
-	@test -f .saved/engine.cpp.original || { echo "no exercise is active; engine.cpp is unchanged"; exit 0; }
-	@stamp=$$(date +%Y%m%d-%H%M%S); cp engine.cpp .saved/engine.cpp.attempt-$$stamp && \
-	 cp .saved/engine.cpp.original engine.cpp && rm .saved/engine.cpp.original && touch engine.cpp && \
-	 echo "engine.cpp restored; your attempt is kept as .saved/engine.cpp.attempt-$$stamp"
+	@if [ ! -f .saved/engine.cpp.original ]; then \
+	     echo "no exercise is active; engine.cpp is unchanged"; \
+	 else \
+	     stamp=$$(date +%Y%m%d-%H%M%S-%N); cp engine.cpp .saved/engine.cpp.attempt-$$stamp && \
+	     cp .saved/engine.cpp.original engine.cpp && rm .saved/engine.cpp.original && touch engine.cpp && \
+	     echo "engine.cpp restored; your attempt is kept as .saved/engine.cpp.attempt-$$stamp"; \
+	 fi
 
 # ---- benchmarks ------------------------------------------------------------------------------
 $(B)/bench: $(B)/bench.o $(B)/engine.o

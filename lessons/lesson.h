@@ -113,7 +113,7 @@ struct Plot {
     }
 
     std::string svg() const {
-        const double W = 640, H = 400, left = 70, right = 170, top = 40, bottom = 50;
+        const double W = 640, H = 410, left = 70, right = 170, top = 52, bottom = 50;
         double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
         for (const Series& s : series)
             for (std::size_t i = 0; i < s.x.size(); ++i) {
