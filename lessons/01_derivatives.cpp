@@ -94,11 +94,8 @@ static void error_against_h() {
     }
 
     // The same errors on a finer grid, four points per decade, for the plot and the minimum.
-    Plot plot;
-    plot.title = "Finite-difference error for x^3 at x = 2";
-    plot.x_label = "step h";
-    plot.y_label = "|estimate - 12|";
-    plot.log_x = plot.log_y = true;
+    Plot plot("Finite-difference error for x^3 at x = 2", "step h", "|estimate - 12|",
+              Scale::log_log);
     std::vector<double> hs, fwd_err, ctr_err;
     for (int j = 4; j <= 52; ++j) hs.push_back(std::pow(10.0, -0.25 * j));
     for (double h : hs) {

@@ -82,15 +82,9 @@ static void one_neuron() {
                 "no straight line puts (0,1) and (1,0) on one side and (0,0), (1,1) on the other.\n",
                 xor_curve.back());
 
-    Plot plot;
-    plot.title = "One neuron: AND is learnable, XOR is not";
-    plot.x_label = "step";
-    plot.y_label = "loss";
-    plot.log_y = true;
-    std::vector<double> steps;
-    for (std::size_t k = 0; k < and_curve.size(); ++k) steps.push_back(double(k));
-    plot.add("AND", steps, and_curve);
-    plot.add("XOR", steps, xor_curve);
+    Plot plot("One neuron: AND is learnable, XOR is not", "step", "loss", Scale::log_y);
+    plot.add("AND", and_curve);
+    plot.add("XOR", xor_curve);
     plot.save("03_one_neuron");
 }
 
@@ -212,7 +206,7 @@ static void moons_mlp() {
     std::printf("%zu points (%ld labelled +1, %ld labelled -1), %zu parameters\n\n", moons.x.size(),
                 positives, long(moons.x.size()) - positives, params.size());
 
-    std::vector<double> steps, losses, errors;
+    std::vector<double> losses, errors;
     std::printf("%6s  %7s  %10s  %10s  %10s  %9s\n", "step", "lr", "data loss", "reg loss",
                 "total", "accuracy");
     for (int k = 0; k < 100; ++k) {
@@ -222,7 +216,6 @@ static void moons_mlp() {
         const double lr = 1.0 - 0.9 * k / 100;
         for (const Value& p : params) p.data() -= lr * p.grad();   // update
         const double accuracy = double(loss.correct) / moons.x.size();
-        steps.push_back(k);
         losses.push_back(loss.total.data());
         errors.push_back(1.0 - accuracy);
         if (k % 10 == 0 || k == 99)
@@ -239,12 +232,9 @@ static void moons_mlp() {
     std::printf("\n\nThe learned regions ('.' = class +1):\n");
     draw_decision_regions(model, moons);
 
-    Plot plot;
-    plot.title = "Two moons: loss and training error";
-    plot.x_label = "step";
-    plot.y_label = "value";
-    plot.add("total loss", steps, losses);
-    plot.add("error rate", steps, errors);
+    Plot plot("Two moons: loss and training error", "step", "value");
+    plot.add("total loss", losses);
+    plot.add("error rate", errors);
     plot.save("03_moons_training");
 }
 
@@ -302,15 +292,9 @@ static void without_zero_grad() {
     std::printf("Without zero_grad the loss lurches up and down instead of settling: every step\n"
                 "still carries the pushes of all the steps before it.\n");
 
-    Plot plot;
-    plot.title = "XOR training with and without zero_grad";
-    plot.x_label = "step";
-    plot.y_label = "loss";
-    plot.log_y = true;
-    std::vector<double> steps;
-    for (std::size_t k = 0; k < good_curve.size(); ++k) steps.push_back(double(k));
-    plot.add("zero_grad each step", steps, good_curve);
-    plot.add("zero_grad forgotten", steps, bad_curve);
+    Plot plot("XOR training with and without zero_grad", "step", "loss", Scale::log_y);
+    plot.add("zero_grad each step", good_curve);
+    plot.add("zero_grad forgotten", bad_curve);
     plot.save("03_zero_grad");
 }
 

@@ -91,13 +91,27 @@ struct Series {
     std::vector<double> x, y;
 };
 
+enum class Scale { linear, log_x, log_y, log_log };
+
 struct Plot {
     std::string title, x_label, y_label;
     bool log_x = false, log_y = false;
     std::vector<Series> series;
 
+    Plot(std::string title_, std::string x_label_, std::string y_label_,
+         Scale scale = Scale::linear)
+        : title(std::move(title_)), x_label(std::move(x_label_)), y_label(std::move(y_label_)),
+          log_x(scale == Scale::log_x || scale == Scale::log_log),
+          log_y(scale == Scale::log_y || scale == Scale::log_log) {}
+
     void add(std::string label, std::vector<double> x, std::vector<double> y) {
         series.push_back({std::move(label), std::move(x), std::move(y)});
+    }
+    // A curve over steps: y[k] is drawn at x = k.
+    void add(std::string label, std::vector<double> y) {
+        std::vector<double> steps(y.size());
+        for (std::size_t k = 0; k < y.size(); ++k) steps[k] = double(k);
+        add(std::move(label), std::move(steps), std::move(y));
     }
 
     // Writes build/plots/<name>.svg and returns its path.
