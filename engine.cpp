@@ -295,9 +295,10 @@ std::string graph_to_string(const Value& root) {
     std::ostringstream out;
     char line[256];
     for (const Node* n : order) {
-        id[n] = id.size();
+        const std::size_t n_id = id.size();   // nodes are numbered in the order printed
+        id[n] = n_id;
         std::snprintf(line, sizeof line, "n%-3zu %-10s %-10s data=%-12.6g grad=%-12.6g",
-                      id[n], n->label.c_str(), n->n_parents ? n->op : "leaf", n->data, n->grad);
+                      n_id, n->label.c_str(), n->n_parents ? n->op : "leaf", n->data, n->grad);
         out << line;
         for (int i = 0; i < n->n_parents; ++i)
             out << (i ? ", " : " from ") << 'n' << id.at(n->parents[i])
