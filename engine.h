@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -35,6 +36,9 @@ struct Node {
     int pending_consumers = 0;               // likewise
     const char* op = "";                     // "+", "*", "tanh", ... ("" for a leaf)
     std::string label;                       // optional name, for printing graphs
+
+    int n_inputs() const { return n_parents; }
+    Node* input(int k) const { return parents[k]; }
 
     static std::int64_t live_count;       // nodes alive now: lets tests prove graphs get freed
     Node() { ++live_count; }
@@ -104,7 +108,9 @@ Value leaky_relu(const Value& x, double slope = 0.01);
 Value gelu(const Value& x);
 
 // Inputs before outputs: the order backward() walks in reverse. Iterative, so any depth works.
-std::vector<Node*> topological_order(Node* root);
+// One algorithm serves both engines: N is Node (Part 1) or TensorNode (Part 2).
+template <class N>
+std::vector<N*> topological_order(N* root);
 
 void zero_grad(const std::vector<Value>& values);
 
@@ -153,7 +159,7 @@ private:
 // ---------------------------------------------------------------------------------------------
 // A scalar neural network (engine.cpp §1.9), for lesson 03.
 // ---------------------------------------------------------------------------------------------
-enum class Activation { linear, relu, tanh };
+enum class Activation { linear, relu, tanh, sigmoid, gelu, leaky_relu };
 
 Value activate(const Value& x, Activation act);
 
@@ -189,3 +195,273 @@ struct Moons {
     std::vector<double> y;
 };
 Moons make_moons(int n, double noise, Rng& rng);
+
+// =============================================================================================
+// Part 2: tensors
+// =============================================================================================
+
+// The element type of every tensor. float by default (what training uses); the tests build the
+// engine with -DENGINE_DOUBLE so that gradient checks by finite differences can reach 1e-6.
+#ifdef ENGINE_DOUBLE
+using real = double;
+#else
+using real = float;
+#endif
+
+using Shape = std::vector<int>;
+std::size_t numel(const Shape& shape);
+std::string shape_str(const Shape& shape);   // "[2, 3]"
+
+// A node of the tensor graph: the same idea as Node, one level up. Instead of one number per
+// edge (a local derivative), each node keeps a closure that applies its Jacobian: given this
+// node's grad, it adds grad·∂(this)/∂(input) into each input's grad. (engine.cpp §2.1)
+struct TensorNode {
+    Shape shape;
+    std::vector<real> data;                   // row-major, contiguous
+    std::vector<real> grad;                   // empty until backward() reaches this node
+    bool requires_grad = false;               // a parameter, or computed from one
+    const char* op = "";                      // "matmul", "+", ... ("" for a leaf)
+    std::vector<std::shared_ptr<TensorNode>> parents;
+    std::function<void()> backward;           // the vector-Jacobian product of `op`
+    std::uint32_t visit_stamp = 0;            // for topological_order
+    int pending_consumers = 0;
+
+    int n_inputs() const { return int(parents.size()); }
+    TensorNode* input(int k) const { return parents[k].get(); }
+
+    static std::int64_t live_count;           // tensor nodes alive now
+    TensorNode() { ++live_count; }
+    TensorNode(const TensorNode&) = delete;
+    TensorNode& operator=(const TensorNode&) = delete;
+    ~TensorNode();                            // frees long chains without recursion
+};
+
+// A handle to a TensorNode; copies share it (like Value, and like torch.Tensor).
+class Tensor {
+public:
+    Tensor() = default;                                 // an empty handle
+    explicit Tensor(Shape shape);                       // zeros
+    Tensor(Shape shape, std::vector<real> values);      // values.size() must match the shape
+    static Tensor full(Shape shape, real value);
+    static Tensor scalar(real value);                   // shape [1]
+
+    bool defined() const { return node_ != nullptr; }
+    const Shape& shape() const { return node_->shape; }
+    int rank() const { return int(node_->shape.size()); }
+    int dim(int axis) const;                            // negative counts from the end
+    std::size_t numel() const { return node_->data.size(); }
+    std::vector<real>& values() const { return node_->data; }
+    std::vector<real>& grad() const { return node_->grad; }   // empty before backward()
+    real item() const;                                  // the value of a 1-element tensor
+    real& at(const std::vector<int>& index) const;      // bounds-checked element access
+    bool requires_grad() const { return node_->requires_grad; }
+    Tensor& requires_grad_(bool on = true);             // make it a parameter (PyTorch's name)
+    const char* op() const { return node_->op; }
+    TensorNode* node() const { return node_.get(); }
+
+    // Reverse-mode autodiff: a scalar loss seeds dL/dL = 1; any other tensor needs the seed
+    // dL/d(this) of its shape. Leaf gradients accumulate until zero_grad().
+    void backward() const;
+    void backward(const Tensor& seed) const;
+    void zero_grad() const;
+    Tensor detach() const;                              // same values, cut from the graph
+    std::string str(int max_values = 6) const;          // "Tensor[2, 3] = [1, 2, 3, 4, 5, 6]"
+
+    // Used by the ops: an output of `shape` computed from `inputs`; it joins the graph only if
+    // some input requires grad.
+    static Tensor from_op(Shape shape, const char* op, std::vector<Tensor> inputs);
+
+private:
+    std::shared_ptr<TensorNode> node_;
+};
+
+Tensor randn(Shape shape, Rng& rng, real stddev = 1);
+Tensor uniform(Shape shape, Rng& rng, real lo, real hi);
+
+// Elementwise arithmetic with broadcasting (shapes aligned from the right; a size-1 or missing
+// axis repeats): [B, D] + [D] adds a row to every row, [B, D] * [B, 1] scales each row.
+Tensor operator+(const Tensor& a, const Tensor& b);
+Tensor operator-(const Tensor& a, const Tensor& b);
+Tensor operator*(const Tensor& a, const Tensor& b);
+Tensor operator/(const Tensor& a, const Tensor& b);
+Tensor operator-(const Tensor& a);
+Tensor operator+(const Tensor& a, real k);
+Tensor operator+(real k, const Tensor& a);
+Tensor operator-(const Tensor& a, real k);
+Tensor operator-(real k, const Tensor& a);
+Tensor operator*(const Tensor& a, real k);
+Tensor operator*(real k, const Tensor& a);
+Tensor operator/(const Tensor& a, real k);
+Tensor operator/(real k, const Tensor& a);
+
+Tensor matmul(const Tensor& a, const Tensor& b);   // [M,K]·[K,N], [B,M,K]·[B,K,N], [B,M,K]·[K,N]
+Tensor transpose(const Tensor& x);                 // swaps the last two axes
+Tensor reshape(const Tensor& x, Shape shape);      // one axis may be -1 (inferred)
+Tensor sum(const Tensor& x);                       // of everything: shape [1]
+Tensor sum(const Tensor& x, int axis, bool keepdim = false);
+Tensor mean(const Tensor& x);
+Tensor mean(const Tensor& x, int axis, bool keepdim = false);
+
+Tensor exp(const Tensor& x);
+Tensor log(const Tensor& x);
+Tensor sqrt(const Tensor& x);
+Tensor pow(const Tensor& x, real k);
+Tensor relu(const Tensor& x);
+Tensor leaky_relu(const Tensor& x, real slope = real(0.01));
+Tensor gelu(const Tensor& x);
+Tensor sigmoid(const Tensor& x);
+Tensor tanh(const Tensor& x);
+Tensor activate(const Tensor& x, Activation act);
+
+// Along the last axis.
+Tensor softmax(const Tensor& x);
+Tensor log_softmax(const Tensor& x);
+
+// Losses, each returning a scalar (shape [1]), averaged over the batch.
+// cross_entropy: logits [B, C], labels[b] in [0, C). With smoothing ε the target is
+// (1 − ε)·onehot + ε/C. Its gradient is (softmax − target)/B.
+Tensor cross_entropy(const Tensor& logits, const std::vector<int>& labels,
+                     real label_smoothing = 0);
+Tensor mse_loss(const Tensor& prediction, const Tensor& target);
+Tensor bce_with_logits(const Tensor& logits, const Tensor& targets);   // targets in [0, 1]
+
+// Normalization over the last axis (D): gain and bias have shape [D].
+Tensor layer_norm(const Tensor& x, const Tensor& gain, const Tensor& bias, real eps = real(1e-5));
+Tensor rms_norm(const Tensor& x, const Tensor& gain, real eps = real(1e-6));
+
+Tensor embedding(const Tensor& table, const std::vector<int>& ids);   // [V, D] → [len(ids), D]
+// Inverted dropout: in training each element is zeroed with probability p and the survivors
+// are scaled by 1/(1 − p); in evaluation it is the identity.
+Tensor dropout(const Tensor& x, real p, Rng& rng, bool training);
+Tensor concat(const std::vector<Tensor>& parts, int axis);
+Tensor slice(const Tensor& x, int axis, int start, int end);   // [start, end) along axis
+
+// ---------------------------------------------------------------------------------------------
+// Initialization (engine.cpp §2.6). fan_in / fan_out: the inputs / outputs of one unit.
+// ---------------------------------------------------------------------------------------------
+enum class Init { zeros, xavier_normal, xavier_uniform, he_normal, he_uniform, gpt2 };
+Tensor init_weight(Shape shape, int fan_in, int fan_out, Init init, Rng& rng);
+// GPT-2: N(0, 0.02²); a projection that writes into the residual stream of an n_layers-deep
+// model gets std 0.02/√(2·n_layers), so the stream's variance does not grow with depth.
+Tensor gpt2_residual_weight(Shape shape, int n_layers, Rng& rng);
+
+namespace nn {
+
+// Y = X·W + b with W of shape [in, out] (so a row of X is one example).
+struct Linear {
+    Tensor W, b;
+    Linear(int in, int out, Rng& rng, Init init = Init::he_normal, bool bias = true);
+    Tensor operator()(const Tensor& x) const;
+    std::vector<Tensor> parameters() const;
+};
+
+// Linear → activation → (dropout) → ... → Linear. sizes = {in, hidden..., out}.
+struct MLP {
+    std::vector<Linear> layers;
+    Activation act;
+    real dropout_p;
+    bool training = true;
+    Rng dropout_rng;
+    MLP(const std::vector<int>& sizes, Rng& rng, Activation act = Activation::relu,
+        Init init = Init::he_normal, real dropout_p = 0);
+    Tensor operator()(const Tensor& x);
+    std::vector<Tensor> parameters() const;
+    void train() { training = true; }
+    void eval() { training = false; }
+};
+
+}  // namespace nn
+
+// ---------------------------------------------------------------------------------------------
+// Optimizers (engine.cpp §2.7), with PyTorch's update rules and defaults.
+// ---------------------------------------------------------------------------------------------
+class Optimizer {
+public:
+    Optimizer(std::vector<Tensor> params, double lr, const char* name);
+    virtual ~Optimizer() = default;
+    void step();                                  // one update of every parameter with a grad
+    void zero_grad();
+    double lr;                                    // may be changed every step by a schedule
+    long step_count = 0;
+    const std::vector<Tensor>& params() const { return params_; }
+    virtual int state_per_param() const = 0;      // numbers of state per parameter element
+    std::size_t state_bytes() const;              // their total size in bytes
+
+protected:
+    // Updates one parameter tensor; `state` holds state_per_param() vectors of its size.
+    virtual void update(std::vector<real>& w, const std::vector<real>& g,
+                        std::vector<std::vector<real>>& state) = 0;
+    std::vector<Tensor> params_;
+    std::vector<std::vector<std::vector<real>>> state_;   // [param][slot][element]
+};
+
+class SGD : public Optimizer {   // with optional momentum (and Nesterov) and L2 weight decay
+public:
+    SGD(std::vector<Tensor> params, double lr, double momentum = 0, bool nesterov = false,
+        double weight_decay = 0);
+    int state_per_param() const override { return momentum > 0 ? 1 : 0; }
+    double momentum, weight_decay;
+    bool nesterov;
+protected:
+    void update(std::vector<real>&, const std::vector<real>&, std::vector<std::vector<real>>&) override;
+};
+
+class RMSProp : public Optimizer {
+public:
+    RMSProp(std::vector<Tensor> params, double lr = 1e-2, double alpha = 0.99, double eps = 1e-8,
+            double weight_decay = 0);
+    int state_per_param() const override { return 1; }
+    double alpha, eps, weight_decay;
+protected:
+    void update(std::vector<real>&, const std::vector<real>&, std::vector<std::vector<real>>&) override;
+};
+
+// Adam's weight_decay is L2 added to the gradient; AdamW's is decoupled: w ← w − lr·λ·w.
+class Adam : public Optimizer {
+public:
+    Adam(std::vector<Tensor> params, double lr = 1e-3, double beta1 = 0.9, double beta2 = 0.999,
+         double eps = 1e-8, double weight_decay = 0);
+    int state_per_param() const override { return 2; }
+    double beta1, beta2, eps, weight_decay;
+protected:
+    Adam(std::vector<Tensor> params, double lr, double beta1, double beta2, double eps,
+         double weight_decay, bool decoupled, const char* name);
+    void update(std::vector<real>&, const std::vector<real>&, std::vector<std::vector<real>>&) override;
+    bool decoupled_ = false;
+};
+
+class AdamW : public Adam {
+public:
+    AdamW(std::vector<Tensor> params, double lr = 1e-3, double beta1 = 0.9, double beta2 = 0.999,
+          double eps = 1e-8, double weight_decay = 1e-2);
+};
+
+class Lion : public Optimizer {
+public:
+    Lion(std::vector<Tensor> params, double lr = 1e-4, double beta1 = 0.9, double beta2 = 0.99,
+         double weight_decay = 0);
+    int state_per_param() const override { return 1; }
+    double beta1, beta2, weight_decay;
+protected:
+    void update(std::vector<real>&, const std::vector<real>&, std::vector<std::vector<real>>&) override;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Learning-rate schedules (engine.cpp §2.8): the learning rate for step = 0, 1, 2, ...
+// ---------------------------------------------------------------------------------------------
+double constant_lr(long step, double lr);
+// Linear from 0 to lr_max over `warmup` steps, then cosine down to lr_min at `total`, then lr_min.
+double warmup_cosine_lr(long step, long warmup, long total, double lr_max, double lr_min);
+// Linear warmup, then lr_max·√(warmup/step) (the original Transformer's schedule).
+double inverse_sqrt_lr(long step, long warmup, double lr_max);
+// lr0·gamma^⌊step/step_size⌋.
+double step_decay_lr(long step, double lr0, long step_size, double gamma);
+
+// ---------------------------------------------------------------------------------------------
+// Gradient tools (engine.cpp §2.9)
+// ---------------------------------------------------------------------------------------------
+double grad_norm(const std::vector<Tensor>& params);                 // global L2 norm
+std::vector<double> grad_norms(const std::vector<Tensor>& params);   // one per parameter
+// Scales every gradient by max_norm/‖g‖ when ‖g‖ > max_norm; returns ‖g‖ before clipping.
+double clip_grad_norm(const std::vector<Tensor>& params, double max_norm);
+void clip_grad_value(const std::vector<Tensor>& params, double max_abs);
