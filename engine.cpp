@@ -12,7 +12,18 @@
 //     1.8  Random numbers that are the same everywhere
 //     1.9  Neuron, Layer, MLP
 //     1.10 A toy dataset: two moons
-//   Part 2  Tensors (to come: the tensor-engine issue)
+//   Part 2  Tensors (autograd over arrays, and what training needs)
+//     2.1  Tensors: storage, shape, and the graph
+//     2.2  Elementwise arithmetic with broadcasting
+//     2.3  Elementwise functions
+//     2.4  Matrix multiplication
+//     2.5  Shape ops and reductions
+//     2.6  Softmax and the losses
+//     2.7  Normalization, embedding, dropout
+//     2.8  Initialization and layers
+//     2.9  Optimizers
+//     2.10 Learning-rate schedules
+//     2.11 Gradient tools
 //
 // The one idea of this file: a program is a graph of small ops. Each op knows its own local
 // derivative. The chain rule turns those local derivatives into dLoss/d(everything) in one
@@ -23,6 +34,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <sstream>
 #include <unordered_map>
 
@@ -218,16 +230,17 @@ Value gelu(const Value& x) {
 // a node would have to survive four billion backward passes unvisited to be confused by that.)
 // ---------------------------------------------------------------------------------------------
 
-std::vector<Node*> topological_order(Node* root) {
+template <class N>   // N = Node here; Part 2 reuses this for TensorNode
+std::vector<N*> topological_order(N* root) {
     // BEGIN EXERCISE topo_sort
     static std::uint32_t last_visit_stamp = 0;
     const std::uint32_t stamp = ++last_visit_stamp;
-    std::vector<Node*> found = {root};   // pass 1: every node reachable from root
+    std::vector<N*> found = {root};   // pass 1: every node reachable from root
     root->visit_stamp = stamp;
     root->pending_consumers = 0;
     for (std::size_t i = 0; i < found.size(); ++i) {
-        for (int k = 0; k < found[i]->n_parents; ++k) {
-            Node* input = found[i]->parents[k];
+        for (int k = 0; k < found[i]->n_inputs(); ++k) {
+            N* input = found[i]->input(k);
             if (input->visit_stamp != stamp) {   // first time seen
                 input->visit_stamp = stamp;
                 input->pending_consumers = 0;
@@ -236,12 +249,11 @@ std::vector<Node*> topological_order(Node* root) {
             ++input->pending_consumers;          // one more node in this graph reads `input`
         }
     }
-    std::vector<Node*> order = {root};   // pass 2: outputs first
+    std::vector<N*> order = {root};   // pass 2: outputs first
     order.reserve(found.size());
     for (std::size_t i = 0; i < order.size(); ++i) {
-        for (int k = order[i]->n_parents - 1; k >= 0; --k) {   // right to left: reversed, a·b
-                                                                // lists a before b
-            Node* input = order[i]->parents[k];
+        for (int k = order[i]->n_inputs() - 1; k >= 0; --k) {   // right to left: reversed, a·b
+            N* input = order[i]->input(k);                      // then lists a before b
             if (--input->pending_consumers == 0) order.push_back(input);   // all consumers listed
         }
     }
@@ -249,6 +261,7 @@ std::vector<Node*> topological_order(Node* root) {
     return order;
     // END EXERCISE
 }
+template std::vector<Node*> topological_order(Node*);
 
 // ---------------------------------------------------------------------------------------------
 // 1.5 backward(): the chain rule, walked in reverse
@@ -464,6 +477,9 @@ Value activate(const Value& x, Activation act) {
     switch (act) {
         case Activation::relu: return relu(x);
         case Activation::tanh: return tanh(x);
+        case Activation::sigmoid: return sigmoid(x);
+        case Activation::gelu: return gelu(x);
+        case Activation::leaky_relu: return leaky_relu(x);
         case Activation::linear: break;
     }
     return x;
@@ -551,4 +567,1306 @@ Moons make_moons(int n, double noise, Rng& rng) {
         m.y.push_back(upper ? -1.0 : 1.0);
     }
     return m;
+}
+
+// =============================================================================================
+// Part 2: tensors
+// =============================================================================================
+//
+// Part 1 differentiated one number at a time: 65,000 nodes for one step of a tiny MLP. Real
+// models group numbers into arrays (tensors) and ops into array ops: one node for a whole
+// matrix product. The autograd is the same (nodes, their inputs, topological order, the chain
+// rule walked in reverse), with one change forced by size. A local derivative of an op with
+// n inputs and m outputs is an m×n Jacobian; for a 256×256 matmul that is 4·10⁹ numbers. So a
+// node does not store its Jacobian: it stores a function that multiplies the incoming gradient
+// by it (a vector-Jacobian product), computed directly from the forward values. Each op below
+// states its Jacobian in a comment, then its backward applies exactly that product.
+
+// ---------------------------------------------------------------------------------------------
+// 2.1 Tensors: storage, shape, and the graph
+//
+// A tensor is a flat array of numbers plus a shape; element (i, j) of a [rows, cols] tensor is
+// data[i·cols + j] (row-major: the last axis is contiguous). `grad` has the same layout.
+// ---------------------------------------------------------------------------------------------
+
+std::size_t numel(const Shape& shape) {
+    std::size_t n = 1;
+    for (int d : shape) n *= static_cast<std::size_t>(d);
+    return n;
+}
+
+std::string shape_str(const Shape& shape) {
+    std::string s = "[";
+    for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+    return s + "]";
+}
+
+static std::string to_string(double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", v);
+    return buf;
+}
+
+// Shape errors name the op and the shapes, as std::invalid_argument.
+[[noreturn]] static void shape_error(const std::string& op, const std::string& what) {
+    throw std::invalid_argument(op + ": " + what);
+}
+
+std::int64_t TensorNode::live_count = 0;
+
+// Same problem as §1.6: the default destructor would recurse once per node of a long chain.
+// The outermost destructor takes over the inputs and releases them one at a time; any
+// destructor that runs meanwhile only hands its inputs to that list.
+TensorNode::~TensorNode() {
+    --live_count;
+    thread_local std::vector<std::shared_ptr<TensorNode>> pending;
+    thread_local bool draining = false;
+    for (auto& p : parents) pending.push_back(std::move(p));
+    if (draining) return;
+    draining = true;
+    while (!pending.empty()) {
+        std::shared_ptr<TensorNode> last = std::move(pending.back());
+        pending.pop_back();
+    }   // `last` dies here; if it was the final handle, its destructor appends to `pending`
+    draining = false;
+}
+
+Tensor::Tensor(Shape shape) : node_(std::make_shared<TensorNode>()) {
+    for (int d : shape)
+        if (d < 0) shape_error("Tensor", "negative size in shape " + shape_str(shape));
+    node_->data.assign(::numel(shape), real(0));
+    node_->shape = std::move(shape);
+}
+
+Tensor::Tensor(Shape shape, std::vector<real> values) : Tensor(std::move(shape)) {
+    if (values.size() != numel())
+        shape_error("Tensor", "shape " + shape_str(this->shape()) + " holds " +
+                                  std::to_string(numel()) + " values, got " +
+                                  std::to_string(values.size()));
+    node_->data = std::move(values);
+}
+
+Tensor Tensor::full(Shape shape, real value) {
+    Tensor t(std::move(shape));
+    std::fill(t.values().begin(), t.values().end(), value);
+    return t;
+}
+
+Tensor Tensor::scalar(real value) { return Tensor({1}, {value}); }
+
+int Tensor::dim(int axis) const {
+    const int r = rank();
+    if (axis < -r || axis >= r)
+        shape_error("dim", "axis " + std::to_string(axis) + " out of range for " + shape_str(shape()));
+    return shape()[axis < 0 ? axis + r : axis];
+}
+
+real Tensor::item() const {
+    if (numel() != 1)
+        shape_error("item", "needs a tensor with one element, got shape " + shape_str(shape()));
+    return node_->data[0];
+}
+
+real& Tensor::at(const std::vector<int>& index) const {
+    if (int(index.size()) != rank())
+        shape_error("at", std::to_string(index.size()) + " indices for shape " + shape_str(shape()));
+    std::size_t offset = 0;
+    for (int a = 0; a < rank(); ++a) {
+        if (index[a] < 0 || index[a] >= shape()[a])
+            shape_error("at", "index " + std::to_string(index[a]) + " out of range on axis " +
+                                  std::to_string(a) + " of " + shape_str(shape()));
+        offset = offset * shape()[a] + index[a];
+    }
+    return node_->data[offset];
+}
+
+Tensor& Tensor::requires_grad_(bool on) {
+    if (!node_->parents.empty())
+        shape_error("requires_grad_", "only a leaf tensor can be made a parameter; this one was "
+                                      "computed by '" + std::string(node_->op) + "'");
+    node_->requires_grad = on;
+    return *this;
+}
+
+void Tensor::zero_grad() const { std::fill(node_->grad.begin(), node_->grad.end(), real(0)); }
+
+Tensor Tensor::detach() const { return Tensor(shape(), values()); }
+
+std::string Tensor::str(int max_values) const {
+    std::string s = "Tensor" + shape_str(shape()) + " = [";
+    for (std::size_t i = 0; i < numel() && i < std::size_t(max_values); ++i)
+        s += (i ? ", " : "") + to_string(node_->data[i]);
+    return s + (numel() > std::size_t(max_values) ? ", ...]" : "]");
+}
+
+// An op's output joins the graph only when some input needs a gradient: computing on data
+// alone (evaluation, input preprocessing) builds no graph and keeps no inputs alive.
+Tensor Tensor::from_op(Shape shape, const char* op, std::vector<Tensor> inputs) {
+    Tensor out(std::move(shape));
+    out.node_->op = op;
+    for (const Tensor& t : inputs) out.node_->requires_grad |= t.requires_grad();
+    if (out.node_->requires_grad)
+        for (Tensor& t : inputs) out.node_->parents.push_back(std::move(t.node_));
+    return out;
+}
+
+// The gradient buffer of a node, created (zeros) the first time a backward writes into it.
+static std::vector<real>& grad_of(TensorNode* n) {
+    if (n->grad.size() != n->data.size()) n->grad.assign(n->data.size(), real(0));
+    return n->grad;
+}
+
+// Same three steps as §1.5: order the graph, seed dL/d(output), apply each node's backward in
+// reverse order. Again only leaves accumulate across calls; interior gradients restart at 0.
+void Tensor::backward(const Tensor& seed) const {
+    if (seed.shape() != shape())
+        shape_error("backward", "the seed has shape " + shape_str(seed.shape()) +
+                                    " but the output has shape " + shape_str(shape()));
+    if (!requires_grad())
+        shape_error("backward", "this tensor does not depend on any parameter (no input has "
+                                "requires_grad), so there is nothing to differentiate");
+    const std::vector<TensorNode*> order = topological_order(node_.get());
+    for (TensorNode* n : order)
+        if (n->backward) n->grad.assign(n->data.size(), real(0));
+    std::vector<real>& g = grad_of(node_.get());
+    for (std::size_t i = 0; i < g.size(); ++i) g[i] += seed.values()[i];
+    for (auto it = order.rbegin(); it != order.rend(); ++it)
+        if ((*it)->backward) (*it)->backward();
+}
+
+void Tensor::backward() const {
+    if (numel() != 1)
+        shape_error("backward", "backward() without a seed needs a scalar loss, got shape " +
+                                    shape_str(shape()) + "; reduce it (sum, mean) or pass the "
+                                    "seed dL/d(output) of the same shape");
+    const real loss = item();
+    if (!std::isfinite(loss))
+        throw std::domain_error("backward: the loss is " + to_string(loss) +
+                                "; look for log of 0, exp overflow, division by 0, or a learning "
+                                "rate so high that training diverged");
+    backward(Tensor::full(shape(), real(1)));   // dL/dL = 1
+}
+
+Tensor randn(Shape shape, Rng& rng, real stddev) {
+    Tensor t(std::move(shape));
+    for (real& v : t.values()) v = real(stddev * rng.normal());
+    return t;
+}
+
+Tensor uniform(Shape shape, Rng& rng, real lo, real hi) {
+    Tensor t(std::move(shape));
+    for (real& v : t.values()) v = real(rng.uniform(lo, hi));
+    return t;
+}
+
+// (Instantiated here for tensors, so that tests and lessons can inspect tensor graphs too.)
+template std::vector<TensorNode*> topological_order(TensorNode*);
+
+// ---------------------------------------------------------------------------------------------
+// 2.2 Elementwise arithmetic with broadcasting
+//
+// Broadcasting lines two shapes up from the right; an axis that is missing or has size 1 in one
+// operand is repeated to match the other: [B, D] + [D] adds the same row to each of B rows.
+// We never copy the repeated data. Instead each operand gets a stride per output axis: the
+// step through its storage when that output index grows by one, and 0 along a repeated axis.
+//
+// Jacobian: out[i] depends on a[ia(i)] and b[ib(i)] only, so the backward is elementwise too:
+//     ga[ia(i)] += g[i] · ∂out/∂a        gb[ib(i)] += g[i] · ∂out/∂b
+// Where a was repeated, many i share one ia(i) and `+=` sums their terms: that is the bias
+// gradient db = Σ_rows dY, falling out of the same multivariable chain rule as in §1.5.
+// ---------------------------------------------------------------------------------------------
+
+static Shape broadcast_shape(const Shape& a, const Shape& b, const char* op) {
+    const std::size_t r = std::max(a.size(), b.size());
+    Shape out(r);
+    for (std::size_t k = 0; k < r; ++k) {   // k counts axes from the right
+        const int da = k < a.size() ? a[a.size() - 1 - k] : 1;
+        const int db = k < b.size() ? b[b.size() - 1 - k] : 1;
+        if (da != db && da != 1 && db != 1)
+            shape_error(op, "shapes " + shape_str(a) + " and " + shape_str(b) +
+                                " do not broadcast (axis " + std::to_string(r - 1 - k) + ": " +
+                                std::to_string(da) + " vs " + std::to_string(db) + ")");
+        out[r - 1 - k] = std::max(da, db);
+    }
+    return out;
+}
+
+// Per output axis: the storage step of an input of shape `in`, 0 where it is repeated.
+static std::vector<std::size_t> broadcast_strides(const Shape& in, const Shape& out) {
+    std::vector<std::size_t> strides(out.size(), 0);
+    std::size_t step = 1;
+    for (std::size_t k = 0; k < in.size(); ++k) {   // from the right
+        const std::size_t axis_in = in.size() - 1 - k, axis_out = out.size() - 1 - k;
+        if (in[axis_in] != 1) strides[axis_out] = step;
+        step *= static_cast<std::size_t>(in[axis_in]);
+    }
+    return strides;
+}
+
+// Calls f(i, ia, ib) for every output element i and the elements ia of a and ib of b it reads.
+// The multi-index advances like an odometer, moving ia and ib by their strides.
+template <class F>
+static void for_each_broadcast(const Shape& a, const Shape& b, const Shape& out, F f) {
+    const std::size_t n = numel(out);
+    if (a == out && b == out) {   // the common case: no broadcasting at all
+        for (std::size_t i = 0; i < n; ++i) f(i, i, i);
+        return;
+    }
+    const std::vector<std::size_t> sa = broadcast_strides(a, out), sb = broadcast_strides(b, out);
+    std::vector<int> index(out.size(), 0);
+    std::size_t ia = 0, ib = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+        f(i, ia, ib);
+        for (int axis = int(out.size()) - 1; axis >= 0; --axis) {
+            if (++index[axis] < out[axis]) {
+                ia += sa[axis], ib += sb[axis];
+                break;
+            }
+            ia -= sa[axis] * (out[axis] - 1), ib -= sb[axis] * (out[axis] - 1);   // wrap around
+            index[axis] = 0;
+        }
+    }
+}
+
+// out = f(a, b) elementwise, with ∂out/∂a = dfa(a, b) and ∂out/∂b = dfb(a, b).
+template <class F, class DA, class DB>
+static Tensor elementwise(const Tensor& a, const Tensor& b, const char* op, F f, DA dfa, DB dfb) {
+    Tensor out = Tensor::from_op(broadcast_shape(a.shape(), b.shape(), op), op, {a, b});
+    const real *x = a.values().data(), *y = b.values().data();
+    real* o = out.values().data();
+    for_each_broadcast(a.shape(), b.shape(), out.shape(),
+                       [&](std::size_t i, std::size_t ia, std::size_t ib) { o[i] = f(x[ia], y[ib]); });
+    if (out.requires_grad()) {
+        TensorNode *pa = a.node(), *pb = b.node(), *po = out.node();
+        po->backward = [pa, pb, po, dfa, dfb] {
+            const real *x = pa->data.data(), *y = pb->data.data(), *g = po->grad.data();
+            real* ga = pa->requires_grad ? grad_of(pa).data() : nullptr;
+            real* gb = pb->requires_grad ? grad_of(pb).data() : nullptr;
+            for_each_broadcast(pa->shape, pb->shape, po->shape,
+                               [&](std::size_t i, std::size_t ia, std::size_t ib) {
+                if (ga) ga[ia] += g[i] * dfa(x[ia], y[ib]);
+                if (gb) gb[ib] += g[i] * dfb(x[ia], y[ib]);
+            });
+        };
+    }
+    return out;
+}
+
+// out = a + b        ∂out/∂a = 1      ∂out/∂b = 1
+Tensor operator+(const Tensor& a, const Tensor& b) {
+    return elementwise(a, b, "+", [](real x, real y) { return x + y; },
+                       [](real, real) { return real(1); }, [](real, real) { return real(1); });
+}
+
+// out = a − b        ∂out/∂a = 1      ∂out/∂b = −1
+Tensor operator-(const Tensor& a, const Tensor& b) {
+    return elementwise(a, b, "-", [](real x, real y) { return x - y; },
+                       [](real, real) { return real(1); }, [](real, real) { return real(-1); });
+}
+
+// out = a · b        ∂out/∂a = b      ∂out/∂b = a
+Tensor operator*(const Tensor& a, const Tensor& b) {
+    return elementwise(a, b, "*", [](real x, real y) { return x * y; },
+                       [](real, real y) { return y; }, [](real x, real) { return x; });
+}
+
+// out = a / b        ∂out/∂a = 1/b    ∂out/∂b = −a/b²
+Tensor operator/(const Tensor& a, const Tensor& b) {
+    for (real v : b.values())
+        if (v == 0) shape_error("division a/b", "the divisor b " + shape_str(b.shape()) + " contains 0");
+    return elementwise(a, b, "/", [](real x, real y) { return x / y; },
+                       [](real, real y) { return 1 / y; }, [](real x, real y) { return -x / (y * y); });
+}
+
+Tensor operator-(const Tensor& a) { return a * real(-1); }
+
+// A plain number is a one-element constant that broadcasts over the tensor.
+Tensor operator+(const Tensor& a, real k) { return a + Tensor::scalar(k); }
+Tensor operator+(real k, const Tensor& a) { return Tensor::scalar(k) + a; }
+Tensor operator-(const Tensor& a, real k) { return a - Tensor::scalar(k); }
+Tensor operator-(real k, const Tensor& a) { return Tensor::scalar(k) - a; }
+Tensor operator*(const Tensor& a, real k) { return a * Tensor::scalar(k); }
+Tensor operator*(real k, const Tensor& a) { return Tensor::scalar(k) * a; }
+Tensor operator/(const Tensor& a, real k) { return a / Tensor::scalar(k); }
+Tensor operator/(real k, const Tensor& a) { return Tensor::scalar(k) / a; }
+
+// ---------------------------------------------------------------------------------------------
+// 2.3 Elementwise functions
+//
+// out[i] = f(x[i]) has a diagonal Jacobian, so backward is  gx[i] += g[i] · f'(x[i]).
+// Each op passes f and f' (written with the input x and, where handier, the output y = f(x));
+// the derivatives are the ones of §1.2–1.3, now applied to every element.
+// ---------------------------------------------------------------------------------------------
+
+template <class F, class DF>
+static Tensor unary(const Tensor& x, const char* op, F f, DF df) {
+    Tensor out = Tensor::from_op(x.shape(), op, {x});
+    const std::vector<real>& in = x.values();
+    std::vector<real>& o = out.values();
+    for (std::size_t i = 0; i < o.size(); ++i) o[i] = f(in[i]);
+    if (out.requires_grad()) {
+        TensorNode *px = x.node(), *po = out.node();
+        po->backward = [px, po, df] {
+            std::vector<real>& gx = grad_of(px);
+            for (std::size_t i = 0; i < gx.size(); ++i)
+                gx[i] += po->grad[i] * df(px->data[i], po->data[i]);
+        };
+    }
+    return out;
+}
+
+// The domain checks of Part 1, for every element: the first bad value is named.
+template <class Ok>
+static void require_all(const Tensor& x, const char* op, const char* what, Ok ok) {
+    for (real v : x.values())
+        if (!ok(v)) throw std::domain_error(std::string(op) + ": " + what + ", got " + to_string(v));
+}
+
+// eˣ: f' = eˣ = y
+Tensor exp(const Tensor& x) {
+    static const real limit = std::log(std::numeric_limits<real>::max());   // 88.7 for float
+    require_all(x, "exp(x)", "e^x overflows for x above ln(largest real) = 88.7 (float), 709.8 "
+                "(double)", [](real v) { return v <= limit; });
+    return unary(x, "exp", [](real v) { return std::exp(v); }, [](real, real y) { return y; });
+}
+
+// ln x: f' = 1/x
+Tensor log(const Tensor& x) {
+    require_all(x, "log(x)", "x must be > 0", [](real v) { return v > 0; });
+    return unary(x, "log", [](real v) { return std::log(v); }, [](real v, real) { return 1 / v; });
+}
+
+// √x: f' = 1/(2√x) = 1/(2y); x = 0 is allowed forward, but its slope is infinite.
+Tensor sqrt(const Tensor& x) {
+    require_all(x, "sqrt(x)", "x must be >= 0", [](real v) { return v >= 0; });
+    return unary(x, "sqrt", [](real v) { return std::sqrt(v); },
+                 [](real, real y) { return real(0.5) / y; });
+}
+
+// xᵏ: f' = k·xᵏ⁻¹
+Tensor pow(const Tensor& x, real k) {
+    const bool whole = k == std::floor(k);
+    require_all(x, "pow(x, k)", "a negative x needs a whole-number exponent k",
+                [whole](real v) { return v >= 0 || whole; });
+    if (k < 1) require_all(x, "pow(x, k)", "x = 0 needs k >= 1", [](real v) { return v != 0; });
+    return unary(x, "pow", [k](real v) { return real(std::pow(v, k)); },
+                 [k](real v, real) { return real(k * std::pow(v, k - 1)); });
+}
+
+// max(0, x): f' = 1 where x > 0, else 0
+Tensor relu(const Tensor& x) {
+    return unary(x, "relu", [](real v) { return v > 0 ? v : real(0); },
+                 [](real v, real) { return v > 0 ? real(1) : real(0); });
+}
+
+// x or slope·x: f' = 1 or slope
+Tensor leaky_relu(const Tensor& x, real slope) {
+    return unary(x, "leaky_relu", [slope](real v) { return v > 0 ? v : slope * v; },
+                 [slope](real v, real) { return v > 0 ? real(1) : slope; });
+}
+
+// GELU, tanh form, as in §1.3:  ½x(1 + tanh u),  u = √(2/π)(x + 0.044715x³)
+// f' = ½(1 + tanh u) + ½x(1 − tanh²u)·√(2/π)(1 + 3·0.044715x²)
+Tensor gelu(const Tensor& x) {
+    static const real c = real(std::sqrt(2.0 / pi)), k = real(0.044715);
+    return unary(x, "gelu",
+                 [](real v) { return real(0.5) * v * (1 + std::tanh(c * (v + k * v * v * v))); },
+                 [](real v, real) {
+                     const real t = std::tanh(c * (v + k * v * v * v));
+                     return real(0.5) * (1 + t) + real(0.5) * v * (1 - t * t) * c * (1 + 3 * k * v * v);
+                 });
+}
+
+// σ(x) = 1/(1 + e⁻ˣ), computed without overflow as in §1.3:  f' = σ(1 − σ) = y(1 − y)
+Tensor sigmoid(const Tensor& x) {
+    return unary(x, "sigmoid",
+                 [](real v) { return v >= 0 ? 1 / (1 + std::exp(-v)) : std::exp(v) / (1 + std::exp(v)); },
+                 [](real, real y) { return y * (1 - y); });
+}
+
+// tanh x:  f' = 1 − tanh² x = 1 − y²
+Tensor tanh(const Tensor& x) {
+    return unary(x, "tanh", [](real v) { return std::tanh(v); }, [](real, real y) { return 1 - y * y; });
+}
+
+Tensor activate(const Tensor& x, Activation act) {
+    switch (act) {
+        case Activation::relu: return relu(x);
+        case Activation::tanh: return tanh(x);
+        case Activation::sigmoid: return sigmoid(x);
+        case Activation::gelu: return gelu(x);
+        case Activation::leaky_relu: return leaky_relu(x);
+        case Activation::linear: break;
+    }
+    return x;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2.4 Matrix multiplication
+//
+// Z = X·W with X [M, K], W [K, N]:  Z[i][j] = Σ_k X[i][k]·W[k][j]   (2·M·K·N flops).
+// Jacobian: ∂Z[i][j]/∂X[i][k] = W[k][j] and ∂Z[i][j]/∂W[k][j] = X[i][k]. Applying the chain rule
+// to every element and collecting the sums gives two more matrix products:
+//     dX = dZ·Wᵀ   [M, N]·[N, K] = [M, K]        dW = Xᵀ·dZ   [K, M]·[M, N] = [K, N]
+// Each gradient has its parameter's shape; the batch axis M is summed away inside Xᵀ·dZ.
+// The loops use the i-k-j order so that the innermost loop runs along contiguous rows.
+// ---------------------------------------------------------------------------------------------
+
+// C[M, N] += A[M, K]·B[K, N]
+static void matmul_add(const real* A, const real* B, real* C, int M, int K, int N) {
+    for (int i = 0; i < M; ++i)
+        for (int k = 0; k < K; ++k) {
+            const real a = A[i * K + k];
+            for (int j = 0; j < N; ++j) C[i * N + j] += a * B[k * N + j];
+        }
+}
+
+// dA[M, K] += dC[M, N]·Bᵀ with B [K, N]: each element is a dot product of two contiguous rows.
+static void matmul_add_bt(const real* dC, const real* B, real* dA, int M, int K, int N) {
+    for (int i = 0; i < M; ++i)
+        for (int k = 0; k < K; ++k) {
+            real s = 0;
+            for (int j = 0; j < N; ++j) s += dC[i * N + j] * B[k * N + j];
+            dA[i * K + k] += s;
+        }
+}
+
+// dB[K, N] += Aᵀ·dC with A [M, K], dC [M, N]: row i of dC, scaled by A[i][k], adds to row k.
+static void matmul_add_at(const real* A, const real* dC, real* dB, int M, int K, int N) {
+    for (int i = 0; i < M; ++i)
+        for (int k = 0; k < K; ++k) {
+            const real a = A[i * K + k];
+            for (int j = 0; j < N; ++j) dB[k * N + j] += a * dC[i * N + j];
+        }
+}
+
+// 2-D: [M,K]·[K,N]. Batched: [B,M,K]·[B,K,N], or [B,M,K]·[K,N] (one W shared by the batch,
+// as a linear layer applied to every position of a sequence; its gradient sums over B).
+Tensor matmul(const Tensor& a, const Tensor& b) {
+    const bool batched = a.rank() == 3, shared_b = b.rank() == 2;
+    if (!((a.rank() == 2 && b.rank() == 2) || (batched && (b.rank() == 2 || b.rank() == 3))))
+        shape_error("matmul", "supports [M,K]·[K,N], [B,M,K]·[B,K,N] and [B,M,K]·[K,N]; got " +
+                                  shape_str(a.shape()) + " · " + shape_str(b.shape()));
+    const int batch = batched ? a.dim(0) : 1, M = a.dim(-2), K = a.dim(-1), N = b.dim(-1);
+    if (b.rank() == 3 && b.dim(0) != batch)
+        shape_error("matmul", "batch sizes differ: " + shape_str(a.shape()) + " · " + shape_str(b.shape()));
+    if (b.dim(-2) != K)
+        shape_error("matmul", "inner dimensions differ: " + shape_str(a.shape()) + " · " +
+                                  shape_str(b.shape()) + " (" + std::to_string(K) + " vs " +
+                                  std::to_string(b.dim(-2)) + ")");
+    Shape out_shape = batched ? Shape{batch, M, N} : Shape{M, N};
+    Tensor out = Tensor::from_op(out_shape, "matmul", {a, b});
+    const std::size_t sa = std::size_t(M) * K, sb = shared_b ? 0 : std::size_t(K) * N,
+                      so = std::size_t(M) * N;   // storage step per batch element
+    for (int t = 0; t < batch; ++t)
+        matmul_add(a.values().data() + t * sa, b.values().data() + t * sb,
+                   out.values().data() + t * so, M, K, N);
+    if (out.requires_grad()) {
+        TensorNode *pa = a.node(), *pb = b.node(), *po = out.node();
+        po->backward = [=] {
+            for (int t = 0; t < batch; ++t) {
+                const real* dC = po->grad.data() + t * so;
+                if (pa->requires_grad)   // dX = dZ·Wᵀ
+                    matmul_add_bt(dC, pb->data.data() + t * sb, grad_of(pa).data() + t * sa, M, K, N);
+                if (pb->requires_grad)   // dW = Xᵀ·dZ
+                    matmul_add_at(pa->data.data() + t * sa, dC, grad_of(pb).data() + t * sb, M, K, N);
+            }
+        };
+    }
+    return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2.5 Shape ops and reductions
+//
+// Many ops act along one axis of a tensor. Seen from that axis, any shape is [outer, n, inner]:
+// outer = product of the sizes before the axis, inner = product after. Element (o, k, i) lives
+// at (o·n + k)·inner + i. One helper computes that split; the ops below all use it.
+// ---------------------------------------------------------------------------------------------
+
+struct AxisSplit {
+    std::size_t outer, n, inner;
+};
+
+static int normalize_axis(int axis, int rank, const char* op, const Shape& shape) {
+    if (axis < -rank || axis >= rank)
+        shape_error(op, "axis " + std::to_string(axis) + " out of range for " + shape_str(shape));
+    return axis < 0 ? axis + rank : axis;
+}
+
+static AxisSplit split_at(const Shape& shape, int axis) {
+    AxisSplit s{1, std::size_t(shape[axis]), 1};
+    for (int a = 0; a < axis; ++a) s.outer *= shape[a];
+    for (std::size_t a = axis + 1; a < shape.size(); ++a) s.inner *= shape[a];
+    return s;
+}
+
+// Swaps the last two axes (a batch of matrices transposes each one). Its Jacobian is a
+// permutation, so the backward is the same permutation undone: transpose the gradient back.
+Tensor transpose(const Tensor& x) {
+    if (x.rank() < 2) shape_error("transpose", "needs at least 2 axes, got " + shape_str(x.shape()));
+    Shape shape = x.shape();
+    std::swap(shape[shape.size() - 1], shape[shape.size() - 2]);
+    const int R = x.dim(-2), C = x.dim(-1);
+    const std::size_t batch = x.numel() / (std::size_t(R) * C);
+    Tensor out = Tensor::from_op(shape, "transpose", {x});
+    const real* in = x.values().data();
+    real* o = out.values().data();
+    for (std::size_t t = 0; t < batch; ++t)   // out[t][c][r] = x[t][r][c]
+        for (int r = 0; r < R; ++r)
+            for (int c = 0; c < C; ++c) o[(t * C + c) * R + r] = in[(t * R + r) * C + c];
+    if (out.requires_grad()) {
+        TensorNode *px = x.node(), *po = out.node();
+        po->backward = [=] {   // gx[t][r][c] += g[t][c][r]: the same loop, reading out, writing x
+            real* gx = grad_of(px).data();
+            const real* g = po->grad.data();
+            for (std::size_t t = 0; t < batch; ++t)
+                for (int r = 0; r < R; ++r)
+                    for (int c = 0; c < C; ++c) gx[(t * R + r) * C + c] += g[(t * C + c) * R + r];
+        };
+    }
+    return out;
+}
+
+// Same numbers in the same order, a new shape: the Jacobian is the identity, so the gradient
+// passes through unchanged. One axis may be -1: its size is whatever makes the total match.
+Tensor reshape(const Tensor& x, Shape shape) {
+    int infer = -1;
+    std::size_t known = 1;
+    for (std::size_t a = 0; a < shape.size(); ++a) {
+        if (shape[a] == -1 && infer < 0) infer = int(a);
+        else if (shape[a] < 0) shape_error("reshape", "bad target shape " + shape_str(shape));
+        else known *= shape[a];
+    }
+    if (infer >= 0 && known > 0 && x.numel() % known == 0) shape[infer] = int(x.numel() / known);
+    if (numel(shape) != x.numel() || (infer >= 0 && shape[infer] < 0))
+        shape_error("reshape", "cannot reshape " + shape_str(x.shape()) + " (" +
+                                   std::to_string(x.numel()) + " elements) to " + shape_str(shape));
+    Tensor out = Tensor::from_op(shape, "reshape", {x});
+    out.values() = x.values();
+    if (out.requires_grad()) {
+        TensorNode *px = x.node(), *po = out.node();
+        po->backward = [px, po] {
+            std::vector<real>& gx = grad_of(px);
+            for (std::size_t i = 0; i < gx.size(); ++i) gx[i] += po->grad[i];
+        };
+    }
+    return out;
+}
+
+// s = Σᵢ xᵢ: ∂s/∂xᵢ = 1, so every element receives the gradient of the sum.
+Tensor sum(const Tensor& x) {
+    Tensor out = Tensor::from_op({1}, "sum", {x});
+    double s = 0;   // accumulate in double: a float sum of a million terms loses digits
+    for (real v : x.values()) s += v;
+    out.values()[0] = real(s);
+    if (out.requires_grad()) {
+        TensorNode *px = x.node(), *po = out.node();
+        po->backward = [px, po] {
+            for (real& g : grad_of(px)) g += po->grad[0];
+        };
+    }
+    return out;
+}
+
+// s[o][i] = Σ_k x[o][k][i]: the gradient of s[o][i] goes back to every x[o][k][i].
+Tensor sum(const Tensor& x, int axis, bool keepdim) {
+    axis = normalize_axis(axis, x.rank(), "sum", x.shape());
+    const AxisSplit s = split_at(x.shape(), axis);
+    Shape shape = x.shape();
+    if (keepdim) shape[axis] = 1;
+    else shape.erase(shape.begin() + axis);
+    Tensor out = Tensor::from_op(shape, "sum", {x});
+    const real* in = x.values().data();
+    real* o = out.values().data();
+    for (std::size_t a = 0; a < s.outer; ++a)
+        for (std::size_t k = 0; k < s.n; ++k)
+            for (std::size_t i = 0; i < s.inner; ++i) o[a * s.inner + i] += in[(a * s.n + k) * s.inner + i];
+    if (out.requires_grad()) {
+        TensorNode *px = x.node(), *po = out.node();
+        po->backward = [px, po, s] {
+            real* gx = grad_of(px).data();
+            for (std::size_t a = 0; a < s.outer; ++a)
+                for (std::size_t k = 0; k < s.n; ++k)
+                    for (std::size_t i = 0; i < s.inner; ++i)
+                        gx[(a * s.n + k) * s.inner + i] += po->grad[a * s.inner + i];
+        };
+    }
+    return out;
+}
+
+// mean = sum / count, so each element's share of the gradient is 1/count.
+Tensor mean(const Tensor& x) {
+    if (x.numel() == 0) shape_error("mean", "of an empty tensor " + shape_str(x.shape()));
+    return sum(x) / real(x.numel());
+}
+
+Tensor mean(const Tensor& x, int axis, bool keepdim) {
+    const int a = normalize_axis(axis, x.rank(), "mean", x.shape());
+    if (x.shape()[a] == 0) shape_error("mean", "over an empty axis of " + shape_str(x.shape()));
+    return sum(x, a, keepdim) / real(x.shape()[a]);
+}
+
+// Joins tensors along one axis; all other sizes must agree. Backward hands each part its slice
+// of the gradient.
+Tensor concat(const std::vector<Tensor>& parts, int axis) {
+    if (parts.empty()) shape_error("concat", "needs at least one tensor");
+    const Shape& first = parts[0].shape();
+    axis = normalize_axis(axis, int(first.size()), "concat", first);
+    Shape shape = first;
+    shape[axis] = 0;
+    for (const Tensor& p : parts) {
+        Shape expect = first, got = p.shape();
+        if (got.size() != expect.size()) shape_error("concat", "ranks differ: " + shape_str(first) + " and " + shape_str(got));
+        expect[axis] = got[axis];
+        if (got != expect)
+            shape_error("concat", "shapes " + shape_str(first) + " and " + shape_str(got) +
+                                      " differ outside axis " + std::to_string(axis));
+        shape[axis] += got[axis];
+    }
+    Tensor out = Tensor::from_op(shape, "concat", parts);
+    const AxisSplit so = split_at(shape, axis);
+    std::size_t offset = 0;   // where the current part starts along the axis
+    std::vector<std::size_t> offsets;
+    for (const Tensor& p : parts) {
+        const AxisSplit sp = split_at(p.shape(), axis);
+        for (std::size_t a = 0; a < sp.outer; ++a)
+            std::copy_n(p.values().data() + a * sp.n * sp.inner, sp.n * sp.inner,
+                        out.values().data() + (a * so.n + offset) * so.inner);
+        offsets.push_back(offset);
+        offset += sp.n;
+    }
+    if (out.requires_grad()) {
+        std::vector<TensorNode*> ps;
+        for (const Tensor& p : parts) ps.push_back(p.node());
+        TensorNode* po = out.node();
+        po->backward = [ps, po, offsets, so, axis] {
+            for (std::size_t k = 0; k < ps.size(); ++k) {
+                if (!ps[k]->requires_grad) continue;
+                const AxisSplit sp = split_at(ps[k]->shape, axis);
+                real* g = grad_of(ps[k]).data();
+                for (std::size_t a = 0; a < sp.outer; ++a)
+                    for (std::size_t e = 0; e < sp.n * sp.inner; ++e)
+                        g[a * sp.n * sp.inner + e] += po->grad[(a * so.n + offsets[k]) * so.inner + e];
+            }
+        };
+    }
+    return out;
+}
+
+// Elements [start, end) along an axis. Backward adds the gradient into that window only.
+Tensor slice(const Tensor& x, int axis, int start, int end) {
+    axis = normalize_axis(axis, x.rank(), "slice", x.shape());
+    if (start < 0 || end > x.shape()[axis] || start >= end)
+        shape_error("slice", "range [" + std::to_string(start) + ", " + std::to_string(end) +
+                                 ") is not inside axis " + std::to_string(axis) + " of " +
+                                 shape_str(x.shape()));
+    Shape shape = x.shape();
+    shape[axis] = end - start;
+    Tensor out = Tensor::from_op(shape, "slice", {x});
+    const AxisSplit sx = split_at(x.shape(), axis);
+    const std::size_t width = std::size_t(end - start) * sx.inner;
+    for (std::size_t a = 0; a < sx.outer; ++a)
+        std::copy_n(x.values().data() + (a * sx.n + start) * sx.inner, width,
+                    out.values().data() + a * width);
+    if (out.requires_grad()) {
+        TensorNode *px = x.node(), *po = out.node();
+        po->backward = [px, po, sx, start, width] {
+            real* gx = grad_of(px).data();
+            for (std::size_t a = 0; a < sx.outer; ++a)
+                for (std::size_t e = 0; e < width; ++e)
+                    gx[(a * sx.n + start) * sx.inner + e] += po->grad[a * width + e];
+        };
+    }
+    return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2.6 Softmax and the losses
+//
+// softmax(x)ᵢ = e^(xᵢ) / Σⱼ e^(xⱼ) turns a row of scores (logits) into probabilities. e^x
+// overflows a float above x ≈ 88, so we subtract the row's maximum m first: e^(xᵢ−m)/Σ e^(xⱼ−m)
+// is the same fraction (e^(−m) cancels) and every exponent is now ≤ 0. Likewise
+//     log softmax(x)ᵢ = xᵢ − m − log Σⱼ e^(xⱼ−m)         (the log-sum-exp trick).
+// Jacobian of softmax: ∂pᵢ/∂xⱼ = pᵢ(δᵢⱼ − pⱼ), i.e. diag(p) − ppᵀ. Multiplying it by a
+// gradient g needs no matrix: dxⱼ = pⱼ·(gⱼ − Σᵢ gᵢpᵢ). For log_softmax, ∂ log pᵢ/∂xⱼ = δᵢⱼ − pⱼ,
+// so dxⱼ = gⱼ − pⱼ·Σᵢ gᵢ.
+// ---------------------------------------------------------------------------------------------
+
+// log Σⱼ e^(xⱼ) of one row, computed with the max subtracted.
+static double log_sum_exp(const real* x, std::size_t n) {
+    const real m = *std::max_element(x, x + n);
+    double s = 0;
+    for (std::size_t j = 0; j < n; ++j) s += std::exp(double(x[j] - m));
+    return m + std::log(s);
+}
+
+// softmax and log_softmax work on rows: every slice along the last axis.
+static void check_rows(const Tensor& x, const char* op) {
+    if (x.rank() < 1 || x.dim(-1) == 0) shape_error(op, "needs a non-empty last axis, got " + shape_str(x.shape()));
+}
+
+Tensor softmax(const Tensor& x) {
+    check_rows(x, "softmax");
+    const std::size_t n = x.dim(-1), rows = x.numel() / n;
+    Tensor out = Tensor::from_op(x.shape(), "softmax", {x});
+    for (std::size_t r = 0; r < rows; ++r) {
+        const real* in = x.values().data() + r * n;
+        const double lse = log_sum_exp(in, n);
+        for (std::size_t j = 0; j < n; ++j) out.values()[r * n + j] = real(std::exp(in[j] - lse));
+    }
+    if (out.requires_grad()) {
+        TensorNode *px = x.node(), *po = out.node();
+        po->backward = [px, po, n, rows] {   // dxⱼ = pⱼ·(gⱼ − Σᵢ gᵢpᵢ)
+            real* gx = grad_of(px).data();
+            for (std::size_t r = 0; r < rows; ++r) {
+                const real *p = po->data.data() + r * n, *g = po->grad.data() + r * n;
+                double dot = 0;
+                for (std::size_t i = 0; i < n; ++i) dot += g[i] * p[i];
+                for (std::size_t j = 0; j < n; ++j) gx[r * n + j] += p[j] * (g[j] - real(dot));
+            }
+        };
+    }
+    return out;
+}
+
+Tensor log_softmax(const Tensor& x) {
+    check_rows(x, "log_softmax");
+    const std::size_t n = x.dim(-1), rows = x.numel() / n;
+    Tensor out = Tensor::from_op(x.shape(), "log_softmax", {x});
+    for (std::size_t r = 0; r < rows; ++r) {
+        const real* in = x.values().data() + r * n;
+        const double lse = log_sum_exp(in, n);
+        for (std::size_t j = 0; j < n; ++j) out.values()[r * n + j] = real(in[j] - lse);
+    }
+    if (out.requires_grad()) {
+        TensorNode *px = x.node(), *po = out.node();
+        po->backward = [px, po, n, rows] {   // dxⱼ = gⱼ − pⱼ·Σᵢ gᵢ,  pⱼ = e^(log pⱼ)
+            real* gx = grad_of(px).data();
+            for (std::size_t r = 0; r < rows; ++r) {
+                const real *lp = po->data.data() + r * n, *g = po->grad.data() + r * n;
+                double total = 0;
+                for (std::size_t i = 0; i < n; ++i) total += g[i];
+                for (std::size_t j = 0; j < n; ++j) gx[r * n + j] += g[j] - std::exp(lp[j]) * real(total);
+            }
+        };
+    }
+    return out;
+}
+
+// Cross-entropy of logits [B, C] against class labels, fused with the softmax:
+//     L = −(1/B) Σ_b Σ_c q_bc · log p_bc,     p = softmax(logits row),  q = target distribution
+// q is the one-hot label, or with label smoothing ε: (1 − ε)·onehot + ε/C.
+// Gradient: ∂L/∂logit_bc = (p_bc − q_bc)/B. Fusing the two ops gives this short, exact form
+// (softmax's Jacobian and the log's 1/p cancel) and never takes the log of a rounded-to-0 p.
+// Example: logits [2, 1, 0.1], class 0 → p ≈ [0.659, 0.242, 0.099], L = −ln 0.659 ≈ 0.417,
+// gradient ≈ [−0.341, 0.242, 0.099].
+Tensor cross_entropy(const Tensor& logits, const std::vector<int>& labels, real label_smoothing) {
+    if (logits.rank() != 2) shape_error("cross_entropy", "logits must be [batch, classes], got " + shape_str(logits.shape()));
+    const int B = logits.dim(0), C = logits.dim(1);
+    if (int(labels.size()) != B)
+        shape_error("cross_entropy", "logits " + shape_str(logits.shape()) + " need " +
+                                         std::to_string(B) + " labels, got " + std::to_string(labels.size()));
+    for (int b = 0; b < B; ++b)
+        if (labels[b] < 0 || labels[b] >= C)
+            shape_error("cross_entropy", "label " + std::to_string(labels[b]) + " at row " +
+                                             std::to_string(b) + " is outside [0, " + std::to_string(C) + ")");
+    if (!(label_smoothing >= 0 && label_smoothing < 1))
+        shape_error("cross_entropy", "label_smoothing must be in [0, 1), got " + to_string(label_smoothing));
+    const real eps = label_smoothing, off = eps / C, on = 1 - eps + off;   // q for other / true class
+    std::vector<real> probs(logits.numel());
+    double loss = 0;
+    for (int b = 0; b < B; ++b) {
+        const real* z = logits.values().data() + std::size_t(b) * C;
+        const double lse = log_sum_exp(z, C);
+        for (int c = 0; c < C; ++c) {
+            const double log_p = z[c] - lse;
+            probs[std::size_t(b) * C + c] = real(std::exp(log_p));
+            loss -= (c == labels[b] ? on : off) * log_p;
+        }
+    }
+    Tensor out = Tensor::from_op({1}, "cross_entropy", {logits});
+    out.values()[0] = real(loss / B);
+    if (out.requires_grad()) {
+        TensorNode *pz = logits.node(), *po = out.node();
+        po->backward = [pz, po, probs = std::move(probs), labels, B, C, on, off] {
+            real* gz = grad_of(pz).data();
+            const real scale = po->grad[0] / B;
+            for (int b = 0; b < B; ++b)
+                for (int c = 0; c < C; ++c) {
+                    const std::size_t i = std::size_t(b) * C + c;
+                    gz[i] += scale * (probs[i] - (c == labels[b] ? on : off));   // (p − q)/B
+                }
+        };
+    }
+    return out;
+}
+
+static void require_same_shape(const Tensor& a, const Tensor& b, const char* op) {
+    if (a.shape() != b.shape())
+        shape_error(op, "prediction " + shape_str(a.shape()) + " and target " +
+                            shape_str(b.shape()) + " must have the same shape");
+}
+
+// Mean squared error L = (1/N) Σ (pᵢ − tᵢ)²:  ∂L/∂pᵢ = 2(pᵢ − tᵢ)/N,  ∂L/∂tᵢ = −2(pᵢ − tᵢ)/N.
+Tensor mse_loss(const Tensor& prediction, const Tensor& target) {
+    require_same_shape(prediction, target, "mse_loss");
+    const Tensor diff = prediction - target;
+    return mean(diff * diff);
+}
+
+// Binary cross-entropy on logits z with targets t ∈ [0, 1]:
+//     L = (1/N) Σ [ −t·log σ(z) − (1 − t)·log(1 − σ(z)) ] = (1/N) Σ [ max(z, 0) − z·t + log(1 + e^(−|z|)) ]
+// The second form never exponentiates a large positive number. ∂L/∂z = (σ(z) − t)/N.
+Tensor bce_with_logits(const Tensor& logits, const Tensor& targets) {
+    require_same_shape(logits, targets, "bce_with_logits");
+    const std::size_t N = logits.numel();
+    const real *z = logits.values().data(), *t = targets.values().data();
+    double loss = 0;
+    for (std::size_t i = 0; i < N; ++i)
+        loss += std::max(z[i], real(0)) - z[i] * t[i] + std::log1p(std::exp(-std::fabs(z[i])));
+    Tensor out = Tensor::from_op({1}, "bce_with_logits", {logits, targets});
+    out.values()[0] = real(loss / N);
+    if (out.requires_grad()) {
+        TensorNode *pz = logits.node(), *pt = targets.node(), *po = out.node();
+        po->backward = [pz, pt, po, N] {
+            const real scale = po->grad[0] / N;
+            for (std::size_t i = 0; i < N; ++i) {
+                const real zi = pz->data[i];
+                const real s = zi >= 0 ? 1 / (1 + std::exp(-zi)) : std::exp(zi) / (1 + std::exp(zi));
+                if (pz->requires_grad) grad_of(pz)[i] += scale * (s - pt->data[i]);   // (σ(z) − t)/N
+                if (pt->requires_grad) grad_of(pt)[i] += scale * -zi;                 // −z/N
+            }
+        };
+    }
+    return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2.7 Normalization, embedding, dropout
+//
+// LayerNorm over the last axis (D features of one example):
+//     μ = mean(x), σ² = mean((x − μ)²), x̂ = (x − μ)/√(σ² + ε), y = γ·x̂ + β
+// Backward, with ĝ = g·γ (the gradient arriving at x̂) and r = 1/√(σ² + ε):
+//     dβ = Σ_rows g,   dγ = Σ_rows g·x̂,   dx = r·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂))
+// (the two means remove the parts of ĝ that only shift or scale the row, which x̂ ignores).
+// RMSNorm drops the centering: rms = √(mean(x²) + ε), y = γ·x/rms, and with ĝ = g·γ:
+//     dγ = Σ_rows g·x/rms,   dx = (ĝ − x·mean(ĝ·x)/rms²)/rms
+// ---------------------------------------------------------------------------------------------
+
+static void check_norm_args(const Tensor& x, const Tensor& gain, const char* op) {
+    if (x.rank() < 1 || x.dim(-1) == 0) shape_error(op, "needs a non-empty last axis, got " + shape_str(x.shape()));
+    if (gain.shape() != Shape{x.dim(-1)})
+        shape_error(op, "gain must have shape [" + std::to_string(x.dim(-1)) + "] for input " +
+                            shape_str(x.shape()) + ", got " + shape_str(gain.shape()));
+}
+
+Tensor layer_norm(const Tensor& x, const Tensor& gain, const Tensor& bias, real eps) {
+    check_norm_args(x, gain, "layer_norm");
+    if (bias.shape() != gain.shape())
+        shape_error("layer_norm", "bias must have shape " + shape_str(gain.shape()) + ", got " + shape_str(bias.shape()));
+    const std::size_t D = x.dim(-1), rows = x.numel() / D;
+    std::vector<real> xhat(x.numel()), rstd(rows);   // kept for the backward
+    Tensor out = Tensor::from_op(x.shape(), "layer_norm", {x, gain, bias});
+    for (std::size_t r = 0; r < rows; ++r) {
+        const real* in = x.values().data() + r * D;
+        double mu = 0, var = 0;
+        for (std::size_t j = 0; j < D; ++j) mu += in[j];
+        mu /= D;
+        for (std::size_t j = 0; j < D; ++j) var += (in[j] - mu) * (in[j] - mu);
+        rstd[r] = real(1 / std::sqrt(var / D + eps));
+        for (std::size_t j = 0; j < D; ++j) {
+            xhat[r * D + j] = real((in[j] - mu) * rstd[r]);
+            out.values()[r * D + j] = gain.values()[j] * xhat[r * D + j] + bias.values()[j];
+        }
+    }
+    if (out.requires_grad()) {
+        TensorNode *px = x.node(), *pg = gain.node(), *pb = bias.node(), *po = out.node();
+        po->backward = [px, pg, pb, po, D, rows, xhat = std::move(xhat), rstd = std::move(rstd)] {
+            for (std::size_t r = 0; r < rows; ++r) {
+                const real *g = po->grad.data() + r * D, *xh = xhat.data() + r * D;
+                if (pb->requires_grad)
+                    for (std::size_t j = 0; j < D; ++j) grad_of(pb)[j] += g[j];
+                if (pg->requires_grad)
+                    for (std::size_t j = 0; j < D; ++j) grad_of(pg)[j] += g[j] * xh[j];
+                if (!px->requires_grad) continue;
+                double mean_gh = 0, mean_gh_xh = 0;   // mean(ĝ), mean(ĝ·x̂)
+                for (std::size_t j = 0; j < D; ++j) {
+                    const double gh = g[j] * pg->data[j];
+                    mean_gh += gh, mean_gh_xh += gh * xh[j];
+                }
+                mean_gh /= D, mean_gh_xh /= D;
+                real* gx = grad_of(px).data() + r * D;
+                for (std::size_t j = 0; j < D; ++j)
+                    gx[j] += real(rstd[r] * (g[j] * pg->data[j] - mean_gh - xh[j] * mean_gh_xh));
+            }
+        };
+    }
+    return out;
+}
+
+Tensor rms_norm(const Tensor& x, const Tensor& gain, real eps) {
+    check_norm_args(x, gain, "rms_norm");
+    const std::size_t D = x.dim(-1), rows = x.numel() / D;
+    std::vector<real> inv_rms(rows);
+    Tensor out = Tensor::from_op(x.shape(), "rms_norm", {x, gain});
+    for (std::size_t r = 0; r < rows; ++r) {
+        const real* in = x.values().data() + r * D;
+        double ms = 0;
+        for (std::size_t j = 0; j < D; ++j) ms += double(in[j]) * in[j];
+        inv_rms[r] = real(1 / std::sqrt(ms / D + eps));
+        for (std::size_t j = 0; j < D; ++j) out.values()[r * D + j] = gain.values()[j] * in[j] * inv_rms[r];
+    }
+    if (out.requires_grad()) {
+        TensorNode *px = x.node(), *pg = gain.node(), *po = out.node();
+        po->backward = [px, pg, po, D, rows, inv_rms = std::move(inv_rms)] {
+            for (std::size_t r = 0; r < rows; ++r) {
+                const real *g = po->grad.data() + r * D, *in = px->data.data() + r * D;
+                if (pg->requires_grad)
+                    for (std::size_t j = 0; j < D; ++j) grad_of(pg)[j] += g[j] * in[j] * inv_rms[r];
+                if (!px->requires_grad) continue;
+                double mean_gh_x = 0;   // mean(ĝ·x)
+                for (std::size_t j = 0; j < D; ++j) mean_gh_x += double(g[j]) * pg->data[j] * in[j];
+                mean_gh_x /= D;
+                real* gx = grad_of(px).data() + r * D;
+                const double ir = inv_rms[r];
+                for (std::size_t j = 0; j < D; ++j)
+                    gx[j] += real(ir * (g[j] * pg->data[j] - in[j] * mean_gh_x * ir * ir));
+            }
+        };
+    }
+    return out;
+}
+
+// Row ids[k] of the table becomes row k of the output. Its Jacobian picks rows, so the
+// backward adds each output row's gradient into the table row it came from (a row used twice
+// gets both: the += again).
+Tensor embedding(const Tensor& table, const std::vector<int>& ids) {
+    if (table.rank() != 2) shape_error("embedding", "table must be [vocab, dim], got " + shape_str(table.shape()));
+    const int V = table.dim(0), D = table.dim(1);
+    for (std::size_t k = 0; k < ids.size(); ++k)
+        if (ids[k] < 0 || ids[k] >= V)
+            shape_error("embedding", "id " + std::to_string(ids[k]) + " at position " +
+                                         std::to_string(k) + " is outside [0, " + std::to_string(V) + ")");
+    Tensor out = Tensor::from_op({int(ids.size()), D}, "embedding", {table});
+    for (std::size_t k = 0; k < ids.size(); ++k)
+        std::copy_n(table.values().data() + std::size_t(ids[k]) * D, D, out.values().data() + k * D);
+    if (out.requires_grad()) {
+        TensorNode *pt = table.node(), *po = out.node();
+        po->backward = [pt, po, ids, D] {
+            real* gt = grad_of(pt).data();
+            for (std::size_t k = 0; k < ids.size(); ++k)
+                for (int j = 0; j < D; ++j) gt[std::size_t(ids[k]) * D + j] += po->grad[k * D + j];
+        };
+    }
+    return out;
+}
+
+// Training: keep each element with probability 1 − p and scale it by 1/(1 − p), so the expected
+// output equals the input and evaluation needs no rescaling. y = m·x with a fixed mask m, so
+// ∂y/∂x = m. Evaluation: the identity.
+Tensor dropout(const Tensor& x, real p, Rng& rng, bool training) {
+    if (!(p >= 0 && p < 1)) shape_error("dropout", "p must be in [0, 1), got " + to_string(p));
+    if (!training || p == 0) return x;
+    Tensor mask(x.shape());
+    for (real& m : mask.values()) m = rng.uniform() >= p ? 1 / (1 - p) : real(0);
+    return x * mask;   // the product's backward multiplies by the mask
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2.8 Initialization and layers
+//
+// A unit sums fan_in products wᵢxᵢ. With independent zero-mean terms, Var(Σ wᵢxᵢ) =
+// fan_in·Var(w)·Var(x): the variance is multiplied by fan_in·Var(w) at every layer, so through
+// many layers signals shrink to 0 or blow up unless fan_in·Var(w) ≈ 1.
+//   Xavier/Glorot (tanh, sigmoid): Var(w) = 2/(fan_in + fan_out), a compromise between keeping
+//       forward activations (fan_in) and backward gradients (fan_out) steady.
+//       Normal: std = √(2/(fan_in + fan_out)); uniform on [−a, a] with a = √(6/(fan_in + fan_out))
+//       (a uniform on [−a, a] has variance a²/3).
+//   He/Kaiming (ReLU): ReLU zeroes half the inputs, halving the variance, so Var(w) = 2/fan_in:
+//       std = √(2/fan_in); uniform bound √(6/fan_in).
+//   GPT-2: N(0, 0.02²) everywhere, and projections that add into the residual stream are scaled
+//       by 1/√(2·n_layers): each of the 2 per layer adds variance, and n of them must not add up.
+// Zero init is allowed for biases only: identical weights get identical gradients, and the
+// units of a layer never become different ("symmetry"; lesson 08).
+// ---------------------------------------------------------------------------------------------
+
+Tensor init_weight(Shape shape, int fan_in, int fan_out, Init init, Rng& rng) {
+    if (fan_in <= 0 || fan_out <= 0)
+        shape_error("init_weight", "fan_in and fan_out must be positive, got " +
+                                       std::to_string(fan_in) + " and " + std::to_string(fan_out));
+    switch (init) {
+        case Init::zeros: return Tensor(std::move(shape));
+        case Init::xavier_normal: return randn(std::move(shape), rng, real(std::sqrt(2.0 / (fan_in + fan_out))));
+        case Init::xavier_uniform: {
+            const real a = real(std::sqrt(6.0 / (fan_in + fan_out)));
+            return uniform(std::move(shape), rng, -a, a);
+        }
+        case Init::he_normal: return randn(std::move(shape), rng, real(std::sqrt(2.0 / fan_in)));
+        case Init::he_uniform: {
+            const real a = real(std::sqrt(6.0 / fan_in));
+            return uniform(std::move(shape), rng, -a, a);
+        }
+        case Init::gpt2: return randn(std::move(shape), rng, real(0.02));
+    }
+    return Tensor(std::move(shape));
+}
+
+Tensor gpt2_residual_weight(Shape shape, int n_layers, Rng& rng) {
+    if (n_layers <= 0) shape_error("gpt2_residual_weight", "n_layers must be positive, got " + std::to_string(n_layers));
+    return randn(std::move(shape), rng, real(0.02 / std::sqrt(2.0 * n_layers)));
+}
+
+namespace nn {
+
+Linear::Linear(int in, int out, Rng& rng, Init init, bool bias)
+    : W(init_weight({in, out}, in, out, init, rng)) {
+    W.requires_grad_();
+    if (bias) b = Tensor({out}).requires_grad_();   // biases start at 0
+}
+
+// Y = X·W + b: matmul's backward gives dX = dY·Wᵀ and dW = Xᵀ·dY; broadcasting b over the rows
+// gives db = Σ_rows dY.
+Tensor Linear::operator()(const Tensor& x) const {
+    const Tensor y = matmul(x, W);
+    return b.defined() ? y + b : y;
+}
+
+std::vector<Tensor> Linear::parameters() const {
+    if (b.defined()) return {W, b};
+    return {W};
+}
+
+MLP::MLP(const std::vector<int>& sizes, Rng& rng, Activation act_, Init init, real dropout)
+    : act(act_), dropout_p(dropout), dropout_rng(rng.next_u64()) {
+    if (sizes.size() < 2) shape_error("nn::MLP", "needs at least an input and an output size");
+    for (std::size_t l = 0; l + 1 < sizes.size(); ++l) layers.emplace_back(sizes[l], sizes[l + 1], rng, init);
+}
+
+Tensor MLP::operator()(const Tensor& x) {
+    Tensor h = x;
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+        h = layers[l](h);
+        if (l + 1 == layers.size()) break;   // the last layer gives logits: no activation
+        h = activate(h, act);
+        if (dropout_p > 0) h = dropout(h, dropout_p, dropout_rng, training);
+    }
+    return h;
+}
+
+std::vector<Tensor> MLP::parameters() const {
+    std::vector<Tensor> p;
+    for (const Linear& layer : layers)
+        for (const Tensor& t : layer.parameters()) p.push_back(t);
+    return p;
+}
+
+}  // namespace nn
+
+// ---------------------------------------------------------------------------------------------
+// 2.9 Optimizers
+//
+// An optimizer turns gradients into updates. Each keeps some state per parameter element (its
+// memory of past gradients) and a step counter t; rules and defaults follow PyTorch's.
+//   SGD:        w ← w − lr·g
+//   momentum:   v ← μ·v + g,  w ← w − lr·v          (Nesterov: w ← w − lr·(g + μ·v))
+//   RMSProp:    s ← α·s + (1 − α)·g²,  w ← w − lr·g/(√s + ε)
+//   Adam:       m ← β₁m + (1 − β₁)g,  v ← β₂v + (1 − β₂)g²,
+//               m̂ = m/(1 − β₁ᵗ),  v̂ = v/(1 − β₂ᵗ)   (bias correction: m and v start at 0, so early
+//               averages are too small by exactly the factor 1 − βᵗ),
+//               w ← w − lr·m̂/(√v̂ + ε)
+//   AdamW:      Adam, plus w ← w − lr·λ·w applied to the weight directly ("decoupled"); Adam's
+//               own weight_decay instead adds λ·w to g (L2), which the division by √v̂ then
+//               shrinks for exactly the weights with large gradients.
+//   Lion:       c = β₁m + (1 − β₁)g,  w ← w − lr·(sign(c) + λ·w),  m ← β₂m + (1 − β₂)g
+// The arithmetic runs in double and is stored back as real.
+// ---------------------------------------------------------------------------------------------
+
+Optimizer::Optimizer(std::vector<Tensor> params, double lr_, const char* name)
+    : lr(lr_), params_(std::move(params)) {
+    if (params_.empty()) shape_error(name, "no parameters to optimize");
+    if (!(lr_ >= 0)) shape_error(name, "the learning rate must be >= 0, got " + to_string(lr_));
+    for (std::size_t k = 0; k < params_.size(); ++k)
+        if (!params_[k].defined() || !params_[k].requires_grad())
+            shape_error(name, "parameter " + std::to_string(k) + " does not require grad");
+}
+
+void Optimizer::step() {
+    if (state_.empty())   // first step: allocate the state, all zeros
+        for (const Tensor& p : params_)
+            state_.emplace_back(state_per_param(), std::vector<real>(p.numel(), real(0)));
+    ++step_count;
+    for (std::size_t k = 0; k < params_.size(); ++k)
+        if (!params_[k].grad().empty())   // a parameter the loss did not reach is left alone
+            update(params_[k].values(), params_[k].grad(), state_[k]);
+}
+
+void Optimizer::zero_grad() {
+    for (const Tensor& p : params_) p.zero_grad();
+}
+
+std::size_t Optimizer::state_bytes() const {
+    std::size_t n = 0;
+    for (const Tensor& p : params_) n += p.numel();
+    return n * state_per_param() * sizeof(real);
+}
+
+SGD::SGD(std::vector<Tensor> params, double lr, double momentum_, bool nesterov_, double weight_decay_)
+    : Optimizer(std::move(params), lr, "SGD"), momentum(momentum_), weight_decay(weight_decay_),
+      nesterov(nesterov_) {
+    if (momentum < 0) shape_error("SGD", "momentum must be >= 0, got " + to_string(momentum));
+    if (nesterov && momentum == 0) shape_error("SGD", "Nesterov needs momentum > 0");
+}
+
+void SGD::update(std::vector<real>& w, const std::vector<real>& grad, std::vector<std::vector<real>>& state) {
+    for (std::size_t i = 0; i < w.size(); ++i) {
+        double g = grad[i] + weight_decay * w[i];   // L2: ∂(λ/2·w²)/∂w = λw
+        if (momentum > 0) {
+            real& v = state[0][i];
+            v = real(momentum * v + g);
+            g = nesterov ? g + momentum * v : v;
+        }
+        w[i] = real(w[i] - lr * g);
+    }
+}
+
+RMSProp::RMSProp(std::vector<Tensor> params, double lr, double alpha_, double eps_, double weight_decay_)
+    : Optimizer(std::move(params), lr, "RMSProp"), alpha(alpha_), eps(eps_), weight_decay(weight_decay_) {}
+
+void RMSProp::update(std::vector<real>& w, const std::vector<real>& grad, std::vector<std::vector<real>>& state) {
+    for (std::size_t i = 0; i < w.size(); ++i) {
+        const double g = grad[i] + weight_decay * w[i];
+        real& s = state[0][i];
+        s = real(alpha * s + (1 - alpha) * g * g);
+        w[i] = real(w[i] - lr * g / (std::sqrt(double(s)) + eps));
+    }
+}
+
+Adam::Adam(std::vector<Tensor> params, double lr, double beta1_, double beta2_, double eps_,
+           double weight_decay_)
+    : Adam(std::move(params), lr, beta1_, beta2_, eps_, weight_decay_, false, "Adam") {}
+
+Adam::Adam(std::vector<Tensor> params, double lr, double beta1_, double beta2_, double eps_,
+           double weight_decay_, bool decoupled, const char* name)
+    : Optimizer(std::move(params), lr, name), beta1(beta1_), beta2(beta2_), eps(eps_),
+      weight_decay(weight_decay_), decoupled_(decoupled) {
+    if (!(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1))
+        shape_error(name, "betas must be in [0, 1), got " + to_string(beta1) + " and " + to_string(beta2));
+}
+
+void Adam::update(std::vector<real>& w, const std::vector<real>& grad, std::vector<std::vector<real>>& state) {
+    const double correction1 = 1 - std::pow(beta1, double(step_count));   // 1 − β₁ᵗ
+    const double correction2 = 1 - std::pow(beta2, double(step_count));   // 1 − β₂ᵗ
+    std::vector<real>&m = state[0], &v = state[1];
+    for (std::size_t i = 0; i < w.size(); ++i) {
+        double g = grad[i], wi = w[i];
+        if (decoupled_) wi -= lr * weight_decay * wi;   // AdamW: shrink the weight itself
+        else g += weight_decay * wi;                    // Adam: L2 folded into the gradient
+        m[i] = real(beta1 * m[i] + (1 - beta1) * g);
+        v[i] = real(beta2 * v[i] + (1 - beta2) * g * g);
+        const double m_hat = m[i] / correction1, v_hat = v[i] / correction2;
+        w[i] = real(wi - lr * m_hat / (std::sqrt(v_hat) + eps));
+    }
+}
+
+AdamW::AdamW(std::vector<Tensor> params, double lr, double beta1, double beta2, double eps,
+             double weight_decay)
+    : Adam(std::move(params), lr, beta1, beta2, eps, weight_decay, true, "AdamW") {}
+
+Lion::Lion(std::vector<Tensor> params, double lr, double beta1_, double beta2_, double weight_decay_)
+    : Optimizer(std::move(params), lr, "Lion"), beta1(beta1_), beta2(beta2_), weight_decay(weight_decay_) {}
+
+void Lion::update(std::vector<real>& w, const std::vector<real>& grad, std::vector<std::vector<real>>& state) {
+    std::vector<real>& m = state[0];
+    for (std::size_t i = 0; i < w.size(); ++i) {
+        const double c = beta1 * m[i] + (1 - beta1) * grad[i];
+        const double sign = c > 0 ? 1 : c < 0 ? -1 : 0;   // every step has the same size: lr
+        w[i] = real(w[i] - lr * (sign + weight_decay * w[i]));
+        m[i] = real(beta2 * m[i] + (1 - beta2) * grad[i]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2.10 Learning-rate schedules: lr as a function of the step, set before each optimizer step
+// (`opt.lr = warmup_cosine_lr(step, ...)`).
+//
+// Warmup: Adam's first updates rest on tiny, noisy moment estimates, and large early steps can
+// throw a fresh model into a bad region; so the rate ramps up linearly, lr_max·step/warmup.
+// Cosine decay: then lr_min + ½(lr_max − lr_min)(1 + cos(π·progress)), progress going 0 → 1:
+// slow at first, fastest in the middle (exactly halfway between lr_max and lr_min), slow at
+// the end. Example: lr_max 3e-4, lr_min 3e-5, warmup 2000, total 10000 → step 6000 gives 1.65e-4.
+// ---------------------------------------------------------------------------------------------
+
+static void require_schedule(bool ok, const char* name, const std::string& what) {
+    if (!ok) shape_error(name, what);
+}
+
+double constant_lr(long, double lr) { return lr; }
+
+double warmup_cosine_lr(long step, long warmup, long total, double lr_max, double lr_min) {
+    require_schedule(warmup >= 0 && total > 0 && warmup <= total, "warmup_cosine_lr",
+                     "needs 0 <= warmup <= total, got warmup " + std::to_string(warmup) +
+                         " and total " + std::to_string(total));
+    require_schedule(lr_max >= lr_min && lr_min >= 0, "warmup_cosine_lr",
+                     "needs lr_max >= lr_min >= 0, got " + to_string(lr_max) + " and " + to_string(lr_min));
+    if (step < warmup) return lr_max * double(step) / double(warmup);
+    if (step >= total) return lr_min;
+    const double progress = double(step - warmup) / double(total - warmup);
+    return lr_min + 0.5 * (lr_max - lr_min) * (1 + std::cos(pi * progress));
+}
+
+// The original Transformer's schedule, scaled so that the peak (at step = warmup) is lr_max.
+double inverse_sqrt_lr(long step, long warmup, double lr_max) {
+    require_schedule(warmup > 0, "inverse_sqrt_lr", "warmup must be > 0, got " + std::to_string(warmup));
+    if (step < warmup) return lr_max * double(step) / double(warmup);
+    return lr_max * std::sqrt(double(warmup) / double(step));
+}
+
+double step_decay_lr(long step, double lr0, long step_size, double gamma) {
+    require_schedule(step_size > 0, "step_decay_lr", "step_size must be > 0, got " + std::to_string(step_size));
+    return lr0 * std::pow(gamma, double(step / step_size));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2.11 Gradient tools
+//
+// The global gradient norm ‖g‖ = √(Σ over all parameters and elements of g²) is the size of
+// one step's whole gradient vector: logging it shows spikes before the loss does. Clipping by
+// norm rescales the whole vector to length max_norm when it is longer, g ← g·max_norm/‖g‖:
+// the direction is kept, only the step is capped (a norm of 5 clipped to 1 scales every
+// gradient by 0.2). Clipping by value clamps each element to [−c, c], which bends the
+// direction. (PyTorch divides by ‖g‖ + 1e-6; we only divide when ‖g‖ > max_norm > 0.)
+// ---------------------------------------------------------------------------------------------
+
+std::vector<double> grad_norms(const std::vector<Tensor>& params) {
+    std::vector<double> norms;
+    for (const Tensor& p : params) {
+        double s = 0;
+        for (real g : p.grad()) s += double(g) * g;
+        norms.push_back(std::sqrt(s));
+    }
+    return norms;
+}
+
+double grad_norm(const std::vector<Tensor>& params) {
+    double s = 0;
+    for (double n : grad_norms(params)) s += n * n;
+    return std::sqrt(s);
+}
+
+double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
+    if (!(max_norm > 0)) shape_error("clip_grad_norm", "max_norm must be > 0, got " + to_string(max_norm));
+    const double norm = grad_norm(params);
+    if (norm > max_norm) {
+        const double scale = max_norm / norm;
+        for (const Tensor& p : params)
+            for (real& g : p.grad()) g = real(g * scale);
+    }
+    return norm;
+}
+
+void clip_grad_value(const std::vector<Tensor>& params, double max_abs) {
+    if (!(max_abs > 0)) shape_error("clip_grad_value", "the limit must be > 0, got " + to_string(max_abs));
+    for (const Tensor& p : params)
+        for (real& g : p.grad()) g = real(std::clamp(double(g), -max_abs, max_abs));
 }

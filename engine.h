@@ -236,12 +236,14 @@ struct TensorNode {
     ~TensorNode();                            // frees long chains without recursion
 };
 
-// A handle to a TensorNode; copies share it (like Value, and like torch.Tensor).
+// A handle to a TensorNode; copies share it (like Value, and like torch.Tensor). values() and
+// grad() are references into the node: keep the handle alive while you use them (looping over
+// `f(x).values()` reads a temporary that is already gone).
 class Tensor {
 public:
     Tensor() = default;                                 // an empty handle
     explicit Tensor(Shape shape);                       // zeros
-    Tensor(Shape shape, std::vector<real> values);      // values.size() must match the shape
+    explicit Tensor(Shape shape, std::vector<real> values);   // values.size() must match shape
     static Tensor full(Shape shape, real value);
     static Tensor scalar(real value);                   // shape [1]
 

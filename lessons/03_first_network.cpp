@@ -375,7 +375,7 @@ static int check_homework() {
                  expect_true("lengths 1 and 2 throw std::invalid_argument",
                              throws_invalid_argument([] { mse_loss({Value(1.0)}, {1.0, 2.0}); }));
                  expect_true("empty input throws std::invalid_argument",
-                             throws_invalid_argument([] { mse_loss({}, {}); }));
+                             throws_invalid_argument([] { mse_loss(std::vector<Value>{}, {}); }));
              });
 
     hw.check("03.2", "one SGD step: data -= lr * grad, then zero the grad",
