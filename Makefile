@@ -27,8 +27,8 @@ TEST_BINS := $(B)/tests \
 
 # Keep generated sources and objects (make would otherwise delete them as intermediates).
 .SECONDARY:
-.PHONY: all test asan lessons lesson check exercise exercise-reset bench clean help
-all: $(TEST_BINS) $(foreach n,$(LESSONS),$(B)/lessons/$(n)) $(B)/bench
+.PHONY: all test asan lessons lesson check exercise exercise-reset bench demo clean help
+all: $(TEST_BINS) $(foreach n,$(LESSONS),$(B)/lessons/$(n)) $(B)/bench $(B)/demo
 
 help:
 	@echo "make                  build everything (into build/)"
@@ -39,6 +39,7 @@ help:
 	@echo "make check N=02       grade lesson 02's homework (SOLUTIONS=1: the reference solutions)"
 	@echo "make exercise E=name  blank an engine region for you to rewrite; regions: $(REGIONS)"
 	@echo "make exercise-reset   restore engine.cpp (your attempt is kept in .saved/)"
+	@echo "make demo             train an MLP on 3-class spirals; plots in build/plots/"
 	@echo "make bench            time a training step of the scalar engine"
 	@echo "make clean            remove build/"
 
@@ -137,6 +138,13 @@ exercise-reset:
 	     cp .saved/engine.cpp.original engine.cpp && rm .saved/engine.cpp.original && touch engine.cpp && \
 	     echo "engine.cpp restored; your attempt is kept as .saved/engine.cpp.attempt-$$stamp"; \
 	 fi
+
+# ---- the demo --------------------------------------------------------------------------------
+$(B)/demo: lessons/demo.cpp $(LESSON_DEPS)
+	$(CXX) $(CXXFLAGS) -I. -Ilessons $< $(B)/engine.o -o $@
+
+demo: $(B)/demo
+	./$(B)/demo
 
 # ---- benchmarks ------------------------------------------------------------------------------
 $(B)/bench: $(B)/bench.o $(B)/engine.o
