@@ -24,6 +24,9 @@
 //     2.9  Optimizers
 //     2.10 Learning-rate schedules
 //     2.11 Gradient tools
+//   Part 3  Real data and checkpoints
+//     3.1  IDX files: a format checked before it is trusted
+//     3.2  Checkpoints: save atomically, load all or nothing
 //
 // The one idea of this file: a program is a graph of small ops. Each op knows its own local
 // derivative. The chain rule turns those local derivatives into dLoss/d(everything) in one
@@ -34,6 +37,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iterator>
 #include <limits>
 #include <sstream>
 #include <unordered_map>
@@ -1661,6 +1667,16 @@ std::vector<Tensor> MLP::parameters() const {
     return p;
 }
 
+std::vector<std::pair<std::string, Tensor>> MLP::named_parameters() const {
+    std::vector<std::pair<std::string, Tensor>> named;
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+        const std::string prefix = "layers." + std::to_string(l) + ".";
+        named.push_back({prefix + "W", layers[l].W});
+        if (layers[l].b.defined()) named.push_back({prefix + "b", layers[l].b});
+    }
+    return named;
+}
+
 }  // namespace nn
 
 // ---------------------------------------------------------------------------------------------
@@ -1683,7 +1699,7 @@ std::vector<Tensor> MLP::parameters() const {
 // ---------------------------------------------------------------------------------------------
 
 Optimizer::Optimizer(std::vector<Tensor> params, double lr_, const char* name)
-    : lr(lr_), params_(std::move(params)) {
+    : lr(lr_), params_(std::move(params)), name_(name) {
     if (params_.empty()) shape_error(name, "no parameters to optimize");
     if (!(lr_ >= 0)) shape_error(name, "the learning rate must be >= 0, got " + to_string(lr_));
     for (std::size_t k = 0; k < params_.size(); ++k)
@@ -1695,6 +1711,12 @@ void Optimizer::step() {
     if (state_.empty())   // first step: allocate the state, all zeros
         for (const Tensor& p : params_)
             state_.emplace_back(state_per_param(), std::vector<real>(p.numel(), real(0)));
+    for (std::size_t k = 0; k < params_.size(); ++k) {
+        const std::size_t g = params_[k].grad().size(), n = params_[k].numel();
+        if (g != 0 && g != n)
+            shape_error(name_, "parameter " + std::to_string(k) + " has " + std::to_string(n) +
+                                   " values but a gradient of " + std::to_string(g));
+    }
     ++step_count;
     for (std::size_t k = 0; k < params_.size(); ++k)
         if (!params_[k].grad().empty())   // a parameter the loss did not reach is left alone
@@ -1869,4 +1891,256 @@ void clip_grad_value(const std::vector<Tensor>& params, double max_abs) {
     if (!(max_abs > 0)) shape_error("clip_grad_value", "the limit must be > 0, got " + to_string(max_abs));
     for (const Tensor& p : params)
         for (real& g : p.grad()) g = real(std::clamp(double(g), -max_abs, max_abs));
+}
+
+// =============================================================================================
+// Part 3: real data and checkpoints
+// =============================================================================================
+
+// ---------------------------------------------------------------------------------------------
+// 3.1 IDX files: a format checked before it is trusted
+//
+// Layout: bytes 0–1 are 0, byte 2 is the element type (0x08 = unsigned byte, the only one the
+// image sets use), byte 3 the number of dimensions; then one 32-bit big-endian size per
+// dimension; then the elements, row-major. A file from the internet may be truncated, be the
+// gzip that was never unpacked, or be the labels where we expected images: each check below
+// turns one such mistake into a message instead of an out-of-bounds read.
+// ---------------------------------------------------------------------------------------------
+
+static std::vector<unsigned char> read_file(const std::string& path, const char* what) {
+    std::ifstream f(path, std::ios::binary);
+    if (!f) throw std::runtime_error(std::string(what) + ": cannot open " + path);
+    return std::vector<unsigned char>(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+
+[[noreturn]] static void idx_error(const std::string& path, const std::string& what) {
+    throw std::runtime_error("read_idx: " + path + ": " + what);
+}
+
+IdxArray read_idx(const std::string& path) {
+    const std::vector<unsigned char> file = read_file(path, "read_idx");
+    if (file.size() >= 2 && file[0] == 0x1f && file[1] == 0x8b)
+        idx_error(path, "this is a gzip file; unpack it first (gunzip, or `make data`)");
+    if (file.size() < 4) idx_error(path, "too short for an IDX header (" + std::to_string(file.size()) + " bytes)");
+    if (file[0] != 0 || file[1] != 0) idx_error(path, "bad magic number (an IDX file starts with two zero bytes)");
+    if (file[2] != 0x08) {
+        char code[8];
+        std::snprintf(code, sizeof code, "0x%02X", file[2]);
+        idx_error(path, std::string("element type ") + code + " is not supported (only 0x08, unsigned bytes)");
+    }
+    const int rank = file[3];
+    if (rank < 1 || rank > 4) idx_error(path, "rank " + std::to_string(rank) + " is not in 1..4");
+    const std::size_t header = 4 + 4 * std::size_t(rank);
+    if (file.size() < header) idx_error(path, "truncated header: " + std::to_string(rank) + " sizes announced");
+    IdxArray a;
+    std::size_t count = 1;
+    for (int d = 0; d < rank; ++d) {
+        const unsigned char* p = file.data() + 4 + 4 * d;
+        const std::uint32_t size = std::uint32_t(p[0]) << 24 | std::uint32_t(p[1]) << 16 | std::uint32_t(p[2]) << 8 | p[3];
+        if (size == 0 || size > (1u << 30)) idx_error(path, "dimension " + std::to_string(d) + " has size " + std::to_string(size));
+        a.dims.push_back(int(size));
+        count *= size;
+        if (count > (std::size_t(1) << 34)) idx_error(path, "the sizes multiply to more than 16 GiB");
+    }
+    const std::size_t have = file.size() - header;
+    if (have < count) idx_error(path, "truncated: the header promises " + std::to_string(count) + " bytes of data, the file has " + std::to_string(have));
+    if (have > count) idx_error(path, std::to_string(have - count) + " unexpected bytes after the data");
+    a.bytes.assign(file.begin() + header, file.end());
+    return a;
+}
+
+Dataset load_idx_dataset(const std::string& images_path, const std::string& labels_path) {
+    const IdxArray images = read_idx(images_path), labels = read_idx(labels_path);
+    if (images.dims.size() != 3) idx_error(images_path, "expected images [count, rows, cols], got rank " + std::to_string(images.dims.size()));
+    if (labels.dims.size() != 1) idx_error(labels_path, "expected labels [count], got rank " + std::to_string(labels.dims.size()));
+    if (images.dims[0] != labels.dims[0])
+        throw std::runtime_error("load_idx_dataset: " + images_path + " has " + std::to_string(images.dims[0]) +
+                                 " images but " + labels_path + " has " + std::to_string(labels.dims[0]) + " labels");
+    Dataset d;
+    const int n = images.dims[0], pixels = images.dims[1] * images.dims[2];
+    d.images = Tensor({n, pixels});
+    for (std::size_t i = 0; i < images.bytes.size(); ++i) d.images.values()[i] = real(images.bytes[i] / 255.0);
+    for (unsigned char l : labels.bytes) {
+        d.labels.push_back(l);
+        d.classes = std::max(d.classes, int(l) + 1);
+    }
+    return d;
+}
+
+Tensor gather_rows(const Tensor& images, const std::vector<int>& rows) {
+    if (images.rank() != 2) shape_error("gather_rows", "needs [N, D], got " + shape_str(images.shape()));
+    const int N = images.dim(0), D = images.dim(1);
+    Tensor batch({int(rows.size()), D});
+    for (std::size_t k = 0; k < rows.size(); ++k) {
+        if (rows[k] < 0 || rows[k] >= N)
+            shape_error("gather_rows", "row " + std::to_string(rows[k]) + " outside [0, " + std::to_string(N) + ")");
+        std::copy_n(images.values().data() + std::size_t(rows[k]) * D, D, batch.values().data() + k * D);
+    }
+    return batch;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3.2 Checkpoints: save atomically, load all or nothing
+//
+// File layout, every integer little-endian:
+//   "DLCKPT01"  magic and version
+//   u64 step, u32 sizeof(real)
+//   u32 tensor count; per tensor: name, u32 rank, u32 sizes..., values
+//   optimizer name, i64 step_count, u32 params, u32 slots; the slots' values
+//   u32 rng count; u64 state each
+//   u64 FNV-1a checksum of everything before it
+// A string is a u32 length and its bytes. The checksum catches a file cut short or a flipped
+// byte; the names and shapes catch a checkpoint of another model.
+// Saving writes path.tmp and renames it over path. rename() replaces a file in one step, so a
+// crash or error mid-save leaves either the old checkpoint or the new one, never half of one.
+// ---------------------------------------------------------------------------------------------
+
+static const char checkpoint_magic[] = "DLCKPT01";
+
+// FNV-1a: for each byte, xor it in, then multiply by a fixed prime. Simple, and any single
+// changed byte changes the result.
+static std::uint64_t fnv1a(const unsigned char* p, std::size_t n) {
+    std::uint64_t h = 0xcbf29ce484222325ull;
+    for (std::size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
+    return h;
+}
+
+struct ByteWriter {
+    std::vector<unsigned char> bytes;
+    void u64(std::uint64_t v) { for (int i = 0; i < 8; ++i) bytes.push_back((v >> (8 * i)) & 0xff); }
+    void u32(std::uint32_t v) { for (int i = 0; i < 4; ++i) bytes.push_back((v >> (8 * i)) & 0xff); }
+    void str(const std::string& s) { u32(std::uint32_t(s.size())), bytes.insert(bytes.end(), s.begin(), s.end()); }
+    void reals(const std::vector<real>& v) {
+        const auto* p = reinterpret_cast<const unsigned char*>(v.data());   // (little-endian hosts)
+        bytes.insert(bytes.end(), p, p + v.size() * sizeof(real));
+    }
+};
+
+// Reads what ByteWriter wrote; running past the end means the file is damaged.
+struct ByteReader {
+    const std::vector<unsigned char>& bytes;
+    std::size_t pos;
+    const std::string& path;
+    void need(std::size_t n) {
+        if (bytes.size() - pos < n) throw std::runtime_error("load_checkpoint: " + path + ": truncated");
+    }
+    std::uint64_t u64() {
+        need(8);
+        std::uint64_t v = 0;
+        for (int i = 0; i < 8; ++i) v |= std::uint64_t(bytes[pos++]) << (8 * i);
+        return v;
+    }
+    std::uint32_t u32() {
+        need(4);
+        std::uint32_t v = 0;
+        for (int i = 0; i < 4; ++i) v |= std::uint32_t(bytes[pos++]) << (8 * i);
+        return v;
+    }
+    std::string str() {
+        const std::uint32_t n = u32();
+        need(n);
+        pos += n;
+        return std::string(bytes.begin() + (pos - n), bytes.begin() + pos);
+    }
+    std::vector<real> reals(std::size_t n) {
+        need(n * sizeof(real));
+        std::vector<real> v(n);
+        std::memcpy(v.data(), bytes.data() + pos, n * sizeof(real));
+        pos += n * sizeof(real);
+        return v;
+    }
+};
+
+void save_checkpoint(const std::string& path, const TrainingState& state) {
+    ByteWriter w;
+    w.bytes.assign(checkpoint_magic, checkpoint_magic + 8);
+    w.u64(std::uint64_t(state.step));
+    w.u32(sizeof(real));
+    w.u32(std::uint32_t(state.params.size()));
+    for (const auto& [name, t] : state.params) {
+        w.str(name);
+        w.u32(std::uint32_t(t.rank()));
+        for (int d : t.shape()) w.u32(std::uint32_t(d));
+        w.reals(t.values());
+    }
+    Optimizer* opt = state.optimizer;
+    w.str(opt ? opt->name() : "");
+    w.u64(opt ? std::uint64_t(opt->step_count) : 0);
+    w.u32(opt ? std::uint32_t(opt->state().size()) : 0);
+    w.u32(opt ? std::uint32_t(opt->state_per_param()) : 0);
+    if (opt)
+        for (const auto& slots : opt->state())
+            for (const auto& slot : slots) w.reals(slot);
+    w.u32(std::uint32_t(state.rngs.size()));
+    for (const Rng* r : state.rngs) w.u64(r->state());
+    w.u64(fnv1a(w.bytes.data(), w.bytes.size()));
+
+    const std::string tmp = path + ".tmp";
+    {
+        std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+        if (!f) throw std::runtime_error("save_checkpoint: cannot write " + tmp);
+        f.write(reinterpret_cast<const char*>(w.bytes.data()), std::streamsize(w.bytes.size()));
+        f.flush();
+        if (!f) {
+            std::remove(tmp.c_str());
+            throw std::runtime_error("save_checkpoint: writing " + tmp + " failed (disk full?)");
+        }
+    }
+    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+        std::remove(tmp.c_str());
+        throw std::runtime_error("save_checkpoint: cannot rename " + tmp + " to " + path);
+    }
+}
+
+void load_checkpoint(const std::string& path, TrainingState& state) {
+    const std::vector<unsigned char> file = read_file(path, "load_checkpoint");
+    auto fail = [&](const std::string& what) -> void {
+        throw std::runtime_error("load_checkpoint: " + path + ": " + what);
+    };
+    if (file.size() < 16 || !std::equal(checkpoint_magic, checkpoint_magic + 6, file.begin()))
+        fail("not a checkpoint (bad magic)");
+    if (!std::equal(checkpoint_magic, checkpoint_magic + 8, file.begin())) fail("unsupported version");
+    std::uint64_t stored_sum = 0;
+    for (int i = 0; i < 8; ++i) stored_sum |= std::uint64_t(file[file.size() - 8 + i]) << (8 * i);
+    if (fnv1a(file.data(), file.size() - 8) != stored_sum) fail("checksum mismatch: the file is damaged");
+
+    // Parse everything into locals first; `state` changes only after every check has passed.
+    ByteReader r{file, 8, path};
+    const std::int64_t step = std::int64_t(r.u64());
+    if (r.u32() != sizeof(real)) fail("saved with another element type (float vs double build)");
+    const std::uint32_t n_tensors = r.u32();
+    if (n_tensors != state.params.size())
+        fail("has " + std::to_string(n_tensors) + " tensors, the model has " + std::to_string(state.params.size()));
+    std::vector<std::vector<real>> values;
+    for (const auto& [name, t] : state.params) {
+        const std::string saved_name = r.str();
+        if (saved_name != name) fail("tensor '" + saved_name + "' where the model has '" + name + "'");
+        const std::uint32_t rank = r.u32();
+        if (rank > 8) fail("tensor '" + name + "' has a corrupt rank");
+        Shape shape(rank);
+        for (int& d : shape) d = int(r.u32());
+        if (shape != t.shape())
+            fail("tensor '" + name + "' has shape " + shape_str(shape) + ", the model's is " + shape_str(t.shape()));
+        values.push_back(r.reals(t.numel()));
+    }
+    const std::string opt_name = r.str();
+    const std::int64_t opt_steps = std::int64_t(r.u64());
+    const std::uint32_t n_params = r.u32(), slots = r.u32();
+    Optimizer* opt = state.optimizer;
+    if (opt_name != (opt ? opt->name() : ""))
+        fail("optimizer '" + opt_name + "' where the run has '" + (opt ? opt->name() : "") + "'");
+    std::vector<std::vector<std::vector<real>>> opt_state(n_params);
+    if (n_params != 0 && (!opt || n_params != opt->params().size() || int(slots) != opt->state_per_param()))
+        fail("the optimizer state does not match this run's parameters");
+    for (std::uint32_t k = 0; k < n_params; ++k)
+        for (std::uint32_t s = 0; s < slots; ++s) opt_state[k].push_back(r.reals(opt->params()[k].numel()));
+    if (r.u32() != state.rngs.size()) fail("the number of random generators differs");
+    std::vector<std::uint64_t> rng_states;
+    for (std::size_t k = 0; k < state.rngs.size(); ++k) rng_states.push_back(r.u64());
+    if (r.pos != file.size() - 8) fail("unexpected bytes before the checksum");
+
+    for (std::size_t k = 0; k < values.size(); ++k) state.params[k].second.values() = std::move(values[k]);
+    if (opt) opt->state() = std::move(opt_state), opt->step_count = opt_steps;
+    for (std::size_t k = 0; k < state.rngs.size(); ++k) *state.rngs[k] = Rng(rng_states[k]);
+    state.step = step;
 }

@@ -152,6 +152,7 @@ public:
     double uniform(double lo, double hi);
     double normal();                    // N(0, 1)
     std::size_t below(std::size_t n);   // an integer in [0, n)
+    std::uint64_t state() const { return state_; }   // Rng(r.state()) continues r exactly
 private:
     std::uint64_t state_;
 };
@@ -368,6 +369,8 @@ struct MLP {
         Init init = Init::he_normal, real dropout_p = 0);
     Tensor operator()(const Tensor& x);
     std::vector<Tensor> parameters() const;
+    // "layers.0.W", "layers.0.b", ...: the names a checkpoint stores.
+    std::vector<std::pair<std::string, Tensor>> named_parameters() const;
     void train() { training = true; }
     void eval() { training = false; }
 };
@@ -388,6 +391,9 @@ public:
     const std::vector<Tensor>& params() const { return params_; }
     virtual int state_per_param() const = 0;      // numbers of state per parameter element
     std::size_t state_bytes() const;              // their total size in bytes
+    const char* name() const { return name_; }
+    // The state itself, [param][slot][element] (empty before the first step): for checkpoints.
+    std::vector<std::vector<std::vector<real>>>& state() { return state_; }
 
 protected:
     // Updates one parameter tensor; `state` holds state_per_param() vectors of its size.
@@ -395,6 +401,7 @@ protected:
                         std::vector<std::vector<real>>& state) = 0;
     std::vector<Tensor> params_;
     std::vector<std::vector<std::vector<real>>> state_;   // [param][slot][element]
+    const char* name_;
 };
 
 class SGD : public Optimizer {   // with optional momentum (and Nesterov) and L2 weight decay
@@ -467,3 +474,39 @@ std::vector<double> grad_norms(const std::vector<Tensor>& params);   // one per 
 // Scales every gradient by max_norm/‖g‖ when ‖g‖ > max_norm; returns ‖g‖ before clipping.
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm);
 void clip_grad_value(const std::vector<Tensor>& params, double max_abs);
+
+// =============================================================================================
+// Part 3: real data and checkpoints
+// =============================================================================================
+
+// An IDX file (the format of MNIST, Fashion-MNIST, KMNIST): a header of magic 00 00 08 <rank>
+// and rank big-endian 32-bit sizes, then the bytes. Everything is checked before it is
+// trusted; any problem throws std::runtime_error naming the file and what is wrong.
+struct IdxArray {
+    std::vector<int> dims;               // e.g. {60000, 28, 28}
+    std::vector<unsigned char> bytes;    // product of dims values
+};
+IdxArray read_idx(const std::string& path);
+
+// An image set and its labels: images [N, rows·cols] scaled to [0, 1], labels in [0, classes).
+struct Dataset {
+    Tensor images;
+    std::vector<int> labels;
+    int classes = 0;
+};
+Dataset load_idx_dataset(const std::string& images_path, const std::string& labels_path);
+// The given rows of a [N, D] tensor stacked into a [rows.size(), D] batch (data: no gradient).
+Tensor gather_rows(const Tensor& images, const std::vector<int>& rows);
+
+// Everything a run needs to continue exactly where it stopped.
+struct TrainingState {
+    std::vector<std::pair<std::string, Tensor>> params;   // name → parameter (values)
+    Optimizer* optimizer = nullptr;                        // its moments and step count
+    std::vector<Rng*> rngs;                                // data order, dropout, ...
+    std::int64_t step = 0;                                 // the training loop's own counter
+};
+// Writes path.tmp, then renames it over path: a failed save leaves the old file intact.
+void save_checkpoint(const std::string& path, const TrainingState& state);
+// All or nothing: the file is read and checked completely (magic, version, checksum, names,
+// shapes, optimizer) before anything in `state` changes.
+void load_checkpoint(const std::string& path, TrainingState& state);

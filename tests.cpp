@@ -22,7 +22,10 @@
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <iterator>
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 // =============================================================================================
 // The harness
@@ -1274,6 +1277,10 @@ TEST("06 optimizers", "state bytes per parameter; bad construction is refused") 
     EXPECT_THROWS(SGD({}, 0.1), "SGD: no parameters to optimize");
     EXPECT_THROWS(Adam({w}, -1.0), "Adam: the learning rate must be >= 0, got -1");
     EXPECT_THROWS(SGD({Tensor({2})}, 0.1), "parameter 0 does not require grad");
+    SGD sgd({w}, 0.1);
+    w.grad() = {1.0};   // set by hand, with the wrong length
+    EXPECT_THROWS(sgd.step(), "SGD: parameter 0 has 10 values but a gradient of 1");
+    EXPECT_EQ(sgd.step_count, 0L);
 }
 
 // ---- 07 schedules ----------------------------------------------------------------------------
@@ -1361,6 +1368,179 @@ TEST("09 clipping", "an MLP trains on a toy problem; its tensor graphs do not pi
     }
     EXPECT_EQ(TensorNode::live_count, before);
     EXPECT_TRUE(last < 0.01 * first);
+}
+
+// =============================================================================================
+// Part 3: IDX files and checkpoints, on small files the tests write themselves
+// =============================================================================================
+
+// A fresh directory under /tmp for one test's files, removed when the test ends.
+struct TempDir {
+    std::string path;
+    TempDir() {
+        char name[] = "/tmp/engine-tests-XXXXXX";
+        if (!::mkdtemp(name)) throw std::runtime_error("mkdtemp failed");
+        path = name;
+    }
+    ~TempDir() { std::system(("rm -rf '" + path + "'").c_str()); }
+    std::string file(const std::string& name) const { return path + "/" + name; }
+};
+
+static void write_bytes(const std::string& path, const std::vector<unsigned char>& bytes) {
+    std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
+}
+
+static std::vector<unsigned char> read_bytes(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    return std::vector<unsigned char>(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+
+// An IDX file of unsigned bytes, written byte by byte from the format's definition.
+static std::vector<unsigned char> idx_bytes(const std::vector<int>& dims, const std::vector<unsigned char>& data) {
+    std::vector<unsigned char> b = {0, 0, 0x08, static_cast<unsigned char>(dims.size())};
+    for (int d : dims)
+        for (int shift : {24, 16, 8, 0}) b.push_back(static_cast<unsigned char>((unsigned(d) >> shift) & 0xff));
+    b.insert(b.end(), data.begin(), data.end());
+    return b;
+}
+
+TEST("10 data", "IDX round trip: dims and bytes come back; images scale to [0, 1]") {
+    TempDir dir;
+    std::vector<unsigned char> pixels;
+    for (int i = 0; i < 3 * 2 * 2; ++i) pixels.push_back(static_cast<unsigned char>(i * 20));
+    write_bytes(dir.file("images"), idx_bytes({3, 2, 2}, pixels));
+    write_bytes(dir.file("labels"), idx_bytes({3}, {2, 0, 1}));
+    const IdxArray a = read_idx(dir.file("images"));
+    EXPECT_TRUE(a.dims == std::vector<int>({3, 2, 2}));
+    EXPECT_TRUE(a.bytes == pixels);
+    const Dataset d = load_idx_dataset(dir.file("images"), dir.file("labels"));
+    EXPECT_TRUE(d.images.shape() == Shape({3, 4}));
+    EXPECT_NEAR(d.images.at({2, 3}), 220 / 255.0, 1e-15);
+    EXPECT_TRUE(d.labels == std::vector<int>({2, 0, 1}));
+    EXPECT_EQ(d.classes, 3);
+    EXPECT_VALUES(gather_rows(d.images, {2, 0}), {160 / 255.0, 180 / 255.0, 200 / 255.0, 220 / 255.0, 0, 20 / 255.0, 40 / 255.0, 60 / 255.0}, 1e-15);
+}
+
+TEST("10 data", "every kind of corrupt IDX file is rejected with its own message") {
+    TempDir dir;
+    const std::vector<unsigned char> good = idx_bytes({2, 2, 2}, {1, 2, 3, 4, 5, 6, 7, 8});
+    auto rejects = [&](std::vector<unsigned char> bytes, const char* message) {
+        write_bytes(dir.file("bad"), bytes);
+        EXPECT_THROWS(read_idx(dir.file("bad")), message);
+    };
+    EXPECT_THROWS(read_idx(dir.file("missing")), "cannot open");
+    rejects({}, "too short for an IDX header");
+    rejects({0x1f, 0x8b, 8, 0}, "gzip");
+    std::vector<unsigned char> b = good;
+    b[1] = 1;
+    rejects(b, "bad magic number");
+    b = good, b[2] = 0x0D;
+    rejects(b, "element type 0x0D is not supported");
+    b = good, b[3] = 7;
+    rejects(b, "rank 7 is not in 1..4");
+    rejects(std::vector<unsigned char>(good.begin(), good.begin() + 9), "truncated header");
+    rejects(std::vector<unsigned char>(good.begin(), good.end() - 3), "truncated: the header promises 8 bytes of data, the file has 5");
+    b = good, b.push_back(0);
+    rejects(b, "1 unexpected bytes after the data");
+    rejects(idx_bytes({2, 0, 2}, {}), "dimension 1 has size 0");
+    write_bytes(dir.file("images"), good);
+    write_bytes(dir.file("labels"), idx_bytes({3}, {0, 1, 2}));
+    EXPECT_THROWS(load_idx_dataset(dir.file("images"), dir.file("labels")), "has 2 images but");
+    EXPECT_THROWS(load_idx_dataset(dir.file("labels"), dir.file("labels")), "expected images [count, rows, cols]");
+}
+
+// A small training run whose every random choice comes from `data_rng`, so that a checkpoint
+// with that generator's state can continue it exactly.
+struct ToyRun {
+    Rng init_rng{21}, data_rng{22};
+    nn::MLP model{{3, 8, 4}, init_rng, Activation::tanh};
+    AdamW opt{model.parameters(), 0.01};
+    Tensor x = randn({32, 3}, init_rng);
+    std::vector<int> labels = std::vector<int>(32);
+    std::int64_t step = 0;
+    ToyRun() {
+        for (int i = 0; i < 32; ++i) labels[i] = i % 4;
+    }
+    double train_step() {   // a random batch of 8, one AdamW step
+        std::vector<int> rows, batch_labels;
+        for (int k = 0; k < 8; ++k) {
+            rows.push_back(int(data_rng.below(32)));
+            batch_labels.push_back(labels[rows.back()]);
+        }
+        opt.lr = warmup_cosine_lr(step, 5, 40, 0.05, 0.001);
+        opt.zero_grad();
+        const Tensor loss = cross_entropy(model(gather_rows(x, rows)), batch_labels);
+        loss.backward();
+        opt.step();
+        ++step;
+        return loss.item();
+    }
+    TrainingState state() { return {model.named_parameters(), &opt, {&data_rng}, step}; }
+};
+
+TEST("10 data", "checkpoint: save, load into a fresh run, continue: the same losses bit for bit") {
+    TempDir dir;
+    ToyRun uninterrupted, first_half;
+    std::vector<double> expected;
+    for (int i = 0; i < 20; ++i) expected.push_back(uninterrupted.train_step());
+    for (int i = 0; i < 10; ++i) first_half.train_step();
+    save_checkpoint(dir.file("run.ckpt"), first_half.state());
+    ToyRun resumed;   // fresh weights, fresh optimizer, fresh data order
+    TrainingState state = resumed.state();
+    load_checkpoint(dir.file("run.ckpt"), state);
+    resumed.step = state.step;
+    EXPECT_EQ(resumed.step, std::int64_t(10));
+    EXPECT_EQ(resumed.opt.step_count, 10L);
+    for (int i = 10; i < 20; ++i) EXPECT_EQ(resumed.train_step(), expected[i]);
+}
+
+TEST("10 data", "a damaged or mismatched checkpoint is rejected and changes nothing") {
+    TempDir dir;
+    ToyRun run;
+    for (int i = 0; i < 3; ++i) run.train_step();
+    const std::string path = dir.file("run.ckpt");
+    save_checkpoint(path, run.state());
+    const std::vector<unsigned char> good = read_bytes(path);
+
+    ToyRun other;
+    const std::vector<real> before = other.model.layers[0].W.values();
+    auto rejects = [&](const std::vector<unsigned char>& bytes, const char* message) {
+        write_bytes(dir.file("bad.ckpt"), bytes);
+        TrainingState s = other.state();
+        EXPECT_THROWS(load_checkpoint(dir.file("bad.ckpt"), s), message);
+        EXPECT_TRUE(other.model.layers[0].W.values() == before);   // nothing changed
+        EXPECT_EQ(other.opt.step_count, 0L);
+    };
+    std::vector<unsigned char> flipped = good;
+    flipped[good.size() / 2] ^= 0x10;
+    rejects(flipped, "checksum mismatch: the file is damaged");
+    rejects(std::vector<unsigned char>(good.begin(), good.begin() + good.size() / 2), "checksum mismatch");
+    rejects({'h', 'e', 'l', 'l', 'o', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, "not a checkpoint (bad magic)");
+    rejects({}, "not a checkpoint");
+
+    Rng rng(5);   // another model: the shapes differ
+    nn::MLP wider({3, 9, 4}, rng, Activation::tanh);
+    AdamW opt(wider.parameters());
+    TrainingState s{wider.named_parameters(), &opt, {&run.data_rng}, 0};
+    EXPECT_THROWS(load_checkpoint(path, s), "tensor 'layers.0.W' has shape [3, 8], the model's is [3, 9]");
+    SGD sgd(run.model.parameters(), 0.1);
+    TrainingState t{run.model.named_parameters(), &sgd, {&run.data_rng}, 0};
+    EXPECT_THROWS(load_checkpoint(path, t), "optimizer 'AdamW' where the run has 'SGD'");
+}
+
+TEST("10 data", "a save that fails leaves the previous checkpoint intact") {
+    TempDir dir;
+    ToyRun run;
+    const std::string path = dir.file("run.ckpt");
+    save_checkpoint(path, run.state());
+    const std::vector<unsigned char> old = read_bytes(path);
+    run.train_step();
+    ::mkdir((path + ".tmp").c_str(), 0755);   // the temporary file cannot be created
+    EXPECT_THROWS(save_checkpoint(path, run.state()), "cannot write");
+    EXPECT_TRUE(read_bytes(path) == old);
+    ::rmdir((path + ".tmp").c_str());
+    save_checkpoint(path, run.state());   // and a save that works replaces it
+    EXPECT_TRUE(read_bytes(path) != old);
 }
 
 // =============================================================================================
