@@ -27,7 +27,7 @@ TEST_BINS := $(B)/tests \
 
 # Keep generated sources and objects (make would otherwise delete them as intermediates).
 .SECONDARY:
-.PHONY: all test asan lessons lesson check exercise exercise-reset bench demo clean help
+.PHONY: all test asan lessons lesson check exercise exercise-reset bench demo data clean help
 all: $(TEST_BINS) $(foreach n,$(LESSONS),$(B)/lessons/$(n)) $(B)/bench $(B)/demo
 
 help:
@@ -40,6 +40,7 @@ help:
 	@echo "make exercise E=name  blank an engine region for you to rewrite; regions: $(REGIONS)"
 	@echo "make exercise-reset   restore engine.cpp (your attempt is kept in .saved/)"
 	@echo "make demo             train an MLP on 3-class spirals; plots in build/plots/"
+	@echo "make data             put Fashion-MNIST (Debian) or MNIST (download) into data/"
 	@echo "make bench            time a training step of the scalar engine"
 	@echo "make clean            remove build/"
 
@@ -145,6 +146,10 @@ $(B)/demo: lessons/demo.cpp $(LESSON_DEPS)
 
 demo: $(B)/demo
 	./$(B)/demo
+
+# ---- real data (lesson 10) -------------------------------------------------------------------
+data:
+	@bash lessons/get_data.sh
 
 # ---- benchmarks ------------------------------------------------------------------------------
 $(B)/bench: $(B)/bench.o $(B)/engine.o
