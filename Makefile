@@ -27,6 +27,12 @@ TEST_BINS := $(B)/tests \
 
 # Keep generated sources and objects (make would otherwise delete them as intermediates).
 .SECONDARY:
+.PHONY: fuzz
+# Random graphs against finite differences: N graphs (default: until stopped), or SEED=s to
+# replay the one graph a failure named.
+fuzz: $(B)/tests
+	FUZZ_GRAPHS=$(or $(N),forever) SEED=$(SEED) ./$(B)/tests fuzz/
+
 .PHONY: all test asan lessons lesson check exercise exercise-reset bench demo data clean help
 all: $(TEST_BINS) $(foreach n,$(LESSONS),$(B)/lessons/$(n)) $(B)/bench $(B)/demo
 
@@ -41,6 +47,7 @@ help:
 	@echo "make exercise-reset   restore engine.cpp (your attempt is kept in .saved/)"
 	@echo "make demo             train an MLP on 3-class spirals; plots in build/plots/"
 	@echo "make data             put Fashion-MNIST (Debian) or MNIST (download) into data/"
+	@echo "make fuzz [N=100000]  random graphs against finite differences (SEED=s replays one)"
 	@echo "make bench            time a training step of the scalar engine"
 	@echo "make clean            remove build/"
 
