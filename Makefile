@@ -31,7 +31,7 @@ TEST_BINS := $(B)/tests \
 # Random graphs against finite differences: N graphs (default: until stopped), or SEED=s to
 # replay the one graph a failure named.
 fuzz: $(B)/tests
-	FUZZ_GRAPHS=$(or $(N),forever) SEED=$(SEED) ./$(B)/tests fuzz/
+	FUZZ_GRAPHS=$(or $(N),forever) SEED=$(SEED) $(B)/tests fuzz/
 
 .PHONY: all test asan lessons lesson check exercise exercise-reset bench demo data clean help
 all: $(TEST_BINS) $(foreach n,$(LESSONS),$(B)/lessons/$(n)) $(B)/bench $(B)/demo
@@ -70,7 +70,7 @@ $(B)/tests: $(B)/f64/tests.o $(B)/f64/engine.o
 	$(CXX) $(CXXFLAGS) $^ -o $@
 
 test: $(TEST_BINS)
-	./$(B)/tests $(FILTER)
+	$(B)/tests $(FILTER)
 
 # Each region blanked on its own, linked with the same tests: its tests must then say TODO.
 $(B)/stubs/%/engine.cpp: engine.cpp $(SPLICE)
@@ -88,7 +88,7 @@ $(B)/asan/tests: $(B)/asan/tests.o $(B)/asan/engine.o
 	$(CXX) $(CXXFLAGS) $(SANITIZE) $^ -o $@
 
 asan: $(B)/asan/tests $(TEST_BINS)
-	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ./$(B)/asan/tests $(FILTER)
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 $(B)/asan/tests $(FILTER)
 
 # ---- lessons and their homework --------------------------------------------------------------
 # build/lessons/NN          the lesson as you edit it (run it; `--check` grades your homework)
@@ -111,17 +111,17 @@ endef
 $(foreach f,$(LESSON_SRCS),$(eval $(call lesson_rules,$(call lesson_num,$(f)),$(f))))
 
 lessons: $(foreach n,$(LESSONS),$(B)/lessons/$(n))
-	@set -e; for n in $(LESSONS); do echo "=== lesson $$n"; ./$(B)/lessons/$$n; done
+	@set -e; for n in $(LESSONS); do echo "=== lesson $$n"; $(B)/lessons/$$n; done
 
 lesson:
 	@test -n "$(N)" || { echo "usage: make lesson N=02   (lessons: $(LESSONS))"; exit 2; }
 	@$(MAKE) --no-print-directory $(B)/lessons/$(N)
-	./$(B)/lessons/$(N)
+	$(B)/lessons/$(N)
 
 check:
 	@test -n "$(N)" || { echo "usage: make check N=02 [SOLUTIONS=1]   (homework: $(HOMEWORK))"; exit 2; }
 	@$(MAKE) --no-print-directory $(B)/lessons/$(N)$(if $(SOLUTIONS),-solution)
-	@./$(B)/lessons/$(N)$(if $(SOLUTIONS),-solution) --check
+	@$(B)/lessons/$(N)$(if $(SOLUTIONS),-solution) --check
 
 # ---- engine exercises ------------------------------------------------------------------------
 # `make exercise E=gelu` replaces the gelu region of engine.cpp with a stub. Before it touches the
@@ -152,7 +152,7 @@ $(B)/demo: lessons/demo.cpp $(LESSON_DEPS)
 	$(CXX) $(CXXFLAGS) -I. -Ilessons $< $(B)/engine.o -o $@
 
 demo: $(B)/demo
-	./$(B)/demo
+	$(B)/demo
 
 # ---- real data (lesson 10) -------------------------------------------------------------------
 data:
@@ -163,7 +163,7 @@ $(B)/bench: $(B)/bench.o $(B)/engine.o
 	$(CXX) $(CXXFLAGS) $^ -o $@
 
 bench: $(B)/bench
-	./$(B)/bench
+	$(B)/bench
 
 clean:
 	rm -rf $(B)

@@ -24,6 +24,7 @@
 //     2.9  Optimizers
 //     2.10 Learning-rate schedules
 //     2.11 Gradient tools
+//     2.12 Anomaly mode: which op made the NaN?
 //   Part 3  Real data and checkpoints
 //     3.1  IDX files: a format checked before it is trusted
 //     3.2  Checkpoints: save atomically, load all or nothing
@@ -37,6 +38,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -45,6 +47,14 @@
 #include <unordered_map>
 
 static constexpr double pi = 3.14159265358979323846;
+
+// Anomaly mode (§2.12). Declared here because the ops of both parts consult it.
+static bool anomaly_mode = [] {
+    const char* v = std::getenv("ENGINE_DETECT_ANOMALY");
+    return v && std::string(v) == "1";
+}();
+static void anomaly_scalar_forward(const Node& n);
+static void anomaly_scalar_backward(const Node& n);
 
 // =============================================================================================
 // Part 1: the scalar engine
@@ -78,25 +88,23 @@ std::vector<Value> Value::parents() const {
     return out;
 }
 
+// The new node records each input and its local derivative, and keeps the input alive.
 Value Value::from_op(double data, const char* op, const Value& a, double da) {
-    Value out(data);
-    Node& n = *out.node_;
-    n.op = op;
-    n.n_parents = 1;
-    n.parents[0] = a.node_;
-    ++a.node_->refs;   // the new node keeps its input alive
-    n.local_grad[0] = da;
-    return out;
+    return link(data, op, a, da, nullptr, 0.0);
 }
 
 Value Value::from_op(double data, const char* op, const Value& a, double da, const Value& b,
                      double db) {
-    Value out = from_op(data, op, a, da);
+    return link(data, op, a, da, &b, db);
+}
+
+Value Value::link(double data, const char* op, const Value& a, double da, const Value* b, double db) {
+    Value out(data);
     Node& n = *out.node_;
-    n.n_parents = 2;
-    n.parents[1] = b.node_;
-    ++b.node_->refs;
-    n.local_grad[1] = db;
+    n.op = op;
+    n.parents[n.n_parents] = a.node_, n.local_grad[n.n_parents++] = da, ++a.node_->refs;
+    if (b) n.parents[n.n_parents] = b->node_, n.local_grad[n.n_parents++] = db, ++b->node_->refs;
+    if (anomaly_mode) anomaly_scalar_forward(n);
     return out;
 }
 
@@ -301,6 +309,7 @@ void Value::backward() const {
     for (auto it = order.rbegin(); it != order.rend(); ++it) {
         const Node& n = **it;
         for (int i = 0; i < n.n_parents; ++i) n.parents[i]->grad += n.local_grad[i] * n.grad;
+        if (anomaly_mode) anomaly_scalar_backward(n);
     }
 }
 
@@ -707,7 +716,11 @@ std::string Tensor::str(int max_values) const {
 
 // An op's output joins the graph only when some input needs a gradient: computing on data
 // alone (evaluation, input preprocessing) builds no graph and keeps no inputs alive.
+static void anomaly_tensor_inputs(const char* op, const std::vector<Tensor>& inputs);   // §2.12
+static void anomaly_tensor_backward(const TensorNode& n);
+
 Tensor Tensor::from_op(Shape shape, const char* op, std::vector<Tensor> inputs) {
+    if (anomaly_mode) anomaly_tensor_inputs(op, inputs);
     Tensor out(std::move(shape));
     out.node_->op = op;
     for (const Tensor& t : inputs) out.node_->requires_grad |= t.requires_grad();
@@ -737,10 +750,14 @@ void Tensor::backward(const Tensor& seed) const {
     std::vector<real>& g = grad_of(node_.get());
     for (std::size_t i = 0; i < g.size(); ++i) g[i] += seed.values()[i];
     for (auto it = order.rbegin(); it != order.rend(); ++it)
-        if ((*it)->backward) (*it)->backward();
+        if ((*it)->backward) {
+            (*it)->backward();
+            if (anomaly_mode) anomaly_tensor_backward(**it);
+        }
 }
 
 void Tensor::backward() const {
+    if (anomaly_mode) anomaly_tensor_inputs("backward", {*this});   // the loss itself
     if (numel() != 1)
         shape_error("backward", "backward() without a seed needs a scalar loss, got shape " +
                                     shape_str(shape()) + "; reduce it (sum, mean) or pass the "
@@ -1891,6 +1908,77 @@ void clip_grad_value(const std::vector<Tensor>& params, double max_abs) {
     if (!(max_abs > 0)) shape_error("clip_grad_value", "the limit must be > 0, got " + to_string(max_abs));
     for (const Tensor& p : params)
         for (real& g : p.grad()) g = real(std::clamp(double(g), -max_abs, max_abs));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2.12 Anomaly mode: which op made the NaN?
+//
+// A NaN spreads: every op that reads one outputs one, so by the time the loss is NaN the cause
+// is long gone. In anomaly mode each op checks its inputs as it is built, so the first
+// non-finite value is caught one op after the op that made it, and named; backward() checks
+// each gradient right after the op that wrote it. Off, the cost is one flag test per op.
+// (Most domain errors never get this far: log, exp, / and pow refuse bad inputs themselves.)
+// ---------------------------------------------------------------------------------------------
+
+void set_detect_anomaly(bool on) { anomaly_mode = on; }
+bool detect_anomaly() { return anomaly_mode; }
+
+// What usually makes an op produce inf or NaN, in words a learner can act on.
+static std::string likely_cause(const std::string& op) {
+    if (op == "log" || op == "log_softmax" || op == "cross_entropy") return "log of 0 (a probability that underflowed)";
+    if (op == "exp" || op == "softmax") return "overflow in exp: its input is too large";
+    if (op == "/" || op == "division a/b") return "division by 0 or by a tiny number";
+    if (op == "pow" || op == "sqrt") return "a power of 0 or of a negative number";
+    return "values too large: a learning rate too high, exploding activations, or a bad input";
+}
+
+static std::string describe_inputs(const TensorNode& n) {
+    std::string s;
+    for (int k = 0; k < n.n_inputs(); ++k) s += (k ? ", " : "") + shape_str(n.input(k)->shape);
+    return s.empty() ? "none recorded" : s;
+}
+
+[[noreturn]] static void anomaly(const std::string& where, const std::string& op) {
+    throw std::domain_error("anomaly: " + where + "; likely cause: " + likely_cause(op));
+}
+
+static bool all_finite(const std::vector<real>& v) {
+    for (real x : v)
+        if (!std::isfinite(x)) return false;
+    return true;
+}
+
+static void anomaly_tensor_inputs(const char* op, const std::vector<Tensor>& inputs) {
+    for (const Tensor& t : inputs) {
+        if (all_finite(t.values())) continue;
+        const TensorNode& n = *t.node();
+        const std::string producer = n.op[0] ? "'" + std::string(n.op) + "'" : "a leaf tensor (input data or a parameter)";
+        anomaly(producer + " produced NaN/Inf in its output " + shape_str(n.shape) + " (inputs: " +
+                    describe_inputs(n) + "), found when '" + op + "' read it", n.op);
+    }
+}
+
+static void anomaly_tensor_backward(const TensorNode& n) {
+    for (int k = 0; k < n.n_inputs(); ++k)
+        if (!all_finite(n.input(k)->grad))
+            anomaly("the backward of '" + std::string(n.op) + "' (output " + shape_str(n.shape) +
+                        ", inputs: " + describe_inputs(n) + ") produced NaN/Inf in the gradient of input " +
+                        std::to_string(k), n.op);
+}
+
+static void anomaly_scalar_forward(const Node& n) {
+    if (std::isfinite(n.data) && std::isfinite(n.local_grad[0]) && std::isfinite(n.local_grad[1])) return;
+    std::string inputs = to_string(n.parents[0]->data);
+    if (n.n_parents > 1) inputs += ", " + to_string(n.parents[1]->data);
+    anomaly("'" + std::string(n.op) + "' produced " + to_string(n.data) + " (or a non-finite slope) from inputs " +
+                inputs, n.op);
+}
+
+static void anomaly_scalar_backward(const Node& n) {
+    for (int i = 0; i < n.n_parents; ++i)
+        if (!std::isfinite(n.parents[i]->grad))
+            anomaly("the backward of '" + std::string(n.op) + "' produced a non-finite gradient " +
+                        to_string(n.parents[i]->grad) + " for input " + std::to_string(i), n.op);
 }
 
 // =============================================================================================

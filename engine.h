@@ -22,6 +22,12 @@ struct not_implemented : std::logic_error {
 // Part 1: the scalar engine
 // =============================================================================================
 
+// Anomaly mode (engine.cpp §2.12): when on, every op's output and every gradient is checked for
+// NaN/Inf, and the first op that produced one is named in a std::domain_error with the likely
+// cause. Off by default (one flag test per op). Also on if ENGINE_DETECT_ANOMALY=1 is set.
+void set_detect_anomaly(bool on);
+bool detect_anomaly();
+
 // One node of the computational graph. A Value (below) is a handle to one of these.
 // Every op has at most two inputs, so the edges are two fixed slots: no allocation per edge.
 // The fields that backward() reads come first: together they span 64 bytes, one cache line.
@@ -84,6 +90,7 @@ public:
 
 private:
     explicit Value(Node* node) : node_(node) { ++node_->refs; }
+    static Value link(double data, const char* op, const Value& a, double da, const Value* b, double db);
     static void release(Node* node);   // drop one reference; free what nobody points to
     Node* node_;
 };
@@ -263,7 +270,8 @@ public:
     TensorNode* node() const { return node_.get(); }
 
     // Reverse-mode autodiff: a scalar loss seeds dL/dL = 1; any other tensor needs the seed
-    // dL/d(this) of its shape. Leaf gradients accumulate until zero_grad().
+    // dL/d(this) of its shape. Leaf gradients accumulate until zero_grad(). A NaN or infinite
+    // loss throws std::domain_error: to handle divergence yourself, test loss.item() first.
     void backward() const;
     void backward(const Tensor& seed) const;
     void zero_grad() const;

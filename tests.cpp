@@ -1543,6 +1543,40 @@ TEST("10 data", "a save that fails leaves the previous checkpoint intact") {
     EXPECT_TRUE(read_bytes(path) != old);
 }
 
+// ---- anomaly mode -----------------------------------------------------------------------------
+
+struct AnomalyModeOn {   // turns anomaly mode on for one test, and off again even if it fails
+    AnomalyModeOn() { set_detect_anomaly(true); }
+    ~AnomalyModeOn() { set_detect_anomaly(false); }
+};
+
+TEST("anomaly", "off by default: an overflow passes through silently") {
+    EXPECT_TRUE(!detect_anomaly());
+    const Value big(1e200);
+    EXPECT_TRUE(std::isinf((big * big).data()));
+    const Tensor t({2}, {1e200, 1});
+    EXPECT_TRUE(std::isinf(sum(t * t).item()));
+}
+
+TEST("anomaly", "forward: names the op that made the Inf, its shapes, and a likely cause") {
+    AnomalyModeOn on;
+    Tensor w = Tensor({2, 2}, {1e200, 1, 1, 1}).requires_grad_();
+    const Tensor square = w * w;   // 1e400 → inf, found when the next op reads it
+    EXPECT_THROWS(sum(square), "anomaly: '*' produced NaN/Inf in its output [2, 2] (inputs: [2, 2], [2, 2]), found when 'sum' read it; likely cause: values too large");
+    EXPECT_THROWS(sum(square).backward(), "'*' produced NaN/Inf");
+    const Value big(1e200);
+    EXPECT_THROWS(big * big, "anomaly: '*' produced inf (or a non-finite slope) from inputs 1e+200, 1e+200");
+}
+
+TEST("anomaly", "backward: names the op whose gradient overflowed") {
+    AnomalyModeOn on;
+    Tensor x = Tensor({1}, {1e-200}).requires_grad_();
+    const Tensor y = 1.0 / x;   // 1e200: finite; its slope −1/x² = −1e400 is not
+    EXPECT_THROWS(sum(y).backward(), "anomaly: the backward of '/' (output [1], inputs: [1], [1]) produced NaN/Inf in the gradient of input 1; likely cause: division by 0 or by a tiny number");
+    Value v(1e-200);
+    EXPECT_THROWS((1.0 / v).backward(), "anomaly: '/' produced 1e+200 (or a non-finite slope)");
+}
+
 // =============================================================================================
 // fuzz: random graphs against finite differences
 //
