@@ -628,12 +628,28 @@ static std::string to_string(double v) {
 }
 
 std::int64_t TensorNode::live_count = 0;
+static TensorNode* live_nodes = nullptr;   // head of the list of live nodes
+
+TensorNode::TensorNode() : next_live(live_nodes) {
+    ++live_count;
+    if (live_nodes) live_nodes->prev_live = this;
+    live_nodes = this;
+}
+
+std::size_t tensor_bytes() {
+    std::size_t bytes = 0;
+    for (const TensorNode* n = live_nodes; n; n = n->next_live)
+        bytes += (n->data.capacity() + n->grad.capacity()) * sizeof(real);
+    return bytes;
+}
 
 // Same problem as §1.6: the default destructor would recurse once per node of a long chain.
 // The outermost destructor takes over the inputs and releases them one at a time; any
 // destructor that runs meanwhile only hands its inputs to that list.
 TensorNode::~TensorNode() {
     --live_count;
+    (prev_live ? prev_live->next_live : live_nodes) = next_live;
+    if (next_live) next_live->prev_live = prev_live;
     thread_local std::vector<std::shared_ptr<TensorNode>> pending;
     thread_local bool draining = false;
     for (auto& p : parents) pending.push_back(std::move(p));

@@ -238,7 +238,9 @@ struct TensorNode {
     TensorNode* input(int k) const { return parents[k].get(); }
 
     static std::int64_t live_count;           // tensor nodes alive now
-    TensorNode() { ++live_count; }
+    TensorNode* prev_live = nullptr;          // every live node is on one list, so that
+    TensorNode* next_live = nullptr;          // tensor_bytes() can add up their storage
+    TensorNode();
     TensorNode(const TensorNode&) = delete;
     TensorNode& operator=(const TensorNode&) = delete;
     ~TensorNode();                            // frees long chains without recursion
@@ -285,6 +287,9 @@ public:
 private:
     std::shared_ptr<TensorNode> node_;
 };
+
+// Bytes of data and gradients held by all live tensors now (walks them: for tests and lessons).
+std::size_t tensor_bytes();
 
 Tensor randn(Shape shape, Rng& rng, real stddev = 1);
 Tensor uniform(Shape shape, Rng& rng, real lo, real hi);

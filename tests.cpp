@@ -134,9 +134,14 @@ static Outcome run_one(const TestCase& t, std::string& detail) {
 }
 
 static void register_homework_tests();
+static std::string training_losses();
 
 int main(int argc, char** argv) {
     const std::string filter = argc > 1 ? argv[1] : "";
+    if (filter == "--losses") {   // for the determinism test: the losses of a fixed run
+        std::printf("%s", training_losses().c_str());
+        return 0;
+    }
     register_homework_tests();
     if (filter == "--list") {
         for (const TestCase& t : registry()) std::printf("%s/%s\n", t.group.c_str(), t.name.c_str());
@@ -172,6 +177,29 @@ int main(int argc, char** argv) {
 // =============================================================================================
 // Helpers for the tests
 // =============================================================================================
+
+// Runs a command (another build of the tests, a lesson's homework check) and keeps its output.
+struct CommandResult {
+    int exit_code = -1;
+    std::string output;
+};
+
+static CommandResult run_command(const std::string& command) {
+    CommandResult r;
+    FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
+    if (!pipe) return r;
+    char buf[4096];
+    while (std::size_t n = std::fread(buf, 1, sizeof buf, pipe)) r.output.append(buf, n);
+    const int status = ::pclose(pipe);
+    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    return r;
+}
+
+static bool file_exists(const std::string& path) { return std::ifstream(path).good(); }
+
+static void require_binary(const std::string& path) {
+    if (!file_exists(path)) SKIP(path + " is not built (run the tests with `make test`)");
+}
 
 // Every input's gradient must match central differences to 1e-7 (doubles, h = 1e-6).
 static void expect_gradcheck_at(const char* file, int line, const ScalarFunction& f,
@@ -1543,6 +1571,69 @@ TEST("10 data", "a save that fails leaves the previous checkpoint intact") {
     EXPECT_TRUE(read_bytes(path) != old);
 }
 
+// ---- memory stays flat -----------------------------------------------------------------------
+
+TEST("memory", "training for 20,000 steps: live tensors and bytes return to the same value every step") {
+    Rng rng(23);
+    nn::MLP model({4, 16, 16, 3}, rng);
+    AdamW opt(model.parameters(), 0.01);
+    const Tensor x = randn({8, 4}, rng);
+    const std::vector<int> labels = {0, 1, 2, 0, 1, 2, 0, 1};
+    auto step = [&] {
+        opt.zero_grad();
+        const Tensor loss = cross_entropy(model(x), labels);
+        loss.backward();
+        clip_grad_norm(model.parameters(), 1.0);
+        opt.step();
+    };
+    step();   // the first step creates the gradients and the optimizer state
+    const std::int64_t count = TensorNode::live_count;
+    const std::size_t bytes = tensor_bytes();
+    for (int i = 0; i < 20000; ++i) {
+        step();
+        if (TensorNode::live_count != count || tensor_bytes() != bytes)
+            fail_at(__FILE__, __LINE__, "step " + std::to_string(i) + ": " + std::to_string(TensorNode::live_count) +
+                                            " tensors / " + std::to_string(tensor_bytes()) + " bytes, expected " +
+                                            std::to_string(count) + " / " + std::to_string(bytes));
+    }
+    EXPECT_EQ(count, std::int64_t(6 + 1));   // 6 parameters and x
+    EXPECT_TRUE(bytes > 0);
+}
+
+// ---- determinism --------------------------------------------------------------------------------
+
+// 30 steps of a small seeded training run, each loss printed exactly (hexadecimal float).
+static std::string training_losses() {
+    Rng rng(24);
+    nn::MLP model({5, 12, 12, 4}, rng, Activation::gelu, Init::he_normal, 0.1);
+    AdamW opt(model.parameters(), 0.01);
+    const Tensor x = randn({16, 5}, rng);
+    std::vector<int> labels;
+    for (int i = 0; i < 16; ++i) labels.push_back(int(rng.below(4)));
+    std::string out;
+    for (int step = 0; step < 30; ++step) {
+        opt.lr = warmup_cosine_lr(step, 5, 30, 0.01, 0.001);
+        opt.zero_grad();
+        const Tensor loss = cross_entropy(layer_norm(model(x), Tensor::full({4}, 1), Tensor({4})), labels, 0.1);
+        loss.backward();
+        clip_grad_norm(model.parameters(), 1.0);
+        opt.step();
+        char line[64];
+        std::snprintf(line, sizeof line, "%a\n", double(loss.item()));
+        out += line;
+    }
+    return out;
+}
+
+TEST("determinism", "the same seed gives bit-identical losses, run twice and at -O0 vs -O2") {
+    const std::string first = training_losses();
+    EXPECT_TRUE(first == training_losses());
+    require_binary("build/O0/tests");
+    const CommandResult r = run_command("build/O0/tests --losses");
+    if (r.exit_code != 0 || r.output != first)
+        fail_at(__FILE__, __LINE__, "the -O0 build's losses differ:\n" + r.output + "\nthis build's:\n" + first);
+}
+
 // ---- anomaly mode -----------------------------------------------------------------------------
 
 struct AnomalyModeOn {   // turns anomaly mode on for one test, and off again even if it fails
@@ -1894,28 +1985,6 @@ TEST("fuzz", "random scalar and tensor graphs match finite differences") {
 // homework: every exercise is proven both ways. The reference passes its check, and the stub
 // reports TODO (not FAIL, not a crash). These run the binaries `make test` builds beside this one.
 // =============================================================================================
-
-struct CommandResult {
-    int exit_code = -1;
-    std::string output;
-};
-
-static CommandResult run_command(const std::string& command) {
-    CommandResult r;
-    FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
-    if (!pipe) return r;
-    char buf[4096];
-    while (std::size_t n = std::fread(buf, 1, sizeof buf, pipe)) r.output.append(buf, n);
-    const int status = ::pclose(pipe);
-    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    return r;
-}
-
-static bool file_exists(const std::string& path) { return std::ifstream(path).good(); }
-
-static void require_binary(const std::string& path) {
-    if (!file_exists(path)) SKIP(path + " is not built (run the tests with `make test`)");
-}
 
 struct Counts {
     int passed = -1, failed = -1, todo = -1;
