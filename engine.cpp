@@ -911,6 +911,7 @@ Tensor operator*(const Tensor& a, const Tensor& b) {
 
 // out = a / b        ∂out/∂a = 1/b    ∂out/∂b = −a/b²
 Tensor operator/(const Tensor& a, const Tensor& b) {
+    broadcast_shape(a.shape(), b.shape(), "/");   // a shape error first, then the values
     for (real v : b.values())
         if (v == 0) shape_error("division a/b", "the divisor b " + shape_str(b.shape()) + " contains 0");
     return elementwise(a, b, "/", [](real x, real y) { return x / y; },

@@ -947,9 +947,12 @@ TEST("04 tensors", "concat and slice along an inner axis") {
 TEST("04 tensors", "shape errors name the op and both shapes") {
     const Tensor a({2, 3}), b({4}), c({3, 2});
     EXPECT_THROWS(a + b, "+: shapes [2, 3] and [4] do not broadcast");
-    EXPECT_THROWS(a * Tensor({3, 3}), "[3, 3]");
+    EXPECT_THROWS(a - b, "-: shapes [2, 3] and [4] do not broadcast");
+    EXPECT_THROWS(a * Tensor({3, 3}), "*: shapes [2, 3] and [3, 3] do not broadcast (axis 0: 2 vs 3)");
+    EXPECT_THROWS(a / c, "/: shapes [2, 3] and [3, 2] do not broadcast");
     EXPECT_THROWS(matmul(a, a), "matmul: inner dimensions differ: [2, 3] · [2, 3]");
-    EXPECT_THROWS(matmul(b, c), "matmul");
+    EXPECT_THROWS(matmul(b, c), "matmul: supports [M,K]·[K,N], [B,M,K]·[B,K,N] and [B,M,K]·[K,N]; got [4] · [3, 2]");
+    EXPECT_THROWS(exp(Tensor({1}, {1000})), "exp(x): e^x overflows");
     EXPECT_THROWS(matmul(Tensor({2, 2, 3}), Tensor({3, 2, 2})), "batch sizes differ");
     EXPECT_THROWS(reshape(a, {4, 2}), "cannot reshape [2, 3] (6 elements) to [4, 2]");
     EXPECT_THROWS(sum(a, 2), "axis 2 out of range for [2, 3]");
