@@ -49,6 +49,7 @@ help:
 	@echo "make demo             train an MLP on 3-class spirals; plots in build/plots/"
 	@echo "make data             put Fashion-MNIST (Debian) or MNIST (download) into data/"
 	@echo "make fuzz [N=100000]  random graphs against finite differences (SEED=s replays one)"
+	@echo "make cuda             compile kernels.cu with nvcc for sm_80 and sm_90 (when nvcc exists)"
 	@echo "make bench            time a training step of the scalar engine"
 	@echo "make clean            remove build/"
 
@@ -57,6 +58,26 @@ $(B)/flags: FORCE
 	@mkdir -p $(B)
 	@echo '$(CXX) $(CXXFLAGS)' | cmp -s - $@ || echo '$(CXX) $(CXXFLAGS)' > $@
 FORCE:
+
+# ---- CUDA kernels ----------------------------------------------------------------------------
+# kernels.cu builds two ways. On the CPU (always): g++ compiles it as C++, with cuda_emu.h
+# standing in for CUDA, so the tests and lesson 14 run every kernel here. On a GPU machine:
+# `make cuda` compiles it with nvcc for sm_80 (A100) and sm_90 (H100), warnings as errors.
+NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+$(B)/kernels.o: kernels.cu cuda_emu.h $(B)/flags
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) -x c++ -c $< -o $@
+$(B)/asan/kernels.o $(B)/asan32/kernels.o: kernels.cu cuda_emu.h $(B)/flags
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) $(SANITIZE) -x c++ -c $< -o $@
+
+.PHONY: cuda
+cuda:
+	@if [ -z "$(NVCC)" ]; then echo "no nvcc: the CPU build (kernels through cuda_emu.h) is all there is"; exit 0; fi; \
+	 mkdir -p $(B)/cuda && for arch in sm_80 sm_90; do \
+	     echo "$(NVCC) -arch=$$arch kernels.cu"; \
+	     $(NVCC) -arch=$$arch -Werror all-warnings -Xcompiler -Wall,-Wextra -c kernels.cu -o $(B)/cuda/kernels_$$arch.o || exit 1; \
+	 done
 
 # ---- the engine and the tests ----------------------------------------------------------------
 # build/*.o: real = float (lessons, demo, bench); build/f64/*.o: real = double (tests).
@@ -67,13 +88,13 @@ $(B)/f64/%.o: %.cpp engine.h $(B)/flags
 	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS) $(F64) -c $< -o $@
 
-$(B)/tests: $(B)/f64/tests.o $(B)/f64/engine.o
+$(B)/tests: $(B)/f64/tests.o $(B)/f64/engine.o $(B)/kernels.o
 	$(CXX) $(CXXFLAGS) $^ -o $@
 
 # The same tests unoptimized: the determinism test compares its losses with this build's.
-$(B)/O0/tests: tests.cpp engine.cpp engine.h $(B)/flags
+$(B)/O0/tests: tests.cpp engine.cpp engine.h $(B)/kernels.o $(B)/flags
 	@mkdir -p $(@D)
-	$(CXX) $(CXXFLAGS) -O0 $(F64) tests.cpp engine.cpp -o $@
+	$(CXX) $(CXXFLAGS) -O0 $(F64) tests.cpp engine.cpp $(B)/kernels.o -o $@
 
 test: $(TEST_BINS)
 	$(B)/tests $(FILTER)
@@ -84,13 +105,13 @@ $(B)/stubs/%/engine.cpp: engine.cpp $(SPLICE)
 	awk -v mode=blank -v only=$* -f $(SPLICE) engine.cpp > $@
 $(B)/stubs/%/engine.o: $(B)/stubs/%/engine.cpp engine.h $(B)/flags
 	$(CXX) $(CXXFLAGS) $(F64) $(STUB_FLAGS) -I. -c $< -o $@
-$(B)/stubs/%/tests: $(B)/f64/tests.o $(B)/stubs/%/engine.o
+$(B)/stubs/%/tests: $(B)/f64/tests.o $(B)/stubs/%/engine.o $(B)/kernels.o
 	$(CXX) $(CXXFLAGS) $^ -o $@
 
 $(B)/asan/%.o: %.cpp engine.h $(B)/flags
 	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS) $(F64) $(SANITIZE) -c $< -o $@
-$(B)/asan/tests: $(B)/asan/tests.o $(B)/asan/engine.o
+$(B)/asan/tests: $(B)/asan/tests.o $(B)/asan/engine.o $(B)/asan/kernels.o
 	$(CXX) $(CXXFLAGS) $(SANITIZE) $^ -o $@
 
 # Lessons under the sanitizers use the float engine, built with them (build/asan32/).
@@ -126,11 +147,11 @@ valgrind: $(TEST_BINS) $(foreach n,$(LESSONS),$(B)/lessons/$(n))
 # build/lessons/NN          the lesson as you edit it (run it; `--check` grades your homework)
 # build/lessons/NN-solution the same lesson with the reference solutions spliced in
 # build/lessons/NN-stub     the same lesson with every exercise blanked, whatever you wrote
-LESSON_DEPS := $(B)/engine.o engine.h lessons/lesson.h $(B)/flags
+LESSON_DEPS := $(B)/engine.o $(B)/kernels.o engine.h cuda_emu.h lessons/lesson.h $(B)/flags
 define lesson_rules
 $(B)/lessons/$(1): $(2) $(LESSON_DEPS)
 	@mkdir -p $$(@D)
-	$$(CXX) $$(CXXFLAGS) $$(STUB_FLAGS) -I. -Ilessons $(2) $(B)/engine.o -o $$@
+	$$(CXX) $$(CXXFLAGS) $$(STUB_FLAGS) -I. -Ilessons $(2) $(B)/engine.o $(B)/kernels.o -o $$@
 $(B)/lessons/$(1)-solution.cpp: $(2) lessons/solutions/$(notdir $(2)) $$(SPLICE)
 	@mkdir -p $$(@D)
 	awk -v mode=splice -f $$(SPLICE) lessons/solutions/$(notdir $(2)) $(2) > $$@
@@ -138,10 +159,10 @@ $(B)/lessons/$(1)-stub.cpp: $(2) $$(SPLICE)
 	@mkdir -p $$(@D)
 	awk -v mode=blank -f $$(SPLICE) $(2) > $$@
 $(B)/lessons/$(1)-%: $(B)/lessons/$(1)-%.cpp $(LESSON_DEPS)
-	$$(CXX) $$(CXXFLAGS) $$(STUB_FLAGS) -I. -Ilessons $$< $(B)/engine.o -o $$@
-$(B)/asan32/lessons/$(1): $(2) $(B)/asan32/engine.o engine.h lessons/lesson.h $(B)/flags
+	$$(CXX) $$(CXXFLAGS) $$(STUB_FLAGS) -I. -Ilessons $$< $(B)/engine.o $(B)/kernels.o -o $$@
+$(B)/asan32/lessons/$(1): $(2) $(B)/asan32/engine.o $(B)/asan32/kernels.o engine.h lessons/lesson.h $(B)/flags
 	@mkdir -p $$(@D)
-	$$(CXX) $$(CXXFLAGS) $$(SANITIZE) $$(STUB_FLAGS) -I. -Ilessons $(2) $(B)/asan32/engine.o -o $$@
+	$$(CXX) $$(CXXFLAGS) $$(SANITIZE) $$(STUB_FLAGS) -I. -Ilessons $(2) $(B)/asan32/engine.o $(B)/asan32/kernels.o -o $$@
 endef
 $(foreach f,$(LESSON_SRCS),$(eval $(call lesson_rules,$(call lesson_num,$(f)),$(f))))
 

@@ -1,5 +1,821 @@
-// kernels.cu: raw CUDA kernels for the engine's tensor ops, to be read next to the CPU loops they
-// replace, and run both on a GPU (nvcc) and on any CPU through a small emulation header.
+// kernels.cu: CUDA kernels for the engine's tensor ops. Read each one next to the CPU loop it
+// replaces (engine.cpp, Part 2). The same file runs on a GPU (built by nvcc) and on any CPU
+// (built by g++ or clang++, with cuda_emu.h standing in for CUDA); the tests use the CPU build.
 //
-// Not written yet: it comes with the CUDA-kernels issue, which needs the tensor engine (Part 2 of
-// engine.cpp) first. Nothing builds this file until then.
+//   nvcc -arch=sm_90 -c kernels.cu -o kernels.o          for an NVIDIA GPU (sm_80: A100, sm_90: H100)
+//   g++ -std=c++17 -O2 -x c++ -c kernels.cu -o kernels.o for the CPU, through cuda_emu.h
+//
+// Contents
+//   0  Checking every CUDA call; launching
+//   1  Elementwise ops, forward and backward: add (with a broadcast bias) and the bias gradient,
+//      mul, relu, gelu, sigmoid, tanh
+//   2  Matrix multiplication: v1 one thread per output, v2 shared-memory tiles, v3 register
+//      blocking; the backward products dX = dY·Wᵀ and dW = Xᵀ·dY
+//   3  Reductions: a tree in shared memory, and warp shuffles
+//   4  Softmax + cross-entropy, fused, forward and backward
+//   5  Layer norm, forward and backward
+//   6  AdamW: the whole update in one kernel
+//   7  The global gradient norm (a two-stage reduction) and clipping by it
+//
+// Each kernel states which CPU loop it replaces, how its threads map onto the data, and what it
+// costs: the bytes it moves to and from global memory (floats are 4 bytes), and its FLOPs (a
+// multiply-add counts as 2). The ratio of FLOPs to bytes tells you which limit a kernel runs into.
+// An H100 (SXM) moves about 3.35 TB/s and does about 67 TFLOP/s in FP32 without tensor cores
+// (NVIDIA's figures), so any kernel below about 20 FLOPs per byte waits on memory. Every
+// elementwise op here is far below that; only the tiled matmuls get above it.
+//
+// How a thread finds its work: a launch runs a grid of blocks, and each block runs up to 1024
+// threads. Each thread reads blockIdx (its block's position in the grid), threadIdx (its own
+// position in the block) and blockDim/gridDim (the sizes). 32 consecutive threads of a block form
+// a warp, which the hardware schedules as one; a warp's loads are fast ("coalesced") when its 32
+// threads read consecutive addresses.
+//
+// Conventions. Every pointer a wrapper takes is device memory (from cudaMalloc): float, row-major,
+// contiguous. Forward kernels write their outputs. Backward kernels add into gradients (+=), as
+// the CPU loops do, so a tensor that is used twice collects both terms. Sizes are int, as in the
+// CPU loops, so products such as M·K must stay below 2³¹. Wrappers check every CUDA call and do
+// not wait for the GPU, except the ones that return a number (their cudaMemcpy waits).
+// Kernels are static: only the wrappers in this file launch them.
+
+#ifdef __CUDACC__
+#include <cuda_runtime.h>
+#define LAUNCH(kernel, grid, block) kernel<<<grid, block>>>
+#else
+#include "cuda_emu.h"   // defines LAUNCH, and everything CUDA that the kernels use, for the CPU
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+// =============================================================================================
+// 0. Checking every CUDA call; launching
+//
+// Every CUDA runtime call returns a cudaError_t. A launch returns nothing; its errors (an invalid
+// configuration, say) are picked up by the cudaGetLastError() that follows it. An error inside a
+// running kernel (an out-of-bounds address) surfaces at the next call that waits for the GPU.
+// (Under cuda_emu, launch errors and kernel deadlocks are exceptions thrown by the launch itself.)
+// LAUNCH(kernel, grid, block)(args...) is kernel<<<grid, block>>>(args...): the macro lets the
+// same line compile with g++, where <<< >>> does not exist.
+// =============================================================================================
+
+void cuda_check(cudaError_t status, const char* call, const char* file, int line) {
+    if (status != cudaSuccess)
+        throw std::runtime_error(std::string(file) + ":" + std::to_string(line) + ": " + call +
+                                 " failed: " + cudaGetErrorString(status));
+}
+#define CUDA_CHECK(call) cuda_check((call), #call, __FILE__, __LINE__)
+
+static void require(bool ok, const char* what) {
+    if (!ok) throw std::invalid_argument(std::string("kernels.cu: ") + what);
+}
+
+// Blocks of `per_block` threads needed to cover n items: ⌈n / per_block⌉.
+static unsigned blocks_for(int n, int per_block) {
+    return unsigned((static_cast<long long>(n) + per_block - 1) / per_block);
+}
+
+// Device memory for a wrapper's intermediate results, freed when the wrapper returns (also when
+// a CUDA_CHECK throws). A real program would allocate it once and reuse it.
+struct DeviceScratch {
+    float* p = nullptr;
+    explicit DeviceScratch(int n) { CUDA_CHECK(cudaMalloc(&p, sizeof(float) * std::size_t(n))); }
+    ~DeviceScratch() { cudaFree(p); }   // a destructor must not throw, so this one is unchecked
+    DeviceScratch(const DeviceScratch&) = delete;
+    DeviceScratch& operator=(const DeviceScratch&) = delete;
+};
+
+// =============================================================================================
+// 1. Elementwise ops
+//
+// One thread per element: thread i = blockIdx.x·blockDim.x + threadIdx.x handles element i, and
+// the last block's threads past n do nothing. Neighbouring threads touch neighbouring addresses,
+// so every load and store is coalesced. Each op does a few FLOPs per 8 to 28 bytes it moves, so
+// these kernels are all limited by memory bandwidth. (Fusing them into their neighbours, as §4 to
+// §6 do, is what saves time.)
+// =============================================================================================
+
+constexpr int elementwise_block = 256;   // threads per block: 8 warps
+
+// 1.1 add: Y = A + B, where B has A's shape (nb = n) or is one row of nb values repeated over
+// every row of A (a bias: A [n/nb, nb] + B [nb]). Replaces elementwise() with
+// for_each_broadcast() (§2.2) for `+`. i % nb is the broadcast: B's stride along the rows is 0.
+// Cost: reads 2n floats (a broadcast B is much smaller and stays in cache), writes n: 12n bytes
+// for n FLOPs.
+static __global__ void add_forward_kernel(const float* A, const float* B, float* Y, int n, int nb) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) Y[i] = A[i] + B[i % nb];
+}
+
+// 1.2 add backward: ∂Y/∂A = ∂Y/∂B = 1, so dA += dY, and dB += dY when B has A's shape. Replaces
+// the backward closure of elementwise() for `+`. Cost: reads 2n, writes n: 12n bytes, n FLOPs.
+static __global__ void accumulate_kernel(const float* dY, float* dA, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dA[i] += dY[i];
+}
+
+// The bias gradient: a broadcast B was used by every row, so its gradient sums dY over the rows,
+// db[j] += Σ_i dY[i][j]. This is a column reduction. On the CPU it is the `gb[ib] += g[i]` of
+// elementwise() where many i share one ib. It is also the bias gradient of a linear layer
+// Y = X·W + b.
+// Mapping: a block of 32 × 8 threads owns a strip of 32 columns. threadIdx.x picks the column, so
+// a warp reads 32 neighbouring floats of one row (coalesced). threadIdx.y picks one of 8 row lanes:
+// lane y sums rows y, y + 8, y + 16, ... Then the 8 partial sums of each column meet in shared
+// memory. Grid: ⌈N/32⌉ blocks.
+// Cost: reads M·N floats, reads and writes N: about 4MN bytes for M·N FLOPs.
+constexpr int strip_width = 32, strip_rows = 8;
+static __global__ void bias_grad_kernel(const float* dY, float* db, int M, int N) {
+    __shared__ float partial[strip_rows][strip_width];
+    const int x = threadIdx.x, y = threadIdx.y, j = blockIdx.x * strip_width + x;
+    float s = 0;
+    if (j < N)
+        for (int i = y; i < M; i += strip_rows) s += dY[i * N + j];
+    partial[y][x] = s;
+    __syncthreads();   // every row lane has written its partial sum
+    if (y == 0 && j < N) {
+        for (int k = 1; k < strip_rows; ++k) s += partial[k][x];
+        db[j] += s;
+    }
+}
+
+// 1.3 mul: Y = A·B elementwise (same shapes). Backward: ∂Y/∂A = B, ∂Y/∂B = A, so
+// dA += dY·B and dB += dY·A. Replaces elementwise() for `*`.
+// Cost forward: 12n bytes, n FLOPs. Backward: reads dY, A, B, dA, dB and writes dA, dB: 28n bytes
+// for 4n FLOPs.
+static __global__ void mul_forward_kernel(const float* A, const float* B, float* Y, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) Y[i] = A[i] * B[i];
+}
+static __global__ void mul_backward_kernel(const float* A, const float* B, const float* dY, float* dA,
+                                           float* dB, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    dA[i] += dY[i] * B[i];
+    dB[i] += dY[i] * A[i];
+}
+
+// 1.4 activations: Y = f(X), backward dX += dY·f'(X). Replaces unary() (§2.3) for relu, gelu,
+// sigmoid and tanh. Each activation is a struct holding f and f' side by side. As in engine.cpp,
+// f' is written with the input x and the output y = f(x), whichever is handier.
+// Cost forward: reads n, writes n: 8n bytes. Backward: reads X, Y, dY, dX, writes dX: 20n bytes.
+// FLOPs: 1 (relu) to about 15 (gelu, counting tanh as one) per element.
+struct Relu {   // max(0, x); f' = 1 where x > 0, else 0
+    static __device__ float f(float x) { return x > 0 ? x : 0.0f; }
+    static __device__ float df(float x, float) { return x > 0 ? 1.0f : 0.0f; }
+};
+struct Gelu {   // ½x(1 + tanh u), u = √(2/π)(x + 0.044715x³); f' = ½(1 + tanh u) + ½x(1 − tanh²u)·du/dx
+    static __device__ float u(float x) { return 0.7978845608f * (x + 0.044715f * x * x * x); }
+    static __device__ float f(float x) { return 0.5f * x * (1 + tanhf(u(x))); }
+    static __device__ float df(float x, float) {
+        const float t = tanhf(u(x));
+        return 0.5f * (1 + t) + 0.5f * x * (1 - t * t) * 0.7978845608f * (1 + 3 * 0.044715f * x * x);
+    }
+};
+struct Sigmoid {   // 1/(1 + e⁻ˣ), with no overflow for large |x|; f' = y(1 − y)
+    static __device__ float f(float x) { return x >= 0 ? 1 / (1 + expf(-x)) : expf(x) / (1 + expf(x)); }
+    static __device__ float df(float, float y) { return y * (1 - y); }
+};
+struct Tanh {   // tanh x; f' = 1 − y²
+    static __device__ float f(float x) { return tanhf(x); }
+    static __device__ float df(float, float y) { return 1 - y * y; }
+};
+
+template <class Act>
+static __global__ void activation_forward_kernel(const float* X, float* Y, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) Y[i] = Act::f(X[i]);
+}
+template <class Act>
+static __global__ void activation_backward_kernel(const float* X, const float* Y, const float* dY, float* dX,
+                                                  int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dX[i] += dY[i] * Act::df(X[i], Y[i]);
+}
+
+// Wrappers. Grid: ⌈n/256⌉ blocks of 256 threads (the bias gradient: ⌈N/32⌉ blocks of 32 × 8).
+void cuda_add_forward(const float* A, const float* B, float* Y, int n, int nb) {
+    require(n >= 0 && nb > 0 && n % nb == 0, "add: B's size nb must divide A's size n");
+    if (n == 0) return;
+    LAUNCH(add_forward_kernel, blocks_for(n, elementwise_block), elementwise_block)(A, B, Y, n, nb);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// db[N] += Σ_rows dY[M, N]
+void cuda_bias_grad(const float* dY, float* db, int M, int N) {
+    require(M >= 0 && N >= 0, "bias_grad: sizes must be >= 0");
+    if (N == 0) return;
+    LAUNCH(bias_grad_kernel, blocks_for(N, strip_width), dim3(strip_width, strip_rows))(dY, db, M, N);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// dA += dY; dB += dY (nb = n) or dB[j] += Σ_rows dY[·][j] (nb < n: B was a broadcast row).
+void cuda_add_backward(const float* dY, float* dA, float* dB, int n, int nb) {
+    require(n >= 0 && nb > 0 && n % nb == 0, "add: B's size nb must divide A's size n");
+    if (n == 0) return;
+    LAUNCH(accumulate_kernel, blocks_for(n, elementwise_block), elementwise_block)(dY, dA, n);
+    CUDA_CHECK(cudaGetLastError());
+    if (nb == n) {
+        LAUNCH(accumulate_kernel, blocks_for(n, elementwise_block), elementwise_block)(dY, dB, n);
+        CUDA_CHECK(cudaGetLastError());
+    } else {
+        cuda_bias_grad(dY, dB, n / nb, nb);
+    }
+}
+
+void cuda_mul_forward(const float* A, const float* B, float* Y, int n) {
+    if (n <= 0) return;
+    LAUNCH(mul_forward_kernel, blocks_for(n, elementwise_block), elementwise_block)(A, B, Y, n);
+    CUDA_CHECK(cudaGetLastError());
+}
+void cuda_mul_backward(const float* A, const float* B, const float* dY, float* dA, float* dB, int n) {
+    if (n <= 0) return;
+    LAUNCH(mul_backward_kernel, blocks_for(n, elementwise_block), elementwise_block)(A, B, dY, dA, dB, n);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+template <class Act>
+static void activation_forward(const float* X, float* Y, int n) {
+    if (n <= 0) return;
+    LAUNCH(activation_forward_kernel<Act>, blocks_for(n, elementwise_block), elementwise_block)(X, Y, n);
+    CUDA_CHECK(cudaGetLastError());
+}
+template <class Act>
+static void activation_backward(const float* X, const float* Y, const float* dY, float* dX, int n) {
+    if (n <= 0) return;
+    LAUNCH(activation_backward_kernel<Act>, blocks_for(n, elementwise_block), elementwise_block)(X, Y, dY, dX, n);
+    CUDA_CHECK(cudaGetLastError());
+}
+void cuda_relu_forward(const float* X, float* Y, int n) { activation_forward<Relu>(X, Y, n); }
+void cuda_gelu_forward(const float* X, float* Y, int n) { activation_forward<Gelu>(X, Y, n); }
+void cuda_sigmoid_forward(const float* X, float* Y, int n) { activation_forward<Sigmoid>(X, Y, n); }
+void cuda_tanh_forward(const float* X, float* Y, int n) { activation_forward<Tanh>(X, Y, n); }
+void cuda_relu_backward(const float* X, const float* Y, const float* dY, float* dX, int n) {
+    activation_backward<Relu>(X, Y, dY, dX, n);
+}
+void cuda_gelu_backward(const float* X, const float* Y, const float* dY, float* dX, int n) {
+    activation_backward<Gelu>(X, Y, dY, dX, n);
+}
+void cuda_sigmoid_backward(const float* X, const float* Y, const float* dY, float* dX, int n) {
+    activation_backward<Sigmoid>(X, Y, dY, dX, n);
+}
+void cuda_tanh_backward(const float* X, const float* Y, const float* dY, float* dX, int n) {
+    activation_backward<Tanh>(X, Y, dY, dX, n);
+}
+
+// =============================================================================================
+// 2. Matrix multiplication: C[M, N] = A[M, K]·B[K, N], C[i][j] = Σ_k A[i][k]·B[k][j]
+//
+// All three versions replace matmul_add (§2.4), run into a zeroed C; they write C instead of
+// adding to it. Every version does 2·M·K·N FLOPs and must read A and B and write C at least once:
+// 4(MK + KN + MN) bytes. What differs is how often each value is fetched again: a version's
+// speed depends on how many FLOPs it gets from each fetch from global memory (the slowest) and
+// from shared memory (fast, but not free).
+// =============================================================================================
+
+constexpr int tile = 16;   // v1, v2 and the backward products: blocks of 16 × 16 threads
+
+// v1: one thread per output. Thread (tx, ty) of block (bx, by) computes C[row][col], where
+// row = by·16 + ty and col = bx·16 + tx. Grid: ⌈N/16⌉ × ⌈M/16⌉ blocks of 16 × 16 threads.
+// threadIdx.x runs along a row of C. So at each k, 16 neighbouring threads read 16 neighbouring
+// B[k][col] (coalesced) and the same A[row][k] (one value, broadcast).
+// Cost: each thread reads a row of A and a column of B: 2MNK loads in all, 8MNK bytes requested
+// for 2MNK FLOPs. That is ¼ FLOP per byte, unless the caches catch the repeats.
+static __global__ void matmul_v1_kernel(const float* A, const float* B, float* C, int M, int K, int N) {
+    const int row = blockIdx.y * blockDim.y + threadIdx.y, col = blockIdx.x * blockDim.x + threadIdx.x;
+    if (row >= M || col >= N) return;
+    float s = 0;
+    for (int k = 0; k < K; ++k) s += A[row * K + k] * B[k * N + col];
+    C[row * N + col] = s;
+}
+
+// v2: shared-memory tiles. The block computes a 16 × 16 tile of C, the same mapping as v1. It
+// walks along K in steps of 16. At each step all 256 threads load together a 16 × 16 tile of A and
+// one of B into shared memory, one value per thread. Then every thread reads the 16 values it
+// needs from there. A value that v1 fetched from global memory 16 times is now fetched once per
+// block. Out-of-range entries load as 0, which adds nothing. Threads outside C still load and
+// reach both barriers: a __syncthreads() must be reached by every thread of the block.
+// Grid: ⌈N/16⌉ × ⌈M/16⌉ blocks of 16 × 16 threads.
+// Cost: global loads 2MNK/16 floats (16 times fewer than v1). Shared loads: 2 per multiply-add.
+static __global__ void matmul_v2_kernel(const float* A, const float* B, float* C, int M, int K, int N) {
+    __shared__ float As[tile][tile], Bs[tile][tile];
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    const int row = blockIdx.y * tile + ty, col = blockIdx.x * tile + tx;
+    float s = 0;
+    for (int k0 = 0; k0 < K; k0 += tile) {
+        As[ty][tx] = row < M && k0 + tx < K ? A[row * K + k0 + tx] : 0.0f;
+        Bs[ty][tx] = k0 + ty < K && col < N ? B[(k0 + ty) * N + col] : 0.0f;
+        __syncthreads();   // both tiles are complete
+        for (int k = 0; k < tile; ++k) s += As[ty][k] * Bs[k][tx];
+        __syncthreads();   // everyone is done with the tiles before the next step overwrites them
+    }
+    if (row < M && col < N) C[row * N + col] = s;
+}
+
+// v3: register blocking. The block computes a 64 × 64 tile of C with 16 × 16 threads, so each
+// thread computes 4 × 4 outputs. Thread (tx, ty) owns rows ty + 16m and columns tx + 16n
+// (m, n = 0..3) of the tile, interleaved so that neighbouring threads still touch neighbouring
+// columns. At each step of 8 along K, the block stages a 64 × 8 slice of A and an 8 × 64 slice of B
+// in shared memory. Each thread then loads 4 values of A and 4 of B into registers and does
+// 4 × 4 = 16 multiply-adds with them (an outer product).
+// The A slice is stored transposed (As[k][i]), so a thread's 4 values of A for one k lie in one
+// row. Its rows are padded to 68 floats: the 8 threads that store the 8 k's of one row of A then
+// hit 8 different banks, not the same one (shared memory serves 32 banks of 4 bytes at a time).
+// Grid: ⌈N/64⌉ × ⌈M/64⌉ blocks of 16 × 16 threads.
+// Cost: global loads MNK(1/64 + 1/64) = MNK/32 floats, 4 times fewer than v2. Shared loads:
+// 8 per 16 multiply-adds, i.e. ½ per multiply-add instead of 2.
+constexpr int BM = 64, BN = 64, BK = 8, TM = 4, TN = 4;   // block tile, K step, outputs per thread
+static __global__ void matmul_v3_kernel(const float* A, const float* B, float* C, int M, int K, int N) {
+    __shared__ float As[BK][BM + 4], Bs[BK][BN];
+    const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * 16 + tx;
+    const int row0 = blockIdx.y * BM, col0 = blockIdx.x * BN;
+    float acc[TM][TN] = {};
+    for (int k0 = 0; k0 < K; k0 += BK) {
+        for (int e = tid; e < BM * BK; e += 256) {   // 512 values of A, 2 per thread
+            const int i = e / BK, k = e % BK;        // 8 neighbouring threads read one row's 8 k's
+            As[k][i] = row0 + i < M && k0 + k < K ? A[(row0 + i) * K + k0 + k] : 0.0f;
+        }
+        for (int e = tid; e < BK * BN; e += 256) {   // 512 values of B: 64 neighbours per row
+            const int k = e / BN, j = e % BN;
+            Bs[k][j] = k0 + k < K && col0 + j < N ? B[(k0 + k) * N + col0 + j] : 0.0f;
+        }
+        __syncthreads();   // the slices are complete
+        for (int k = 0; k < BK; ++k) {
+            float a[TM], b[TN];
+            for (int m = 0; m < TM; ++m) a[m] = As[k][ty + 16 * m];
+            for (int n = 0; n < TN; ++n) b[n] = Bs[k][tx + 16 * n];
+            for (int m = 0; m < TM; ++m)
+                for (int n = 0; n < TN; ++n) acc[m][n] += a[m] * b[n];
+        }
+        __syncthreads();   // done with the slices before the next step overwrites them
+    }
+    for (int m = 0; m < TM; ++m)
+        for (int n = 0; n < TN; ++n) {
+            const int row = row0 + ty + 16 * m, col = col0 + tx + 16 * n;
+            if (row < M && col < N) C[row * N + col] = acc[m][n];
+        }
+}
+
+// Backward of Y = X·W (X [M, K], W [K, N], Y [M, N]): the two products of §2.4, tiled like v2.
+//
+// dX[M, K] += dY[M, N]·Wᵀ, i.e. dX[i][k] += Σ_j dY[i][j]·W[k][j]. Replaces matmul_add_bt. Both
+// operands are read along rows (j is the contiguous index of both), so both tile loads are
+// coalesced. Thread (tx, ty) computes dX[by·16 + ty][bx·16 + tx]. In the inner loop, the threads
+// of a row read Ws[tx][j], 16 different rows of the tile at once. Padding each row to 17 floats
+// puts those 16 reads in 16 different banks. Unpadded, they would fall on only 2 banks (a stride of
+// 16 floats), an 8-way bank conflict.
+// Grid: ⌈K/16⌉ × ⌈M/16⌉ blocks of 16 × 16. Cost: 2MNK FLOPs, global loads 2MNK/16 floats.
+static __global__ void matmul_backward_dx_kernel(const float* dY, const float* W, float* dX, int M, int K, int N) {
+    __shared__ float Gs[tile][tile], Ws[tile][tile + 1];
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    const int i = blockIdx.y * tile + ty, k = blockIdx.x * tile + tx, w_row = blockIdx.x * tile + ty;
+    float s = 0;
+    for (int j0 = 0; j0 < N; j0 += tile) {
+        Gs[ty][tx] = i < M && j0 + tx < N ? dY[i * N + j0 + tx] : 0.0f;
+        Ws[ty][tx] = w_row < K && j0 + tx < N ? W[w_row * N + j0 + tx] : 0.0f;
+        __syncthreads();
+        for (int j = 0; j < tile; ++j) s += Gs[ty][j] * Ws[tx][j];
+        __syncthreads();
+    }
+    if (i < M && k < K) dX[i * K + k] += s;
+}
+
+// dW[K, N] += Xᵀ·dY, i.e. dW[k][j] += Σ_i X[i][k]·dY[i][j]: the batch axis M is summed away.
+// Replaces matmul_add_at. The block walks down the rows i of both X and dY. Thread (tx, ty)
+// computes dW[by·16 + ty][bx·16 + tx]. Xs[i][ty] is one value per row of threads (a broadcast),
+// and Gs[i][tx] is 16 neighbours, so neither needs padding.
+// Grid: ⌈N/16⌉ × ⌈K/16⌉ blocks of 16 × 16. Cost: 2MNK FLOPs, global loads 2MNK/16 floats.
+static __global__ void matmul_backward_dw_kernel(const float* X, const float* dY, float* dW, int M, int K, int N) {
+    __shared__ float Xs[tile][tile], Gs[tile][tile];
+    const int tx = threadIdx.x, ty = threadIdx.y;
+    const int k = blockIdx.y * tile + ty, j = blockIdx.x * tile + tx, x_col = blockIdx.y * tile + tx;
+    float s = 0;
+    for (int i0 = 0; i0 < M; i0 += tile) {
+        Xs[ty][tx] = i0 + ty < M && x_col < K ? X[(i0 + ty) * K + x_col] : 0.0f;
+        Gs[ty][tx] = i0 + ty < M && j < N ? dY[(i0 + ty) * N + j] : 0.0f;
+        __syncthreads();
+        for (int i = 0; i < tile; ++i) s += Xs[i][ty] * Gs[i][tx];
+        __syncthreads();
+    }
+    if (k < K && j < N) dW[k * N + j] += s;
+}
+
+// Wrappers. v1, v2 and the backward products use 16 × 16 threads per block; v3 uses 16 × 16
+// threads per 64 × 64 tile.
+void cuda_matmul_v1(const float* A, const float* B, float* C, int M, int K, int N) {
+    require(M >= 0 && K >= 0 && N >= 0, "matmul: sizes must be >= 0");
+    if (M == 0 || N == 0) return;
+    LAUNCH(matmul_v1_kernel, dim3(blocks_for(N, tile), blocks_for(M, tile)), dim3(tile, tile))(A, B, C, M, K, N);
+    CUDA_CHECK(cudaGetLastError());
+}
+void cuda_matmul_v2(const float* A, const float* B, float* C, int M, int K, int N) {
+    require(M >= 0 && K >= 0 && N >= 0, "matmul: sizes must be >= 0");
+    if (M == 0 || N == 0) return;
+    LAUNCH(matmul_v2_kernel, dim3(blocks_for(N, tile), blocks_for(M, tile)), dim3(tile, tile))(A, B, C, M, K, N);
+    CUDA_CHECK(cudaGetLastError());
+}
+void cuda_matmul_v3(const float* A, const float* B, float* C, int M, int K, int N) {
+    require(M >= 0 && K >= 0 && N >= 0, "matmul: sizes must be >= 0");
+    if (M == 0 || N == 0) return;
+    LAUNCH(matmul_v3_kernel, dim3(blocks_for(N, BN), blocks_for(M, BM)), dim3(16, 16))(A, B, C, M, K, N);
+    CUDA_CHECK(cudaGetLastError());
+}
+// dX[M, K] += dY[M, N]·Wᵀ, with W [K, N]
+void cuda_matmul_backward_dx(const float* dY, const float* W, float* dX, int M, int K, int N) {
+    require(M >= 0 && K >= 0 && N >= 0, "matmul backward: sizes must be >= 0");
+    if (M == 0 || K == 0) return;
+    LAUNCH(matmul_backward_dx_kernel, dim3(blocks_for(K, tile), blocks_for(M, tile)), dim3(tile, tile))(dY, W, dX, M, K, N);
+    CUDA_CHECK(cudaGetLastError());
+}
+// dW[K, N] += Xᵀ·dY, with X [M, K], dY [M, N]
+void cuda_matmul_backward_dw(const float* X, const float* dY, float* dW, int M, int K, int N) {
+    require(M >= 0 && K >= 0 && N >= 0, "matmul backward: sizes must be >= 0");
+    if (K == 0 || N == 0) return;
+    LAUNCH(matmul_backward_dw_kernel, dim3(blocks_for(N, tile), blocks_for(K, tile)), dim3(tile, tile))(X, dY, dW, M, K, N);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// =============================================================================================
+// 3. Reductions
+//
+// Summing n numbers on a GPU takes two stages. Stage 1: each block reduces its share to one
+// number. Stage 2: one block reduces those partial sums. (A single block would leave the rest of
+// the GPU idle, and blocks cannot wait for each other within one launch.) Within a block there
+// are two ways to combine the threads' values: a tree in shared memory with a __syncthreads()
+// between levels (v1), or warp shuffles, where the 32 threads of a warp read each other's
+// registers directly without shared memory or barriers (v2). Both replace loops like the sums in
+// grad_norms() (§2.9).
+// Cost of a sum over n floats: 4n bytes and n FLOPs, so it is bound by memory. In stage 1, each
+// thread first sums every (gridDim.x·blockDim.x)-th element (a grid-stride loop), so a bounded
+// number of blocks covers any n, and each thread loads several values before the block combines.
+// =============================================================================================
+
+constexpr int reduce_block = 256;        // threads per block (a power of 2, as the tree needs)
+constexpr int reduce_per_thread = 8;     // stage 1 gives each thread at least 8 elements,
+constexpr int reduce_max_blocks = 256;   // in at most 256 blocks (about 2 per SM on an H100)
+
+static unsigned reduce_blocks(int n) {
+    return std::min(blocks_for(n, reduce_block * reduce_per_thread), unsigned(reduce_max_blocks));
+}
+
+// A tree in shared memory: at each level, the lower half of the active threads adds in the
+// upper half (256 → 128 → ... → 1). That is 8 levels and 8 barriers. The result is in thread 0.
+static __device__ float block_sum_tree(float v) {
+    __shared__ float buf[reduce_block];
+    const int t = threadIdx.x;
+    buf[t] = v;
+    __syncthreads();
+    for (int stride = blockDim.x / 2; stride > 0; stride /= 2) {
+        if (t < stride) buf[t] += buf[t + stride];
+        __syncthreads();   // this level is done before the next one reads it
+    }
+    return buf[0];
+}
+
+// __shfl_down_sync(mask, v, d) hands each lane the v of the lane d above it. Halving d from 16
+// folds the warp in 5 steps, and lane 0 ends with the sum of all 32 lanes.
+static __device__ float warp_sum(float v) {
+    for (int d = 16; d > 0; d /= 2) v += __shfl_down_sync(0xffffffffu, v, d);
+    return v;
+}
+
+// v1: X[n] → partial[gridDim.x], one sum per block, by the tree.
+static __global__ void sum_v1_kernel(const float* X, float* partial, int n) {
+    float s = 0;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) s += X[i];
+    s = block_sum_tree(s);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+// v2: the same with shuffles. Each warp sums its 32 values; lane 0 of each of the 8 warps leaves
+// its sum in shared memory; warp 0 sums those 8. One barrier instead of eight.
+static __global__ void sum_v2_kernel(const float* X, float* partial, int n) {
+    __shared__ float warp_sums[32];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    float s = 0;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) s += X[i];
+    s = warp_sum(s);
+    if (lane == 0) warp_sums[warp] = s;
+    __syncthreads();
+    if (warp == 0) {
+        s = warp_sum(lane < int(blockDim.x / 32) ? warp_sums[lane] : 0.0f);
+        if (lane == 0) partial[blockIdx.x] = s;
+    }
+}
+
+// For the row kernels below (§4, §5, §7): every thread of the block needs the result (the row's
+// max, its sum), so they use a butterfly, not a fold. __shfl_xor_sync(mask, v, d) swaps v between
+// lanes whose numbers differ in bit d. After the 5 steps d = 16, 8, 4, 2, 1, every lane holds the
+// combination of all 32. Each warp reduces its values and lane 0 leaves the result in shared
+// memory; then every warp reduces those (at most 32) results again, so all threads end with the
+// total. blockDim.x must be a multiple of 32.
+enum class Reduce { sum, max };
+static __device__ float combine(float a, float b, Reduce op) { return op == Reduce::sum ? a + b : fmaxf(a, b); }
+static __device__ float warp_all_reduce(float v, Reduce op) {
+    for (int d = 16; d > 0; d /= 2) v = combine(v, __shfl_xor_sync(0xffffffffu, v, d), op);
+    return v;
+}
+static __device__ float block_all_reduce(float v, Reduce op) {
+    __shared__ float per_warp[32];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+    v = warp_all_reduce(v, op);
+    if (lane == 0) per_warp[warp] = v;
+    __syncthreads();   // every warp's result is in shared memory
+    v = warp_all_reduce(lane < warps ? per_warp[lane] : (op == Reduce::sum ? 0.0f : -INFINITY), op);
+    __syncthreads();   // everyone has read per_warp before a next call overwrites it
+    return v;
+}
+
+// Σ X[n], returned to the host. Stage 1: min(⌈n/2048⌉, 256) blocks of 256 threads; stage 2: one
+// block of 256 over the partial sums.
+static float sum_two_stage(const float* X, int n, bool shuffles) {
+    require(n >= 0, "sum: n must be >= 0");
+    if (n == 0) return 0;
+    const unsigned blocks = reduce_blocks(n);
+    DeviceScratch partial(int(blocks) + 1);   // the partial sums, then the total
+    if (shuffles) {
+        LAUNCH(sum_v2_kernel, blocks, reduce_block)(X, partial.p, n);
+        CUDA_CHECK(cudaGetLastError());
+        LAUNCH(sum_v2_kernel, 1, reduce_block)(partial.p, partial.p + blocks, int(blocks));
+    } else {
+        LAUNCH(sum_v1_kernel, blocks, reduce_block)(X, partial.p, n);
+        CUDA_CHECK(cudaGetLastError());
+        LAUNCH(sum_v1_kernel, 1, reduce_block)(partial.p, partial.p + blocks, int(blocks));
+    }
+    CUDA_CHECK(cudaGetLastError());
+    float total = 0;
+    CUDA_CHECK(cudaMemcpy(&total, partial.p + blocks, sizeof total, cudaMemcpyDeviceToHost));
+    return total;
+}
+float cuda_sum_v1(const float* X, int n) { return sum_two_stage(X, n, false); }
+float cuda_sum_v2(const float* X, int n) { return sum_two_stage(X, n, true); }
+
+// =============================================================================================
+// 4. Softmax + cross-entropy, fused
+//
+// Replaces cross_entropy() (§2.5) without label smoothing. For the row b of logits z [B, C] and
+// its label y:
+//     m = max_c z_c,   s = Σ_c e^(z_c − m),   p_c = e^(z_c − m)/s,   loss_b = −log p_y = log s + m − z_y
+// and the loss is the mean over the rows. Subtracting the max makes every exponent ≤ 0, so
+// nothing overflows. The gradient is dL/dz_c = (p_c − [c = y])/B, times the upstream gradient.
+// Mapping: one block of 128 threads per row. Thread t handles the columns t, t + 128, ... of
+// its row. The max and the sum are block reductions (§3). Labels must lie in [0, C): the engine
+// checks them on the host.
+// Cost forward: reads the B·C logits and writes the B·C probabilities, 8BC bytes (the second
+// pass over a row and the rescaling of p hit the cache, unless rows are very long); about 5BC
+// FLOPs, counting each exp as one. The loss is added atomically, once per row. Backward: reads p,
+// reads and writes dz: 12BC bytes, 3BC FLOPs.
+// =============================================================================================
+
+constexpr int row_block = 128;   // threads per row: 4 warps
+
+static __global__ void softmax_cross_entropy_forward_kernel(const float* logits, const int* labels, float* probs,
+                                                            float* loss, int B, int C) {
+    const int b = blockIdx.x;
+    const float* z = logits + b * C;
+    float* p = probs + b * C;
+    float m = -INFINITY;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) m = fmaxf(m, z[c]);
+    m = block_all_reduce(m, Reduce::max);
+    float s = 0;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        p[c] = expf(z[c] - m);
+        s += p[c];
+    }
+    s = block_all_reduce(s, Reduce::sum);
+    for (int c = threadIdx.x; c < C; c += blockDim.x) p[c] /= s;   // this thread wrote these p[c] itself
+    // The rows finish in any order, and float addition is not associative, so the last bits of
+    // the mean loss can differ from run to run on a GPU.
+    if (threadIdx.x == 0) atomicAdd(loss, (logf(s) + m - z[labels[b]]) / B);
+}
+
+// dz[b][c] += dloss·(p[b][c] − [c = label_b])/B, one block per row as in the forward.
+static __global__ void softmax_cross_entropy_backward_kernel(const float* probs, const int* labels, float* dlogits,
+                                                             float dloss, int B, int C) {
+    const int b = blockIdx.x, y = labels[b];
+    const float scale = dloss / B;
+    for (int c = threadIdx.x; c < C; c += blockDim.x)
+        dlogits[b * C + c] += scale * (probs[b * C + c] - (c == y ? 1.0f : 0.0f));
+}
+
+// logits [B, C], labels [B] (device ints) → probs [B, C] (kept for the backward) and *loss (one
+// device float) = the mean loss. Grid: B blocks of 128 threads.
+void cuda_softmax_cross_entropy_forward(const float* logits, const int* labels, float* probs, float* loss, int B, int C) {
+    require(B >= 0 && C > 0, "softmax_cross_entropy: needs B >= 0 and C > 0");
+    CUDA_CHECK(cudaMemset(loss, 0, sizeof(float)));
+    if (B == 0) return;
+    LAUNCH(softmax_cross_entropy_forward_kernel, B, row_block)(logits, labels, probs, loss, B, C);
+    CUDA_CHECK(cudaGetLastError());
+}
+// dlogits [B, C] += dloss·(probs − onehot)/B, where dloss is the upstream gradient (1 for the
+// loss itself). Grid: B blocks of 128 threads.
+void cuda_softmax_cross_entropy_backward(const float* probs, const int* labels, float* dlogits, float dloss, int B, int C) {
+    require(B >= 0 && C > 0, "softmax_cross_entropy: needs B >= 0 and C > 0");
+    if (B == 0) return;
+    LAUNCH(softmax_cross_entropy_backward_kernel, B, row_block)(probs, labels, dlogits, dloss, B, C);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// =============================================================================================
+// 5. Layer norm over the last axis (D features of a row)
+//
+// Replaces layer_norm() (§2.7):
+//     μ = mean(x),  σ² = mean((x − μ)²),  r = 1/√(σ² + ε),  x̂ = (x − μ)·r,  y = γ·x̂ + β
+// The forward keeps μ and r per row (2 floats, not a copy of x̂); the backward recomputes x̂.
+// Backward, with ĝ = g·γ:
+//     dx = r·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)),   dγ = Σ_rows g·x̂,   dβ = Σ_rows g
+// dx needs reductions along its row: one block per row, as in §4. dγ and dβ need reductions down
+// the columns: a second kernel with the strip layout of bias_grad_kernel (§1.2).
+// Cost forward: reads x and writes y, 8·rows·D bytes (the three passes over a row hit the cache
+// after the first; γ and β are shared by all rows); about 8·rows·D FLOPs. Backward: the dx kernel
+// reads x and dy and reads and writes dx (16·rows·D bytes), the dγ, dβ kernel reads x and dy
+// again (8·rows·D): 24·rows·D bytes for about 20·rows·D FLOPs.
+// =============================================================================================
+
+// Grid: one block of 128 threads per row.
+static __global__ void layer_norm_forward_kernel(const float* X, const float* gain, const float* bias, float* Y,
+                                                 float* mean, float* rstd, int D, float eps) {
+    const int r = blockIdx.x;
+    const float* x = X + r * D;
+    float s = 0;
+    for (int j = threadIdx.x; j < D; j += blockDim.x) s += x[j];
+    const float mu = block_all_reduce(s, Reduce::sum) / D;
+    float v = 0;   // the variance from the deviations, as on the CPU: no cancellation as in E[x²] − μ²
+    for (int j = threadIdx.x; j < D; j += blockDim.x) v += (x[j] - mu) * (x[j] - mu);
+    const float rs = rsqrtf(block_all_reduce(v, Reduce::sum) / D + eps);
+    for (int j = threadIdx.x; j < D; j += blockDim.x) Y[r * D + j] = gain[j] * (x[j] - mu) * rs + bias[j];
+    if (threadIdx.x == 0) mean[r] = mu, rstd[r] = rs;
+}
+
+// dx, one block of 128 threads per row.
+static __global__ void layer_norm_backward_dx_kernel(const float* X, const float* gain, const float* mean,
+                                                     const float* rstd, const float* dY, float* dX, int D) {
+    const int r = blockIdx.x;
+    const float mu = mean[r], rs = rstd[r];
+    float a = 0, b = 0;   // Σ ĝ and Σ ĝ·x̂ over this thread's columns
+    for (int j = threadIdx.x; j < D; j += blockDim.x) {
+        const float gh = dY[r * D + j] * gain[j], xh = (X[r * D + j] - mu) * rs;
+        a += gh, b += gh * xh;
+    }
+    const float mean_gh = block_all_reduce(a, Reduce::sum) / D, mean_gh_xh = block_all_reduce(b, Reduce::sum) / D;
+    for (int j = threadIdx.x; j < D; j += blockDim.x) {
+        const float gh = dY[r * D + j] * gain[j], xh = (X[r * D + j] - mu) * rs;
+        dX[r * D + j] += rs * (gh - mean_gh - xh * mean_gh_xh);
+    }
+}
+
+// dγ and dβ: column sums over the rows, with the strip layout of bias_grad_kernel: 32 × 8 threads
+// per strip of 32 columns, ⌈D/32⌉ blocks.
+static __global__ void layer_norm_backward_params_kernel(const float* X, const float* mean, const float* rstd,
+                                                         const float* dY, float* dgain, float* dbias, int rows, int D) {
+    __shared__ float partial_gain[strip_rows][strip_width], partial_bias[strip_rows][strip_width];
+    const int x = threadIdx.x, y = threadIdx.y, j = blockIdx.x * strip_width + x;
+    float sg = 0, sb = 0;
+    if (j < D)
+        for (int r = y; r < rows; r += strip_rows) {
+            const float g = dY[r * D + j];
+            sg += g * (X[r * D + j] - mean[r]) * rstd[r];
+            sb += g;
+        }
+    partial_gain[y][x] = sg, partial_bias[y][x] = sb;
+    __syncthreads();
+    if (y == 0 && j < D) {
+        for (int k = 1; k < strip_rows; ++k) sg += partial_gain[k][x], sb += partial_bias[k][x];
+        dgain[j] += sg, dbias[j] += sb;
+    }
+}
+
+// X [rows, D], gain and bias [D] → Y [rows, D], and mean, rstd [rows] for the backward.
+void cuda_layer_norm_forward(const float* X, const float* gain, const float* bias, float* Y, float* mean, float* rstd,
+                             int rows, int D, float eps) {
+    require(rows >= 0 && D > 0, "layer_norm: needs rows >= 0 and D > 0");
+    if (rows == 0) return;
+    LAUNCH(layer_norm_forward_kernel, rows, row_block)(X, gain, bias, Y, mean, rstd, D, eps);
+    CUDA_CHECK(cudaGetLastError());
+}
+// dX [rows, D] += ..., dgain and dbias [D] += ...
+void cuda_layer_norm_backward(const float* X, const float* gain, const float* mean, const float* rstd, const float* dY,
+                              float* dX, float* dgain, float* dbias, int rows, int D) {
+    require(rows >= 0 && D > 0, "layer_norm: needs rows >= 0 and D > 0");
+    if (rows == 0) return;
+    LAUNCH(layer_norm_backward_dx_kernel, rows, row_block)(X, gain, mean, rstd, dY, dX, D);
+    CUDA_CHECK(cudaGetLastError());
+    LAUNCH(layer_norm_backward_params_kernel, blocks_for(D, strip_width), dim3(strip_width, strip_rows))(
+        X, mean, rstd, dY, dgain, dbias, rows, D);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// =============================================================================================
+// 6. AdamW, fused
+//
+// Replaces Adam::update (§2.7) with decoupled weight decay (AdamW). For every element, with
+// bias corrections c₁ = 1 − β₁ᵗ and c₂ = 1 − β₂ᵗ (computed once on the host):
+//     w ← w − lr·λ·w,   m ← β₁m + (1 − β₁)g,   v ← β₂v + (1 − β₂)g²,   w ← w − lr·(m/c₁)/(√(v/c₂) + ε)
+// Run as separate elementwise kernels, these steps would read and write w, m and v several
+// times. Fused, each element is read once (w, g, m, v: 16 bytes) and written once (w, m, v:
+// 12 bytes): 28n bytes for about 17n FLOPs (a square root or a division counted as one). The CPU
+// computes in double; this kernel, in float.
+// Grid: ⌈n/256⌉ blocks of 256 threads, one element each.
+// =============================================================================================
+
+static __global__ void adamw_kernel(float* W, const float* G, float* m, float* v, int n, float lr, float beta1,
+                                    float beta2, float eps, float weight_decay, float c1, float c2) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const float g = G[i];
+    const float w = W[i] - lr * weight_decay * W[i];   // decoupled decay: shrink the weight itself
+    const float mi = beta1 * m[i] + (1 - beta1) * g, vi = beta2 * v[i] + (1 - beta2) * g * g;
+    m[i] = mi, v[i] = vi;
+    W[i] = w - lr * (mi / c1) / (sqrtf(vi / c2) + eps);
+}
+
+// One step (step = 1, 2, ...) for W, m, v [n] with gradient G [n].
+void cuda_adamw_update(float* W, const float* G, float* m, float* v, int n, float lr, float beta1, float beta2,
+                       float eps, float weight_decay, long step) {
+    require(n >= 0 && step >= 1, "adamw: needs n >= 0 and step >= 1");
+    if (n == 0) return;
+    const float c1 = float(1 - std::pow(double(beta1), double(step))), c2 = float(1 - std::pow(double(beta2), double(step)));
+    LAUNCH(adamw_kernel, blocks_for(n, elementwise_block), elementwise_block)(W, G, m, v, n, lr, beta1, beta2, eps,
+                                                                              weight_decay, c1, c2);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// =============================================================================================
+// 7. The global gradient norm, and clipping by it
+//
+// Replaces grad_norm() and clip_grad_norm() (§2.9): ‖g‖ = √(Σ over all parameters of Σ g²), and
+// if ‖g‖ > max_norm, every gradient is scaled by max_norm/‖g‖. It is a two-stage reduction
+// (§3) over several tensors at once. Stage 1 runs once per tensor, and its block k adds its share
+// into partial[k]: each block owns its slot, so no atomics are needed. Stage 2 is one block that
+// turns the 256 slots (the unused ones stay 0) into the norm and the clip scale. The
+// scaling kernels then read the scale from device memory, so the host need not wait between
+// computing the norm and applying it.
+// Cost: stage 1 reads every gradient once (4n bytes, 2n FLOPs); the scaling reads and writes
+// them (8n bytes, n FLOPs).
+// =============================================================================================
+
+// Stage 1, for one tensor: partial[blockIdx.x] += Σ of this block's share of g².
+static __global__ void sum_squares_kernel(const float* G, int n, float* partial) {
+    float s = 0;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) s += G[i] * G[i];
+    s = block_all_reduce(s, Reduce::sum);
+    if (threadIdx.x == 0) partial[blockIdx.x] += s;
+}
+
+// Stage 2, one block: out[0] = ‖g‖ = √(Σ partial); out[1] = the scale, max_norm/‖g‖ if ‖g‖ > max_norm, else 1.
+static __global__ void norm_and_clip_scale_kernel(const float* partial, int count, float max_norm, float* out) {
+    float s = 0;
+    for (int i = threadIdx.x; i < count; i += blockDim.x) s += partial[i];
+    s = block_all_reduce(s, Reduce::sum);
+    if (threadIdx.x == 0) {
+        const float norm = sqrtf(s);
+        out[0] = norm, out[1] = norm > max_norm ? max_norm / norm : 1.0f;
+    }
+}
+
+// g ← g·scale, one thread per element.
+static __global__ void scale_kernel(float* G, int n, const float* scale) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) G[i] *= *scale;
+}
+
+// Both stages into out[0] (the norm) and out[1] (the clip scale for max_norm).
+static void grad_norm_on_device(const std::vector<const float*>& grads, const std::vector<int>& sizes,
+                                float max_norm, float* out) {
+    require(grads.size() == sizes.size(), "grad_norm: one size per gradient");
+    DeviceScratch partial(reduce_max_blocks);
+    CUDA_CHECK(cudaMemset(partial.p, 0, sizeof(float) * reduce_max_blocks));   // 0 bytes are 0.0f
+    for (std::size_t k = 0; k < grads.size(); ++k) {
+        require(sizes[k] >= 0, "grad_norm: sizes must be >= 0");
+        if (sizes[k] == 0) continue;
+        LAUNCH(sum_squares_kernel, reduce_blocks(sizes[k]), reduce_block)(grads[k], sizes[k], partial.p);
+        CUDA_CHECK(cudaGetLastError());
+    }
+    LAUNCH(norm_and_clip_scale_kernel, 1, reduce_block)(partial.p, reduce_max_blocks, max_norm, out);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// ‖g‖ over all the gradients (grads[k] holds sizes[k] floats), returned to the host.
+float cuda_grad_norm(const std::vector<const float*>& grads, const std::vector<int>& sizes) {
+    DeviceScratch out(2);
+    grad_norm_on_device(grads, sizes, INFINITY, out.p);
+    float norm = 0;
+    CUDA_CHECK(cudaMemcpy(&norm, out.p, sizeof norm, cudaMemcpyDeviceToHost));
+    return norm;
+}
+
+// Scales every gradient by max_norm/‖g‖ when ‖g‖ > max_norm; returns ‖g‖ before clipping.
+float cuda_clip_grad_norm(const std::vector<float*>& grads, const std::vector<int>& sizes, float max_norm) {
+    require(max_norm > 0, "clip_grad_norm: max_norm must be > 0");
+    DeviceScratch out(2);
+    grad_norm_on_device(std::vector<const float*>(grads.begin(), grads.end()), sizes, max_norm, out.p);
+    for (std::size_t k = 0; k < grads.size(); ++k) {
+        if (sizes[k] == 0) continue;
+        LAUNCH(scale_kernel, blocks_for(sizes[k], elementwise_block), elementwise_block)(grads[k], sizes[k], out.p + 1);
+        CUDA_CHECK(cudaGetLastError());
+    }
+    float norm = 0;
+    CUDA_CHECK(cudaMemcpy(&norm, out.p, sizeof norm, cudaMemcpyDeviceToHost));
+    return norm;
+}
