@@ -10,6 +10,8 @@
 // configuration (a size of 0, over 1024 threads per block, ...), a pointer argument outside all
 // cudaMalloc'ed memory (a host pointer), a deadlock (a __syncthreads() that some threads never
 // reach; a warp operation waiting for a lane that does not exist, has exited or waits elsewhere).
+// An exception that the kernel's own code throws (a lesson's not_implemented stub, say) leaves
+// the launch as it was thrown, type and message unchanged, after the block is cleaned up.
 // cudaMemcpy/cudaMemset check directions and ranges and return an error code, as CUDA does;
 // cudaGetErrorString() says what was wrong. cudaMalloc'ed and __shared__ memory start as 0xFF
 // bytes (a NaN as float), and __shared__ memory gets that fill again before every block. Without
@@ -102,6 +104,15 @@ enum class Schedule { seq, rev, rand };
 enum class Wait : unsigned char { ready, barrier, warp, done };
 enum class WarpOp { shfl, up, down, xor_, ballot, sync };
 constexpr std::size_t stack_bytes = 256 << 10;   // per fiber; only the pages it touches are used
+
+// What the emulator's own checks throw inside a kernel's thread; the launch names the thread.
+struct ThreadError : std::logic_error {
+    using std::logic_error::logic_error;
+};
+// Carries any other exception from a thread past run_grid's handler, which would rename it.
+struct KernelThrew {
+    std::exception_ptr error;
+};
 
 struct Fiber {
     ucontext_t context;
@@ -350,8 +361,10 @@ inline void run_block() {
                 resume(t);
                 if (F[t].error) try {
                     std::rethrow_exception(std::exchange(F[t].error, nullptr));
-                } catch (const std::exception& e) {
+                } catch (const ThreadError& e) {
                     throw std::runtime_error(thread_name(t) + ": " + e.what());
+                } catch (...) {   // the kernel's own exception: passed on untouched
+                    throw KernelThrew{std::current_exception()};
                 }
                 if (wait_of(t) == Wait::warp && warp_op_complete(t)) complete_warp_op(t);
                 continue;
@@ -398,7 +411,7 @@ inline void check_guards(const std::string& where) {
 
 inline void run_grid(dim3 grid, dim3 block, const std::string& where, void (*body)(void*), void* arg) {
     State& s = state();
-    if (s.current >= 0) throw std::logic_error(where + "a kernel cannot launch a kernel in cuda_emu");
+    if (s.current >= 0) throw ThreadError(where + "a kernel cannot launch a kernel in cuda_emu");
     const unsigned long long threads = 1ull * block.x * block.y * block.z;
     if (!grid.x || !grid.y || !grid.z || !threads)
         throw std::invalid_argument(where + "invalid configuration: every grid and block size must be at least 1");
@@ -415,6 +428,8 @@ inline void run_grid(dim3 grid, dim3 block, const std::string& where, void (*bod
         blockIdx = dim3(unsigned(b % grid.x), unsigned(b / grid.x % grid.y), unsigned(b / grid.x / grid.y));
         try {
             run_block();
+        } catch (const KernelThrew& thrown) {
+            std::rethrow_exception(thrown.error);
         } catch (const std::exception& e) {
             throw std::runtime_error(where + format("block (%u,%u,%u): ", blockIdx.x, blockIdx.y, blockIdx.z) + e.what());
         }
@@ -455,9 +470,9 @@ T warp_op(WarpOp op, const char* name, unsigned mask, T value, int arg, int widt
     Fiber& f = self(name);
     const int lane = state().current % 32;
     if (!(mask >> lane & 1u))
-        throw std::logic_error(format("%s at %s:%d: the calling lane %d is not in its mask 0x%08x", name, file, line, lane, mask));
+        throw ThreadError(format("%s at %s:%d: the calling lane %d is not in its mask 0x%08x", name, file, line, lane, mask));
     if (width < 1 || width > 32 || (width & (width - 1)))
-        throw std::logic_error(format("%s at %s:%d: width must be a power of 2 from 1 to 32, not %d", name, file, line, width));
+        throw ThreadError(format("%s at %s:%d: width must be a power of 2 from 1 to 32, not %d", name, file, line, width));
     f.op = op, f.op_name = name, f.mask = mask, f.arg = arg, f.width = width, f.file = file, f.line = line;
     std::memset(f.value, 0, 8);
     std::memcpy(f.value, &value, sizeof(T));

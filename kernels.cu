@@ -445,7 +445,7 @@ void cuda_matmul_backward_dw(const float* X, const float* dY, float* dW, int M, 
 // are two ways to combine the threads' values: a tree in shared memory with a __syncthreads()
 // between levels (v1), or warp shuffles, where the 32 threads of a warp read each other's
 // registers directly without shared memory or barriers (v2). Both replace loops like the sums in
-// grad_norms() (§2.9).
+// grad_norms() (§2.11).
 // Cost of a sum over n floats: 4n bytes and n FLOPs, so it is bound by memory. In stage 1, each
 // thread first sums every (gridDim.x·blockDim.x)-th element (a grid-stride loop), so a bounded
 // number of blocks covers any n, and each thread loads several values before the block combines.
@@ -554,7 +554,7 @@ float cuda_sum_v2(const float* X, int n) { return sum_two_stage(X, n, true); }
 // =============================================================================================
 // 4. Softmax + cross-entropy, fused
 //
-// Replaces cross_entropy() (§2.5) without label smoothing. For the row b of logits z [B, C] and
+// Replaces cross_entropy() (§2.6) without label smoothing. For the row b of logits z [B, C] and
 // its label y:
 //     m = max_c z_c,   s = Σ_c e^(z_c − m),   p_c = e^(z_c − m)/s,   loss_b = −log p_y = log s + m − z_y
 // and the loss is the mean over the rows. Subtracting the max makes every exponent ≤ 0, so
@@ -709,7 +709,7 @@ void cuda_layer_norm_backward(const float* X, const float* gain, const float* me
 // =============================================================================================
 // 6. AdamW, fused
 //
-// Replaces Adam::update (§2.7) with decoupled weight decay (AdamW). For every element, with
+// Replaces Adam::update (§2.9) with decoupled weight decay (AdamW). For every element, with
 // bias corrections c₁ = 1 − β₁ᵗ and c₂ = 1 − β₂ᵗ (computed once on the host):
 //     w ← w − lr·λ·w,   m ← β₁m + (1 − β₁)g,   v ← β₂v + (1 − β₂)g²,   w ← w − lr·(m/c₁)/(√(v/c₂) + ε)
 // Run as separate elementwise kernels, these steps would read and write w, m and v several
@@ -744,7 +744,7 @@ void cuda_adamw_update(float* W, const float* G, float* m, float* v, int n, floa
 // =============================================================================================
 // 7. The global gradient norm, and clipping by it
 //
-// Replaces grad_norm() and clip_grad_norm() (§2.9): ‖g‖ = √(Σ over all parameters of Σ g²), and
+// Replaces grad_norm() and clip_grad_norm() (§2.11): ‖g‖ = √(Σ over all parameters of Σ g²), and
 // if ‖g‖ > max_norm, every gradient is scaled by max_norm/‖g‖. It is a two-stage reduction
 // (§3) over several tensors at once. Stage 1 runs once per tensor, and its block k adds its share
 // into partial[k]: each block owns its slot, so no atomics are needed. Stage 2 is one block that
