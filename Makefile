@@ -2,7 +2,7 @@
 # Everything it builds goes to build/; `make exercise` keeps copies of engine.cpp in .saved/.
 
 CXX      ?= g++
-CXXFLAGS ?= -std=c++17 -O2 -g -Wall -Wextra
+CXXFLAGS ?= -std=c++17 -O3 -g -Wall -Wextra
 SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 # The tests build the engine with real = double, so gradient checks reach 1e-6 (engine.h, Part 2).
 F64      := -DENGINE_DOUBLE

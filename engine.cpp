@@ -28,6 +28,14 @@
 //   Part 3  Real data and checkpoints
 //     3.1  IDX files: a format checked before it is trusted
 //     3.2  Checkpoints: save atomically, load all or nothing
+//   Part 4  Training at scale
+//     4.1  Counting what training costs: FLOPs and tensor memory
+//     4.2  Batch normalization
+//     4.3  Attention: composed from ops, and fused with a hand-written backward
+//     4.4  Multi-head causal self-attention
+//     4.5  Sixteen-bit floating point, by hand
+//     4.6  Mixed precision: casts, low-precision products, loss scaling
+//     4.7  Activation checkpointing: recompute instead of store
 //
 // The one idea of this file: a program is a graph of small ops. Each op knows its own local
 // derivative. The chain rule turns those local derivatives into dLoss/d(everything) in one
@@ -647,6 +655,7 @@ std::size_t tensor_bytes() {
 // The outermost destructor takes over the inputs and releases them one at a time; any
 // destructor that runs meanwhile only hands its inputs to that list.
 TensorNode::~TensorNode() {
+    tensor_storage_freed(*this);   // §4.1: the byte count
     --live_count;
     (prev_live ? prev_live->next_live : live_nodes) = next_live;
     if (next_live) next_live->prev_live = prev_live;
@@ -665,6 +674,7 @@ TensorNode::~TensorNode() {
 Tensor::Tensor(Shape shape) : node_(std::make_shared<TensorNode>()) {
     for (int d : shape)
         if (d < 0) shape_error("Tensor", "negative size in shape " + shape_str(shape));
+    const TensorStorageWatch watch(node_.get());   // §4.1: the byte count
     node_->data.assign(::numel(shape), real(0));
     node_->shape = std::move(shape);
 }
@@ -674,6 +684,7 @@ Tensor::Tensor(Shape shape, std::vector<real> values) : Tensor(std::move(shape))
         shape_error("Tensor", "shape " + shape_str(this->shape()) + " holds " +
                                   std::to_string(numel()) + " values, got " +
                                   std::to_string(values.size()));
+    const TensorStorageWatch watch(node_.get());   // §4.1
     node_->data = std::move(values);
 }
 
@@ -747,7 +758,10 @@ Tensor Tensor::from_op(Shape shape, const char* op, std::vector<Tensor> inputs) 
 
 // The gradient buffer of a node, created (zeros) the first time a backward writes into it.
 static std::vector<real>& grad_of(TensorNode* n) {
-    if (n->grad.size() != n->data.size()) n->grad.assign(n->data.size(), real(0));
+    if (n->grad.size() != n->data.size()) {
+        const TensorStorageWatch watch(n);   // §4.1
+        n->grad.assign(n->data.size(), real(0));
+    }
     return n->grad;
 }
 
@@ -762,7 +776,10 @@ void Tensor::backward(const Tensor& seed) const {
                                 "requires_grad), so there is nothing to differentiate");
     const std::vector<TensorNode*> order = topological_order(node_.get());
     for (TensorNode* n : order)
-        if (n->backward) n->grad.assign(n->data.size(), real(0));
+        if (n->backward) {
+            const TensorStorageWatch watch(n);   // §4.1
+            n->grad.assign(n->data.size(), real(0));
+        }
     std::vector<real>& g = grad_of(node_.get());
     for (std::size_t i = 0; i < g.size(); ++i) g[i] += seed.values()[i];
     for (auto it = order.rbegin(); it != order.rend(); ++it)
@@ -1054,6 +1071,7 @@ Tensor activate(const Tensor& x, Activation act) {
 
 // C[M, N] += A[M, K]·B[K, N]
 static void matmul_add(const real* A, const real* B, real* C, int M, int K, int N) {
+    count_flops(2 * std::int64_t(M) * K * N);   // §4.1
     for (int i = 0; i < M; ++i)
         for (int k = 0; k < K; ++k) {
             const real a = A[i * K + k];
@@ -1063,6 +1081,7 @@ static void matmul_add(const real* A, const real* B, real* C, int M, int K, int 
 
 // dA[M, K] += dC[M, N]·Bᵀ with B [K, N]: each element is a dot product of two contiguous rows.
 static void matmul_add_bt(const real* dC, const real* B, real* dA, int M, int K, int N) {
+    count_flops(2 * std::int64_t(M) * K * N);   // §4.1
     for (int i = 0; i < M; ++i)
         for (int k = 0; k < K; ++k) {
             real s = 0;
@@ -1073,6 +1092,7 @@ static void matmul_add_bt(const real* dC, const real* B, real* dA, int M, int K,
 
 // dB[K, N] += Aᵀ·dC with A [M, K], dC [M, N]: row i of dC, scaled by A[i][k], adds to row k.
 static void matmul_add_at(const real* A, const real* dC, real* dB, int M, int K, int N) {
+    count_flops(2 * std::int64_t(M) * K * N);   // §4.1
     for (int i = 0; i < M; ++i)
         for (int k = 0; k < K; ++k) {
             const real a = A[i * K + k];
@@ -2248,4 +2268,661 @@ void load_checkpoint(const std::string& path, TrainingState& state) {
     if (opt) opt->state() = std::move(opt_state), opt->step_count = opt_steps;
     for (std::size_t k = 0; k < state.rngs.size(); ++k) *state.rngs[k] = Rng(rng_states[k]);
     state.step = step;
+}
+
+// =============================================================================================
+// Part 4: training at scale
+// =============================================================================================
+//
+// Parts 2 and 3 train models that fit with room to spare. At scale three budgets run out:
+// compute (the FLOPs of a step), memory (everything held between the forward and the backward
+// pass), and the digits of the numbers themselves. This part measures the first two, adds the
+// layers that let deep networks and transformers train (batch normalization; attention, with
+// its backward written out), and the tools that trade one budget for another: 16-bit numbers
+// with loss scaling, and recomputing activations instead of keeping them.
+
+// ---------------------------------------------------------------------------------------------
+// 4.1 Counting what training costs: FLOPs and tensor memory
+//
+// FLOPs. A product [M, K]·[K, N] does M·N·K multiply-adds, 2·M·K·N FLOPs. Its backward does two
+// more products of the same size (dX = dZ·Wᵀ and dW = Xᵀ·dZ, §2.4), so a training step costs
+// about three forward passes. Kernels add what they do to one counter (matmul's three loops in
+// §2.4 and the fused attention of §4.3 call count_flops); a lesson resets it, runs a forward
+// pass, reads it, resets it, runs the backward, reads it again.
+//
+// Memory. tensor_bytes() (§2.1) walks every live tensor: fine for "how much now", useless for
+// "how much at the worst moment of the step", which happens inside backward(). So the count is
+// kept up to date where storage changes:
+//   - a TensorStorageWatch wraps each place that gives a node its data or its gradient (the
+//     Tensor constructors, grad_of, the gradient reset at the start of backward) and, when it
+//     goes out of scope, adds the change in bytes;
+//   - a node's destructor subtracts everything it held.
+// The running maximum of that count is the peak. Storage resized anywhere else (a lesson that
+// assigns to grad() itself) is missed until reset_peak_tensor_bytes() recounts the live list.
+// ---------------------------------------------------------------------------------------------
+
+static std::int64_t flops_counted = 0;
+
+std::int64_t counted_flops() { return flops_counted; }
+void reset_counted_flops() { flops_counted = 0; }
+void count_flops(std::int64_t flops) { flops_counted += flops; }
+
+static std::int64_t bytes_now = 0, bytes_peak = 0;   // signed: a missed change cannot wrap around
+
+static std::int64_t storage_bytes(const TensorNode& n) {
+    return std::int64_t((n.data.capacity() + n.grad.capacity()) * sizeof(real));
+}
+
+static void storage_changed(std::int64_t change) {
+    bytes_now += change;
+    bytes_peak = std::max(bytes_peak, bytes_now);
+}
+
+TensorStorageWatch::TensorStorageWatch(const TensorNode* node)
+    : node_(node), bytes_before_(storage_bytes(*node)) {}
+
+TensorStorageWatch::~TensorStorageWatch() { storage_changed(storage_bytes(*node_) - bytes_before_); }
+
+void tensor_storage_freed(const TensorNode& node) { storage_changed(-storage_bytes(node)); }
+
+std::size_t current_tensor_bytes() { return std::size_t(std::max<std::int64_t>(bytes_now, 0)); }
+std::size_t peak_tensor_bytes() { return std::size_t(std::max<std::int64_t>(bytes_peak, 0)); }
+
+void reset_peak_tensor_bytes() { bytes_now = bytes_peak = std::int64_t(tensor_bytes()); }
+
+// ---------------------------------------------------------------------------------------------
+// 4.2 Batch normalization
+//
+// LayerNorm (§2.7) normalizes each example over its features. BatchNorm normalizes each feature
+// over the examples of the batch: for x [N, C] and every column c,
+//     μ_c = (1/N) Σ_n x_nc,   σ²_c = (1/N) Σ_n (x_nc − μ_c)²,   x̂_nc = (x_nc − μ_c)/√(σ²_c + ε),
+//     y_nc = γ_c·x̂_nc + β_c
+// It is LayerNorm's formula turned on its side, and so is its backward. With g = dL/dy,
+// ĝ = g·γ_c and r_c = 1/√(σ²_c + ε), every sum running down a column:
+//     dβ_c = Σ_n g_nc,   dγ_c = Σ_n g_nc·x̂_nc,   dx_nc = r_c·(ĝ_nc − mean_n ĝ − x̂_nc·mean_n(ĝ·x̂))
+// The two means take out the parts of ĝ that would only shift or scale the column, which x̂
+// cannot see; so Σ_n dx_nc = 0 and Σ_n dx_nc·x̂_nc = 0 for every column.
+// Since μ and σ come from the whole batch, every example's output and gradient depend on the
+// others: gradient accumulation over micro-batches is no longer exact (lesson 13), and a batch
+// of one is meaningless: x = μ, so x̂ = 0 and the output is β whatever the input.
+// Example (the course text): one feature, x = [2, 1, 3, 4], γ = 2, β = 1, ε = 0: μ = 2.5,
+// σ² = 1.25, x̂ = −0.5/1.118 = −0.447 for the first value, y = 2·(−0.447) + 1 = 0.106.
+//
+// At inference the output must not depend on the other examples (there may be none), so
+// training also keeps running averages of μ and σ², and evaluation normalizes with those.
+// PyTorch's rule, momentum m = 0.1:  running ← (1 − m)·running + m·batch, where the variance
+// averaged is the unbiased Σ(x − μ)²/(N − 1) (the normalization itself uses ÷ N).
+// ---------------------------------------------------------------------------------------------
+
+Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, real eps) {
+    if (x.rank() != 2) shape_error("batch_norm", "x must be [batch, features], got " + shape_str(x.shape()));
+    const int N = x.dim(0), C = x.dim(1);
+    if (N < 2)
+        shape_error("batch_norm", "training needs at least 2 examples per feature, got x " + shape_str(x.shape()) +
+                                      " (with one example x = mean, so every output would be beta; use eval mode)");
+    if (gamma.shape() != Shape{C} || beta.shape() != Shape{C})
+        shape_error("batch_norm", "gamma and beta must have shape [" + std::to_string(C) + "] for x " +
+                                      shape_str(x.shape()) + ", got " + shape_str(gamma.shape()) + " and " +
+                                      shape_str(beta.shape()));
+    if (!(eps >= 0)) shape_error("batch_norm", "eps must be >= 0, got " + to_string(eps));
+    std::vector<real> xhat(x.numel()), rstd(C);   // kept for the backward
+    Tensor out = Tensor::from_op(x.shape(), "batch_norm", {x, gamma, beta});
+    const real* in = x.values().data();
+    for (int c = 0; c < C; ++c) {
+        auto at = [C, c](int n) { return std::size_t(n) * C + c; };   // element (n, c)
+        double mu = 0, var = 0;
+        for (int n = 0; n < N; ++n) mu += in[at(n)];
+        mu /= N;
+        for (int n = 0; n < N; ++n) var += (in[at(n)] - mu) * (in[at(n)] - mu);
+        var /= N;
+        if (!(var + eps > 0))
+            throw std::domain_error("batch_norm: feature " + std::to_string(c) + " is constant over the batch " +
+                                    "and eps = 0, so x_hat = 0/0; use eps > 0");
+        rstd[c] = real(1 / std::sqrt(var + eps));
+        for (int n = 0; n < N; ++n) {
+            xhat[at(n)] = real((in[at(n)] - mu) * rstd[c]);
+            out.values()[at(n)] = gamma.values()[c] * xhat[at(n)] + beta.values()[c];
+        }
+    }
+    if (out.requires_grad()) {
+        TensorNode *px = x.node(), *pg = gamma.node(), *pb = beta.node(), *po = out.node();
+        po->backward = [px, pg, pb, po, N, C, xhat = std::move(xhat), rstd = std::move(rstd)] {
+            const real* g = po->grad.data();
+            for (int c = 0; c < C; ++c) {
+                auto at = [C, c](int n) { return std::size_t(n) * C + c; };
+                double sum_g = 0, sum_g_xhat = 0;   // Σ_n g, Σ_n g·x̂
+                for (int n = 0; n < N; ++n) sum_g += g[at(n)], sum_g_xhat += g[at(n)] * xhat[at(n)];
+                if (pb->requires_grad) grad_of(pb)[c] += real(sum_g);        // dβ
+                if (pg->requires_grad) grad_of(pg)[c] += real(sum_g_xhat);   // dγ
+                if (!px->requires_grad) continue;
+                const double gain = pg->data[c];   // ĝ = g·γ, so mean(ĝ) = γ·Σg/N, mean(ĝ·x̂) = γ·Σg·x̂/N
+                const double mean_gh = gain * sum_g / N, mean_gh_xhat = gain * sum_g_xhat / N;
+                real* gx = grad_of(px).data();
+                for (int n = 0; n < N; ++n)
+                    gx[at(n)] += real(rstd[c] * (g[at(n)] * gain - mean_gh - xhat[at(n)] * mean_gh_xhat));
+            }
+        };
+    }
+    return out;
+}
+
+namespace nn {
+
+BatchNorm::BatchNorm(int features, real momentum_, real eps_)
+    : gamma(Tensor::full({features}, 1)), beta(Tensor({features})), running_mean(features, real(0)),
+      running_var(features, real(1)), momentum(momentum_), eps(eps_) {
+    if (features <= 0) shape_error("nn::BatchNorm", "needs features > 0, got " + std::to_string(features));
+    if (!(momentum >= 0 && momentum <= 1)) shape_error("nn::BatchNorm", "momentum must be in [0, 1], got " + to_string(momentum));
+    gamma.requires_grad_();
+    beta.requires_grad_();
+}
+
+Tensor BatchNorm::operator()(const Tensor& x) {
+    const int C = int(running_mean.size());
+    if (x.rank() != 2 || x.dim(1) != C)
+        shape_error("nn::BatchNorm", "expected x [batch, " + std::to_string(C) + "], got " + shape_str(x.shape()));
+    if (!training) {   // y = γ·(x − running mean)/√(running var + ε) + β: plain ops, their backward
+        std::vector<real> inv_std(C);
+        for (int c = 0; c < C; ++c) inv_std[c] = real(1 / std::sqrt(double(running_var[c]) + eps));
+        return (x - Tensor({C}, running_mean)) * Tensor({C}, inv_std) * gamma + beta;
+    }
+    Tensor y = batch_norm(x, gamma, beta, eps);   // refuses a batch of one before anything changes
+    const int N = x.dim(0);
+    for (int c = 0; c < C; ++c) {   // the running statistics: numbers, not part of the graph
+        double mu = 0, square = 0;
+        for (int n = 0; n < N; ++n) mu += x.values()[std::size_t(n) * C + c];
+        mu /= N;
+        for (int n = 0; n < N; ++n) {
+            const double d = x.values()[std::size_t(n) * C + c] - mu;
+            square += d * d;
+        }
+        running_mean[c] = real((1 - momentum) * running_mean[c] + momentum * mu);
+        running_var[c] = real((1 - momentum) * running_var[c] + momentum * square / (N - 1));   // unbiased
+    }
+    return y;
+}
+
+}  // namespace nn
+
+// ---------------------------------------------------------------------------------------------
+// 4.3 Attention: composed from ops, and fused with a hand-written backward
+//
+// Each query row q_i (a position asking) scores every key row k_j (a position answering); a
+// softmax turns the scores into weights; the output is the weighted average of the value rows:
+//     S = s·Q·Kᵀ  (s = 1/√d)        P = softmax(S), row by row        O = P·V
+//     [T, d]·[d, S] = [T, S]                                           [T, S]·[S, dv] = [T, dv]
+// The 1/√d keeps the scores' spread near 1 whatever d is (a dot product of d unit-variance
+// terms has variance d), so the softmax does not saturate. In a causal (decoder) model query i
+// may not see the future: scores with j > i are −∞ (we add −1e9, whose exp is exactly 0).
+//
+// Composed from ops, the backward needs nothing new: matmul, softmax, + and * bring their own.
+// Fused into one op, we write it out, starting from the upstream gradient dO, in the texts'
+// order:
+//     1. dV = Pᵀ·dO                          O = P·V, matmul's rule for its right factor
+//     2. dP = dO·Vᵀ                          and for its left factor
+//     3. dS = P ∘ (dP − rowsum(dP ∘ P))      softmax's backward (§2.6): dxⱼ = pⱼ(gⱼ − Σᵢ gᵢpᵢ)
+//     4. dQ = s·dS·K                         S = s·Q·Kᵀ, left factor
+//     5. dK = s·dSᵀ·Q                        and right factor
+// dV and dP need only what the forward left behind (they could run in parallel); dS needs dP;
+// dQ and dK need dS. (rowsum(dP ∘ P) = Σⱼ p_ij·(dO_i·v_j) = dO_i·o_i: FlashAttention gets it from
+// the output instead.)
+//
+// Cost in FLOPs (a multiply-add is 2), with `pairs` the (query, key) pairs scored, T·S, or
+// T(T + 1)/2 when causal, and dv = d:
+//     forward   S = Q·Kᵀ and O = P·V: 2·pairs·d each                     4·pairs·d
+//     backward  dV, dP, dQ, dK: 2·pairs·d each                           8·pairs·d = 2× forward
+// (The texts' example, T = 512, d = 64: the backward's four products are 4·2·512²·64 =
+// 134,217,728 FLOPs, the forward's two half that.)
+// Memory: the backward needs P, T·S numbers per head and sequence: quadratic in the length.
+// Keeping only each row's log-sum-exp, lse_i = log Σⱼ exp(S_ij) (T numbers), is enough to rebuild
+// P_ij = exp(S_ij − lse_i) exactly, at the price of computing S = s·Q·Kᵀ once more: then the
+// backward costs 10·pairs·d, 2.5× the forward. FlashAttention makes that trade, because on a
+// GPU memory (and moving it) is scarcer than arithmetic.
+// ---------------------------------------------------------------------------------------------
+
+Tensor causal_mask(int T) {
+    if (T <= 0) shape_error("causal_mask", "needs T > 0, got " + std::to_string(T));
+    Tensor mask({T, T});
+    for (int i = 0; i < T; ++i)
+        for (int j = i + 1; j < T; ++j) mask.values()[std::size_t(i) * T + j] = real(-1e9);
+    return mask;
+}
+
+// The sizes of one attention call, once its shapes are checked. A 2-D call is batch 1.
+struct AttentionShape {
+    int batch, T, S, d, dv;
+    bool causal;
+    int keys_of(int i) const { return causal ? i + 1 : S; }   // keys 0 .. keys_of(i) − 1
+    std::int64_t pairs() const {                                // (query, key) pairs scored
+        return std::int64_t(batch) * (causal ? std::int64_t(T) * (T + 1) / 2 : std::int64_t(T) * S);
+    }
+};
+
+static AttentionShape check_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                                      const char* op) {
+    const std::string shapes = "q " + shape_str(q.shape()) + ", k " + shape_str(k.shape()) + ", v " +
+                               shape_str(v.shape());
+    const int r = q.rank();
+    if ((r != 2 && r != 3) || k.rank() != r || v.rank() != r)
+        shape_error(op, "needs q, k, v all [T, d] or all [B, T, d]; got " + shapes);
+    if (r == 3 && (k.dim(0) != q.dim(0) || v.dim(0) != q.dim(0))) shape_error(op, "batch sizes differ: " + shapes);
+    if (k.dim(-1) != q.dim(-1)) shape_error(op, "q and k need the same feature size d: " + shapes);
+    if (v.dim(-2) != k.dim(-2)) shape_error(op, "k and v need the same number of rows: " + shapes);
+    const AttentionShape a{r == 3 ? q.dim(0) : 1, q.dim(-2), k.dim(-2), q.dim(-1), v.dim(-1), causal};
+    if (a.T == 0 || a.S == 0 || a.d == 0 || a.dv == 0) shape_error(op, "empty input: " + shapes);
+    if (causal && a.T != a.S) shape_error(op, "causal attention needs as many queries as keys: " + shapes);
+    return a;
+}
+
+Tensor attention_composed(const Tensor& q, const Tensor& k, const Tensor& v, bool causal) {
+    const AttentionShape a = check_attention(q, k, v, causal, "attention_composed");
+    Tensor scores = matmul(q, transpose(k)) * real(1 / std::sqrt(double(a.d)));
+    if (causal) scores = scores + causal_mask(a.T);
+    return matmul(softmax(scores), v);
+}
+
+
+// Row i of P for one batch element (Q and K point at its rows): p[j] = softmax_j(s·q_i·k_j) for
+// the keys query i may see. Returns the row's log-sum-exp, with the maximum subtracted (§2.6).
+static double probability_row(const AttentionShape& a, int i, const real* Q, const real* K, double scale,
+                              double* p) {
+    const int keys = a.keys_of(i);
+    double largest = -std::numeric_limits<double>::infinity();
+    for (int j = 0; j < keys; ++j) {   // s_ij = s·q_i·k_j
+        double dot = 0;
+        for (int c = 0; c < a.d; ++c) dot += double(Q[std::size_t(i) * a.d + c]) * K[std::size_t(j) * a.d + c];
+        p[j] = dot * scale;
+        largest = std::max(largest, p[j]);
+    }
+    double total = 0;
+    for (int j = 0; j < keys; ++j) p[j] = std::exp(p[j] - largest), total += p[j];
+    for (int j = 0; j < keys; ++j) p[j] /= total;
+    return largest + std::log(total);
+}
+
+// The fused op's backward: the five steps above, one batch element at a time. P and dP (which
+// becomes dS in place) are scratch, T·S doubles each, freed when the backward returns.
+static void attention_backward(const AttentionShape& a, double scale, bool saved_p, const Tensor& saved,
+                               TensorNode* pq, TensorNode* pk, TensorNode* pv, const TensorNode* po) {
+    const bool need_dv = pv->requires_grad, need_ds = pq->requires_grad || pk->requires_grad;
+    const int T = a.T, S = a.S, d = a.d, dv = a.dv;
+    std::vector<double> P(std::size_t(T) * S), dS(std::size_t(T) * S);
+    for (int b = 0; b < a.batch; ++b) {
+        const real* Q = pq->data.data() + std::size_t(b) * T * d;
+        const real* K = pk->data.data() + std::size_t(b) * S * d;
+        const real* V = pv->data.data() + std::size_t(b) * S * dv;
+        const real* dO = po->grad.data() + std::size_t(b) * T * dv;
+        auto ij = [S](int i, int j) { return std::size_t(i) * S + j; };
+        // 0. P: as saved, or rebuilt from the row's log-sum-exp: P_ij = exp(s·q_i·k_j − lse_i)
+        for (int i = 0; i < T; ++i)
+            for (int j = 0; j < a.keys_of(i); ++j) {
+                if (saved_p) {
+                    P[ij(i, j)] = saved.values()[(std::size_t(b) * T + i) * S + j];
+                    continue;
+                }
+                double dot = 0;
+                for (int c = 0; c < d; ++c) dot += double(Q[std::size_t(i) * d + c]) * K[std::size_t(j) * d + c];
+                P[ij(i, j)] = std::exp(scale * dot - saved.values()[std::size_t(b) * T + i]);
+            }
+        // 1. dV = Pᵀ·dO:  dv_j += Σ_i P_ij·dO_i
+        if (need_dv) {
+            real* dV = grad_of(pv).data() + std::size_t(b) * S * dv;
+            for (int i = 0; i < T; ++i)
+                for (int j = 0; j < a.keys_of(i); ++j)
+                    for (int c = 0; c < dv; ++c)
+                        dV[std::size_t(j) * dv + c] += real(P[ij(i, j)] * dO[std::size_t(i) * dv + c]);
+        }
+        if (!need_ds) continue;
+        // 2. dP = dO·Vᵀ:  dP_ij = dO_i·v_j
+        for (int i = 0; i < T; ++i)
+            for (int j = 0; j < a.keys_of(i); ++j) {
+                double dot = 0;
+                for (int c = 0; c < dv; ++c) dot += double(dO[std::size_t(i) * dv + c]) * V[std::size_t(j) * dv + c];
+                dS[ij(i, j)] = dot;
+            }
+        // 3. dS = P ∘ (dP − rowsum(dP ∘ P)), overwriting dP
+        for (int i = 0; i < T; ++i) {
+            double row = 0;
+            for (int j = 0; j < a.keys_of(i); ++j) row += dS[ij(i, j)] * P[ij(i, j)];
+            for (int j = 0; j < a.keys_of(i); ++j) dS[ij(i, j)] = P[ij(i, j)] * (dS[ij(i, j)] - row);
+        }
+        // 4. dQ = s·dS·K:  dq_i += s·Σ_j dS_ij·k_j
+        if (pq->requires_grad) {
+            real* dQ = grad_of(pq).data() + std::size_t(b) * T * d;
+            for (int i = 0; i < T; ++i)
+                for (int c = 0; c < d; ++c) {
+                    double sum = 0;
+                    for (int j = 0; j < a.keys_of(i); ++j) sum += dS[ij(i, j)] * K[std::size_t(j) * d + c];
+                    dQ[std::size_t(i) * d + c] += real(scale * sum);
+                }
+        }
+        // 5. dK = s·dSᵀ·Q:  dk_j += s·Σ_i dS_ij·q_i
+        if (pk->requires_grad) {
+            real* dK = grad_of(pk).data() + std::size_t(b) * S * d;
+            for (int i = 0; i < T; ++i)
+                for (int j = 0; j < a.keys_of(i); ++j)
+                    for (int c = 0; c < d; ++c)
+                        dK[std::size_t(j) * d + c] += real(scale * dS[ij(i, j)] * Q[std::size_t(i) * d + c]);
+        }
+    }
+    const std::int64_t pairs = a.pairs();
+    count_flops((saved_p ? 0 : 2 * pairs * d) + (need_dv ? 2 * pairs * dv : 0) + (need_ds ? 2 * pairs * dv : 0) +
+                (pq->requires_grad ? 2 * pairs * d : 0) + (pk->requires_grad ? 2 * pairs * d : 0));
+}
+
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, AttentionSaves saves) {
+    const AttentionShape a = check_attention(q, k, v, causal, "attention");
+    const double scale = 1 / std::sqrt(double(a.d));
+    Tensor out = Tensor::from_op(q.rank() == 3 ? Shape{a.batch, a.T, a.dv} : Shape{a.T, a.dv}, "attention", {q, k, v});
+    const bool save_p = saves == AttentionSaves::probabilities;
+    Tensor saved;   // for the backward, besides Q, K, V: P [B, T, S], or lse [B, T]
+    if (out.requires_grad()) saved = save_p ? Tensor({a.batch, a.T, a.S}) : Tensor({a.batch, a.T});
+    std::vector<double> p(a.S);
+    for (int b = 0; b < a.batch; ++b) {
+        const real* Q = q.values().data() + std::size_t(b) * a.T * a.d;
+        const real* K = k.values().data() + std::size_t(b) * a.S * a.d;
+        const real* V = v.values().data() + std::size_t(b) * a.S * a.dv;
+        real* O = out.values().data() + std::size_t(b) * a.T * a.dv;
+        for (int i = 0; i < a.T; ++i) {
+            const double lse = probability_row(a, i, Q, K, scale, p.data());
+            for (int c = 0; c < a.dv; ++c) {   // o_i = Σ_j p_ij·v_j
+                double o = 0;
+                for (int j = 0; j < a.keys_of(i); ++j) o += p[j] * V[std::size_t(j) * a.dv + c];
+                O[std::size_t(i) * a.dv + c] = real(o);
+            }
+            if (!saved.defined()) continue;
+            if (save_p) std::copy_n(p.data(), a.keys_of(i), saved.values().data() + (std::size_t(b) * a.T + i) * a.S);
+            else saved.values()[std::size_t(b) * a.T + i] = real(lse);
+        }
+    }
+    count_flops(2 * a.pairs() * a.d + 2 * a.pairs() * a.dv);   // S = Q·Kᵀ and O = P·V
+    if (out.requires_grad()) {
+        TensorNode *pq = q.node(), *pk = k.node(), *pv = v.node(), *po = out.node();
+        po->backward = [a, scale, save_p, saved, pq, pk, pv, po] {
+            attention_backward(a, scale, save_p, saved, pq, pk, pv, po);
+        };
+    }
+    return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4.4 Multi-head causal self-attention
+//
+// Self-attention takes Q, K and V from the same sequence x [T, D]: Q = x·Wq, K = x·Wk, V = x·Wv.
+// With H heads, the D features are cut into H slices of D/H, and each slice attends on its own:
+// one head can follow the previous word while another follows the subject of the sentence. The
+// heads' outputs are joined side by side and mixed by Wo:
+//     out = concat(head_1, …, head_H)·Wo,     head_h = attention(Q_h, K_h, V_h)
+// Every piece has its backward already (matmul, slice, concat, and attention composed or
+// fused), so the whole layer's backward is the chain rule over them. The cost of the scores is
+// H·T²·(D/H) = T²·D, the same as one head of width D.
+// ---------------------------------------------------------------------------------------------
+
+Tensor multi_head_attention(const Tensor& x, const Tensor& Wq, const Tensor& Wk, const Tensor& Wv,
+                            const Tensor& Wo, int heads, bool causal, AttentionKernel kernel) {
+    const char* op = "multi_head_attention";
+    if (x.rank() != 2 && x.rank() != 3) shape_error(op, "x must be [T, D] or [B, T, D], got " + shape_str(x.shape()));
+    const int D = x.dim(-1);
+    for (const Tensor* W : {&Wq, &Wk, &Wv, &Wo})
+        if (W->shape() != Shape{D, D})
+            shape_error(op, "every weight must be [" + std::to_string(D) + ", " + std::to_string(D) + "] for x " +
+                                shape_str(x.shape()) + ", got " + shape_str(W->shape()));
+    if (heads <= 0 || D % heads != 0)
+        shape_error(op, std::to_string(heads) + " heads do not divide the " + std::to_string(D) + " features of x " +
+                            shape_str(x.shape()));
+    const int width = D / heads;
+    const Tensor q = matmul(x, Wq), k = matmul(x, Wk), v = matmul(x, Wv);
+    std::vector<Tensor> outputs;
+    for (int h = 0; h < heads; ++h) {
+        const int from = h * width, to = from + width;   // this head's features
+        const Tensor qh = slice(q, -1, from, to), kh = slice(k, -1, from, to), vh = slice(v, -1, from, to);
+        outputs.push_back(kernel == AttentionKernel::fused ? attention(qh, kh, vh, causal)
+                                                           : attention_composed(qh, kh, vh, causal));
+    }
+    return matmul(concat(outputs, -1), Wo);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4.5 Sixteen-bit floating point, by hand
+//
+// A float is 32 bits: 1 sign, 8 exponent bits (bias 127), 23 fraction bits. A normal number is
+// (−1)^sign · 1.fraction · 2^(exponent − 127). Exponent 0 holds ±0 and the subnormals
+// 0.fraction · 2^−126, which fill the gap below the smallest normal in even steps; exponent 255
+// holds ±inf (fraction 0) and NaN (any other fraction). The 16-bit formats follow the same plan:
+//     float16 (IEEE half): 5 exponent bits (bias 15), 10 fraction bits. Largest 65504, smallest
+//         normal 2^−14 ≈ 6.10e-5, smallest subnormal 2^−24 ≈ 5.96e-8; near 1 the spacing is
+//         2^−10 ≈ 0.001: about 3 decimal digits.
+//     bfloat16: 8 exponent bits (bias 127), 7 fraction bits: float's range (up to 3.39e38, down
+//         to 1e-38 and below) with a spacing of 2^−7 ≈ 0.008 near 1. It is the top half of a
+//         float.
+// float16 keeps more digits, bfloat16 more range.
+//
+// Converting from float rounds the 24-bit significand to 11 bits (8 for bfloat16): to the
+// nearest representable value, and on an exact tie to the one whose last bit is 0 ("ties to
+// even"), so that ties go up and down equally often and long sums do not drift. Then the edges:
+// a result too large becomes ±inf; one below the smallest normal becomes a subnormal (fewer
+// digits) or ±0; NaN stays NaN. Every 16-bit value converts back to float exactly.
+// (We convert from float, as a GPU casts an fp32 tensor; a double goes through float first.)
+// ---------------------------------------------------------------------------------------------
+
+static std::uint32_t bits_of(float x) {
+    std::uint32_t bits;
+    std::memcpy(&bits, &x, sizeof bits);
+    return bits;
+}
+
+static float float_from_bits(std::uint32_t bits) {
+    float x;
+    std::memcpy(&x, &bits, sizeof x);
+    return x;
+}
+
+// value / 2^shift rounded to the nearest integer, ties to the even one (0 < shift < 32).
+static std::uint32_t shift_right_rounding_to_even(std::uint32_t value, int shift) {
+    const std::uint32_t kept = value >> shift, rest = value & ((1u << shift) - 1), half = 1u << (shift - 1);
+    return kept + ((rest > half || (rest == half && (kept & 1))) ? 1 : 0);
+}
+
+std::uint16_t float_to_half(float x) {
+    const std::uint32_t f = bits_of(x);
+    const std::uint32_t sign = (f >> 16) & 0x8000;   // bit 31 moves to bit 15
+    const int exponent = int((f >> 23) & 0xff);      // biased by 127
+    const std::uint32_t fraction = f & 0x7fffff;     // 23 bits
+    if (exponent == 255) {                           // inf, or NaN: keep what fits of its payload,
+        if (fraction == 0) return std::uint16_t(sign | 0x7c00);   // and keep it a NaN
+        const std::uint32_t payload = fraction >> 13;
+        return std::uint16_t(sign | 0x7c00 | (payload ? payload : 0x200));
+    }
+    const int half_exponent = exponent - 127 + 15;
+    if (half_exponent >= 31) return std::uint16_t(sign | 0x7c00);   // |x| >= 2^16: overflow to inf
+    if (half_exponent >= 1)   // normal: drop 13 of the 23 fraction bits, rounding. A carry out of
+                              // the fraction bumps the exponent, and past 65504 gives 0x7c00 = inf.
+        return std::uint16_t(sign | shift_right_rounding_to_even(std::uint32_t(half_exponent) << 23 | fraction, 13));
+    // Subnormal or zero: count in units of the smallest subnormal, 2^−24. With the implicit 1,
+    // |x| = (2^23 + fraction)·2^(exponent − 150) = (2^23 + fraction) / 2^(126 − exponent) units.
+    if (exponent < 102) return std::uint16_t(sign);   // |x| < 2^−25, half a unit: rounds to ±0
+    return std::uint16_t(sign | shift_right_rounding_to_even(0x800000 | fraction, 126 - exponent));
+}
+
+float half_to_float(std::uint16_t h) {
+    const std::uint32_t sign = std::uint32_t(h & 0x8000) << 16;
+    const int exponent = (h >> 10) & 0x1f;
+    const std::uint32_t fraction = h & 0x3ff;
+    if (exponent == 31) return float_from_bits(sign | 0x7f800000 | fraction << 13);   // inf, NaN
+    if (exponent != 0)   // normal: rebias the exponent, widen the fraction
+        return float_from_bits(sign | std::uint32_t(exponent - 15 + 127) << 23 | fraction << 13);
+    const float magnitude = std::ldexp(float(fraction), -24);   // ±0 and subnormals: fraction·2^−24
+    return sign ? -magnitude : magnitude;
+}
+
+std::uint16_t float_to_bfloat16(float x) {
+    const std::uint32_t f = bits_of(x);
+    if ((f & 0x7fffffff) > 0x7f800000) {   // NaN: keep its top half, and keep it a NaN
+        const std::uint32_t top = f >> 16;
+        return std::uint16_t((top & 0x7f) ? top : top | 0x40);
+    }
+    // Drop the low 16 bits, rounding; a carry runs into the exponent, and past the largest
+    // finite value gives 0x7f80 = inf. Subnormals need no special case: same exponent as float.
+    return std::uint16_t(shift_right_rounding_to_even(f, 16));
+}
+
+float bfloat16_to_float(std::uint16_t b) { return float_from_bits(std::uint32_t(b) << 16); }
+
+const char* precision_name(Precision p) {
+    switch (p) {
+        case Precision::fp16: return "fp16";
+        case Precision::bf16: return "bf16";
+        case Precision::fp32: break;
+    }
+    return "fp32";
+}
+
+float round_to_precision(float x, Precision p) {
+    switch (p) {
+        case Precision::fp16: return half_to_float(float_to_half(x));
+        case Precision::bf16: return bfloat16_to_float(float_to_bfloat16(x));
+        case Precision::fp32: break;
+    }
+    return x;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4.6 Mixed precision: casts, low-precision products, loss scaling
+//
+// Mixed-precision training keeps the fp32 "master" weights and the optimizer state in float and
+// runs the forward and backward passes in 16 bits: each step casts the weights down, and every
+// activation and activation gradient is a 16-bit tensor. What goes wrong, and each fix:
+//   - Long sums lose their small terms. A float16 sum keeps 11 significant bits: once it reaches
+//     2048, adding 1 changes nothing (2049 is not a float16; the tie goes to 2048). Tensor cores
+//     multiply 16-bit inputs but accumulate in fp32: matmul_in_precision shows the difference.
+//   - Small gradients underflow: the smallest float16 above 0 is 2^−24 ≈ 6e-8 and anything below
+//     half of it rounds to 0, so a gradient of 1e-9 is lost. Multiplying the loss by S multiplies every gradient by S (the backward pass
+//     is linear in its seed): with S = 65536, 1e-9 becomes 6.55e-5, a normal float16. Dividing by
+//     S in fp32 before the optimizer step recovers 1e-9.
+//   - Large gradients overflow past 65504 to inf. Dynamic loss scaling finds S by trial: a step
+//     whose gradients hold an inf or NaN is skipped and S is halved; after N good steps in a row
+//     S is doubled, to try a larger scale again (PyTorch: S = 65536 to start, N = 2000).
+//   - Small updates vanish in 16-bit weights: near 1 the float16 spacing is 0.001, so adding an
+//     update of 1e-4 to a weight of 1 gives back 1. So the master weights stay in fp32.
+// bfloat16 has float's range, so its gradients neither underflow nor overflow and it needs no
+// loss scaling; its 8-bit significand rounds even more coarsely.
+//
+// cast() is the one new op. Forward it rounds. Backward it treats the rounding as the identity
+// (its true derivative is 0 almost everywhere: useless) and rounds the gradient to the same
+// format, because the gradient of a float16 tensor is a float16 tensor. With a cast wherever a
+// real model keeps a 16-bit tensor, the engine computes what a mixed-precision run computes, up
+// to the order of additions.
+// ---------------------------------------------------------------------------------------------
+
+Tensor cast(const Tensor& x, Precision p) {
+    Tensor out = Tensor::from_op(x.shape(), "cast", {x});
+    for (std::size_t i = 0; i < x.numel(); ++i) out.values()[i] = real(round_to_precision(float(x.values()[i]), p));
+    if (out.requires_grad()) {
+        TensorNode *px = x.node(), *po = out.node();
+        po->backward = [px, po, p] {   // dx = round_p(dy): straight through, stored in format p
+            std::vector<real>& gx = grad_of(px);
+            for (std::size_t i = 0; i < gx.size(); ++i) gx[i] += real(round_to_precision(float(po->grad[i]), p));
+        };
+    }
+    return out;
+}
+
+// The product of two 16-bit values is exact in float (11 + 11 = 22 significant bits fit in 24),
+// so the only roundings are the inputs' and the accumulator's.
+Tensor matmul_in_precision(const Tensor& a, const Tensor& b, Precision inputs, Precision accumulator) {
+    if (a.rank() != 2 || b.rank() != 2 || a.dim(1) != b.dim(0))
+        shape_error("matmul_in_precision", "needs [M, K]·[K, N], got " + shape_str(a.shape()) + " · " + shape_str(b.shape()));
+    const int M = a.dim(0), K = a.dim(1), N = b.dim(1);
+    std::vector<float> A(a.numel()), B(b.numel());
+    for (std::size_t i = 0; i < A.size(); ++i) A[i] = round_to_precision(float(a.values()[i]), inputs);
+    for (std::size_t i = 0; i < B.size(); ++i) B[i] = round_to_precision(float(b.values()[i]), inputs);
+    Tensor out({M, N});
+    for (int i = 0; i < M; ++i)
+        for (int j = 0; j < N; ++j) {
+            float sum = 0;
+            for (int k = 0; k < K; ++k)
+                sum = round_to_precision(sum + A[std::size_t(i) * K + k] * B[std::size_t(k) * N + j], accumulator);
+            out.values()[std::size_t(i) * N + j] = real(sum);
+        }
+    count_flops(2 * std::int64_t(M) * K * N);
+    return out;
+}
+
+DynamicLossScaler::DynamicLossScaler(double initial_scale, int growth_interval, double growth_factor,
+                                     double backoff_factor)
+    : scale_(initial_scale), growth_factor_(growth_factor), backoff_factor_(backoff_factor),
+      growth_interval_(growth_interval) {
+    if (!(initial_scale > 0) || growth_interval < 1 || !(growth_factor > 1) || !(backoff_factor > 0 && backoff_factor < 1))
+        shape_error("DynamicLossScaler", "needs initial_scale > 0, growth_interval >= 1, growth_factor > 1 and "
+                                         "0 < backoff_factor < 1; got " + to_string(initial_scale) + ", " +
+                                         std::to_string(growth_interval) + ", " + to_string(growth_factor) + ", " +
+                                         to_string(backoff_factor));
+}
+
+Tensor DynamicLossScaler::scale_loss(const Tensor& loss) const { return loss * real(scale_); }
+
+bool DynamicLossScaler::unscale_gradients(const std::vector<Tensor>& params) const {
+    for (const Tensor& p : params)
+        for (real g : p.grad())
+            if (!std::isfinite(g)) return false;   // overflowed: leave them, the step is skipped
+    for (const Tensor& p : params)
+        for (real& g : p.grad()) g = real(g / scale_);
+    return true;
+}
+
+void DynamicLossScaler::update(bool gradients_were_finite) {
+    if (!gradients_were_finite) {
+        scale_ *= backoff_factor_;
+        good_in_a_row_ = 0;
+        ++skipped_;
+        return;
+    }
+    if (++good_in_a_row_ == growth_interval_) {
+        scale_ *= growth_factor_;
+        good_in_a_row_ = 0;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4.7 Activation checkpointing: recompute instead of store
+//
+// Between the forward and the backward pass every op's output stays alive, because some backward
+// needs it; in a deep network these activations are most of the memory (lesson 13 measures
+// it). A checkpointed segment keeps only its input. Forward: run the segment, copy the result
+// out, and let the segment's graph, with every activation in it, go. Backward: run the segment
+// again from the kept input, this time keeping its graph; backpropagate the incoming gradient
+// through it (which adds into the parameters' gradients, the += of §1.5, and gives the input's
+// gradient); let it go again. So only one segment's activations exist at a time.
+// The price is one more forward pass through every checkpointed segment: with backward ≈ 2×
+// forward, a step costs 4 forward passes instead of 3. With n layers cut into √n segments of √n
+// layers, the activations held drop from n layers' worth to about 2√n.
+// The segment must compute the same values both times: a dropout mask drawn afresh would give
+// the gradient of a different network.
+// ---------------------------------------------------------------------------------------------
+
+Tensor activation_checkpoint(const Segment& segment, const Tensor& x, const std::vector<Tensor>& params) {
+    for (std::size_t k = 0; k < params.size(); ++k)
+        if (!params[k].defined() || !params[k].requires_grad())
+            shape_error("activation_checkpoint", "parameter " + std::to_string(k) + " does not require grad");
+    std::vector<Tensor> inputs = {x};
+    inputs.insert(inputs.end(), params.begin(), params.end());
+    Tensor out;
+    {
+        const Tensor first_run = segment(x.detach());   // its graph dies at the end of this block
+        out = Tensor::from_op(first_run.shape(), "activation_checkpoint", inputs);
+        out.values() = first_run.values();
+    }
+    if (out.requires_grad()) {
+        TensorNode *px = x.node(), *po = out.node();
+        po->backward = [segment, px, po] {
+            Tensor input(px->shape, px->data);   // run the segment again, recording its graph
+            if (px->requires_grad) input.requires_grad_();
+            const Tensor again = segment(input);
+            if (again.requires_grad()) again.backward(Tensor(po->shape, po->grad));
+            if (!px->requires_grad || input.grad().empty()) return;   // (empty: y ignores x)
+            std::vector<real>& gx = grad_of(px);
+            for (std::size_t i = 0; i < gx.size(); ++i) gx[i] += input.grad()[i];
+        };
+    }
+    return out;
 }

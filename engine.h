@@ -523,3 +523,176 @@ void save_checkpoint(const std::string& path, const TrainingState& state);
 // All or nothing: the file is read and checked completely (magic, version, checksum, names,
 // shapes, optimizer) before anything in `state` changes.
 void load_checkpoint(const std::string& path, TrainingState& state);
+
+// =============================================================================================
+// Part 4: training at scale
+// =============================================================================================
+
+// ---------------------------------------------------------------------------------------------
+// Counting what training costs (engine.cpp §4.1)
+// ---------------------------------------------------------------------------------------------
+// FLOPs of the matrix products done since the last reset: a multiply-add counts 2, as in the
+// course texts. matmul and attention count their own work; so may any kernel you write.
+std::int64_t counted_flops();
+void reset_counted_flops();
+void count_flops(std::int64_t flops);
+
+// Bytes of tensor storage (the data and gradients of every live tensor), counted where storage
+// is allocated and freed, so reading them costs nothing. current_tensor_bytes() equals
+// tensor_bytes(); the peak is the largest value since the last reset_peak_tensor_bytes(), which
+// also recounts the current value with tensor_bytes() (storage you resize yourself, through
+// values() or grad(), is only seen by that recount).
+std::size_t current_tensor_bytes();
+std::size_t peak_tensor_bytes();
+void reset_peak_tensor_bytes();
+
+// The two hooks that keep the count. Wrap every change of a node's storage in a watch (it
+// reports the difference when it goes out of scope); a node's destructor reports what it frees.
+class TensorStorageWatch {
+public:
+    explicit TensorStorageWatch(const TensorNode* node);
+    ~TensorStorageWatch();
+    TensorStorageWatch(const TensorStorageWatch&) = delete;
+    TensorStorageWatch& operator=(const TensorStorageWatch&) = delete;
+private:
+    const TensorNode* node_;
+    std::int64_t bytes_before_;
+};
+void tensor_storage_freed(const TensorNode& node);
+
+// ---------------------------------------------------------------------------------------------
+// Batch normalization (engine.cpp §4.2)
+// ---------------------------------------------------------------------------------------------
+// Training mode, x [N, C]: every column c is normalized with the mean and (biased) variance of
+// its N values, then y = gamma[c]·x̂ + beta[c]. Needs N >= 2.
+Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, real eps = real(1e-5));
+
+namespace nn {
+
+// BatchNorm1d with PyTorch's conventions: gamma = 1, beta = 0, running mean 0 and variance 1 at
+// the start; each training batch updates  running = (1 − momentum)·running + momentum·batch,
+// with the unbiased variance (÷ (N − 1)); eval() normalizes with the running statistics.
+struct BatchNorm {
+    Tensor gamma, beta;
+    std::vector<real> running_mean, running_var;
+    real momentum, eps;
+    bool training = true;
+    explicit BatchNorm(int features, real momentum = real(0.1), real eps = real(1e-5));
+    Tensor operator()(const Tensor& x);
+    std::vector<Tensor> parameters() const { return {gamma, beta}; }
+    void train() { training = true; }
+    void eval() { training = false; }
+};
+
+}  // namespace nn
+
+// ---------------------------------------------------------------------------------------------
+// Attention (engine.cpp §4.3–4.4)
+// ---------------------------------------------------------------------------------------------
+// O = softmax(Q·Kᵀ/√d)·V  for Q [T, d], K [S, d], V [S, dv] (or each with a leading batch axis
+// B). causal: query i attends to keys j <= i only (needs T == S).
+Tensor causal_mask(int T);   // [T, T]: 0 on and below the diagonal, −1e9 above
+// The composition of existing ops: matmul, transpose, *, +, softmax, matmul.
+Tensor attention_composed(const Tensor& q, const Tensor& k, const Tensor& v, bool causal);
+// One fused op with a hand-written backward. It saves for the backward either the attention
+// probabilities P [B, T, S], or only each row's log-sum-exp [B, T] and recomputes P from Q and
+// K (FlashAttention's trade: memory for FLOPs). The saved tensor is live (tensor_bytes sees it).
+enum class AttentionSaves { probabilities, log_sum_exp };
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                 AttentionSaves saves = AttentionSaves::probabilities);
+
+// Multi-head self-attention of x [T, D] or [B, T, D] with weights [D, D]: project to Q, K, V;
+// split the D features into `heads` slices; attend within each slice; join; project with Wo.
+enum class AttentionKernel { composed, fused };
+Tensor multi_head_attention(const Tensor& x, const Tensor& Wq, const Tensor& Wk, const Tensor& Wv,
+                            const Tensor& Wo, int heads, bool causal, AttentionKernel kernel);
+
+// ---------------------------------------------------------------------------------------------
+// 16-bit floating point and mixed precision (engine.cpp §4.5–4.6)
+// ---------------------------------------------------------------------------------------------
+// IEEE float16 (1 sign, 5 exponent, 10 fraction bits) and bfloat16 (1, 8, 7), converted by hand
+// from float with round-to-nearest-even; overflow gives ±inf, tiny values become subnormals or
+// ±0, NaN stays NaN. Going back to float is exact.
+std::uint16_t float_to_half(float x);
+float half_to_float(std::uint16_t bits);
+std::uint16_t float_to_bfloat16(float x);
+float bfloat16_to_float(std::uint16_t bits);
+
+enum class Precision { fp32, fp16, bf16 };
+const char* precision_name(Precision p);
+float round_to_precision(float x, Precision p);   // x → that format → float
+
+// Forward: every value rounded to p. Backward: the gradient passes straight through (rounding
+// counts as the identity) and is rounded to p too, as the gradient of a p tensor is.
+Tensor cast(const Tensor& x, Precision p);
+// A·B for [M, K]·[K, N] with the inputs rounded to `inputs` and the running sum rounded to
+// `accumulator` after every addition. Values only: no gradient flows through it.
+Tensor matmul_in_precision(const Tensor& a, const Tensor& b, Precision inputs, Precision accumulator);
+
+// Dynamic loss scaling, PyTorch's GradScaler rules. Each step:
+//     scaler.scale_loss(loss).backward();                    gradients are S times too big
+//     bool ok = scaler.unscale_gradients(params);            g ← g/S, unless some g is inf/NaN
+//     if (ok) { clip_grad_norm(...); optimizer.step(); }     an overflowed step is skipped
+//     scaler.update(ok);                                     inf/NaN: S ← S·backoff; after
+//                                                            growth_interval good steps: S ← S·growth
+class DynamicLossScaler {
+public:
+    explicit DynamicLossScaler(double initial_scale = 65536, int growth_interval = 2000,
+                               double growth_factor = 2, double backoff_factor = 0.5);
+    double scale() const { return scale_; }
+    Tensor scale_loss(const Tensor& loss) const;
+    bool unscale_gradients(const std::vector<Tensor>& params) const;   // true: all finite
+    void update(bool gradients_were_finite);
+    long skipped_steps() const { return skipped_; }
+    int good_steps_in_a_row() const { return good_in_a_row_; }
+private:
+    double scale_, growth_factor_, backoff_factor_;
+    int growth_interval_, good_in_a_row_ = 0;
+    long skipped_ = 0;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Activation checkpointing (engine.cpp §4.7)
+// ---------------------------------------------------------------------------------------------
+// y = segment(x), without keeping the segment's activations: backward runs the segment again
+// and backpropagates through the copy. `params` are the parameters the segment uses (they get
+// their gradients). The segment must compute the same thing twice (no fresh dropout masks).
+using Segment = std::function<Tensor(const Tensor&)>;
+Tensor activation_checkpoint(const Segment& segment, const Tensor& x, const std::vector<Tensor>& params);
+
+// =============================================================================================
+// CUDA kernels (kernels.cu): the wrappers that launch them. Every pointer is device memory
+// (cudaMalloc) holding floats; forward wrappers write their outputs, backward wrappers add (+=)
+// into gradients, as the CPU loops do. Without a GPU, kernels.cu runs on the CPU through
+// cuda_emu.h; `make cuda` compiles it for real GPUs with nvcc.
+// =============================================================================================
+void cuda_add_forward(const float* A, const float* B, float* Y, int n, int nb);   // B: [n] or a bias row [nb]
+void cuda_add_backward(const float* dY, float* dA, float* dB, int n, int nb);
+void cuda_bias_grad(const float* dY, float* db, int M, int N);                    // db += Σ_rows dY
+void cuda_mul_forward(const float* A, const float* B, float* Y, int n);
+void cuda_mul_backward(const float* A, const float* B, const float* dY, float* dA, float* dB, int n);
+void cuda_relu_forward(const float* X, float* Y, int n);
+void cuda_gelu_forward(const float* X, float* Y, int n);
+void cuda_sigmoid_forward(const float* X, float* Y, int n);
+void cuda_tanh_forward(const float* X, float* Y, int n);
+void cuda_relu_backward(const float* X, const float* Y, const float* dY, float* dX, int n);
+void cuda_gelu_backward(const float* X, const float* Y, const float* dY, float* dX, int n);
+void cuda_sigmoid_backward(const float* X, const float* Y, const float* dY, float* dX, int n);
+void cuda_tanh_backward(const float* X, const float* Y, const float* dY, float* dX, int n);
+void cuda_matmul_v1(const float* A, const float* B, float* C, int M, int K, int N);   // one thread per output
+void cuda_matmul_v2(const float* A, const float* B, float* C, int M, int K, int N);   // shared-memory tiles
+void cuda_matmul_v3(const float* A, const float* B, float* C, int M, int K, int N);   // register blocking
+void cuda_matmul_backward_dx(const float* dY, const float* W, float* dX, int M, int K, int N);   // dX += dY·Wᵀ
+void cuda_matmul_backward_dw(const float* X, const float* dY, float* dW, int M, int K, int N);   // dW += Xᵀ·dY
+float cuda_sum_v1(const float* X, int n);   // a tree in shared memory
+float cuda_sum_v2(const float* X, int n);   // warp shuffles
+void cuda_softmax_cross_entropy_forward(const float* logits, const int* labels, float* probs, float* loss, int B, int C);
+void cuda_softmax_cross_entropy_backward(const float* probs, const int* labels, float* dlogits, float dloss, int B, int C);
+void cuda_layer_norm_forward(const float* X, const float* gain, const float* bias, float* Y, float* mean, float* rstd,
+                             int rows, int D, float eps);
+void cuda_layer_norm_backward(const float* X, const float* gain, const float* mean, const float* rstd, const float* dY,
+                              float* dX, float* dgain, float* dbias, int rows, int D);
+void cuda_adamw_update(float* W, const float* G, float* m, float* v, int n, float lr, float beta1, float beta2,
+                       float eps, float weight_decay, long step);
+float cuda_grad_norm(const std::vector<const float*>& grads, const std::vector<int>& sizes);
+float cuda_clip_grad_norm(const std::vector<float*>& grads, const std::vector<int>& sizes, float max_norm);

@@ -12,6 +12,7 @@
 // `N passed, M failed` (then the TODO and SKIP counts when there are any).
 
 #include "engine.h"
+#include "cuda_emu.h"   // kernels.cu runs on the CPU in these tests
 
 #include <algorithm>
 #include <array>
@@ -1985,6 +1986,701 @@ TEST("fuzz", "random scalar and tensor graphs match finite differences") {
 }
 
 // =============================================================================================
+// cuda: kernels.cu on the CPU, through cuda_emu.h
+//
+// Every kernel runs on random inputs of odd sizes (not multiples of a tile or a block) and must
+// equal a plain CPU loop written here in double, within the float tolerance stated per kernel,
+// under five schedules of the emulator (seq, rev, rand:1, rand:2, rand:3): a missing barrier is
+// hidden under some orders and caught under others. Then the emulator's own checks (a missing
+// __syncthreads() is caught; host pointers, bad launches and deadlocks are reported), and one
+// whole training step on the emulated device against the CPU engine. `make test FILTER=cuda_`
+// runs these alone.
+// =============================================================================================
+
+// kernels.cu's wrappers are declared in engine.h; cuda_check needs CUDA's error type, so here.
+void cuda_check(cudaError_t status, const char* call, const char* file, int line);
+
+namespace cuda_tests {
+
+// ---- a tiny harness ---------------------------------------------------------------------------
+using Failure = TestFailure;   // a failed check is a FAIL of the test that runs it
+#define CHECK(cond, what)                                                                               \
+    do {                                                                                                \
+        if (!(cond)) throw Failure(std::string(__FILE__) + ":" + std::to_string(__LINE__) + ": " + (what)); \
+    } while (0)
+#define CUDA_OK(call) cuda_check((call), #call, __FILE__, __LINE__)
+
+// The statement must throw, with a message that contains every fragment.
+static void expect_throw(const std::function<void()>& statement, const std::vector<std::string>& fragments,
+                         const char* file, int line) {
+    std::string message;
+    try {
+        statement();
+    } catch (const std::exception& e) {
+        message = e.what();
+    }
+    const std::string at = std::string(file) + ":" + std::to_string(line) + ": ";
+    if (message.empty()) throw Failure(at + "expected an exception");
+    for (const std::string& f : fragments)
+        if (message.find(f) == std::string::npos) throw Failure(at + "the message \"" + message + "\" lacks \"" + f + "\"");
+}
+#define EXPECT_THROW(statement, ...) expect_throw([&] { statement; }, {__VA_ARGS__}, __FILE__, __LINE__)
+
+// Reproducible random numbers (splitmix64).
+struct Random {
+    std::uint64_t state;
+    std::uint64_t next() {
+        std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        return z ^ (z >> 31);
+    }
+    float uniform(float lo, float hi) { return lo + (hi - lo) * float(next() >> 40) / float(1 << 24); }
+    std::vector<float> vector(std::size_t n, float lo = -1, float hi = 1) {
+        std::vector<float> v(n);
+        for (float& x : v) x = uniform(lo, hi);
+        return v;
+    }
+};
+
+// Device memory with a copy of a host vector; freed at the end of the scope.
+template <class T>
+struct Device {
+    T* p = nullptr;
+    std::size_t n;
+    explicit Device(const std::vector<T>& host) : n(host.size()) {
+        CUDA_OK(cudaMalloc(&p, n * sizeof(T)));
+        CUDA_OK(cudaMemcpy(p, host.data(), n * sizeof(T), cudaMemcpyHostToDevice));
+    }
+    explicit Device(std::size_t count) : n(count) { CUDA_OK(cudaMalloc(&p, n * sizeof(T))); }   // NaN-filled
+    ~Device() { cudaFree(p); }
+    Device(const Device&) = delete;
+    Device& operator=(const Device&) = delete;
+    std::vector<T> get() const {
+        std::vector<T> host(n);
+        CUDA_OK(cudaMemcpy(host.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
+        return host;
+    }
+};
+
+// got[i] must be within tol·(1 + |want[i]|) of want[i] (relative for large values, absolute for
+// small ones). A NaN never passes.
+static void expect_close(const std::string& what, const std::vector<float>& got, const std::vector<double>& want,
+                         double tol) {
+    CHECK(got.size() == want.size(), what + ": size " + std::to_string(got.size()) + " vs " + std::to_string(want.size()));
+    for (std::size_t i = 0; i < got.size(); ++i)
+        if (!(std::fabs(got[i] - want[i]) <= tol * (1 + std::fabs(want[i]))))
+            throw Failure(what + "[" + std::to_string(i) + "] = " + std::to_string(got[i]) + ", expected " +
+                          std::to_string(want[i]) + " (tolerance " + std::to_string(tol) + " relative to 1 + |expected|)");
+}
+static std::vector<double> widen(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
+
+// =============================================================================================
+// Kernels against CPU references. Each test runs once per schedule.
+// =============================================================================================
+
+static void test_add() {   // tolerance 1e-6: one float rounding
+    Random rng{11};
+    const int rows = 7, cols = 13, n = rows * cols;
+    const std::vector<float> a = rng.vector(n), b = rng.vector(n), bias = rng.vector(cols), g = rng.vector(n);
+    const std::vector<float> ga0 = rng.vector(n), gb0 = rng.vector(n), gbias0 = rng.vector(cols);
+    Device<float> A(a), B(b), Bias(bias), G(g), Y(n), dA(ga0), dB(gb0), dBias(gbias0);
+    std::vector<double> same(n), broadcast(n), want_da(n), want_db(n), want_dbias(cols);
+    for (int i = 0; i < n; ++i) {
+        same[i] = double(a[i]) + b[i], broadcast[i] = double(a[i]) + bias[i % cols];
+        want_da[i] = double(ga0[i]) + 2 * double(g[i]), want_db[i] = double(gb0[i]) + g[i];
+    }
+    for (int j = 0; j < cols; ++j) {
+        want_dbias[j] = gbias0[j];
+        for (int i = 0; i < rows; ++i) want_dbias[j] += g[i * cols + j];
+    }
+    cuda_add_forward(A.p, B.p, Y.p, n, n);
+    expect_close("add, same shapes", Y.get(), same, 1e-6);
+    cuda_add_forward(A.p, Bias.p, Y.p, n, cols);
+    expect_close("add, bias [13] over [7, 13]", Y.get(), broadcast, 1e-6);
+    cuda_add_backward(G.p, dA.p, dB.p, n, n);       // dA += g, dB += g
+    cuda_add_backward(G.p, dA.p, dBias.p, n, cols); // dA += g again, dBias += column sums
+    expect_close("add backward dA", dA.get(), want_da, 1e-6);
+    expect_close("add backward dB", dB.get(), want_db, 1e-6);
+    expect_close("add backward dBias", dBias.get(), want_dbias, 1e-6);
+}
+
+static void test_bias_grad() {   // tolerance 1e-6: sums of 45 values in [-1, 1]
+    Random rng{12};
+    const int M = 45, N = 37;   // 2 strips of 32 columns; 45 rows over 8 row lanes
+    const std::vector<float> g = rng.vector(M * N), db0 = rng.vector(N);
+    Device<float> G(g), dB(db0);
+    std::vector<double> want = widen(db0);
+    for (int i = 0; i < M; ++i)
+        for (int j = 0; j < N; ++j) want[j] += g[i * N + j];
+    cuda_bias_grad(G.p, dB.p, M, N);
+    expect_close("bias_grad", dB.get(), want, 1e-6);
+}
+
+static void test_mul() {   // tolerance 1e-6
+    Random rng{13};
+    const int n = 1001;
+    const std::vector<float> a = rng.vector(n), b = rng.vector(n), g = rng.vector(n), da0 = rng.vector(n), db0 = rng.vector(n);
+    Device<float> A(a), B(b), G(g), Y(n), dA(da0), dB(db0);
+    std::vector<double> y(n), da(n), db(n);
+    for (int i = 0; i < n; ++i)
+        y[i] = double(a[i]) * b[i], da[i] = da0[i] + double(g[i]) * b[i], db[i] = db0[i] + double(g[i]) * a[i];
+    cuda_mul_forward(A.p, B.p, Y.p, n);
+    cuda_mul_backward(A.p, B.p, G.p, dA.p, dB.p, n);
+    expect_close("mul", Y.get(), y, 1e-6);
+    expect_close("mul backward dA", dA.get(), da, 1e-6);
+    expect_close("mul backward dB", dB.get(), db, 1e-6);
+}
+
+// Forward tolerance 2e-6 (a few float roundings around expf/tanhf), backward 1e-5 (the gelu
+// derivative adds several more).
+static void test_activations() {
+    struct Case {
+        const char* name;
+        void (*forward)(const float*, float*, int);
+        void (*backward)(const float*, const float*, const float*, float*, int);
+        double (*f)(double);
+        double (*df)(double);
+    };
+    const Case cases[] = {
+        {"relu", cuda_relu_forward, cuda_relu_backward, [](double x) { return x > 0 ? x : 0.0; },
+         [](double x) { return x > 0 ? 1.0 : 0.0; }},
+        {"gelu", cuda_gelu_forward, cuda_gelu_backward,
+         [](double x) { return 0.5 * x * (1 + std::tanh(std::sqrt(2 / M_PI) * (x + 0.044715 * x * x * x))); },
+         [](double x) {
+             const double c = std::sqrt(2 / M_PI), k = 0.044715, t = std::tanh(c * (x + k * x * x * x));
+             return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * k * x * x);
+         }},
+        {"sigmoid", cuda_sigmoid_forward, cuda_sigmoid_backward, [](double x) { return 1 / (1 + std::exp(-x)); },
+         [](double x) { return std::exp(-x) / ((1 + std::exp(-x)) * (1 + std::exp(-x))); }},
+        {"tanh", cuda_tanh_forward, cuda_tanh_backward, [](double x) { return std::tanh(x); },
+         [](double x) { return 1 - std::tanh(x) * std::tanh(x); }},
+    };
+    Random rng{14};
+    const int n = 777;
+    std::vector<float> x = rng.vector(n, -6, 6);
+    x[0] = 0, x[1] = -30, x[2] = 30, x[3] = 1e-3f;   // the kink, saturation, a tiny input
+    const std::vector<float> g = rng.vector(n), dx0 = rng.vector(n);
+    for (const Case& cs : cases) {
+        Device<float> X(x), Y(n), G(g), dX(dx0);
+        std::vector<double> y(n), dx(n);
+        for (int i = 0; i < n; ++i) y[i] = cs.f(x[i]), dx[i] = dx0[i] + double(g[i]) * cs.df(x[i]);
+        cs.forward(X.p, Y.p, n);
+        cs.backward(X.p, Y.p, G.p, dX.p, n);
+        expect_close(std::string(cs.name) + " forward", Y.get(), y, 2e-6);
+        expect_close(std::string(cs.name) + " backward", dX.get(), dx, 1e-5);
+    }
+}
+
+// C = A·B in double. Tolerance 2e-5 relative to 1 + |C|: float sums of up to 67 products.
+static std::vector<double> matmul_reference(const std::vector<float>& A, const std::vector<float>& B, int M, int K, int N) {
+    std::vector<double> C(std::size_t(M) * N, 0.0);
+    for (int i = 0; i < M; ++i)
+        for (int k = 0; k < K; ++k)
+            for (int j = 0; j < N; ++j) C[i * N + j] += double(A[i * K + k]) * B[k * N + j];
+    return C;
+}
+struct Size3 {
+    int M, K, N;
+};
+// 1×1×1; K = 0 (C = 0); 37×29×53 (no size a multiple of 16 or 64: partial tiles everywhere);
+// for v3 also 70×33×67 (2 × 2 blocks of 64 × 64).
+static void test_matmul(const char* name, void (*matmul)(const float*, const float*, float*, int, int, int)) {
+    Random rng{15};
+    const std::vector<Size3> sizes = matmul == cuda_matmul_v3 ? std::vector<Size3>{{1, 1, 1}, {5, 0, 3}, {37, 29, 53}, {70, 33, 67}}
+                                                              : std::vector<Size3>{{1, 1, 1}, {5, 0, 3}, {37, 29, 53}};
+    for (const Size3& s : sizes) {
+        const std::vector<float> a = rng.vector(std::size_t(s.M) * s.K), b = rng.vector(std::size_t(s.K) * s.N);
+        Device<float> A(a), B(b), C(std::size_t(s.M) * s.N);
+        matmul(A.p, B.p, C.p, s.M, s.K, s.N);
+        expect_close(std::string(name) + " " + std::to_string(s.M) + "x" + std::to_string(s.K) + "x" + std::to_string(s.N),
+                     C.get(), matmul_reference(a, b, s.M, s.K, s.N), 2e-5);
+    }
+}
+
+static void test_matmul_backward() {   // tolerance 2e-5, as for the forward
+    Random rng{16};
+    const Size3 sizes[] = {{1, 1, 1}, {5, 0, 3}, {37, 29, 53}};
+    for (const Size3& s : sizes) {
+        const int M = s.M, K = s.K, N = s.N;
+        const std::vector<float> x = rng.vector(std::size_t(M) * K), w = rng.vector(std::size_t(K) * N);
+        const std::vector<float> g = rng.vector(std::size_t(M) * N), dx0 = rng.vector(x.size()), dw0 = rng.vector(w.size());
+        Device<float> X(x), W(w), G(g), dX(dx0), dW(dw0);
+        std::vector<double> dx = widen(dx0), dw = widen(dw0);
+        for (int i = 0; i < M; ++i)
+            for (int k = 0; k < K; ++k)
+                for (int j = 0; j < N; ++j) {
+                    dx[i * K + k] += double(g[i * N + j]) * w[k * N + j];   // dX = dY·Wᵀ
+                    dw[k * N + j] += double(x[i * K + k]) * g[i * N + j];   // dW = Xᵀ·dY
+                }
+        cuda_matmul_backward_dx(G.p, W.p, dX.p, M, K, N);
+        cuda_matmul_backward_dw(X.p, G.p, dW.p, M, K, N);
+        const std::string size = std::to_string(M) + "x" + std::to_string(K) + "x" + std::to_string(N);
+        expect_close("matmul backward dX " + size, dX.get(), dx, 2e-5);
+        expect_close("matmul backward dW " + size, dW.get(), dw, 2e-5);
+    }
+}
+
+// Tolerance 1e-6 of Σ|x|: float rounding in a tree of additions.
+static void test_sum(const char* name, float (*sum)(const float*, int)) {
+    Random rng{17};
+    for (int n : {1, 31, 1000, 5001}) {   // 5001: 3 blocks of 256 threads, up to 7 elements per thread
+        const std::vector<float> x = rng.vector(std::size_t(n));
+        Device<float> X(x);
+        double want = 0, scale = 0;
+        for (float v : x) want += v, scale += std::fabs(v);
+        const float got = sum(X.p, n);
+        CHECK(std::fabs(got - want) <= 1e-6 * scale,
+              std::string(name) + " of " + std::to_string(n) + ": " + std::to_string(got) + " vs " + std::to_string(want));
+    }
+}
+
+// Probabilities and gradients: tolerance 1e-6; the mean loss: 1e-5.
+static void test_softmax_cross_entropy() {
+    Random rng{18};
+    const std::pair<int, int> sizes[] = {{7, 19}, {3, 150}, {1, 1}};   // 150 > 128 threads per row
+    for (const auto& [B, C] : sizes) {
+        std::vector<float> z = rng.vector(std::size_t(B) * C, -5, 5);
+        for (int c = 0; c < C; ++c) z[c] += 100;   // row 0: e^100 overflows a float without the max subtraction
+        if (C > 128) z[std::size_t(2 * C - 1)] += 100;   // row 1: its max lies past the first 128 columns
+        std::vector<int> labels(static_cast<std::size_t>(B));
+        for (int& y : labels) y = int(rng.next() % std::uint64_t(C));
+        const std::vector<float> dz0 = rng.vector(z.size());
+        Device<float> Z(z), P(z.size()), loss(1), dZ(dz0);
+        Device<int> Y(labels);
+        std::vector<double> p(z.size()), dz = widen(dz0);
+        double want_loss = 0;
+        const double dloss = 0.5;
+        for (int b = 0; b < B; ++b) {
+            double m = z[b * C], s = 0;
+            for (int c = 0; c < C; ++c) m = std::max(m, double(z[b * C + c]));
+            for (int c = 0; c < C; ++c) s += std::exp(z[b * C + c] - m);
+            for (int c = 0; c < C; ++c) {
+                p[b * C + c] = std::exp(z[b * C + c] - m) / s;
+                dz[b * C + c] += dloss * (p[b * C + c] - (c == labels[b])) / B;
+            }
+            want_loss += (std::log(s) + m - z[b * C + labels[b]]) / B;
+        }
+        cuda_softmax_cross_entropy_forward(Z.p, Y.p, P.p, loss.p, B, C);
+        cuda_softmax_cross_entropy_backward(P.p, Y.p, dZ.p, float(dloss), B, C);
+        const std::string size = " " + std::to_string(B) + "x" + std::to_string(C);
+        expect_close("softmax probabilities" + size, P.get(), p, 1e-6);
+        expect_close("cross-entropy loss" + size, loss.get(), {want_loss}, 1e-5);
+        expect_close("cross-entropy gradient" + size, dZ.get(), dz, 1e-6);
+    }
+}
+
+// Tolerance 2e-5 (normalized values are O(1); the backward combines two row means).
+static void test_layer_norm() {
+    Random rng{19};
+    const float eps = 1e-5f;
+    const std::pair<int, int> sizes[] = {{5, 37}, {3, 130}, {2, 1}};   // 130 > 128 threads per row
+    for (const auto& [rows, D] : sizes) {
+        const std::size_t n = std::size_t(rows) * D;
+        const std::vector<float> x = rng.vector(n, -3, 3), gain = rng.vector(std::size_t(D), 0.5f, 1.5f),
+                                 bias = rng.vector(std::size_t(D)), g = rng.vector(n), dx0 = rng.vector(n),
+                                 dgain0 = rng.vector(std::size_t(D)), dbias0 = rng.vector(std::size_t(D));
+        Device<float> X(x), Gain(gain), Bias(bias), Y(n), Mean(static_cast<std::size_t>(rows)), Rstd(static_cast<std::size_t>(rows)), G(g), dX(dx0),
+            dGain(dgain0), dBias(dbias0);
+        std::vector<double> y(n), dx = widen(dx0), dgain = widen(dgain0), dbias = widen(dbias0);
+        for (int r = 0; r < rows; ++r) {
+            const float* xr = x.data() + r * D;
+            double mu = 0, var = 0, mean_gh = 0, mean_gh_xh = 0;
+            for (int j = 0; j < D; ++j) mu += xr[j] / double(D);
+            for (int j = 0; j < D; ++j) var += (xr[j] - mu) * (xr[j] - mu) / D;
+            const double rs = 1 / std::sqrt(var + eps);
+            for (int j = 0; j < D; ++j) {
+                const double xh = (xr[j] - mu) * rs, gh = double(g[r * D + j]) * gain[j];
+                y[r * D + j] = gain[j] * xh + bias[j];
+                dgain[j] += g[r * D + j] * xh, dbias[j] += g[r * D + j];
+                mean_gh += gh / D, mean_gh_xh += gh * xh / D;
+            }
+            for (int j = 0; j < D; ++j) {
+                const double xh = (xr[j] - mu) * rs, gh = double(g[r * D + j]) * gain[j];
+                dx[r * D + j] += rs * (gh - mean_gh - xh * mean_gh_xh);
+            }
+        }
+        cuda_layer_norm_forward(X.p, Gain.p, Bias.p, Y.p, Mean.p, Rstd.p, rows, D, eps);
+        cuda_layer_norm_backward(X.p, Gain.p, Mean.p, Rstd.p, G.p, dX.p, dGain.p, dBias.p, rows, D);
+        const std::string size = " " + std::to_string(rows) + "x" + std::to_string(D);
+        expect_close("layer_norm forward" + size, Y.get(), y, 2e-5);
+        expect_close("layer_norm dX" + size, dX.get(), dx, 2e-5);
+        expect_close("layer_norm dgain" + size, dGain.get(), dgain, 2e-5);
+        expect_close("layer_norm dbias" + size, dBias.get(), dbias, 2e-5);
+    }
+}
+
+// Three steps of AdamW against the engine's update rule in double. Tolerance 1e-6.
+static void test_adamw() {
+    Random rng{20};
+    const int n = 1001;
+    const double lr = 1e-2, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, wd = 0.1;
+    std::vector<float> w = rng.vector(n), m(std::size_t(n), 0.0f), v(std::size_t(n), 0.0f);
+    Device<float> W(w), M(m), V(v);
+    std::vector<double> wr = widen(w), mr(std::size_t(n), 0.0), vr(std::size_t(n), 0.0);
+    for (long step = 1; step <= 3; ++step) {
+        const std::vector<float> g = rng.vector(std::size_t(n));
+        Device<float> G(g);
+        cuda_adamw_update(W.p, G.p, M.p, V.p, n, float(lr), float(beta1), float(beta2), float(eps), float(wd), step);
+        const double c1 = 1 - std::pow(beta1, double(step)), c2 = 1 - std::pow(beta2, double(step));
+        for (int i = 0; i < n; ++i) {
+            wr[i] -= lr * wd * wr[i];
+            mr[i] = beta1 * mr[i] + (1 - beta1) * g[i];
+            vr[i] = beta2 * vr[i] + (1 - beta2) * double(g[i]) * g[i];
+            wr[i] -= lr * (mr[i] / c1) / (std::sqrt(vr[i] / c2) + eps);
+        }
+    }
+    expect_close("adamw w", W.get(), wr, 1e-6);
+    expect_close("adamw m", M.get(), mr, 1e-6);
+    expect_close("adamw v", V.get(), vr, 1e-6);
+}
+
+// Norm: tolerance 1e-5 relative. Clipped gradients: 1e-6.
+static void test_grad_norm() {
+    Random rng{21};
+    const std::vector<int> sizes = {5, 1000, 333, 0, 2500};   // 2500: 2 blocks in stage 1
+    std::vector<std::vector<float>> host;
+    double squares = 0;
+    for (int n : sizes) {
+        host.push_back(rng.vector(std::size_t(n)));
+        for (float g : host.back()) squares += double(g) * g;
+    }
+    const double norm = std::sqrt(squares);
+    for (double max_norm : {norm / 4, 2 * norm}) {   // clips, then leaves alone
+        std::vector<std::unique_ptr<Device<float>>> grads;
+        std::vector<float*> pointers;
+        for (const std::vector<float>& h : host) grads.emplace_back(new Device<float>(h)), pointers.push_back(grads.back()->p);
+        if (max_norm < norm) {
+            const float got = cuda_grad_norm(std::vector<const float*>(pointers.begin(), pointers.end()), sizes);
+            CHECK(std::fabs(got - norm) <= 1e-5 * norm, "grad_norm " + std::to_string(got) + " vs " + std::to_string(norm));
+        }
+        const float before = cuda_clip_grad_norm(pointers, sizes, float(max_norm));
+        CHECK(std::fabs(before - norm) <= 1e-5 * norm, "clip_grad_norm returned " + std::to_string(before));
+        const double scale = norm > max_norm ? max_norm / norm : 1.0;
+        for (std::size_t k = 0; k < host.size(); ++k) {
+            std::vector<double> want = widen(host[k]);
+            for (double& g : want) g *= scale;
+            expect_close("clipped gradient " + std::to_string(k), grads[k]->get(), want, 1e-6);
+        }
+    }
+}
+
+// =============================================================================================
+// The emulator's own checks (kernels written here, in plain CUDA)
+// =============================================================================================
+
+// Thread t reads the value that thread t − 1 wrote into shared memory: that needs a barrier.
+__global__ void shift_right_kernel(const float* x, float* y, int with_barrier) {
+    __shared__ float s[64];
+    const int t = threadIdx.x;
+    s[t] = x[t];
+    if (with_barrier) __syncthreads();   // the same for every thread of the block, so allowed
+    y[t] = t > 0 ? s[t - 1] : 0.0f;
+}
+
+static void test_missing_barrier() {
+    std::vector<float> x(64);
+    for (int i = 0; i < 64; ++i) x[i] = float(i);
+    Device<float> X(x), Y(64);
+    auto right = [&] {
+        const std::vector<float> y = Y.get();
+        for (int t = 0; t < 64; ++t)
+            if (y[t] != (t > 0 ? x[t - 1] : 0.0f)) return false;   // NaN compares unequal
+        return true;
+    };
+    const std::pair<cuda_emu::Schedule, int> schedules[] = {{cuda_emu::Schedule::seq, 1}, {cuda_emu::Schedule::rev, 1},
+                                                            {cuda_emu::Schedule::rand, 1}, {cuda_emu::Schedule::rand, 2},
+                                                            {cuda_emu::Schedule::rand, 3}};
+    for (int with_barrier : {1, 0})
+        for (const auto& [schedule, seed] : schedules) {
+            cuda_emu::set_schedule(schedule, std::uint64_t(seed));
+            LAUNCH(shift_right_kernel, 1, 64)(X.p, Y.p, with_barrier);
+            // With the barrier: right under every schedule. Without: right only when thread t − 1
+            // happens to run before thread t, as under seq; rev and rand read NaN.
+            const bool expect_right = with_barrier || schedule == cuda_emu::Schedule::seq;
+            CHECK(right() == expect_right, std::string(with_barrier ? "with" : "without") + " the barrier, schedule " +
+                                               std::to_string(int(schedule)) + " seed " + std::to_string(seed) +
+                                               (expect_right ? ": wrong result" : ": the missing barrier went unnoticed"));
+        }
+}
+
+__global__ void copy_kernel(const float* x, float* y, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = x[i];
+}
+
+static void test_host_pointer() {
+    std::vector<float> host(100, 1.0f);
+    Device<float> D(100);
+    EXPECT_THROW(cuda_relu_forward(host.data(), D.p, 100), "kernels.cu:", "activation_forward_kernel<Act>",
+                 "argument 1", "not device memory");
+    EXPECT_THROW(LAUNCH(copy_kernel, 1, 128)(D.p, host.data(), 100), "copy_kernel", "argument 2", "host pointer");
+    // cudaMemcpy with the wrong direction, past the end, and cudaFree of a host pointer: error codes
+    std::vector<float> other(100);
+    CHECK(cudaMemcpy(other.data(), host.data(), 400, cudaMemcpyHostToDevice) == cudaErrorInvalidValue, "host as device");
+    CHECK(std::string(cudaGetErrorString(cudaErrorInvalidValue)).find("destination") != std::string::npos &&
+              std::string(cudaGetErrorString(cudaErrorInvalidValue)).find("not device memory") != std::string::npos,
+          std::string("the error string: ") + cudaGetErrorString(cudaErrorInvalidValue));
+    CHECK(cudaGetLastError() == cudaErrorInvalidValue && cudaGetLastError() == cudaSuccess, "cudaGetLastError resets");
+    CHECK(cudaMemcpy(D.p, host.data(), 400, cudaMemcpyDeviceToHost) == cudaErrorInvalidValue, "device as host");
+    CHECK(cudaMemcpy(D.p, host.data(), 404, cudaMemcpyHostToDevice) == cudaErrorInvalidValue, "past the end");
+    CHECK(cudaMemcpy(D.p + 50, host.data(), 200, cudaMemcpyHostToDevice) == cudaSuccess, "inside the allocation");
+    CHECK(cudaMemset(host.data(), 0, 4) == cudaErrorInvalidValue, "cudaMemset of host memory");
+    CHECK(cudaFree(host.data()) == cudaErrorInvalidDevicePointer, "cudaFree of host memory");
+    EXPECT_THROW(CUDA_OK(cudaMemcpy(other.data(), host.data(), 400, cudaMemcpyHostToDevice)), "tests.cpp:",
+                 "cudaMemcpy(other.data(), host.data(), 400, cudaMemcpyHostToDevice) failed", "invalid argument");
+    cudaGetLastError();
+}
+
+static void test_bad_launch() {
+    Device<float> X(10), Y(10);
+    EXPECT_THROW(LAUNCH(copy_kernel, 1, 1025)(X.p, Y.p, 10), "invalid configuration", "1024");
+    EXPECT_THROW(LAUNCH(copy_kernel, 1, dim3(32, 32, 2))(X.p, Y.p, 10), "invalid configuration");
+    EXPECT_THROW(LAUNCH(copy_kernel, 1, dim3(1, 1, 65))(X.p, Y.p, 10), "invalid configuration");
+    EXPECT_THROW(LAUNCH(copy_kernel, 0, 32)(X.p, Y.p, 10), "invalid configuration", "at least 1");
+    EXPECT_THROW(LAUNCH(copy_kernel, 1, 0)(X.p, Y.p, 10), "invalid configuration");
+    EXPECT_THROW(LAUNCH(copy_kernel, dim3(1, 65536), 32)(X.p, Y.p, 10), "invalid configuration", "65535");
+    EXPECT_THROW(LAUNCH(copy_kernel, -1, 32)(X.p, Y.p, 10), "invalid configuration");   // -1 becomes 2^32 − 1
+    EXPECT_THROW(__syncthreads(), "outside a kernel");
+}
+
+__global__ void early_exit_kernel(float* y) {   // threads 16..31 leave before the barrier
+    if (threadIdx.x >= 16) return;
+    __syncthreads();
+    y[threadIdx.x] = 1;
+}
+__global__ void divergent_barriers_kernel(float* y) {
+    if (threadIdx.x % 2) {
+        __syncthreads();
+    } else {
+        __syncthreads();
+    }
+    y[threadIdx.x] = 1;
+}
+__global__ void warp_sum_kernel(const float* x, float* y) {   // full-warp shuffles over every thread
+    float v = x[threadIdx.x];
+    for (int d = 16; d > 0; d /= 2) v += __shfl_down_sync(0xffffffffu, v, d);
+    if (threadIdx.x % 32 == 0) y[threadIdx.x / 32] = v;
+}
+__global__ void lane_exits_kernel(float* y) {
+    if (threadIdx.x == 5) return;
+    y[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.0f, 1);
+}
+
+static void test_deadlocks() {
+    Device<float> X(std::vector<float>(64, 1.0f)), Y(64);
+    EXPECT_THROW(LAUNCH(early_exit_kernel, 2, 32)(Y.p), "tests.cpp:", "early_exit_kernel", "block (",
+                 "deadlock", "16 threads wait at __syncthreads()", "16 exited");
+    EXPECT_THROW(LAUNCH(divergent_barriers_kernel, 1, 32)(Y.p), "deadlock", "different __syncthreads()");
+    LAUNCH(warp_sum_kernel, 1, 64)(X.p, Y.p);   // two full warps: fine
+    CHECK(Y.get()[0] == 32 && Y.get()[1] == 32, "warp sums of 32 ones");
+    EXPECT_THROW(LAUNCH(warp_sum_kernel, 1, 20)(X.p, Y.p), "__shfl_down_sync", "lane 20", "does not exist", "20 threads");
+    EXPECT_THROW(LAUNCH(lane_exits_kernel, 1, 32)(Y.p), "deadlock", "__shfl_xor_sync", "lane 5", "exited");
+    // after an error, abandoned fibers are rebuilt and the next launches work
+    LAUNCH(warp_sum_kernel, 1, 64)(X.p, Y.p);
+    CHECK(Y.get()[0] == 32 && Y.get()[1] == 32, "a launch after the deadlocks");
+}
+
+// Each lane receives values from other lanes by every warp operation; lane i starts with 100 + i.
+__global__ void warp_ops_kernel(int* out) {
+    const int lane = threadIdx.x, v = 100 + lane;
+    out[0 * 32 + lane] = __shfl_sync(0xffffffffu, v, 3);             // everyone gets lane 3's value
+    out[1 * 32 + lane] = __shfl_sync(0xffffffffu, v, lane + 1, 8);   // rotate within groups of 8
+    out[2 * 32 + lane] = __shfl_up_sync(0xffffffffu, v, 2);
+    out[3 * 32 + lane] = __shfl_down_sync(0xffffffffu, v, 3, 16);
+    out[4 * 32 + lane] = __shfl_xor_sync(0xffffffffu, v, 5);
+    out[5 * 32 + lane] = int(__ballot_sync(0xffffffffu, lane % 3 == 0));
+    __syncwarp();
+    if (lane < 16) out[6 * 32 + lane] = __shfl_down_sync(0x0000ffffu, v, 8);   // half a warp: lanes 8..15
+    // read lanes 16..23, outside the mask: undefined in CUDA, all one bits (-1) in the emulator
+}
+
+static void test_warp_ops() {
+    Device<int> out(7 * 32);
+    CUDA_OK(cudaMemset(out.p, 0, 7 * 32 * sizeof(int)));
+    LAUNCH(warp_ops_kernel, 1, 32)(out.p);
+    const std::vector<int> o = out.get();
+    unsigned ballot = 0;
+    for (int lane = 0; lane < 32; lane += 3) ballot |= 1u << lane;
+    for (int lane = 0; lane < 32; ++lane) {
+        const int want[7] = {103, 100 + (lane / 8) * 8 + (lane + 1) % 8, 100 + (lane >= 2 ? lane - 2 : lane),
+                             100 + (lane % 16 + 3 < 16 ? lane + 3 : lane), 100 + (lane ^ 5), int(ballot),
+                             lane < 8 ? 100 + lane + 8 : lane < 16 ? -1 : 0};
+        for (int k = 0; k < 7; ++k)
+            CHECK(o[std::size_t(k * 32 + lane)] == want[k], "warp op " + std::to_string(k) + ", lane " + std::to_string(lane) + ": " +
+                                                                std::to_string(o[std::size_t(k * 32 + lane)]) + " vs " + std::to_string(want[k]));
+    }
+}
+
+// Block 0 writes its shared memory; block 1 reads it without writing: it must see NaN, not
+// block 0's data. Also: memory from cudaMalloc is NaN until written.
+__global__ void shared_leak_kernel(float* y) {
+    __shared__ float s[32];
+    if (blockIdx.x == 0) s[threadIdx.x] = 7;
+    __syncthreads();
+    y[blockIdx.x * 32 + threadIdx.x] = s[threadIdx.x];
+}
+__global__ void atomic_count_kernel(float* counter) { atomicAdd(counter, 1.0f); }
+
+// One thread reads one float past the end of x, another writes one float past the end of y.
+__global__ void off_by_one_kernel(const float* x, float* y, int n) {
+    const int i = threadIdx.x;
+    if (i <= n) y[i] = x[i] + 1;   // should be i < n
+}
+
+static void test_out_of_bounds() {
+    if (cuda_emu::guard_bytes == 0)   // under ASan its redzones report this (and abort the run)
+        SKIP("built with AddressSanitizer, which reports out-of-bounds writes itself");
+    Device<float> X(std::vector<float>(10, 1.0f)), Y(10);
+    EXPECT_THROW(LAUNCH(off_by_one_kernel, 1, 32)(X.p, Y.p, 10), "off_by_one_kernel", "wrote out of bounds", "(40 bytes)");
+    LAUNCH(copy_kernel, 1, 32)(X.p, Y.p, 10);   // the guard was repaired after the report
+    const float past_end = [&] {   // what a read one past the end sees: the guard's NaN
+        Device<float> Z(11);
+        LAUNCH(copy_kernel, 1, 32)(X.p, Z.p, 11);
+        return Z.get()[10];
+    }();
+    CHECK(std::isnan(past_end), "a read past the end gives NaN");
+}
+
+static void test_nan_fill_and_atomics() {
+    Device<float> Y(64), counter(1);
+    CHECK(std::isnan(Y.get()[17]), "cudaMalloc'ed memory starts as NaN");
+    cuda_emu::set_schedule(cuda_emu::Schedule::seq);
+    LAUNCH(shared_leak_kernel, 2, 32)(Y.p);
+    const std::vector<float> y = Y.get();
+    CHECK(y[0] == 7 && y[31] == 7 && std::isnan(y[32]) && std::isnan(y[63]), "shared memory is fresh in every block");
+    CUDA_OK(cudaMemset(counter.p, 0, sizeof(float)));
+    LAUNCH(atomic_count_kernel, 3, 300)(counter.p);
+    CHECK(counter.get()[0] == 900, "atomicAdd from 900 threads: " + std::to_string(counter.get()[0]));
+}
+
+
+// One whole training step of an MLP 7 → 11 → 5 (Linear, ReLU, Linear, softmax-CE, AdamW) on the
+// emulated device, kernel by kernel, against the same step of the CPU engine (built in double).
+// The kernels compute in float: the loss must agree to 1e-5 relative, each gradient and each
+// updated weight to 1e-4 of its tensor's largest magnitude.
+static std::vector<float> to_float(const std::vector<real>& v) { return std::vector<float>(v.begin(), v.end()); }
+
+static void expect_close_to_scale(const std::string& what, const std::vector<float>& got, const std::vector<real>& want,
+                                  double tol) {
+    double scale = 0;
+    for (real w : want) scale = std::max(scale, double(std::fabs(w)));
+    for (std::size_t i = 0; i < want.size(); ++i)
+        if (!(std::fabs(got[i] - want[i]) <= tol * scale))
+            throw TestFailure(what + "[" + std::to_string(i) + "]: device " + show(got[i]) + ", CPU " + show(want[i]) +
+                              " (tolerance " + show(tol) + " × " + show(scale) + ")");
+}
+
+static void test_training_step() {
+    const int B = 9, D = 7, H = 11, C = 5;
+    Rng rng(31);
+    nn::Linear l1(D, H, rng), l2(H, C, rng);
+    l1.b.values() = randn({H}, rng, 0.1).values(), l2.b.values() = randn({C}, rng, 0.1).values();
+    const Tensor x = randn({B, D}, rng);
+    const std::vector<int> labels = {0, 4, 2, 1, 3, 3, 0, 2, 1};
+    // Copies for the device, taken before the CPU step changes the weights.
+    Device<float> X(to_float(x.values())), W1(to_float(l1.W.values())), b1(to_float(l1.b.values())),
+        W2(to_float(l2.W.values())), b2(to_float(l2.b.values()));
+    Device<int> Y(labels);
+
+    const std::vector<Tensor> params = {l1.W, l1.b, l2.W, l2.b};
+    AdamW opt(params, 0.01, 0.9, 0.999, 1e-8, 0.01);
+    const Tensor loss = cross_entropy(l2(relu(l1(x))), labels);
+    loss.backward();
+    std::vector<std::vector<real>> grads;
+    for (const Tensor& p : params) grads.push_back(p.grad());
+    opt.step();
+
+    auto zeros = [](int n) { return std::vector<float>(std::size_t(n), 0.0f); };
+    Device<float> Z1(B * H), A1(B * H), H1(B * H), Z2(B * C), logits(B * C), probs(B * C), L(1);
+    cuda_matmul_v3(X.p, W1.p, Z1.p, B, D, H);        // Z1 = X·W1
+    cuda_add_forward(Z1.p, b1.p, A1.p, B * H, H);    //    + b1
+    cuda_relu_forward(A1.p, H1.p, B * H);            // H1 = relu
+    cuda_matmul_v3(H1.p, W2.p, Z2.p, B, H, C);       // Z2 = H1·W2
+    cuda_add_forward(Z2.p, b2.p, logits.p, B * C, C);
+    cuda_softmax_cross_entropy_forward(logits.p, Y.p, probs.p, L.p, B, C);
+    Device<float> dlogits(zeros(B * C)), dW2(zeros(H * C)), db2(zeros(C)), dH1(zeros(B * H)), dA1(zeros(B * H)),
+        dW1(zeros(D * H)), db1(zeros(H));
+    cuda_softmax_cross_entropy_backward(probs.p, Y.p, dlogits.p, 1.0f, B, C);   // (p − onehot)/B
+    cuda_bias_grad(dlogits.p, db2.p, B, C);                                      // db2 = Σ_rows
+    cuda_matmul_backward_dw(H1.p, dlogits.p, dW2.p, B, H, C);                    // dW2 = H1ᵀ·dlogits
+    cuda_matmul_backward_dx(dlogits.p, W2.p, dH1.p, B, H, C);                    // dH1 = dlogits·W2ᵀ
+    cuda_relu_backward(A1.p, H1.p, dH1.p, dA1.p, B * H);
+    cuda_bias_grad(dA1.p, db1.p, B, H);
+    cuda_matmul_backward_dw(X.p, dA1.p, dW1.p, B, D, H);                         // dW1 = Xᵀ·dA1
+    const double device_loss = L.get()[0];
+    if (!(std::fabs(device_loss - loss.item()) <= 1e-5 * std::fabs(loss.item())))
+        throw TestFailure("loss: device " + show(device_loss) + ", CPU " + show(loss.item()));
+    expect_close_to_scale("dW1", dW1.get(), grads[0], 1e-4);
+    expect_close_to_scale("db1", db1.get(), grads[1], 1e-4);
+    expect_close_to_scale("dW2", dW2.get(), grads[2], 1e-4);
+    expect_close_to_scale("db2", db2.get(), grads[3], 1e-4);
+    Device<float>* weights[] = {&W1, &b1, &W2, &b2};
+    Device<float>* device_grads[] = {&dW1, &db1, &dW2, &db2};
+    for (int k = 0; k < 4; ++k) {
+        Device<float> m(zeros(int(params[k].numel()))), v(zeros(int(params[k].numel())));
+        cuda_adamw_update(weights[k]->p, device_grads[k]->p, m.p, v.p, int(params[k].numel()), 0.01f, 0.9f, 0.999f,
+                          1e-8f, 0.01f, 1);
+        expect_close_to_scale("weights " + std::to_string(k) + " after AdamW", weights[k]->get(), params[k].values(), 1e-4);
+    }
+}
+
+// A test body run once under each schedule; a failure names the schedule.
+static void under_every_schedule(void (*body)()) {
+    struct Named {
+        cuda_emu::Schedule schedule;
+        std::uint64_t seed;
+        const char* name;
+    };
+    const Named schedules[] = {{cuda_emu::Schedule::seq, 1, "seq"}, {cuda_emu::Schedule::rev, 1, "rev"},
+                               {cuda_emu::Schedule::rand, 1, "rand:1"}, {cuda_emu::Schedule::rand, 2, "rand:2"},
+                               {cuda_emu::Schedule::rand, 3, "rand:3"}};
+    for (const Named& s : schedules) {
+        cuda_emu::set_schedule(s.schedule, s.seed);
+        cudaGetLastError();   // start clean: an earlier test may have left an error to be read
+        try {
+            body();
+        } catch (const std::exception& e) {
+            cuda_emu::set_schedule(cuda_emu::Schedule::seq);
+            throw TestFailure(std::string("[schedule ") + s.name + "] " + e.what());
+        }
+    }
+    cuda_emu::set_schedule(cuda_emu::Schedule::seq);
+}
+
+static void once(void (*body)()) {
+    cuda_emu::set_schedule(cuda_emu::Schedule::seq);
+    cudaGetLastError();
+    body();
+    cudaGetLastError();   // this test provokes errors on purpose: leave none behind
+}
+
+}  // namespace cuda_tests
+
+TEST("cuda", "cuda_add: same shapes and a bias row, forward and backward") { cuda_tests::under_every_schedule(cuda_tests::test_add); }
+TEST("cuda", "cuda_bias_grad: column sums") { cuda_tests::under_every_schedule(cuda_tests::test_bias_grad); }
+TEST("cuda", "cuda_mul: forward and backward") { cuda_tests::under_every_schedule(cuda_tests::test_mul); }
+TEST("cuda", "cuda_activations: relu, gelu, sigmoid, tanh forward and backward") { cuda_tests::under_every_schedule(cuda_tests::test_activations); }
+TEST("cuda", "cuda_matmul_v1: one thread per output") { cuda_tests::under_every_schedule([] { cuda_tests::test_matmul("matmul_v1", cuda_matmul_v1); }); }
+TEST("cuda", "cuda_matmul_v2: shared-memory tiles") { cuda_tests::under_every_schedule([] { cuda_tests::test_matmul("matmul_v2", cuda_matmul_v2); }); }
+TEST("cuda", "cuda_matmul_v3: register blocking") { cuda_tests::under_every_schedule([] { cuda_tests::test_matmul("matmul_v3", cuda_matmul_v3); }); }
+TEST("cuda", "cuda_matmul_backward: dX = dY·Wᵀ and dW = Xᵀ·dY") { cuda_tests::under_every_schedule(cuda_tests::test_matmul_backward); }
+TEST("cuda", "cuda_sum_v1: tree in shared memory") { cuda_tests::under_every_schedule([] { cuda_tests::test_sum("sum_v1", cuda_sum_v1); }); }
+TEST("cuda", "cuda_sum_v2: warp shuffles") { cuda_tests::under_every_schedule([] { cuda_tests::test_sum("sum_v2", cuda_sum_v2); }); }
+TEST("cuda", "cuda_softmax_cross_entropy: fused forward and backward") { cuda_tests::under_every_schedule(cuda_tests::test_softmax_cross_entropy); }
+TEST("cuda", "cuda_layer_norm: forward and backward") { cuda_tests::under_every_schedule(cuda_tests::test_layer_norm); }
+TEST("cuda", "cuda_adamw: the fused update") { cuda_tests::under_every_schedule(cuda_tests::test_adamw); }
+TEST("cuda", "cuda_grad_norm: two-stage reduction and the clip scale") { cuda_tests::under_every_schedule(cuda_tests::test_grad_norm); }
+TEST("cuda", "cuda_emu: a missing __syncthreads() is caught by a shuffled schedule") { cuda_tests::once(cuda_tests::test_missing_barrier); }
+TEST("cuda", "cuda_emu: host pointers and bad copies are reported") { cuda_tests::once(cuda_tests::test_host_pointer); }
+TEST("cuda", "cuda_emu: invalid launch configurations are reported") { cuda_tests::once(cuda_tests::test_bad_launch); }
+TEST("cuda", "cuda_emu: deadlocks are reported at the launch") { cuda_tests::under_every_schedule(cuda_tests::test_deadlocks); }
+TEST("cuda", "cuda_emu: warp shuffles and ballot") { cuda_tests::under_every_schedule(cuda_tests::test_warp_ops); }
+TEST("cuda", "cuda_emu: NaN-filled memory, per-block shared memory, atomicAdd") { cuda_tests::once(cuda_tests::test_nan_fill_and_atomics); }
+TEST("cuda", "cuda_emu: writes out of bounds are caught") { cuda_tests::once(cuda_tests::test_out_of_bounds); }
+TEST("cuda", "cuda_training_step: forward, backward and AdamW on the device equal the CPU step") { cuda_tests::under_every_schedule(cuda_tests::test_training_step); }
+
+// =============================================================================================
 // homework: every exercise is proven both ways. The reference passes its check, and the stub
 // reports TODO (not FAIL, not a crash). These run the binaries `make test` builds beside this one.
 // =============================================================================================
@@ -2077,4 +2773,674 @@ static void register_homework_tests() {
                 fail_with_output("expected every exercise to be TODO in " + bin + " --check", r);
         }});
     }
+}
+
+// =============================================================================================
+// Part 4: training at scale (engine.cpp §4). Lessons 11–13.
+// =============================================================================================
+
+#include <cstring>
+#include <limits>
+
+// The byte counters of §4.1 move only when Part 2 reports its allocations (a TensorStorageWatch
+// in the Tensor constructors, grad_of and backward; tensor_storage_freed in ~TensorNode), and
+// matmul's FLOPs are counted only if its kernels call count_flops. Without those hooks the
+// tests that read the counters are skipped, saying why.
+static void require_storage_hooks() {
+    reset_peak_tensor_bytes();
+    const std::size_t before = current_tensor_bytes();
+    const Tensor probe({1000});
+    if (current_tensor_bytes() != before + 1000 * sizeof(real))
+        SKIP("the tensor byte counter does not move: Part 2 lacks the storage hooks of engine.cpp §4.1");
+}
+
+static void require_matmul_flop_hook() {
+    reset_counted_flops();
+    matmul(Tensor({2, 3}), Tensor({3, 4}));
+    if (counted_flops() != 2 * 2 * 3 * 4) SKIP("matmul does not count its FLOPs: Part 2 lacks the hook of engine.cpp §4.1");
+}
+
+static double max_abs_difference(const std::vector<real>& a, const std::vector<real>& b) {
+    if (a.size() != b.size()) return INFINITY;
+    double worst = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, double(std::fabs(a[i] - b[i])));
+    return worst;
+}
+
+// ---- 11 normalization ----------------------------------------------------------------------
+
+TEST("11 normalization", "batch_norm worked example: x = [2, 1, 3, 4], gamma 2, beta 1, eps 0 -> 0.1056 first") {
+    const Tensor x({4, 1}, {2, 1, 3, 4}), gamma({1}, {2}), beta({1}, {1});
+    const Tensor y = batch_norm(x, gamma, beta, 0);
+    // μ = 2.5, σ² = (0.25 + 2.25 + 0.25 + 2.25)/4 = 1.25, y = 1 + 2·(x − 2.5)/√1.25
+    const double s = std::sqrt(1.25);
+    EXPECT_VALUES(y, {1 - 1 / s, 1 - 3 / s, 1 + 1 / s, 1 + 3 / s}, 1e-12);
+    EXPECT_NEAR(y.values()[0], 0.1056, 5e-5);
+}
+
+TEST("11 normalization", "batch_norm matches finite differences; dx sums to 0 down each column and is orthogonal to x_hat") {
+    Rng rng(111);
+    const Tensor x = randn({5, 3}, rng, 2), gamma = uniform({3}, rng, 0.5, 2), beta = randn({3}, rng);
+    EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& v) { return batch_norm(v[0], v[1], v[2]); }, {x, gamma, beta});
+    EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& v) { return batch_norm(v[0], v[1], v[2], 0); },
+                            {randn({2, 3}, rng), gamma, beta});   // N = 2: every x̂ is ±1
+    // The two means in the backward remove every shift and scale of a column (engine.cpp §4.2);
+    // exactly so with eps = 0, where Σ x̂² = N.
+    Tensor xs = x.detach().requires_grad_();
+    const Tensor y = batch_norm(xs, gamma, beta, 0);
+    y.backward(randn({5, 3}, rng));
+    const Tensor x_hat = batch_norm(x, Tensor::full({3}, 1), Tensor({3}), 0);
+    for (int c = 0; c < 3; ++c) {
+        double total = 0, along_xhat = 0;
+        for (int n = 0; n < 5; ++n) total += xs.grad()[n * 3 + c], along_xhat += xs.grad()[n * 3 + c] * x_hat.at({n, c});
+        EXPECT_NEAR(total, 0.0, 1e-12);
+        EXPECT_NEAR(along_xhat, 0.0, 1e-12);
+    }
+}
+
+TEST("11 normalization", "batch_norm is layer_norm on the transpose (gain 1, bias 0): values and gradients") {
+    Rng rng(112);
+    Tensor a = randn({6, 4}, rng), b = a.detach();
+    a.requires_grad_(), b.requires_grad_();
+    const Tensor seed = randn({6, 4}, rng);
+    const Tensor by_batch = batch_norm(a, Tensor::full({4}, 1), Tensor({4}));
+    const Tensor by_layer = transpose(layer_norm(transpose(b), Tensor::full({6}, 1), Tensor({6})));
+    EXPECT_TRUE(max_abs_difference(by_batch.values(), by_layer.values()) < 1e-12);
+    by_batch.backward(seed);
+    by_layer.backward(seed);
+    EXPECT_TRUE(max_abs_difference(a.grad(), b.grad()) < 1e-12);
+}
+
+TEST("11 normalization", "nn::BatchNorm running mean 2.5, 3.0, 2.0 -> 0.25, 0.525, 0.6725; running variance unbiased") {
+    nn::BatchNorm bn(1);   // momentum 0.1: running = 0.9·running + 0.1·batch (PyTorch)
+    const std::vector<std::vector<real>> batches = {{2, 1, 3, 4}, {3, 3.5, 2.5, 3}, {1, 3, 2, 2}};
+    const double expected_mean[] = {0.25, 0.525, 0.6725};
+    double expected_var = 1;   // PyTorch starts the running variance at 1
+    for (int t = 0; t < 3; ++t) {
+        const Tensor x({4, 1}, batches[t]);
+        bn(x);
+        double mu = 0, square = 0;
+        for (real v : batches[t]) mu += v / 4;
+        for (real v : batches[t]) square += (v - mu) * (v - mu);
+        expected_var = 0.9 * expected_var + 0.1 * square / 3;   // unbiased: ÷ (N − 1)
+        EXPECT_NEAR(bn.running_mean[0], expected_mean[t], 1e-12);
+        EXPECT_NEAR(bn.running_var[0], expected_var, 1e-12);
+    }
+    EXPECT_NEAR(bn.running_var[0], 0.9 * (0.9 * (0.9 + 0.1 * 5.0 / 3) + 0.1 * (0.5 / 3)) + 0.1 * (2.0 / 3), 1e-12);
+}
+
+TEST("11 normalization", "nn::BatchNorm: eval uses the running statistics and works for one example; training refuses it") {
+    Rng rng(113);
+    nn::BatchNorm bn(3);
+    for (int t = 0; t < 5; ++t) bn(randn({8, 3}, rng, 3));
+    bn.gamma.values() = {2, 0.5, 1};
+    bn.beta.values() = {0.1, -1, 3};
+    bn.eval();
+    const Tensor one = randn({1, 3}, rng);
+    const Tensor y = bn(one);
+    for (int c = 0; c < 3; ++c)
+        EXPECT_NEAR(y.at({0, c}), bn.gamma.values()[c] * (one.at({0, c}) - bn.running_mean[c]) /
+                                          std::sqrt(bn.running_var[c] + 1e-5) + bn.beta.values()[c], 1e-12);
+    EXPECT_TENSOR_GRADCHECK([&bn](const std::vector<Tensor>& v) { return bn(v[0]); }, {randn({4, 3}, rng)});
+    const std::vector<real> mean_before = bn.running_mean;
+    bn(randn({4, 3}, rng));
+    EXPECT_TRUE(bn.running_mean == mean_before);   // evaluation leaves the statistics alone
+    bn.train();
+    EXPECT_THROWS(bn(one), "at least 2 examples");
+    EXPECT_TRUE(bn.running_mean == mean_before);   // a refused batch changes nothing
+}
+
+TEST("11 normalization", "batch_norm and nn::BatchNorm reject bad shapes and a constant column with eps 0") {
+    const Tensor g3 = Tensor::full({3}, 1), b3({3});
+    EXPECT_THROWS(batch_norm(Tensor({6}), g3, b3), "batch_norm: x must be [batch, features], got [6]");
+    EXPECT_THROWS(batch_norm(Tensor({1, 3}), g3, b3), "batch_norm: training needs at least 2 examples");
+    EXPECT_THROWS(batch_norm(Tensor({4, 3}), Tensor({2}), b3), "gamma and beta must have shape [3] for x [4, 3], got [2]");
+    EXPECT_THROWS(batch_norm(Tensor({4, 3}), g3, b3, -1), "eps must be >= 0");
+    EXPECT_THROWS(batch_norm(Tensor({4, 3}), g3, b3, 0), "feature 0 is constant");
+    nn::BatchNorm bn(3);
+    EXPECT_THROWS(bn(Tensor({4, 2})), "nn::BatchNorm: expected x [batch, 3], got [4, 2]");
+    EXPECT_THROWS(nn::BatchNorm(0), "needs features > 0");
+}
+
+TEST("11 normalization", "batch statistics couple the examples: half-batch gradients do not add up to the full batch's") {
+    // Layer norm treats examples independently, so (loss of half 1 + loss of half 2) has the same
+    // gradient as the loss of the whole batch; batch norm does not (engine.cpp §4.2).
+    Rng rng(114);
+    const Tensor x = randn({8, 3}, rng), w = randn({8, 3}, rng);
+    auto gradient = [&](bool batch, bool halves) {
+        Tensor gamma = Tensor::full({3}, 1).requires_grad_();
+        auto loss = [&](int from, int to) {
+            const Tensor part = slice(x, 0, from, to), y = batch ? batch_norm(part, gamma, Tensor({3}))
+                                                                 : layer_norm(part, gamma, Tensor({3}));
+            return sum(y * y * slice(w, 0, from, to));
+        };
+        if (halves) loss(0, 4).backward(), loss(4, 8).backward();
+        else loss(0, 8).backward();
+        return gamma.grad();
+    };
+    EXPECT_TRUE(max_abs_difference(gradient(false, false), gradient(false, true)) < 1e-12);
+    EXPECT_TRUE(max_abs_difference(gradient(true, false), gradient(true, true)) > 1e-2);
+}
+
+// ---- 12 attention ----------------------------------------------------------------------------
+
+struct AttentionCase {
+    Shape q, k, v;
+    bool causal;
+};
+
+static const std::vector<AttentionCase> attention_cases = {
+    {{4, 3}, {4, 3}, {4, 3}, false},         {{4, 3}, {4, 3}, {4, 3}, true},
+    {{3, 2}, {5, 2}, {5, 4}, false},         {{2, 5, 3}, {2, 5, 3}, {2, 5, 2}, true},
+    {{2, 3, 4}, {2, 6, 4}, {2, 6, 3}, false}, {{1, 1}, {1, 1}, {1, 1}, true},
+};
+
+TEST("12 attention", "the fused op equals the composed ops to 1e-9: output, dQ, dK, dV (both ways of saving)") {
+    Rng rng(121);
+    for (const AttentionCase& c : attention_cases)
+        for (AttentionSaves saves : {AttentionSaves::probabilities, AttentionSaves::log_sum_exp}) {
+            const Tensor q0 = randn(c.q, rng), k0 = randn(c.k, rng), v0 = randn(c.v, rng);
+            std::vector<real> out[2], grads[2][3];
+            for (int fused = 0; fused < 2; ++fused) {
+                Tensor q = q0.detach().requires_grad_(), k = k0.detach().requires_grad_(), v = v0.detach().requires_grad_();
+                const Tensor o = fused ? attention(q, k, v, c.causal, saves) : attention_composed(q, k, v, c.causal);
+                Rng seed_rng(7);
+                o.backward(randn(o.shape(), seed_rng));
+                out[fused] = o.values();
+                grads[fused][0] = q.grad(), grads[fused][1] = k.grad(), grads[fused][2] = v.grad();
+            }
+            EXPECT_TRUE(max_abs_difference(out[0], out[1]) < 1e-9);
+            for (int g = 0; g < 3; ++g) EXPECT_TRUE(max_abs_difference(grads[0][g], grads[1][g]) < 1e-9);
+        }
+}
+
+TEST("12 attention", "fused (both ways of saving) and composed attention match finite differences") {
+    Rng rng(122);
+    for (const AttentionCase& c : attention_cases) {
+        const std::vector<Tensor> inputs = {randn(c.q, rng), randn(c.k, rng), randn(c.v, rng)};
+        const bool causal = c.causal;
+        EXPECT_TENSOR_GRADCHECK([causal](const std::vector<Tensor>& x) { return attention(x[0], x[1], x[2], causal); }, inputs);
+        EXPECT_TENSOR_GRADCHECK([causal](const std::vector<Tensor>& x) {
+            return attention(x[0], x[1], x[2], causal, AttentionSaves::log_sum_exp);
+        }, inputs);
+        EXPECT_TENSOR_GRADCHECK([causal](const std::vector<Tensor>& x) { return attention_composed(x[0], x[1], x[2], causal); }, inputs);
+    }
+    // Only some inputs need a gradient: the others are left alone.
+    const Tensor q = randn({3, 2}, rng).requires_grad_(), k = randn({3, 2}, rng), v = randn({3, 2}, rng);
+    attention(q, k, v, true).backward(Tensor::full({3, 2}, 1));
+    EXPECT_TRUE(k.grad().empty() && v.grad().empty() && q.grad().size() == 6);
+}
+
+TEST("12 attention", "closed forms: Q = 0 gives the mean of the visible value rows; causal outputs ignore the future") {
+    Rng rng(123);
+    const Tensor v = randn({4, 2}, rng), k = randn({4, 3}, rng), zero({4, 3});
+    for (bool causal : {false, true}) {
+        const Tensor o = attention(zero, k, v, causal);   // every score 0: equal weights
+        for (int i = 0; i < 4; ++i)
+            for (int c = 0; c < 2; ++c) {
+                const int visible = causal ? i + 1 : 4;
+                double mean = 0;
+                for (int j = 0; j < visible; ++j) mean += v.at({j, c}) / visible;
+                EXPECT_NEAR(o.at({i, c}), mean, 1e-12);
+            }
+    }
+    // Changing key 3 and value 3 moves output row 3 only.
+    const Tensor q = randn({4, 3}, rng);
+    Tensor k2 = k.detach(), v2 = v.detach();
+    k2.at({3, 0}) += 5, v2.at({3, 1}) -= 2;
+    const Tensor before = attention(q, k, v, true), after = attention(q, k2, v2, true);
+    for (int i = 0; i < 3; ++i)
+        for (int c = 0; c < 2; ++c) EXPECT_NEAR(after.at({i, c}), before.at({i, c}), 0.0);
+    EXPECT_TRUE(std::fabs(after.at({3, 1}) - before.at({3, 1})) > 1e-3);
+    EXPECT_VALUES(causal_mask(3), {0, -1e9, -1e9, 0, 0, -1e9, 0, 0, 0}, 0.0);
+}
+
+TEST("12 attention", "multi-head causal self-attention: fused equals composed to 1e-9; finite differences") {
+    Rng rng(124);
+    for (const Shape& xs : {Shape{2, 4, 6}, Shape{5, 6}}) {
+        const Tensor x = randn(xs, rng);
+        std::vector<Tensor> W;
+        for (int i = 0; i < 4; ++i) W.push_back(randn({6, 6}, rng, 0.5));
+        std::vector<real> grads[2][5], out[2];
+        for (int fused = 0; fused < 2; ++fused) {
+            std::vector<Tensor> p = {x.detach().requires_grad_()};
+            for (const Tensor& w : W) p.push_back(w.detach().requires_grad_());
+            const Tensor y = multi_head_attention(p[0], p[1], p[2], p[3], p[4], 3, true,
+                                                  fused ? AttentionKernel::fused : AttentionKernel::composed);
+            Rng seed_rng(8);
+            y.backward(randn(y.shape(), seed_rng));
+            out[fused] = y.values();
+            for (int i = 0; i < 5; ++i) grads[fused][i] = p[i].grad();
+        }
+        EXPECT_TRUE(max_abs_difference(out[0], out[1]) < 1e-9);
+        for (int i = 0; i < 5; ++i) EXPECT_TRUE(max_abs_difference(grads[0][i], grads[1][i]) < 1e-9);
+    }
+    std::vector<Tensor> inputs = {randn({2, 3, 4}, rng)};
+    for (int i = 0; i < 4; ++i) inputs.push_back(randn({4, 4}, rng, 0.5));
+    EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& p) {
+        return multi_head_attention(p[0], p[1], p[2], p[3], p[4], 2, true, AttentionKernel::fused);
+    }, inputs);
+    EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& p) {
+        return multi_head_attention(p[0], p[1], p[2], p[3], p[4], 2, false, AttentionKernel::composed);
+    }, inputs);
+}
+
+TEST("12 attention", "FLOPs, T = 512, d = 64: forward 67,108,864, backward 134,217,728 = 2x; 2.5x from the lse") {
+    Rng rng(125);
+    auto measure = [&](Shape shape, bool causal, AttentionSaves saves) {
+        Tensor q = randn(shape, rng).requires_grad_(), k = randn(shape, rng).requires_grad_(),
+               v = randn(shape, rng).requires_grad_();
+        reset_counted_flops();
+        const Tensor o = attention(q, k, v, causal, saves);
+        const std::int64_t forward = counted_flops();
+        reset_counted_flops();
+        o.backward(Tensor::full(o.shape(), 1));
+        return std::make_pair(forward, counted_flops());
+    };
+    const auto text = measure({512, 64}, false, AttentionSaves::probabilities);
+    EXPECT_EQ(text.first, std::int64_t(67108864));    // QKᵀ and PV: 2·2·512²·64
+    EXPECT_EQ(text.second, std::int64_t(134217728));  // the texts' four backward products
+    const auto lse = measure({2, 6, 4}, false, AttentionSaves::log_sum_exp);
+    EXPECT_EQ(lse.first, std::int64_t(4 * 2 * 36 * 4));
+    EXPECT_EQ(lse.second, std::int64_t(10 * 2 * 36 * 4));   // + recomputing S: 2.5x
+    const auto causal = measure({2, 6, 4}, true, AttentionSaves::probabilities);
+    EXPECT_EQ(causal.first, std::int64_t(4 * 2 * 21 * 4));   // T(T + 1)/2 = 21 pairs per sequence
+    EXPECT_EQ(causal.second, 2 * causal.first);
+}
+
+TEST("12 attention", "composed attention's FLOPs, counted by matmul, equal the fused op's without a mask") {
+    require_matmul_flop_hook();
+    Rng rng(126);
+    Tensor q = randn({2, 5, 4}, rng).requires_grad_(), k = randn({2, 7, 4}, rng).requires_grad_(),
+           v = randn({2, 7, 4}, rng).requires_grad_();
+    for (bool fused : {false, true}) {
+        reset_counted_flops();
+        const Tensor o = fused ? attention(q, k, v, false) : attention_composed(q, k, v, false);
+        EXPECT_EQ(counted_flops(), std::int64_t(4 * 2 * 35 * 4));
+        reset_counted_flops();
+        o.backward(Tensor::full(o.shape(), 1));
+        EXPECT_EQ(counted_flops(), std::int64_t(8 * 2 * 35 * 4));
+    }
+}
+
+TEST("12 attention", "saving the log-sum-exp instead of P holds B*T*S - B*T fewer numbers (measured)") {
+    Rng rng(127);
+    const int B = 3, T = 16, d = 4;
+    const Tensor q = randn({B, T, d}, rng).requires_grad_(), k = randn({B, T, d}, rng), v = randn({B, T, d}, rng);
+    std::size_t held[2];
+    for (int i = 0; i < 2; ++i) {
+        const std::size_t before = tensor_bytes();
+        const Tensor o = attention(q, k, v, true, i == 0 ? AttentionSaves::probabilities : AttentionSaves::log_sum_exp);
+        held[i] = tensor_bytes() - before;   // the output and what it saved
+    }
+    EXPECT_EQ(held[0] - held[1], std::size_t(B * T * T - B * T) * sizeof(real));
+    EXPECT_EQ(held[1], std::size_t(B * T * d + B * T) * sizeof(real));
+}
+
+TEST("12 attention", "attention shape errors name the op and every shape") {
+    const Tensor a({4, 3}), b({5, 3}), c({4, 2});
+    EXPECT_THROWS(attention(a, c, c, false), "attention: q and k need the same feature size d: q [4, 3], k [4, 2], v [4, 2]");
+    EXPECT_THROWS(attention(a, a, b, false), "k and v need the same number of rows");
+    EXPECT_THROWS(attention(a, b, b, true), "causal attention needs as many queries as keys");
+    EXPECT_THROWS(attention_composed(a, Tensor({1, 4, 3}), a, false), "attention_composed: needs q, k, v all [T, d] or all [B, T, d]");
+    EXPECT_THROWS(attention(Tensor({2, 4, 3}), Tensor({3, 4, 3}), Tensor({3, 4, 3}), false), "batch sizes differ");
+    EXPECT_THROWS(multi_head_attention(Tensor({4, 6}), Tensor({6, 6}), Tensor({6, 6}), Tensor({6, 6}), Tensor({6, 6}), 4,
+                                       true, AttentionKernel::fused), "4 heads do not divide the 6 features of x [4, 6]");
+    EXPECT_THROWS(multi_head_attention(Tensor({4, 6}), Tensor({6, 6}), Tensor({6, 5}), Tensor({6, 6}), Tensor({6, 6}), 2,
+                                       true, AttentionKernel::fused), "every weight must be [6, 6] for x [4, 6], got [6, 5]");
+    EXPECT_THROWS(causal_mask(0), "causal_mask: needs T > 0");
+}
+
+// ---- 13 precision ----------------------------------------------------------------------------
+
+static std::uint32_t float_bits(float x) {
+    std::uint32_t b;
+    std::memcpy(&b, &x, sizeof b);
+    return b;
+}
+
+// The value of a 16-bit pattern by the textbook formula, in double: an independent truth.
+static double format_value(std::uint16_t bits, int exponent_bits, int fraction_bits) {
+    const int bias = (1 << (exponent_bits - 1)) - 1;
+    const int e = (bits >> fraction_bits) & ((1 << exponent_bits) - 1);
+    const int f = bits & ((1 << fraction_bits) - 1);
+    const double sign = (bits & 0x8000) ? -1 : 1;
+    if (e == (1 << exponent_bits) - 1) return f ? NAN : sign * INFINITY;
+    if (e == 0) return sign * std::ldexp(double(f), 1 - bias - fraction_bits);                    // subnormal
+    return sign * std::ldexp(1 + std::ldexp(double(f), -fraction_bits), e - bias);                  // normal
+}
+
+TEST("13 precision", "float16 and bfloat16: all 65,536 patterns convert to the formula's value and back to themselves") {
+    int wrong_value = 0, wrong_round_trip = 0;
+    for (int p = 0; p < 65536; ++p) {
+        const std::uint16_t h = std::uint16_t(p);
+        const double want16 = format_value(h, 5, 10), want_b16 = format_value(h, 8, 7);
+        const float got16 = half_to_float(h), got_b16 = bfloat16_to_float(h);
+        wrong_value += std::isnan(want16) ? !std::isnan(got16) : double(got16) != want16 || std::signbit(got16) != bool(h & 0x8000);
+        wrong_value += std::isnan(want_b16) ? !std::isnan(got_b16) : double(got_b16) != want_b16 || std::signbit(got_b16) != bool(h & 0x8000);
+        wrong_round_trip += float_to_half(got16) != h;          // NaNs keep their bits too
+        wrong_round_trip += float_to_bfloat16(got_b16) != h;
+    }
+    EXPECT_EQ(wrong_value, 0);
+    EXPECT_EQ(wrong_round_trip, 0);
+}
+
+// For every pair of neighbours (lo, lo + 1) among the non-negative finite patterns (the pattern
+// after the largest finite value is inf, which stands for the next power of two here): their
+// midpoint rounds to the even one, a hair below it to lo, a hair above to lo + 1. Negative
+// values must give the same pattern with the sign bit set.
+static int rounding_errors(std::uint16_t (*to16)(float), float (*from16)(std::uint16_t), std::uint16_t largest_finite,
+                           double next_power_of_two) {
+    int errors = 0;
+    for (int lo = 0; lo <= largest_finite; ++lo) {
+        const double a = from16(std::uint16_t(lo)), b = lo == largest_finite ? next_power_of_two : from16(std::uint16_t(lo + 1));
+        const float mid = float((a + b) / 2);   // exact: one more bit than the format has
+        if (double(mid) != (a + b) / 2) return -1;
+        const std::uint16_t even = std::uint16_t(lo % 2 == 0 ? lo : lo + 1);
+        const float below = std::nextafter(mid, 0.0f), above = std::nextafter(mid, INFINITY);
+        errors += to16(mid) != even;
+        errors += to16(below) != lo;
+        errors += to16(above) != lo + 1;
+        errors += to16(-mid) != (even | 0x8000);
+    }
+    return errors;
+}
+
+TEST("13 precision", "rounding to nearest, ties to even, overflow to inf: every midpoint of float16 and bfloat16") {
+    EXPECT_EQ(rounding_errors(float_to_half, half_to_float, 0x7bff, 65536.0), 0);
+    EXPECT_EQ(rounding_errors(float_to_bfloat16, bfloat16_to_float, 0x7f7f, std::ldexp(1.0, 128)), 0);
+}
+
+TEST("13 precision", "float16 edge cases: 65504, 65520 -> inf, 2^-14, 2^-24, 2^-25 -> 0, ties, NaN, inf, -0") {
+    EXPECT_EQ(float_to_half(65504.0f), std::uint16_t(0x7bff));   // the largest float16
+    EXPECT_EQ(float_to_half(65519.99f), std::uint16_t(0x7bff));
+    EXPECT_EQ(float_to_half(65520.0f), std::uint16_t(0x7c00));   // halfway to 2^16: overflows to inf
+    EXPECT_EQ(float_to_half(1e6f), std::uint16_t(0x7c00));
+    EXPECT_EQ(float_to_half(-1e6f), std::uint16_t(0xfc00));
+    EXPECT_EQ(float_to_half(std::ldexp(1.0f, -14)), std::uint16_t(0x0400));   // smallest normal
+    EXPECT_EQ(float_to_half(std::ldexp(1023.0f, -24)), std::uint16_t(0x03ff)); // largest subnormal
+    EXPECT_EQ(float_to_half(std::ldexp(1.0f, -24)), std::uint16_t(0x0001));    // smallest subnormal
+    EXPECT_EQ(float_to_half(std::ldexp(1.0f, -25)), std::uint16_t(0x0000));    // a tie: to even, 0
+    EXPECT_EQ(float_to_half(std::ldexp(3.0f, -25)), std::uint16_t(0x0002));    // a tie: 1.5 units -> 2
+    EXPECT_EQ(float_to_half(std::numeric_limits<float>::denorm_min()), std::uint16_t(0x0000));
+    EXPECT_EQ(float_to_half(1 + std::ldexp(1.0f, -11)), std::uint16_t(0x3c00));      // 1 + half a step -> 1
+    EXPECT_EQ(float_to_half(1 + std::ldexp(3.0f, -11)), std::uint16_t(0x3c02));      // -> 1 + 2 steps
+    EXPECT_NEAR(half_to_float(float_to_half(2049.0f)), 2048.0, 0.0);
+    EXPECT_NEAR(half_to_float(float_to_half(2051.0f)), 2052.0, 0.0);
+    EXPECT_EQ(float_to_half(INFINITY), std::uint16_t(0x7c00));
+    EXPECT_EQ(float_to_half(-INFINITY), std::uint16_t(0xfc00));
+    EXPECT_EQ(float_to_half(-0.0f), std::uint16_t(0x8000));
+    EXPECT_TRUE(std::isnan(half_to_float(float_to_half(NAN))));
+    EXPECT_EQ(float_to_half(std::numeric_limits<float>::quiet_NaN()) & 0x7c00, 0x7c00);
+    std::uint32_t low_payload = 0x7f800001;   // a NaN whose payload is all in bits float16 drops
+    float nan_low;
+    std::memcpy(&nan_low, &low_payload, sizeof nan_low);
+    EXPECT_TRUE(std::isnan(half_to_float(float_to_half(nan_low))));
+    EXPECT_NEAR(half_to_float(float_to_half(0.1f)), 0.0999755859375, 0.0);   // 3 digits
+}
+
+TEST("13 precision", "bfloat16 edge cases: the top half of a float, ties to even, FLT_MAX -> inf, 1e-9 kept") {
+    EXPECT_EQ(float_to_bfloat16(1.0f), std::uint16_t(0x3f80));
+    EXPECT_EQ(float_bits(1.0f) >> 16, 0x3f80u);
+    EXPECT_EQ(float_to_bfloat16(1 + std::ldexp(1.0f, -8)), std::uint16_t(0x3f80));   // tie -> even
+    EXPECT_EQ(float_to_bfloat16(1 + std::ldexp(3.0f, -8)), std::uint16_t(0x3f82));
+    EXPECT_EQ(float_to_bfloat16(std::numeric_limits<float>::max()), std::uint16_t(0x7f80));   // rounds up to inf
+    EXPECT_NEAR(bfloat16_to_float(0x7f7f), 3.3895313892515355e38, 1e24);
+    EXPECT_NEAR(bfloat16_to_float(float_to_bfloat16(1e-9f)), 1e-9, 1e-9 * std::ldexp(1.0, -8));
+    EXPECT_EQ(float_to_bfloat16(std::numeric_limits<float>::denorm_min()), std::uint16_t(0x0000));
+    EXPECT_EQ(float_to_bfloat16(-INFINITY), std::uint16_t(0xff80));
+    std::uint32_t low_payload = 0x7f800001;   // a NaN with its payload in the dropped half
+    float nan_low;
+    std::memcpy(&nan_low, &low_payload, sizeof nan_low);
+    EXPECT_TRUE(std::isnan(bfloat16_to_float(float_to_bfloat16(nan_low))));
+    EXPECT_NEAR(round_to_precision(0.1f, Precision::bf16), 0.10009765625, 0.0);
+    EXPECT_NEAR(round_to_precision(0.1f, Precision::fp32), double(0.1f), 0.0);
+    EXPECT_TRUE(std::string(precision_name(Precision::bf16)) == "bf16");
+}
+
+TEST("13 precision", "loss scaling: a gradient of 1e-9 is 0 in float16; scaled by 65536 it is 6.55e-5 and comes back") {
+    EXPECT_NEAR(round_to_precision(1e-9f, Precision::fp16), 0.0, 0.0);
+    const float scaled = round_to_precision(1e-9f * 65536, Precision::fp16);
+    EXPECT_NEAR(scaled, 6.5536e-5, 5e-8);
+    EXPECT_TRUE(scaled >= std::ldexp(1.0f, -14));   // a normal float16: all 11 bits of precision
+    EXPECT_NEAR(scaled / 65536 / 1e-9, 1.0, 5e-4);
+    // The same through the engine: a cast's backward rounds the gradient to float16.
+    for (double scale : {1.0, 65536.0}) {
+        Tensor w = Tensor::full({3}, 0.5).requires_grad_();
+        DynamicLossScaler scaler(scale);
+        scaler.scale_loss(sum(cast(w, Precision::fp16) * real(1e-9))).backward();
+        EXPECT_TRUE(scaler.unscale_gradients({w}));
+        for (real g : w.grad()) EXPECT_NEAR(g, scale == 1 ? 0.0 : 1e-9, 1e-9 * 5e-4);
+    }
+}
+
+TEST("13 precision", "cast: values rounded to the format; the gradient passes straight through, rounded too") {
+    Tensor x({4}, {0.1, 65520, 1e-9, -2049});
+    x.requires_grad_();
+    const Tensor y = cast(x, Precision::fp16);
+    EXPECT_TRUE(y.values()[0] == 0.0999755859375 && y.values()[1] == INFINITY && y.values()[2] == 0 &&
+                y.values()[3] == -2048);
+    y.backward(Tensor({4}, {1, 0.1, 3e-8, 1e5}));   // 3e-8 is nearer to 2^-24 than to 0
+    EXPECT_TRUE(x.grad()[0] == 1 && x.grad()[1] == 0.0999755859375 && x.grad()[2] == std::ldexp(1.0, -24) &&
+                x.grad()[3] == INFINITY);
+    const Tensor z = cast(x, Precision::bf16);
+    EXPECT_NEAR(z.values()[2], double(bfloat16_to_float(float_to_bfloat16(1e-9f))), 0.0);
+}
+
+TEST("13 precision", "matmul_in_precision: fp32 accumulation is exact on 16-bit inputs; float16 sums stall at 2048") {
+    Rng rng(131);
+    const Tensor a = randn({5, 64}, rng), b = randn({64, 3}, rng);
+    const Tensor low = matmul_in_precision(a, b, Precision::fp16, Precision::fp32);
+    Tensor a16 = a.detach(), b16 = b.detach();   // the inputs rounded, multiplied in double
+    for (real& v : a16.values()) v = round_to_precision(float(v), Precision::fp16);
+    for (real& v : b16.values()) v = round_to_precision(float(v), Precision::fp16);
+    const Tensor exact = matmul(a16, b16);
+    for (std::size_t i = 0; i < low.numel(); ++i) EXPECT_NEAR(low.values()[i], exact.values()[i], 64 * 1e-6);
+    const Tensor ones_row = Tensor::full({1, 4096}, 1), ones_column = Tensor::full({4096, 1}, 1);
+    EXPECT_NEAR(matmul_in_precision(ones_row, ones_column, Precision::fp16, Precision::fp32).item(), 4096.0, 0.0);
+    EXPECT_NEAR(matmul_in_precision(ones_row, ones_column, Precision::fp16, Precision::fp16).item(), 2048.0, 0.0);
+    EXPECT_NEAR(matmul_in_precision(ones_row, ones_column, Precision::bf16, Precision::bf16).item(), 256.0, 0.0);
+    EXPECT_THROWS(matmul_in_precision(a, a, Precision::fp16, Precision::fp32), "matmul_in_precision: needs [M, K]·[K, N]");
+}
+
+TEST("13 precision", "DynamicLossScaler: inf/NaN skips the step and halves; N good steps double; unscale divides") {
+    DynamicLossScaler scaler(1024, 3);
+    Tensor w({2}, {1, 1});
+    w.requires_grad_();
+    auto gradients = [&](real g0, real g1) { w.grad().assign({g0, g1}); };
+    gradients(2048, -512);
+    EXPECT_TRUE(scaler.unscale_gradients({w}));
+    EXPECT_GRAD(w, {2, -0.5}, 0.0);
+    scaler.update(true);
+    gradients(INFINITY, 1);
+    EXPECT_TRUE(!scaler.unscale_gradients({w}));
+    EXPECT_TRUE(w.grad()[0] == INFINITY && w.grad()[1] == 1);   // left alone: the step is skipped
+    scaler.update(false);
+    EXPECT_NEAR(scaler.scale(), 512.0, 0.0);
+    EXPECT_EQ(scaler.skipped_steps(), 1L);
+    EXPECT_EQ(scaler.good_steps_in_a_row(), 0);
+    gradients(NAN, 1);
+    EXPECT_TRUE(!scaler.unscale_gradients({w}));
+    scaler.update(false);
+    EXPECT_NEAR(scaler.scale(), 256.0, 0.0);
+    for (int step = 1; step <= 3; ++step) {
+        scaler.update(true);
+        EXPECT_NEAR(scaler.scale(), step < 3 ? 256.0 : 512.0, 0.0);   // doubled after 3 in a row
+    }
+    EXPECT_NEAR(scaler.scale_loss(Tensor::scalar(0.25)).item(), 128.0, 0.0);
+    EXPECT_THROWS(DynamicLossScaler(0), "DynamicLossScaler: needs initial_scale > 0");
+    EXPECT_THROWS(DynamicLossScaler(1, 10, 2, 1.5), "0 < backoff_factor < 1");
+}
+
+TEST("13 precision", "updates of 1e-4 vanish in a float16 weight and add up in an fp32 master weight") {
+    float in_fp16 = 1, in_fp32 = 1;
+    for (int step = 0; step < 10000; ++step) {
+        in_fp16 = round_to_precision(in_fp16 + 1e-4f, Precision::fp16);   // 1.0001 -> 1
+        in_fp32 = in_fp32 + 1e-4f;
+    }
+    EXPECT_NEAR(in_fp16, 1.0, 0.0);
+    EXPECT_NEAR(in_fp32, 2.0, 1e-3);
+}
+
+// ---- 13 memory -------------------------------------------------------------------------------
+
+TEST("13 memory", "the byte counter equals tensor_bytes() through forward, backward and freeing; the peak is exact") {
+    require_storage_hooks();
+    const std::size_t base = current_tensor_bytes(), r = sizeof(real);
+    EXPECT_EQ(base, tensor_bytes());
+    {
+        Tensor big({1000});
+        EXPECT_EQ(current_tensor_bytes(), base + 1000 * r);
+    }
+    const Tensor small({10});
+    EXPECT_EQ(current_tensor_bytes(), base + 10 * r);
+    EXPECT_EQ(peak_tensor_bytes(), base + 1000 * r);   // the freed tensor's moment is remembered
+    reset_peak_tensor_bytes();
+    EXPECT_EQ(peak_tensor_bytes(), base + 10 * r);
+    Rng rng(132);
+    nn::MLP model({4, 8, 3}, rng);
+    const Tensor x = randn({5, 4}, rng);
+    {
+        const Tensor loss = cross_entropy(model(x), {0, 1, 2, 0, 1});
+        EXPECT_EQ(current_tensor_bytes(), tensor_bytes());
+        loss.backward();
+        EXPECT_EQ(current_tensor_bytes(), tensor_bytes());
+        EXPECT_TRUE(peak_tensor_bytes() >= current_tensor_bytes());
+    }
+    EXPECT_EQ(current_tensor_bytes(), tensor_bytes());   // the graph is gone, parameter gradients stay
+    for (int step = 0; step < 3; ++step) {
+        AdamW opt(model.parameters());
+        opt.zero_grad();
+        cross_entropy(model(x), {0, 1, 2, 0, 1}).backward();
+        opt.step();
+        EXPECT_EQ(current_tensor_bytes(), tensor_bytes());
+    }
+}
+
+// An MLP of `depth` equal layers (tanh), as `segments` checkpointed segments or plain.
+struct CheckpointNet {
+    std::vector<nn::Linear> layers;
+    CheckpointNet(int depth, int width, Rng& rng) {
+        for (int l = 0; l < depth; ++l) layers.emplace_back(width, width, rng, Init::xavier_normal);
+    }
+    Tensor run(Tensor h, int from, int to) const {
+        for (int l = from; l < to; ++l) h = tanh(layers[l](h));
+        return h;
+    }
+    Tensor operator()(const Tensor& x, int segments) const {
+        const int depth = int(layers.size());
+        if (segments == 0) return run(x, 0, depth);
+        Tensor h = x;
+        for (int s = 0; s < segments; ++s) {
+            const int from = depth * s / segments, to = depth * (s + 1) / segments;
+            std::vector<Tensor> params;
+            for (int l = from; l < to; ++l)
+                for (const Tensor& p : layers[l].parameters()) params.push_back(p);
+            h = activation_checkpoint([this, from, to](const Tensor& in) { return run(in, from, to); }, h, params);
+        }
+        return h;
+    }
+    std::vector<Tensor> parameters() const {
+        std::vector<Tensor> p;
+        for (const nn::Linear& l : layers)
+            for (const Tensor& t : l.parameters()) p.push_back(t);
+        return p;
+    }
+};
+
+TEST("13 memory", "checkpointed segments give exactly the plain network's gradients; finite differences") {
+    Rng rng(133);
+    const CheckpointNet net(6, 5, rng);
+    const Tensor x = randn({4, 5}, rng).requires_grad_();
+    std::vector<std::vector<real>> plain;
+    for (int segments : {0, 3, 2, 6}) {
+        for (const Tensor& p : net.parameters()) p.zero_grad();
+        x.zero_grad();
+        const Tensor loss = sum(net(x, segments) * net(x, segments));
+        loss.backward();
+        std::vector<std::vector<real>> grads = {x.grad()};
+        for (const Tensor& p : net.parameters()) grads.push_back(p.grad());
+        if (segments == 0) plain = grads;
+        else
+            for (std::size_t i = 0; i < grads.size(); ++i) EXPECT_TRUE(grads[i] == plain[i]);   // bit for bit
+    }
+    EXPECT_TENSOR_GRADCHECK([&net](const std::vector<Tensor>& v) { return net(v[0], 2); }, {randn({3, 5}, rng)});
+    // The parameters' gradients through a checkpoint, against finite differences.
+    const Tensor W = randn({5, 5}, rng, 0.5), b = randn({5}, rng);
+    EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& v) {
+        const Tensor w = v[1], bias = v[2];
+        return activation_checkpoint([w, bias](const Tensor& in) { return tanh(matmul(in, w) + bias); }, v[0], {w, bias});
+    }, {randn({3, 5}, rng), W, b});
+    EXPECT_THROWS(activation_checkpoint([](const Tensor& in) { return in; }, x, {Tensor({2})}),
+                  "activation_checkpoint: parameter 0 does not require grad");
+}
+
+TEST("13 memory", "checkpointing lowers the measured peak of a training step; the step costs one more forward pass") {
+    require_storage_hooks();
+    Rng rng(134);
+    const CheckpointNet net(16, 32, rng);
+    const Tensor x = randn({64, 32}, rng);
+    std::size_t peak[2];
+    mean(net(x, 0)).backward();   // allocate the parameters' gradients before measuring
+    for (int checkpointed = 0; checkpointed < 2; ++checkpointed) {
+        for (const Tensor& p : net.parameters()) p.zero_grad();
+        reset_peak_tensor_bytes();
+        const std::size_t start = current_tensor_bytes();
+        const Tensor loss = mean(net(x, checkpointed ? 4 : 0));
+        loss.backward();
+        peak[checkpointed] = peak_tensor_bytes() - start;
+    }
+    // Plain: 16 layers × 2 activations [64, 32] (+ their gradients); checkpointed: 4 boundaries
+    // plus one segment of 4 layers at a time.
+    EXPECT_TRUE(peak[1] < peak[0] / 2);
+    require_matmul_flop_hook();
+    std::int64_t flops[2];
+    for (int checkpointed = 0; checkpointed < 2; ++checkpointed) {
+        reset_counted_flops();
+        mean(net(x, checkpointed ? 4 : 0)).backward();
+        flops[checkpointed] = counted_flops();
+    }
+    // 16 products [64, 32]·[32, 32] forward, two per layer backward, except the first layer's
+    // dX: the data needs no gradient.
+    const std::int64_t product = 2 * 64 * 32 * 32, forward = 16 * product;
+    EXPECT_EQ(flops[0], 3 * forward - product);
+    EXPECT_EQ(flops[1], 4 * forward - product);   // + the recomputation
+}
+
+TEST("13 memory", "gradient accumulation: 4 micro-batches give the batch's gradients with a lower measured peak") {
+    Rng rng(135);
+    nn::MLP model({8, 64, 64, 4}, rng);
+    const Tensor x = randn({64, 8}, rng);
+    std::vector<int> labels;
+    for (int i = 0; i < 64; ++i) labels.push_back(i % 4);
+    std::vector<std::vector<real>> grads[2];
+    std::size_t peak[2];
+    cross_entropy(model(x), labels).backward();   // allocate the parameters' gradients before measuring
+    for (int micro = 0; micro < 2; ++micro) {
+        for (const Tensor& p : model.parameters()) p.zero_grad();
+        reset_peak_tensor_bytes();
+        const std::size_t start = current_tensor_bytes();
+        const int parts = micro ? 4 : 1, rows = 64 / parts;
+        for (int k = 0; k < parts; ++k) {   // mean over each part, divided by the number of parts
+            const std::vector<int> part(labels.begin() + k * rows, labels.begin() + (k + 1) * rows);
+            (cross_entropy(model(slice(x, 0, k * rows, (k + 1) * rows)), part) / real(parts)).backward();
+        }
+        peak[micro] = peak_tensor_bytes() - start;
+        for (const Tensor& p : model.parameters()) grads[micro].push_back(p.grad());
+    }
+    for (std::size_t i = 0; i < grads[0].size(); ++i) EXPECT_TRUE(max_abs_difference(grads[0][i], grads[1][i]) < 1e-12);
+    require_storage_hooks();
+    EXPECT_TRUE(peak[1] < peak[0]);
+}
+
+TEST("13 memory", "matmul counts 2*M*K*N FLOPs forward and twice that backward") {
+    require_matmul_flop_hook();
+    Rng rng(136);
+    const Tensor a = randn({3, 5, 7}, rng).requires_grad_(), b = randn({7, 2}, rng).requires_grad_();
+    reset_counted_flops();
+    const Tensor c = matmul(a, b);
+    EXPECT_EQ(counted_flops(), std::int64_t(2 * 3 * 5 * 7 * 2));
+    reset_counted_flops();
+    c.backward(Tensor::full(c.shape(), 1));
+    EXPECT_EQ(counted_flops(), std::int64_t(4 * 3 * 5 * 7 * 2));
 }

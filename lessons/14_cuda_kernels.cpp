@@ -31,21 +31,8 @@
 #include <string>
 #include <vector>
 
-// ---- kernels.cu's wrappers: the declarations this lesson uses ------------------------------
-// (To be replaced by the same declarations in engine.h.) Every pointer is device memory.
+// kernels.cu's wrappers are declared in engine.h; cuda_check needs CUDA's error type, so here.
 void cuda_check(cudaError_t status, const char* call, const char* file, int line);
-void cuda_relu_forward(const float* X, float* Y, int n);
-void cuda_gelu_forward(const float* X, float* Y, int n);
-void cuda_matmul_v1(const float* A, const float* B, float* C, int M, int K, int N);
-void cuda_matmul_v2(const float* A, const float* B, float* C, int M, int K, int N);
-void cuda_matmul_v3(const float* A, const float* B, float* C, int M, int K, int N);
-float cuda_sum_v1(const float* X, int n);
-float cuda_sum_v2(const float* X, int n);
-void cuda_softmax_cross_entropy_forward(const float* logits, const int* labels, float* probs, float* loss, int B,
-                                        int C);
-void cuda_softmax_cross_entropy_backward(const float* probs, const int* labels, float* dlogits, float dloss, int B,
-                                         int C);
-// ---- end of kernels.cu's wrappers ------------------------------------------------------------
 
 #define CUDA_CHECK(call) cuda_check((call), #call, __FILE__, __LINE__)
 
@@ -574,7 +561,7 @@ static void missing_barrier() {
     }
     cuda_emu::set_schedule(cuda_emu::Schedule::seq);
     std::printf("(WRONG (k): k of the 256 outputs are wrong.) Neither seq nor rev alone catches both\n"
-                "bugs; rand catches both. So kernels_test_draft.cpp and this lesson's homework run every\n"
+                "bugs; rand catches both. So the tests (make test FILTER=cuda_) and this homework run every\n"
                 "kernel under seq, rev and several rand seeds.\n");
 
     // A barrier that only some threads reach is undefined behaviour on a GPU: it may hang, or seem
