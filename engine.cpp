@@ -496,18 +496,6 @@ std::size_t Rng::below(std::size_t n) { return static_cast<std::size_t>(uniform(
 // Weights start uniform in [−1, 1] as in micrograd; part 2 explains better initializations.
 // ---------------------------------------------------------------------------------------------
 
-Value activate(const Value& x, Activation act) {
-    switch (act) {
-        case Activation::relu: return relu(x);
-        case Activation::tanh: return tanh(x);
-        case Activation::sigmoid: return sigmoid(x);
-        case Activation::gelu: return gelu(x);
-        case Activation::leaky_relu: return leaky_relu(x);
-        case Activation::linear: break;
-    }
-    return x;
-}
-
 Neuron::Neuron(int n_inputs, Activation act_, Rng& rng) : b(0.0), act(act_) {
     for (int i = 0; i < n_inputs; ++i) w.emplace_back(rng.uniform(-1.0, 1.0));
 }
@@ -1044,18 +1032,6 @@ Tensor sigmoid(const Tensor& x) {
 // tanh x:  f' = 1 − tanh² x = 1 − y²
 Tensor tanh(const Tensor& x) {
     return unary(x, "tanh", [](real v) { return std::tanh(v); }, [](real, real y) { return 1 - y * y; });
-}
-
-Tensor activate(const Tensor& x, Activation act) {
-    switch (act) {
-        case Activation::relu: return relu(x);
-        case Activation::tanh: return tanh(x);
-        case Activation::sigmoid: return sigmoid(x);
-        case Activation::gelu: return gelu(x);
-        case Activation::leaky_relu: return leaky_relu(x);
-        case Activation::linear: break;
-    }
-    return x;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2520,7 +2496,6 @@ Tensor attention_composed(const Tensor& q, const Tensor& k, const Tensor& v, boo
     if (causal) scores = scores + causal_mask(a.T);
     return matmul(softmax(scores), v);
 }
-
 
 // Row i of P for one batch element (Q and K point at its rows): p[j] = softmax_j(s·q_i·k_j) for
 // the keys query i may see. Returns the row's log-sum-exp, with the maximum subtracted (§2.6).

@@ -168,8 +168,8 @@ private:
 // A scalar neural network (engine.cpp §1.9), for lesson 03.
 // ---------------------------------------------------------------------------------------------
 enum class Activation { linear, relu, tanh, sigmoid, gelu, leaky_relu };
-
-Value activate(const Value& x, Activation act);
+// activate(x, act) applies one; it is a template defined with the tensor ops (Part 2 below), so
+// that one definition serves Values and Tensors.
 
 struct Neuron {
     std::vector<Value> w;
@@ -327,7 +327,21 @@ Tensor leaky_relu(const Tensor& x, real slope = real(0.01));
 Tensor gelu(const Tensor& x);
 Tensor sigmoid(const Tensor& x);
 Tensor tanh(const Tensor& x);
-Tensor activate(const Tensor& x, Activation act);
+
+// The nonlinearity an MLP layer applies. The same named ops exist for Values (Part 1) and Tensors
+// (Part 2), so one definition serves both.
+template <class X>
+X activate(const X& x, Activation act) {
+    switch (act) {
+        case Activation::relu: return relu(x);
+        case Activation::tanh: return tanh(x);
+        case Activation::sigmoid: return sigmoid(x);
+        case Activation::gelu: return gelu(x);
+        case Activation::leaky_relu: return leaky_relu(x);
+        case Activation::linear: break;
+    }
+    return x;
+}
 
 // Along the last axis.
 Tensor softmax(const Tensor& x);

@@ -346,18 +346,6 @@ Value bce_with_logits(const std::vector<Value>& scores, const std::vector<double
     // END EXERCISE
 }
 
-// True if calling `f` throws std::invalid_argument. (Other exceptions, including
-// not_implemented, pass through to the checker.)
-template <class F>
-static bool throws_invalid_argument(F f) {
-    try {
-        f();
-    } catch (const std::invalid_argument&) {
-        return true;
-    }
-    return false;
-}
-
 static int check_homework() {
     Homework hw("03");
 

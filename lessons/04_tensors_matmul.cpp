@@ -379,17 +379,6 @@ Tensor bias_grad(const Tensor& dY) {
     // END EXERCISE
 }
 
-// True if calling `f` throws std::invalid_argument (other exceptions pass through).
-template <class F>
-static bool throws_invalid_argument(F f) {
-    try {
-        f();
-    } catch (const std::invalid_argument&) {
-        return true;
-    }
-    return false;
-}
-
 // Every element of `got` within `tolerance` of `expected`, and the same shape.
 static void expect_tensor_near(const char* what, const Tensor& got, const Tensor& expected,
                                double tolerance) {

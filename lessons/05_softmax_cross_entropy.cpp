@@ -400,16 +400,6 @@ std::vector<std::vector<double>> softmax_jacobian(const std::vector<double>& z) 
     // END EXERCISE
 }
 
-template <class F>
-static bool throws_invalid_argument(F f) {
-    try {
-        f();
-    } catch (const std::invalid_argument&) {
-        return true;
-    }
-    return false;
-}
-
 // Softmax from the definition, for the checks' finite differences (moderate logits only).
 static std::vector<double> softmax_double(const std::vector<double>& z) {
     double sum = 0;

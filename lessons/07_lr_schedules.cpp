@@ -357,18 +357,6 @@ double best_learning_rate(const std::vector<double>& lrs, const std::vector<doub
     // END EXERCISE
 }
 
-// True if calling `f` throws std::invalid_argument. (Other exceptions, including
-// not_implemented, pass through to the checker.)
-template <class F>
-static bool throws_invalid_argument(F f) {
-    try {
-        f();
-    } catch (const std::invalid_argument&) {
-        return true;
-    }
-    return false;
-}
-
 static int check_homework() {
     Homework hw("07");
 

@@ -874,17 +874,6 @@ EarlyStop early_stopping(const std::vector<double>& val_loss, int patience, doub
     // END EXERCISE
 }
 
-// True if calling `f` throws std::invalid_argument (other exceptions pass through).
-template <class F>
-static bool throws_invalid_argument(F f) {
-    try {
-        f();
-    } catch (const std::invalid_argument&) {
-        return true;
-    }
-    return false;
-}
-
 static int check_homework() {
     Homework hw("10");
 

@@ -39,6 +39,18 @@ inline void expect_true(const char* what, bool ok) {
     if (!ok) throw CheckFailed(std::string(what) + ": expected true, got false");
 }
 
+// True if calling `f` throws std::invalid_argument, the engine's error for bad arguments. Other
+// exceptions (not_implemented among them) pass through to Homework::check.
+template <class F>
+bool throws_invalid_argument(F f) {
+    try {
+        f();
+    } catch (const std::invalid_argument&) {
+        return true;
+    }
+    return false;
+}
+
 class Homework {
 public:
     explicit Homework(std::string lesson) : lesson_(std::move(lesson)) {
