@@ -110,8 +110,14 @@ Value Value::link(double data, const char* op, const Value& a, double da, const 
     Value out(data);
     Node& n = *out.node_;
     n.op = op;
-    n.parents[n.n_parents] = a.node_, n.local_grad[n.n_parents++] = da, ++a.node_->refs;
-    if (b) n.parents[n.n_parents] = b->node_, n.local_grad[n.n_parents++] = db, ++b->node_->refs;
+    auto add_input = [&n](Node* input, double slope) {   // one edge: input, ∂out/∂input
+        n.parents[n.n_parents] = input;
+        n.local_grad[n.n_parents] = slope;
+        ++n.n_parents;
+        ++input->refs;   // the new node keeps its input alive
+    };
+    add_input(a.node_, da);
+    if (b) add_input(b->node_, db);
     if (anomaly_mode) anomaly_scalar_forward(n);
     return out;
 }
