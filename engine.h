@@ -2,6 +2,7 @@
 // read that. This header only lists what a lesson, a test or a benchmark may call.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -311,6 +312,25 @@ Tensor operator/(const Tensor& a, real k);
 Tensor operator/(real k, const Tensor& a);
 
 Tensor matmul(const Tensor& a, const Tensor& b);   // [M,K]·[K,N], [B,M,K]·[B,K,N], [B,M,K]·[K,N]
+Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b);   // x·W + b, one op (nn::Linear)
+
+// The loops under matmul (§2.4), each computing C[M, N] += A[M, K]·B[K, N] into row-major C.
+// A MatrixView reads element (r, c) at data[r·row_stride + c·col_stride]: a row-major [R, C]
+// matrix has strides (C, 1), and its transpose is the same memory with the strides swapped.
+struct MatrixView {
+    const real* data;
+    std::ptrdiff_t row_stride, col_stride;
+    real operator()(int r, int c) const { return data[r * row_stride + c * col_stride]; }
+};
+inline MatrixView row_major(const real* data, int cols) { return {data, cols, 1}; }
+inline MatrixView transposed(const real* data, int cols) { return {data, 1, cols}; }   // of row-major [rows, cols]
+void matmul_naive(int M, int N, int K, MatrixView A, MatrixView B, real* C);    // the oracle
+void matmul_ikj(int M, int N, int K, const real* A, const real* B, real* C);     // row-major only
+void matmul_blocked(int M, int N, int K, MatrixView A, MatrixView B, real* C);  // what matmul uses
+
+// Threads for the loops that use OpenMP (matmul_blocked); 1 when built without it (NO_OMP=1).
+void set_num_threads(int n);
+int num_threads();
 Tensor transpose(const Tensor& x);                 // swaps the last two axes
 Tensor reshape(const Tensor& x, Shape shape);      // one axis may be -1 (inferred)
 Tensor sum(const Tensor& x);                       // of everything: shape [1]

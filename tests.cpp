@@ -868,6 +868,85 @@ TEST("04 tensors", "matmul equals the naive triple loop on odd shapes") {
         }
 }
 
+// ---- the fast matmul loops (§2.4) against the naive oracle --------------------------------------
+
+TEST("04 tensors", "matmul_naive: the worked example [[1,2,3],[4,5,6]]·[[1,0],[0,1],[1,1]] = [[4,5],[10,11]]") {
+    const std::vector<real> A = {1, 2, 3, 4, 5, 6}, B = {1, 0, 0, 1, 1, 1};
+    std::vector<real> C(4, 0);
+    matmul_naive(2, 2, 3, row_major(A.data(), 3), row_major(B.data(), 2), C.data());
+    EXPECT_TRUE(C == std::vector<real>({4, 5, 10, 11}));
+}
+
+static double max_abs_difference(const std::vector<real>& a, const std::vector<real>& b) {
+    if (a.size() != b.size()) return INFINITY;
+    double worst = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, double(std::fabs(a[i] - b[i])));
+    return worst;
+}
+
+struct Product { int M, N, K; };
+// Odd sizes (not multiples of the 6×16 tile), one whole tile, sizes past the MC = 144 and
+// KC = 256 blocks, and empty ones.
+static const std::vector<Product> odd_products = {{1, 1, 1}, {7, 3, 5}, {13, 19, 17}, {6, 16, 256}, {145, 33, 300},
+                                                  {150, 70, 520}, {0, 3, 4}, {3, 0, 4}, {3, 4, 0}};
+
+// C starts random, so the += of every loop is checked too.
+static std::vector<real> product_into_random(Product s, MatrixView A, MatrixView B,
+                                             void (*loop)(int, int, int, MatrixView, MatrixView, real*)) {
+    Rng rng(11);
+    std::vector<real> C = randn({std::max(s.M * s.N, 1)}, rng).values();
+    C.resize(std::size_t(s.M) * s.N);
+    loop(s.M, s.N, s.K, A, B, C.data());
+    return C;
+}
+
+TEST("04 tensors", "matmul_blocked and matmul_ikj equal matmul_naive: odd sizes, past the cache blocks, empty") {
+    Rng rng(12);
+    for (const Product s : odd_products) {
+        const std::vector<real> A = randn({std::max(s.M * s.K, 1)}, rng).values(), B = randn({std::max(s.K * s.N, 1)}, rng).values();
+        const std::vector<real> want = product_into_random(s, row_major(A.data(), s.K), row_major(B.data(), s.N), matmul_naive);
+        const std::vector<real> blocked = product_into_random(s, row_major(A.data(), s.K), row_major(B.data(), s.N), matmul_blocked);
+        std::vector<real> ikj = product_into_random(s, row_major(A.data(), s.K), row_major(B.data(), s.N),
+                                                    [](int M, int N, int K, MatrixView a, MatrixView b, real* C) {
+                                                        matmul_ikj(M, N, K, a.data, b.data, C);
+                                                    });
+        EXPECT_NEAR(max_abs_difference(blocked, want), 0, 1e-12);   // double: only the sum's order differs
+        EXPECT_NEAR(max_abs_difference(ikj, want), 0, 1e-12);
+    }
+}
+
+TEST("04 tensors", "matmul_blocked with transposed views: dX = dZ·Wᵀ and dW = Xᵀ·dZ equal the naive loop") {
+    Rng rng(13);
+    for (const Product s : odd_products) {   // X [M, K], W [K, N], dZ [M, N]
+        const std::vector<real> X = randn({std::max(s.M * s.K, 1)}, rng).values(), W = randn({std::max(s.K * s.N, 1)}, rng).values(),
+                                dZ = randn({std::max(s.M * s.N, 1)}, rng).values();
+        const Product dx{s.M, s.K, s.N}, dw{s.K, s.N, s.M};
+        EXPECT_NEAR(max_abs_difference(product_into_random(dx, row_major(dZ.data(), s.N), transposed(W.data(), s.N), matmul_blocked),
+                                       product_into_random(dx, row_major(dZ.data(), s.N), transposed(W.data(), s.N), matmul_naive)),
+                    0, 1e-12);
+        EXPECT_NEAR(max_abs_difference(product_into_random(dw, transposed(X.data(), s.K), row_major(dZ.data(), s.N), matmul_blocked),
+                                       product_into_random(dw, transposed(X.data(), s.K), row_major(dZ.data(), s.N), matmul_naive)),
+                    0, 1e-12);
+    }
+}
+
+TEST("04 tensors", "matmul_blocked gives the same bits with 1 and 2 threads") {
+    EXPECT_THROWS(set_num_threads(0), "set_num_threads: needs at least 1 thread, got 0");
+#ifndef _OPENMP
+    SKIP("built without OpenMP (NO_OMP=1): there is only one thread");
+#endif
+    const int threads_before = num_threads();
+    Rng rng(14);
+    const Product s{300, 70, 530};
+    const std::vector<real> A = randn({s.M * s.K}, rng).values(), B = randn({s.K * s.N}, rng).values();
+    set_num_threads(1);
+    const std::vector<real> one = product_into_random(s, row_major(A.data(), s.K), row_major(B.data(), s.N), matmul_blocked);
+    set_num_threads(2);
+    const std::vector<real> two = product_into_random(s, row_major(A.data(), s.K), row_major(B.data(), s.N), matmul_blocked);
+    set_num_threads(threads_before);
+    EXPECT_TRUE(one == two);
+}
+
 TEST("04 tensors", "+ - * / broadcast: same shape, scalar, row vector, column vector, 3-D") {
     Rng rng(3);
     const std::vector<std::pair<Shape, Shape>> shapes = {
@@ -2798,13 +2877,6 @@ static void require_matmul_flop_hook() {
     reset_counted_flops();
     matmul(Tensor({2, 3}), Tensor({3, 4}));
     if (counted_flops() != 2 * 2 * 3 * 4) SKIP("matmul does not count its FLOPs: Part 2 lacks the hook of engine.cpp §4.1");
-}
-
-static double max_abs_difference(const std::vector<real>& a, const std::vector<real>& b) {
-    if (a.size() != b.size()) return INFINITY;
-    double worst = 0;
-    for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, double(std::fabs(a[i] - b[i])));
-    return worst;
 }
 
 // ---- 11 normalization ----------------------------------------------------------------------

@@ -611,8 +611,9 @@ BytesPerParameter training_bytes(bool mixed_precision, int states) {
 
 // 13.4  The bytes of activations the engine keeps after the forward pass of an nn::MLP with
 // layer sizes `sizes` on a batch of `batch` rows, followed by cross_entropy: for every layer
-// the product x·W and the sum x·W + b, each [batch, out]; for every layer but the last also the
-// activation [batch, out]; and the loss, one number. Each number is sizeof(real) bytes.
+// its output x·W + b, [batch, out] (nn::Linear computes it as one fused op, engine.cpp §2.4);
+// for every layer but the last also the activation [batch, out]; and the loss, one number.
+// Each number is sizeof(real) bytes.
 std::size_t mlp_activation_bytes(const std::vector<int>& sizes, int batch) {
     // BEGIN EXERCISE 13.4
     throw not_implemented("13.4");
@@ -682,7 +683,7 @@ static int check_homework() {
                  expect_near("no master copy in fp32", training_bytes(false, 2).master, 0, 0);
              });
 
-    hw.check("13.4", "activation bytes of an MLP's forward pass", "per layer 2 tensors [batch, out], 3 for hidden layers; plus 1 number for the loss",
+    hw.check("13.4", "activation bytes of an MLP's forward pass", "per layer 1 tensor [batch, out], 2 for hidden layers; plus 1 number for the loss",
              [] {
                  const std::vector<std::vector<int>> shapes = {{4, 8, 3}, {784, 256, 256, 10}, {2, 5}, {3, 16, 16, 16, 2}};
                  for (const std::vector<int>& sizes : shapes)

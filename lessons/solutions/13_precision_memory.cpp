@@ -36,7 +36,7 @@
     std::size_t numbers = 1;   // the loss
     for (std::size_t l = 1; l < sizes.size(); ++l) {
         const bool last = l + 1 == sizes.size();
-        numbers += std::size_t(last ? 2 : 3) * std::size_t(batch) * std::size_t(sizes[l]);
+        numbers += std::size_t(last ? 1 : 2) * std::size_t(batch) * std::size_t(sizes[l]);
     }
     return numbers * sizeof(real);
 // END EXERCISE
