@@ -58,7 +58,8 @@ help:
 	@echo "make data             put Fashion-MNIST (Debian) or MNIST (download) into data/"
 	@echo "make fuzz [N=100000]  random graphs against finite differences (SEED=s replays one)"
 	@echo "make cuda             compile kernels.cu with nvcc for sm_80 and sm_90 (when nvcc exists)"
-	@echo "make bench            time a training step of the scalar engine"
+	@echo "make bench            matmul GFLOP/s against the FMA peak, the MLP and scalar training steps,"
+	@echo "                      1 and 2 threads; writes build/bench.csv (NO_OMP=1: build without OpenMP)"
 	@echo "make clean            remove build/"
 
 # Rebuild everything when the compiler or its flags change (e.g. `make CXX=clang++`).

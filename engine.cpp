@@ -1054,13 +1054,13 @@ Tensor tanh(const Tensor& x) {
 //
 // Nearly all of a network's arithmetic is these three products, so this is where speed is won.
 // The section writes the same product three times, each kept because the next is tested
-// against it (figures from `make bench`, 1 thread, N = 1024, on a 2-core AMD EPYC with AVX2):
-//     1. matmul_naive: the formula as written                                     ~0.6 GFLOP/s
-//     2. matmul_ikj: the same loops reordered so the inner one is contiguous          ~35 GFLOP/s
-//     3. matmul_blocked: cache blocks, packing and a register-blocked kernel          ~90 GFLOP/s
-// The machine's ceiling is two 8-wide fused multiply-adds per cycle: 32 flops a cycle per core,
-// ~100 GFLOP/s measured by bench's `peak` row. The blocked version reaches 85-90% of it, as fast
-// as OpenBLAS here, in plain C++ that the compiler vectorizes.
+// against it (figures from `make bench`, 1 thread, N = 512, on a 2-core AMD EPYC, Zen 3, AVX2):
+//     1. matmul_naive: the formula as written                                      ~1 GFLOP/s
+//     2. matmul_ikj: the same loops reordered so the inner one is contiguous          ~28 GFLOP/s
+//     3. matmul_blocked: cache blocks, packing and a register-blocked kernel          ~88 GFLOP/s
+// The machine's ceiling is two 8-wide fused multiply-adds per cycle per core: bench's `peak`
+// row measures ~101 GFLOP/s. The blocked version reaches ~87% of that, about what OpenBLAS
+// reaches here, in plain C++ that the compiler vectorizes.
 // ---------------------------------------------------------------------------------------------
 
 // 1. The formula as written. For each output, k walks down a column of B: consecutive reads are
@@ -1095,19 +1095,22 @@ void matmul_ikj(int M, int N, int K, const real* A, const real* B, real* C) {
 // each k it loads MR numbers of A and NR of B and does MR·NR multiply-adds. With MR = 6,
 // NR = 16 that is 12 vector registers of 8 floats for the tile, 2 for the row of B and 1 for a
 // broadcast number of A: 15 of AVX2's 16. Per k: 22 floats (88 bytes) loaded for 192 flops,
-// 0.46 bytes per flop, all from the L1 cache, which delivers 64 bytes a cycle while the FMA
-// units eat 32 flops: the kernel is compute-bound (the i-k-j loop moved 6 bytes per flop).
+// 0.46 bytes per flop, where the i-k-j loop moved 6 (a load and a store of C per 2 flops).
 //
-// The blocks keep each input in the cache level that can feed it:
-//     B̃ panel, KC×NR = 256×16 floats = 16 KB: in the 32 KB L1 while the kernel sweeps the
-//       MC/MR = 24 row panels of an A block (each reuse of B̃ costs no memory traffic);
-//     Ã block, MC×KC = 144×256 floats = 144 KB: in the 512 KB L2 while the kernel sweeps every
-//       NR-column panel of B;
-//     B's KC-row slab (KC×N, 1 MB at N = 1024): in L3; C is read and written once per KC.
+// How fast must the caches feed it? 88 bytes per k in the 6 cycles its 12 vector FMAs take:
+// ~15 bytes a cycle. L1 delivers 64, L2 32, L3 well under that per core, memory far less. So
+// the kernel may run from L2 but must not wait on L3 or memory for every k, and C (a 6×16 tile
+// loaded and stored around each call) should be visited rarely. The blocks arrange that:
+//     KC = 512: C's tile makes one round trip per 512 steps of k (98,304 flops);
+//     Ã block, MC×KC = 48×512 floats = 96 KB, and one B̃ panel, KC×NR = 512×16 = 32 KB: in the
+//       512 KB L2 (the B̃ panel largely in the 32 KB L1) while the kernel runs the MC/MR = 8
+//       row panels of the block against it, then moves on to the next B̃ panel;
+//     B's KC-row slab, KC×N (2 MB at N = 1024): in the 32 MB L3.
+// These sizes won a sweep on this machine; another CPU may prefer others (`make bench` tells).
 // Packing copies each block into exactly the order the kernel reads it (contiguous, padded with
 // zeros to whole tiles), so the kernel needs no strides and no edge cases, and a transposed
-// input (a MatrixView with swapped strides) runs as fast as a plain one. The copies cost
-// (M·K + K·N) moves per 2·M·N·KC flops: a few percent at N = 512.
+// input (a MatrixView with swapped strides) runs as fast as a plain one. Each input is copied
+// once: M·K + K·N copies for 2·M·N·K flops, one copy per 512 flops at N = 512 (a few percent).
 //
 // Threads (OpenMP, when built with it) split the (A block, B panel) pairs: every element of C is
 // summed by one thread in the same order, so the result is bit-identical for any thread count.
@@ -1120,7 +1123,13 @@ constexpr int KC = 512, MC = 48;   // cache blocks; MC is a multiple of MR
 // is a compile-time constant, which lets the compiler keep all of it in registers. std::fma is
 // one instruction and one rounding; `omp simd` asks for the j loop as two 8-wide vectors.
 static void micro_kernel(int kc, const real* a, const real* b, real* C, int ldc, int mr, int nr) {
-    for (int i = 0; i < MR; ++i) __builtin_prefetch(C + std::size_t(i) * ldc), __builtin_prefetch(C + std::size_t(i) * ldc + NR - 1);
+    // C's rows are N floats apart and rarely in cache. Asking for their lines now (both lines a
+    // 16-float row may span) lets them arrive while the k loop runs instead of stalling at the
+    // end: ~5% at N = 1024. A hint, not an instruction-set intrinsic: GCC and Clang have it.
+    for (int i = 0; i < MR; ++i) {
+        __builtin_prefetch(C + std::size_t(i) * ldc);
+        __builtin_prefetch(C + std::size_t(i) * ldc + NR - 1);
+    }
     real acc[MR][NR] = {};
     for (int p = 0; p < kc; ++p, a += MR, b += NR)
         for (int i = 0; i < MR; ++i) {
@@ -1180,10 +1189,10 @@ void matmul_blocked(int M, int N, int K, MatrixView A, MatrixView B, real* C) {
     // Kept between calls, so a training loop allocates them once (one pair per calling thread).
     static thread_local std::vector<real> packed_a, packed_b;
     real *a = aligned_64(packed_a, std::size_t(m_panels) * MR * KC), *b = aligned_64(packed_b, std::size_t(n_panels) * NR * KC);
-    const bool worth_threads = 2.0 * M * N * K > 1e6;   // below ~10 µs of work, starting threads costs more
     for (int p0 = 0; p0 < K; p0 += KC) {
         const int kc = std::min(KC, K - p0);
-#pragma omp parallel if (worth_threads)
+        // Below ~10 µs of work (10⁶ flops), waking the other threads costs more than it saves.
+#pragma omp parallel if (2.0 * M * N * K > 1e6)
         {
 #pragma omp for
             for (int jp = 0; jp < n_panels; ++jp)

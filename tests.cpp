@@ -868,6 +868,26 @@ TEST("04 tensors", "matmul equals the naive triple loop on odd shapes") {
         }
 }
 
+static double max_abs_difference(const std::vector<real>& a, const std::vector<real>& b) {
+    if (a.size() != b.size()) return INFINITY;
+    double worst = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, double(std::fabs(a[i] - b[i])));
+    return worst;
+}
+
+TEST("04 tensors", "linear(x, W, b) equals matmul(x, W) + b and matches finite differences, 2-D and 3-D") {
+    Rng rng(5);
+    const Tensor x = randn({7, 5}, rng), x3 = randn({2, 3, 5}, rng), W = randn({5, 4}, rng), b = randn({4}, rng);
+    EXPECT_NEAR(max_abs_difference(linear(x, W, b).values(), (matmul(x, W) + b).values()), 0, 1e-12);
+    EXPECT_NEAR(max_abs_difference(linear(x3, W, b).values(), (matmul(x3, W) + b).values()), 0, 1e-12);
+    EXPECT_TRUE(linear(x3, W, b).shape() == Shape({2, 3, 4}));
+    EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& t) { return linear(t[0], t[1], t[2]); },
+                            {randn({3, 5}, rng), randn({5, 2}, rng), randn({2}, rng)});
+    EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& t) { return linear(t[0], t[1], t[2]); },
+                            {randn({2, 3, 4}, rng), randn({4, 3}, rng), randn({3}, rng)});
+    EXPECT_THROWS(linear(x, W, randn({5}, rng)), "linear: needs x [M, K] or [B, M, K], W [K, N] and b [N]; got [7, 5], [5, 4], [5]");
+}
+
 // ---- the fast matmul loops (§2.4) against the naive oracle --------------------------------------
 
 TEST("04 tensors", "matmul_naive: the worked example [[1,2,3],[4,5,6]]·[[1,0],[0,1],[1,1]] = [[4,5],[10,11]]") {
@@ -877,12 +897,6 @@ TEST("04 tensors", "matmul_naive: the worked example [[1,2,3],[4,5,6]]·[[1,0],[
     EXPECT_TRUE(C == std::vector<real>({4, 5, 10, 11}));
 }
 
-static double max_abs_difference(const std::vector<real>& a, const std::vector<real>& b) {
-    if (a.size() != b.size()) return INFINITY;
-    double worst = 0;
-    for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, double(std::fabs(a[i] - b[i])));
-    return worst;
-}
 
 struct Product { int M, N, K; };
 // Odd sizes (not multiples of the 6×16 tile), one whole tile, sizes past the MC = 144 and
