@@ -2,18 +2,23 @@
 # Everything it builds goes to build/; `make exercise` keeps copies of engine.cpp in .saved/.
 
 CXX      ?= g++
-# -march=native: use every vector instruction this CPU has (AVX2 and FMA here; §2.4's matmul
-# depends on them). -ffp-contract=off: the compiler may not fuse a·b + c into one rounding on
-# its own, so -O0 and -O3 give the same bits; where we want a fused multiply-add we write
-# std::fma. -fno-math-errno: std::sqrt need not set errno, so loops with it vectorize.
+# -ffp-contract=off: the compiler may not fuse a·b + c into one rounding on its own, so -O0
+# and -O3 give the same bits; where we want a fused multiply-add we write std::fma.
+# -fno-math-errno: std::sqrt need not set errno, so loops with it vectorize.
 # -fopenmp-simd: honour `#pragma omp simd` even without OpenMP threads.
-CXXFLAGS ?= -std=c++17 -O3 -g -Wall -Wextra -march=native -ffp-contract=off -fno-math-errno -fopenmp-simd
+CXXFLAGS ?= -std=c++17 -O3 -g -Wall -Wextra -ffp-contract=off -fno-math-errno -fopenmp-simd
+# Use every vector instruction this CPU has (AVX2 and FMA here; §2.4's matmul depends on
+# them). `make ARCH=` builds for any x86-64 (what `make valgrind` does: valgrind does not
+# know AVX-512).
+ARCH     ?= -march=native
 # OpenMP threads (matmul's blocks) when the compiler has them; NO_OMP=1 builds without.
 OMP := $(if $(NO_OMP),,$(shell echo 'int main(){}' | $(CXX) -fopenmp -x c++ - -o /dev/null 2>/dev/null && echo -fopenmp))
-override CXXFLAGS += $(OMP)
+override CXXFLAGS += $(ARCH) $(OMP)
 SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 # The tests build the engine with real = double, so gradient checks reach 1e-6 (engine.h, Part 2).
 F64      := -DENGINE_DOUBLE
+# The tests run other builds (-O0, stubs, lesson variants): they find them under $(B).
+TEST_DEFS = -DBUILD_DIR='"$(B)"'
 # Exercise stubs throw before reading their parameters; that is by design, not a bug to warn about.
 STUB_FLAGS := -Wno-unused-parameter
 B := build
@@ -41,7 +46,7 @@ TEST_BINS := $(B)/tests $(B)/O0/tests \
 fuzz: $(B)/tests
 	FUZZ_GRAPHS=$(or $(N),forever) SEED=$(SEED) $(B)/tests fuzz/
 
-.PHONY: all test asan valgrind lessons lesson check exercise exercise-reset bench demo data clean help
+.PHONY: all test asan valgrind valgrind-run lessons lesson check exercise exercise-reset bench demo data clean help
 all: $(TEST_BINS) $(foreach n,$(LESSONS),$(B)/lessons/$(n)) $(B)/bench $(B)/demo
 
 help:
@@ -96,7 +101,7 @@ $(B)/%.o: %.cpp engine.h $(B)/flags
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 $(B)/f64/%.o: %.cpp engine.h $(B)/flags
 	@mkdir -p $(@D)
-	$(CXX) $(CXXFLAGS) $(F64) -c $< -o $@
+	$(CXX) $(CXXFLAGS) $(F64) $(TEST_DEFS) -c $< -o $@
 
 $(B)/tests: $(B)/f64/tests.o $(B)/f64/engine.o $(B)/kernels.o
 	$(CXX) $(CXXFLAGS) $^ -o $@
@@ -104,7 +109,7 @@ $(B)/tests: $(B)/f64/tests.o $(B)/f64/engine.o $(B)/kernels.o
 # The same tests unoptimized: the determinism test compares its losses with this build's.
 $(B)/O0/tests: tests.cpp engine.cpp engine.h $(B)/kernels.o $(B)/flags
 	@mkdir -p $(@D)
-	$(CXX) $(CXXFLAGS) -O0 $(F64) tests.cpp engine.cpp $(B)/kernels.o -o $@
+	$(CXX) $(CXXFLAGS) -O0 $(F64) $(TEST_DEFS) tests.cpp engine.cpp $(B)/kernels.o -o $@
 
 test: $(TEST_BINS)
 	$(B)/tests $(FILTER)
@@ -120,7 +125,7 @@ $(B)/stubs/%/tests: $(B)/f64/tests.o $(B)/stubs/%/engine.o $(B)/kernels.o
 
 $(B)/asan/%.o: %.cpp engine.h $(B)/flags
 	@mkdir -p $(@D)
-	$(CXX) $(CXXFLAGS) $(F64) $(SANITIZE) -c $< -o $@
+	$(CXX) $(CXXFLAGS) $(F64) $(TEST_DEFS) $(SANITIZE) -c $< -o $@
 $(B)/asan/tests: $(B)/asan/tests.o $(B)/asan/engine.o $(B)/asan/kernels.o
 	$(CXX) $(CXXFLAGS) $(SANITIZE) $^ -o $@
 
@@ -143,9 +148,12 @@ asan: $(B)/asan/tests $(TEST_BINS) $(foreach n,$(LESSONS),$(B)/asan32/lessons/$(
 # memcheck: zero errors and zero definitely-lost bytes, on the lessons and the tests. (Freed
 # scalar nodes stay on the engine's free list, engine.cpp §1.6: valgrind reports them as
 # "still reachable", which is not a leak.)
+# It uses its own build for any x86-64 (ARCH=), in build/portable/.
 VALGRIND := valgrind --quiet --error-exitcode=1 --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite
-valgrind: $(TEST_BINS) $(foreach n,$(LESSONS),$(B)/lessons/$(n))
+valgrind:
 	@command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)"; exit 2; }
+	@$(MAKE) --no-print-directory B=$(B)/portable ARCH= valgrind-run
+valgrind-run: $(TEST_BINS) $(foreach n,$(LESSONS),$(B)/lessons/$(n))
 	@set -e; for n in $(LESSONS); do \
 	    echo "lesson $$n under valgrind"; \
 	    $(VALGRIND) $(B)/lessons/$$n $$([ $$n = 10 ] && echo --check) > $(B)/valgrind-lesson-$$n.log 2>&1 || \
