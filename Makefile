@@ -223,7 +223,7 @@ exercise-reset:
 
 # ---- the demo --------------------------------------------------------------------------------
 $(B)/demo: lessons/demo.cpp $(LESSON_DEPS)
-	$(CXX) $(CXXFLAGS) -I. -Ilessons $< $(B)/engine.o -o $@
+	$(CXX) $(CXXFLAGS) -I. -Ilessons $< $(B)/engine.o $(B)/kernels.o -o $@
 
 demo: $(B)/demo
 	$(B)/demo

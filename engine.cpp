@@ -36,6 +36,10 @@
 //     4.5  Sixteen-bit floating point, by hand
 //     4.6  Mixed precision: casts, low-precision products, loss scaling
 //     4.7  Activation checkpointing: recompute instead of store
+//   Part 5  Tensors on the GPU
+//     5.1  Where a tensor lives: to(), move_to(), device memory
+//     5.2  The ops on the device, forward and backward
+//     5.3  Gradients and the optimizer step on the device
 //
 // The one idea of this file: a program is a graph of small ops. Each op knows its own local
 // derivative. The chain rule turns those local derivatives into dLoss/d(everything) in one
@@ -632,6 +636,27 @@ static std::string to_string(double v) {
     throw std::invalid_argument(op + ": " + what);
 }
 
+// Part 5 (tensors on the GPU) defines these. An op of Part 2 that has a CUDA kernel starts with
+// `if (on_cuda(inputs)) return op_on_device(inputs);`; every other op refuses CUDA tensors in
+// from_op (check_devices).
+template <class... Ts>
+static bool on_cuda(const Ts&... tensors) { return ((tensors.device() == Device::CUDA) || ...); }
+static bool on_cuda(const std::vector<Tensor>& tensors);
+static void check_devices(const char* op, const std::vector<Tensor>& inputs, Device device);
+static void check_graph_devices(const std::vector<TensorNode*>& order);
+static std::vector<real> to_host(const DeviceBuffer<float>& numbers);
+static void clear_grad_on_device(TensorNode* n);
+static void add_to_grad_on_device(TensorNode* n, const Tensor& g);
+using DeviceForward = void (*)(const float* x, float* y, int n);
+using DeviceBackward = void (*)(const float* x, const float* y, const float* dy, float* dx, int n);
+static Tensor unary_on_device(const Tensor& x, const char* op, DeviceForward f, DeviceBackward df);
+static Tensor add_on_device(const Tensor& a, const Tensor& b);
+static Tensor matmul_on_device(const Tensor& a, const Tensor& b);
+static Tensor linear_on_device(const Tensor& x, const Tensor& W, const Tensor& b);
+static Tensor cross_entropy_on_device(const Tensor& logits, const std::vector<int>& labels, real label_smoothing);
+static double grad_norm_on_device(const Tensor& p);
+static double clip_grad_norm_on_device(const std::vector<Tensor>& params, double max_norm);
+
 std::int64_t TensorNode::live_count = 0;
 static TensorNode* live_nodes = nullptr;   // head of the list of live nodes
 
@@ -644,7 +669,7 @@ TensorNode::TensorNode() : next_live(live_nodes) {
 std::size_t tensor_bytes() {
     std::size_t bytes = 0;
     for (const TensorNode* n = live_nodes; n; n = n->next_live)
-        bytes += (n->data.capacity() + n->grad.capacity()) * sizeof(real);
+        bytes += (n->data.capacity() + n->grad.capacity()) * sizeof(real) + n->cuda_data.bytes() + n->cuda_grad.bytes();
     return bytes;
 }
 
@@ -703,10 +728,12 @@ int Tensor::dim(int axis) const {
 real Tensor::item() const {
     if (numel() != 1)
         shape_error("item", "needs a tensor with one element, got shape " + shape_str(shape()));
+    if (device() == Device::CUDA) return to_host(node_->cuda_data)[0];   // one number comes back
     return node_->data[0];
 }
 
 real& Tensor::at(const std::vector<int>& index) const {
+    if (device() != Device::CPU) not_on_cpu("at()");
     if (int(index.size()) != rank())
         shape_error("at", std::to_string(index.size()) + " indices for shape " + shape_str(shape()));
     std::size_t offset = 0;
@@ -727,11 +754,15 @@ Tensor& Tensor::requires_grad_(bool on) {
     return *this;
 }
 
-void Tensor::zero_grad() const { std::fill(node_->grad.begin(), node_->grad.end(), real(0)); }
+void Tensor::zero_grad() const {
+    if (device() == Device::CUDA) return cuda_zero(node_->cuda_grad.data(), node_->cuda_grad.bytes());
+    std::fill(node_->grad.begin(), node_->grad.end(), real(0));
+}
 
-Tensor Tensor::detach() const { return Tensor(shape(), values()); }
+Tensor Tensor::detach() const { return to(device()); }   // a copy on the same device (Part 5)
 
 std::string Tensor::str(int max_values) const {
+    if (device() == Device::CUDA) return to(Device::CPU).str(max_values) + " on cuda";
     std::string s = "Tensor" + shape_str(shape()) + " = [";
     for (std::size_t i = 0; i < numel() && i < std::size_t(max_values); ++i)
         s += (i ? ", " : "") + to_string(node_->data[i]);
@@ -743,9 +774,10 @@ std::string Tensor::str(int max_values) const {
 static void anomaly_tensor_inputs(const char* op, const std::vector<Tensor>& inputs);   // §2.12
 static void anomaly_tensor_backward(const TensorNode& n);
 
-Tensor Tensor::from_op(Shape shape, const char* op, std::vector<Tensor> inputs) {
+Tensor Tensor::from_op(Shape shape, const char* op, std::vector<Tensor> inputs, Device device) {
+    check_devices(op, inputs, device);   // Part 5
     if (anomaly_mode) anomaly_tensor_inputs(op, inputs);
-    Tensor out(std::move(shape));
+    Tensor out = zeros(std::move(shape), device);
     out.node_->op = op;
     for (const Tensor& t : inputs) out.node_->requires_grad |= t.requires_grad();
     if (out.node_->requires_grad)
@@ -762,6 +794,20 @@ static std::vector<real>& grad_of(TensorNode* n) {
     return n->grad;
 }
 
+// Before a backward pass: an interior node's gradient restarts at 0 (on the GPU: Part 5).
+static void clear_grad(TensorNode* n) {
+    if (n->device == Device::CUDA) return clear_grad_on_device(n);
+    const TensorStorageWatch watch(n);   // §4.1
+    n->grad.assign(n->data.size(), real(0));
+}
+
+// grad += g, for the seed dL/d(output) (on the GPU: Part 5).
+static void add_to_grad(TensorNode* n, const Tensor& g) {
+    if (n->device == Device::CUDA) return add_to_grad_on_device(n, g);
+    std::vector<real>& grad = grad_of(n);
+    for (std::size_t i = 0; i < grad.size(); ++i) grad[i] += g.values()[i];
+}
+
 // Same three steps as §1.5: order the graph, seed dL/d(output), apply each node's backward in
 // reverse order. Again only leaves accumulate across calls; interior gradients restart at 0.
 void Tensor::backward(const Tensor& seed) const {
@@ -771,14 +817,12 @@ void Tensor::backward(const Tensor& seed) const {
     if (!requires_grad())
         shape_error("backward", "this tensor does not depend on any parameter (no input has "
                                 "requires_grad), so there is nothing to differentiate");
+    check_devices("backward", {*this, seed}, device());   // Part 5
     const std::vector<TensorNode*> order = topological_order(node_.get());
+    check_graph_devices(order);
     for (TensorNode* n : order)
-        if (n->backward) {
-            const TensorStorageWatch watch(n);   // §4.1
-            n->grad.assign(n->data.size(), real(0));
-        }
-    std::vector<real>& g = grad_of(node_.get());
-    for (std::size_t i = 0; i < g.size(); ++i) g[i] += seed.values()[i];
+        if (n->backward) clear_grad(n);
+    add_to_grad(node_.get(), seed);
     for (auto it = order.rbegin(); it != order.rend(); ++it)
         if ((*it)->backward) {
             (*it)->backward();
@@ -797,7 +841,8 @@ void Tensor::backward() const {
         throw std::domain_error("backward: the loss is " + to_string(loss) +
                                 "; look for log of 0, exp overflow, division by 0, or a learning "
                                 "rate so high that training diverged");
-    backward(Tensor::full(shape(), real(1)));   // dL/dL = 1
+    Tensor seed = Tensor::full(shape(), real(1));   // dL/dL = 1
+    backward(seed.move_to(device()));
 }
 
 Tensor randn(Shape shape, Rng& rng, real stddev) {
@@ -907,6 +952,7 @@ static Tensor elementwise(const Tensor& a, const Tensor& b, const char* op, F f,
 
 // out = a + b        ∂out/∂a = 1      ∂out/∂b = 1
 Tensor operator+(const Tensor& a, const Tensor& b) {
+    if (on_cuda(a, b)) return add_on_device(a, b);   // Part 5
     return elementwise(a, b, "+", [](real x, real y) { return x + y; },
                        [](real, real) { return real(1); }, [](real, real) { return real(1); });
 }
@@ -1009,6 +1055,7 @@ Tensor pow(const Tensor& x, real k) {
 
 // max(0, x): f' = 1 where x > 0, else 0
 Tensor relu(const Tensor& x) {
+    if (on_cuda(x)) return unary_on_device(x, "relu", cuda_relu_forward, cuda_relu_backward);   // Part 5
     return unary(x, "relu", [](real v) { return v > 0 ? v : real(0); },
                  [](real v, real) { return real(v > 0); });   // 1 or 0, without a branch
 }
@@ -1022,6 +1069,7 @@ Tensor leaky_relu(const Tensor& x, real slope) {
 // GELU, tanh form, as in §1.3:  ½x(1 + tanh u),  u = √(2/π)(x + 0.044715x³)
 // f' = ½(1 + tanh u) + ½x(1 − tanh²u)·√(2/π)(1 + 3·0.044715x²)
 Tensor gelu(const Tensor& x) {
+    if (on_cuda(x)) return unary_on_device(x, "gelu", cuda_gelu_forward, cuda_gelu_backward);   // Part 5
     static const real c = real(std::sqrt(2.0 / pi)), k = real(0.044715);
     return unary(x, "gelu",
                  [](real v) { return real(0.5) * v * (1 + std::tanh(c * (v + k * v * v * v))); },
@@ -1033,6 +1081,7 @@ Tensor gelu(const Tensor& x) {
 
 // σ(x) = 1/(1 + e⁻ˣ), computed without overflow as in §1.3:  f' = σ(1 − σ) = y(1 − y)
 Tensor sigmoid(const Tensor& x) {
+    if (on_cuda(x)) return unary_on_device(x, "sigmoid", cuda_sigmoid_forward, cuda_sigmoid_backward);   // Part 5
     return unary(x, "sigmoid",
                  [](real v) { return v >= 0 ? 1 / (1 + std::exp(-v)) : std::exp(v) / (1 + std::exp(v)); },
                  [](real, real y) { return y * (1 - y); });
@@ -1040,6 +1089,7 @@ Tensor sigmoid(const Tensor& x) {
 
 // tanh x:  f' = 1 − tanh² x = 1 − y²
 Tensor tanh(const Tensor& x) {
+    if (on_cuda(x)) return unary_on_device(x, "tanh", cuda_tanh_forward, cuda_tanh_backward);   // Part 5
     return unary(x, "tanh", [](real v) { return std::tanh(v); }, [](real, real y) { return 1 - y * y; });
 }
 
@@ -1232,6 +1282,7 @@ int num_threads() {
 // as a linear layer applied to every position of a sequence; its gradient sums over B). With a
 // shared W the batch is just more rows: [B·M, K]·[K, N], one product.
 Tensor matmul(const Tensor& a, const Tensor& b) {
+    if (on_cuda(a, b)) return matmul_on_device(a, b);   // Part 5
     const bool batched = a.rank() == 3, shared_b = b.rank() == 2;
     if (!((a.rank() == 2 && b.rank() == 2) || (batched && (b.rank() == 2 || b.rank() == 3))))
         shape_error("matmul", "supports [M,K]·[K,N], [B,M,K]·[B,K,N] and [B,M,K]·[K,N]; got " +
@@ -1269,6 +1320,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 // Fusing saves the separate + op's pass over y (and its output): each row of y starts as b,
 // and the product is added into it.
 Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b) {
+    if (on_cuda(x, W, b)) return linear_on_device(x, W, b);   // Part 5
     if (!((x.rank() == 2 || x.rank() == 3) && W.rank() == 2 && b.rank() == 1 && x.dim(-1) == W.dim(0) &&
           b.dim(0) == W.dim(1)))
         shape_error("linear", "needs x [M, K] or [B, M, K], W [K, N] and b [N]; got " + shape_str(x.shape()) + ", " +
@@ -1593,6 +1645,7 @@ Tensor cross_entropy(const Tensor& logits, const std::vector<int>& labels, real 
                                              std::to_string(b) + " is outside [0, " + std::to_string(C) + ")");
     if (!(label_smoothing >= 0 && label_smoothing < 1))
         shape_error("cross_entropy", "label_smoothing must be in [0, 1), got " + to_string(label_smoothing));
+    if (on_cuda(logits)) return cross_entropy_on_device(logits, labels, label_smoothing);   // Part 5
     const real eps = label_smoothing, off = eps / C, on = 1 - eps + off;   // q for other / true class
     std::vector<real> probs(logits.numel());
     double loss = 0;
@@ -1918,6 +1971,10 @@ Optimizer::Optimizer(std::vector<Tensor> params, double lr_, const char* name)
 }
 
 void Optimizer::step() {
+    if (on_cuda(params_)) return step_on_device();   // Part 5
+    if (!device_state_.empty())
+        shape_error(name_, "the parameters moved to the cpu after this optimizer's state was made on cuda; its "
+                           "state does not move with them: create the optimizer after moving the model");
     if (state_.empty())   // first step: allocate the state, all zeros
         for (const Tensor& p : params_)
             state_.emplace_back(state_per_param(), std::vector<real>(p.numel(), real(0)));
@@ -1935,6 +1992,13 @@ void Optimizer::step() {
 
 void Optimizer::zero_grad() {
     for (const Tensor& p : params_) p.zero_grad();
+}
+
+std::vector<std::vector<std::vector<real>>>& Optimizer::state() {
+    if (!device_state_.empty())
+        throw std::runtime_error(std::string(name_) + ": its state is in device memory (the parameters are on cuda); "
+                                 "checkpoints of a run on the device are not supported yet");
+    return state_;
 }
 
 std::size_t Optimizer::state_bytes() const {
@@ -2079,6 +2143,10 @@ double step_decay_lr(long step, double lr0, long step_size, double gamma) {
 std::vector<double> grad_norms(const std::vector<Tensor>& params) {
     std::vector<double> norms;
     for (const Tensor& p : params) {
+        if (p.device() == Device::CUDA) {   // Part 5
+            norms.push_back(grad_norm_on_device(p));
+            continue;
+        }
         // Eight running sums, one per vector lane: the loop vectorizes, and the order of the
         // additions (so the result's bits) is fixed by this code, not by the optimizer.
         const std::vector<real>& g = p.grad();
@@ -2102,6 +2170,7 @@ double grad_norm(const std::vector<Tensor>& params) {
 
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
     if (!(max_norm > 0)) shape_error("clip_grad_norm", "max_norm must be > 0, got " + to_string(max_norm));
+    if (on_cuda(params)) return clip_grad_norm_on_device(params, max_norm);   // Part 5
     const double norm = grad_norm(params);
     if (norm > max_norm) {
         const double scale = max_norm / norm;
@@ -2155,9 +2224,15 @@ static bool all_finite(const std::vector<real>& v) {
     return true;
 }
 
+// A node's numbers (or its gradient) are all finite; on the GPU, checked on a copy (Part 5).
+static bool all_finite(const TensorNode& n, bool grad) {
+    if (n.device == Device::CUDA) return all_finite(to_host(grad ? n.cuda_grad : n.cuda_data));
+    return all_finite(grad ? n.grad : n.data);
+}
+
 static void anomaly_tensor_inputs(const char* op, const std::vector<Tensor>& inputs) {
     for (const Tensor& t : inputs) {
-        if (all_finite(t.values())) continue;
+        if (all_finite(*t.node(), false)) continue;
         const TensorNode& n = *t.node();
         const std::string producer = n.op[0] ? "'" + std::string(n.op) + "'" : "a leaf tensor (input data or a parameter)";
         anomaly(producer + " produced NaN/Inf in its output " + shape_str(n.shape) + " (inputs: " +
@@ -2167,7 +2242,7 @@ static void anomaly_tensor_inputs(const char* op, const std::vector<Tensor>& inp
 
 static void anomaly_tensor_backward(const TensorNode& n) {
     for (int k = 0; k < n.n_inputs(); ++k)
-        if (!all_finite(n.input(k)->grad))
+        if (!all_finite(*n.input(k), true))
             anomaly("the backward of '" + std::string(n.op) + "' (output " + shape_str(n.shape) +
                         ", inputs: " + describe_inputs(n) + ") produced NaN/Inf in the gradient of input " +
                         std::to_string(k), n.op);
@@ -2346,7 +2421,16 @@ struct ByteReader {
     }
 };
 
+// Checkpoints hold CPU tensors: a run on the GPU is refused, by name, before anything happens.
+static void require_cpu_run(const TrainingState& state, const char* what) {
+    for (const auto& [name, t] : state.params)
+        if (t.device() != Device::CPU)
+            throw std::runtime_error(std::string(what) + ": tensor '" + name + "' is on " + device_name(t.device()) +
+                                     "; checkpoints of a run on the device are not supported yet (train on the cpu)");
+}
+
 void save_checkpoint(const std::string& path, const TrainingState& state) {
+    require_cpu_run(state, "save_checkpoint");
     ByteWriter w;
     w.bytes.assign(checkpoint_magic, checkpoint_magic + 8);
     w.u64(std::uint64_t(state.step));
@@ -2388,6 +2472,7 @@ void save_checkpoint(const std::string& path, const TrainingState& state) {
 }
 
 void load_checkpoint(const std::string& path, TrainingState& state) {
+    require_cpu_run(state, "load_checkpoint");
     const std::vector<unsigned char> file = read_file(path, "load_checkpoint");
     auto fail = [&](const std::string& what) -> void {
         throw std::runtime_error("load_checkpoint: " + path + ": " + what);
@@ -2479,8 +2564,9 @@ void count_flops(std::int64_t flops) { flops_counted += flops; }
 
 static std::int64_t bytes_now = 0, bytes_peak = 0;   // signed: a missed change cannot wrap around
 
-static std::int64_t storage_bytes(const TensorNode& n) {
-    return std::int64_t((n.data.capacity() + n.grad.capacity()) * sizeof(real));
+static std::int64_t storage_bytes(const TensorNode& n) {   // host and device (Part 5)
+    return std::int64_t((n.data.capacity() + n.grad.capacity()) * sizeof(real) + n.cuda_data.bytes() +
+                        n.cuda_grad.bytes());
 }
 
 static void storage_changed(std::int64_t change) {
@@ -3094,4 +3180,342 @@ Tensor activation_checkpoint(const Segment& segment, const Tensor& x, const std:
         };
     }
     return out;
+}
+
+// =============================================================================================
+// Part 5: tensors on the GPU
+// =============================================================================================
+//
+// kernels.cu has a CUDA kernel for every op that training an MLP needs. This part lets a tensor
+// keep its numbers in device memory, so that the ops of Part 2 run those kernels there and the
+// training loop stays the same on either device:
+//
+//     model.to(Device::CUDA);                    // the parameters move, in place
+//     const Tensor x = batch.to(Device::CUDA);   // a copy of the batch on the device
+//     ... the same loop: forward, cross_entropy, backward, clip_grad_norm, AdamW, loss.item()
+//
+// A CUDA tensor's node keeps its numbers in cudaMalloc'ed memory (cuda_data, cuda_grad) instead
+// of data and grad. The graph does not change: the same nodes, topological order and backward();
+// only the arithmetic inside the ops and their backward closures moves. Each op with a kernel
+// begins with `if (on_cuda(inputs)) return op_on_device(...)`, and the function below is the op
+// again, in the same order: shapes, the forward kernel, the backward closure calling the
+// backward kernels, which add (+=) into the gradients as the CPU loops do.
+// All inputs of an op must be on one device. Mixing them is an error, not a silent copy: a
+// hidden transfer inside every op is the classic slow GPU program. An op without a kernel says
+// so (from_op checks), and values() and grad() of a CUDA tensor throw rather than hand out the
+// empty host vectors: .to(Device::CPU) gives a copy to read.
+// The kernels compute in fp32, so the device does. In the float build (lessons, demo) to()
+// copies the numbers as they are; in the tests' double build it rounds them to float on the way
+// to the device and converts them back on the way home.
+// Without a GPU, which is every run of this project so far, "the device" is cuda_emu.h: the same
+// kernels run by the CPU, device memory from malloc. Compiled with nvcc, kernels.cu runs them on
+// a GPU instead.
+
+// ---------------------------------------------------------------------------------------------
+// 5.1 Where a tensor lives: to(), move_to(), device memory
+//
+// Copies between host and device cross the PCIe bus, tens of GB/s against the 3.35 TB/s an H100
+// reads from its own memory (paper numbers), and they wait for the GPU to finish. So a training
+// loop copies the batch in and one number (the loss) out, and nothing else.
+// ---------------------------------------------------------------------------------------------
+
+const char* device_name(Device device) { return device == Device::CPU ? "cpu" : "cuda"; }
+
+static DeviceBuffer<float> device_zeros(std::size_t n) {
+    DeviceBuffer<float> d(n);
+    cuda_zero(d.data(), d.bytes());
+    return d;
+}
+
+static DeviceBuffer<float> to_device(const std::vector<real>& host) {
+    const std::vector<float> f(host.begin(), host.end());   // the double build rounds here
+    DeviceBuffer<float> d(f.size());
+    cuda_copy_to_device(d.data(), f.data(), d.bytes());
+    return d;
+}
+
+static std::vector<real> to_host(const DeviceBuffer<float>& numbers) {
+    std::vector<float> f(numbers.size());
+    cuda_copy_to_host(f.data(), numbers.data(), numbers.bytes());
+    return std::vector<real>(f.begin(), f.end());
+}
+
+static float* device_data(const Tensor& t) { return t.node()->cuda_data.data(); }
+
+// On the GPU no host memory is touched: cudaMalloc, then cudaMemset.
+Tensor Tensor::zeros(Shape shape, Device device) {
+    if (device == Device::CPU) return Tensor(std::move(shape));
+    for (int d : shape)
+        if (d < 0) shape_error("Tensor::zeros", "negative size in shape " + shape_str(shape));
+    Tensor t;
+    t.node_ = std::make_shared<TensorNode>();
+    const TensorStorageWatch watch(t.node_.get());   // §4.1
+    t.node_->device = Device::CUDA;
+    t.node_->cuda_data = device_zeros(::numel(shape));
+    t.node_->shape = std::move(shape);
+    return t;
+}
+
+// A copy on d: a new leaf, detached from the graph, that does not require grad.
+Tensor Tensor::to(Device d) const {
+    if (device() == Device::CUDA && d == Device::CUDA) {   // device to device: no trip through the host
+        Tensor out = zeros(shape(), d);
+        cuda_copy_on_device(device_data(out), device_data(*this), node_->cuda_data.bytes());
+        return out;
+    }
+    Tensor out(shape(), device() == Device::CPU ? node_->data : to_host(node_->cuda_data));
+    return out.move_to(d);
+}
+
+// A leaf's storage changes device; the node, and so every handle to it, stays the same.
+Tensor& Tensor::move_to(Device d) {
+    if (!node_->parents.empty())
+        shape_error("move_to", "only a leaf tensor moves in place; this one was computed by '" + std::string(op()) +
+                                   "': use .to(...) for a copy");
+    if (d == device()) return *this;
+    TensorNode& n = *node_;
+    const TensorStorageWatch watch(&n);   // §4.1
+    if (d == Device::CUDA) {
+        n.cuda_data = to_device(n.data);
+        if (!n.grad.empty()) n.cuda_grad = to_device(n.grad);
+        n.data = std::vector<real>();   // freed (assigning {} would keep the capacity)
+        n.grad = std::vector<real>();
+    } else {
+        n.data = to_host(n.cuda_data);
+        if (!n.cuda_grad.empty()) n.grad = to_host(n.cuda_grad);
+        n.cuda_data = DeviceBuffer<float>();   // freed
+        n.cuda_grad = DeviceBuffer<float>();
+    }
+    n.device = d;
+    return *this;
+}
+
+std::vector<real>& Tensor::not_on_cpu(const char* what) const {
+    throw std::invalid_argument(std::string(what) + ": this tensor is on " + device_name(device()) +
+                                ", in device memory; copy it to the host with .to(Device::CPU)");
+}
+
+namespace nn {
+
+void Linear::to(Device device) {
+    W.move_to(device);
+    if (b.defined()) b.move_to(device);
+}
+
+void MLP::to(Device device) {
+    for (Linear& layer : layers) layer.to(device);
+}
+
+}  // namespace nn
+
+// ---------------------------------------------------------------------------------------------
+// 5.2 The ops on the device, forward and backward
+//
+// Each op checks its shapes, makes its output on the device (from_op checks the inputs' devices),
+// launches the forward kernel, and leaves a closure that launches the backward kernels. The
+// formulas are those of Part 2; the kernels and their thread mappings are in kernels.cu.
+// ---------------------------------------------------------------------------------------------
+
+static bool on_cuda(const std::vector<Tensor>& tensors) {
+    return std::any_of(tensors.begin(), tensors.end(), [](const Tensor& t) { return t.device() == Device::CUDA; });
+}
+
+// Every input on `device`, or an error that says what to move. (Only two devices: the one that
+// is not `device` is the other.)
+static void check_devices(const char* op, const std::vector<Tensor>& inputs, Device device) {
+    bool here = false, elsewhere = false;
+    for (const Tensor& t : inputs) (t.device() == device ? here : elsewhere) = true;
+    if (!elsewhere) return;
+    if (!here && device == Device::CPU)
+        shape_error(op, "no CUDA kernel for this op (its inputs are on cuda); move them with .to(Device::CPU)");
+    const Device first = inputs[0].device(), second = first == Device::CPU ? Device::CUDA : Device::CPU;
+    shape_error(op, std::string("tensors on different devices (") + device_name(first) + " and " + device_name(second) +
+                        "); move one with .to(...)");
+}
+
+// from_op keeps every graph on one device, so an input on another device means that a leaf
+// moved after the forward pass: the backward would read numbers that are no longer there.
+static void check_graph_devices(const std::vector<TensorNode*>& order) {
+    for (const TensorNode* n : order)
+        for (int k = 0; k < n->n_inputs(); ++k)
+            if (n->input(k)->device != n->device)
+                shape_error("backward", "input " + std::to_string(k) + " of '" + n->op + "' moved from " +
+                                            device_name(n->device) + " to " + device_name(n->input(k)->device) +
+                                            " after the forward pass; move tensors before computing with them");
+}
+
+// The gradient of a node on the device: zeros, made the first time a backward writes into it
+// (grad_of, §2.1).
+static float* grad_on_device(TensorNode* n) {
+    if (n->cuda_grad.size() != n->cuda_data.size()) {
+        const TensorStorageWatch watch(n);   // §4.1
+        n->cuda_grad = device_zeros(n->cuda_data.size());
+    }
+    return n->cuda_grad.data();
+}
+
+// into += g, n floats: the add kernel writing over its first input (each thread reads and writes
+// only its own element, so that is safe).
+static void accumulate(float* into, const float* g, int n) { cuda_add_forward(into, g, into, n, n); }
+
+static void clear_grad_on_device(TensorNode* n) { cuda_zero(grad_on_device(n), n->cuda_grad.bytes()); }
+
+static void add_to_grad_on_device(TensorNode* n, const Tensor& g) {
+    accumulate(grad_on_device(n), device_data(g), int(g.numel()));
+}
+
+// y = f(x) by one kernel; dx += dy·f'(x) by its partner, which reads x and y (unary(), §2.3).
+static Tensor unary_on_device(const Tensor& x, const char* op, DeviceForward f, DeviceBackward df) {
+    Tensor out = Tensor::from_op(x.shape(), op, {x}, Device::CUDA);
+    const int n = int(x.numel());
+    f(device_data(x), device_data(out), n);
+    if (out.requires_grad()) {
+        TensorNode *px = x.node(), *po = out.node();
+        po->backward = [=] {
+            df(px->cuda_data.data(), po->cuda_data.data(), po->cuda_grad.data(), grad_on_device(px), n);
+        };
+    }
+    return out;
+}
+
+// a + b of one shape, or a row b [N] added to every row of a [..., N] (a bias: the kernel reads
+// b[i % N]). Backward (§2.2): da += g; db += g, or for the row db += Σ_rows g.
+static Tensor add_on_device(const Tensor& a, const Tensor& b) {
+    if (a.numel() < b.numel()) return add_on_device(b, a);   // + commutes: the row goes second
+    if (!(a.shape() == b.shape() || (b.rank() == 1 && a.rank() >= 1 && b.dim(0) == a.dim(-1))))
+        shape_error("+", "on cuda, adds tensors of one shape, or a row [N] to every row of [..., N]; got " +
+                             shape_str(a.shape()) + " and " + shape_str(b.shape()));
+    Tensor out = Tensor::from_op(a.shape(), "+", {a, b}, Device::CUDA);
+    const int n = int(a.numel()), nb = int(b.numel());
+    cuda_add_forward(device_data(a), device_data(b), device_data(out), n, nb);
+    if (out.requires_grad()) {
+        TensorNode *pa = a.node(), *pb = b.node(), *po = out.node();
+        po->backward = [=] {
+            const float* g = po->cuda_grad.data();
+            if (pa->requires_grad) accumulate(grad_on_device(pa), g, n);
+            if (pb->requires_grad && nb == n) accumulate(grad_on_device(pb), g, n);
+            if (pb->requires_grad && nb != n) cuda_bias_grad(g, grad_on_device(pb), n / nb, nb);
+        };
+    }
+    return out;
+}
+
+// Z = X·W for X [M, K], W [K, N], the products of an MLP (the batched forms of §2.4 stay on the
+// CPU). Forward: matmul_v3, the fastest of kernels.cu §2. Backward: dX += dZ·Wᵀ, dW += Xᵀ·dZ.
+static Tensor matmul_on_device(const Tensor& a, const Tensor& b) {
+    if (a.rank() != 2 || b.rank() != 2 || a.dim(1) != b.dim(0))
+        shape_error("matmul", "on cuda, multiplies [M,K]·[K,N] only; got " + shape_str(a.shape()) + " · " +
+                                  shape_str(b.shape()));
+    const int M = a.dim(0), K = a.dim(1), N = b.dim(1);
+    Tensor out = Tensor::from_op({M, N}, "matmul", {a, b}, Device::CUDA);
+    cuda_matmul_v3(device_data(a), device_data(b), device_data(out), M, K, N);
+    const std::int64_t flops = 2 * std::int64_t(M) * K * N;
+    count_flops(flops);   // §4.1
+    if (out.requires_grad()) {
+        TensorNode *pa = a.node(), *pb = b.node(), *po = out.node();
+        po->backward = [=] {
+            const float* dZ = po->cuda_grad.data();
+            if (pa->requires_grad) {
+                cuda_matmul_backward_dx(dZ, pb->cuda_data.data(), grad_on_device(pa), M, K, N);
+                count_flops(flops);
+            }
+            if (pb->requires_grad) {
+                cuda_matmul_backward_dw(pa->cuda_data.data(), dZ, grad_on_device(pb), M, K, N);
+                count_flops(flops);
+            }
+        };
+    }
+    return out;
+}
+
+// x·W + b. kernels.cu has no fused kernel for it, so on the device it is two ops: the product,
+// then the bias add (whose backward gives db = Σ_rows dY).
+static Tensor linear_on_device(const Tensor& x, const Tensor& W, const Tensor& b) {
+    check_devices("linear", {x, W, b}, Device::CUDA);
+    if (!(x.rank() == 2 && W.rank() == 2 && b.rank() == 1 && x.dim(1) == W.dim(0) && b.dim(0) == W.dim(1)))
+        shape_error("linear", "on cuda, needs x [M, K], W [K, N] and b [N]; got " + shape_str(x.shape()) + ", " +
+                                  shape_str(W.shape()) + ", " + shape_str(b.shape()));
+    return add_on_device(matmul_on_device(x, W), b);
+}
+
+// The fused softmax + cross-entropy of §2.6, by kernels.cu §4. The forward keeps p = softmax(z)
+// on the device for the backward, dz += g·(p − onehot)/B. The kernel's target is one-hot, so
+// there is no label smoothing here. The labels (checked by cross_entropy) travel with every
+// batch, like the inputs.
+static Tensor cross_entropy_on_device(const Tensor& logits, const std::vector<int>& labels, real label_smoothing) {
+    if (label_smoothing != 0)
+        shape_error("cross_entropy", "label smoothing has no CUDA kernel (the fused kernel's target is one-hot); "
+                                     "use label_smoothing = 0 on cuda, or move the logits with .to(Device::CPU)");
+    const int B = logits.dim(0), C = logits.dim(1);
+    Tensor out = Tensor::from_op({1}, "cross_entropy", {logits}, Device::CUDA);
+    const Tensor probs = Tensor::zeros({B, C}, Device::CUDA);   // a live tensor: tensor_bytes sees it
+    const auto y = std::make_shared<DeviceBuffer<int>>(labels.size());
+    cuda_copy_to_device(y->data(), labels.data(), y->bytes());
+    cuda_softmax_cross_entropy_forward(device_data(logits), y->data(), device_data(probs), device_data(out), B, C);
+    if (out.requires_grad()) {
+        TensorNode *pz = logits.node(), *po = out.node();
+        po->backward = [=] {
+            float g = 0;   // dL/d(loss): the kernel takes it as a number, so this one float comes back
+            cuda_copy_to_host(&g, po->cuda_grad.data(), sizeof g);
+            cuda_softmax_cross_entropy_backward(device_data(probs), y->data(), grad_on_device(pz), g, B, C);
+        };
+    }
+    return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5.3 Gradients and the optimizer step on the device
+//
+// The gradients stay where the parameters are: the norm is a two-stage reduction on the device
+// (kernels.cu §7), and clipping scales them there; only the norm comes back, as the return
+// value. The optimizer's state lives on the device too, next to its parameters: zeros made on
+// the first step, then one fused kernel per parameter (AdamW, kernels.cu §6).
+// ---------------------------------------------------------------------------------------------
+
+static double grad_norm_on_device(const Tensor& p) {
+    const DeviceBuffer<float>& g = p.node()->cuda_grad;
+    return cuda_grad_norm({g.data()}, {int(g.size())});
+}
+
+static double clip_grad_norm_on_device(const std::vector<Tensor>& params, double max_norm) {
+    check_devices("clip_grad_norm", params, Device::CUDA);
+    std::vector<float*> grads;
+    std::vector<int> sizes;
+    for (const Tensor& p : params) {
+        grads.push_back(p.node()->cuda_grad.data());
+        sizes.push_back(int(p.node()->cuda_grad.size()));
+    }
+    return cuda_clip_grad_norm(grads, sizes, float(max_norm));
+}
+
+void Optimizer::step_on_device() {
+    check_devices(name_, params_, Device::CUDA);
+    if (!state_.empty())
+        shape_error(name_, "the parameters moved to cuda after this optimizer's state was made on the cpu; its "
+                           "state does not move with them: create the optimizer after moving the model");
+    if (device_state_.empty())   // first step: the state, all zeros, on the device
+        for (const Tensor& p : params_) {
+            device_state_.emplace_back();
+            for (int slot = 0; slot < state_per_param(); ++slot)
+                device_state_.back().push_back(device_zeros(p.numel()));
+        }
+    ++step_count;
+    for (std::size_t k = 0; k < params_.size(); ++k) {
+        TensorNode& n = *params_[k].node();
+        if (!n.cuda_grad.empty())   // a parameter the loss did not reach is left alone
+            update_on_device(n.cuda_data.data(), n.cuda_grad.data(), device_state_[k], int(n.cuda_data.size()));
+    }
+}
+
+void Optimizer::update_on_device(float*, const float*, std::vector<DeviceBuffer<float>>&, int) {
+    shape_error(name_, "no CUDA kernel for this update (kernels.cu has AdamW's; Adam without weight decay uses "
+                       "it too); train on the cpu");
+}
+
+// AdamW's fused kernel (kernels.cu §6): the update of Adam::update, in float. Adam without weight
+// decay is the same update. Adam's own decay (L2: λw added to g before the moments) is not.
+void Adam::update_on_device(float* w, const float* g, std::vector<DeviceBuffer<float>>& state, int n) {
+    if (!decoupled_ && weight_decay != 0) return Optimizer::update_on_device(w, g, state, n);   // throws
+    cuda_adamw_update(w, g, state[0].data(), state[1].data(), n, float(lr), float(beta1), float(beta2), float(eps),
+                      float(weight_decay), step_count);
 }

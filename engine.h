@@ -8,6 +8,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 // ---------------------------------------------------------------------------------------------
@@ -221,6 +222,45 @@ using Shape = std::vector<int>;
 std::size_t numel(const Shape& shape);
 std::string shape_str(const Shape& shape);   // "[2, 3]"
 
+// Where a tensor's numbers live (engine.cpp Part 5). On CUDA the ops run the kernels of
+// kernels.cu, in fp32; without a GPU that "device" is the CPU, through cuda_emu.h.
+enum class Device { CPU, CUDA };
+const char* device_name(Device device);   // "cpu", "cuda"
+
+// Device memory (kernels.cu §8). Every call is checked: a failure throws std::runtime_error
+// naming the CUDA call and its error. cuda_free runs in destructors, which must not throw, so
+// a failed free prints that message and aborts.
+void* cuda_malloc(std::size_t bytes);
+void cuda_free(void* device_p);
+void cuda_copy_to_device(void* device_dst, const void* host_src, std::size_t bytes);
+void cuda_copy_to_host(void* host_dst, const void* device_src, std::size_t bytes);
+void cuda_copy_on_device(void* device_dst, const void* device_src, std::size_t bytes);
+void cuda_zero(void* device_p, std::size_t bytes);
+
+// n values of T in device memory, allocated by the constructor and freed by the destructor, so
+// a tensor's device memory goes when its node does. It can be moved, never copied.
+template <class T>
+class DeviceBuffer {
+public:
+    DeviceBuffer() = default;
+    explicit DeviceBuffer(std::size_t n) : p_(static_cast<T*>(cuda_malloc(n * sizeof(T)))), n_(n) {}
+    DeviceBuffer(DeviceBuffer&& other) noexcept
+        : p_(std::exchange(other.p_, nullptr)), n_(std::exchange(other.n_, 0)) {}
+    DeviceBuffer& operator=(DeviceBuffer other) noexcept {   // the old memory leaves with `other`
+        std::swap(p_, other.p_);
+        std::swap(n_, other.n_);
+        return *this;
+    }
+    ~DeviceBuffer() { if (p_) cuda_free(p_); }   // (a CPU-only program never calls CUDA)
+    T* data() const { return p_; }
+    std::size_t size() const { return n_; }
+    std::size_t bytes() const { return n_ * sizeof(T); }
+    bool empty() const { return n_ == 0; }
+private:
+    T* p_ = nullptr;
+    std::size_t n_ = 0;
+};
+
 // A node of the tensor graph: the same idea as Node, one level up. Instead of one number per
 // edge (a local derivative), each node keeps a closure that applies its Jacobian: given this
 // node's grad, it adds grad·∂(this)/∂(input) into each input's grad. (engine.cpp §2.1)
@@ -228,6 +268,8 @@ struct TensorNode {
     Shape shape;
     std::vector<real> data;                   // row-major, contiguous
     std::vector<real> grad;                   // empty until backward() reaches this node
+    Device device = Device::CPU;              // CUDA: data and grad stay empty; the numbers are
+    DeviceBuffer<float> cuda_data, cuda_grad; // here, in device memory, as fp32 (Part 5)
     bool requires_grad = false;               // a parameter, or computed from one
     const char* op = "";                      // "matmul", "+", ... ("" for a leaf)
     std::vector<std::shared_ptr<TensorNode>> parents;
@@ -257,20 +299,31 @@ public:
     explicit Tensor(Shape shape, std::vector<real> values);   // values.size() must match shape
     static Tensor full(Shape shape, real value);
     static Tensor scalar(real value);                   // shape [1]
+    static Tensor zeros(Shape shape, Device device);    // on either device
 
     bool defined() const { return node_ != nullptr; }
     const Shape& shape() const { return node_->shape; }
     int rank() const { return int(node_->shape.size()); }
     int dim(int axis) const;                            // negative counts from the end
-    std::size_t numel() const { return node_->data.size(); }
-    std::vector<real>& values() const { return node_->data; }
-    std::vector<real>& grad() const { return node_->grad; }   // empty before backward()
-    real item() const;                                  // the value of a 1-element tensor
+    std::size_t numel() const { return node_->device == Device::CPU ? node_->data.size() : ::numel(node_->shape); }
+    // The numbers of a CPU tensor. A CUDA tensor's are in device memory: these throw, and
+    // .to(Device::CPU) gives a copy to read.
+    std::vector<real>& values() const { return node_->device == Device::CPU ? node_->data : not_on_cpu("values()"); }
+    std::vector<real>& grad() const { return node_->device == Device::CPU ? node_->grad : not_on_cpu("grad()"); }
+    real item() const;                                  // the value of a 1-element tensor (from any device)
     real& at(const std::vector<int>& index) const;      // bounds-checked element access
     bool requires_grad() const { return node_->requires_grad; }
     Tensor& requires_grad_(bool on = true);             // make it a parameter (PyTorch's name)
     const char* op() const { return node_->op; }
     TensorNode* node() const { return node_.get(); }
+
+    // Devices (engine.cpp Part 5). to(d) is a copy on d: a new leaf, cut from the graph like
+    // detach(), that does not require grad. move_to(d) moves this leaf's numbers (and gradient)
+    // to d in place, so that every handle to it, a model's and an optimizer's, sees the move:
+    // that is how parameters move (nn::Linear::to, nn::MLP::to). Move before the forward pass.
+    Device device() const { return node_->device; }
+    Tensor to(Device d) const;
+    Tensor& move_to(Device d);
 
     // Reverse-mode autodiff: a scalar loss seeds dL/dL = 1; any other tensor needs the seed
     // dL/d(this) of its shape. Leaf gradients accumulate until zero_grad(). A NaN or infinite
@@ -282,14 +335,16 @@ public:
     std::string str(int max_values = 6) const;          // "Tensor[2, 3] = [1, 2, 3, 4, 5, 6]"
 
     // Used by the ops: an output of `shape` computed from `inputs`; it joins the graph only if
-    // some input requires grad.
-    static Tensor from_op(Shape shape, const char* op, std::vector<Tensor> inputs);
+    // some input requires grad. Every input must be on `device`, where the output is made.
+    static Tensor from_op(Shape shape, const char* op, std::vector<Tensor> inputs, Device device = Device::CPU);
 
 private:
+    [[noreturn]] std::vector<real>& not_on_cpu(const char* what) const;
     std::shared_ptr<TensorNode> node_;
 };
 
-// Bytes of data and gradients held by all live tensors now (walks them: for tests and lessons).
+// Bytes of data and gradients held by all live tensors now, on the host and on the device
+// (walks them: for tests and lessons).
 std::size_t tensor_bytes();
 
 Tensor randn(Shape shape, Rng& rng, real stddev = 1);
@@ -403,6 +458,7 @@ struct Linear {
     Linear(int in, int out, Rng& rng, Init init = Init::he_normal, bool bias = true);
     Tensor operator()(const Tensor& x) const;
     std::vector<Tensor> parameters() const;
+    void to(Device device);   // moves W and b in place (engine.cpp Part 5)
 };
 
 // Linear → activation → (dropout) → ... → Linear. sizes = {in, hidden..., out}.
@@ -420,6 +476,7 @@ struct MLP {
     std::vector<std::pair<std::string, Tensor>> named_parameters() const;
     void train() { training = true; }
     void eval() { training = false; }
+    void to(Device device);   // moves every parameter in place (engine.cpp Part 5)
 };
 
 }  // namespace nn
@@ -440,15 +497,23 @@ public:
     std::size_t state_bytes() const;              // their total size in bytes
     const char* name() const { return name_; }
     // The state itself, [param][slot][element] (empty before the first step): for checkpoints.
-    std::vector<std::vector<std::vector<real>>>& state() { return state_; }
+    // Throws when the state is in device memory (parameters on CUDA, engine.cpp Part 5).
+    std::vector<std::vector<std::vector<real>>>& state();
 
 protected:
     // Updates one parameter tensor; `state` holds state_per_param() vectors of its size.
     virtual void update(std::vector<real>& w, const std::vector<real>& g,
                         std::vector<std::vector<real>>& state) = 0;
+    // The same for a parameter on the CUDA device: w, g and each state slot hold n floats there.
+    // Optimizers with a kernel override it; this one throws.
+    virtual void update_on_device(float* w, const float* g, std::vector<DeviceBuffer<float>>& state, int n);
     std::vector<Tensor> params_;
     std::vector<std::vector<std::vector<real>>> state_;   // [param][slot][element]
+    std::vector<std::vector<DeviceBuffer<float>>> device_state_;   // [param][slot], for CUDA parameters
     const char* name_;
+
+private:
+    void step_on_device();
 };
 
 class SGD : public Optimizer {   // with optional momentum (and Nesterov) and L2 weight decay
@@ -483,6 +548,7 @@ protected:
     Adam(std::vector<Tensor> params, double lr, double beta1, double beta2, double eps,
          double weight_decay, bool decoupled, const char* name);
     void update(std::vector<real>&, const std::vector<real>&, std::vector<std::vector<real>>&) override;
+    void update_on_device(float*, const float*, std::vector<DeviceBuffer<float>>&, int) override;
     bool decoupled_ = false;
 };
 
@@ -698,7 +764,8 @@ Tensor activation_checkpoint(const Segment& segment, const Tensor& x, const std:
 // CUDA kernels (kernels.cu): the wrappers that launch them. Every pointer is device memory
 // (cudaMalloc) holding floats; forward wrappers write their outputs, backward wrappers add (+=)
 // into gradients, as the CPU loops do. Without a GPU, kernels.cu runs on the CPU through
-// cuda_emu.h; `make cuda` compiles it for real GPUs with nvcc.
+// cuda_emu.h; `make cuda` compiles it for real GPUs with nvcc. (Its memory functions, cuda_malloc
+// and the copies, are declared with Device in Part 2.)
 // =============================================================================================
 void cuda_add_forward(const float* A, const float* B, float* Y, int n, int nb);   // B: [n] or a bias row [nb]
 void cuda_add_backward(const float* dY, float* dA, float* dB, int n, int nb);

@@ -16,6 +16,7 @@
 //   5  Layer norm, forward and backward
 //   6  AdamW: the whole update in one kernel
 //   7  The global gradient norm (a two-stage reduction) and clipping by it
+//   8  Device memory for the engine's tensors
 //
 // Each kernel states which CPU loop it replaces, how its threads map onto the data, and what it
 // costs: the bytes it moves to and from global memory (floats are 4 bytes), and its FLOPs (a
@@ -46,6 +47,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -818,4 +821,41 @@ float cuda_clip_grad_norm(const std::vector<float*>& grads, const std::vector<in
     float norm = 0;
     CUDA_CHECK(cudaMemcpy(&norm, out.p, sizeof norm, cudaMemcpyDeviceToHost));
     return norm;
+}
+
+// =============================================================================================
+// 8. Device memory for the engine's tensors
+//
+// engine.cpp (Part 5) keeps a CUDA tensor's numbers in memory from these functions. They live
+// here, beside the kernels, so that engine.cpp includes no CUDA header and links the same way
+// with or without a GPU. Each CUDA call is checked. A copy between host and device waits for
+// the kernels launched before it to finish, so what a copy to the host reads is final.
+// =============================================================================================
+
+void* cuda_malloc(std::size_t bytes) {
+    void* p = nullptr;
+    if (bytes != 0) CUDA_CHECK(cudaMalloc(&p, bytes));
+    return p;
+}
+
+// Called by destructors, which must not throw: a failure is reported and stops the program
+// (it means a pointer that cudaMalloc never returned, or a GPU already in an error state).
+void cuda_free(void* p) {
+    const cudaError_t status = p ? cudaFree(p) : cudaSuccess;
+    if (status == cudaSuccess) return;
+    std::fprintf(stderr, "%s:%d: cudaFree(p) failed: %s\n", __FILE__, __LINE__, cudaGetErrorString(status));
+    std::abort();
+}
+
+void cuda_copy_to_device(void* dst, const void* src, std::size_t bytes) {
+    if (bytes != 0) CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+}
+void cuda_copy_to_host(void* dst, const void* src, std::size_t bytes) {
+    if (bytes != 0) CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+}
+void cuda_copy_on_device(void* dst, const void* src, std::size_t bytes) {
+    if (bytes != 0) CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice));
+}
+void cuda_zero(void* p, std::size_t bytes) {   // all-zero bytes are 0.0f
+    if (bytes != 0) CUDA_CHECK(cudaMemset(p, 0, bytes));
 }

@@ -24,6 +24,7 @@
 #include <map>
 #include <sstream>
 #include <iterator>
+#include <limits>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -2144,17 +2145,17 @@ struct Random {
 
 // Device memory with a copy of a host vector; freed at the end of the scope.
 template <class T>
-struct Device {
+struct DeviceArray {
     T* p = nullptr;
     std::size_t n;
-    explicit Device(const std::vector<T>& host) : n(host.size()) {
+    explicit DeviceArray(const std::vector<T>& host) : n(host.size()) {
         CUDA_OK(cudaMalloc(&p, n * sizeof(T)));
         CUDA_OK(cudaMemcpy(p, host.data(), n * sizeof(T), cudaMemcpyHostToDevice));
     }
-    explicit Device(std::size_t count) : n(count) { CUDA_OK(cudaMalloc(&p, n * sizeof(T))); }   // NaN-filled
-    ~Device() { cudaFree(p); }
-    Device(const Device&) = delete;
-    Device& operator=(const Device&) = delete;
+    explicit DeviceArray(std::size_t count) : n(count) { CUDA_OK(cudaMalloc(&p, n * sizeof(T))); }   // NaN-filled
+    ~DeviceArray() { cudaFree(p); }
+    DeviceArray(const DeviceArray&) = delete;
+    DeviceArray& operator=(const DeviceArray&) = delete;
     std::vector<T> get() const {
         std::vector<T> host(n);
         CUDA_OK(cudaMemcpy(host.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
@@ -2183,7 +2184,7 @@ static void test_add() {   // tolerance 1e-6: one float rounding
     const int rows = 7, cols = 13, n = rows * cols;
     const std::vector<float> a = rng.vector(n), b = rng.vector(n), bias = rng.vector(cols), g = rng.vector(n);
     const std::vector<float> ga0 = rng.vector(n), gb0 = rng.vector(n), gbias0 = rng.vector(cols);
-    Device<float> A(a), B(b), Bias(bias), G(g), Y(n), dA(ga0), dB(gb0), dBias(gbias0);
+    DeviceArray<float> A(a), B(b), Bias(bias), G(g), Y(n), dA(ga0), dB(gb0), dBias(gbias0);
     std::vector<double> same(n), broadcast(n), want_da(n), want_db(n), want_dbias(cols);
     for (int i = 0; i < n; ++i) {
         same[i] = double(a[i]) + b[i], broadcast[i] = double(a[i]) + bias[i % cols];
@@ -2208,7 +2209,7 @@ static void test_bias_grad() {   // tolerance 1e-6: sums of 45 values in [-1, 1]
     Random rng{12};
     const int M = 45, N = 37;   // 2 strips of 32 columns; 45 rows over 8 row lanes
     const std::vector<float> g = rng.vector(M * N), db0 = rng.vector(N);
-    Device<float> G(g), dB(db0);
+    DeviceArray<float> G(g), dB(db0);
     std::vector<double> want = widen(db0);
     for (int i = 0; i < M; ++i)
         for (int j = 0; j < N; ++j) want[j] += g[i * N + j];
@@ -2220,7 +2221,7 @@ static void test_mul() {   // tolerance 1e-6
     Random rng{13};
     const int n = 1001;
     const std::vector<float> a = rng.vector(n), b = rng.vector(n), g = rng.vector(n), da0 = rng.vector(n), db0 = rng.vector(n);
-    Device<float> A(a), B(b), G(g), Y(n), dA(da0), dB(db0);
+    DeviceArray<float> A(a), B(b), G(g), Y(n), dA(da0), dB(db0);
     std::vector<double> y(n), da(n), db(n);
     for (int i = 0; i < n; ++i)
         y[i] = double(a[i]) * b[i], da[i] = da0[i] + double(g[i]) * b[i], db[i] = db0[i] + double(g[i]) * a[i];
@@ -2261,7 +2262,7 @@ static void test_activations() {
     x[0] = 0, x[1] = -30, x[2] = 30, x[3] = 1e-3f;   // the kink, saturation, a tiny input
     const std::vector<float> g = rng.vector(n), dx0 = rng.vector(n);
     for (const Case& cs : cases) {
-        Device<float> X(x), Y(n), G(g), dX(dx0);
+        DeviceArray<float> X(x), Y(n), G(g), dX(dx0);
         std::vector<double> y(n), dx(n);
         for (int i = 0; i < n; ++i) y[i] = cs.f(x[i]), dx[i] = dx0[i] + double(g[i]) * cs.df(x[i]);
         cs.forward(X.p, Y.p, n);
@@ -2290,7 +2291,7 @@ static void test_matmul(const char* name, void (*matmul)(const float*, const flo
                                                               : std::vector<Size3>{{1, 1, 1}, {5, 0, 3}, {37, 29, 53}};
     for (const Size3& s : sizes) {
         const std::vector<float> a = rng.vector(std::size_t(s.M) * s.K), b = rng.vector(std::size_t(s.K) * s.N);
-        Device<float> A(a), B(b), C(std::size_t(s.M) * s.N);
+        DeviceArray<float> A(a), B(b), C(std::size_t(s.M) * s.N);
         matmul(A.p, B.p, C.p, s.M, s.K, s.N);
         expect_close(std::string(name) + " " + std::to_string(s.M) + "x" + std::to_string(s.K) + "x" + std::to_string(s.N),
                      C.get(), matmul_reference(a, b, s.M, s.K, s.N), 2e-5);
@@ -2304,7 +2305,7 @@ static void test_matmul_backward() {   // tolerance 2e-5, as for the forward
         const int M = s.M, K = s.K, N = s.N;
         const std::vector<float> x = rng.vector(std::size_t(M) * K), w = rng.vector(std::size_t(K) * N);
         const std::vector<float> g = rng.vector(std::size_t(M) * N), dx0 = rng.vector(x.size()), dw0 = rng.vector(w.size());
-        Device<float> X(x), W(w), G(g), dX(dx0), dW(dw0);
+        DeviceArray<float> X(x), W(w), G(g), dX(dx0), dW(dw0);
         std::vector<double> dx = widen(dx0), dw = widen(dw0);
         for (int i = 0; i < M; ++i)
             for (int k = 0; k < K; ++k)
@@ -2325,7 +2326,7 @@ static void test_sum(const char* name, float (*sum)(const float*, int)) {
     Random rng{17};
     for (int n : {1, 31, 1000, 5001}) {   // 5001: 3 blocks of 256 threads, up to 7 elements per thread
         const std::vector<float> x = rng.vector(std::size_t(n));
-        Device<float> X(x);
+        DeviceArray<float> X(x);
         double want = 0, scale = 0;
         for (float v : x) want += v, scale += std::fabs(v);
         const float got = sum(X.p, n);
@@ -2345,8 +2346,8 @@ static void test_softmax_cross_entropy() {
         std::vector<int> labels(static_cast<std::size_t>(B));
         for (int& y : labels) y = int(rng.next() % std::uint64_t(C));
         const std::vector<float> dz0 = rng.vector(z.size());
-        Device<float> Z(z), P(z.size()), loss(1), dZ(dz0);
-        Device<int> Y(labels);
+        DeviceArray<float> Z(z), P(z.size()), loss(1), dZ(dz0);
+        DeviceArray<int> Y(labels);
         std::vector<double> p(z.size()), dz = widen(dz0);
         double want_loss = 0;
         const double dloss = 0.5;
@@ -2379,7 +2380,7 @@ static void test_layer_norm() {
         const std::vector<float> x = rng.vector(n, -3, 3), gain = rng.vector(std::size_t(D), 0.5f, 1.5f),
                                  bias = rng.vector(std::size_t(D)), g = rng.vector(n), dx0 = rng.vector(n),
                                  dgain0 = rng.vector(std::size_t(D)), dbias0 = rng.vector(std::size_t(D));
-        Device<float> X(x), Gain(gain), Bias(bias), Y(n), Mean(static_cast<std::size_t>(rows)), Rstd(static_cast<std::size_t>(rows)), G(g), dX(dx0),
+        DeviceArray<float> X(x), Gain(gain), Bias(bias), Y(n), Mean(static_cast<std::size_t>(rows)), Rstd(static_cast<std::size_t>(rows)), G(g), dX(dx0),
             dGain(dgain0), dBias(dbias0);
         std::vector<double> y(n), dx = widen(dx0), dgain = widen(dgain0), dbias = widen(dbias0);
         for (int r = 0; r < rows; ++r) {
@@ -2415,11 +2416,11 @@ static void test_adamw() {
     const int n = 1001;
     const double lr = 1e-2, beta1 = 0.9, beta2 = 0.999, eps = 1e-8, wd = 0.1;
     std::vector<float> w = rng.vector(n), m(std::size_t(n), 0.0f), v(std::size_t(n), 0.0f);
-    Device<float> W(w), M(m), V(v);
+    DeviceArray<float> W(w), M(m), V(v);
     std::vector<double> wr = widen(w), mr(std::size_t(n), 0.0), vr(std::size_t(n), 0.0);
     for (long step = 1; step <= 3; ++step) {
         const std::vector<float> g = rng.vector(std::size_t(n));
-        Device<float> G(g);
+        DeviceArray<float> G(g);
         cuda_adamw_update(W.p, G.p, M.p, V.p, n, float(lr), float(beta1), float(beta2), float(eps), float(wd), step);
         const double c1 = 1 - std::pow(beta1, double(step)), c2 = 1 - std::pow(beta2, double(step));
         for (int i = 0; i < n; ++i) {
@@ -2446,9 +2447,9 @@ static void test_grad_norm() {
     }
     const double norm = std::sqrt(squares);
     for (double max_norm : {norm / 4, 2 * norm}) {   // clips, then leaves alone
-        std::vector<std::unique_ptr<Device<float>>> grads;
+        std::vector<std::unique_ptr<DeviceArray<float>>> grads;
         std::vector<float*> pointers;
-        for (const std::vector<float>& h : host) grads.emplace_back(new Device<float>(h)), pointers.push_back(grads.back()->p);
+        for (const std::vector<float>& h : host) grads.emplace_back(new DeviceArray<float>(h)), pointers.push_back(grads.back()->p);
         if (max_norm < norm) {
             const float got = cuda_grad_norm(std::vector<const float*>(pointers.begin(), pointers.end()), sizes);
             CHECK(std::fabs(got - norm) <= 1e-5 * norm, "grad_norm " + std::to_string(got) + " vs " + std::to_string(norm));
@@ -2480,7 +2481,7 @@ __global__ void shift_right_kernel(const float* x, float* y, int with_barrier) {
 static void test_missing_barrier() {
     std::vector<float> x(64);
     for (int i = 0; i < 64; ++i) x[i] = float(i);
-    Device<float> X(x), Y(64);
+    DeviceArray<float> X(x), Y(64);
     auto right = [&] {
         const std::vector<float> y = Y.get();
         for (int t = 0; t < 64; ++t)
@@ -2510,7 +2511,7 @@ __global__ void copy_kernel(const float* x, float* y, int n) {
 
 static void test_host_pointer() {
     std::vector<float> host(100, 1.0f);
-    Device<float> D(100);
+    DeviceArray<float> D(100);
     EXPECT_THROW(cuda_relu_forward(host.data(), D.p, 100), "kernels.cu:", "activation_forward_kernel<Act>",
                  "argument 1", "not device memory");
     EXPECT_THROW(LAUNCH(copy_kernel, 1, 128)(D.p, host.data(), 100), "copy_kernel", "argument 2", "host pointer");
@@ -2532,7 +2533,7 @@ static void test_host_pointer() {
 }
 
 static void test_bad_launch() {
-    Device<float> X(10), Y(10);
+    DeviceArray<float> X(10), Y(10);
     EXPECT_THROW(LAUNCH(copy_kernel, 1, 1025)(X.p, Y.p, 10), "invalid configuration", "1024");
     EXPECT_THROW(LAUNCH(copy_kernel, 1, dim3(32, 32, 2))(X.p, Y.p, 10), "invalid configuration");
     EXPECT_THROW(LAUNCH(copy_kernel, 1, dim3(1, 1, 65))(X.p, Y.p, 10), "invalid configuration");
@@ -2567,7 +2568,7 @@ __global__ void lane_exits_kernel(float* y) {
 }
 
 static void test_deadlocks() {
-    Device<float> X(std::vector<float>(64, 1.0f)), Y(64);
+    DeviceArray<float> X(std::vector<float>(64, 1.0f)), Y(64);
     EXPECT_THROW(LAUNCH(early_exit_kernel, 2, 32)(Y.p), "tests.cpp:", "early_exit_kernel", "block (",
                  "deadlock", "16 threads wait at __syncthreads()", "16 exited");
     EXPECT_THROW(LAUNCH(divergent_barriers_kernel, 1, 32)(Y.p), "deadlock", "different __syncthreads()");
@@ -2595,7 +2596,7 @@ __global__ void warp_ops_kernel(int* out) {
 }
 
 static void test_warp_ops() {
-    Device<int> out(7 * 32);
+    DeviceArray<int> out(7 * 32);
     CUDA_OK(cudaMemset(out.p, 0, 7 * 32 * sizeof(int)));
     LAUNCH(warp_ops_kernel, 1, 32)(out.p);
     const std::vector<int> o = out.get();
@@ -2630,11 +2631,11 @@ __global__ void off_by_one_kernel(const float* x, float* y, int n) {
 static void test_out_of_bounds() {
     if (cuda_emu::guard_bytes == 0)   // under ASan its redzones report this (and abort the run)
         SKIP("built with AddressSanitizer, which reports out-of-bounds writes itself");
-    Device<float> X(std::vector<float>(10, 1.0f)), Y(10);
+    DeviceArray<float> X(std::vector<float>(10, 1.0f)), Y(10);
     EXPECT_THROW(LAUNCH(off_by_one_kernel, 1, 32)(X.p, Y.p, 10), "off_by_one_kernel", "wrote out of bounds", "(40 bytes)");
     LAUNCH(copy_kernel, 1, 32)(X.p, Y.p, 10);   // the guard was repaired after the report
     const float past_end = [&] {   // what a read one past the end sees: the guard's NaN
-        Device<float> Z(11);
+        DeviceArray<float> Z(11);
         LAUNCH(copy_kernel, 1, 32)(X.p, Z.p, 11);
         return Z.get()[10];
     }();
@@ -2642,7 +2643,7 @@ static void test_out_of_bounds() {
 }
 
 static void test_nan_fill_and_atomics() {
-    Device<float> Y(64), counter(1);
+    DeviceArray<float> Y(64), counter(1);
     CHECK(std::isnan(Y.get()[17]), "cudaMalloc'ed memory starts as NaN");
     cuda_emu::set_schedule(cuda_emu::Schedule::seq);
     LAUNCH(shared_leak_kernel, 2, 32)(Y.p);
@@ -2678,9 +2679,9 @@ static void test_training_step() {
     const Tensor x = randn({B, D}, rng);
     const std::vector<int> labels = {0, 4, 2, 1, 3, 3, 0, 2, 1};
     // Copies for the device, taken before the CPU step changes the weights.
-    Device<float> X(to_float(x.values())), W1(to_float(l1.W.values())), b1(to_float(l1.b.values())),
+    DeviceArray<float> X(to_float(x.values())), W1(to_float(l1.W.values())), b1(to_float(l1.b.values())),
         W2(to_float(l2.W.values())), b2(to_float(l2.b.values()));
-    Device<int> Y(labels);
+    DeviceArray<int> Y(labels);
 
     const std::vector<Tensor> params = {l1.W, l1.b, l2.W, l2.b};
     AdamW opt(params, 0.01, 0.9, 0.999, 1e-8, 0.01);
@@ -2691,14 +2692,14 @@ static void test_training_step() {
     opt.step();
 
     auto zeros = [](int n) { return std::vector<float>(std::size_t(n), 0.0f); };
-    Device<float> Z1(B * H), A1(B * H), H1(B * H), Z2(B * C), logits(B * C), probs(B * C), L(1);
+    DeviceArray<float> Z1(B * H), A1(B * H), H1(B * H), Z2(B * C), logits(B * C), probs(B * C), L(1);
     cuda_matmul_v3(X.p, W1.p, Z1.p, B, D, H);        // Z1 = X·W1
     cuda_add_forward(Z1.p, b1.p, A1.p, B * H, H);    //    + b1
     cuda_relu_forward(A1.p, H1.p, B * H);            // H1 = relu
     cuda_matmul_v3(H1.p, W2.p, Z2.p, B, H, C);       // Z2 = H1·W2
     cuda_add_forward(Z2.p, b2.p, logits.p, B * C, C);
     cuda_softmax_cross_entropy_forward(logits.p, Y.p, probs.p, L.p, B, C);
-    Device<float> dlogits(zeros(B * C)), dW2(zeros(H * C)), db2(zeros(C)), dH1(zeros(B * H)), dA1(zeros(B * H)),
+    DeviceArray<float> dlogits(zeros(B * C)), dW2(zeros(H * C)), db2(zeros(C)), dH1(zeros(B * H)), dA1(zeros(B * H)),
         dW1(zeros(D * H)), db1(zeros(H));
     cuda_softmax_cross_entropy_backward(probs.p, Y.p, dlogits.p, 1.0f, B, C);   // (p − onehot)/B
     cuda_bias_grad(dlogits.p, db2.p, B, C);                                      // db2 = Σ_rows
@@ -2714,10 +2715,10 @@ static void test_training_step() {
     expect_close_to_scale("db1", db1.get(), grads[1], 1e-4);
     expect_close_to_scale("dW2", dW2.get(), grads[2], 1e-4);
     expect_close_to_scale("db2", db2.get(), grads[3], 1e-4);
-    Device<float>* weights[] = {&W1, &b1, &W2, &b2};
-    Device<float>* device_grads[] = {&dW1, &db1, &dW2, &db2};
+    DeviceArray<float>* weights[] = {&W1, &b1, &W2, &b2};
+    DeviceArray<float>* device_grads[] = {&dW1, &db1, &dW2, &db2};
     for (int k = 0; k < 4; ++k) {
-        Device<float> m(zeros(int(params[k].numel()))), v(zeros(int(params[k].numel())));
+        DeviceArray<float> m(zeros(int(params[k].numel()))), v(zeros(int(params[k].numel())));
         cuda_adamw_update(weights[k]->p, device_grads[k]->p, m.p, v.p, int(params[k].numel()), 0.01f, 0.9f, 0.999f,
                           1e-8f, 0.01f, 1);
         expect_close_to_scale("weights " + std::to_string(k) + " after AdamW", weights[k]->get(), params[k].values(), 1e-4);
@@ -2778,6 +2779,164 @@ TEST("cuda", "cuda_emu: warp shuffles and ballot") { cuda_tests::under_every_sch
 TEST("cuda", "cuda_emu: NaN-filled memory, per-block shared memory, atomicAdd") { cuda_tests::once(cuda_tests::test_nan_fill_and_atomics); }
 TEST("cuda", "cuda_emu: writes out of bounds are caught") { cuda_tests::once(cuda_tests::test_out_of_bounds); }
 TEST("cuda", "cuda_training_step: forward, backward and AdamW on the device equal the CPU step") { cuda_tests::under_every_schedule(cuda_tests::test_training_step); }
+
+// =============================================================================================
+// cuda, the engine on the device (engine.cpp Part 5): tensors moved with to() / move_to() run
+// their ops on the kernels above. The independent truth is the CPU engine: the same training
+// loop, the same model, on both devices. The tensors are tiny because the emulator is slow.
+// =============================================================================================
+
+namespace device_tests {
+
+struct Run {
+    std::vector<double> losses, norms;   // per step; norms before clipping
+};
+
+// The training loop, written once: `device` is the only difference between the two runs. It
+// moves the model and the batch there, then steps: forward, loss, backward, clip, AdamW.
+static Run train(Device device, nn::MLP& model, const Tensor& x, const std::vector<int>& labels, int steps) {
+    model.to(device);
+    const Tensor batch = x.to(device);
+    AdamW opt(model.parameters(), 0.01);
+    Run run;
+    for (int step = 0; step < steps; ++step) {
+        opt.zero_grad();
+        const Tensor loss = cross_entropy(model(batch), labels);
+        loss.backward();
+        run.norms.push_back(clip_grad_norm(model.parameters(), 1.0));
+        opt.step();
+        run.losses.push_back(loss.item());
+    }
+    return run;
+}
+
+// |a − b| <= tol·|b| (a relative tolerance), with a message that names the quantity.
+static void expect_relative(const std::string& what, double got, double want, double tol) {
+    if (!(std::fabs(got - want) <= tol * std::fabs(want)))
+        throw TestFailure(what + ": cuda " + show(got) + ", cpu " + show(want) + " (relative tolerance " + show(tol) + ")");
+}
+
+// The tests build the engine in double: the CPU run computes in double, the device in float (the
+// kernels' fp32), so each op on the device rounds to float's 24 bits (relative 6e-8). Over a few
+// ops and steps that drift stays small (measured over 39 seeds: losses and norms within 3e-7
+// relative, weights within 4e-6 of their tensor's scale), so the losses and gradient norms must
+// agree to 1e-5. Weights: AdamW divides each gradient by its own running RMS, so an update's size
+// barely depends on small errors in the gradient; after 4 steps every weight must be within 1e-4
+// of its tensor's largest magnitude (a bound relative to each weight would punish the ones near
+// 0, whose float rounding is absolute, not relative).
+static void test_same_training_loop() {
+    const int B = 6, D = 7, H = 11, C = 5, steps = 4;
+    Rng data_rng(5);
+    const Tensor x = randn({B, D}, data_rng, 2);
+    const std::vector<int> labels = {0, 4, 2, 1, 3, 2};
+    Rng rng_cpu(11), rng_cuda(11);   // the same seed: the same initial weights
+    nn::MLP on_cpu({D, H, C}, rng_cpu), on_cuda({D, H, C}, rng_cuda);
+    const Run cpu = train(Device::CPU, on_cpu, x, labels, steps);
+    const Run cuda = train(Device::CUDA, on_cuda, x, labels, steps);
+    EXPECT_TRUE(on_cuda.layers[0].W.device() == Device::CUDA && on_cpu.layers[0].W.device() == Device::CPU);
+    double largest_norm = 0;
+    for (int s = 0; s < steps; ++s) {
+        expect_relative("loss at step " + std::to_string(s), cuda.losses[s], cpu.losses[s], 1e-5);
+        expect_relative("gradient norm at step " + std::to_string(s), cuda.norms[s], cpu.norms[s], 1e-5);
+        largest_norm = std::max(largest_norm, cpu.norms[s]);
+    }
+    EXPECT_TRUE(largest_norm > 1.0);   // so clipping scaled the gradients at least once
+    on_cuda.to(Device::CPU);
+    const auto want = on_cpu.named_parameters(), got = on_cuda.named_parameters();
+    for (std::size_t k = 0; k < want.size(); ++k) {
+        const std::vector<real>& w = want[k].second.values();
+        double scale = 0;
+        for (real v : w) scale = std::max(scale, double(std::fabs(v)));
+        for (std::size_t i = 0; i < w.size(); ++i)
+            if (!(std::fabs(got[k].second.values()[i] - w[i]) <= 1e-4 * scale))
+                throw TestFailure(want[k].first + "[" + std::to_string(i) + "]: cuda " + show(got[k].second.values()[i]) +
+                                  ", cpu " + show(w[i]) + " (tolerance 1e-4 × " + show(scale) + ")");
+    }
+}
+
+}  // namespace device_tests
+
+TEST("cuda", "cuda_device_training: the same loop on Device::CPU and Device::CUDA, losses and weights agree") {
+    cuda_tests::under_every_schedule(device_tests::test_same_training_loop);
+}
+
+TEST("cuda", "cuda_device_to: a round trip keeps the values; to() copies, move_to() moves") {
+    const std::vector<real> v = {0.5, -1.25, 3, 1024, real(1.0f / 3.0f), -0.0078125};   // all floats: exact
+    const Tensor t({2, 3}, v);
+    const Tensor d = t.to(Device::CUDA);
+    EXPECT_TRUE(d.device() == Device::CUDA && t.device() == Device::CPU && d.shape() == t.shape());
+    EXPECT_TRUE(d.to(Device::CPU).values() == v);
+    EXPECT_TRUE(d.to(Device::CUDA).to(Device::CPU).values() == v);   // device to device
+    EXPECT_TRUE(d.detach().device() == Device::CUDA);
+    EXPECT_EQ(d.str(), t.str() + " on cuda");
+    // 0.1 is not a float: the device holds the nearest one (the double build rounds on the way).
+    EXPECT_EQ(Tensor::scalar(real(0.1)).to(Device::CUDA).item(), real(0.1f));
+    // to() is a copy, a new leaf that needs no gradient; move_to() moves the tensor itself, so
+    // every handle (here `same`) sees it, and it stays a parameter.
+    Tensor w = Tensor({3}, {1, 2, 3}).requires_grad_();
+    const Tensor same = w;
+    EXPECT_TRUE(!w.to(Device::CUDA).requires_grad());
+    w.move_to(Device::CUDA);
+    EXPECT_TRUE(same.device() == Device::CUDA && same.requires_grad());
+    w.move_to(Device::CPU);
+    EXPECT_TRUE(same.values() == std::vector<real>({1, 2, 3}));
+}
+
+TEST("cuda", "cuda_device_errors: mixed devices, ops without a kernel, values() on the device") {
+    Rng rng(3);
+    const Tensor a = randn({2, 3}, rng).to(Device::CUDA), b = randn({3, 2}, rng), c = randn({2, 3}, rng);
+    EXPECT_THROWS(matmul(a, b), "matmul: tensors on different devices (cuda and cpu); move one with .to(...)");
+    EXPECT_THROWS(c + a, "+: tensors on different devices (cpu and cuda)");
+    EXPECT_THROWS(softmax(a), "softmax: no CUDA kernel for this op (its inputs are on cuda); move them with .to(Device::CPU)");
+    EXPECT_THROWS(a.values(), "values(): this tensor is on cuda, in device memory; copy it to the host with .to(Device::CPU)");
+    EXPECT_THROWS(a.grad(), "grad(): this tensor is on cuda");
+    EXPECT_THROWS(cross_entropy(a, {0, 2}, real(0.1)), "cross_entropy: label smoothing has no CUDA kernel");
+    EXPECT_THROWS(matmul(a, a), "matmul: on cuda, multiplies [M,K]·[K,N] only; got [2, 3] · [2, 3]");
+    // A leaf moved between the forward and the backward pass: caught before any gradient is read.
+    Tensor w = randn({3, 2}, rng).requires_grad_();
+    const Tensor loss = cross_entropy(matmul(c, w), {0, 1});
+    w.move_to(Device::CUDA);
+    EXPECT_THROWS(loss.backward(), "backward: input 1 of 'matmul' moved from cpu to cuda after the forward pass");
+    // Optimizers: the state does not follow a moved parameter (its gradient does); SGD has no kernel.
+    w.move_to(Device::CPU);
+    cross_entropy(matmul(c, w), {0, 1}).backward();
+    AdamW adamw({w});
+    adamw.step();
+    w.move_to(Device::CUDA);
+    EXPECT_THROWS(adamw.step(), "AdamW: the parameters moved to cuda after this optimizer's state was made on the cpu");
+    SGD sgd({w}, 0.1);
+    EXPECT_THROWS(sgd.step(), "SGD: no CUDA kernel for this update");
+    TrainingState state;
+    state.params = {{"w", w}};
+    EXPECT_THROWS(save_checkpoint("build/never-written.ckpt", state), "save_checkpoint: tensor 'w' is on cuda");
+}
+
+TEST("cuda", "cuda_device_memory: freed when the tensors die, counted by tensor_bytes") {
+    const std::size_t allocations = cuda_emu::state().allocations.size();
+    reset_peak_tensor_bytes();
+    const std::size_t bytes = current_tensor_bytes();
+    {
+        Rng rng(9);
+        nn::MLP model({7, 11, 5}, rng);
+        device_tests::train(Device::CUDA, model, randn({6, 7}, rng), {0, 1, 2, 3, 4, 0}, 2);
+        EXPECT_TRUE(cuda_emu::state().allocations.size() > allocations);
+        // W, b of both layers with their gradients: 2·(7·11 + 11 + 11·5 + 5) floats on the device.
+        EXPECT_EQ(current_tensor_bytes(), bytes + 2 * (7 * 11 + 11 + 11 * 5 + 5) * sizeof(float));
+        EXPECT_EQ(current_tensor_bytes(), tensor_bytes());
+        EXPECT_TRUE(peak_tensor_bytes() > current_tensor_bytes());   // the graph of a step was on the device too
+    }
+    EXPECT_EQ(cuda_emu::state().allocations.size(), allocations);
+    EXPECT_EQ(current_tensor_bytes(), bytes);
+}
+
+TEST("cuda", "cuda_device_anomaly: anomaly mode checks device tensors too") {
+    const AnomalyModeOn on;
+    Rng rng(4);
+    nn::MLP model({7, 11, 5}, rng);
+    device_tests::train(Device::CUDA, model, randn({6, 7}, rng), {0, 1, 2, 3, 4, 0}, 1);   // finite: no complaint
+    const Tensor bad = Tensor({2}, {1, std::numeric_limits<real>::quiet_NaN()}).to(Device::CUDA);
+    EXPECT_THROWS(relu(bad), "anomaly: a leaf tensor (input data or a parameter) produced NaN/Inf in its output [2]");
+}
 
 // =============================================================================================
 // homework: every exercise is proven both ways. The reference passes its check, and the stub

@@ -18,6 +18,7 @@
 //   6. The emulator catches a missing __syncthreads(): right under one schedule, wrong under another.
 //   7. What the emulator cannot see.
 //   8. The roofline of every kernel of this lesson (paper numbers).
+//   9. The engine's tensors on the device: one training loop, run on cpu and on cuda.
 //
 // Run it:             make lesson N=14
 // Grade the homework: make check N=14        (each exercise runs under several schedules)
@@ -647,6 +648,47 @@ static void roofline() {
                 "measure on a GPU before you believe any of it.\n");
 }
 
+// ---------------------------------------------------------------------------------------------
+// 9. The engine on the device. The kernels above are what the engine's own ops run when their
+// tensors live on the device (engine.cpp Part 5). Moving the model and the batch there is all
+// that changes: the training loop below is written once and run on both devices. Only the
+// batch goes in and only the loss comes out; everything else stays in device memory.
+// ---------------------------------------------------------------------------------------------
+static std::vector<float> train_on(Device device) {
+    Rng rng(14);
+    nn::MLP model({7, 11, 5}, rng);
+    const Tensor x = randn({6, 7}, rng);
+    const std::vector<int> labels = {0, 4, 2, 1, 3, 2};
+    model.to(device);                          // the parameters move, in place
+    const Tensor batch = x.to(device);         // a copy of the batch
+    AdamW opt(model.parameters(), 0.01);       // made after the move: its state lives there too
+    std::vector<float> losses;
+    for (int step = 0; step < 5; ++step) {
+        opt.zero_grad();
+        const Tensor loss = cross_entropy(model(batch), labels);
+        loss.backward();
+        clip_grad_norm(model.parameters(), 1.0);
+        opt.step();
+        losses.push_back(float(loss.item()));   // the one number that comes back
+    }
+    return losses;
+}
+
+static void engine_on_device() {
+    heading("9. The engine's tensors on the device: one training loop, two devices");
+    const std::vector<float> cpu = train_on(Device::CPU), cuda = train_on(Device::CUDA);
+    std::printf("  step  loss on cpu  loss on cuda\n");
+    for (std::size_t s = 0; s < cpu.size(); ++s) std::printf("  %4zu  %11.6f  %12.6f\n", s, double(cpu[s]), double(cuda[s]));
+    std::printf("\nThe same losses up to float rounding (the kernels add in another order). On cuda every op\n"
+                "ran its kernel: matmul_v3, the bias add, relu, the fused softmax-CE, their backward kernels,\n"
+                "the gradient norm and AdamW. Mixing devices is an error, not a silent copy:\n");
+    try {
+        matmul(Tensor({1, 1}).to(Device::CUDA), Tensor({1, 1}));
+    } catch (const std::exception& e) {
+        std::printf("  %s\n", e.what());
+    }
+}
+
 static void lesson() {
     std::printf("Lesson 14: from a CPU loop to a CUDA kernel (run on the CPU by cuda_emu.h; no GPU)\n");
     cuda_emu::set_schedule(cuda_emu::Schedule::seq);   // the same output every run, whatever CUDA_EMU_SCHEDULE says
@@ -658,6 +700,7 @@ static void lesson() {
     missing_barrier();
     blind_spots();
     roofline();
+    engine_on_device();
 }
 
 // ---- Homework --------------------------------------------------------------------------------
