@@ -1105,8 +1105,8 @@ Tensor tanh(const Tensor& x) {
 // Nearly all of a network's arithmetic is these three products, so this is where speed is won.
 // The section writes the same product three times, each kept because the next is tested
 // against it (figures from `make bench`, 1 thread, N = 512, on a 2-core AMD EPYC, Zen 3, AVX2):
-//     1. matmul_naive: the formula as written                                      ~1 GFLOP/s
-//     2. matmul_ikj: the same loops reordered so the inner one is contiguous          ~28 GFLOP/s
+//     1. matmul_naive: the formula as written                                    ~1.2 GFLOP/s
+//     2. matmul_ikj: the same loops reordered so the inner one is contiguous          ~27 GFLOP/s
 //     3. matmul_blocked: cache blocks, packing and a register-blocked kernel          ~88 GFLOP/s
 // The machine's ceiling is two 8-wide fused multiply-adds per cycle per core: bench's `peak`
 // row measures ~101 GFLOP/s. The blocked version reaches ~87% of that, about what OpenBLAS
