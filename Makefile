@@ -2,18 +2,21 @@
 # Everything it builds goes to build/; `make exercise` keeps copies of engine.cpp in .saved/.
 
 CXX      ?= g++
-# -ffp-contract=off: the compiler may not fuse a·b + c into one rounding on its own, so -O0
-# and -O3 give the same bits; where we want a fused multiply-add we write std::fma.
-# -fno-math-errno: std::sqrt need not set errno, so loops with it vectorize.
-# -fopenmp-simd: honour `#pragma omp simd` even without OpenMP threads.
-CXXFLAGS ?= -std=c++17 -O3 -g -Wall -Wextra -ffp-contract=off -fno-math-errno -fopenmp-simd
-# Use every vector instruction this CPU has (AVX2 and FMA here; §2.4's matmul depends on
-# them). `make ARCH=` builds for any x86-64 (what `make valgrind` does: valgrind does not
-# know AVX-512).
+CXXFLAGS ?= -std=c++17 -O3 -g -Wall -Wextra
+# Added to any CXXFLAGS, because the code relies on them:
+#   -ffp-contract=off  the compiler may not fuse a·b + c into one rounding on its own, so -O0
+#                      and -O3 give the same bits (a test checks); where we want a fused
+#                      multiply-add we write std::fma;
+#   -fno-math-errno    std::sqrt need not set errno, so loops that use it vectorize;
+#   -fopenmp-simd      `#pragma omp simd` is honoured even without OpenMP threads;
+#   ARCH               every vector instruction this CPU has (AVX2 and FMA here; §2.4's matmul
+#                      depends on them). `make ARCH=` builds for any x86-64 (what `make
+#                      valgrind` does: valgrind does not know AVX-512);
+#   OMP                OpenMP threads (matmul's blocks) when the compiler has them; NO_OMP=1
+#                      builds without.
 ARCH     ?= -march=native
-# OpenMP threads (matmul's blocks) when the compiler has them; NO_OMP=1 builds without.
-OMP := $(if $(NO_OMP),,$(shell echo 'int main(){}' | $(CXX) -fopenmp -x c++ - -o /dev/null 2>/dev/null && echo -fopenmp))
-override CXXFLAGS += $(ARCH) $(OMP)
+OMP      := $(if $(NO_OMP),,$(shell echo 'int main(){}' | $(CXX) -fopenmp -x c++ - -o /dev/null 2>/dev/null && echo -fopenmp))
+override CXXFLAGS += -ffp-contract=off -fno-math-errno -fopenmp-simd $(ARCH) $(OMP)
 SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 # The tests build the engine with real = double, so gradient checks reach 1e-6 (engine.h, Part 2).
 F64      := -DENGINE_DOUBLE
@@ -34,7 +37,7 @@ SPLICE      := lessons/exercises.awk
 
 # Everything `make test` runs: the test binary, plus the builds that prove each exercise both
 # ways (reference passes, stub reports TODO).
-TEST_BINS := $(B)/tests $(B)/O0/tests \
+TEST_BINS := $(B)/tests $(B)/O0/tests $(B)/bench \
              $(foreach r,$(REGIONS),$(B)/stubs/$(r)/tests) \
              $(foreach n,$(HOMEWORK),$(B)/lessons/$(n)-solution $(B)/lessons/$(n)-stub)
 
@@ -46,7 +49,7 @@ TEST_BINS := $(B)/tests $(B)/O0/tests \
 fuzz: $(B)/tests
 	FUZZ_GRAPHS=$(or $(N),forever) SEED=$(SEED) $(B)/tests fuzz/
 
-.PHONY: all test asan valgrind valgrind-run lessons lesson check exercise exercise-reset bench demo data clean help
+.PHONY: all test asan valgrind valgrind-run lessons lesson check exercise exercise-reset bench bench-gpu demo data clean help
 all: $(TEST_BINS) $(foreach n,$(LESSONS),$(B)/lessons/$(n)) $(B)/bench $(B)/demo
 
 help:
@@ -63,6 +66,7 @@ help:
 	@echo "make data             put Fashion-MNIST (Debian) or MNIST (download) into data/"
 	@echo "make fuzz [N=100000]  random graphs against finite differences (SEED=s replays one)"
 	@echo "make cuda             compile kernels.cu with nvcc for sm_80 and sm_90 (when nvcc exists)"
+	@echo "make bench-gpu        make bench plus every kernel timed on the GPU with CUDA events (nvcc and a GPU)"
 	@echo "make bench            matmul GFLOP/s against the FMA peak, the MLP and scalar training steps,"
 	@echo "                      1 and 2 threads; writes build/bench.csv (NO_OMP=1: build without OpenMP)"
 	@echo "make clean            remove build/"
@@ -234,6 +238,20 @@ data:
 	@bash lessons/get_data.sh
 
 # ---- benchmarks ------------------------------------------------------------------------------
+# make bench-gpu: the same bench, with kernels.cu compiled by nvcc for GPU_ARCH and linked with
+# the CUDA runtime, so it also times every kernel on the GPU with CUDA events. It needs nvcc and
+# a GPU (without one it stops at the first CUDA call, saying so).
+GPU_ARCH ?= sm_90
+CUDA_LIB  = $(dir $(NVCC))../lib64
+$(B)/gpu/kernels.o: kernels.cu $(B)/flags
+	@[ -n "$(NVCC)" ] || { echo "make bench-gpu needs nvcc"; exit 2; }
+	@mkdir -p $(@D)
+	$(NVCC) -O3 -arch=$(GPU_ARCH) -Werror all-warnings -c kernels.cu -o $@
+$(B)/bench-gpu: $(B)/bench.o $(B)/engine.o $(B)/gpu/kernels.o
+	$(CXX) $(CXXFLAGS) $^ -L$(CUDA_LIB) -lcudart -Wl,-rpath,$(CUDA_LIB) -o $@
+bench-gpu: $(B)/bench-gpu
+	$(B)/bench-gpu
+
 $(B)/bench: $(B)/bench.o $(B)/engine.o $(B)/kernels.o
 	$(CXX) $(CXXFLAGS) $^ -o $@
 

@@ -7,13 +7,13 @@
 // wrong answer cannot make the table.
 
 #include "engine.h"
-#include "cuda_emu.h"   // the emulated-kernel row: kernels.cu on the CPU
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <sys/stat.h>
@@ -50,10 +50,12 @@ struct Report {
         std::printf("%-18s %7s %20s %10s %10s %10s  %-8s %s\n", "name", "threads", "size", "median", "min", "max", "unit",
                     "of peak");
     }
-    void row(const char* name, int threads, const std::string& size, Timing t, const char* unit) {
+    // `limit`: the ceiling to compare a rate with; by default the CPU `peak` row for GFLOP/s.
+    void row(const char* name, int threads, const std::string& size, Timing t, const char* unit, double limit = 0) {
         std::printf("%-18s %7d %20s %10.3f %10.3f %10.3f  %-8s", name, threads, size.c_str(), t.median, t.min, t.max, unit);
-        const double peak = threads <= 2 ? peak_gflops[threads] : 0;
-        if (std::string(unit) == "GFLOP/s" && peak > 0 && std::string(name) != "peak") std::printf(" %5.1f%%", 100 * t.median / peak);
+        if (limit == 0 && std::string(unit) == "GFLOP/s" && std::string(name) != "peak" && threads <= 2)
+            limit = peak_gflops[threads];
+        if (limit > 0) std::printf(" %5.1f%%", 100 * t.median / limit);
         std::printf("\n");
         std::fflush(stdout);
         csv << name << ',' << threads << ',' << size << ',' << t.median << ',' << unit << '\n';
@@ -195,28 +197,87 @@ static void scalar_moons(Report& report) {
     report.row("scalar_moons_step", 1, std::to_string(nodes) + "n", time_ms(step, 51), "ms");
 }
 
+// ---- kernels.cu -----------------------------------------------------------------------------
+
+static DeviceBuffer<float> device_random(std::size_t n, Rng& rng) {
+    std::vector<float> host(n);
+    for (float& v : host) v = float(rng.uniform(-1, 1));
+    DeviceBuffer<float> d(n);
+    cuda_copy_to_device(d.data(), host.data(), d.bytes());
+    return d;
+}
+
 // kernels.cu through the emulator (cuda_emu.h): how long one launch of the shared-memory matmul
 // takes on the CPU, 64×64×64 = 4 blocks of 256 fibers. It is what `make test FILTER=cuda_` pays
 // per kernel call; it says nothing about a GPU.
-void cuda_check(cudaError_t status, const char* call, const char* file, int line);   // kernels.cu
 static void emulated_kernel(Report& report) {
     const int n = 64;
     Rng rng(4);
-    const std::vector<float> a = randn({n, n}, rng).values(), b = randn({n, n}, rng).values();
-    float *A, *B, *C;
-    for (float** p : {&A, &B, &C}) cuda_check(cudaMalloc(p, n * n * sizeof(float)), "cudaMalloc", __FILE__, __LINE__);
-    cuda_check(cudaMemcpy(A, a.data(), n * n * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy A", __FILE__, __LINE__);
-    cuda_check(cudaMemcpy(B, b.data(), n * n * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy B", __FILE__, __LINE__);
-    const Timing t = time_ms([&] { cuda_matmul_v2(A, B, C, n, n, n); }, 11);
-    std::vector<float> c(n * n);
-    cuda_check(cudaMemcpy(c.data(), C, n * n * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy C", __FILE__, __LINE__);
+    const DeviceBuffer<float> A = device_random(n * n, rng), B = device_random(n * n, rng), C(n * n);
+    const Timing t = time_ms([&] { cuda_matmul_v2(A.data(), B.data(), C.data(), n, n, n); }, 11);
+    std::vector<float> a(n * n), b(n * n), c(n * n);
+    cuda_copy_to_host(a.data(), A.data(), A.bytes());
+    cuda_copy_to_host(b.data(), B.data(), B.bytes());
+    cuda_copy_to_host(c.data(), C.data(), C.bytes());
     if constexpr (sizeof(real) == sizeof(float)) verify("cuda_matmul_v2 (emulated)", a, b, c, n, n, n);
-    for (float* p : {A, B, C}) cudaFree(p);
     report.row("emulated_kernel", 1, "matmul_v2 64^3", t, "ms");
 }
 
-int main() {
+// Each kernel timed on the device with CUDA events (kernels.cu §9): 5 measurements of `repeats`
+// launches each, so the table has a median, min and max like the others. Bytes and FLOPs are
+// each kernel's own minimum (kernels.cu states them), compared with an H100 SXM's paper limits.
+// With `small`, sizes an emulator can run in a second (the test of this code).
+constexpr double h100_gbps = 3350, h100_gflops = 67000;   // HBM3; FP32 without tensor cores
+
+static void gpu_row(Report& report, const char* name, const std::string& size, double gb, double gflop,
+                    const std::function<void()>& launch, int repeats) {
+    std::vector<double> ms;
+    for (int m = 0; m < 5; ++m) ms.push_back(cuda_time_ms(launch, repeats));
+    std::sort(ms.begin(), ms.end());
+    const Timing t{ms[2], ms[0], ms[4]};
+    if (gflop > 0) report.row(name, 1, size, rate(gflop, t), "GFLOP/s", h100_gflops);
+    else report.row(name, 1, size, rate(gb, t), "GB/s", h100_gbps);
+}
+
+static void gpu_kernels(Report& report, bool small) {
+    std::printf("(kernels.cu on the %s, timed with CUDA events; last column: share of an H100 SXM's paper limit, "
+                "%.0f GB/s or %.0f GFLOP/s)\n", cuda_is_emulated() ? "emulator" : "GPU", h100_gbps, h100_gflops);
+    Rng rng(5);
+    const int n = small ? 4096 : 1 << 24, N = small ? 64 : 2048, rows = small ? 64 : 16384, cols = small ? 100 : 1024;
+    const int repeats = small ? 1 : 20;
+    const double GB = 1e-9, floats = 4.0 * GB;   // bytes of one float, in GB
+    const std::string sn = std::to_string(n), sN = std::to_string(N) + "^3", sRC = std::to_string(rows) + "x" + std::to_string(cols);
+    DeviceBuffer<float> x = device_random(n, rng), y = device_random(n, rng), z = device_random(n, rng), w = device_random(n, rng);
+    gpu_row(report, "gpu_add", sn, 3 * n * floats, 0, [&] { cuda_add_forward(x.data(), y.data(), z.data(), n, n); }, repeats);
+    gpu_row(report, "gpu_relu", sn, 2 * n * floats, 0, [&] { cuda_relu_forward(x.data(), z.data(), n); }, repeats);
+    gpu_row(report, "gpu_sum_v2", sn, n * floats, 0, [&] { cuda_sum_v2(x.data(), n); }, repeats);
+    gpu_row(report, "gpu_adamw", sn, 7 * n * floats, 0,   // reads w, g, m, v; writes w, m, v
+            [&] { cuda_adamw_update(x.data(), y.data(), z.data(), w.data(), n, 1e-9f, 0.9f, 0.999f, 1e-8f, 0.0f, 1); }, repeats);
+    DeviceBuffer<float> logits = device_random(std::size_t(rows) * cols, rng), probs(std::size_t(rows) * cols), loss(1);
+    std::vector<int> host_labels(rows);
+    for (int& l : host_labels) l = int(rng.below(cols));
+    DeviceBuffer<int> labels(rows);
+    cuda_copy_to_device(labels.data(), host_labels.data(), labels.bytes());
+    gpu_row(report, "gpu_softmax_ce", sRC, 2.0 * rows * cols * floats, 0, [&] {
+        cuda_softmax_cross_entropy_forward(logits.data(), labels.data(), probs.data(), loss.data(), rows, cols); }, repeats);
+    const DeviceBuffer<float> A = device_random(std::size_t(N) * N, rng), B = device_random(std::size_t(N) * N, rng);
+    DeviceBuffer<float> C(std::size_t(N) * N);
+    const double gflop = 2.0 * N * N * double(N) / 1e9;
+    gpu_row(report, "gpu_matmul_v1", sN, 0, gflop, [&] { cuda_matmul_v1(A.data(), B.data(), C.data(), N, N, N); }, repeats);
+    gpu_row(report, "gpu_matmul_v2", sN, 0, gflop, [&] { cuda_matmul_v2(A.data(), B.data(), C.data(), N, N, N); }, repeats);
+    gpu_row(report, "gpu_matmul_v3", sN, 0, gflop, [&] { cuda_matmul_v3(A.data(), B.data(), C.data(), N, N, N); }, repeats);
+    gpu_row(report, "gpu_matmul_dx", sN, 0, gflop, [&] { cuda_matmul_backward_dx(A.data(), B.data(), C.data(), N, N, N); }, repeats);
+    gpu_row(report, "gpu_matmul_dw", sN, 0, gflop, [&] { cuda_matmul_backward_dw(A.data(), B.data(), C.data(), N, N, N); }, repeats);
+}
+
+// `bench --gpu-only` runs just the kernels.cu rows (on the emulator, at small sizes: the tests
+// use it). Built with nvcc (`make bench-gpu`), the full bench adds them at full size.
+static int run(int argc, char** argv) {
     Report report;
+    if (argc > 1 && std::string(argv[1]) == "--gpu-only") {
+        gpu_kernels(report, cuda_is_emulated());
+        return 0;
+    }
     const int most = num_threads();   // OpenMP's default: one per core
     std::vector<int> thread_counts = {1};
     if (most >= 2) thread_counts.push_back(2);
@@ -236,6 +297,22 @@ int main() {
         mlp_step(report, threads);
     }
     scalar_moons(report);
-    emulated_kernel(report);
+    if (cuda_is_emulated()) {
+        emulated_kernel(report);
+        std::printf("(kernels.cu runs on the emulator here, so there is no GPU to time: `make bench-gpu` on a machine "
+                    "with nvcc and a GPU adds those rows)\n");
+    } else {
+        gpu_kernels(report, false);
+    }
     std::printf("(written to build/bench.csv. The same models in PyTorch and micrograd: README, \"How fast is it, and why\")\n");
+    return 0;
+}
+
+int main(int argc, char** argv) {
+    try {
+        return run(argc, argv);
+    } catch (const std::exception& e) {   // a wrong product, or a CUDA call that failed
+        std::fprintf(stderr, "bench: %s\n", e.what());
+        return 1;
+    }
 }

@@ -12,6 +12,7 @@
 // reach; a warp operation waiting for a lane that does not exist, has exited or waits elsewhere).
 // An exception that the kernel's own code throws (a lesson's not_implemented stub, say) leaves
 // the launch as it was thrown, type and message unchanged, after the block is cleaned up.
+// cudaEvent* read the host clock (a launch has finished when it returns), so they time the emulator.
 // cudaMemcpy/cudaMemset check directions and ranges and return an error code, as CUDA does;
 // cudaGetErrorString() says what was wrong. cudaMalloc'ed and __shared__ memory start as 0xFF
 // bytes (a NaN as float), and __shared__ memory gets that fill again before every block. Without
@@ -44,6 +45,7 @@
 #include <ucontext.h>
 #include <unistd.h>
 #include <algorithm>
+#include <chrono>
 #include <cstdarg>
 #include <cstdint>
 #include <cstdio>
@@ -569,6 +571,27 @@ inline cudaError_t cudaMemset(void* p, int value, std::size_t bytes) {
     return cudaSuccess;
 }
 inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }   // a launch returns when its kernel is done
+// Events: a GPU records one when its stream reaches it. Here every launch has finished when it
+// returns, so recording an event just reads the clock (what it times is the emulator's speed).
+namespace cuda_emu { struct Event { std::chrono::steady_clock::time_point at; }; }
+using cudaEvent_t = cuda_emu::Event*;
+inline cudaError_t cudaEventCreate(cudaEvent_t* e) {
+    *e = new cuda_emu::Event{};
+    return cudaSuccess;
+}
+inline cudaError_t cudaEventDestroy(cudaEvent_t e) {
+    delete e;
+    return cudaSuccess;
+}
+inline cudaError_t cudaEventRecord(cudaEvent_t e, void* /*stream*/ = nullptr) {
+    e->at = std::chrono::steady_clock::now();
+    return cudaSuccess;
+}
+inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop) {
+    *ms = std::chrono::duration<float, std::milli>(stop->at - start->at).count();
+    return cudaSuccess;
+}
 inline cudaError_t cudaPeekAtLastError() { return cuda_emu::state().last_error; }
 inline cudaError_t cudaGetLastError() { return std::exchange(cuda_emu::state().last_error, cudaSuccess); }
 inline const char* cudaGetErrorString(cudaError_t e) {

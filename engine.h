@@ -797,3 +797,7 @@ void cuda_adamw_update(float* W, const float* G, float* m, float* v, int n, floa
                        float eps, float weight_decay, long step);
 float cuda_grad_norm(const std::vector<const float*>& grads, const std::vector<int>& sizes);
 float cuda_clip_grad_norm(const std::vector<float*>& grads, const std::vector<int>& sizes, float max_norm);
+// Milliseconds per call of `launch` (the kernels it starts), timed with CUDA events after one
+// warm-up call (kernels.cu §9). On the emulator it times the CPU running them.
+double cuda_time_ms(const std::function<void()>& launch, int repeats);
+bool cuda_is_emulated();   // true unless kernels.cu was compiled by nvcc

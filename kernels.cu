@@ -17,6 +17,7 @@
 //   6  AdamW: the whole update in one kernel
 //   7  The global gradient norm (a two-stage reduction) and clipping by it
 //   8  Device memory for the engine's tensors
+//   9  Timing kernels with CUDA events
 //
 // Each kernel states which CPU loop it replaces, how its threads map onto the data, and what it
 // costs: the bytes it moves to and from global memory (floats are 4 bytes), and its FLOPs (a
@@ -49,6 +50,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -858,4 +860,44 @@ void cuda_copy_on_device(void* dst, const void* src, std::size_t bytes) {
 }
 void cuda_zero(void* p, std::size_t bytes) {   // all-zero bytes are 0.0f
     if (bytes != 0) CUDA_CHECK(cudaMemset(p, 0, bytes));
+}
+
+// =============================================================================================
+// 9. Timing kernels with CUDA events
+//
+// A launch returns before its kernel runs, so a host clock around it times only the launch.
+// An event is a time stamp the GPU records when its stream reaches it; the time between two
+// events is the time of the kernels launched between them. The first launch is a warm-up (it
+// pays for loading the module); the rest are averaged.
+// =============================================================================================
+
+namespace {
+struct Event {   // created and destroyed with checks, also when a launch throws
+    cudaEvent_t e;
+    Event() { CUDA_CHECK(cudaEventCreate(&e)); }
+    ~Event() { cudaEventDestroy(e); }
+    Event(const Event&) = delete;
+    Event& operator=(const Event&) = delete;
+};
+}  // namespace
+
+double cuda_time_ms(const std::function<void()>& launch, int repeats) {
+    if (repeats < 1) throw std::invalid_argument("cuda_time_ms: needs repeats >= 1, got " + std::to_string(repeats));
+    Event start, stop;
+    launch();
+    CUDA_CHECK(cudaEventRecord(start.e));
+    for (int r = 0; r < repeats; ++r) launch();
+    CUDA_CHECK(cudaEventRecord(stop.e));
+    CUDA_CHECK(cudaEventSynchronize(stop.e));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, start.e, stop.e));
+    return double(ms) / repeats;
+}
+
+bool cuda_is_emulated() {
+#ifdef __CUDACC__
+    return false;
+#else
+    return true;
+#endif
 }
