@@ -10,8 +10,8 @@ CXXFLAGS ?= -std=c++17 -O3 -g -Wall -Wextra
 #   -fno-math-errno    std::sqrt need not set errno, so loops that use it vectorize;
 #   -fopenmp-simd      `#pragma omp simd` is honoured even without OpenMP threads;
 #   ARCH               every vector instruction this CPU has (AVX2 and FMA here; §2.4's matmul
-#                      depends on them). `make ARCH=` builds for any x86-64 (what `make
-#                      valgrind` does: valgrind does not know AVX-512);
+#                      depends on them). `make ARCH=` builds for any x86-64; `make valgrind`
+#                      picks its own (valgrind does not know AVX-512);
 #   OMP                OpenMP threads (matmul's blocks) when the compiler has them; NO_OMP=1
 #                      builds without.
 ARCH     ?= -march=native
@@ -153,11 +153,13 @@ asan: $(B)/asan/tests $(TEST_BINS) $(foreach n,$(LESSONS),$(B)/asan32/lessons/$(
 # memcheck: zero errors and zero definitely-lost bytes, on the lessons and the tests. (Freed
 # scalar nodes stay on the engine's free list, engine.cpp §1.6: valgrind reports them as
 # "still reachable", which is not a leak.)
-# It uses its own build for any x86-64 (ARCH=), in build/portable/.
+# It uses its own build, in build/portable/: valgrind runs AVX2 and FMA but not AVX-512, so that
+# build targets x86-64-v3 (AVX2 + FMA) where the CPU has them, else any x86-64.
 VALGRIND := valgrind --quiet --error-exitcode=1 --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite
+VALGRIND_ARCH := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo && echo -march=x86-64-v3)
 valgrind:
 	@command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)"; exit 2; }
-	@$(MAKE) --no-print-directory B=$(B)/portable ARCH= valgrind-run
+	@$(MAKE) --no-print-directory B=$(B)/portable ARCH=$(VALGRIND_ARCH) valgrind-run
 valgrind-run: $(TEST_BINS) $(foreach n,$(LESSONS),$(B)/lessons/$(n))
 	@set -e; for n in $(LESSONS); do \
 	    echo "lesson $$n under valgrind"; \
