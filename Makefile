@@ -240,17 +240,17 @@ data:
 	@bash lessons/get_data.sh
 
 # ---- benchmarks ------------------------------------------------------------------------------
-# make bench-gpu: the same bench, with kernels.cu compiled by nvcc for GPU_ARCH and linked with
-# the CUDA runtime, so it also times every kernel on the GPU with CUDA events. It needs nvcc and
-# a GPU (without one it stops at the first CUDA call, saying so).
+# make bench-gpu: the same bench, with kernels.cu compiled by nvcc for GPU_ARCH, so it also times
+# every kernel on the GPU with CUDA events. It needs nvcc and a GPU (without one it stops at the
+# first CUDA call, saying so). nvcc links too: it knows where its own CUDA runtime lives (nvcc may
+# be a wrapper script far from the toolkit), and it uses $(CXX) for the host side.
 GPU_ARCH ?= sm_90
-CUDA_LIB  = $(dir $(NVCC))../lib64
 $(B)/gpu/kernels.o: kernels.cu $(B)/flags
 	@[ -n "$(NVCC)" ] || { echo "make bench-gpu needs nvcc"; exit 2; }
 	@mkdir -p $(@D)
 	$(NVCC) -O3 -arch=$(GPU_ARCH) -Werror all-warnings -c kernels.cu -o $@
 $(B)/bench-gpu: $(B)/bench.o $(B)/engine.o $(B)/gpu/kernels.o
-	$(CXX) $(CXXFLAGS) $^ -L$(CUDA_LIB) -lcudart -Wl,-rpath,$(CUDA_LIB) -o $@
+	$(NVCC) -ccbin $(CXX) $(if $(OMP),-Xcompiler $(OMP)) $^ -o $@
 bench-gpu: $(B)/bench-gpu
 	$(B)/bench-gpu
 
