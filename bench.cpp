@@ -178,7 +178,6 @@ static void mlp_step(Report& report, int threads) {
         clip_grad_norm(model.parameters(), 1.0);
         opt.step();
     };
-    for (int i = 0; i < 5; ++i) step();   // warm up: buffers, caches
     report.row("mlp_step", threads, "784-256-256-10/b128", time_ms(step, 51), "ms");
 }
 
@@ -204,7 +203,6 @@ static void scalar_moons(Report& report) {
             p.grad() = 0.0;
         }
     };
-    step();   // warm up the allocator
     report.row("scalar_moons_step", 1, std::to_string(nodes) + "n", time_ms(step, 51), "ms");
 }
 
