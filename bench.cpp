@@ -3,8 +3,8 @@
 //
 // Each figure is the median of several runs (min and max beside it): the median ignores the
 // odd run slowed by the rest of the machine, and the spread shows how much to trust it. Every
-// product is checked against a double-precision dot product before it is timed, so a fast
-// wrong answer cannot make the table.
+// product is checked against a double-precision dot product before it is timed, and every GPU
+// kernel against the CPU engine, so a fast wrong answer cannot make the table.
 
 #include "engine.h"
 
@@ -216,6 +216,19 @@ static DeviceBuffer<float> device_random(std::size_t n, Rng& rng) {
     return d;
 }
 
+static std::vector<real> host_copy(const DeviceBuffer<float>& d) {
+    std::vector<float> f(d.size());
+    cuda_copy_to_host(f.data(), d.data(), d.bytes());
+    return std::vector<real>(f.begin(), f.end());
+}
+
+static std::vector<real> transposed(const std::vector<real>& a, int N) {   // of an N×N matrix
+    std::vector<real> t(a.size());
+    for (int i = 0; i < N; ++i)
+        for (int j = 0; j < N; ++j) t[std::size_t(j) * N + i] = a[std::size_t(i) * N + j];
+    return t;
+}
+
 // kernels.cu through the emulator (cuda_emu.h): how long one launch of the shared-memory matmul
 // takes on the CPU, 64×64×64 = 4 blocks of 256 fibers. It is what `make test FILTER=cuda_` pays
 // per kernel call; it says nothing about a GPU.
@@ -224,17 +237,15 @@ static void emulated_kernel(Report& report) {
     Rng rng(4);
     const DeviceBuffer<float> A = device_random(n * n, rng), B = device_random(n * n, rng), C(n * n);
     const Timing t = time_ms([&] { cuda_matmul_v2(A.data(), B.data(), C.data(), n, n, n); }, 11);
-    std::vector<float> a(n * n), b(n * n), c(n * n);
-    cuda_copy_to_host(a.data(), A.data(), A.bytes());
-    cuda_copy_to_host(b.data(), B.data(), B.bytes());
-    cuda_copy_to_host(c.data(), C.data(), C.bytes());
-    if constexpr (sizeof(real) == sizeof(float)) verify("cuda_matmul_v2 (emulated)", a, b, c, n, n, n);
+    verify("cuda_matmul_v2 (emulated)", host_copy(A), host_copy(B), host_copy(C), n, n, n);
     report.row("emulated_kernel", 1, "matmul_v2 64^3", t, "ms");
 }
 
 // Each kernel timed on the device with CUDA events (kernels.cu §9): 5 measurements of `repeats`
 // launches each, so the table has a median, min and max like the others. Bytes and FLOPs are
 // each kernel's own minimum (kernels.cu states them), compared with an H100 SXM's paper limits.
+// Before a kernel is timed, its result is checked against the CPU's, as for the CPU rows: on a GPU
+// this is the check of what the emulator cannot see (races it orders the same way every time).
 // With `small`, sizes an emulator can run in a second (the test of this code).
 constexpr double h100_gbps = 3350, h100_gflops = 67000;   // HBM3; FP32 without tensor cores
 
@@ -248,35 +259,160 @@ static void gpu_row(Report& report, const char* name, const std::string& size, d
     else report.row(name, 1, size, rate(gb, t), "GB/s", h100_gbps);
 }
 
-static void gpu_kernels(Report& report, bool small) {
-    std::printf("(kernels.cu on the %s, timed with CUDA events; last column: share of an H100 SXM's paper limit, "
-                "%.0f GB/s or %.0f GFLOP/s)\n", cuda_is_emulated() ? "emulator" : "GPU", h100_gbps, h100_gflops);
-    Rng rng(5);
-    const int n = small ? 4096 : 1 << 24, N = small ? 64 : 2048, rows = small ? 64 : 16384, cols = small ? 100 : 1024;
-    const int repeats = small ? 1 : 20;
-    const double GB = 1e-9, floats = 4.0 * GB;   // bytes of one float, in GB
-    const std::string sn = std::to_string(n), sN = std::to_string(N) + "^3", sRC = std::to_string(rows) + "x" + std::to_string(cols);
-    DeviceBuffer<float> x = device_random(n, rng), y = device_random(n, rng), z = device_random(n, rng), w = device_random(n, rng);
-    gpu_row(report, "gpu_add", sn, 3 * n * floats, 0, [&] { cuda_add_forward(x.data(), y.data(), z.data(), n, n); }, repeats);
-    gpu_row(report, "gpu_relu", sn, 2 * n * floats, 0, [&] { cuda_relu_forward(x.data(), z.data(), n); }, repeats);
-    gpu_row(report, "gpu_sum_v2", sn, n * floats, 0, [&] { cuda_sum_v2(x.data(), n); }, repeats);
-    gpu_row(report, "gpu_adamw", sn, 7 * n * floats, 0,   // reads w, g, m, v; writes w, m, v
-            [&] { cuda_adamw_update(x.data(), y.data(), z.data(), w.data(), n, 1e-9f, 0.9f, 0.999f, 1e-8f, 0.0f, 1); }, repeats);
-    DeviceBuffer<float> logits = device_random(std::size_t(rows) * cols, rng), probs(std::size_t(rows) * cols), loss(1);
+// |got − want| <= tol·(1 + |want|) for every element, or the bench stops, naming the first miss.
+static void expect_close(const char* what, const std::vector<real>& got, const std::vector<real>& want, double tol) {
+    if (got.size() != want.size())
+        throw std::runtime_error(std::string(what) + ": " + std::to_string(got.size()) + " values, expected " +
+                                 std::to_string(want.size()));
+    for (std::size_t i = 0; i < want.size(); ++i)
+        if (!(std::fabs(double(got[i]) - double(want[i])) <= tol * (1 + std::fabs(double(want[i])))))
+            throw std::runtime_error(std::string(what) + ": element " + std::to_string(i) + " is " + std::to_string(got[i]) +
+                                     ", expected " + std::to_string(want[i]));
+}
+
+static void gpu_vector_kernels(Report& report, int n, int repeats, Rng& rng) {
+    const double floats = 4e-9 * n;   // GB in n floats
+    const std::string size = std::to_string(n);
+    DeviceBuffer<float> x = device_random(n, rng), y = device_random(n, rng), z(n), m(n), v(n);
+    const std::vector<real> hx = host_copy(x), hy = host_copy(y);
+    std::vector<real> want(hx.size());
+
+    auto add = [&] { cuda_add_forward(x.data(), y.data(), z.data(), n, n); };
+    add();
+    for (std::size_t i = 0; i < want.size(); ++i) want[i] = hx[i] + hy[i];
+    expect_close("gpu_add", host_copy(z), want, 1e-6);
+    gpu_row(report, "gpu_add", size, 3 * floats, 0, add, repeats);
+
+    auto relu = [&] { cuda_relu_forward(x.data(), z.data(), n); };
+    relu();
+    for (std::size_t i = 0; i < want.size(); ++i) want[i] = std::max(hx[i], real(0));
+    expect_close("gpu_relu", host_copy(z), want, 0);
+    gpu_row(report, "gpu_relu", size, 2 * floats, 0, relu, repeats);
+
+    // The sums and the norm return a number to the host, so their times include what their
+    // wrappers do around the kernels: a cudaMalloc and cudaFree of scratch, and a copy back.
+    double sum = 0, sum_of_squares = 0, size_of_sum = 0;   // a float sum's rounding error scales with Σ|x|
+    for (real e : hx) {
+        sum += e;
+        sum_of_squares += double(e) * e;
+        size_of_sum += std::fabs(e);
+    }
+    const struct {
+        const char* name;
+        float (*sum)(const float* X, int n);
+    } sums[] = {{"gpu_sum_v1", cuda_sum_v1}, {"gpu_sum_v2", cuda_sum_v2}};
+    for (const auto& s : sums) {
+        const double got = s.sum(x.data(), n);
+        if (!(std::fabs(got - sum) <= 1e-5 * size_of_sum))
+            throw std::runtime_error(std::string(s.name) + ": " + std::to_string(got) + ", expected " + std::to_string(sum));
+        gpu_row(report, s.name, size, floats, 0, [&] { s.sum(x.data(), n); }, repeats);
+    }
+    auto norm = [&] { return cuda_grad_norm({x.data()}, {n}); };
+    expect_close("gpu_grad_norm", {real(norm())}, {real(std::sqrt(sum_of_squares))}, 1e-5);
+    gpu_row(report, "gpu_grad_norm", size, floats, 0, norm, repeats);
+
+    // AdamW's first step from m = v = 0, against the engine's: w = x, g = y.
+    cuda_zero(m.data(), m.bytes());
+    cuda_zero(v.data(), v.bytes());
+    DeviceBuffer<float> w(n);
+    cuda_copy_on_device(w.data(), x.data(), x.bytes());
+    auto adamw = [&] { cuda_adamw_update(w.data(), y.data(), m.data(), v.data(), n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 1); };
+    adamw();
+    Tensor p({n}, hx);
+    p.requires_grad_();
+    p.grad() = hy;
+    AdamW(std::vector<Tensor>{p}, 1e-3, 0.9, 0.999, 1e-8, 0.01).step();
+    expect_close("gpu_adamw", host_copy(w), p.values(), 1e-6);
+    gpu_row(report, "gpu_adamw", size, 7 * floats, 0, adamw, repeats);   // reads w, g, m, v; writes w, m, v
+}
+
+// The kernels that reduce along rows or down columns of a [rows, cols] matrix: the fused
+// softmax-CE, the bias gradient, layer norm forward and backward; each against the CPU engine.
+static void gpu_row_kernels(Report& report, int rows, int cols, int repeats, Rng& rng) {
+    const std::size_t numel = std::size_t(rows) * cols;
+    const double floats = 4e-9 * double(numel);   // GB in one [rows, cols] matrix
+    const std::string size = std::to_string(rows) + "x" + std::to_string(cols);
+    DeviceBuffer<float> X = device_random(numel, rng), dY = device_random(numel, rng), Y(numel), dX(numel);
+    DeviceBuffer<float> gain = device_random(cols, rng), bias = device_random(cols, rng), dgain(cols), dbias(cols);
+    DeviceBuffer<float> mean(rows), rstd(rows), loss(1);
+    Tensor x({rows, cols}, host_copy(X)), g({rows, cols}, host_copy(dY));
+    Tensor gain_t({cols}, host_copy(gain)), bias_t({cols}, host_copy(bias));
+
     std::vector<int> host_labels(rows);
     for (int& l : host_labels) l = int(rng.below(cols));
     DeviceBuffer<int> labels(rows);
     cuda_copy_to_device(labels.data(), host_labels.data(), labels.bytes());
-    gpu_row(report, "gpu_softmax_ce", sRC, 2.0 * rows * cols * floats, 0, [&] {
-        cuda_softmax_cross_entropy_forward(logits.data(), labels.data(), probs.data(), loss.data(), rows, cols); }, repeats);
+    auto cross_entropy_forward = [&] {
+        cuda_softmax_cross_entropy_forward(X.data(), labels.data(), Y.data(), loss.data(), rows, cols);
+    };
+    cross_entropy_forward();
+    // The loss is a float sum of one term per row, added in whatever order the rows finish.
+    expect_close("gpu_softmax_ce (the mean loss)", host_copy(loss), {cross_entropy(x, host_labels).item()}, 1e-4);
+    gpu_row(report, "gpu_softmax_ce", size, 2 * floats, 0, cross_entropy_forward, repeats);
+
+    auto bias_grad = [&] { cuda_bias_grad(dY.data(), dbias.data(), rows, cols); };
+    cuda_zero(dbias.data(), dbias.bytes());
+    bias_grad();
+    expect_close("gpu_bias_grad", host_copy(dbias), sum(g, 0).values(), 1e-4);
+    gpu_row(report, "gpu_bias_grad", size, floats, 0, bias_grad, repeats);
+
+    auto layer_norm_forward = [&] {
+        cuda_layer_norm_forward(X.data(), gain.data(), bias.data(), Y.data(), mean.data(), rstd.data(), rows, cols, 1e-5f);
+    };
+    layer_norm_forward();
+    x.requires_grad_();
+    gain_t.requires_grad_();
+    bias_t.requires_grad_();
+    const Tensor y = layer_norm(x, gain_t, bias_t, real(1e-5));
+    expect_close("gpu_layer_norm", host_copy(Y), y.values(), 1e-4);
+    gpu_row(report, "gpu_layer_norm", size, 2 * floats, 0, layer_norm_forward, repeats);
+
+    auto layer_norm_backward = [&] {
+        cuda_layer_norm_backward(X.data(), gain.data(), mean.data(), rstd.data(), dY.data(), dX.data(), dgain.data(),
+                                 dbias.data(), rows, cols);
+    };
+    for (DeviceBuffer<float>* gradient : {&dX, &dgain, &dbias}) cuda_zero(gradient->data(), gradient->bytes());
+    layer_norm_backward();
+    y.backward(g);
+    expect_close("gpu_layer_norm_bw (dX)", host_copy(dX), x.grad(), 1e-4);
+    expect_close("gpu_layer_norm_bw (dgain)", host_copy(dgain), gain_t.grad(), 1e-4);
+    expect_close("gpu_layer_norm_bw (dbias)", host_copy(dbias), bias_t.grad(), 1e-4);
+    gpu_row(report, "gpu_layer_norm_bw", size, 6 * floats, 0, layer_norm_backward, repeats);   // kernels.cu §5
+}
+
+// The five products on N×N matrices. The backward products add into C, so C starts at 0 for
+// the checked launch: dX = A·Bᵀ (A as dY, B as W), dW = Aᵀ·B (A as X, B as dY).
+static void gpu_matmuls(Report& report, int N, int repeats, Rng& rng) {
     const DeviceBuffer<float> A = device_random(std::size_t(N) * N, rng), B = device_random(std::size_t(N) * N, rng);
     DeviceBuffer<float> C(std::size_t(N) * N);
+    const std::vector<real> a = host_copy(A), b = host_copy(B);
     const double gflop = 2.0 * N * N * double(N) / 1e9;
-    gpu_row(report, "gpu_matmul_v1", sN, 0, gflop, [&] { cuda_matmul_v1(A.data(), B.data(), C.data(), N, N, N); }, repeats);
-    gpu_row(report, "gpu_matmul_v2", sN, 0, gflop, [&] { cuda_matmul_v2(A.data(), B.data(), C.data(), N, N, N); }, repeats);
-    gpu_row(report, "gpu_matmul_v3", sN, 0, gflop, [&] { cuda_matmul_v3(A.data(), B.data(), C.data(), N, N, N); }, repeats);
-    gpu_row(report, "gpu_matmul_dx", sN, 0, gflop, [&] { cuda_matmul_backward_dx(A.data(), B.data(), C.data(), N, N, N); }, repeats);
-    gpu_row(report, "gpu_matmul_dw", sN, 0, gflop, [&] { cuda_matmul_backward_dw(A.data(), B.data(), C.data(), N, N, N); }, repeats);
+    const std::string size = std::to_string(N) + "^3";
+    using Product = void (*)(const float*, const float*, float*, int, int, int);
+    const struct {
+        const char* name;
+        Product product;
+        bool transpose_a, transpose_b;
+    } products[] = {{"gpu_matmul_v1", cuda_matmul_v1, false, false}, {"gpu_matmul_v2", cuda_matmul_v2, false, false},
+                    {"gpu_matmul_v3", cuda_matmul_v3, false, false}, {"gpu_matmul_dx", cuda_matmul_backward_dx, false, true},
+                    {"gpu_matmul_dw", cuda_matmul_backward_dw, true, false}};
+    for (const auto& p : products) {
+        auto launch = [&] { p.product(A.data(), B.data(), C.data(), N, N, N); };
+        cuda_zero(C.data(), C.bytes());
+        launch();
+        verify(p.name, p.transpose_a ? transposed(a, N) : a, p.transpose_b ? transposed(b, N) : b, host_copy(C), N, N, N);
+        gpu_row(report, p.name, size, 0, gflop, launch, repeats);
+    }
+}
+
+static void gpu_kernels(Report& report, bool small) {
+    std::printf("(kernels.cu on the %s, timed with CUDA events; last column: share of an H100 SXM's paper limit, "
+                "%.0f GB/s or %.0f GFLOP/s)\n", cuda_is_emulated() ? "emulator" : "GPU", h100_gbps, h100_gflops);
+    Rng rng(5);
+    const int repeats = small ? 1 : 20;
+    gpu_vector_kernels(report, small ? 4096 : 1 << 24, repeats, rng);
+    gpu_row_kernels(report, small ? 64 : 16384, small ? 100 : 1024, repeats, rng);
+    gpu_matmuls(report, small ? 64 : 2048, repeats, rng);
 }
 
 // `bench --gpu-only` runs just the kernels.cu rows (on the emulator, at small sizes: the tests
@@ -308,8 +444,8 @@ static int run(int argc, char** argv) {
     scalar_moons(report);
     if (cuda_is_emulated()) {
         emulated_kernel(report);
-        std::printf("(kernels.cu runs on the emulator here, so there is no GPU to time: `make bench-gpu` on a machine "
-                    "with nvcc and a GPU adds those rows)\n");
+        std::printf("(kernels.cu runs on the emulator here, so there is no GPU to time: on a machine with nvcc and a GPU, "
+                    "`make bench` builds the GPU bench, which adds those rows)\n");
     } else {
         gpu_kernels(report, false);
     }

@@ -153,7 +153,9 @@ inline State& state() {
 inline Wait& wait_of(int t) { return state().waits[std::size_t(t)]; }
 
 inline void set_schedule(Schedule schedule, std::uint64_t seed = 1) {
-    state().schedule = schedule, state().rng = seed ? seed : 1, state().schedule_chosen = true;
+    state().schedule = schedule;
+    state().rng = seed ? seed : 1;   // xorshift never leaves 0
+    state().schedule_chosen = true;
 }
 inline void schedule_from_environment() {
     if (state().schedule_chosen) return;
@@ -319,7 +321,9 @@ inline void release_barrier() {
     int waiting = 0, exited = 0, n_exited = 0;
     for (int t = n - 1; t >= 0; --t) {
         if (wait_of(t) == Wait::barrier) waiting = t;
-        if (wait_of(t) == Wait::done) exited = t, n_exited++;
+        if (wait_of(t) != Wait::done) continue;
+        exited = t;
+        ++n_exited;
     }
     const Fiber& w = F[waiting];
     if (n_exited > 0)

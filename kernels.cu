@@ -650,7 +650,10 @@ static __global__ void layer_norm_forward_kernel(const float* X, const float* ga
     for (int j = threadIdx.x; j < D; j += blockDim.x) v += (x[j] - mu) * (x[j] - mu);
     const float rs = rsqrtf(block_all_reduce(v, Reduce::sum) / D + eps);
     for (int j = threadIdx.x; j < D; j += blockDim.x) Y[r * D + j] = gain[j] * (x[j] - mu) * rs + bias[j];
-    if (threadIdx.x == 0) mean[r] = mu, rstd[r] = rs;
+    if (threadIdx.x == 0) {
+        mean[r] = mu;
+        rstd[r] = rs;
+    }
 }
 
 // dx, one block of 128 threads per row.
@@ -661,7 +664,8 @@ static __global__ void layer_norm_backward_dx_kernel(const float* X, const float
     float a = 0, b = 0;   // Σ ĝ and Σ ĝ·x̂ over this thread's columns
     for (int j = threadIdx.x; j < D; j += blockDim.x) {
         const float gh = dY[r * D + j] * gain[j], xh = (X[r * D + j] - mu) * rs;
-        a += gh, b += gh * xh;
+        a += gh;
+        b += gh * xh;
     }
     const float mean_gh = block_all_reduce(a, Reduce::sum) / D, mean_gh_xh = block_all_reduce(b, Reduce::sum) / D;
     for (int j = threadIdx.x; j < D; j += blockDim.x) {
@@ -683,11 +687,16 @@ static __global__ void layer_norm_backward_params_kernel(const float* X, const f
             sg += g * (X[r * D + j] - mean[r]) * rstd[r];
             sb += g;
         }
-    partial_gain[y][x] = sg, partial_bias[y][x] = sb;
+    partial_gain[y][x] = sg;
+    partial_bias[y][x] = sb;
     __syncthreads();
     if (y == 0 && j < D) {
-        for (int k = 1; k < strip_rows; ++k) sg += partial_gain[k][x], sb += partial_bias[k][x];
-        dgain[j] += sg, dbias[j] += sb;
+        for (int k = 1; k < strip_rows; ++k) {
+            sg += partial_gain[k][x];
+            sb += partial_bias[k][x];
+        }
+        dgain[j] += sg;
+        dbias[j] += sb;
     }
 }
 
@@ -731,7 +740,8 @@ static __global__ void adamw_kernel(float* W, const float* G, float* m, float* v
     const float g = G[i];
     const float w = W[i] - lr * weight_decay * W[i];   // decoupled decay: shrink the weight itself
     const float mi = beta1 * m[i] + (1 - beta1) * g, vi = beta2 * v[i] + (1 - beta2) * g * g;
-    m[i] = mi, v[i] = vi;
+    m[i] = mi;
+    v[i] = vi;
     W[i] = w - lr * (mi / c1) / (sqrtf(vi / c2) + eps);
 }
 
@@ -775,7 +785,8 @@ static __global__ void norm_and_clip_scale_kernel(const float* partial, int coun
     s = block_all_reduce(s, Reduce::sum);
     if (threadIdx.x == 0) {
         const float norm = sqrtf(s);
-        out[0] = norm, out[1] = norm > max_norm ? max_norm / norm : 1.0f;
+        out[0] = norm;
+        out[1] = norm > max_norm ? max_norm / norm : 1.0f;
     }
 }
 

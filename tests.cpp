@@ -2779,15 +2779,17 @@ TEST("cuda", "cuda_emu: warp shuffles and ballot") { cuda_tests::under_every_sch
 TEST("cuda", "cuda_emu: NaN-filled memory, per-block shared memory, atomicAdd") { cuda_tests::once(cuda_tests::test_nan_fill_and_atomics); }
 TEST("cuda", "cuda_emu: writes out of bounds are caught") { cuda_tests::once(cuda_tests::test_out_of_bounds); }
 // CUDA events (kernels.cu §9) on the emulator, where they read the host clock: a "launch" that
-// sleeps 3 ms must measure at least 3 ms a call. And bench's GPU rows run every kernel they time.
-TEST("cuda", "cuda_event_timing: cuda_time_ms brackets its launches; bench --gpu-only times every kernel") {
+// sleeps 3 ms must measure at least 3 ms a call. And bench's GPU rows run: each checks its kernel
+// against the CPU engine (bench exits 1 on a wrong result), then times it.
+TEST("cuda", "cuda_event_timing: cuda_time_ms brackets its launches; bench --gpu-only checks and times its kernels") {
     const double ms = cuda_time_ms([] { usleep(3000); }, 2);
     EXPECT_TRUE(ms >= 3 && ms < 300);
     EXPECT_THROWS(cuda_time_ms([] {}, 0), "cuda_time_ms: needs repeats >= 1, got 0");
     require_binary(build_dir + "/bench");
     const CommandResult r = run_command(build_dir + "/bench --gpu-only");
     EXPECT_EQ(r.exit_code, 0);
-    for (const char* row : {"gpu_add", "gpu_relu", "gpu_sum_v2", "gpu_adamw", "gpu_softmax_ce", "gpu_matmul_v1",
+    for (const char* row : {"gpu_add", "gpu_relu", "gpu_sum_v1", "gpu_sum_v2", "gpu_grad_norm", "gpu_adamw",
+                            "gpu_softmax_ce", "gpu_bias_grad", "gpu_layer_norm", "gpu_layer_norm_bw", "gpu_matmul_v1",
                             "gpu_matmul_v2", "gpu_matmul_v3", "gpu_matmul_dx", "gpu_matmul_dw"})
         if (r.output.find(row) == std::string::npos) fail_at(__FILE__, __LINE__, std::string("no row ") + row + " in:\n" + r.output);
 }

@@ -645,8 +645,9 @@ static void roofline() {
     std::printf("\nOnly the tiled matmuls come near the 20 FLOP/byte ridge. Every other kernel's speed is its\n"
                 "bytes divided by 3.35 TB/s, which is why fusing kernels (softmax + CE, AdamW) matters\n"
                 "more than making their arithmetic faster. Real kernels reach only part of these peaks;\n"
-                "measure on a GPU before you believe any of it: `make bench-gpu` times every kernel there\n"
-                "with CUDA events. These are paper numbers: this project has never had a GPU to measure on.\n");
+                "measure on a GPU before you believe any of it: there `make bench` checks each kernel against\n"
+                "the CPU, then times it with CUDA events. These are paper numbers: this project has never\n"
+                "had a GPU to measure on.\n");
 }
 
 // ---------------------------------------------------------------------------------------------
