@@ -49,7 +49,7 @@ TEST_BINS := $(B)/tests $(B)/O0/tests $(B)/bench \
 fuzz: $(B)/tests
 	FUZZ_GRAPHS=$(or $(N),forever) SEED=$(SEED) $(B)/tests fuzz/
 
-.PHONY: all test asan valgrind valgrind-run lessons lesson check exercise exercise-reset bench bench-gpu demo data clean help
+.PHONY: all test asan valgrind valgrind-run lessons lesson check exercise exercise-reset bench bench-gpu demo demo-gpu data clean help
 all: $(TEST_BINS) $(foreach n,$(LESSONS),$(B)/lessons/$(n)) $(B)/bench $(B)/demo
 
 help:
@@ -66,6 +66,7 @@ help:
 	@echo "make data             put Fashion-MNIST (Debian) or MNIST (download) into data/"
 	@echo "make fuzz [N=100000]  random graphs against finite differences (SEED=s replays one)"
 	@echo "make cuda             compile kernels.cu with nvcc for sm_80 and sm_90 (when nvcc exists)"
+	@echo "make demo-gpu         the demo, trained on the GPU (nvcc and a GPU)"
 	@echo "make bench-gpu        make bench plus 15 kernels checked and timed on the GPU (nvcc and a GPU;"
 	@echo "                      make bench runs it where both are present)"
 	@echo "make bench            matmul GFLOP/s against the FMA peak, the MLP and scalar training steps,"
@@ -235,6 +236,15 @@ $(B)/demo: lessons/demo.cpp $(LESSON_DEPS)
 
 demo: $(B)/demo
 	$(B)/demo
+
+# make demo-gpu: the demo's training loop on Device::CUDA, with kernels.cu built by nvcc (below).
+$(B)/gpu/demo.o: lessons/demo.cpp $(LESSON_DEPS)
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) -I. -Ilessons -c $< -o $@
+$(B)/demo-gpu: $(B)/gpu/demo.o $(B)/engine.o $(B)/gpu/kernels.o
+	$(NVCC) -ccbin $(CXX) $(if $(OMP),-Xcompiler $(OMP)) $^ -o $@
+demo-gpu: $(B)/demo-gpu
+	$(B)/demo-gpu --cuda
 
 # ---- real data (lesson 10) -------------------------------------------------------------------
 data:

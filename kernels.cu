@@ -886,7 +886,7 @@ namespace {
 struct Event {   // created and destroyed with checks, also when a launch throws
     cudaEvent_t e;
     Event() { CUDA_CHECK(cudaEventCreate(&e)); }
-    ~Event() { cudaEventDestroy(e); }
+    ~Event() { cudaEventDestroy(e); }   // unchecked, as in DeviceScratch: a destructor must not throw
     Event(const Event&) = delete;
     Event& operator=(const Event&) = delete;
 };

@@ -8,6 +8,9 @@
 //   gradient clipping at a global norm of 1.0             engine.cpp §2.11
 // It prints a progress line while it trains, the final accuracy, and writes two plots:
 // build/plots/demo_loss.svg and build/plots/demo_decision_boundary.svg.
+// `demo --cuda` runs the same loop with the model and the data on Device::CUDA (engine.cpp
+// Part 5). It is meant for a GPU (`make demo-gpu`); through the emulator each step takes about a
+// second, so there the tests run the same loop on a tiny model instead.
 
 #include "lesson.h"
 
@@ -79,16 +82,20 @@ static void save_decision_boundary(nn::MLP& model, const Spirals& data, const st
     std::printf("  (plot written to %s)\n", path.c_str());
 }
 
-int main() {
+static int run(int argc, char** argv) {
+    const Device device = argc > 1 && std::strcmp(argv[1], "--cuda") == 0 ? Device::CUDA : Device::CPU;
     Rng rng(0);
     const Spirals data = make_spirals(200, 3, 0.2, rng);
     nn::MLP model({2, 64, 64, 3}, rng, Activation::relu, Init::he_normal);
+    model.to(device);   // first the model, then the optimizer: its state is made where the parameters are
+    const Tensor batch = data.x.to(device);
     const int steps = 1500, warmup = 100;
     const double lr_max = 1e-2, lr_min = 1e-4, max_norm = 1.0;
     AdamW opt(model.parameters(), lr_max, 0.9, 0.999, 1e-8, 1e-4);
     std::printf("3-class spirals, %zu points; MLP 2-64-64-3 (%zu parameter tensors), AdamW, "
-                "warmup %d then cosine to %g, clip at %g, %d full-batch steps\n",
-                data.labels.size(), model.parameters().size(), warmup, lr_min, max_norm, steps);
+                "warmup %d then cosine to %g, clip at %g, %d full-batch steps, on %s%s\n",
+                data.labels.size(), model.parameters().size(), warmup, lr_min, max_norm, steps, device_name(device),
+                device == Device::CUDA && cuda_is_emulated() ? " (the emulator)" : "");
 
     const bool terminal = ::isatty(STDOUT_FILENO);   // redraw one line, or print every 100 steps
     std::vector<double> losses;
@@ -96,14 +103,14 @@ int main() {
     for (int step = 0; step < steps; ++step) {
         opt.lr = warmup_cosine_lr(step, warmup, steps, lr_max, lr_min);
         opt.zero_grad();
-        const Tensor loss = cross_entropy(model(data.x), data.labels);
+        const Tensor loss = cross_entropy(model(batch), data.labels);
         loss.backward();
         const double norm = clip_grad_norm(model.parameters(), max_norm);
         opt.step();
         losses.push_back(loss.item());
         if (step % (terminal ? 10 : 100) == 0 || step == steps - 1) {
             const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-            std::printf("%sstep %5d/%d  loss %.4f  lr %.2e  grad norm %7.3f  %6.0f steps/s%s",
+            std::printf("%sstep %5d/%d  loss %.4f  lr %.2e  grad norm %7.3f  %7.1f steps/s%s",
                         terminal ? "\r" : "", step + 1, steps, loss.item(), opt.lr, norm,
                         (step + 1) / seconds, terminal ? "" : "\n");
             std::fflush(stdout);
@@ -111,6 +118,7 @@ int main() {
     }
     if (terminal) std::printf("\n");
 
+    model.to(Device::CPU);   // to evaluate and draw on the host
     model.eval();
     const double acc = accuracy(model, data);
     Plot plot("Spirals: training loss", "step", "cross-entropy", Scale::log_y);
@@ -119,4 +127,13 @@ int main() {
     save_decision_boundary(model, data, "build/plots/demo_decision_boundary.svg");
     std::printf("final training accuracy: %.4f\n", acc);
     return acc >= 0.98 ? 0 : 1;
+}
+
+int main(int argc, char** argv) {
+    try {
+        return run(argc, argv);
+    } catch (const std::exception& e) {   // a CUDA call that failed (no GPU, say), or a bad input
+        std::fprintf(stderr, "demo: %s\n", e.what());
+        return 2;
+    }
 }
