@@ -25,6 +25,7 @@ TEST_DEFS = -DBUILD_DIR='"$(B)"'
 # Exercise stubs throw before reading their parameters; that is by design, not a bug to warn about.
 STUB_FLAGS := -Wno-unused-parameter
 B := build
+.DEFAULT_GOAL := all   # plain `make` builds everything (whatever rule comes first)
 
 LESSON_SRCS := $(sort $(wildcard lessons/[0-9][0-9]_*.cpp))
 lesson_num   = $(firstword $(subst _, ,$(notdir $(1))))
