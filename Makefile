@@ -253,11 +253,12 @@ data:
 
 # ---- benchmarks ------------------------------------------------------------------------------
 # make bench-gpu: the same bench, with kernels.cu compiled by nvcc, so it also runs 15 kernels on
-# the GPU: each is checked against the CPU engine, then timed with CUDA events. It needs nvcc and a GPU (without one it stops at the
-# first CUDA call, saying so). GPU_CODE holds machine code for sm_80 (A100) and sm_90 (H100), and
-# compute_80 PTX, which the driver compiles when a newer GPU loads it. nvcc links too: it knows
-# where its own CUDA runtime lives (nvcc may be a wrapper script far from the toolkit), and it
-# uses $(CXX) for the host side. `make bench` runs it by itself where nvcc and a GPU both answer.
+# the GPU: each is checked against the CPU engine, then timed with CUDA events. It needs nvcc and
+# a GPU (without one it stops at the first CUDA call, saying so). `make bench` runs it by itself
+# where nvcc and a GPU both answer. GPU_CODE holds machine code for sm_80 (A100) and sm_90
+# (H100), and compute_80 PTX, which the driver compiles when a newer GPU loads it. nvcc links
+# too: it knows where its own CUDA runtime lives (nvcc may be a wrapper script far from the
+# toolkit), and it uses $(CXX) for the host side.
 GPU_CODE ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
             -gencode arch=compute_80,code=compute_80
 $(B)/gpu/kernels.o: kernels.cu $(B)/flags

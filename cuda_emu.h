@@ -154,7 +154,7 @@ inline Wait& wait_of(int t) { return state().waits[std::size_t(t)]; }
 
 inline void set_schedule(Schedule schedule, std::uint64_t seed = 1) {
     state().schedule = schedule;
-    state().rng = seed ? seed : 1;   // xorshift never leaves 0
+    state().rng = seed ? seed : 1;   // xorshift would stay at 0 forever
     state().schedule_chosen = true;
 }
 inline void schedule_from_environment() {

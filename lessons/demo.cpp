@@ -83,7 +83,9 @@ static void save_decision_boundary(nn::MLP& model, const Spirals& data, const st
 }
 
 static int run(int argc, char** argv) {
-    const Device device = argc > 1 && std::strcmp(argv[1], "--cuda") == 0 ? Device::CUDA : Device::CPU;
+    if (argc > 2 || (argc == 2 && std::strcmp(argv[1], "--cuda") != 0))
+        throw std::invalid_argument(std::string("unknown argument '") + argv[argc - 1] + "': the only one is --cuda");
+    const Device device = argc == 2 ? Device::CUDA : Device::CPU;
     Rng rng(0);
     const Spirals data = make_spirals(200, 3, 0.2, rng);
     nn::MLP model({2, 64, 64, 3}, rng, Activation::relu, Init::he_normal);
