@@ -95,14 +95,14 @@ static void peak(Report& report, int threads) {
 }
 
 // 64 entries of C = A·B recomputed in double; a product more than 1e-4 (relative) off stops the bench.
-static void verify(const char* what, const std::vector<real>& A, const std::vector<real>& B, const std::vector<real>& C,
-                   int M, int K, int N) {
+// A and B are views (engine.h), so a product with a transposed operand is checked the same way.
+static void verify(const char* what, MatrixView A, MatrixView B, const std::vector<real>& C, int M, int K, int N) {
     Rng rng(99);
     for (int t = 0; t < 64; ++t) {
         const int i = int(rng.below(M)), j = int(rng.below(N));
         double s = 0, size = 0;
         for (int k = 0; k < K; ++k) {
-            const double term = double(A[std::size_t(i) * K + k]) * B[std::size_t(k) * N + j];
+            const double term = double(A(i, k)) * B(k, j);
             s += term;
             size += std::fabs(term);   // the rounding error of a float sum scales with Σ|terms|
         }
@@ -128,10 +128,10 @@ static void matmul_steps(Report& report, int N) {
         matmul_ikj(N, N, N, A.data(), B.data(), C.data());
     };
     naive();
-    verify("matmul_naive", A, B, C, N, N, N);
+    verify("matmul_naive", row_major(A.data(), N), row_major(B.data(), N), C, N, N, N);
     report.row("matmul_naive", 1, size, rate(gflop, time_ms(naive, 3)), "GFLOP/s");
     ikj();
-    verify("matmul_ikj", A, B, C, N, N, N);
+    verify("matmul_ikj", row_major(A.data(), N), row_major(B.data(), N), C, N, N, N);
     report.row("matmul_ikj", 1, size, rate(gflop, time_ms(ikj, 5)), "GFLOP/s");
 }
 
@@ -140,7 +140,7 @@ static void matmul_steps(Report& report, int N) {
 static void matmul_square(Report& report, int threads, int N) {
     Rng rng(1);
     const Tensor a = randn({N, N}, rng), b = randn({N, N}, rng);
-    verify("matmul", a.values(), b.values(), matmul(a, b).values(), N, N, N);
+    verify("matmul", row_major(a.values().data(), N), row_major(b.values().data(), N), matmul(a, b).values(), N, N, N);
     const int repeats = N <= 512 ? 41 : N <= 1024 ? 15 : 7;   // more runs where a run is short: medians of ≥ 0.1 s from N = 512
     report.row("matmul", threads, std::to_string(N), rate(2.0 * N * N * double(N) / 1e9, time_ms([&] { matmul(a, b); }, repeats)),
                "GFLOP/s");
@@ -155,7 +155,7 @@ static void matmul_mlp_shapes(Report& report, int threads) {
         Tensor x = randn({M, K}, rng).requires_grad_(), w = randn({K, N}, rng).requires_grad_();
         const double gflop = 2.0 * M * K * N / 1e9;
         const std::string size = std::to_string(M) + "x" + std::to_string(K) + "x" + std::to_string(N);
-        verify("matmul", x.values(), w.values(), matmul(x, w).values(), M, K, N);
+        verify("matmul", row_major(x.values().data(), K), row_major(w.values().data(), N), matmul(x, w).values(), M, K, N);
         report.row("matmul", threads, size, rate(gflop, time_ms([&] { matmul(x, w); }, 51)), "GFLOP/s");
         const Tensor y = matmul(x, w), seed = randn({M, N}, rng);
         report.row("matmul_backward", threads, size, rate(2 * gflop, time_ms([&] { y.backward(seed); }, 51)),   // dX and dW
@@ -222,13 +222,6 @@ static std::vector<real> host_copy(const DeviceBuffer<float>& d) {
     return std::vector<real>(f.begin(), f.end());
 }
 
-static std::vector<real> transposed(const std::vector<real>& a, int N) {   // of an N×N matrix
-    std::vector<real> t(a.size());
-    for (int i = 0; i < N; ++i)
-        for (int j = 0; j < N; ++j) t[std::size_t(j) * N + i] = a[std::size_t(i) * N + j];
-    return t;
-}
-
 // kernels.cu through the emulator (cuda_emu.h): how long one launch of the shared-memory matmul
 // takes on the CPU, 64×64×64 = 4 blocks of 256 fibers. It is what `make test FILTER=cuda_` pays
 // per kernel call; it says nothing about a GPU.
@@ -237,7 +230,8 @@ static void emulated_kernel(Report& report) {
     Rng rng(4);
     const DeviceBuffer<float> A = device_random(n * n, rng), B = device_random(n * n, rng), C(n * n);
     const Timing t = time_ms([&] { cuda_matmul_v2(A.data(), B.data(), C.data(), n, n, n); }, 11);
-    verify("cuda_matmul_v2 (emulated)", host_copy(A), host_copy(B), host_copy(C), n, n, n);
+    const std::vector<real> a = host_copy(A), b = host_copy(B);
+    verify("cuda_matmul_v2 (emulated)", row_major(a.data(), n), row_major(b.data(), n), host_copy(C), n, n, n);
     report.row("emulated_kernel", 1, "matmul_v2 64^3", t, "ms");
 }
 
@@ -273,7 +267,7 @@ static void expect_close(const char* what, const std::vector<real>& got, const s
 static void gpu_vector_kernels(Report& report, int n, int repeats, Rng& rng) {
     const double floats = 4e-9 * n;   // GB in n floats
     const std::string size = std::to_string(n);
-    DeviceBuffer<float> x = device_random(n, rng), y = device_random(n, rng), z(n), m(n), v(n);
+    DeviceBuffer<float> x = device_random(n, rng), y = device_random(n, rng), z(n);
     const std::vector<real> hx = host_copy(x), hy = host_copy(y);
     std::vector<real> want(hx.size());
 
@@ -312,6 +306,7 @@ static void gpu_vector_kernels(Report& report, int n, int repeats, Rng& rng) {
     gpu_row(report, "gpu_grad_norm", size, floats, 0, norm, repeats);
 
     // AdamW's first step from m = v = 0, against the engine's: w = x, g = y.
+    DeviceBuffer<float> m(n), v(n);
     cuda_zero(m.data(), m.bytes());
     cuda_zero(v.data(), v.bytes());
     DeviceBuffer<float> w(n);
@@ -400,7 +395,9 @@ static void gpu_matmuls(Report& report, int N, int repeats, Rng& rng) {
         auto launch = [&] { p.product(A.data(), B.data(), C.data(), N, N, N); };
         cuda_zero(C.data(), C.bytes());
         launch();
-        verify(p.name, p.transpose_a ? transposed(a, N) : a, p.transpose_b ? transposed(b, N) : b, host_copy(C), N, N, N);
+        const MatrixView a_view = p.transpose_a ? transposed(a.data(), N) : row_major(a.data(), N);
+        const MatrixView b_view = p.transpose_b ? transposed(b.data(), N) : row_major(b.data(), N);
+        verify(p.name, a_view, b_view, host_copy(C), N, N, N);
         gpu_row(report, p.name, size, 0, gflop, launch, repeats);
     }
 }
