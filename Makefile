@@ -6,17 +6,18 @@ CXXFLAGS ?= -std=c++17 -O3 -g -Wall -Wextra
 # Added to any CXXFLAGS, because the code relies on them:
 #   -ffp-contract=off  the compiler may not fuse a·b + c into one rounding on its own, so -O0
 #                      and -O3 give the same bits (a test checks); where we want a fused
-#                      multiply-add we write std::fma;
+#                      multiply-add we write std::fma (engine.cpp §2.4);
 #   -fno-math-errno    std::sqrt need not set errno, so loops that use it vectorize;
 #   -fopenmp-simd      `#pragma omp simd` is honoured even without OpenMP threads;
 #   ARCH               every vector instruction this CPU has (AVX2 and FMA here; §2.4's matmul
 #                      depends on them). `make ARCH=` builds for any x86-64; `make valgrind`
 #                      picks its own (valgrind does not know AVX-512);
 #   OMP                OpenMP threads (matmul's blocks) when the compiler has them; NO_OMP=1
-#                      builds without.
+#                      builds without;
+#   DEFS               macros for a special build (`make valgrind` sets one).
 ARCH     ?= -march=native
 OMP      := $(if $(NO_OMP),,$(shell echo 'int main(){}' | $(CXX) -fopenmp -x c++ - -o /dev/null 2>/dev/null && echo -fopenmp))
-override CXXFLAGS += -ffp-contract=off -fno-math-errno -fopenmp-simd $(ARCH) $(OMP)
+override CXXFLAGS += -ffp-contract=off -fno-math-errno -fopenmp-simd $(ARCH) $(OMP) $(DEFS)
 SANITIZE := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 # The tests build the engine with real = double, so gradient checks reach 1e-6 (engine.h, Part 2).
 F64      := -DENGINE_DOUBLE
@@ -26,6 +27,11 @@ TEST_DEFS = -DBUILD_DIR='"$(B)"'
 STUB_FLAGS := -Wno-unused-parameter
 B := build
 .DEFAULT_GOAL := all   # plain `make` builds everything (whatever rule comes first)
+# Build on every core without being asked: `make` alone is `make -j<cores>`. An explicit -j wins,
+# and a make started by this one (MAKELEVEL 1) shares its jobs.
+ifeq ($(filter -j%,$(MAKEFLAGS))$(MAKELEVEL),0)
+MAKEFLAGS += -j$(shell nproc 2>/dev/null || echo 2)
+endif
 
 LESSON_SRCS := $(sort $(wildcard lessons/[0-9][0-9]_*.cpp))
 lesson_num   = $(firstword $(subst _, ,$(notdir $(1))))
@@ -36,11 +42,13 @@ HOMEWORK    := $(foreach f,$(LESSON_SRCS),$(if $(wildcard lessons/solutions/$(no
 REGIONS     := $(shell sed -n 's|.*// BEGIN EXERCISE \([A-Za-z0-9_.]*\).*|\1|p' engine.cpp)
 SPLICE      := lessons/exercises.awk
 
-# Everything `make test` runs: the test binary, plus the builds that prove each exercise both
-# ways (reference passes, stub reports TODO).
-TEST_BINS := $(B)/tests $(B)/O0/tests $(B)/bench \
-             $(foreach r,$(REGIONS),$(B)/stubs/$(r)/tests) \
-             $(foreach n,$(HOMEWORK),$(B)/lessons/$(n)-solution $(B)/lessons/$(n)-stub)
+# `make test` needs one binary. `make test-all` also builds the ones its slower proofs run: the
+# -O0 tests (bit-identical losses), bench (its GPU rows on the emulator), README's example program,
+# and every exercise both ways (the reference passes, the stub reports TODO).
+OTHER_TEST_BINS := $(B)/O0/tests $(B)/bench \
+                   $(foreach r,$(REGIONS),$(B)/stubs/$(r)/tests) \
+                   $(foreach n,$(HOMEWORK),$(B)/lessons/$(n)-solution $(B)/lessons/$(n)-stub) \
+                   $(B)/example
 
 # Keep generated sources and objects (make would otherwise delete them as intermediates).
 .SECONDARY:
@@ -50,12 +58,14 @@ TEST_BINS := $(B)/tests $(B)/O0/tests $(B)/bench \
 fuzz: $(B)/tests
 	FUZZ_GRAPHS=$(or $(N),forever) SEED=$(SEED) $(B)/tests fuzz/
 
-.PHONY: all test asan valgrind valgrind-run lessons lesson check exercise exercise-reset bench bench-gpu demo demo-gpu data clean help
-all: $(TEST_BINS) $(foreach n,$(LESSONS),$(B)/lessons/$(n)) $(B)/bench $(B)/demo
+.PHONY: all test test-all run asan asan-tests valgrind valgrind-run valgrind-tests lessons lesson check exercise exercise-reset bench bench-gpu demo demo-gpu data clean help
+all: $(B)/tests $(OTHER_TEST_BINS) $(foreach n,$(LESSONS),$(B)/lessons/$(n)) $(B)/demo
 
 help:
 	@echo "make                  build everything (into build/)"
 	@echo "make test [FILTER=w]  build and run the tests (only those whose name contains w)"
+	@echo "make test-all         the tests plus the proofs that run other builds (stubs, lesson"
+	@echo "                      variants, -O0, bench): before a commit, and in CI"
 	@echo "make asan             lessons and tests under AddressSanitizer + UndefinedBehaviorSanitizer"
 	@echo "make valgrind         lessons and tests under valgrind's memcheck"
 	@echo "make lessons          build and run every lesson"
@@ -63,6 +73,7 @@ help:
 	@echo "make check N=02       grade lesson 02's homework (SOLUTIONS=1: the reference solutions)"
 	@echo "make exercise E=name  blank an engine region for you to rewrite; regions: $(REGIONS)"
 	@echo "make exercise-reset   restore engine.cpp (your attempt is kept in .saved/)"
+	@echo "make run FILE=f.cpp   build your own program f.cpp against the engine and run it (ARGS=...)"
 	@echo "make demo             train an MLP on 3-class spirals; plots in build/plots/"
 	@echo "make data             put Fashion-MNIST (Debian) or MNIST (download) into data/"
 	@echo "make fuzz [N=100000]  random graphs against finite differences (SEED=s replays one)"
@@ -118,8 +129,10 @@ $(B)/O0/tests: tests.cpp engine.cpp engine.h $(B)/kernels.o $(B)/flags
 	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS) -O0 $(F64) $(TEST_DEFS) tests.cpp engine.cpp $(B)/kernels.o -o $@
 
-test: $(TEST_BINS)
+test: $(B)/tests
 	$(B)/tests $(FILTER)
+test-all: $(B)/tests $(OTHER_TEST_BINS)
+	$(B)/tests --all $(FILTER)
 
 # Each region blanked on its own, linked with the same tests: its tests must then say TODO.
 $(B)/stubs/%/engine.cpp: engine.cpp $(SPLICE)
@@ -141,35 +154,39 @@ $(B)/asan32/%.o: %.cpp engine.h $(B)/flags
 	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS) $(SANITIZE) -c $< -o $@
 
-# Lesson 10 trains on 55,000 images (seconds, but many minutes under the sanitizers); under
-# ASan and valgrind only its homework check runs.
+# Each lesson runs to its end, and then the tests; the lessons run side by side (make's -j), each
+# writing its own log, shown only when it fails. Lesson 10 trains on 55,000 images (seconds, but
+# many minutes under the sanitizers): there only its homework check runs. A test may take 15
+# times longer here than natively, so the harness's time limit per test is raised.
 SAN_ENV := ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1
+lesson_args = $(if $(filter 10,$(1)),--check)
 
-asan: $(B)/asan/tests $(TEST_BINS) $(foreach n,$(LESSONS),$(B)/asan32/lessons/$(n))
-	@set -e; for n in $(LESSONS); do \
-	    echo "lesson $$n under ASan+UBSan"; \
-	    $(SAN_ENV) $(B)/asan32/lessons/$$n $$([ $$n = 10 ] && echo --check) > $(B)/asan32/lesson-$$n.log 2>&1 || \
-	        { tail -30 $(B)/asan32/lesson-$$n.log; exit 1; }; \
-	done
-	$(SAN_ENV) $(B)/asan/tests $(FILTER)
+asan: $(foreach n,$(LESSONS),asan-lesson-$(n)) asan-tests
+asan-tests: $(B)/asan/tests
+	$(SAN_ENV) TEST_TIME_LIMIT=1800 $(B)/asan/tests $(FILTER)
+asan-lesson-%: $(B)/asan32/lessons/%
+	@echo "lesson $* under ASan+UBSan"
+	@$(SAN_ENV) $< $(call lesson_args,$*) > $(B)/asan32/lesson-$*.log 2>&1 || { tail -30 $(B)/asan32/lesson-$*.log; exit 1; }
 
 # memcheck: zero errors and zero definitely-lost bytes, on the lessons and the tests. (Freed
 # scalar nodes stay on the engine's free list, engine.cpp §1.6: valgrind reports them as
-# "still reachable", which is not a leak.)
-# It uses its own build, in build/portable/: valgrind runs AVX2 and FMA but not AVX-512, so that
-# build targets x86-64-v3 (AVX2 + FMA) where the CPU has them, else any x86-64.
+# "still reachable", which is not a leak.) It uses a build of its own, in build/valgrind/:
+#   - valgrind runs AVX2 and FMA but not AVX-512, so it targets x86-64-v3 (AVX2 + FMA) where the
+#     CPU has them, else any x86-64;
+#   - valgrind emulates each FMA instruction in software, ~1000x slower than the CPU does it:
+#     the lessons took 20 minutes. This build multiplies and adds in two instructions instead
+#     (ENGINE_SEPARATE_MULTIPLY_ADD, engine.cpp §2.4): other roundings, the same memory use.
 VALGRIND := valgrind --quiet --error-exitcode=1 --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite
 VALGRIND_ARCH := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo && echo -march=x86-64-v3)
 valgrind:
 	@command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)"; exit 2; }
-	@$(MAKE) --no-print-directory B=$(B)/portable ARCH=$(VALGRIND_ARCH) valgrind-run
-valgrind-run: $(TEST_BINS) $(foreach n,$(LESSONS),$(B)/lessons/$(n))
-	@set -e; for n in $(LESSONS); do \
-	    echo "lesson $$n under valgrind"; \
-	    $(VALGRIND) $(B)/lessons/$$n $$([ $$n = 10 ] && echo --check) > $(B)/valgrind-lesson-$$n.log 2>&1 || \
-	        { tail -30 $(B)/valgrind-lesson-$$n.log; exit 1; }; \
-	done
-	$(VALGRIND) $(B)/tests $(FILTER)
+	@$(MAKE) --no-print-directory B=$(B)/valgrind ARCH='$(VALGRIND_ARCH)' DEFS=-DENGINE_SEPARATE_MULTIPLY_ADD valgrind-run
+valgrind-run: $(foreach n,$(LESSONS),valgrind-lesson-$(n)) valgrind-tests
+valgrind-tests: $(B)/tests
+	TEST_TIME_LIMIT=1800 $(VALGRIND) $(B)/tests $(FILTER)
+valgrind-lesson-%: $(B)/lessons/%
+	@echo "lesson $* under valgrind"
+	@$(VALGRIND) $< $(call lesson_args,$*) > $(B)/valgrind-lesson-$*.log 2>&1 || { tail -30 $(B)/valgrind-lesson-$*.log; exit 1; }
 
 # ---- lessons and their homework --------------------------------------------------------------
 # build/lessons/NN          the lesson as you edit it (run it; `--check` grades your homework)
@@ -246,6 +263,27 @@ $(B)/demo-gpu: $(B)/gpu/demo.o $(B)/engine.o $(B)/gpu/kernels.o
 	$(NVCC) -ccbin $(CXX) $(if $(OMP),-Xcompiler $(OMP)) $^ -o $@
 demo-gpu: $(B)/demo-gpu
 	$(B)/demo-gpu --cuda
+
+# ---- your own program ------------------------------------------------------------------------
+# make run FILE=path/to/yours.cpp [ARGS="..."] builds your program against the engine (real =
+# float, the lessons' flags; lesson.h's plots are on the include path) into build/run/yours, and
+# runs it. It links build/libengine.a: the engine, and kernels.cu built for the CPU (cuda_emu.h),
+# so a CPU-only program needs nothing else. README's "Write your own program" is lessons/example.cpp,
+# which `make test-all` builds and runs.
+$(B)/libengine.a: $(B)/engine.o $(B)/kernels.o
+	ar rcs $@ $^
+define program_rule   # $(1): the binary, $(2): its source
+$(1): $(2) $(B)/libengine.a engine.h $(B)/flags
+	@mkdir -p $$(@D)
+	$$(CXX) $$(CXXFLAGS) -I. -Ilessons -MMD -MP $(2) $(B)/libengine.a -o $$@
+-include $(1).d
+endef
+$(eval $(call program_rule,$(B)/example,lessons/example.cpp))
+RUN_BIN := $(if $(FILE),$(B)/run/$(basename $(notdir $(FILE))))
+$(if $(FILE),$(eval $(call program_rule,$(RUN_BIN),$(FILE))))
+run: $(RUN_BIN)
+	@test -n "$(FILE)" || { echo "usage: make run FILE=path/to/yours.cpp [ARGS=\"...\"]"; exit 2; }
+	$(RUN_BIN) $(ARGS)
 
 # ---- real data (lesson 10) -------------------------------------------------------------------
 data:

@@ -246,6 +246,17 @@ Value gelu(const Value& x) {
     // END EXERCISE
 }
 
+// GELU, exact (PyTorch's default):  out = x·Φ(x) = ½·x·(1 + erf(x/√2)),  Φ the normal CDF
+// Product rule:                      ∂out/∂x = Φ(x) + x·φ(x),  φ(x) = e^(−x²/2)/√(2π) its density
+// The tanh form above approximates Φ; the two differ by at most 4.7e-4 (near x = ±2.7).
+Value gelu(const Value& x, Approximate approximate) {
+    if (approximate == Approximate::tanh) return gelu(x);
+    const double xv = x.data();
+    const double cdf = 0.5 * (1.0 + std::erf(xv / std::sqrt(2.0)));
+    const double density = std::exp(-0.5 * xv * xv) / std::sqrt(2.0 * pi);
+    return Value::from_op(xv * cdf, "gelu_exact", x, cdf + xv * density);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 1.4 Topological order: every node after its inputs
 //
@@ -718,6 +729,21 @@ Tensor Tensor::full(Shape shape, real value) {
 
 Tensor Tensor::scalar(real value) { return Tensor({1}, {value}); }
 
+// t.values() = w: the numbers are replaced, never resized; the tensor's shape says how many.
+ValuesView& ValuesView::operator=(const std::vector<real>& numbers) {
+    const Shape& shape = node_->shape;
+    if (numbers.size() != ::numel(shape))
+        shape_error(of_grad_ ? "grad()" : "values()", "the tensor has shape " + shape_str(shape) + " (" +
+                                                          std::to_string(::numel(shape)) + " numbers); cannot assign " +
+                                                          std::to_string(numbers.size()));
+    this->numbers().assign(numbers.begin(), numbers.end());   // (a gradient not yet made is made here)
+    return *this;
+}
+
+ValuesView& ValuesView::operator=(const ValuesView& other) {
+    return *this = std::vector<real>(other);
+}
+
 int Tensor::dim(int axis) const {
     const int r = rank();
     if (axis < -r || axis >= r)
@@ -733,7 +759,7 @@ real Tensor::item() const {
 }
 
 real& Tensor::at(const std::vector<int>& index) const {
-    if (device() != Device::CPU) not_on_cpu("at()");
+    on_cpu("at()");   // throws for a tensor in device memory
     if (int(index.size()) != rank())
         shape_error("at", std::to_string(index.size()) + " indices for shape " + shape_str(shape()));
     std::size_t offset = 0;
@@ -805,7 +831,8 @@ static void clear_grad(TensorNode* n) {
 static void add_to_grad(TensorNode* n, const Tensor& g) {
     if (n->device == Device::CUDA) return add_to_grad_on_device(n, g);
     std::vector<real>& grad = grad_of(n);
-    for (std::size_t i = 0; i < grad.size(); ++i) grad[i] += g.values()[i];
+    const real* seed = g.values().data();
+    for (std::size_t i = 0; i < grad.size(); ++i) grad[i] += seed[i];
 }
 
 // Same three steps as §1.5: order the graph, seed dL/d(output), apply each node's backward in
@@ -1001,8 +1028,7 @@ Tensor operator/(real k, const Tensor& a) { return Tensor::scalar(k) / a; }
 template <class F, class DF>
 static Tensor unary(const Tensor& x, const char* op, F f, DF df) {
     Tensor out = Tensor::from_op(x.shape(), op, {x});
-    const std::vector<real>& in = x.values();
-    std::vector<real>& o = out.values();
+    const ValuesView in = x.values(), o = out.values();
     for (std::size_t i = 0; i < o.size(); ++i) o[i] = f(in[i]);
     if (out.requires_grad()) {
         TensorNode *px = x.node(), *po = out.node();
@@ -1076,6 +1102,18 @@ Tensor gelu(const Tensor& x) {
                  [](real v, real) {
                      const real t = std::tanh(c * (v + k * v * v * v));
                      return real(0.5) * (1 + t) + real(0.5) * v * (1 - t * t) * c * (1 + 3 * k * v * v);
+                 });
+}
+
+// Exact GELU (§1.3):  out = x·Φ(x) = ½·x·(1 + erf(x/√2)),   f' = Φ(x) + x·φ(x)
+Tensor gelu(const Tensor& x, Approximate approximate) {
+    if (approximate == Approximate::tanh) return gelu(x);
+    if (on_cuda(x)) return unary_on_device(x, "gelu_exact", cuda_gelu_exact_forward, cuda_gelu_exact_backward);   // Part 5
+    static const real inv_sqrt2 = real(1 / std::sqrt(2.0)), inv_sqrt_2pi = real(1 / std::sqrt(2 * pi));
+    return unary(x, "gelu_exact", [](real v) { return real(0.5) * v * (1 + std::erf(v * inv_sqrt2)); },
+                 [](real v, real) {
+                     const real cdf = real(0.5) * (1 + std::erf(v * inv_sqrt2));
+                     return cdf + v * inv_sqrt_2pi * std::exp(real(-0.5) * v * v);
                  });
 }
 
@@ -1170,9 +1208,20 @@ constexpr int MR = 6, NR = 16;     // register tile (see above)
 constexpr int KC = 512, MC = 48;   // cache blocks; MC is a multiple of MR
 }
 
+// a·b + c with one rounding: one fused multiply-add instruction. (`make valgrind` builds with
+// ENGINE_SEPARATE_MULTIPLY_ADD, two roundings: valgrind emulates the FMA instruction in software,
+// so slowly that the lessons took it 20 minutes. The memory the kernel touches is the same.)
+static inline real multiply_add(real a, real b, real c) {
+#ifdef ENGINE_SEPARATE_MULTIPLY_ADD
+    return a * b + c;
+#else
+    return std::fma(a, b, c);
+#endif
+}
+
 // C[mr, nr] += Ã·B̃ over kc, with Ã packed as [kc][MR] and B̃ as [kc][NR]. Every index into acc
-// is a compile-time constant, which lets the compiler keep all of it in registers. std::fma is
-// one instruction and one rounding; `omp simd` asks for the j loop as two 8-wide vectors.
+// is a compile-time constant, which lets the compiler keep all of it in registers. The
+// multiply-add is one instruction and one rounding; `omp simd` asks for the j loop as vectors.
 static void micro_kernel(int kc, const real* a, const real* b, real* C, int ldc, int mr, int nr) {
     // C's rows are N floats apart and rarely in cache. Asking for their lines now (both lines a
     // 16-float row may span) lets them arrive while the k loop runs instead of stalling at the
@@ -1185,7 +1234,7 @@ static void micro_kernel(int kc, const real* a, const real* b, real* C, int ldc,
     for (int p = 0; p < kc; ++p, a += MR, b += NR)
         for (int i = 0; i < MR; ++i) {
 #pragma omp simd
-            for (int j = 0; j < NR; ++j) acc[i][j] = std::fma(a[i], b[j], acc[i][j]);
+            for (int j = 0; j < NR; ++j) acc[i][j] = multiply_add(a[i], b[j], acc[i][j]);
         }
     if (mr == MR && nr == NR) {   // a whole tile: constant bounds, so this loop is vectors too
         for (int i = 0; i < MR; ++i) {
@@ -1587,8 +1636,9 @@ Tensor softmax(const Tensor& x) {
     Tensor out = Tensor::from_op(x.shape(), "softmax", {x});
     for (std::size_t r = 0; r < rows; ++r) {
         const real* in = x.values().data() + r * n;
+        real* o = out.values().data() + r * n;
         const double lse = log_sum_exp(in, n);
-        for (std::size_t j = 0; j < n; ++j) out.values()[r * n + j] = real(std::exp(in[j] - lse));
+        for (std::size_t j = 0; j < n; ++j) o[j] = real(std::exp(in[j] - lse));
     }
     if (out.requires_grad()) {
         TensorNode *px = x.node(), *po = out.node();
@@ -1611,8 +1661,9 @@ Tensor log_softmax(const Tensor& x) {
     Tensor out = Tensor::from_op(x.shape(), "log_softmax", {x});
     for (std::size_t r = 0; r < rows; ++r) {
         const real* in = x.values().data() + r * n;
+        real* o = out.values().data() + r * n;
         const double lse = log_sum_exp(in, n);
-        for (std::size_t j = 0; j < n; ++j) out.values()[r * n + j] = real(in[j] - lse);
+        for (std::size_t j = 0; j < n; ++j) o[j] = real(in[j] - lse);
     }
     if (out.requires_grad()) {
         TensorNode *px = x.node(), *po = out.node();
@@ -1744,6 +1795,8 @@ Tensor layer_norm(const Tensor& x, const Tensor& gain, const Tensor& bias, real 
     const std::size_t D = x.dim(-1), rows = x.numel() / D;
     std::vector<real> xhat(x.numel()), rstd(rows);   // kept for the backward
     Tensor out = Tensor::from_op(x.shape(), "layer_norm", {x, gain, bias});
+    const real *g = gain.values().data(), *b = bias.values().data();
+    real* o = out.values().data();
     for (std::size_t r = 0; r < rows; ++r) {
         const real* in = x.values().data() + r * D;
         double mu = 0, var = 0;
@@ -1753,7 +1806,7 @@ Tensor layer_norm(const Tensor& x, const Tensor& gain, const Tensor& bias, real 
         rstd[r] = real(1 / std::sqrt(var / D + eps));
         for (std::size_t j = 0; j < D; ++j) {
             xhat[r * D + j] = real((in[j] - mu) * rstd[r]);
-            out.values()[r * D + j] = gain.values()[j] * xhat[r * D + j] + bias.values()[j];
+            o[r * D + j] = g[j] * xhat[r * D + j] + b[j];
         }
     }
     if (out.requires_grad()) {
@@ -1786,12 +1839,14 @@ Tensor rms_norm(const Tensor& x, const Tensor& gain, real eps) {
     const std::size_t D = x.dim(-1), rows = x.numel() / D;
     std::vector<real> inv_rms(rows);
     Tensor out = Tensor::from_op(x.shape(), "rms_norm", {x, gain});
+    const real* g = gain.values().data();
+    real* o = out.values().data();
     for (std::size_t r = 0; r < rows; ++r) {
         const real* in = x.values().data() + r * D;
         double ms = 0;
         for (std::size_t j = 0; j < D; ++j) ms += double(in[j]) * in[j];
         inv_rms[r] = real(1 / std::sqrt(ms / D + eps));
-        for (std::size_t j = 0; j < D; ++j) out.values()[r * D + j] = gain.values()[j] * in[j] * inv_rms[r];
+        for (std::size_t j = 0; j < D; ++j) o[r * D + j] = g[j] * in[j] * inv_rms[r];
     }
     if (out.requires_grad()) {
         TensorNode *px = x.node(), *pg = gain.node(), *po = out.node();
@@ -1901,6 +1956,16 @@ Linear::Linear(int in, int out, Rng& rng, Init init, bool bias)
     if (bias) b = Tensor({out}).requires_grad_();   // biases start at 0
 }
 
+// A layer from weights made elsewhere (trained, or loaded from another framework).
+Linear::Linear(Tensor W_, Tensor b_) : W(std::move(W_)), b(std::move(b_)) {
+    if (!W.defined() || W.rank() != 2 || (b.defined() && (b.rank() != 1 || b.dim(0) != W.dim(1))))
+        shape_error("nn::Linear", "needs W [in, out] and b [out] (or no b); got W " +
+                                      (W.defined() ? shape_str(W.shape()) : "(empty)") + " and b " +
+                                      (b.defined() ? shape_str(b.shape()) : "(none)"));
+    W.requires_grad_();
+    if (b.defined()) b.requires_grad_();
+}
+
 // Y = X·W + b, the fused op of §2.4.
 Tensor Linear::operator()(const Tensor& x) const { return b.defined() ? linear(x, W, b) : matmul(x, W); }
 
@@ -1913,6 +1978,16 @@ MLP::MLP(const std::vector<int>& sizes, Rng& rng, Activation act_, Init init, re
     : act(act_), dropout_p(dropout), dropout_rng(rng.next_u64()) {
     if (sizes.size() < 2) shape_error("nn::MLP", "needs at least an input and an output size");
     for (std::size_t l = 0; l + 1 < sizes.size(); ++l) layers.emplace_back(sizes[l], sizes[l + 1], rng, init);
+}
+
+MLP::MLP(std::vector<Linear> layers_, Activation act_)
+    : layers(std::move(layers_)), act(act_), dropout_p(0), dropout_rng(0) {
+    if (layers.empty()) shape_error("nn::MLP", "needs at least one layer");
+    for (std::size_t l = 0; l + 1 < layers.size(); ++l)
+        if (layers[l].W.dim(1) != layers[l + 1].W.dim(0))
+            shape_error("nn::MLP", "layer " + std::to_string(l) + " gives " + std::to_string(layers[l].W.dim(1)) +
+                                       " outputs but layer " + std::to_string(l + 1) + " takes " +
+                                       std::to_string(layers[l + 1].W.dim(0)) + " inputs");
 }
 
 Tensor MLP::operator()(const Tensor& x) {
@@ -1990,7 +2065,7 @@ void Optimizer::step() {
     ++step_count;
     for (std::size_t k = 0; k < params_.size(); ++k)
         if (!params_[k].grad().empty())   // a parameter the loss did not reach is left alone
-            update(params_[k].values(), params_[k].grad(), state_[k]);
+            update(params_[k].node()->data, params_[k].node()->grad, state_[k]);
 }
 
 void Optimizer::zero_grad() {
@@ -2152,7 +2227,7 @@ std::vector<double> grad_norms(const std::vector<Tensor>& params) {
         }
         // Eight running sums, one per vector lane: the loop vectorizes, and the order of the
         // additions (so the result's bits) is fixed by this code, not by the optimizer.
-        const std::vector<real>& g = p.grad();
+        const ValuesView g = p.grad();
         double lane[8] = {};
         std::size_t i = 0;
         for (; i + 8 <= g.size(); i += 8)
@@ -2332,7 +2407,8 @@ Dataset load_idx_dataset(const std::string& images_path, const std::string& labe
     Dataset d;
     const int n = images.dims[0], pixels = images.dims[1] * images.dims[2];
     d.images = Tensor({n, pixels});
-    for (std::size_t i = 0; i < images.bytes.size(); ++i) d.images.values()[i] = real(images.bytes[i] / 255.0);
+    real* pixel = d.images.values().data();
+    for (std::size_t i = 0; i < images.bytes.size(); ++i) pixel[i] = real(images.bytes[i] / 255.0);
     for (unsigned char l : labels.bytes) {
         d.labels.push_back(l);
         d.classes = std::max(d.classes, int(l) + 1);
@@ -2383,9 +2459,9 @@ struct ByteWriter {
     void u64(std::uint64_t v) { for (int i = 0; i < 8; ++i) bytes.push_back((v >> (8 * i)) & 0xff); }
     void u32(std::uint32_t v) { for (int i = 0; i < 4; ++i) bytes.push_back((v >> (8 * i)) & 0xff); }
     void str(const std::string& s) { u32(std::uint32_t(s.size())), bytes.insert(bytes.end(), s.begin(), s.end()); }
-    void reals(const std::vector<real>& v) {
-        const auto* p = reinterpret_cast<const unsigned char*>(v.data());   // (little-endian hosts)
-        bytes.insert(bytes.end(), p, p + v.size() * sizeof(real));
+    void reals(const real* v, std::size_t n) {
+        const auto* p = reinterpret_cast<const unsigned char*>(v);   // (little-endian hosts)
+        bytes.insert(bytes.end(), p, p + n * sizeof(real));
     }
 };
 
@@ -2443,7 +2519,7 @@ void save_checkpoint(const std::string& path, const TrainingState& state) {
         w.str(name);
         w.u32(std::uint32_t(t.rank()));
         for (int d : t.shape()) w.u32(std::uint32_t(d));
-        w.reals(t.values());
+        w.reals(t.values().data(), t.numel());
     }
     Optimizer* opt = state.optimizer;
     w.str(opt ? opt->name() : "");
@@ -2452,7 +2528,7 @@ void save_checkpoint(const std::string& path, const TrainingState& state) {
     w.u32(opt ? std::uint32_t(opt->state_per_param()) : 0);
     if (opt)
         for (const auto& slots : opt->state())
-            for (const auto& slot : slots) w.reals(slot);
+            for (const auto& slot : slots) w.reals(slot.data(), slot.size());
     w.u32(std::uint32_t(state.rngs.size()));
     for (const Rng* r : state.rngs) w.u64(r->state());
     w.u64(fnv1a(w.bytes.data(), w.bytes.size()));
@@ -2626,7 +2702,8 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, real
     if (!(eps >= 0)) shape_error("batch_norm", "eps must be >= 0, got " + to_string(eps));
     std::vector<real> xhat(x.numel()), rstd(C);   // kept for the backward
     Tensor out = Tensor::from_op(x.shape(), "batch_norm", {x, gamma, beta});
-    const real* in = x.values().data();
+    const real *in = x.values().data(), *g = gamma.values().data(), *b = beta.values().data();
+    real* o = out.values().data();
     for (int c = 0; c < C; ++c) {
         auto at = [C, c](int n) { return std::size_t(n) * C + c; };   // element (n, c)
         double mu = 0, var = 0;
@@ -2640,7 +2717,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, real
         rstd[c] = real(1 / std::sqrt(var + eps));
         for (int n = 0; n < N; ++n) {
             xhat[at(n)] = real((in[at(n)] - mu) * rstd[c]);
-            out.values()[at(n)] = gamma.values()[c] * xhat[at(n)] + beta.values()[c];
+            o[at(n)] = g[c] * xhat[at(n)] + b[c];
         }
     }
     if (out.requires_grad()) {
@@ -2676,8 +2753,26 @@ BatchNorm::BatchNorm(int features, real momentum_, real eps_)
     beta.requires_grad_();
 }
 
+static int batch_norm_features(const Tensor& gamma, const Tensor& beta) {
+    if (!gamma.defined() || !beta.defined() || gamma.rank() != 1 || beta.shape() != gamma.shape())
+        shape_error("nn::BatchNorm", "gamma and beta must both be [features]; got " +
+                                         (gamma.defined() ? shape_str(gamma.shape()) : "(empty)") + " and " +
+                                         (beta.defined() ? shape_str(beta.shape()) : "(empty)"));
+    return gamma.dim(0);
+}
+
+BatchNorm::BatchNorm(Tensor gamma_, Tensor beta_, real momentum_, real eps_)
+    : BatchNorm(batch_norm_features(gamma_, beta_), momentum_, eps_) {
+    gamma = gamma_.requires_grad_();
+    beta = beta_.requires_grad_();
+}
+
 Tensor BatchNorm::operator()(const Tensor& x) {
-    const int C = int(running_mean.size());
+    const int C = gamma.dim(0);
+    if (beta.shape() != gamma.shape() || int(running_mean.size()) != C || int(running_var.size()) != C)
+        shape_error("nn::BatchNorm", "gamma " + shape_str(gamma.shape()) + ", beta " + shape_str(beta.shape()) +
+                                         ", running_mean [" + std::to_string(running_mean.size()) + "] and running_var [" +
+                                         std::to_string(running_var.size()) + "] must all have one entry per feature");
     if (x.rank() != 2 || x.dim(1) != C)
         shape_error("nn::BatchNorm", "expected x [batch, " + std::to_string(C) + "], got " + shape_str(x.shape()));
     if (!training) {   // y = γ·(x − running mean)/√(running var + ε) + β: plain ops, their backward
@@ -2687,12 +2782,13 @@ Tensor BatchNorm::operator()(const Tensor& x) {
     }
     Tensor y = batch_norm(x, gamma, beta, eps);   // refuses a batch of one before anything changes
     const int N = x.dim(0);
+    const real* in = x.values().data();
     for (int c = 0; c < C; ++c) {   // the running statistics: numbers, not part of the graph
         double mu = 0, square = 0;
-        for (int n = 0; n < N; ++n) mu += x.values()[std::size_t(n) * C + c];
+        for (int n = 0; n < N; ++n) mu += in[std::size_t(n) * C + c];
         mu /= N;
         for (int n = 0; n < N; ++n) {
-            const double d = x.values()[std::size_t(n) * C + c] - mu;
+            const double d = in[std::size_t(n) * C + c] - mu;
             square += d * d;
         }
         running_mean[c] = real((1 - momentum) * running_mean[c] + momentum * mu);
@@ -2742,8 +2838,9 @@ Tensor BatchNorm::operator()(const Tensor& x) {
 Tensor causal_mask(int T) {
     if (T <= 0) shape_error("causal_mask", "needs T > 0, got " + std::to_string(T));
     Tensor mask({T, T});
+    real* m = mask.values().data();
     for (int i = 0; i < T; ++i)
-        for (int j = i + 1; j < T; ++j) mask.values()[std::size_t(i) * T + j] = real(-1e9);
+        for (int j = i + 1; j < T; ++j) m[std::size_t(i) * T + j] = real(-1e9);
     return mask;
 }
 
@@ -2805,6 +2902,7 @@ static void attention_backward(const AttentionShape& a, double scale, bool saved
     const bool need_dv = pv->requires_grad, need_ds = pq->requires_grad || pk->requires_grad;
     const int T = a.T, S = a.S, d = a.d, dv = a.dv;
     std::vector<double> P(std::size_t(T) * S), dS(std::size_t(T) * S);
+    const real* kept = saved.values().data();   // P [B, T, S], or lse [B, T]
     for (int b = 0; b < a.batch; ++b) {
         const real* Q = pq->data.data() + std::size_t(b) * T * d;
         const real* K = pk->data.data() + std::size_t(b) * S * d;
@@ -2815,12 +2913,12 @@ static void attention_backward(const AttentionShape& a, double scale, bool saved
         for (int i = 0; i < T; ++i)
             for (int j = 0; j < a.keys_of(i); ++j) {
                 if (saved_p) {
-                    P[ij(i, j)] = saved.values()[(std::size_t(b) * T + i) * S + j];
+                    P[ij(i, j)] = kept[(std::size_t(b) * T + i) * S + j];
                     continue;
                 }
                 double dot = 0;
                 for (int c = 0; c < d; ++c) dot += double(Q[std::size_t(i) * d + c]) * K[std::size_t(j) * d + c];
-                P[ij(i, j)] = std::exp(scale * dot - saved.values()[std::size_t(b) * T + i]);
+                P[ij(i, j)] = std::exp(scale * dot - kept[std::size_t(b) * T + i]);
             }
         // 1. dV = Pᵀ·dO:  dv_j += Σ_i P_ij·dO_i
         if (need_dv) {
@@ -3074,7 +3172,9 @@ float round_to_precision(float x, Precision p) {
 
 Tensor cast(const Tensor& x, Precision p) {
     Tensor out = Tensor::from_op(x.shape(), "cast", {x});
-    for (std::size_t i = 0; i < x.numel(); ++i) out.values()[i] = real(round_to_precision(float(x.values()[i]), p));
+    const real* in = x.values().data();
+    real* o = out.values().data();
+    for (std::size_t i = 0; i < x.numel(); ++i) o[i] = real(round_to_precision(float(in[i]), p));
     if (out.requires_grad()) {
         TensorNode *px = x.node(), *po = out.node();
         po->backward = [px, po, p] {   // dx = round_p(dy): straight through, stored in format p
@@ -3092,15 +3192,17 @@ Tensor matmul_in_precision(const Tensor& a, const Tensor& b, Precision inputs, P
         shape_error("matmul_in_precision", "needs [M, K]·[K, N], got " + shape_str(a.shape()) + " · " + shape_str(b.shape()));
     const int M = a.dim(0), K = a.dim(1), N = b.dim(1);
     std::vector<float> A(a.numel()), B(b.numel());
-    for (std::size_t i = 0; i < A.size(); ++i) A[i] = round_to_precision(float(a.values()[i]), inputs);
-    for (std::size_t i = 0; i < B.size(); ++i) B[i] = round_to_precision(float(b.values()[i]), inputs);
+    const real *pa = a.values().data(), *pb = b.values().data();
+    for (std::size_t i = 0; i < A.size(); ++i) A[i] = round_to_precision(float(pa[i]), inputs);
+    for (std::size_t i = 0; i < B.size(); ++i) B[i] = round_to_precision(float(pb[i]), inputs);
     Tensor out({M, N});
+    real* o = out.values().data();
     for (int i = 0; i < M; ++i)
         for (int j = 0; j < N; ++j) {
             float sum = 0;
             for (int k = 0; k < K; ++k)
                 sum = round_to_precision(sum + A[std::size_t(i) * K + k] * B[std::size_t(k) * N + j], accumulator);
-            out.values()[std::size_t(i) * N + j] = real(sum);
+            o[std::size_t(i) * N + j] = real(sum);
         }
     count_flops(2 * std::int64_t(M) * K * N);
     return out;
@@ -3179,7 +3281,8 @@ Tensor activation_checkpoint(const Segment& segment, const Tensor& x, const std:
             if (again.requires_grad()) again.backward(Tensor(po->shape, po->grad));
             if (!px->requires_grad || input.grad().empty()) return;   // (empty: y ignores x)
             std::vector<real>& gx = grad_of(px);
-            for (std::size_t i = 0; i < gx.size(); ++i) gx[i] += input.grad()[i];
+            const real* g = input.grad().data();
+            for (std::size_t i = 0; i < gx.size(); ++i) gx[i] += g[i];
         };
     }
     return out;
@@ -3293,7 +3396,8 @@ Tensor& Tensor::move_to(Device d) {
     return *this;
 }
 
-std::vector<real>& Tensor::not_on_cpu(const char* what) const {
+const std::shared_ptr<TensorNode>& Tensor::on_cpu(const char* what) const {
+    if (node_->device == Device::CPU) return node_;
     throw std::invalid_argument(std::string(what) + ": this tensor is on " + device_name(device()) +
                                 ", in device memory; copy it to the host with .to(Device::CPU)");
 }

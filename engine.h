@@ -13,11 +13,16 @@
 
 // ---------------------------------------------------------------------------------------------
 // Homework support. A stubbed exercise throws this; the test harness and `make check` report it
-// as TODO instead of FAIL, so "not done yet" never looks like "wrong".
+// as TODO instead of FAIL, so "not done yet" never looks like "wrong". Its message says where to
+// write: the file, line and function of the stub. The compiler fills those in where the stub
+// throws (a default argument's __builtin_FILE() is read at the call, like C++20's
+// std::source_location).
 // ---------------------------------------------------------------------------------------------
 struct not_implemented : std::logic_error {
-    explicit not_implemented(const std::string& exercise)
-        : std::logic_error("not implemented: exercise " + exercise) {}
+    explicit not_implemented(const std::string& exercise, const char* file = __builtin_FILE(),
+                             int line = __builtin_LINE(), const char* function = __builtin_FUNCTION())
+        : std::logic_error("exercise " + exercise + " is yours to write: " + file + ":" +
+                           std::to_string(line) + ", in " + function + "()") {}
 };
 
 // =============================================================================================
@@ -114,7 +119,11 @@ Value tanh(const Value& x);
 Value sigmoid(const Value& x);
 Value relu(const Value& x);
 Value leaky_relu(const Value& x, double slope = 0.01);
-Value gelu(const Value& x);
+Value gelu(const Value& x);   // the tanh form, as GPT-2 (below: the exact one)
+// GELU in PyTorch's two forms, F.gelu(x, approximate=...): Approximate::none is the exact
+// x·Φ(x), PyTorch's default; Approximate::tanh is the approximation GPT-2 used, gelu(x) above.
+enum class Approximate { none, tanh };
+Value gelu(const Value& x, Approximate approximate);
 
 // Inputs before outputs: the order backward() walks in reverse. Iterative, so any depth works.
 // One algorithm serves both engines: N is Node (Part 1) or TensorNode (Part 2).
@@ -169,7 +178,8 @@ private:
 // ---------------------------------------------------------------------------------------------
 // A scalar neural network (engine.cpp §1.9), for lesson 03.
 // ---------------------------------------------------------------------------------------------
-enum class Activation { linear, relu, tanh, sigmoid, gelu, leaky_relu };
+// gelu is the tanh form (PyTorch's nn.GELU(approximate='tanh')); gelu_exact is nn.GELU().
+enum class Activation { linear, relu, tanh, sigmoid, gelu, gelu_exact, leaky_relu };
 // activate(x, act) applies one; it is a template defined with the tensor ops (Part 2 below), so
 // that one definition serves Values and Tensors.
 
@@ -289,9 +299,32 @@ struct TensorNode {
     ~TensorNode();                            // frees long chains without recursion
 };
 
-// A handle to a TensorNode; copies share it (like Value, and like torch.Tensor). values() and
-// grad() are references into the node: keep the handle alive while you use them (looping over
-// `f(x).values()` reads a temporary that is already gone).
+// The numbers of a CPU tensor, or of its gradient, row-major: a view that reads and writes each
+// element but can never change how many there are (a tensor's size is its shape's). Use it like
+// a vector: v[i], v.size(), v.data(), a range-for; copy it out with
+// `std::vector<real> copy = t.values();`. Assigning a vector or another view, `t.values() = w`,
+// copies the numbers in and throws, naming the shape, unless the count matches. Like a Tensor, it
+// keeps the node alive: `auto v = model(x).values();` stays valid after the temporary is gone.
+class ValuesView {
+public:
+    ValuesView(std::shared_ptr<TensorNode> node, bool of_grad) : node_(std::move(node)), of_grad_(of_grad) {}
+    ValuesView(const ValuesView&) = default;          // another view of the same numbers
+    ValuesView& operator=(const ValuesView& other);   // copies other's numbers into these
+    ValuesView& operator=(const std::vector<real>& numbers);
+    real& operator[](std::size_t i) const { return numbers()[i]; }
+    real* data() const { return numbers().data(); }
+    std::size_t size() const { return numbers().size(); }
+    bool empty() const { return numbers().empty(); }
+    real* begin() const { return data(); }
+    real* end() const { return data() + size(); }
+    operator std::vector<real>() const { return numbers(); }
+private:
+    std::vector<real>& numbers() const { return of_grad_ ? node_->grad : node_->data; }
+    std::shared_ptr<TensorNode> node_;
+    bool of_grad_;   // the gradient's numbers, else the tensor's
+};
+
+// A handle to a TensorNode; copies share it (like Value, and like torch.Tensor).
 class Tensor {
 public:
     Tensor() = default;                                 // an empty handle
@@ -308,8 +341,8 @@ public:
     std::size_t numel() const { return node_->device == Device::CPU ? node_->data.size() : ::numel(node_->shape); }
     // The numbers of a CPU tensor. A CUDA tensor's are in device memory: these throw, and
     // .to(Device::CPU) gives a copy to read.
-    std::vector<real>& values() const { return node_->device == Device::CPU ? node_->data : not_on_cpu("values()"); }
-    std::vector<real>& grad() const { return node_->device == Device::CPU ? node_->grad : not_on_cpu("grad()"); }
+    ValuesView values() const { return {on_cpu("values()"), false}; }
+    ValuesView grad() const { return {on_cpu("grad()"), true}; }
     real item() const;                                  // the value of a 1-element tensor (from any device)
     real& at(const std::vector<int>& index) const;      // bounds-checked element access
     bool requires_grad() const { return node_->requires_grad; }
@@ -339,7 +372,7 @@ public:
     static Tensor from_op(Shape shape, const char* op, std::vector<Tensor> inputs, Device device = Device::CPU);
 
 private:
-    [[noreturn]] std::vector<real>& not_on_cpu(const char* what) const;
+    const std::shared_ptr<TensorNode>& on_cpu(const char* what) const;   // the node, or throws
     std::shared_ptr<TensorNode> node_;
 };
 
@@ -399,7 +432,8 @@ Tensor sqrt(const Tensor& x);
 Tensor pow(const Tensor& x, real k);
 Tensor relu(const Tensor& x);
 Tensor leaky_relu(const Tensor& x, real slope = real(0.01));
-Tensor gelu(const Tensor& x);
+Tensor gelu(const Tensor& x);                              // the tanh form, as GPT-2
+Tensor gelu(const Tensor& x, Approximate approximate);     // Approximate::none: exact, x·Φ(x)
 Tensor sigmoid(const Tensor& x);
 Tensor tanh(const Tensor& x);
 
@@ -412,6 +446,7 @@ X activate(const X& x, Activation act) {
         case Activation::tanh: return tanh(x);
         case Activation::sigmoid: return sigmoid(x);
         case Activation::gelu: return gelu(x);
+        case Activation::gelu_exact: return gelu(x, Approximate::none);
         case Activation::leaky_relu: return leaky_relu(x);
         case Activation::linear: break;
     }
@@ -456,6 +491,10 @@ namespace nn {
 struct Linear {
     Tensor W, b;
     Linear(int in, int out, Rng& rng, Init init = Init::he_normal, bool bias = true);
+    // From given weights: W [in, out], and b [out] or no b. They become parameters (so they must
+    // be leaves: data, not results of ops). PyTorch's nn.Linear stores weight as [out, in]: its
+    // W here is that weight transposed.
+    explicit Linear(Tensor W, Tensor b = Tensor());
     Tensor operator()(const Tensor& x) const;
     std::vector<Tensor> parameters() const;
     void to(Device device);   // moves W and b in place (engine.cpp Part 5)
@@ -470,6 +509,8 @@ struct MLP {
     Rng dropout_rng;
     MLP(const std::vector<int>& sizes, Rng& rng, Activation act = Activation::relu,
         Init init = Init::he_normal, real dropout_p = 0);
+    // From given layers, whose sizes must chain (each layer's out is the next one's in).
+    explicit MLP(std::vector<Linear> layers, Activation act = Activation::relu);
     Tensor operator()(const Tensor& x);
     std::vector<Tensor> parameters() const;
     // "layers.0.W", "layers.0.b", ...: the names a checkpoint stores.
@@ -678,6 +719,8 @@ struct BatchNorm {
     real momentum, eps;
     bool training = true;
     explicit BatchNorm(int features, real momentum = real(0.1), real eps = real(1e-5));
+    // From given gamma and beta [features] (running statistics 0 and 1; set them after).
+    BatchNorm(Tensor gamma, Tensor beta, real momentum = real(0.1), real eps = real(1e-5));
     Tensor operator()(const Tensor& x);
     std::vector<Tensor> parameters() const { return {gamma, beta}; }
     void train() { training = true; }
@@ -774,10 +817,12 @@ void cuda_mul_forward(const float* A, const float* B, float* Y, int n);
 void cuda_mul_backward(const float* A, const float* B, const float* dY, float* dA, float* dB, int n);
 void cuda_relu_forward(const float* X, float* Y, int n);
 void cuda_gelu_forward(const float* X, float* Y, int n);
+void cuda_gelu_exact_forward(const float* X, float* Y, int n);
 void cuda_sigmoid_forward(const float* X, float* Y, int n);
 void cuda_tanh_forward(const float* X, float* Y, int n);
 void cuda_relu_backward(const float* X, const float* Y, const float* dY, float* dX, int n);
 void cuda_gelu_backward(const float* X, const float* Y, const float* dY, float* dX, int n);
+void cuda_gelu_exact_backward(const float* X, const float* Y, const float* dY, float* dX, int n);
 void cuda_sigmoid_backward(const float* X, const float* Y, const float* dY, float* dX, int n);
 void cuda_tanh_backward(const float* X, const float* Y, const float* dY, float* dX, int n);
 void cuda_matmul_v1(const float* A, const float* B, float* C, int M, int K, int N);   // one thread per output

@@ -178,6 +178,12 @@ struct Gelu {   // ½x(1 + tanh u), u = √(2/π)(x + 0.044715x³); f' = ½(1 + 
         return 0.5f * (1 + t) + 0.5f * x * (1 - t * t) * 0.7978845608f * (1 + 3 * 0.044715f * x * x);
     }
 };
+struct GeluExact {   // x·Φ(x) = ½x(1 + erf(x/√2)); f' = Φ(x) + x·φ(x), φ(x) = e^(−x²/2)/√(2π)
+    static __device__ float f(float x) { return 0.5f * x * (1 + erff(x * 0.7071067812f)); }
+    static __device__ float df(float x, float) {
+        return 0.5f * (1 + erff(x * 0.7071067812f)) + x * 0.3989422804f * expf(-0.5f * x * x);
+    }
+};
 struct Sigmoid {   // 1/(1 + e⁻ˣ), with no overflow for large |x|; f' = y(1 − y)
     static __device__ float f(float x) { return x >= 0 ? 1 / (1 + expf(-x)) : expf(x) / (1 + expf(x)); }
     static __device__ float df(float, float y) { return y * (1 - y); }
@@ -254,6 +260,7 @@ static void activation_backward(const float* X, const float* Y, const float* dY,
 }
 void cuda_relu_forward(const float* X, float* Y, int n) { activation_forward<Relu>(X, Y, n); }
 void cuda_gelu_forward(const float* X, float* Y, int n) { activation_forward<Gelu>(X, Y, n); }
+void cuda_gelu_exact_forward(const float* X, float* Y, int n) { activation_forward<GeluExact>(X, Y, n); }
 void cuda_sigmoid_forward(const float* X, float* Y, int n) { activation_forward<Sigmoid>(X, Y, n); }
 void cuda_tanh_forward(const float* X, float* Y, int n) { activation_forward<Tanh>(X, Y, n); }
 void cuda_relu_backward(const float* X, const float* Y, const float* dY, float* dX, int n) {
@@ -261,6 +268,9 @@ void cuda_relu_backward(const float* X, const float* Y, const float* dY, float* 
 }
 void cuda_gelu_backward(const float* X, const float* Y, const float* dY, float* dX, int n) {
     activation_backward<Gelu>(X, Y, dY, dX, n);
+}
+void cuda_gelu_exact_backward(const float* X, const float* Y, const float* dY, float* dX, int n) {
+    activation_backward<GeluExact>(X, Y, dY, dX, n);
 }
 void cuda_sigmoid_backward(const float* X, const float* Y, const float* dY, float* dX, int n) {
     activation_backward<Sigmoid>(X, Y, dY, dX, n);

@@ -1,13 +1,15 @@
 // tests.cpp: the engine's tests and their tiny harness (no framework).
 //
-//   build/tests            run everything
-//   build/tests WORD       run the tests whose "group/name" contains WORD (make test FILTER=WORD)
-//   build/tests --list     list the tests
+//   build/tests              the quick tests (make test)
+//   build/tests --all        also the tests that run other builds (make test-all builds them)
+//   build/tests WORD         only the tests whose "group/name" contains WORD (make test FILTER=WORD)
+//   build/tests --list       list the tests
+//   TEST_TIME_LIMIT=s        stop any one test after s seconds (default 120)
 //
 // Every gradient is compared with an independent truth: a central finite difference in double
 // precision, a closed form, or a worked number from the course texts. A test ends in one of
-//   pass, FAIL (expected vs got, at file:line), TODO (an exercise stub threw not_implemented),
-//   SKIP (with the reason).
+//   pass, FAIL (expected vs got, at file:line; or a crash, named with its likely cause),
+//   TODO (an exercise stub threw not_implemented), SKIP (with the reason).
 // The output is one line per test that did not pass, a table per group, and last
 // `N passed, M failed` (then the TODO and SKIP counts when there are any).
 
@@ -17,20 +19,29 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <cerrno>
+#include <csignal>
 #include <cmath>
 #include <cstdio>
 #include <dirent.h>
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <unordered_map>
 #include <iterator>
 #include <limits>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 // =============================================================================================
 // The harness
+//
+// Every test runs in a child process of its own (fork). Whatever a test does, a segfault, a stack
+// overflow, abort(), an exception nobody catches, an endless loop, only that child dies: this
+// process reports the test as FAIL, names the signal and its likely cause, and runs the rest.
+// A child also starts from the same state every time, so no test can disturb another.
 // =============================================================================================
 
 struct TestFailure : std::runtime_error {
@@ -40,9 +51,15 @@ struct TestSkipped : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+// quick: `make test` runs it. other_builds: it runs another build (the -O0 tests, a stub, a lesson
+// variant, bench), which only `make test-all` builds. crash_demo: it crashes on purpose, to test
+// this harness; only `--crash-demos` runs those.
+enum class Kind { quick, other_builds, crash_demo };
+
 struct TestCase {
     std::string group, name;
     std::function<void()> body;
+    Kind kind = Kind::quick;
 };
 
 static std::vector<TestCase>& registry() {
@@ -51,18 +68,21 @@ static std::vector<TestCase>& registry() {
 }
 
 struct RegisterTest {
-    RegisterTest(const char* group, const char* name, void (*body)()) {
-        registry().push_back({group, name, body});
+    RegisterTest(const char* group, const char* name, void (*body)(), Kind kind = Kind::quick) {
+        registry().push_back({group, name, body, kind});
     }
 };
 
 #define TEST_JOIN2(a, b) a##b
 #define TEST_JOIN(a, b) TEST_JOIN2(a, b)
-#define TEST(group, name)                                                                    \
+#define REGISTER_TEST(group, name, kind)                                                     \
     static void TEST_JOIN(test_body_, __LINE__)();                                           \
     static RegisterTest TEST_JOIN(test_register_, __LINE__)(group, name,                     \
-                                                            TEST_JOIN(test_body_, __LINE__)); \
+                                                            TEST_JOIN(test_body_, __LINE__), kind); \
     static void TEST_JOIN(test_body_, __LINE__)()
+#define TEST(group, name) REGISTER_TEST(group, name, Kind::quick)
+#define TEST_OF_OTHER_BUILD(group, name) REGISTER_TEST(group, name, Kind::other_builds)
+#define CRASH_DEMO(name) REGISTER_TEST("crash demo", name, Kind::crash_demo)
 
 [[noreturn]] static void fail_at(const char* file, int line, const std::string& what) {
     throw TestFailure(std::string(file) + ":" + std::to_string(line) + ": " + what);
@@ -116,7 +136,8 @@ static void expect_eq_at(const char* file, int line, const char* expr, const A& 
 
 enum class Outcome { pass, fail, todo, skip };
 
-static Outcome run_one(const TestCase& t, std::string& detail) {
+// Runs the body and turns how it ended into a verdict (in the child).
+static Outcome run_body(const TestCase& t, std::string& detail) {
     try {
         t.body();
         return Outcome::pass;
@@ -130,45 +151,273 @@ static Outcome run_one(const TestCase& t, std::string& detail) {
         detail = e.what();
         return Outcome::fail;
     } catch (const std::exception& e) {
-        detail = std::string("unexpected exception: ") + e.what();
+        detail = std::string("an exception escaped the test: ") + e.what();
+        return Outcome::fail;
+    } catch (...) {
+        detail = "an exception that is not a std::exception escaped the test (throw of a plain value?)";
         return Outcome::fail;
     }
 }
 
+// ---- crashes, seen from inside the child --------------------------------------------------------
+// A signal handler may only call async-signal-safe functions (write, not printf or malloc), so it
+// composes its message in a fixed buffer. It runs on a stack of its own (sigaltstack): after a
+// stack overflow the test's stack has no room left for it.
+namespace crash {
+
+int verdict_fd = -1;                       // where the child reports to the parent
+std::uintptr_t stack_top = 0;              // roughly where the main stack starts
+std::uintptr_t stack_limit = 0;            // its size (ulimit -s); 0 if unlimited
+char hint[512];                            // what the running test says a crash would mean
+char message[1024];
+std::size_t length = 0;
+
+void append(const char* text) {
+    while (*text && length + 1 < sizeof message) message[length++] = *text++;
+}
+void append_hex(std::uintptr_t v) {
+    char digits[2 + 2 * sizeof v + 1] = "0x";
+    for (int i = 0; i < int(2 * sizeof v); ++i)
+        digits[2 + i] = "0123456789abcdef"[(v >> (4 * (2 * sizeof v - 1 - i))) & 15];
+    digits[sizeof digits - 1] = 0;
+    append(digits);
+}
+
+// A fault in the last stretch below the stack (its size from the top, plus the guard) is the
+// stack growing into its guard page: recursion too deep.
+bool is_stack_overflow(std::uintptr_t address) {
+    if (stack_limit == 0) return false;
+    const std::uintptr_t guard = std::uintptr_t(1) << 20;
+    return address < stack_top && address + stack_limit + guard >= stack_top;
+}
+
+void on_fatal_signal(int signal, siginfo_t* info, void*) {
+    length = 0;
+    append("C");   // the record's tag: a crash (see read_records)
+    const std::uintptr_t address = reinterpret_cast<std::uintptr_t>(info->si_addr);
+    switch (signal) {
+        case SIGSEGV:
+            if (is_stack_overflow(address)) {
+                append("crashed with SIGSEGV: stack overflow: deep recursion?");
+            } else {
+                append("crashed with SIGSEGV at address ");
+                append_hex(address);
+                append(address < 4096 ? ": a null pointer read or written (an empty handle?)"
+                                      : ": memory read or written out of bounds, or after it was freed");
+            }
+            break;
+        case SIGBUS: append("crashed with SIGBUS: a misaligned or unmapped memory access"); break;
+        case SIGFPE: append("crashed with SIGFPE: an integer division by zero?"); break;
+        case SIGILL:
+            append("crashed with SIGILL: an illegal instruction (a build for another CPU? "
+                   "a function that returns nothing where a value is due?)");
+            break;
+        case SIGABRT:
+            append("crashed with SIGABRT: abort(), from an assert, or std::terminate (an exception "
+                   "thrown through a noexcept function or a destructor)");
+            break;
+    }
+    if (hint[0]) {
+        append(" ");
+        append(hint);
+    }
+    message[length++] = 0;
+    if (write(verdict_fd, message, length) < 0) {}   // nothing more can be done if this fails
+    ::signal(signal, SIG_DFL);                       // then die of it, so the parent sees the signal
+    ::raise(signal);
+}
+
+void install(int fd) {
+    verdict_fd = fd;
+    char here = 0;
+    stack_top = reinterpret_cast<std::uintptr_t>(&here);
+    rlimit limit{};
+    if (getrlimit(RLIMIT_STACK, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY) stack_limit = limit.rlim_cur;
+    static char handler_stack[1 << 16];
+    stack_t alternate{};
+    alternate.ss_sp = handler_stack;
+    alternate.ss_size = sizeof handler_stack;
+    sigaltstack(&alternate, nullptr);
+    struct sigaction action{};
+    action.sa_sigaction = on_fatal_signal;
+    action.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    for (int signal : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT}) sigaction(signal, &action, nullptr);
+}
+
+}  // namespace crash
+
+// A test says what a crash inside it would most likely mean; the report adds it.
+static void crash_hint(const char* text) {
+    std::snprintf(crash::hint, sizeof crash::hint, "%s", text);
+}
+
+// ---- one test in a child process ----------------------------------------------------------------
+struct Verdict {
+    Outcome outcome = Outcome::fail;
+    std::string detail;
+};
+
+static std::string read_all(int fd) {
+    std::string text;
+    char buf[4096];
+    ::lseek(fd, 0, SEEK_SET);
+    for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) text.append(buf, std::size_t(n));
+    return text;
+}
+
+// What a test printed, for a report: all of it if short, else its first and last lines.
+static std::string excerpt(const std::string& output) {
+    std::vector<std::string> lines;
+    std::istringstream in(output);
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+    const std::size_t keep = 30;
+    std::string out;
+    for (std::size_t i = 0; i < lines.size(); ++i) {
+        if (lines.size() > 2 * keep && i == keep)
+            out += "      ... (" + std::to_string(lines.size() - 2 * keep) + " lines) ...\n";
+        if (lines.size() > 2 * keep && i >= keep && i < lines.size() - keep) continue;
+        out += "      | " + lines[i] + "\n";
+    }
+    return out;
+}
+
+static std::string signal_name(int signal) {
+    switch (signal) {
+        case SIGSEGV: return "SIGSEGV";
+        case SIGBUS: return "SIGBUS";
+        case SIGFPE: return "SIGFPE";
+        case SIGILL: return "SIGILL";
+        case SIGABRT: return "SIGABRT";
+        case SIGKILL: return "SIGKILL";
+        case SIGALRM: return "SIGALRM";
+        default: return "signal " + std::to_string(signal);
+    }
+}
+
+// The child's records, each a tag letter, a text and a 0 byte: its verdict (P, F, T or S), and a
+// crash report (C) if it crashed, even after its verdict (in a destructor run at exit).
+static Verdict judge(int status, const std::string& records, const std::string& output, int time_limit) {
+    std::string verdict, crash_report;
+    std::istringstream in(records);
+    for (std::string record; std::getline(in, record, '\0');)
+        if (!record.empty()) (record[0] == 'C' ? crash_report : verdict) = record;
+    Verdict v;
+    if (WIFSIGNALED(status)) {
+        const int signal = WTERMSIG(status);
+        if (signal == SIGALRM)
+            v.detail = "ran past the time limit of " + std::to_string(time_limit) +
+                       " s and was stopped: an endless loop? (TEST_TIME_LIMIT=seconds sets the limit)";
+        else if (!crash_report.empty())
+            v.detail = crash_report.substr(1);
+        else if (signal == SIGKILL)
+            v.detail = "killed with SIGKILL: out of memory?";
+        else
+            v.detail = "crashed with " + signal_name(signal);
+        if (!verdict.empty() && verdict[0] == 'P') v.detail += " (after the test itself passed, at exit)";
+    } else if (verdict.empty()) {
+        v.detail = "the process exited with code " + std::to_string(WEXITSTATUS(status)) +
+                   " before the test ended (exit() called, or a sanitizer's report, below)";
+    } else {
+        v.outcome = verdict[0] == 'P' ? Outcome::pass : verdict[0] == 'T' ? Outcome::todo
+                  : verdict[0] == 'S' ? Outcome::skip : Outcome::fail;
+        v.detail = verdict.substr(1);
+        if (WEXITSTATUS(status) != 0) {
+            v.outcome = Outcome::fail;
+            v.detail += (v.detail.empty() ? "" : "; ") + std::string("the test ended, then its process exited with code ") +
+                        std::to_string(WEXITSTATUS(status)) + " (a leak or memory error found at exit? below)";
+        }
+    }
+    if (v.outcome == Outcome::fail && !output.empty()) {
+        v.detail += "\n      what it printed:\n" + excerpt(output);
+        v.detail.pop_back();   // the excerpt's last newline: the report adds its own
+    }
+    return v;
+}
+
+static Verdict run_in_child(const TestCase& t, int time_limit) {
+    std::fflush(stdout);   // or the child would print the parent's buffered text again
+    std::fflush(stderr);
+    FILE* records = std::tmpfile();
+    FILE* output = std::tmpfile();
+    if (!records || !output) throw std::runtime_error("tests: tmpfile() failed");
+    const pid_t pid = ::fork();
+    if (pid < 0) throw std::runtime_error("tests: fork() failed");
+    if (pid == 0) {   // the child: run the test, report, exit
+        ::dup2(fileno(output), 1);
+        ::dup2(fileno(output), 2);
+        crash::install(fileno(records));
+        ::alarm(unsigned(time_limit));   // SIGALRM ends an endless loop
+        std::string detail;
+        const Outcome o = run_body(t, detail);
+        const std::string record = std::string(1, "PFTS"[int(o)]) + detail + '\0';
+        if (::write(fileno(records), record.data(), record.size()) < 0) std::_Exit(3);
+        std::exit(0);   // exit, not _exit: the sanitizers check for leaks at exit, per test
+    }
+    int status = 0;
+    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    const Verdict v = judge(status, read_all(fileno(records)), read_all(fileno(output)), time_limit);
+    std::fclose(records);
+    std::fclose(output);
+    return v;
+}
+
+// ---- main -----------------------------------------------------------------------------------------
 static void register_homework_tests();
 static std::string training_losses();
 
+static int time_limit_seconds() {
+    const char* s = std::getenv("TEST_TIME_LIMIT");
+    const int limit = s ? std::atoi(s) : 0;
+    return limit > 0 ? limit : 120;
+}
+
 int main(int argc, char** argv) {
-    const std::string filter = argc > 1 ? argv[1] : "";
-    if (filter == "--losses") {   // for the determinism test: the losses of a fixed run
-        std::printf("%s", training_losses().c_str());
-        return 0;
+    bool all = false, crash_demos = false;
+    std::string filter;
+    for (int i = 1; i < argc; ++i) {
+        const std::string arg = argv[i];
+        if (arg == "--losses") {   // for the determinism test: the losses of a fixed run
+            std::printf("%s", training_losses().c_str());
+            return 0;
+        }
+        if (arg == "--all") all = true;
+        else if (arg == "--crash-demos") crash_demos = true;
+        else if (arg != "--list") filter = arg;
     }
     register_homework_tests();
-    if (filter == "--list") {
+    if (argc > 1 && std::string(argv[1]) == "--list") {
         for (const TestCase& t : registry()) std::printf("%s/%s\n", t.group.c_str(), t.name.c_str());
         return 0;
     }
+    const int time_limit = time_limit_seconds();
     const char* tag[] = {"pass", "FAIL", "TODO", "SKIP"};
     std::vector<std::string> group_order;
     std::map<std::string, std::array<int, 4>> per_group;
     std::array<int, 4> total{};
+    int left_for_test_all = 0;
     for (const TestCase& t : registry()) {
         const std::string full = t.group + "/" + t.name;
         if (full.find(filter) == std::string::npos) continue;
-        std::string detail;
-        const Outcome o = run_one(t, detail);
+        if ((t.kind == Kind::crash_demo) != crash_demos) continue;
+        if (t.kind == Kind::other_builds && !all) {
+            ++left_for_test_all;
+            continue;
+        }
+        const Verdict v = run_in_child(t, time_limit);
         if (!per_group.count(t.group)) group_order.push_back(t.group);
-        ++per_group[t.group][int(o)];
-        ++total[int(o)];
-        if (o != Outcome::pass)
-            std::printf("%s  %s\n      %s\n", tag[int(o)], full.c_str(), detail.c_str());
+        ++per_group[t.group][int(v.outcome)];
+        ++total[int(v.outcome)];
+        if (v.outcome != Outcome::pass)
+            std::printf("%s  %s\n      %s\n", tag[int(v.outcome)], full.c_str(), v.detail.c_str());
     }
     std::printf("\n%-28s %5s %5s %5s %5s\n", "group", "pass", "FAIL", "TODO", "SKIP");
     for (const std::string& g : group_order) {
         const auto& c = per_group[g];
         std::printf("%-28s %5d %5d %5d %5d\n", g.c_str(), c[0], c[1], c[2], c[3]);
     }
+    if (left_for_test_all)
+        std::printf("tests left to `make test-all` (they run other builds: stubs, lesson variants, "
+                    "-O0, bench): %d\n", left_for_test_all);
     std::printf("%d passed, %d failed", total[0], total[1]);
     if (total[2]) std::printf(", %d todo", total[2]);
     if (total[3]) std::printf(", %d skipped", total[3]);
@@ -199,6 +448,13 @@ static CommandResult run_command(const std::string& command) {
 
 static bool file_exists(const std::string& path) { return std::ifstream(path).good(); }
 
+static std::string this_program() {
+    char path[4096];
+    const ssize_t n = ::readlink("/proc/self/exe", path, sizeof path - 1);
+    if (n <= 0) throw std::runtime_error("readlink(/proc/self/exe) failed");
+    return std::string(path, std::size_t(n));
+}
+
 // Where the Makefile put the builds that some tests run (its $(B); `make valgrind` uses another).
 #ifndef BUILD_DIR
 #define BUILD_DIR "build"
@@ -206,7 +462,7 @@ static bool file_exists(const std::string& path) { return std::ifstream(path).go
 static const std::string build_dir = BUILD_DIR;
 
 static void require_binary(const std::string& path) {
-    if (!file_exists(path)) SKIP(path + " is not built (run the tests with `make test`)");
+    if (!file_exists(path)) throw TestFailure(path + " is not built (`make test-all` builds it)");
 }
 
 // Every input's gradient must match central differences to 1e-7 (doubles, h = 1e-6).
@@ -228,6 +484,61 @@ static void expect_unary_gradcheck_at(const char* file, int line, Value (*op)(co
         expect_gradcheck_at(file, line, [op](const std::vector<Value>& v) { return op(v[0]); }, {x});
 }
 #define EXPECT_UNARY_GRADCHECK(op, ...) expect_unary_gradcheck_at(__FILE__, __LINE__, op, __VA_ARGS__)
+
+// =============================================================================================
+// harness: a crash is a FAIL with a name and a cause, and the run goes on
+//
+// The crash demos below crash on purpose; `--crash-demos` runs them, and nothing else does. The
+// test runs them in a separate process of this binary (so this run is not disturbed) and reads
+// its report.
+// =============================================================================================
+
+namespace crash_demos {
+volatile int never = 0;                                       // read at run time: no compiler can
+int recurse(int depth) {                                      // prove the recursion endless
+    volatile char frame[256];
+    frame[0] = char(depth);
+    return depth == never - 1 ? 0 : recurse(depth + 1) + frame[0];
+}
+void throws_from_noexcept() noexcept(false) { throw std::runtime_error("escaped"); }
+void calls_it() noexcept { throws_from_noexcept(); }          // std::terminate, then abort()
+}  // namespace crash_demos
+
+CRASH_DEMO("segfault") {
+    volatile std::uintptr_t address = 64;   // volatile: the compiler cannot see where it points
+    *reinterpret_cast<volatile int*>(address) = 1;
+}
+CRASH_DEMO("stack overflow") {
+    crash_hint("a graph of 10⁶ nodes needs an iterative topological sort, engine.cpp §1.4");
+    crash_demos::recurse(0);
+}
+CRASH_DEMO("abort") { std::abort(); }
+CRASH_DEMO("noexcept") { crash_demos::calls_it(); }
+CRASH_DEMO("hang") {
+    for (volatile unsigned long spin = 0;; spin = spin + 1) {}
+}
+CRASH_DEMO("throw 42") { throw 42; }
+CRASH_DEMO("after them, a test that passes") { EXPECT_EQ(1 + 1, 2); }
+
+TEST("harness", "a crashing test is a FAIL with its name and cause; the other tests still run") {
+    const CommandResult r = run_command("TEST_TIME_LIMIT=1 " + this_program() + " --crash-demos");
+    const auto expect_in_output = [&r](const std::string& text) {
+        if (r.output.find(text) == std::string::npos)
+            fail_at(__FILE__, __LINE__, "no \"" + text + "\" in the report:\n" + r.output);
+    };
+    expect_in_output("FAIL  crash demo/segfault\n      crashed with SIGSEGV at address 0x0000000000000040: a null pointer");
+    expect_in_output("FAIL  crash demo/stack overflow\n      crashed with SIGSEGV: stack overflow: deep recursion? "
+                     "a graph of 10⁶ nodes needs an iterative topological sort, engine.cpp §1.4");
+    expect_in_output("FAIL  crash demo/abort\n      crashed with SIGABRT: abort()");
+    expect_in_output("FAIL  crash demo/noexcept\n      crashed with SIGABRT: abort(), from an assert, or std::terminate");
+    expect_in_output("terminate called after throwing an instance of 'std::runtime_error'");   // what it printed
+    expect_in_output("FAIL  crash demo/hang\n      ran past the time limit of 1 s");
+    expect_in_output("FAIL  crash demo/throw 42\n      an exception that is not a std::exception");
+    EXPECT_EQ(r.exit_code, 1);
+    const std::string last_line = "1 passed, 6 failed\n";
+    EXPECT_TRUE(r.output.size() >= last_line.size() &&
+                r.output.compare(r.output.size() - last_line.size(), last_line.size(), last_line) == 0);
+}
 
 // =============================================================================================
 // 01 derivatives: finite differences and gradient checking
@@ -382,6 +693,21 @@ TEST("ops", "relu and leaky_relu away from the kink; slope 0 (or the leak) at x 
     out.backward();
     EXPECT_NEAR(out.data(), -0.02, 1e-17);
     EXPECT_NEAR(n.grad(), 0.01, 0.0);
+}
+
+// Exact GELU beside the tanh form (which the engine exercise `gelu` is): the numbers are
+// ½·x·(1 + erf(x/√2)) from another implementation of erf (Python's math.erf; PyTorch's
+// F.gelu(x) prints the same).
+TEST("ops", "gelu exact: x·Φ(x) at ±1 is 0.8413447 and -0.1586553, slope Φ(x) + x·φ(x), finite differences") {
+    EXPECT_NEAR(gelu(Value(1.0), Approximate::none).data(), 0.8413447460685429, 1e-15);
+    EXPECT_NEAR(gelu(Value(-1.0), Approximate::none).data(), -0.15865525393145707, 1e-15);
+    Value x(1.0);
+    gelu(x, Approximate::none).backward();
+    EXPECT_NEAR(x.grad(), 1.0833154705876864, 1e-15);
+    for (double at : {-3.0, -1.0, -0.2, 0.0, 0.4, 1.0, 2.5})
+        EXPECT_GRADCHECK([](const std::vector<Value>& v) { return gelu(v[0], Approximate::none); }, {at});
+    for (double at : {-2.7, 0.5, 2.7})   // the tanh form stays within 4.7e-4 of it
+        EXPECT_NEAR(gelu(Value(at), Approximate::tanh).data(), gelu(Value(at), Approximate::none).data(), 4.74e-4);
 }
 
 TEST("ops", "bad inputs throw errors naming the op and the value") {
@@ -553,19 +879,51 @@ TEST("02 chain rule", "graph_to_string lists every node with op, data and grad")
 // topo_sort: the engine exercise `make exercise E=topo_sort`
 // =============================================================================================
 
+// A node as a learner would recognise it: "'*' = 3 (inputs: leaf 1.5, leaf 2)".
+static std::string describe(const Node* n) {
+    const auto name = [](const Node* m) {
+        return (*m->op ? "'" + std::string(m->op) + "'" : std::string("leaf")) +
+               (m->label.empty() ? "" : " " + m->label) + " " + show(m->data);
+    };
+    std::string text = name(n);
+    for (int i = 0; i < n->n_parents; ++i)
+        text += (i == 0 ? " (inputs: " : ", ") + name(n->parents[i]) + (i + 1 == n->n_parents ? ")" : "");
+    return text;
+}
+
+// Fails, naming the first node out of place, unless `order` lists every node of root's graph
+// once, each after its inputs, and root last.
+static void expect_topological_order(const std::vector<Node*>& order, const Node* root) {
+    std::unordered_map<const Node*, std::size_t> position;
+    for (std::size_t i = 0; i < order.size(); ++i)
+        if (!position.emplace(order[i], i).second)
+            fail_at(__FILE__, __LINE__, "node " + describe(order[i]) + " is listed twice, at positions " +
+                                            show(position[order[i]]) + " and " + show(i));
+    for (std::size_t i = 0; i < order.size(); ++i)
+        for (int k = 0; k < order[i]->n_parents; ++k) {
+            const Node* input = order[i]->parents[k];
+            const auto at = position.find(input);
+            if (at == position.end())
+                fail_at(__FILE__, __LINE__, "position " + show(i) + ": node " + describe(order[i]) +
+                                                ": its input " + describe(input) + " is not listed at all");
+            if (at->second > i)
+                fail_at(__FILE__, __LINE__, "position " + show(i) + ": node " + describe(order[i]) +
+                                                " comes before its input " + describe(input) + ", listed at " +
+                                                show(at->second) + ": every node must come after its inputs");
+        }
+    if (order.empty() || order.back() != root)
+        fail_at(__FILE__, __LINE__, "the root " + describe(root) + " must come last, and it is " +
+                                        (position.count(root) ? "at position " + show(position[root]) : std::string("missing")) +
+                                        " of " + show(order.size()));
+}
+
 TEST("topo_sort", "every node comes after its inputs, each exactly once (diamond graph)") {
     Value x(1.5);
     const Value left = x * 2.0, right = exp(x);
     const Value top = left * right + left;   // `left` is reached on two paths
     const std::vector<Node*> order = topological_order(top.node());
-    std::map<const Node*, std::size_t> position;
-    for (std::size_t i = 0; i < order.size(); ++i) position[order[i]] = i;
-    EXPECT_EQ(position.size(), order.size());   // no duplicates
+    expect_topological_order(order, top.node());
     EXPECT_EQ(order.size(), std::size_t(6));    // x, the constant 2, left, right, left·right, top
-    EXPECT_TRUE(order.back() == top.node());
-    for (const Node* n : order)
-        for (int i = 0; i < n->n_parents; ++i)
-            EXPECT_TRUE(position.at(n->parents[i]) < position.at(n));
 }
 
 TEST("topo_sort", "diamond graph gradient: d/dx (2x·e^x + 2x) = 2e^x(1 + x) + 2") {
@@ -577,12 +935,14 @@ TEST("topo_sort", "diamond graph gradient: d/dx (2x·e^x + 2x) = 2e^x(1 + x) + 2
 }
 
 TEST("topo_sort", "a chain of 10^6 nodes: backward and freeing need no deep recursion") {
+    crash_hint("a graph of 10⁶ nodes needs an iterative topological sort, engine.cpp §1.4");
     const std::int64_t before = Node::live_count;
     {
         Value x(1.0);
         Value y = x;
         const int n = 1000000;
         for (int i = 0; i < n; ++i) y = y * 1.000001;   // y = x · 1.000001ⁿ
+        expect_topological_order(topological_order(y.node()), y.node());
         y.backward();
         EXPECT_NEAR(x.grad(), std::pow(1.000001, n), 1e-9);
         EXPECT_EQ(Node::live_count - before, std::int64_t(2 * n + 1));
@@ -799,7 +1159,7 @@ static void expect_tensor_gradcheck_at(const char* file, int line, const TensorF
     loss_of(inputs).backward();
     const double h = 1e-6;
     for (std::size_t k = 0; k < inputs.size(); ++k) {
-        std::vector<real>& x = inputs[k].values();
+        const ValuesView x = inputs[k].values();
         for (std::size_t i = 0; i < x.size(); ++i) {
             const real saved = x[i];
             x[i] = saved + h;
@@ -1017,11 +1377,13 @@ TEST("04 tensors", "transpose, reshape (with -1), sum and mean over all or one a
     EXPECT_TRUE(sum(m, 1, true).shape() == Shape({2, 1}));
 }
 
-TEST("04 tensors", "exp, log, sqrt, pow, relu, leaky_relu, gelu, sigmoid, tanh") {
+TEST("04 tensors", "exp, log, sqrt, pow, relu, leaky_relu, gelu (both forms), sigmoid, tanh") {
     Rng rng(6);
     const Tensor any = away_from_zero({3, 4}, rng), positive = uniform({3, 4}, rng, 0.2, 2.0);
+    Tensor (*const gelu_tanh)(const Tensor&) = gelu;
+    Tensor (*const gelu_exact)(const Tensor&) = [](const Tensor& x) { return gelu(x, Approximate::none); };
     const std::vector<std::pair<const char*, Tensor (*)(const Tensor&)>> ops = {
-        {"exp", exp}, {"relu", relu}, {"gelu", gelu}, {"sigmoid", sigmoid}, {"tanh", tanh}};
+        {"exp", exp}, {"relu", relu}, {"gelu", gelu_tanh}, {"gelu exact", gelu_exact}, {"sigmoid", sigmoid}, {"tanh", tanh}};
     for (const auto& [name, op] : ops)
         EXPECT_TENSOR_GRADCHECK([op = op](const std::vector<Tensor>& x) { return op(x[0]); }, {any});
     EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& x) { return leaky_relu(x[0], 0.1); }, {any});
@@ -1031,7 +1393,30 @@ TEST("04 tensors", "exp, log, sqrt, pow, relu, leaky_relu, gelu, sigmoid, tanh")
         EXPECT_TENSOR_GRADCHECK([k](const std::vector<Tensor>& x) { return pow(x[0], k); }, {positive});
     // The tensor ops agree with the scalar engine of Part 1 on values.
     EXPECT_NEAR(gelu(Tensor::scalar(1.0)).item(), gelu(Value(1.0)).data(), 1e-15);
+    EXPECT_NEAR(gelu(Tensor::scalar(1.0), Approximate::none).item(), gelu(Value(1.0), Approximate::none).data(), 1e-15);
     EXPECT_NEAR(sigmoid(Tensor::scalar(-800)).item(), 0.0, 1e-300);
+}
+
+TEST("04 tensors", "values() and grad() are views: elements change, their count never does") {
+    const Tensor t({2, 2}, {1, 2, 3, 4});
+    t.values()[0] = 10;
+    EXPECT_VALUES(t, {10, 2, 3, 4}, 0.0);
+    t.values() = {5, 6, 7, 8};
+    EXPECT_THROWS(t.values() = std::vector<real>({1, 2, 3}), "values(): the tensor has shape [2, 2] (4 numbers); cannot assign 3");
+    EXPECT_VALUES(t, {5, 6, 7, 8}, 0.0);   // a refused assignment changes nothing
+    const Tensor u({2, 2});
+    u.values() = t.values();               // copies the numbers; u stays its own tensor
+    t.values()[0] = 0;
+    EXPECT_VALUES(u, {5, 6, 7, 8}, 0.0);
+    EXPECT_THROWS(Tensor({3}).values() = t.values(), "cannot assign 4");
+    std::vector<real> copy = t.values();   // a copy, too
+    copy[1] = 99;
+    EXPECT_EQ(t.values()[1], real(6));
+    const Tensor p = Tensor({2}).requires_grad_();
+    EXPECT_TRUE(p.grad().empty());          // no gradient until backward() or an assignment
+    p.grad() = {1, 2};
+    EXPECT_GRAD(p, {1, 2}, 0.0);
+    EXPECT_THROWS(p.grad() = {1}, "grad(): the tensor has shape [2] (2 numbers); cannot assign 1");
 }
 
 TEST("04 tensors", "concat and slice along an inner axis") {
@@ -1281,7 +1666,34 @@ TEST("08 init", "nn::MLP: same seed, same network; dropout only in training") {
     EXPECT_TRUE(from_a == from_b);
     EXPECT_TRUE(from_a == again);
     a.train();
-    EXPECT_TRUE(a(x).values() != a(x).values());   // a fresh dropout mask each call
+    EXPECT_TRUE(std::vector<real>(a(x).values()) != std::vector<real>(a(x).values()));   // a fresh dropout mask each call
+}
+
+TEST("08 init", "modules from given tensors: nn::Linear, nn::MLP, nn::BatchNorm; shapes checked") {
+    const Tensor W({2, 3}, {1, 2, 3, 4, 5, 6}), b({3}, {0.5, -0.5, 1});
+    const nn::Linear layer(W, b);
+    EXPECT_TRUE(layer.W.node() == W.node() && W.requires_grad() && b.requires_grad());   // now parameters
+    EXPECT_VALUES(layer(Tensor({1, 2}, {1, -1})), {1 - 4 + 0.5, 2 - 5 - 0.5, 3 - 6 + 1}, 0.0);
+    EXPECT_VALUES(nn::Linear(Tensor({2, 3}, {1, 2, 3, 4, 5, 6}))(Tensor({1, 2}, {1, -1})), {-3, -3, -3}, 0.0);
+    EXPECT_THROWS(nn::Linear(Tensor({3}), Tensor({3})), "nn::Linear: needs W [in, out] and b [out] (or no b); got W [3] and b [3]");
+    EXPECT_THROWS(nn::Linear(Tensor({2, 3}), Tensor({2})), "got W [2, 3] and b [2]");
+    EXPECT_THROWS(nn::Linear{Tensor()}, "got W (empty) and b (none)");
+    EXPECT_THROWS(nn::Linear(transpose(Tensor({3, 2}).requires_grad_())), "only a leaf tensor can be made a parameter");
+
+    const nn::Linear sum_layer(Tensor({3, 1}, {1, 1, 1}));
+    nn::MLP mlp({layer, sum_layer}, Activation::relu);   // relu([5.5, 6.5, 10]) summed
+    EXPECT_VALUES(mlp(Tensor({1, 2}, {1, 1})), {22}, 0.0);
+    EXPECT_EQ(mlp.parameters().size(), std::size_t(3));
+    EXPECT_THROWS(nn::MLP({nn::Linear(Tensor({2, 3})), nn::Linear(Tensor({4, 1}))}),
+                  "nn::MLP: layer 0 gives 3 outputs but layer 1 takes 4 inputs");
+    EXPECT_THROWS(nn::MLP(std::vector<nn::Linear>{}), "nn::MLP: needs at least one layer");
+
+    nn::BatchNorm bn(Tensor({2}, {2, 0.5}), Tensor({2}, {0.1, -1}));
+    bn.eval();   // running mean 0, variance 1: y = γ·x/√(1 + ε) + β
+    EXPECT_VALUES(bn(Tensor({1, 2}, {1, 2})), {2 / std::sqrt(1 + 1e-5) + 0.1, 1 / std::sqrt(1 + 1e-5) - 1}, 1e-12);
+    bn.running_mean = {1, 2, 3};
+    EXPECT_THROWS(bn(Tensor({1, 2})), "running_mean [3] and running_var [2] must all have one entry per feature");
+    EXPECT_THROWS(nn::BatchNorm(Tensor({2}), Tensor({3})), "nn::BatchNorm: gamma and beta must both be [features]; got [2] and [3]");
 }
 
 // ---- 06 optimizers ---------------------------------------------------------------------------
@@ -1410,7 +1822,8 @@ TEST("06 optimizers", "state bytes per parameter; bad construction is refused") 
     EXPECT_THROWS(Adam({w}, -1.0), "Adam: the learning rate must be >= 0, got -1");
     EXPECT_THROWS(SGD({Tensor({2})}, 0.1), "parameter 0 does not require grad");
     SGD sgd({w}, 0.1);
-    w.grad() = {1.0};   // set by hand, with the wrong length
+    EXPECT_THROWS(w.grad() = {1.0}, "grad(): the tensor has shape [10] (10 numbers); cannot assign 1");
+    w.node()->grad = {1.0};   // past the checked view, straight into the node
     EXPECT_THROWS(sgd.step(), "SGD: parameter 0 has 10 values but a gradient of 1");
     EXPECT_EQ(sgd.step_count, 0L);
 }
@@ -1640,7 +2053,7 @@ TEST("10 data", "a damaged or mismatched checkpoint is rejected and changes noth
         write_bytes(dir.file("bad.ckpt"), bytes);
         TrainingState s = other.state();
         EXPECT_THROWS(load_checkpoint(dir.file("bad.ckpt"), s), message);
-        EXPECT_TRUE(other.model.layers[0].W.values() == before);   // nothing changed
+        EXPECT_TRUE(std::vector<real>(other.model.layers[0].W.values()) == before);   // nothing changed
         EXPECT_EQ(other.opt.step_count, 0L);
     };
     std::vector<unsigned char> flipped = good;
@@ -1729,9 +2142,12 @@ static std::string training_losses() {
     return out;
 }
 
-TEST("determinism", "the same seed gives bit-identical losses, run twice and at -O0 vs -O3") {
+TEST("determinism", "the same seed gives bit-identical losses, run twice") {
+    EXPECT_TRUE(training_losses() == training_losses());
+}
+
+TEST_OF_OTHER_BUILD("determinism", "the same seed gives bit-identical losses at -O0 and -O3") {
     const std::string first = training_losses();
-    EXPECT_TRUE(first == training_losses());
     require_binary(build_dir + "/O0/tests");
     const CommandResult r = run_command(build_dir + "/O0/tests --losses");
     if (r.exit_code != 0 || r.output != first)
@@ -2048,7 +2464,7 @@ static double tensor_program_error(const TensorProgram& p, std::size_t root) {
     sum(out * weights).backward();
     double worst = 0;
     for (std::size_t k = 0; k < x.size(); ++k) {
-        std::vector<real>& values = x[k].values();
+        const ValuesView values = x[k].values();
         for (std::size_t i = 0; i < values.size(); ++i) {
             const real saved = values[i];
             auto f = [&](double xi) {
@@ -2270,6 +2686,9 @@ static void test_activations() {
              const double c = std::sqrt(2 / M_PI), k = 0.044715, t = std::tanh(c * (x + k * x * x * x));
              return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * k * x * x);
          }},
+        {"gelu exact", cuda_gelu_exact_forward, cuda_gelu_exact_backward,
+         [](double x) { return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0))); },
+         [](double x) { return 0.5 * (1 + std::erf(x / std::sqrt(2.0))) + x * std::exp(-x * x / 2) / std::sqrt(2 * M_PI); }},
         {"sigmoid", cuda_sigmoid_forward, cuda_sigmoid_backward, [](double x) { return 1 / (1 + std::exp(-x)); },
          [](double x) { return std::exp(-x) / ((1 + std::exp(-x)) * (1 + std::exp(-x))); }},
         {"tanh", cuda_tanh_forward, cuda_tanh_backward, [](double x) { return std::tanh(x); },
@@ -2779,7 +3198,7 @@ static void once(void (*body)()) {
 TEST("cuda", "cuda_add: same shapes and a bias row, forward and backward") { cuda_tests::under_every_schedule(cuda_tests::test_add); }
 TEST("cuda", "cuda_bias_grad: column sums") { cuda_tests::under_every_schedule(cuda_tests::test_bias_grad); }
 TEST("cuda", "cuda_mul: forward and backward") { cuda_tests::under_every_schedule(cuda_tests::test_mul); }
-TEST("cuda", "cuda_activations: relu, gelu, sigmoid, tanh forward and backward") { cuda_tests::under_every_schedule(cuda_tests::test_activations); }
+TEST("cuda", "cuda_activations: relu, gelu, gelu exact, sigmoid, tanh forward and backward") { cuda_tests::under_every_schedule(cuda_tests::test_activations); }
 TEST("cuda", "cuda_matmul_v1: one thread per output") { cuda_tests::under_every_schedule([] { cuda_tests::test_matmul("matmul_v1", cuda_matmul_v1); }); }
 TEST("cuda", "cuda_matmul_v2: shared-memory tiles") { cuda_tests::under_every_schedule([] { cuda_tests::test_matmul("matmul_v2", cuda_matmul_v2); }); }
 TEST("cuda", "cuda_matmul_v3: register blocking") { cuda_tests::under_every_schedule([] { cuda_tests::test_matmul("matmul_v3", cuda_matmul_v3); }); }
@@ -2800,10 +3219,13 @@ TEST("cuda", "cuda_emu: writes out of bounds are caught") { cuda_tests::once(cud
 // CUDA events (kernels.cu §9) on the emulator, where they read the host clock: a "launch" that
 // sleeps 3 ms must measure at least 3 ms a call. And bench's GPU rows run: each checks its kernel
 // against the CPU engine (bench exits 1 on a wrong result), then times it.
-TEST("cuda", "cuda_event_timing: cuda_time_ms brackets its launches; bench --gpu-only checks and times its kernels") {
+TEST("cuda", "cuda_event_timing: cuda_time_ms brackets its launches") {
     const double ms = cuda_time_ms([] { usleep(3000); }, 2);
     EXPECT_TRUE(ms >= 3 && ms < 300);
     EXPECT_THROWS(cuda_time_ms([] {}, 0), "cuda_time_ms: needs repeats >= 1, got 0");
+}
+
+TEST_OF_OTHER_BUILD("cuda", "cuda_event_timing: bench --gpu-only checks and times its kernels") {
     require_binary(build_dir + "/bench");
     const CommandResult r = run_command(build_dir + "/bench --gpu-only");
     EXPECT_EQ(r.exit_code, 0);
@@ -2900,8 +3322,8 @@ TEST("cuda", "cuda_device_to: a round trip keeps the values; to() copies, move_t
     const Tensor t({2, 3}, v);
     const Tensor d = t.to(Device::CUDA);
     EXPECT_TRUE(d.device() == Device::CUDA && t.device() == Device::CPU && d.shape() == t.shape());
-    EXPECT_TRUE(d.to(Device::CPU).values() == v);
-    EXPECT_TRUE(d.to(Device::CUDA).to(Device::CPU).values() == v);   // device to device
+    EXPECT_TRUE(std::vector<real>(d.to(Device::CPU).values()) == v);
+    EXPECT_TRUE(std::vector<real>(d.to(Device::CUDA).to(Device::CPU).values()) == v);   // device to device
     EXPECT_TRUE(d.detach().device() == Device::CUDA);
     EXPECT_EQ(d.str(), t.str() + " on cuda");
     // 0.1 is not a float: the device holds the nearest one (the double build rounds on the way).
@@ -2914,7 +3336,7 @@ TEST("cuda", "cuda_device_to: a round trip keeps the values; to() copies, move_t
     w.move_to(Device::CUDA);
     EXPECT_TRUE(same.device() == Device::CUDA && same.requires_grad());
     w.move_to(Device::CPU);
-    EXPECT_TRUE(same.values() == std::vector<real>({1, 2, 3}));
+    EXPECT_TRUE(std::vector<real>(same.values()) == std::vector<real>({1, 2, 3}));
 }
 
 TEST("cuda", "cuda_device_errors: mixed devices, ops without a kernel, values() on the device") {
@@ -2975,7 +3397,7 @@ TEST("cuda", "cuda_device_anomaly: anomaly mode checks device tensors too") {
 
 // =============================================================================================
 // homework: every exercise is proven both ways. The reference passes its check, and the stub
-// reports TODO (not FAIL, not a crash). These run the binaries `make test` builds beside this one.
+// reports TODO (not FAIL, not a crash). These run the binaries `make test-all` builds beside this one.
 // =============================================================================================
 
 struct Counts {
@@ -3046,7 +3468,7 @@ static void register_homework_tests() {
             const Counts c = parse_counts(r.output);
             if (r.exit_code != 0 || c.passed != 0 || c.failed != 0 || c.todo <= 0)
                 fail_with_output("expected only TODO from " + bin + " " + region + "/", r);
-        }});
+        }, Kind::other_builds});
     }
     for (const std::string& lesson : lessons_with_homework()) {
         registry().push_back({"homework", "lesson " + lesson + ": reference solutions pass", [lesson] {
@@ -3056,7 +3478,7 @@ static void register_homework_tests() {
             const Counts c = parse_counts(r.output);
             if (r.exit_code != 0 || c.passed <= 0 || c.failed != 0 || c.todo != 0)
                 fail_with_output("expected every exercise to pass in " + bin + " --check", r);
-        }});
+        }, Kind::other_builds});
         registry().push_back({"homework", "lesson " + lesson + ": stubs report TODO", [lesson] {
             const std::string bin = build_dir + "/lessons/" + lesson + "-stub";
             require_binary(bin);
@@ -3064,7 +3486,49 @@ static void register_homework_tests() {
             const Counts c = parse_counts(r.output);
             if (r.exit_code != 0 || c.passed != 0 || c.failed != 0 || c.todo <= 0)
                 fail_with_output("expected every exercise to be TODO in " + bin + " --check", r);
-        }});
+        }, Kind::other_builds});
+    }
+}
+
+// =============================================================================================
+// your program: README's "Write your own program" is lessons/example.cpp, and it prints what its
+// PyTorch twin (in the README) prints. The numbers below are PyTorch 1.13's, float32.
+// =============================================================================================
+
+static std::string read_text(const std::string& path) {
+    std::ifstream f(path);
+    if (!f) throw TestFailure("cannot read " + path);
+    return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+
+TEST("your program", "README's example program is lessons/example.cpp, line for line") {
+    const std::string readme = read_text("README.md");
+    const std::size_t section = readme.find("\n## Write your own program\n");
+    EXPECT_TRUE(section != std::string::npos);
+    const std::size_t start = readme.find("```cpp\n", section), end = readme.find("```\n", start + 7);
+    EXPECT_TRUE(start != std::string::npos && end != std::string::npos);
+    const std::string in_readme = readme.substr(start + 7, end - start - 7);
+    if (in_readme != read_text("lessons/example.cpp"))
+        fail_at(__FILE__, __LINE__, "README's program differs from lessons/example.cpp:\n" + in_readme);
+}
+
+TEST_OF_OTHER_BUILD("your program", "lessons/example.cpp prints PyTorch's losses and gradients") {
+    require_binary(build_dir + "/example");
+    const CommandResult r = run_command(build_dir + "/example");
+    EXPECT_EQ(r.exit_code, 0);
+    const double pytorch[3][4] = {{0, 1.394497, 0.164305, -0.164304},
+                                  {1, 0.737387, -0.108874, 0.108874},
+                                  {2, 0.687545, -0.094606, 0.094606}};
+    std::istringstream lines(r.output);
+    for (const auto& want : pytorch) {
+        std::string line;
+        std::getline(lines, line);
+        double got[4] = {-1, -1, -1, -1};
+        std::sscanf(line.c_str(), "step %lf loss %lf output bias gradient [%lf, %lf]", &got[0], &got[1], &got[2], &got[3]);
+        for (int i = 0; i < 4; ++i)
+            if (std::fabs(got[i] - want[i]) > 2e-6)
+                fail_at(__FILE__, __LINE__, "expected step " + show(want[0]) + " to print " + show(want[1]) + ", " +
+                                                show(want[2]) + ", " + show(want[3]) + "; got: " + line);
     }
 }
 
@@ -3533,7 +3997,7 @@ TEST("13 precision", "DynamicLossScaler: inf/NaN skips the step and halves; N go
     DynamicLossScaler scaler(1024, 3);
     Tensor w({2}, {1, 1});
     w.requires_grad_();
-    auto gradients = [&](real g0, real g1) { w.grad().assign({g0, g1}); };
+    auto gradients = [&](real g0, real g1) { w.grad() = {g0, g1}; };
     gradients(2048, -512);
     EXPECT_TRUE(scaler.unscale_gradients({w}));
     EXPECT_GRAD(w, {2, -0.5}, 0.0);

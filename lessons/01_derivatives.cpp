@@ -221,7 +221,8 @@ static int check_homework() {
     Homework hw("01");
 
     hw.check("01.1", "central-difference gradient of f(x_1, ..., x_n)",
-             "g[i] = (f(x with x[i] + h) - f(x with x[i] - h)) / (2h); copy x, change one entry",
+             "central, not forward: ∂f/∂x_i ≈ (f(x + h·e_i) − f(x − h·e_i)) / 2h, "
+             "where x ± h·e_i moves input i alone",
              [] {
                  // f(x, y) = 3x² + 2xy + y³ at (1, 2): the worked (10, 14) of section 4.
                  auto f = [](const std::vector<double>& v) {

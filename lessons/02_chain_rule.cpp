@@ -317,7 +317,8 @@ static int check_homework() {
     Homework hw("02");
 
     hw.check("02.1", "backward of L = (sigmoid(w*x + b) - y)^2 by hand",
-             "dL/dr = 2r; dL/dp = dL/dr; dL/dz = dL/dp * p(1-p); dL/dw = dL/dz * x; dL/db = dL/dz",
+             "chain rule node by node, ∂L/∂(input) = ∂L/∂(node)·∂(node)/∂(input), back through L = r², "
+             "r = p − y, p = σ(z), z = w·x + b; σ'(z) = σ(z)(1 − σ(z))",
              [] {
                  const double points[][4] = {{0.5, 2.0, 0.1, 1.0},     // w, x, b, y
                                              {-1.2, 0.7, 0.3, 0.0},
@@ -365,7 +366,8 @@ static int check_homework() {
              });
 
     hw.check("02.3", "backward of f(a, b) = (a + b)(a - b) by hand",
-             "df/ds = d and df/dd = s; a gets df/ds*1 + df/dd*1, b gets df/ds*1 + df/dd*(-1)", [] {
+             "a variable that feeds two nodes adds both paths: ∂f/∂a = ∂f/∂s·∂s/∂a + ∂f/∂d·∂d/∂a; "
+             "the same for b, where ∂d/∂b = −1", [] {
                  // Truth: f = a² − b², so ∂f/∂a = 2a and ∂f/∂b = −2b.
                  const double points[][2] = {{3.0, 2.0}, {-1.5, 0.5}, {0.0, -4.0}, {2.5, 2.5}};
                  for (const auto& q : points) {

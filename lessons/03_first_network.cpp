@@ -350,7 +350,8 @@ static int check_homework() {
     Homework hw("03");
 
     hw.check("03.1", "mean squared error as a Value",
-             "sum (p - t)*(p - t) into a Value, divide by n; dL/dp_i should come out 2(p_i - t_i)/n",
+             "L = (1/n)·Σ_i (p_i − t_i)² built from Value operations, "
+             "so that backward() gives ∂L/∂p_i = 2(p_i − t_i)/n",
              [] {
                  const std::vector<Value> pred = {Value(0.5), Value(-1.0), Value(2.0)};
                  const Value L = mse_loss(pred, {1.0, 0.0, 2.5});
@@ -367,7 +368,8 @@ static int check_homework() {
              });
 
     hw.check("03.2", "one SGD step: data -= lr * grad, then zero the grad",
-             "loop over params: p.data() -= lr * p.grad(); p.grad() = 0.0;", [] {
+             "gradient descent moves each parameter against its gradient, θ ← θ − lr·∂L/∂θ; backward() adds "
+             "into .grad, so reset it to 0 after the step", [] {
                  Value a(1.0), b(-2.0);
                  a.grad() = 0.5;
                  b.grad() = -4.0;
@@ -389,7 +391,8 @@ static int check_homework() {
              });
 
     hw.check("03.3", "accuracy of a classifier on a dataset",
-             "count i with (score > 0 ? +1 : -1) == data.y[i], divide by the number of points", [] {
+             "accuracy = #{i : ŷ_i = y_i} / n with ŷ_i = sign(score_i), "
+             "a score of exactly 0 counting as −1", [] {
                  // One linear neuron with weights set by hand: score = x0 − 0.5.
                  Rng rng(1);
                  MLP model(2, {1}, rng);
@@ -409,7 +412,8 @@ static int check_homework() {
              });
 
     hw.check("03.4", "binary cross-entropy on logits, and its gradient p - t",
-             "term_i = t*log(sigmoid(s)) + (1 - t)*log(1 - sigmoid(s)); L = -(sum of terms)/n", [] {
+             "L = −(1/n)·Σ_i [t_i·log σ(s_i) + (1 − t_i)·log(1 − σ(s_i))] from Value operations; backward() "
+             "should then give ∂L/∂s_i = (σ(s_i) − t_i)/n", [] {
                  const std::vector<double> s = {-2.0, 0.5, 3.0, 0.0}, t = {0.0, 1.0, 1.0, 0.3};
                  std::vector<Value> scores(s.begin(), s.end());
                  const Value L = bce_with_logits(scores, t);

@@ -392,7 +392,8 @@ static int check_homework() {
     Homework hw("04");
 
     hw.check("04.1", "a matrix product with three loops",
-             "C = Tensor({M, N}); C.values()[i*N + j] += A.values()[i*K + k] * B.values()[k*N + j]",
+             "C_ij = Σ_k A_ik·B_kj; row-major, entry (r, c) of a matrix with n columns is at offset r·n + c; "
+             "the inner sizes must agree",
              [] {
                  expect_tensor_near("worked example X*W", matmul_loops(example_X(), example_W()),
                                     Tensor({2, 2}, {4, 5, 10, 11}), 0);
@@ -445,8 +446,8 @@ static int check_homework() {
              });
 
     hw.check("04.3", "the bias gradient: a sum over the batch rows",
-             "db = Tensor({N}); db.values()[j] += dY.values()[i*N + j] for every row i (a sum, "
-             "not a mean)",
+             "b is added to every row, so every row sends its gradient back to it: db_j = Σ_i dY_ij "
+             "(a sum over the batch, not a mean)",
              [] {
                  expect_tensor_near("worked db", bias_grad(example_upstream()),
                                     Tensor({2}, {1.5, 1}), 1e-6);

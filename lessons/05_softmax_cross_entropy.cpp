@@ -136,7 +136,7 @@ static void jacobian() {
     Tensor z = row_tensor(worked_logits);
     z.requires_grad_();
     const Tensor p_tensor = softmax(z);
-    const std::vector<real>& p = p_tensor.values();
+    const ValuesView p = p_tensor.values();
 
     std::printf("J[i][j] = p_i(delta_ij - p_j), by hand | row i from backward() with seed e_i\n");
     for (int i = 0; i < 3; ++i) {
@@ -413,7 +413,8 @@ static int check_homework() {
     Homework hw("05");
 
     hw.check("05.1", "log-sum-exp, stable for large and small logits",
-             "m = max of z; return m + log(sum of exp(z_i - m))", [] {
+             "factor out the largest term: log Σ_i e^(z_i) = m + log Σ_i e^(z_i − m), m = max_i z_i, "
+             "so no exponent is positive", [] {
                  // Small logits: straight from the definition.
                  const double direct = std::log(std::exp(2.0) + std::exp(1.0) + std::exp(0.1));
                  expect_near("LSE([2, 1, 0.1])", log_sum_exp(worked_logits), direct, 1e-12);
@@ -444,7 +445,8 @@ static int check_homework() {
              });
 
     hw.check("05.2", "the cross-entropy gradient p - t for one row",
-             "p_i = exp(z_i - m)/sum; t_i = eps/C, plus (1 - eps) at the label; return p - t", [] {
+             "∂L/∂z_i = p_i − t_i with t_i = ε/C + (1 − ε)·[i = label], and p = softmax(z − max z) "
+             "so that large logits stay finite", [] {
                  // The course's worked numbers, to their 3 printed digits.
                  const std::vector<double> g = cross_entropy_grad(worked_logits, 0, 0.0);
                  expect_true("one entry per class", g.size() == 3);
@@ -478,7 +480,8 @@ static int check_homework() {
              });
 
     hw.check("05.3", "the softmax Jacobian diag(p) - p p^T",
-             "compute p stably once; J[i][j] = p[i] * ((i == j ? 1 : 0) - p[j])", [] {
+             "∂p_i/∂z_j = p_i·(δ_ij − p_j), δ_ij = 1 on the diagonal and 0 elsewhere; "
+             "take p = softmax(z − max z) so that large logits stay finite", [] {
                  const std::vector<std::vector<double>> J = softmax_jacobian(worked_logits);
                  expect_true("3 rows of 3", J.size() == 3 && J[0].size() == 3 && J[2].size() == 3);
                  // p_0(1 − p_0) with p_0 = e²/(e² + e + e^0.1).

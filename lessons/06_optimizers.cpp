@@ -32,7 +32,7 @@ static Tensor scalar_parameter(double w) {
     return t;
 }
 static void set_grad(const Tensor& p, const std::vector<double>& g) {
-    p.grad().assign(g.begin(), g.end());
+    p.grad() = std::vector<real>(g.begin(), g.end());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -382,7 +382,8 @@ static int check_homework() {
     Homework hw("06");
 
     hw.check("06.1", "one step of SGD with momentum",
-             "velocity = beta*velocity + grad; then w -= lr*velocity", [] {
+             "PyTorch's momentum adds the whole gradient, v ← β·v + g (no (1 − β) factor), "
+             "then steps with the new v: w ← w − lr·v", [] {
                  // The worked example.
                  double w = 1.0, v = 0.0;
                  momentum_step(w, v, 0.5, 0.1, 0.9);
@@ -450,7 +451,8 @@ static int check_homework() {
              });
 
     hw.check("06.3", "AdamW: decay the weight, then the Adam step",
-             "w -= lr*weight_decay*w first; the gradient passed to m and v is the raw grad", [] {
+             "decoupled decay: shrink the weight first, w ← w − lr·λ·w, then the Adam step of 06.2; "
+             "m and v see only the raw g, never λ·w", [] {
                  // One step of the worked example with λ = 0.1: w·(1 − 0.001) − 0.01 = 0.989.
                  double w = 1.0, m = 0.0, v = 0.0;
                  adamw_step(w, m, v, 0.4, 1, 0.01, 0.9, 0.999, 1e-8, 0.1);

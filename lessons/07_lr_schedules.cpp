@@ -361,8 +361,8 @@ static int check_homework() {
     Homework hw("07");
 
     hw.check("07.1", "warmup + cosine learning rate",
-             "if (step < warmup) ramp; else if (step > total) lr_min; else lr_min + (lr_max - "
-             "lr_min)*(1 + cos(pi*p))/2",
+             "a linear ramp lr_max·step/warmup, then lr_min + ½(lr_max − lr_min)(1 + cos πp) with "
+             "p = (step − warmup)/(total − warmup) as a real number, not integer division; lr_min past total",
              [] {
                  auto lr = [](long s) { return my_warmup_cosine(s, 2000, 10000, 3e-4, 3e-5); };
                  // The worked numbers of the course texts.
@@ -387,7 +387,8 @@ static int check_homework() {
              });
 
     hw.check("07.2", "inverse square root schedule with linear warmup",
-             "step < warmup: lr_max*step/warmup; afterwards lr_max*sqrt(warmup/step)", [] {
+             "a linear ramp lr_max·step/warmup up to warmup, then lr_max·√(warmup/step); "
+             "divide as reals (warmup/step on integers truncates)", [] {
                  expect_near("step 0", my_inverse_sqrt(0, 4000, 1e-3), 0.0, 1e-15);
                  expect_near("a quarter of warmup", my_inverse_sqrt(1000, 4000, 1e-3), 2.5e-4,
                              1e-12);
@@ -410,8 +411,8 @@ static int check_homework() {
              });
 
     hw.check("07.3", "pick the best lr from a sweep, skipping diverged runs",
-             "skip losses that are not std::isfinite; keep the index of the smallest; a comparison "
-             "with NaN is always false",
+             "the argmin over finite losses only: NaN compares false with everything and −inf beats every "
+             "real loss, so rule out both first; if none is finite, throw",
              [] {
                  const std::vector<double> lrs = {1e-1, 1e-2, 1e-3, 1e-4, 1e-5};
                  expect_near("a plain U: the minimum is at 1e-3",

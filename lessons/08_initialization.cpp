@@ -494,7 +494,8 @@ double relu_mean_square_ratio(const Tensor& x, const Tensor& W) {
 static int check_homework() {
     Homework hw("08");
 
-    hw.check("08.1", "He normal standard deviation", "sigma = sqrt(2 / fan_in)", [] {
+    hw.check("08.1", "He normal standard deviation",
+             "Var(w) = 2/fan_in, so σ = √(2/fan_in); on ints, 2/fan_in divides as integers", [] {
         expect_near("fan_in 2", he_std(2), 1.0, 1e-15);
         expect_near("fan_in 8", he_std(8), 0.5, 1e-15);
         expect_near("fan_in 512", he_std(512), 0.0625, 1e-15);
@@ -510,7 +511,8 @@ static int check_homework() {
     });
 
     hw.check("08.2", "Xavier uniform bound",
-             "a^2/3 = 2/(fan_in + fan_out), so a = sqrt(6/(fan_in + fan_out))", [] {
+             "match the variances: a²/3 = 2/(fan_in + fan_out) gives a = √(6/(fan_in + fan_out)); "
+             "divide as reals, not ints", [] {
                  expect_near("fan_in 3, fan_out 3", xavier_uniform_bound(3, 3), 1.0, 1e-15);
                  expect_near("fan_in 100, fan_out 50", xavier_uniform_bound(100, 50), 0.2, 1e-15);
                  expect_near("fan_in 256, fan_out 256", xavier_uniform_bound(256, 256),
@@ -533,7 +535,8 @@ static int check_homework() {
              });
 
     hw.check("08.3", "mean-square ratio across one ReLU layer",
-             "z = matmul(x, W); average relu(z)^2 over all elements, divide by the average x^2",
+             "ratio = mean(ReLU(x·W)²) / mean(x²), each mean over every element of its own tensor: "
+             "mean squares, not variances",
              [] {
                  // By hand: x·W = [1 − 2, 0.5 + 2] = [−1, 2.5]; relu: [0, 2.5];
                  // mean square 6.25/2 = 3.125 against (1 + 4)/2 = 2.5: ratio 1.25.

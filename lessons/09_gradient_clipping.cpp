@@ -309,7 +309,8 @@ static int check_homework() {
     Homework hw("09");
 
     hw.check("09.1", "global gradient norm over several tensors",
-             "add up g*g over every element of every p.grad(), then take the square root", [] {
+             "one norm for all parameters together, ‖g‖ = √(Σ_tensors Σ_elements g²), "
+             "not a sum of per-tensor norms; an empty grad adds 0", [] {
                  // The worked example: sqrt(0.09 + 0.16 + 0.25 + 0.01 + 0.04) = sqrt(0.55).
                  const double worked = 0.7416198487095663;
                  expect_near("[0.3, -0.4, 0.5, -0.1, 0.2] as one tensor",
@@ -326,8 +327,8 @@ static int check_homework() {
              });
 
     hw.check("09.2", "clip by global norm",
-             "norm = sqrt(sum of squares); if (norm > max_norm) multiply every g by max_norm/norm; "
-             "return norm",
+             "when ‖g‖ > max_norm, scale every element of every gradient by one factor, max_norm/‖g‖ "
+             "(direction kept, new norm max_norm); return ‖g‖ as it was before",
              [] {
                  // Norm 5 clipped to 1: factor 0.2, and a gradient of 2.0 becomes 0.4.
                  const std::vector<Tensor> ps = {param_with_grad({2, 4}), param_with_grad({1, 2})};
@@ -352,7 +353,8 @@ static int check_homework() {
              });
 
     hw.check("09.3", "cosine between a gradient and its value-clipped version",
-             "h_i = min(max(g_i, -c), c); cos = dot(g, h) / (|g| |h|)", [] {
+             "clip each component alone, h_i = g_i limited to [−c, c]; cos θ = (g·h)/(‖g‖·‖h‖); "
+             "an empty or zero g has no direction", [] {
                  const std::vector<double> g = {3, -4, 5, -1, 2};
                  // c = 1: h = [1, -1, 1, -1, 1], cos = 15/(sqrt 55 · sqrt 5) = 15/sqrt 275.
                  expect_near("c = 1", value_clip_cosine(g, 1.0), 15 / std::sqrt(275.0), 1e-12);

@@ -118,7 +118,7 @@ static void name_the_dataset(Data& data) {
 // training data, like the weights. (Measured: the main run reaches 88.45% test accuracy on
 // standardized pixels and 88.21% on raw ones; at lr 1e-3, 88.31% against 87.76%.)
 static void standardize(Data& data) {
-    const std::vector<real>& x = data.train.images.values();
+    const ValuesView x = data.train.images.values();
     double sum = 0, sum_sq = 0;
     for (real v : x) sum += v, sum_sq += double(v) * v;
     const double mean = sum / double(x.size());
@@ -276,7 +276,7 @@ static double logit_spread(nn::MLP& model, const Dataset& d) {
     std::vector<int> rows(1000);
     std::iota(rows.begin(), rows.end(), 0);
     const Tensor logits = model(gather_rows(d.images, rows));   // keep the handle: values() is a view
-    const std::vector<real>& z = logits.values();
+    const ValuesView z = logits.values();
     double sum = 0, sum_sq = 0;
     for (real v : z) sum += v, sum_sq += double(v) * v;
     const double mean = sum / double(z.size());
@@ -878,7 +878,8 @@ static int check_homework() {
     Homework hw("10");
 
     hw.check("10.1", "accuracy from logits (argmax, ties to the lowest class)",
-             "for each row find the first index of its maximum; count rows where it equals the label",
+             "accuracy = #{i : argmax_c z_ic = label_i} / B, a tie going to the lowest c: "
+             "only a strictly larger value moves the argmax",
              [] {
                  // Hand-made: row 0 predicts 2, row 1 ties classes 0 and 3 (→ 0), row 2 predicts 1.
                  const Tensor logits({3, 4}, {0.1f, -1, 2.5f, 0, 3, 1, 2, 3, -2, 5, 4, 4.5f});
@@ -907,7 +908,8 @@ static int check_homework() {
              });
 
     hw.check("10.2", "examples per second and time left over a window of steps",
-             "s = (step_end[n-1] - (n > w ? step_end[n-1-w] : 0)) / w with w = min(window, n)", [] {
+             "seconds per step s = (t_n − t_(n−w)) / w, w = min(window, n), t_k = end of step k, t_0 = 0; "
+             "examples/s = batch_size/s, time left = (total − n)·s", [] {
                  // A steady 0.05 s per step: 40 of 100 steps done, batch 128.
                  std::vector<double> t;
                  for (int k = 1; k <= 40; ++k) t.push_back(0.05 * k);
@@ -936,7 +938,8 @@ static int check_homework() {
              });
 
     hw.check("10.3", "early stopping with patience and min_delta",
-             "keep best and the epochs waited since it improved; stop when they reach patience",
+             "epoch e improves iff L_e < best − min_delta, best = the loss of the last improving epoch "
+             "(not the previous one); stop at the first e with e − best_epoch = patience",
              [] {
                  const std::vector<double> curve = {1.0,  0.8,  0.7,  0.71, 0.72,
                                                     0.69, 0.75, 0.76, 0.77};

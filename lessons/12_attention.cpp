@@ -371,7 +371,8 @@ static int check_homework() {
     Homework hw("12");
 
     hw.check("12.1", "attention FLOPs, forward and backward",
-             "pairs = T*S (causal: T(T+1)/2); forward 2*pairs*(d + dv); backward twice that", [] {
+             "count the scored pairs (T·S, or T(T+1)/2 under the causal mask); a multiply-add is 2 FLOPs, "
+             "d per pair in Q·Kᵀ, dv in P·V; the backward does two such products per forward one", [] {
                  const AttentionFlops text = attention_flops(512, 512, 64, 64, false);
                  expect_near("forward, T = 512, d = 64", double(text.forward), 67108864, 0);
                  expect_near("backward (the texts' 134,217,728)", double(text.backward), 134217728, 0);
@@ -417,7 +418,8 @@ static int check_homework() {
     });
 
     hw.check("12.3", "attention backward by hand: dV, dP, dS, dQ, dK",
-             "P first (scaled scores, mask, softmax); dV = P^T dO; dP = dO V^T; dS; dQ = dS K/sqrt(d); dK = dS^T Q/sqrt(d)",
+             "recompute P = softmax(Q·Kᵀ/√d), masked; for each product C = A·B, dA = dC·Bᵀ and dB = Aᵀ·dC; "
+             "the softmax rows as in 12.2; the 1/√d scale carries into dQ and dK",
              [] {
                  Rng rng(123);
                  for (bool causal : {false, true})

@@ -772,8 +772,8 @@ static int check_homework() {
     Homework hw("14");
 
     hw.check("14.1", "leaky ReLU, one thread per element",
-             "i counts the threads of the blocks before this one (blockIdx.x * blockDim.x), then this "
-             "thread's place in its block; write y[i] only if i < n",
+             "global index = (blocks before this one)·(threads per block) + place in this block; "
+             "the grid overhangs n, so a thread with i ≥ n writes nothing",
              [] {
                  // x and y get 512 floats of slack past n: a thread without the bounds check
                  // writes there (and is caught) instead of past the allocation.
@@ -807,8 +807,8 @@ static int check_homework() {
              });
 
     hw.check("14.2", "a tiled matmul: shared-memory tiles and two barriers",
-             "As and Bs are __shared__; at each step: load (0 outside A or B), __syncthreads(), 8 multiply-adds, "
-             "__syncthreads(), every thread alike. Wrong under some schedules only: a barrier is missing",
+             "a barrier between writing a shared tile and reading it, another before overwriting it; "
+             "all threads reach both, loading 0 outside A or B. Fails on some schedules: a missing barrier",
              [] {
                  const int sizes[][3] = {{1, 1, 1}, {5, 0, 3}, {8, 8, 8}, {37, 29, 53}, {9, 40, 17}};
                  Rng rng(142);
@@ -837,8 +837,8 @@ static int check_homework() {
              });
 
     hw.check("14.3", "a warp-shuffle sum that every lane receives",
-             "v += __shfl_xor_sync(0xffffffffu, v, d) for d = 16, 8, 4, 2, 1, then return v "
-             "(__shfl_down_sync would leave the total in lane 0 only)",
+             "a butterfly: each round lane ℓ adds the value of lane ℓ XOR d, d = 16, 8, 4, 2, 1, "
+             "so every lane ends with the sum (a shift-down tree leaves it in lane 0 only)",
              [] {
                  const std::pair<int, int> sizes[] = {{1, 32}, {45, 64}, {1000, 96}, {777, 256}};
                  Rng rng(143);

@@ -19,7 +19,7 @@
 // calls each one through Homework::check, which prints one line per exercise:
 //     pass  03.1  ...                         your function gives the expected answer
 //     FAIL  03.1  expected 0.25, got 0.5      it runs, but the answer is wrong (plus a hint)
-//     TODO  03.1  ...                         it still throws not_implemented
+//     TODO  03.1  ...                         it still throws not_implemented (and says where)
 // ---------------------------------------------------------------------------------------------
 
 struct CheckFailed : std::runtime_error {
@@ -63,9 +63,9 @@ public:
             body();
             ++passed_;
             std::printf("  pass  %-5s %s\n", id, title);
-        } catch (const not_implemented&) {
+        } catch (const not_implemented& e) {
             ++todo_;
-            std::printf("  TODO  %-5s %s\n", id, title);
+            std::printf("  TODO  %-5s %s\n        %s\n", id, title, e.what());
         } catch (const std::exception& e) {
             ++failed_;
             std::printf("  FAIL  %-5s %s\n        %s\n        hint: %s\n", id, title, e.what(),

@@ -6,9 +6,9 @@
         throw std::invalid_argument("matmul_loops: need [M,K]*[K,N], got " + shape_str(A.shape()) +
                                     " * " + shape_str(B.shape()));
     const int M = A.dim(0), K = A.dim(1), N = B.dim(1);
-    const std::vector<real>&a = A.values(), &b = B.values();
+    const ValuesView a = A.values(), b = B.values();
     Tensor C({M, N});   // zeros
-    std::vector<real>& c = C.values();
+    const ValuesView c = C.values();
     for (int i = 0; i < M; ++i)
         for (int j = 0; j < N; ++j) {
             real s = 0;
@@ -20,9 +20,9 @@
 
 // BEGIN EXERCISE 04.2
     const int M = X.dim(0), K = X.dim(1), N = W.dim(1);
-    const std::vector<real>&x = X.values(), &w = W.values(), &dz = dZ.values();
+    const ValuesView x = X.values(), w = W.values(), dz = dZ.values();
     MatmulGrads g{Tensor({M, K}), Tensor({K, N})};
-    std::vector<real>&dx = g.dX.values(), &dw = g.dW.values();
+    const ValuesView dx = g.dX.values(), dw = g.dW.values();
     for (int i = 0; i < M; ++i)
         for (int k = 0; k < K; ++k)
             for (int j = 0; j < N; ++j) {
