@@ -193,7 +193,7 @@ bool is_stack_overflow(std::uintptr_t address) {
 
 void on_fatal_signal(int signal, siginfo_t* info, void*) {
     length = 0;
-    append("C");   // the record's tag: a crash (see read_records)
+    append("C");   // the record's tag: a crash (see judge, below)
     const std::uintptr_t address = reinterpret_cast<std::uintptr_t>(info->si_addr);
     switch (signal) {
         case SIGSEGV:
@@ -3315,6 +3315,23 @@ static void test_same_training_loop() {
 
 TEST("cuda", "cuda_device_training: the same loop on Device::CPU and Device::CUDA, losses and weights agree") {
     cuda_tests::under_every_schedule(device_tests::test_same_training_loop);
+}
+
+TEST("cuda", "cuda_device_gelu: both forms of gelu on the device give the CPU's values and gradients") {
+    Rng rng(21);
+    const Tensor x = randn({5, 7}, rng, 2), seed = randn({5, 7}, rng);
+    for (Approximate form : {Approximate::none, Approximate::tanh}) {
+        Tensor on_cpu = x.detach().requires_grad_(), on_device = x.to(Device::CUDA).requires_grad_();
+        const Tensor y_cpu = gelu(on_cpu, form), y_device = gelu(on_device, form);
+        y_cpu.backward(seed);
+        y_device.backward(seed.to(Device::CUDA));
+        const Tensor y_back = y_device.to(Device::CPU);
+        on_device.move_to(Device::CPU);
+        for (std::size_t i = 0; i < x.numel(); ++i) {   // fp32 on the device: a few roundings
+            EXPECT_NEAR(y_back.values()[i], y_cpu.values()[i], 1e-6 * (1 + std::fabs(y_cpu.values()[i])));
+            EXPECT_NEAR(on_device.grad()[i], on_cpu.grad()[i], 1e-6 * (1 + std::fabs(on_cpu.grad()[i])));
+        }
+    }
 }
 
 TEST("cuda", "cuda_device_to: a round trip keeps the values; to() copies, move_to() moves") {

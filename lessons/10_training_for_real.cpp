@@ -275,7 +275,7 @@ static bool train_epoch(Run& run, const Dataset& train, const Plan& plan,
 static double logit_spread(nn::MLP& model, const Dataset& d) {
     std::vector<int> rows(1000);
     std::iota(rows.begin(), rows.end(), 0);
-    const Tensor logits = model(gather_rows(d.images, rows));   // keep the handle: values() is a view
+    const Tensor logits = model(gather_rows(d.images, rows));
     const ValuesView z = logits.values();
     double sum = 0, sum_sq = 0;
     for (real v : z) sum += v, sum_sq += double(v) * v;
