@@ -44,19 +44,21 @@ SPLICE      := lessons/exercises.awk
 
 # `make test` needs one binary. `make test-all` also builds the ones its slower proofs run: the
 # -O0 tests (bit-identical losses), bench (its GPU rows on the emulator), README's example program,
-# and every exercise both ways (the reference passes, the stub reports TODO).
+# lesson 10 (on data that does not fit it), and every exercise both ways (the reference passes,
+# the stub reports TODO).
 OTHER_TEST_BINS := $(B)/O0/tests $(B)/bench \
                    $(foreach r,$(REGIONS),$(B)/stubs/$(r)/tests) \
                    $(foreach n,$(HOMEWORK),$(B)/lessons/$(n)-solution $(B)/lessons/$(n)-stub) \
-                   $(B)/example
+                   $(B)/example $(B)/lessons/10
 
 # Keep generated sources and objects (make would otherwise delete them as intermediates).
 .SECONDARY:
 .PHONY: fuzz
-# Random graphs against finite differences: N graphs (default: until stopped), or SEED=s to
-# replay the one graph a failure named.
+# Random API calls (hostile shapes and settings: a right answer or a named error), then random
+# graphs against finite differences: N of each (default: 100,000 calls, then graphs until
+# stopped), or SEED=s to replay the one call or graph that a failure named. No time limit.
 fuzz: $(B)/tests
-	FUZZ_GRAPHS=$(or $(N),forever) SEED=$(SEED) $(B)/tests fuzz/
+	FUZZ_CALLS=$(or $(N),100000) FUZZ_GRAPHS=$(or $(N),forever) SEED=$(SEED) TEST_TIME_LIMIT=0 $(B)/tests --show-output fuzz/
 
 .PHONY: all test test-all run asan asan-tests valgrind valgrind-run valgrind-tests lessons lesson check exercise exercise-reset bench bench-gpu demo demo-gpu data clean help
 all: $(B)/tests $(OTHER_TEST_BINS) $(foreach n,$(LESSONS),$(B)/lessons/$(n)) $(B)/demo
@@ -76,7 +78,8 @@ help:
 	@echo "make run FILE=f.cpp   build your own program f.cpp against the engine and run it (ARGS=...)"
 	@echo "make demo             train an MLP on 3-class spirals; plots in build/plots/"
 	@echo "make data             put Fashion-MNIST (Debian) or MNIST (download) into data/"
-	@echo "make fuzz [N=100000]  random graphs against finite differences (SEED=s replays one)"
+	@echo "make fuzz [N=100000]  random API calls, then random graphs against finite differences (SEED=s"
+	@echo "                      replays one)"
 	@echo "make cuda             compile kernels.cu with nvcc for sm_80 and sm_90 (when nvcc exists)"
 	@echo "make demo-gpu         the demo, trained on the GPU (nvcc and a GPU)"
 	@echo "make bench-gpu        make bench plus 15 kernels checked and timed on the GPU (nvcc and a GPU;"
@@ -215,13 +218,18 @@ $(foreach f,$(LESSON_SRCS),$(eval $(call lesson_rules,$(call lesson_num,$(f)),$(
 lessons: $(foreach n,$(LESSONS),$(B)/lessons/$(n))
 	@set -e; for n in $(LESSONS); do echo "=== lesson $$n"; $(B)/lessons/$$n; done
 
+# N must name a lesson (or, for check, a lesson with homework): make's own "No rule to make
+# target" would not say which ones exist.
+known = case " $(2) " in *" $(1) "*) ;; *) echo "no $(3) $(1); there are: $(2)"; exit 2;; esac
 lesson:
 	@test -n "$(N)" || { echo "usage: make lesson N=02   (lessons: $(LESSONS))"; exit 2; }
+	@$(call known,$(N),$(LESSONS),lesson)
 	@$(MAKE) --no-print-directory $(B)/lessons/$(N)
 	$(B)/lessons/$(N)
 
 check:
 	@test -n "$(N)" || { echo "usage: make check N=02 [SOLUTIONS=1]   (homework: $(HOMEWORK))"; exit 2; }
+	@$(call known,$(N),$(HOMEWORK),homework for lesson)
 	@$(MAKE) --no-print-directory $(B)/lessons/$(N)$(if $(SOLUTIONS),-solution)
 	@$(B)/lessons/$(N)$(if $(SOLUTIONS),-solution) --check
 

@@ -48,6 +48,7 @@
 #include "engine.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -57,17 +58,22 @@
 #include <limits>
 #include <sstream>
 #include <unordered_map>
+#include <sys/stat.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
 static constexpr double pi = 3.14159265358979323846;
 
-// Anomaly mode (§2.12). Declared here because the ops of both parts consult it.
-static bool anomaly_mode = [] {
-    const char* v = std::getenv("ENGINE_DETECT_ANOMALY");
-    return v && std::string(v) == "1";
-}();
+// Anomaly mode (§2.12). Declared here because the ops of both parts consult it. It is on from the
+// start when the environment sets ENGINE_DETECT_ANOMALY to 1, true, yes or on (in any case).
+static bool switched_on(const char* variable) {
+    const char* v = std::getenv(variable);
+    std::string value = v ? v : "";
+    for (char& c : value) c = char(std::tolower(static_cast<unsigned char>(c)));
+    return value == "1" || value == "true" || value == "yes" || value == "on";
+}
+static bool anomaly_mode = switched_on("ENGINE_DETECT_ANOMALY");
 static void anomaly_scalar_forward(const Node& n);
 static void anomaly_scalar_backward(const Node& n);
 
@@ -176,6 +182,7 @@ Value& operator/=(Value& a, const Value& b) { return a = a / b; }
 
 // out = x^k (k a plain number)      ∂out/∂x = k · x^(k−1)            (the power rule)
 Value pow(const Value& x, double k) {
+    require(std::isfinite(k), "pow(x, k)", "the exponent k must be finite", k);
     const double xv = x.data();
     require(xv > 0.0 || k == std::floor(k), "pow(x, k)",
             "a negative or zero x needs a whole-number exponent k", xv);
@@ -223,11 +230,12 @@ Value sigmoid(const Value& x) {
 // A unit whose input is negative passes no gradient at all: the "dead ReLU" of lesson 02.
 Value relu(const Value& x) {
     const double xv = x.data();
-    return Value::from_op(xv > 0 ? xv : 0.0, "relu", x, xv > 0 ? 1.0 : 0.0);
+    return Value::from_op(xv < 0 ? 0.0 : xv, "relu", x, xv > 0 ? 1.0 : 0.0);   // (a NaN stays NaN)
 }
 
 // out = x if x > 0 else slope·x      ∂out/∂x = 1 or slope: a dead unit still leaks a gradient.
 Value leaky_relu(const Value& x, double slope) {
+    require(std::isfinite(slope), "leaky_relu", "the slope must be finite", slope);
     const double xv = x.data();
     return Value::from_op(xv > 0 ? xv : slope * xv, "leaky_relu", x, xv > 0 ? 1.0 : slope);
 }
@@ -334,6 +342,9 @@ template std::vector<Node*> topological_order(Node*);
 // ---------------------------------------------------------------------------------------------
 
 void Value::backward() const {
+    if (!std::isfinite(node_->data))
+        throw std::domain_error("backward: the loss is " + std::to_string(node_->data) + "; look for log of 0, exp "
+                                "overflow, division by 0, or a learning rate so high that training diverged");
     const std::vector<Node*> order = topological_order(node_);
     for (Node* n : order)
         if (n->n_parents > 0) n->grad = 0.0;
@@ -624,16 +635,23 @@ Moons make_moons(int n, double noise, Rng& rng) {
 // data[i·cols + j] (row-major: the last axis is contiguous). `grad` has the same layout.
 // ---------------------------------------------------------------------------------------------
 
-std::size_t numel(const Shape& shape) {
-    std::size_t n = 1;
-    for (int d : shape) n *= static_cast<std::size_t>(d);
-    return n;
-}
-
 std::string shape_str(const Shape& shape) {
     std::string s = "[";
     for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
     return s + "]";
+}
+
+// The product of the sizes, checked before each multiplication: [2³², 2³²] would otherwise wrap
+// around to 0 elements, pass every bounds check, and crash at the first access.
+std::size_t numel(const Shape& shape) {
+    std::size_t n = 1;
+    for (int d : shape) {
+        if (d < 0) throw std::invalid_argument("shape " + shape_str(shape) + ": a size is negative");
+        if (d > 0 && n > std::numeric_limits<std::size_t>::max() / std::size_t(d))
+            throw std::invalid_argument("shape " + shape_str(shape) + ": more elements than 2⁶⁴ can count");
+        n *= std::size_t(d);
+    }
+    return n;
 }
 
 static std::string to_string(double v) {
@@ -707,9 +725,21 @@ TensorNode::~TensorNode() {
 Tensor::Tensor(Shape shape) : node_(std::make_shared<TensorNode>()) {
     for (int d : shape)
         if (d < 0) shape_error("Tensor", "negative size in shape " + shape_str(shape));
+    const std::size_t n = ::numel(shape);
     const TensorStorageWatch watch(node_.get());   // §4.1: the byte count
-    node_->data.assign(::numel(shape), real(0));
+    try {
+        node_->data.assign(n, real(0));
+    } catch (const std::exception&) {   // std::bad_alloc, or std::length_error past max_size()
+        shape_error("Tensor", "shape " + shape_str(shape) + " needs " + std::to_string(n) + " numbers of " +
+                                  std::to_string(sizeof(real)) + " bytes: more memory than there is");
+    }
     node_->shape = std::move(shape);
+}
+
+// A Tensor() names no node: an empty handle, which every use refuses.
+void Tensor::empty_handle(const char* what) {
+    throw std::invalid_argument(std::string(what) + ": this Tensor is empty (default-constructed, never "
+                                "given a shape); make one with Tensor({rows, cols}) or assign one to it");
 }
 
 Tensor::Tensor(Shape shape, std::vector<real> values) : Tensor(std::move(shape)) {
@@ -773,7 +803,7 @@ real& Tensor::at(const std::vector<int>& index) const {
 }
 
 Tensor& Tensor::requires_grad_(bool on) {
-    if (!node_->parents.empty())
+    if (!checked("requires_grad_()").parents.empty())
         shape_error("requires_grad_", "only a leaf tensor can be made a parameter; this one was "
                                       "computed by '" + std::string(node_->op) + "'");
     node_->requires_grad = on;
@@ -803,7 +833,12 @@ static void anomaly_tensor_backward(const TensorNode& n);
 Tensor Tensor::from_op(Shape shape, const char* op, std::vector<Tensor> inputs, Device device) {
     check_devices(op, inputs, device);   // Part 5
     if (anomaly_mode) anomaly_tensor_inputs(op, inputs);
-    Tensor out = zeros(std::move(shape), device);
+    Tensor out;
+    try {
+        out = zeros(std::move(shape), device);
+    } catch (const std::invalid_argument& e) {   // a shape too large to count or to hold
+        shape_error(op, e.what());
+    }
     out.node_->op = op;
     for (const Tensor& t : inputs) out.node_->requires_grad |= t.requires_grad();
     if (out.node_->requires_grad)
@@ -858,6 +893,7 @@ void Tensor::backward(const Tensor& seed) const {
 }
 
 void Tensor::backward() const {
+    checked("backward()");
     if (anomaly_mode) anomaly_tensor_inputs("backward", {*this});   // the loss itself
     if (numel() != 1)
         shape_error("backward", "backward() without a seed needs a scalar loss, got shape " +
@@ -911,7 +947,7 @@ static Shape broadcast_shape(const Shape& a, const Shape& b, const char* op) {
             shape_error(op, "shapes " + shape_str(a) + " and " + shape_str(b) +
                                 " do not broadcast (axis " + std::to_string(r - 1 - k) + ": " +
                                 std::to_string(da) + " vs " + std::to_string(db) + ")");
-        out[r - 1 - k] = std::max(da, db);
+        out[r - 1 - k] = da == 1 ? db : da;   // a size-1 axis repeats, to any size (0 too)
     }
     return out;
 }
@@ -999,6 +1035,7 @@ Tensor operator*(const Tensor& a, const Tensor& b) {
 // out = a / b        ∂out/∂a = 1/b    ∂out/∂b = −a/b²
 Tensor operator/(const Tensor& a, const Tensor& b) {
     broadcast_shape(a.shape(), b.shape(), "/");   // a shape error first, then the values
+    check_devices("/", {a, b}, Device::CPU);       // no CUDA kernel (Part 5)
     for (real v : b.values())
         if (v == 0) shape_error("division a/b", "the divisor b " + shape_str(b.shape()) + " contains 0");
     return elementwise(a, b, "/", [](real x, real y) { return x / y; },
@@ -1041,11 +1078,21 @@ static Tensor unary(const Tensor& x, const char* op, F f, DF df) {
     return out;
 }
 
-// The domain checks of Part 1, for every element: the first bad value is named.
+// The domain checks of Part 1, for every element: the first bad value is named, with its place.
+// A NaN fails every check; it is named as what it is, a NaN from an earlier op, not as a value
+// out of range.
 template <class Ok>
 static void require_all(const Tensor& x, const char* op, const char* what, Ok ok) {
-    for (real v : x.values())
-        if (!ok(v)) throw std::domain_error(std::string(op) + ": " + what + ", got " + to_string(v));
+    check_devices(op, {x}, Device::CPU);   // these ops have no CUDA kernel (Part 5)
+    const ValuesView v = x.values();
+    for (std::size_t i = 0; i < v.size(); ++i) {
+        if (std::isnan(v[i]))
+            throw std::domain_error(std::string(op) + ": the input holds NaN at element " + std::to_string(i) +
+                                    "; set_detect_anomaly(true) names the op that made it");
+        if (!ok(v[i]))
+            throw std::domain_error(std::string(op) + ": " + what + ", got " + to_string(v[i]) + " at element " +
+                                    std::to_string(i));
+    }
 }
 
 // eˣ: f' = eˣ = y
@@ -1071,6 +1118,7 @@ Tensor sqrt(const Tensor& x) {
 
 // xᵏ: f' = k·xᵏ⁻¹
 Tensor pow(const Tensor& x, real k) {
+    if (!std::isfinite(k)) throw std::domain_error("pow(x, k): the exponent k must be finite, got " + to_string(k));
     const bool whole = k == std::floor(k);
     require_all(x, "pow(x, k)", "a negative x needs a whole-number exponent k",
                 [whole](real v) { return v >= 0 || whole; });
@@ -1079,15 +1127,17 @@ Tensor pow(const Tensor& x, real k) {
                  [k](real v, real) { return real(k * std::pow(v, k - 1)); });
 }
 
-// max(0, x): f' = 1 where x > 0, else 0
+// max(0, x): f' = 1 where x > 0, else 0. Written `x < 0 ? 0 : x` so that a NaN stays NaN
+// (`x > 0 ? x : 0` would quietly turn it into 0).
 Tensor relu(const Tensor& x) {
     if (on_cuda(x)) return unary_on_device(x, "relu", cuda_relu_forward, cuda_relu_backward);   // Part 5
-    return unary(x, "relu", [](real v) { return v > 0 ? v : real(0); },
+    return unary(x, "relu", [](real v) { return v < 0 ? real(0) : v; },
                  [](real v, real) { return real(v > 0); });   // 1 or 0, without a branch
 }
 
 // x or slope·x: f' = 1 or slope
 Tensor leaky_relu(const Tensor& x, real slope) {
+    if (!std::isfinite(slope)) throw std::domain_error("leaky_relu: the slope must be finite, got " + to_string(slope));
     return unary(x, "leaky_relu", [slope](real v) { return v > 0 ? v : slope * v; },
                  [slope](real v, real) { return v > 0 ? real(1) : slope; });
 }
@@ -1347,7 +1397,8 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
                                   shape_str(b.shape()) + " (" + std::to_string(K) + " vs " +
                                   std::to_string(b.dim(-2)) + ")");
     Tensor out = Tensor::from_op(batched ? Shape{a.dim(0), M0, N} : Shape{M0, N}, "matmul", {a, b});
-    const int batch = batched && !shared_b ? a.dim(0) : 1, M = batch == 1 ? int(a.numel() / K) : M0;
+    if (out.numel() == 0) return out;   // nothing to compute, however many empty batches (see sum)
+    const int batch = batched && !shared_b ? a.dim(0) : 1, M = batched && shared_b ? a.dim(0) * M0 : M0;
     const std::size_t sa = std::size_t(M) * K, sb = std::size_t(K) * N, so = std::size_t(M) * N;   // per batch element
     for (int t = 0; t < batch; ++t)
         matmul_blocked(M, N, K, row_major(a.values().data() + t * sa, K), row_major(b.values().data() + t * sb, N),
@@ -1377,7 +1428,7 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b) {
           b.dim(0) == W.dim(1)))
         shape_error("linear", "needs x [M, K] or [B, M, K], W [K, N] and b [N]; got " + shape_str(x.shape()) + ", " +
                                   shape_str(W.shape()) + ", " + shape_str(b.shape()));
-    const int K = W.dim(0), N = W.dim(1), M = int(x.numel() / K);   // a 3-D x is [B·M, K]
+    const int K = W.dim(0), N = W.dim(1), M = x.rank() == 3 ? x.dim(0) * x.dim(1) : x.dim(0);   // 3-D: [B·M, K]
     Shape out_shape = x.shape();
     out_shape.back() = N;
     Tensor out = Tensor::from_op(out_shape, "linear", {x, W, b});
@@ -1432,8 +1483,9 @@ Tensor transpose(const Tensor& x) {
     Shape shape = x.shape();
     std::swap(shape[shape.size() - 1], shape[shape.size() - 2]);
     const int R = x.dim(-2), C = x.dim(-1);
-    const std::size_t batch = x.numel() / (std::size_t(R) * C);
+    const std::size_t batch = numel(Shape(shape.begin(), shape.end() - 2));   // the leading axes
     Tensor out = Tensor::from_op(shape, "transpose", {x});
+    if (x.numel() == 0) return out;   // nothing to move (see sum)
     const real* in = x.values().data();
     real* o = out.values().data();
     for (std::size_t t = 0; t < batch; ++t)   // out[t][c][r] = x[t][r][c]
@@ -1456,11 +1508,17 @@ Tensor transpose(const Tensor& x) {
 // passes through unchanged. One axis may be -1: its size is whatever makes the total match.
 Tensor reshape(const Tensor& x, Shape shape) {
     int infer = -1;
-    std::size_t known = 1;
     for (std::size_t a = 0; a < shape.size(); ++a) {
         if (shape[a] == -1 && infer < 0) infer = int(a);
         else if (shape[a] < 0) shape_error("reshape", "bad target shape " + shape_str(shape));
-        else known *= shape[a];
+    }
+    Shape known_axes = shape;   // every axis but the inferred one
+    if (infer >= 0) known_axes[infer] = 1;
+    std::size_t known = 0;
+    try {
+        known = numel(known_axes);
+    } catch (const std::invalid_argument& e) {
+        shape_error("reshape", e.what());
     }
     if (infer >= 0 && known > 0 && x.numel() % known == 0) shape[infer] = int(x.numel() / known);
     if (numel(shape) != x.numel() || (infer >= 0 && shape[infer] < 0))
@@ -1501,6 +1559,8 @@ Tensor sum(const Tensor& x, int axis, bool keepdim) {
     if (keepdim) shape[axis] = 1;
     else shape.erase(shape.begin() + axis);
     Tensor out = Tensor::from_op(shape, "sum", {x});
+    if (x.numel() == 0) return out;   // a sum of nothing is 0 (the loops below could still run
+                                      // 2⁶⁰ empty rounds: [2³⁰, 2³⁰, 0] holds no numbers)
     const real* in = x.values().data();
     real* o = out.values().data();
     for (std::size_t a = 0; a < s.outer; ++a)
@@ -1521,11 +1581,13 @@ Tensor sum(const Tensor& x, int axis, bool keepdim) {
 
 // mean = sum / count, so each element's share of the gradient is 1/count.
 Tensor mean(const Tensor& x) {
+    check_devices("mean", {x}, Device::CPU);   // (else the error would name sum)
     if (x.numel() == 0) shape_error("mean", "of an empty tensor " + shape_str(x.shape()));
     return sum(x) / real(x.numel());
 }
 
 Tensor mean(const Tensor& x, int axis, bool keepdim) {
+    check_devices("mean", {x}, Device::CPU);
     const int a = normalize_axis(axis, x.rank(), "mean", x.shape());
     if (x.shape()[a] == 0) shape_error("mean", "over an empty axis of " + shape_str(x.shape()));
     return sum(x, a, keepdim) / real(x.shape()[a]);
@@ -1549,6 +1611,7 @@ Tensor concat(const std::vector<Tensor>& parts, int axis) {
         shape[axis] += got[axis];
     }
     Tensor out = Tensor::from_op(shape, "concat", parts);
+    if (out.numel() == 0) return out;   // nothing to copy (see sum)
     const AxisSplit so = split_at(shape, axis);
     std::size_t offset = 0;   // where the current part starts along the axis
     std::vector<std::size_t> offsets;
@@ -1588,6 +1651,7 @@ Tensor slice(const Tensor& x, int axis, int start, int end) {
     Shape shape = x.shape();
     shape[axis] = end - start;
     Tensor out = Tensor::from_op(shape, "slice", {x});
+    if (out.numel() == 0) return out;   // nothing to copy (see sum)
     const AxisSplit sx = split_at(x.shape(), axis);
     const std::size_t width = std::size_t(end - start) * sx.inner;
     for (std::size_t a = 0; a < sx.outer; ++a)
@@ -1630,8 +1694,31 @@ static void check_rows(const Tensor& x, const char* op) {
     if (x.rank() < 1 || x.dim(-1) == 0) shape_error(op, "needs a non-empty last axis, got " + shape_str(x.shape()));
 }
 
+// A logit may be −inf: a class masked out, probability 0. It may not be NaN or +inf (softmax of
+// [+inf, 0] is inf/inf), and each row needs one finite logit: a row of −inf has no class left.
+static void check_logits(const Tensor& x, const char* op) {
+    check_devices(op, {x}, Device::CPU);   // (the device's kernels do not check)
+    const std::size_t n = x.dim(-1), rows = x.numel() / n;
+    const real* z = x.values().data();
+    for (std::size_t r = 0; r < rows; ++r) {
+        bool some_finite = false;
+        for (std::size_t j = 0; j < n; ++j) {
+            const real v = z[r * n + j];
+            if (std::isnan(v) || v == std::numeric_limits<real>::infinity())
+                throw std::domain_error(std::string(op) + ": logit " + to_string(v) + " at row " + std::to_string(r) +
+                                        ", column " + std::to_string(j) + "; set_detect_anomaly(true) names the op "
+                                        "that made it");
+            some_finite = some_finite || v > -std::numeric_limits<real>::infinity();
+        }
+        if (!some_finite)
+            throw std::domain_error(std::string(op) + ": every logit of row " + std::to_string(r) +
+                                    " is -inf, so no class has any probability");
+    }
+}
+
 Tensor softmax(const Tensor& x) {
     check_rows(x, "softmax");
+    check_logits(x, "softmax");
     const std::size_t n = x.dim(-1), rows = x.numel() / n;
     Tensor out = Tensor::from_op(x.shape(), "softmax", {x});
     for (std::size_t r = 0; r < rows; ++r) {
@@ -1657,6 +1744,7 @@ Tensor softmax(const Tensor& x) {
 
 Tensor log_softmax(const Tensor& x) {
     check_rows(x, "log_softmax");
+    check_logits(x, "log_softmax");
     const std::size_t n = x.dim(-1), rows = x.numel() / n;
     Tensor out = Tensor::from_op(x.shape(), "log_softmax", {x});
     for (std::size_t r = 0; r < rows; ++r) {
@@ -1690,6 +1778,9 @@ Tensor log_softmax(const Tensor& x) {
 Tensor cross_entropy(const Tensor& logits, const std::vector<int>& labels, real label_smoothing) {
     if (logits.rank() != 2) shape_error("cross_entropy", "logits must be [batch, classes], got " + shape_str(logits.shape()));
     const int B = logits.dim(0), C = logits.dim(1);
+    if (B == 0 || C == 0)
+        shape_error("cross_entropy", "logits " + shape_str(logits.shape()) + ": an empty batch, or no classes, has no "
+                                     "mean loss");
     if (int(labels.size()) != B)
         shape_error("cross_entropy", "logits " + shape_str(logits.shape()) + " need " +
                                          std::to_string(B) + " labels, got " + std::to_string(labels.size()));
@@ -1700,6 +1791,7 @@ Tensor cross_entropy(const Tensor& logits, const std::vector<int>& labels, real 
     if (!(label_smoothing >= 0 && label_smoothing < 1))
         shape_error("cross_entropy", "label_smoothing must be in [0, 1), got " + to_string(label_smoothing));
     if (on_cuda(logits)) return cross_entropy_on_device(logits, labels, label_smoothing);   // Part 5
+    check_logits(logits, "cross_entropy");
     const real eps = label_smoothing, off = eps / C, on = 1 - eps + off;   // q for other / true class
     std::vector<real> probs(logits.numel());
     double loss = 0;
@@ -1738,6 +1830,8 @@ static void require_same_shape(const Tensor& a, const Tensor& b, const char* op)
 // Mean squared error L = (1/N) Σ (pᵢ − tᵢ)²:  ∂L/∂pᵢ = 2(pᵢ − tᵢ)/N,  ∂L/∂tᵢ = −2(pᵢ − tᵢ)/N.
 Tensor mse_loss(const Tensor& prediction, const Tensor& target) {
     require_same_shape(prediction, target, "mse_loss");
+    check_devices("mse_loss", {prediction, target}, Device::CPU);
+    if (prediction.numel() == 0) shape_error("mse_loss", "an empty prediction " + shape_str(prediction.shape()) + " has no mean");
     const Tensor diff = prediction - target;
     return mean(diff * diff);
 }
@@ -1748,6 +1842,9 @@ Tensor mse_loss(const Tensor& prediction, const Tensor& target) {
 Tensor bce_with_logits(const Tensor& logits, const Tensor& targets) {
     require_same_shape(logits, targets, "bce_with_logits");
     const std::size_t N = logits.numel();
+    if (N == 0) shape_error("bce_with_logits", "an empty batch " + shape_str(logits.shape()) + " has no mean loss");
+    require_all(logits, "bce_with_logits", "a logit must be finite", [](real v) { return std::isfinite(v); });
+    require_all(targets, "bce_with_logits", "a target must be in [0, 1]", [](real v) { return v >= 0 && v <= 1; });
     const real *z = logits.values().data(), *t = targets.values().data();
     double loss = 0;
     for (std::size_t i = 0; i < N; ++i)
@@ -1781,15 +1878,24 @@ Tensor bce_with_logits(const Tensor& logits, const Tensor& targets) {
 //     dγ = Σ_rows g·x/rms,   dx = (ĝ − x·mean(ĝ·x)/rms²)/rms
 // ---------------------------------------------------------------------------------------------
 
-static void check_norm_args(const Tensor& x, const Tensor& gain, const char* op) {
+static void check_norm_args(const Tensor& x, const Tensor& gain, real eps, const char* op) {
     if (x.rank() < 1 || x.dim(-1) == 0) shape_error(op, "needs a non-empty last axis, got " + shape_str(x.shape()));
     if (gain.shape() != Shape{x.dim(-1)})
         shape_error(op, "gain must have shape [" + std::to_string(x.dim(-1)) + "] for input " +
                             shape_str(x.shape()) + ", got " + shape_str(gain.shape()));
+    if (!(eps >= 0 && std::isfinite(eps))) shape_error(op, "eps must be finite and >= 0, got " + to_string(eps));
+}
+
+// 1/√(spread + ε), refused when that is 1/0: a constant row (or a row of zeros, for RMS) with ε = 0.
+static real inverse_sqrt_or_throw(double spread, real eps, std::size_t row, const char* op) {
+    if (!(spread + eps > 0))
+        throw std::domain_error(std::string(op) + ": row " + std::to_string(row) + " has no spread and eps = 0, so "
+                                "the normalized row is 0/0; use eps > 0");
+    return real(1 / std::sqrt(spread + eps));
 }
 
 Tensor layer_norm(const Tensor& x, const Tensor& gain, const Tensor& bias, real eps) {
-    check_norm_args(x, gain, "layer_norm");
+    check_norm_args(x, gain, eps, "layer_norm");
     if (bias.shape() != gain.shape())
         shape_error("layer_norm", "bias must have shape " + shape_str(gain.shape()) + ", got " + shape_str(bias.shape()));
     const std::size_t D = x.dim(-1), rows = x.numel() / D;
@@ -1803,7 +1909,7 @@ Tensor layer_norm(const Tensor& x, const Tensor& gain, const Tensor& bias, real 
         for (std::size_t j = 0; j < D; ++j) mu += in[j];
         mu /= D;
         for (std::size_t j = 0; j < D; ++j) var += (in[j] - mu) * (in[j] - mu);
-        rstd[r] = real(1 / std::sqrt(var / D + eps));
+        rstd[r] = inverse_sqrt_or_throw(var / D, eps, r, "layer_norm");
         for (std::size_t j = 0; j < D; ++j) {
             xhat[r * D + j] = real((in[j] - mu) * rstd[r]);
             o[r * D + j] = g[j] * xhat[r * D + j] + b[j];
@@ -1835,7 +1941,7 @@ Tensor layer_norm(const Tensor& x, const Tensor& gain, const Tensor& bias, real 
 }
 
 Tensor rms_norm(const Tensor& x, const Tensor& gain, real eps) {
-    check_norm_args(x, gain, "rms_norm");
+    check_norm_args(x, gain, eps, "rms_norm");
     const std::size_t D = x.dim(-1), rows = x.numel() / D;
     std::vector<real> inv_rms(rows);
     Tensor out = Tensor::from_op(x.shape(), "rms_norm", {x, gain});
@@ -1845,7 +1951,7 @@ Tensor rms_norm(const Tensor& x, const Tensor& gain, real eps) {
         const real* in = x.values().data() + r * D;
         double ms = 0;
         for (std::size_t j = 0; j < D; ++j) ms += double(in[j]) * in[j];
-        inv_rms[r] = real(1 / std::sqrt(ms / D + eps));
+        inv_rms[r] = inverse_sqrt_or_throw(ms / D, eps, r, "rms_norm");
         for (std::size_t j = 0; j < D; ++j) o[r * D + j] = g[j] * in[j] * inv_rms[r];
     }
     if (out.requires_grad()) {
@@ -2042,13 +2148,47 @@ std::vector<std::pair<std::string, Tensor>> MLP::named_parameters() const {
 Optimizer::Optimizer(std::vector<Tensor> params, double lr_, const char* name)
     : lr(lr_), params_(std::move(params)), name_(name) {
     if (params_.empty()) shape_error(name, "no parameters to optimize");
-    if (!(lr_ >= 0)) shape_error(name, "the learning rate must be >= 0, got " + to_string(lr_));
-    for (std::size_t k = 0; k < params_.size(); ++k)
-        if (!params_[k].defined() || !params_[k].requires_grad())
-            shape_error(name, "parameter " + std::to_string(k) + " does not require grad");
+    for (std::size_t k = 0; k < params_.size(); ++k) {
+        const std::string which = "parameter " + std::to_string(k);
+        if (!params_[k].defined()) shape_error(name, which + " is an empty Tensor (default-constructed)");
+        if (!params_[k].requires_grad()) shape_error(name, which + " does not require grad");
+        for (std::size_t j = 0; j < k; ++j)
+            if (params_[j].node() == params_[k].node())
+                shape_error(name, which + " is parameter " + std::to_string(j) + " again: it would be updated twice "
+                                  "a step");
+    }
+    Optimizer::check_settings();
+}
+
+// The settings are checked where they are used, at every step, and not only where they are set:
+// a schedule, or a learner, changes opt.lr between steps, and a NaN learning rate would turn
+// every weight into NaN without a word.
+void Optimizer::check_settings() const {
+    if (!(lr >= 0 && std::isfinite(lr))) shape_error(name_, "the learning rate must be finite and >= 0, got " + to_string(lr));
+}
+
+static void require_setting(bool ok, const char* name, const std::string& what) {
+    if (!ok) shape_error(name, what);
+}
+
+// A NaN or infinite gradient would turn every weight it reaches into NaN: it is refused before any
+// parameter changes. g·0 is 0 for a finite g and NaN for NaN or ±inf, so one pass that adds those
+// up (and vectorizes) tells whether there is one; only then is it looked for.
+static void require_finite_gradients(const std::vector<Tensor>& params, const char* name) {
+    for (std::size_t k = 0; k < params.size(); ++k) {
+        const std::vector<real>& g = params[k].node()->grad;
+        real any_bad = 0;
+        for (real v : g) any_bad += v * 0;
+        if (any_bad == 0) continue;
+        const std::size_t i = std::size_t(std::find_if(g.begin(), g.end(), [](real v) { return !std::isfinite(v); }) - g.begin());
+        throw std::domain_error(std::string(name) + ": the gradient of parameter " + std::to_string(k) + " is " +
+                                to_string(g[i]) + " at element " + std::to_string(i) + "; nothing was changed (a "
+                                "learning rate too high? set_detect_anomaly(true) names the op that made it)");
+    }
 }
 
 void Optimizer::step() {
+    check_settings();
     if (on_cuda(params_)) return step_on_device();   // Part 5
     if (!device_state_.empty())
         shape_error(name_, "the parameters moved to the cpu after this optimizer's state was made on cuda; its "
@@ -2062,6 +2202,7 @@ void Optimizer::step() {
             shape_error(name_, "parameter " + std::to_string(k) + " has " + std::to_string(n) +
                                    " values but a gradient of " + std::to_string(g));
     }
+    require_finite_gradients(params_, name_);
     ++step_count;
     for (std::size_t k = 0; k < params_.size(); ++k)
         if (!params_[k].grad().empty())   // a parameter the loss did not reach is left alone
@@ -2088,8 +2229,15 @@ std::size_t Optimizer::state_bytes() const {
 SGD::SGD(std::vector<Tensor> params, double lr, double momentum_, bool nesterov_, double weight_decay_)
     : Optimizer(std::move(params), lr, "SGD"), momentum(momentum_), weight_decay(weight_decay_),
       nesterov(nesterov_) {
-    if (momentum < 0) shape_error("SGD", "momentum must be >= 0, got " + to_string(momentum));
-    if (nesterov && momentum == 0) shape_error("SGD", "Nesterov needs momentum > 0");
+    SGD::check_settings();
+}
+
+void SGD::check_settings() const {
+    Optimizer::check_settings();
+    require_setting(momentum >= 0 && momentum < 1, "SGD", "momentum must be in [0, 1), got " + to_string(momentum));
+    require_setting(!nesterov || momentum > 0, "SGD", "Nesterov needs momentum > 0");
+    require_setting(weight_decay >= 0 && std::isfinite(weight_decay), "SGD",
+                    "weight_decay must be >= 0 and finite, got " + to_string(weight_decay));
 }
 
 void SGD::update(std::vector<real>& w, const std::vector<real>& grad, std::vector<std::vector<real>>& state) {
@@ -2105,7 +2253,17 @@ void SGD::update(std::vector<real>& w, const std::vector<real>& grad, std::vecto
 }
 
 RMSProp::RMSProp(std::vector<Tensor> params, double lr, double alpha_, double eps_, double weight_decay_)
-    : Optimizer(std::move(params), lr, "RMSProp"), alpha(alpha_), eps(eps_), weight_decay(weight_decay_) {}
+    : Optimizer(std::move(params), lr, "RMSProp"), alpha(alpha_), eps(eps_), weight_decay(weight_decay_) {
+    RMSProp::check_settings();
+}
+
+void RMSProp::check_settings() const {
+    Optimizer::check_settings();
+    require_setting(alpha >= 0 && alpha < 1, "RMSProp", "alpha must be in [0, 1), got " + to_string(alpha));
+    require_setting(eps > 0 && std::isfinite(eps), "RMSProp", "eps must be > 0 and finite, got " + to_string(eps));
+    require_setting(weight_decay >= 0 && std::isfinite(weight_decay), "RMSProp",
+                    "weight_decay must be >= 0 and finite, got " + to_string(weight_decay));
+}
 
 void RMSProp::update(std::vector<real>& w, const std::vector<real>& grad, std::vector<std::vector<real>>& state) {
     for (std::size_t i = 0; i < w.size(); ++i) {
@@ -2124,8 +2282,17 @@ Adam::Adam(std::vector<Tensor> params, double lr, double beta1_, double beta2_, 
            double weight_decay_, bool decoupled, const char* name)
     : Optimizer(std::move(params), lr, name), beta1(beta1_), beta2(beta2_), eps(eps_),
       weight_decay(weight_decay_), decoupled_(decoupled) {
-    if (!(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1))
-        shape_error(name, "betas must be in [0, 1), got " + to_string(beta1) + " and " + to_string(beta2));
+    Adam::check_settings();
+}
+
+// eps > 0: with eps = 0, a gradient that is 0 from the start gives m̂/√v̂ = 0/0.
+void Adam::check_settings() const {
+    Optimizer::check_settings();
+    require_setting(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1, name(),
+                    "betas must be in [0, 1), got " + to_string(beta1) + " and " + to_string(beta2));
+    require_setting(eps > 0 && std::isfinite(eps), name(), "eps must be > 0 and finite, got " + to_string(eps));
+    require_setting(weight_decay >= 0 && std::isfinite(weight_decay), name(),
+                    "weight_decay must be >= 0 and finite, got " + to_string(weight_decay));
 }
 
 // One pass over the parameter, in the parameter's precision. The bias corrections are hoisted:
@@ -2154,7 +2321,17 @@ AdamW::AdamW(std::vector<Tensor> params, double lr, double beta1, double beta2, 
     : Adam(std::move(params), lr, beta1, beta2, eps, weight_decay, true, "AdamW") {}
 
 Lion::Lion(std::vector<Tensor> params, double lr, double beta1_, double beta2_, double weight_decay_)
-    : Optimizer(std::move(params), lr, "Lion"), beta1(beta1_), beta2(beta2_), weight_decay(weight_decay_) {}
+    : Optimizer(std::move(params), lr, "Lion"), beta1(beta1_), beta2(beta2_), weight_decay(weight_decay_) {
+    Lion::check_settings();
+}
+
+void Lion::check_settings() const {
+    Optimizer::check_settings();
+    require_setting(beta1 >= 0 && beta1 <= 1 && beta2 >= 0 && beta2 <= 1, "Lion",
+                    "betas must be in [0, 1], got " + to_string(beta1) + " and " + to_string(beta2));
+    require_setting(weight_decay >= 0 && std::isfinite(weight_decay), "Lion",
+                    "weight_decay must be >= 0 and finite, got " + to_string(weight_decay));
+}
 
 void Lion::update(std::vector<real>& w, const std::vector<real>& grad, std::vector<std::vector<real>>& state) {
     std::vector<real>& m = state[0];
@@ -2181,9 +2358,19 @@ static void require_schedule(bool ok, const char* name, const std::string& what)
     if (!ok) shape_error(name, what);
 }
 
-double constant_lr(long, double lr) { return lr; }
+// Every schedule: a step count from 0, and learning rates that are finite and >= 0.
+static void require_step_and_rate(long step, double lr, const char* name) {
+    require_schedule(step >= 0, name, "step must be >= 0, got " + std::to_string(step));
+    require_schedule(lr >= 0 && std::isfinite(lr), name, "the learning rate must be finite and >= 0, got " + to_string(lr));
+}
+
+double constant_lr(long step, double lr) {
+    require_step_and_rate(step, lr, "constant_lr");
+    return lr;
+}
 
 double warmup_cosine_lr(long step, long warmup, long total, double lr_max, double lr_min) {
+    require_step_and_rate(step, lr_max, "warmup_cosine_lr");
     require_schedule(warmup >= 0 && total > 0 && warmup <= total, "warmup_cosine_lr",
                      "needs 0 <= warmup <= total, got warmup " + std::to_string(warmup) +
                          " and total " + std::to_string(total));
@@ -2197,12 +2384,15 @@ double warmup_cosine_lr(long step, long warmup, long total, double lr_max, doubl
 
 // The original Transformer's schedule, scaled so that the peak (at step = warmup) is lr_max.
 double inverse_sqrt_lr(long step, long warmup, double lr_max) {
+    require_step_and_rate(step, lr_max, "inverse_sqrt_lr");
     require_schedule(warmup > 0, "inverse_sqrt_lr", "warmup must be > 0, got " + std::to_string(warmup));
     if (step < warmup) return lr_max * double(step) / double(warmup);
     return lr_max * std::sqrt(double(warmup) / double(step));
 }
 
 double step_decay_lr(long step, double lr0, long step_size, double gamma) {
+    require_step_and_rate(step, lr0, "step_decay_lr");
+    require_schedule(gamma > 0 && gamma <= 1, "step_decay_lr", "gamma must be in (0, 1] (a decay), got " + to_string(gamma));
     require_schedule(step_size > 0, "step_decay_lr", "step_size must be > 0, got " + std::to_string(step_size));
     return lr0 * std::pow(gamma, double(step / step_size));
 }
@@ -2250,6 +2440,7 @@ double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
     if (!(max_norm > 0)) shape_error("clip_grad_norm", "max_norm must be > 0, got " + to_string(max_norm));
     if (on_cuda(params)) return clip_grad_norm_on_device(params, max_norm);   // Part 5
     const double norm = grad_norm(params);
+    if (!std::isfinite(norm)) require_finite_gradients(params, "clip_grad_norm");   // names the culprit
     if (norm > max_norm) {
         const double scale = max_norm / norm;
         for (const Tensor& p : params)
@@ -2356,6 +2547,9 @@ static void anomaly_scalar_backward(const Node& n) {
 // ---------------------------------------------------------------------------------------------
 
 static std::vector<unsigned char> read_file(const std::string& path, const char* what) {
+    struct stat info {};
+    if (::stat(path.c_str(), &info) == 0 && S_ISDIR(info.st_mode))
+        throw std::runtime_error(std::string(what) + ": " + path + " is a directory, not a file");
     std::ifstream f(path, std::ios::binary);
     if (!f) throw std::runtime_error(std::string(what) + ": cannot open " + path);
     return std::vector<unsigned char>(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
@@ -2387,8 +2581,9 @@ IdxArray read_idx(const std::string& path) {
         const std::uint32_t size = std::uint32_t(p[0]) << 24 | std::uint32_t(p[1]) << 16 | std::uint32_t(p[2]) << 8 | p[3];
         if (size == 0 || size > (1u << 30)) idx_error(path, "dimension " + std::to_string(d) + " has size " + std::to_string(size));
         a.dims.push_back(int(size));
+        if (count > (std::size_t(1) << 34) / size)   // checked before multiplying: no wrap-around
+            idx_error(path, "the sizes multiply to more than 16 GiB");
         count *= size;
-        if (count > (std::size_t(1) << 34)) idx_error(path, "the sizes multiply to more than 16 GiB");
     }
     const std::size_t have = file.size() - header;
     if (have < count) idx_error(path, "truncated: the header promises " + std::to_string(count) + " bytes of data, the file has " + std::to_string(have));
@@ -2404,9 +2599,12 @@ Dataset load_idx_dataset(const std::string& images_path, const std::string& labe
     if (images.dims[0] != labels.dims[0])
         throw std::runtime_error("load_idx_dataset: " + images_path + " has " + std::to_string(images.dims[0]) +
                                  " images but " + labels_path + " has " + std::to_string(labels.dims[0]) + " labels");
+    const std::size_t pixels = std::size_t(images.dims[1]) * std::size_t(images.dims[2]);
+    if (pixels > std::size_t(std::numeric_limits<int>::max()))
+        idx_error(images_path, "images of " + std::to_string(pixels) + " pixels are more than a shape holds");
     Dataset d;
-    const int n = images.dims[0], pixels = images.dims[1] * images.dims[2];
-    d.images = Tensor({n, pixels});
+    const int n = images.dims[0];
+    d.images = Tensor({n, int(pixels)});
     real* pixel = d.images.values().data();
     for (std::size_t i = 0; i < images.bytes.size(); ++i) pixel[i] = real(images.bytes[i] / 255.0);
     for (unsigned char l : labels.bytes) {
@@ -2442,6 +2640,7 @@ Tensor gather_rows(const Tensor& images, const std::vector<int>& rows) {
 // byte; the names and shapes catch a checkpoint of another model.
 // Saving writes path.tmp and renames it over path. rename() replaces a file in one step, so a
 // crash or error mid-save leaves either the old checkpoint or the new one, never half of one.
+// (A save killed midway leaves its path.tmp; the next save overwrites it, and a load removes it.)
 // ---------------------------------------------------------------------------------------------
 
 static const char checkpoint_magic[] = "DLCKPT01";
@@ -2552,6 +2751,7 @@ void save_checkpoint(const std::string& path, const TrainingState& state) {
 
 void load_checkpoint(const std::string& path, TrainingState& state) {
     require_cpu_run(state, "load_checkpoint");
+    std::remove((path + ".tmp").c_str());   // what a save killed midway left behind: never read
     const std::vector<unsigned char> file = read_file(path, "load_checkpoint");
     auto fail = [&](const std::string& what) -> void {
         throw std::runtime_error("load_checkpoint: " + path + ": " + what);
@@ -3375,7 +3575,7 @@ Tensor Tensor::to(Device d) const {
 
 // A leaf's storage changes device; the node, and so every handle to it, stays the same.
 Tensor& Tensor::move_to(Device d) {
-    if (!node_->parents.empty())
+    if (!checked("move_to()").parents.empty())
         shape_error("move_to", "only a leaf tensor moves in place; this one was computed by '" + std::string(op()) +
                                    "': use .to(...) for a copy");
     if (d == device()) return *this;
@@ -3397,7 +3597,7 @@ Tensor& Tensor::move_to(Device d) {
 }
 
 const std::shared_ptr<TensorNode>& Tensor::on_cpu(const char* what) const {
-    if (node_->device == Device::CPU) return node_;
+    if (checked(what).device == Device::CPU) return node_;
     throw std::invalid_argument(std::string(what) + ": this tensor is on " + device_name(device()) +
                                 ", in device memory; copy it to the host with .to(Device::CPU)");
 }

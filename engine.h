@@ -335,26 +335,26 @@ public:
     static Tensor zeros(Shape shape, Device device);    // on either device
 
     bool defined() const { return node_ != nullptr; }
-    const Shape& shape() const { return node_->shape; }
-    int rank() const { return int(node_->shape.size()); }
+    const Shape& shape() const { return checked("shape()").shape; }
+    int rank() const { return int(checked("rank()").shape.size()); }
     int dim(int axis) const;                            // negative counts from the end
-    std::size_t numel() const { return node_->device == Device::CPU ? node_->data.size() : ::numel(node_->shape); }
+    std::size_t numel() const { return checked("numel()").device == Device::CPU ? node_->data.size() : ::numel(node_->shape); }
     // The numbers of a CPU tensor. A CUDA tensor's are in device memory: these throw, and
     // .to(Device::CPU) gives a copy to read.
     ValuesView values() const { return {on_cpu("values()"), false}; }
     ValuesView grad() const { return {on_cpu("grad()"), true}; }
     real item() const;                                  // the value of a 1-element tensor (from any device)
     real& at(const std::vector<int>& index) const;      // bounds-checked element access
-    bool requires_grad() const { return node_->requires_grad; }
+    bool requires_grad() const { return checked("requires_grad()").requires_grad; }
     Tensor& requires_grad_(bool on = true);             // make it a parameter (PyTorch's name)
-    const char* op() const { return node_->op; }
-    TensorNode* node() const { return node_.get(); }
+    const char* op() const { return checked("op()").op; }
+    TensorNode* node() const { return node_.get(); }   // null for an empty handle
 
     // Devices (engine.cpp Part 5). to(d) is a copy on d: a new leaf, cut from the graph like
     // detach(), that does not require grad. move_to(d) moves this leaf's numbers (and gradient)
     // to d in place, so that every handle to it, a model's and an optimizer's, sees the move:
     // that is how parameters move (nn::Linear::to, nn::MLP::to). Move before the forward pass.
-    Device device() const { return node_->device; }
+    Device device() const { return checked("device()").device; }
     Tensor to(Device d) const;
     Tensor& move_to(Device d);
 
@@ -373,6 +373,12 @@ public:
 
 private:
     const std::shared_ptr<TensorNode>& on_cpu(const char* what) const;   // the node, or throws
+    // The node; an empty handle (a default-constructed Tensor) throws, naming what was asked.
+    TensorNode& checked(const char* what) const {
+        if (!node_) empty_handle(what);
+        return *node_;
+    }
+    [[noreturn]] static void empty_handle(const char* what);
     std::shared_ptr<TensorNode> node_;
 };
 
@@ -535,6 +541,8 @@ public:
     long step_count = 0;
     const std::vector<Tensor>& params() const { return params_; }
     virtual int state_per_param() const = 0;      // numbers of state per parameter element
+    // Throws, naming the setting, unless every setting is in range; step() calls it each time.
+    virtual void check_settings() const;
     std::size_t state_bytes() const;              // their total size in bytes
     const char* name() const { return name_; }
     // The state itself, [param][slot][element] (empty before the first step): for checkpoints.
@@ -562,6 +570,7 @@ public:
     SGD(std::vector<Tensor> params, double lr, double momentum = 0, bool nesterov = false,
         double weight_decay = 0);
     int state_per_param() const override { return momentum > 0 ? 1 : 0; }
+    void check_settings() const override;
     double momentum, weight_decay;
     bool nesterov;
 protected:
@@ -573,6 +582,7 @@ public:
     RMSProp(std::vector<Tensor> params, double lr = 1e-2, double alpha = 0.99, double eps = 1e-8,
             double weight_decay = 0);
     int state_per_param() const override { return 1; }
+    void check_settings() const override;
     double alpha, eps, weight_decay;
 protected:
     void update(std::vector<real>&, const std::vector<real>&, std::vector<std::vector<real>>&) override;
@@ -584,6 +594,7 @@ public:
     Adam(std::vector<Tensor> params, double lr = 1e-3, double beta1 = 0.9, double beta2 = 0.999,
          double eps = 1e-8, double weight_decay = 0);
     int state_per_param() const override { return 2; }
+    void check_settings() const override;
     double beta1, beta2, eps, weight_decay;
 protected:
     Adam(std::vector<Tensor> params, double lr, double beta1, double beta2, double eps,
@@ -604,6 +615,7 @@ public:
     Lion(std::vector<Tensor> params, double lr = 1e-4, double beta1 = 0.9, double beta2 = 0.99,
          double weight_decay = 0);
     int state_per_param() const override { return 1; }
+    void check_settings() const override;
     double beta1, beta2, weight_decay;
 protected:
     void update(std::vector<real>&, const std::vector<real>&, std::vector<std::vector<real>>&) override;

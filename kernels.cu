@@ -166,8 +166,8 @@ static __global__ void mul_backward_kernel(const float* A, const float* B, const
 // f' is written with the input x and the output y = f(x), whichever is handier.
 // Cost forward: reads n, writes n: 8n bytes. Backward: reads X, Y, dY, dX, writes dX: 20n bytes.
 // FLOPs: 1 (relu) to about 15 (gelu, counting tanh as one) per element.
-struct Relu {   // max(0, x); f' = 1 where x > 0, else 0
-    static __device__ float f(float x) { return x > 0 ? x : 0.0f; }
+struct Relu {   // max(0, x); f' = 1 where x > 0, else 0 (written so that a NaN stays NaN)
+    static __device__ float f(float x) { return x < 0 ? 0.0f : x; }
     static __device__ float df(float x, float) { return x > 0 ? 1.0f : 0.0f; }
 };
 struct Gelu {   // ½x(1 + tanh u), u = √(2/π)(x + 0.044715x³); f' = ½(1 + tanh u) + ½x(1 − tanh²u)·du/dx

@@ -4,7 +4,8 @@
 //   build/tests --all        also the tests that run other builds (make test-all builds them)
 //   build/tests WORD         only the tests whose "group/name" contains WORD (make test FILTER=WORD)
 //   build/tests --list       list the tests
-//   TEST_TIME_LIMIT=s        stop any one test after s seconds (default 120)
+//   build/tests --show-output   let each test print where this program prints (make fuzz)
+//   TEST_TIME_LIMIT=s        stop any one test after s seconds (default 120; 0: never)
 //
 // Every gradient is compared with an independent truth: a central finite difference in double
 // precision, a closed form, or a worked number from the course texts. A test ends in one of
@@ -334,7 +335,9 @@ static Verdict judge(int status, const std::string& records, const std::string& 
     return v;
 }
 
-static Verdict run_in_child(const TestCase& t, int time_limit) {
+// show_output: the child prints where this process does (`make fuzz` shows its progress), and a
+// crash report then has nothing of its output to quote.
+static Verdict run_in_child(const TestCase& t, int time_limit, bool show_output) {
     std::fflush(stdout);   // or the child would print the parent's buffered text again
     std::fflush(stderr);
     FILE* records = std::tmpfile();
@@ -343,10 +346,12 @@ static Verdict run_in_child(const TestCase& t, int time_limit) {
     const pid_t pid = ::fork();
     if (pid < 0) throw std::runtime_error("tests: fork() failed");
     if (pid == 0) {   // the child: run the test, report, exit
-        ::dup2(fileno(output), 1);
-        ::dup2(fileno(output), 2);
+        if (!show_output) {
+            ::dup2(fileno(output), 1);
+            ::dup2(fileno(output), 2);
+        }
         crash::install(fileno(records));
-        ::alarm(unsigned(time_limit));   // SIGALRM ends an endless loop
+        ::alarm(unsigned(time_limit));   // SIGALRM ends an endless loop (0: no alarm)
         std::string detail;
         const Outcome o = run_body(t, detail);
         const std::string record = std::string(1, "PFTS"[int(o)]) + detail + '\0';
@@ -365,14 +370,14 @@ static Verdict run_in_child(const TestCase& t, int time_limit) {
 static void register_homework_tests();
 static std::string training_losses();
 
+// Seconds one test may run: 120, or TEST_TIME_LIMIT's (0: no limit, as `make fuzz` runs).
 static int time_limit_seconds() {
     const char* s = std::getenv("TEST_TIME_LIMIT");
-    const int limit = s ? std::atoi(s) : 0;
-    return limit > 0 ? limit : 120;
+    return s && *s ? std::max(0, std::atoi(s)) : 120;
 }
 
 int main(int argc, char** argv) {
-    bool all = false, crash_demos = false;
+    bool all = false, crash_demos = false, show_output = false;
     std::string filter;
     for (int i = 1; i < argc; ++i) {
         const std::string arg = argv[i];
@@ -380,8 +385,13 @@ int main(int argc, char** argv) {
             std::printf("%s", training_losses().c_str());
             return 0;
         }
+        if (arg == "--anomaly-mode") {   // for the anomaly test: what ENGINE_DETECT_ANOMALY switched on
+            std::printf("%s\n", detect_anomaly() ? "on" : "off");
+            return 0;
+        }
         if (arg == "--all") all = true;
         else if (arg == "--crash-demos") crash_demos = true;
+        else if (arg == "--show-output") show_output = true;
         else if (arg != "--list") filter = arg;
     }
     register_homework_tests();
@@ -403,7 +413,7 @@ int main(int argc, char** argv) {
             ++left_for_test_all;
             continue;
         }
-        const Verdict v = run_in_child(t, time_limit);
+        const Verdict v = run_in_child(t, time_limit, show_output);
         if (!per_group.count(t.group)) group_order.push_back(t.group);
         ++per_group[t.group][int(v.outcome)];
         ++total[int(v.outcome)];
@@ -1819,7 +1829,7 @@ TEST("06 optimizers", "state bytes per parameter; bad construction is refused") 
     EXPECT_EQ(AdamW({w}).state_bytes(), 20 * sizeof(real));
     EXPECT_EQ(Lion({w}).state_bytes(), 10 * sizeof(real));
     EXPECT_THROWS(SGD({}, 0.1), "SGD: no parameters to optimize");
-    EXPECT_THROWS(Adam({w}, -1.0), "Adam: the learning rate must be >= 0, got -1");
+    EXPECT_THROWS(Adam({w}, -1.0), "Adam: the learning rate must be finite and >= 0, got -1");
     EXPECT_THROWS(SGD({Tensor({2})}, 0.1), "parameter 0 does not require grad");
     SGD sgd({w}, 0.1);
     EXPECT_THROWS(w.grad() = {1.0}, "grad(): the tensor has shape [10] (10 numbers); cannot assign 1");
@@ -2505,15 +2515,247 @@ static void fuzz_one(std::uint64_t seed) {
     }
 }
 
+// ---- random API calls: hostile shapes and settings --------------------------------------------
+// Every call gets random arguments: shapes whose sizes are mostly 0, 1, 2 or 3 (the edge cases),
+// now and then 2³⁰ (so that the element count overflows, or the output could never be held),
+// values with an occasional NaN or ±inf, and settings drawn from NaN, ±inf, negatives, 0 and
+// ordinary numbers. A call passes if it returns the right shape, with finite numbers wherever its
+// inputs were finite, or throws std::invalid_argument or std::domain_error whose message names
+// the op. Anything else, a crash, another exception, a NaN from finite inputs, is a bug; the
+// failure names the seed that replays it.
+
+namespace api_fuzz {
+
+static const int huge = 1 << 30;
+
+// Sizes: mostly the edge cases 0–3; 2³⁰ only in pairs, so that a tensor is either small or
+// refused before any allocation (2⁶⁰ numbers and more: more than a vector can hold).
+static Shape random_shape(Rng& rng, int rank) {
+    static const int sizes[] = {0, 1, 1, 2, 2, 3, 3, 4};
+    Shape s(std::size_t(rank), 0);
+    for (int& d : s) d = sizes[rng.below(8)];
+    if (rank >= 2 && rng.uniform() < 0.04) s[0] = s[1] = huge;
+    return s;
+}
+
+static bool small(const Shape& s) {   // else it holds 2⁶⁰ numbers or more, and must be refused
+    long double n = 1;
+    for (int d : s) n *= d;
+    return n <= 64;
+}
+
+static double random_setting(Rng& rng) {
+    static const double settings[] = {std::nan(""), INFINITY, -INFINITY, -1, 0, 1e-3, 0.5, 0.9, 1, 2};
+    return settings[rng.below(10)];
+}
+
+static bool all_finite(const Tensor& t) {
+    for (real v : t.values())
+        if (!std::isfinite(v)) return false;
+    return true;
+}
+
+// A tensor of that shape with values in [−2, 2], now and then a NaN or an infinity.
+static Tensor random_tensor(Rng& rng, const Shape& shape) {
+    Tensor t(shape);
+    const bool special = rng.uniform() < 0.1;
+    for (real& v : t.values()) v = real(rng.uniform(-2, 2));
+    if (special && t.numel() > 0) {
+        static const real specials[] = {std::numeric_limits<real>::quiet_NaN(), std::numeric_limits<real>::infinity(),
+                                        -std::numeric_limits<real>::infinity()};
+        t.values()[rng.below(t.numel())] = specials[rng.below(3)];
+    }
+    return t;
+}
+
+// The outcome of one call: ok, or a description of the bug.
+struct Call {
+    std::string op;           // the name the op's errors must carry
+    std::function<Tensor()> run;
+    bool inputs_finite;       // then the result must be finite
+};
+
+// With finite inputs, the backward must run too, and give finite gradients (`params` are the
+// inputs that require grad).
+static std::string judge_call(const Call& c, const Shape* expected_shape, const std::vector<Tensor>& params) {
+    try {
+        const Tensor out = c.run();
+        if (expected_shape && out.shape() != *expected_shape)
+            return c.op + " returned shape " + shape_str(out.shape()) + ", expected " + shape_str(*expected_shape);
+        if (!c.inputs_finite) return "";
+        if (!all_finite(out)) return c.op + " returned NaN or inf from finite inputs";
+        if (!out.requires_grad() || out.numel() == 0) return "";
+        sum(out).backward();
+        for (const Tensor& p : params)
+            if (!p.grad().empty() && !all_finite(Tensor(p.shape(), p.grad())))
+                return c.op + "'s backward gave NaN or inf gradients from finite inputs";
+    } catch (const std::invalid_argument& e) {
+        if (std::string(e.what()).find(c.op) == std::string::npos) return "the error \"" + std::string(e.what()) + "\" does not name " + c.op;
+    } catch (const std::domain_error& e) {
+        if (std::string(e.what()).find(c.op) == std::string::npos) return "the error \"" + std::string(e.what()) + "\" does not name " + c.op;
+    } catch (const std::exception& e) {
+        return c.op + " threw an exception that is neither invalid_argument nor domain_error: " + e.what();
+    }
+    return "";
+}
+
+// numpy's broadcasting rule, written again here: sizes equal, or one of them 1.
+static bool broadcast(const Shape& a, const Shape& b, Shape& out) {
+    const std::size_t r = std::max(a.size(), b.size());
+    out.assign(r, 0);
+    for (std::size_t k = 0; k < r; ++k) {
+        const int da = k < a.size() ? a[a.size() - 1 - k] : 1, db = k < b.size() ? b[b.size() - 1 - k] : 1;
+        if (da != db && da != 1 && db != 1) return false;
+        out[r - 1 - k] = da == 1 ? db : da;
+    }
+    return true;
+}
+
+// One random call of one random op; "" when it behaved.
+static std::string one_call(std::uint64_t seed) {
+    Rng rng(seed);
+    Shape sa = random_shape(rng, 1 + int(rng.below(3))), sb = random_shape(rng, 1 + int(rng.below(3)));
+    if (rng.uniform() < 0.4) sb = sa;   // often the same shape, so that the op gets past its checks
+    if (rng.uniform() < 0.3 && sa.size() >= 1) sb = {sa.back()};
+    if (!small(sa) || !small(sb)) {   // the constructor alone: it must refuse, naming the shape
+        const Shape huge_one = small(sa) ? sb : sa;
+        try {
+            Tensor t(huge_one);
+            return "Tensor(" + shape_str(huge_one) + ") was made";
+        } catch (const std::invalid_argument& e) {
+            return std::string(e.what()).find(shape_str(huge_one)) == std::string::npos ? "the error \"" + std::string(e.what()) + "\" does not name the shape" : "";
+        }
+    }
+    Tensor a = random_tensor(rng, sa), b = random_tensor(rng, sb);
+    const bool finite = all_finite(a) && all_finite(b);
+    if (rng.uniform() < 0.5) a.requires_grad_();
+    if (rng.uniform() < 0.5) b.requires_grad_();
+    const double setting = random_setting(rng);
+    const int axis = int(rng.below(5)) - 2, k = int(rng.below(4));
+    std::vector<int> labels(a.rank() >= 1 ? std::size_t(std::min(a.dim(0), 5)) : 0);   // (a [2³⁰, 0] holds no
+                                                                                    // numbers: 5 labels, wrong)
+    for (int& l : labels) l = int(rng.below(5)) - 1;   // now and then out of range
+    Shape same = sa, joined;
+    const Shape* broadcast_shape = broadcast(sa, sb, joined) ? &joined : nullptr;
+    Rng drop(seed);
+    const std::vector<Call> calls = {
+        {"+", [&] { return a + b; }, finite},
+        {"-", [&] { return a - b; }, finite},
+        {"*", [&] { return a * b; }, finite},
+        {"/", [&] { return a / b; }, false},   // a/tiny may overflow: no finiteness to check
+        {"matmul", [&] { return matmul(a, b); }, finite},
+        {"linear", [&] { return linear(a, b, Tensor({sb.back()})); }, finite},
+        {"transpose", [&] { return transpose(a); }, finite},
+        {"sum", [&] { return sum(a, axis, k % 2 == 0); }, finite},
+        {"mean", [&] { return mean(a, axis, k % 2 == 0); }, finite},
+        {"softmax", [&] { return softmax(a); }, finite},
+        {"log_softmax", [&] { return log_softmax(a); }, finite},
+        {"cross_entropy", [&] { return cross_entropy(a, labels, real(setting)); }, finite},
+        {"bce_with_logits", [&] { return bce_with_logits(a, b); }, finite},
+        {"mse_loss", [&] { return mse_loss(a, b); }, finite},
+        {"layer_norm", [&] { return layer_norm(a, b, b, real(setting)); }, finite},
+        {"rms_norm", [&] { return rms_norm(a, b, real(setting)); }, finite},
+        {"reshape", [&] { return reshape(a, random_shape(rng, 1 + k % 3)); }, finite},
+        {"slice", [&] { return slice(a, axis, k - 1, k + 1); }, finite},
+        {"concat", [&] { return concat({a, b}, axis); }, finite},
+        {"embedding", [&] { return embedding(a, labels); }, finite},
+        {"dropout", [&] { return dropout(a, real(setting), drop, true); }, finite},
+        {"exp", [&] { return exp(a); }, finite},
+        {"log", [&] { return log(a); }, finite},
+        {"sqrt", [&] { return sqrt(a); }, false},   // √0 has an infinite slope: no finite gradient
+        {"pow", [&] { return pow(a, real(setting)); }, finite},
+        {"relu", [&] { return relu(a); }, finite},
+        {"leaky_relu", [&] { return leaky_relu(a, real(setting)); }, finite},
+        {"gelu", [&] { return gelu(a, k % 2 ? Approximate::none : Approximate::tanh); }, finite},
+        {"sigmoid", [&] { return sigmoid(a); }, finite},
+        {"tanh", [&] { return tanh(a); }, finite},
+    };
+    const std::size_t pick = rng.below(calls.size());
+    const Call& c = calls[pick];
+    const bool elementwise = pick <= 2, keeps_shape = (pick >= 9 && pick <= 10) || pick >= 20;
+    return judge_call(c, elementwise ? broadcast_shape : keeps_shape ? &same : nullptr, {a, b});
+}
+
+// Optimizers, schedules and clipping with random settings and gradients: each either refuses,
+// naming itself and changing nothing, or leaves finite weights.
+static std::string one_setting(std::uint64_t seed) {
+    Rng rng(seed);
+    Tensor w = random_tensor(rng, {3});
+    for (real& v : w.values()) v = std::isfinite(v) ? v : 1;   // finite weights; the gradient may not be
+    w.requires_grad_();
+    w.grad() = std::vector<real>(random_tensor(rng, {3}).values());
+    const std::vector<real> before = w.values();
+    const double s1 = random_setting(rng), s2 = random_setting(rng), s3 = random_setting(rng);
+    const std::vector<Tensor> params = {w};
+    const char* names[] = {"SGD", "RMSProp", "Adam", "AdamW", "Lion", "clip_grad_norm"};
+    const int which = int(rng.below(6));
+    const char* name = names[which];
+    std::unique_ptr<Optimizer> opt;
+    try {
+        if (which == 0) opt = std::make_unique<SGD>(params, s1, s2);
+        if (which == 1) opt = std::make_unique<RMSProp>(params, s1, s2, s3);
+        if (which == 2) opt = std::make_unique<Adam>(params, s1, s2, 0.999, s3);
+        if (which == 3) opt = std::make_unique<AdamW>(params, s1, 0.9, s2, 1e-8, s3);
+        if (which == 4) opt = std::make_unique<Lion>(params, s1, s2, s3);
+        if (which == 5) {   // the norm after clipping is the smaller of the norm before and max_norm
+            const double norm = clip_grad_norm(params, s1), want = std::min(norm, s1);
+            double now = 0;
+            for (real g : w.grad()) now += double(g) * g;
+            if (!(std::fabs(std::sqrt(now) - want) <= 1e-9 * (1 + want)))
+                return "clip_grad_norm left the norm " + show(std::sqrt(now)) + ", expected " + show(want);
+            return "";
+        }
+        if (rng.uniform() < 0.5) opt->lr = random_setting(rng);   // changed after construction
+        opt->step();
+        if (!all_finite(w)) return std::string(name) + " stepped to non-finite weights";
+    } catch (const std::invalid_argument& e) {
+        if (std::string(e.what()).find(name) == std::string::npos) return "the error \"" + std::string(e.what()) + "\" does not name " + name;
+        if (std::vector<real>(w.values()) != before) return std::string(name) + " refused, but changed the weights";
+    } catch (const std::domain_error& e) {
+        if (std::string(e.what()).find(name) == std::string::npos) return "the error \"" + std::string(e.what()) + "\" does not name " + name;
+        if (std::vector<real>(w.values()) != before) return std::string(name) + " refused, but changed the weights";
+    } catch (const std::exception& e) {
+        return std::string(name) + " threw an exception that is neither invalid_argument nor domain_error: " + e.what();
+    }
+    const long step = long(rng.below(2000)) - 100, warmup = long(rng.below(300)) - 10, total = long(rng.below(2000)) - 10;
+    try {
+        const double lr = rng.below(2) ? warmup_cosine_lr(step, warmup, total, s1, s2) : step_decay_lr(step, s1, warmup, s2);
+        if (!(lr >= 0 && std::isfinite(lr))) return "a schedule returned the learning rate " + show(lr);
+    } catch (const std::invalid_argument& e) {
+        if (std::string(e.what()).find("_lr") == std::string::npos) return "the error \"" + std::string(e.what()) + "\" does not name the schedule";
+    }
+    return "";
+}
+
+}  // namespace api_fuzz
+
+static std::uint64_t fuzz_count(const char* variable, std::uint64_t quick) {
+    const char* count = std::getenv(variable);
+    if (!count || !*count) return quick;
+    return std::string(count) == "forever" ? UINT64_MAX : std::stoull(count);
+}
+
+TEST("fuzz", "random API calls: hostile shapes and settings give a right answer or a named error") {
+    const char* seed = std::getenv("SEED");
+    const std::uint64_t first = seed && *seed ? std::stoull(seed) : 1;
+    const std::uint64_t n = seed && *seed ? 1 : fuzz_count("FUZZ_CALLS", 20000);
+    for (std::uint64_t i = 0; i < n; ++i) {
+        const std::uint64_t s = first + i;
+        std::string bug = s % 4 == 3 ? api_fuzz::one_setting(s) : api_fuzz::one_call(s);
+        if (!bug.empty())
+            throw TestFailure("call with seed " + std::to_string(s) + " (replay: SEED=" + std::to_string(s) +
+                              " make fuzz): " + bug);
+        if (n > 100000 && (i + 1) % 100000 == 0) std::fprintf(stderr, "fuzz: %llu calls passed\n", (unsigned long long)(i + 1));
+    }
+}
+
 TEST("fuzz", "random scalar and tensor graphs match finite differences") {
     const char* seed = std::getenv("SEED");
     if (seed && *seed) {   // replay one graph
         fuzz_one(std::stoull(seed));
         return;
     }
-    const char* count = std::getenv("FUZZ_GRAPHS");
-    const bool forever = count && std::string(count) == "forever";
-    const std::uint64_t n = forever ? UINT64_MAX : count && *count ? std::stoull(count) : 1300;
+    const std::uint64_t n = fuzz_count("FUZZ_GRAPHS", 1300);
     for (std::uint64_t i = 0; i < n; ++i) {
         fuzz_one(1000 + i);
         if (n > 10000 && (i + 1) % 10000 == 0) std::fprintf(stderr, "fuzz: %llu graphs passed\n", (unsigned long long)(i + 1));
@@ -3410,6 +3652,205 @@ TEST("cuda", "cuda_device_anomaly: anomaly mode checks device tensors too") {
     device_tests::train(Device::CUDA, model, randn({6, 7}, rng), {0, 1, 2, 3, 4, 0}, 1);   // finite: no complaint
     const Tensor bad = Tensor({2}, {1, std::numeric_limits<real>::quiet_NaN()}).to(Device::CUDA);
     EXPECT_THROWS(relu(bad), "anomaly: a leaf tensor (input data or a parameter) produced NaN/Inf in its output [2]");
+}
+
+// =============================================================================================
+// bad input: nothing a user passes crashes the engine or gives NaN without a word. Each input
+// gives the right answer (empty in, empty out, where that is the math) or an exception whose
+// message names the op and the value at fault.
+// =============================================================================================
+
+TEST("bad input", "size-0 axes: broadcast against 1, reduced, multiplied, transposed") {
+    EXPECT_TRUE((Tensor({0}) * real(2)).shape() == Shape({0}));
+    EXPECT_TRUE((Tensor({0, 3}) + Tensor({1, 3})).shape() == Shape({0, 3}));   // 1 repeats 0 times
+    EXPECT_TRUE((Tensor({1, 3}) - Tensor({0, 1})).shape() == Shape({0, 3}));
+    EXPECT_THROWS(Tensor({0, 3}) + Tensor({2, 3}), "+: shapes [0, 3] and [2, 3] do not broadcast (axis 0: 0 vs 2)");
+    EXPECT_TRUE(mean(Tensor({0, 3}), 1).shape() == Shape({0}));
+    EXPECT_THROWS(mean(Tensor({0, 3}), 0), "mean: over an empty axis of [0, 3]");
+    EXPECT_VALUES(sum(Tensor({0, 3}), 0), {0, 0, 0}, 0.0);   // a sum of nothing is 0
+    EXPECT_VALUES(matmul(Tensor({3, 0}), Tensor({0, 4})), std::vector<double>(12, 0.0), 0.0);
+    EXPECT_TRUE(matmul(Tensor({2, 3, 0}), Tensor({2, 0, 4})).shape() == Shape({2, 3, 4}));
+    EXPECT_TRUE(matmul(Tensor({2, 3, 0}), Tensor({0, 4})).shape() == Shape({2, 3, 4}));
+    EXPECT_TRUE(matmul(Tensor({0, 3}), Tensor({3, 4})).shape() == Shape({0, 4}));
+    EXPECT_VALUES(linear(Tensor({2, 0}), Tensor({0, 2}), Tensor({2}, {1, -1})), {1, -1, 1, -1}, 0.0);
+    EXPECT_TRUE(transpose(Tensor({0, 3})).shape() == Shape({3, 0}));
+    EXPECT_TRUE(transpose(Tensor({2, 3, 0})).shape() == Shape({2, 0, 3}));
+    // Gradients through an empty product: dW = Xᵀ·dZ sums over nothing, so it is 0.
+    const Tensor W = Tensor({0, 4}).requires_grad_(), b = Tensor({4}, {1, 2, 3, 4}).requires_grad_();
+    sum(linear(Tensor({3, 0}), W, b)).backward();
+    EXPECT_TRUE(W.grad().empty() && b.grad().size() == 4);
+    EXPECT_GRAD(b, {3, 3, 3, 3}, 0.0);
+}
+
+TEST("bad input", "an empty Tensor handle is refused by every use, naming the use") {
+    const Tensor t;
+    EXPECT_THROWS(t.shape(), "shape(): this Tensor is empty (default-constructed");
+    EXPECT_THROWS(t.numel(), "numel(): this Tensor is empty");
+    EXPECT_THROWS(t.values(), "values(): this Tensor is empty");
+    EXPECT_THROWS(t.grad(), "grad(): this Tensor is empty");
+    EXPECT_THROWS(t.item(), "this Tensor is empty");
+    EXPECT_THROWS(t.at({0}), "at(): this Tensor is empty");
+    EXPECT_THROWS(Tensor().requires_grad_(), "requires_grad_(): this Tensor is empty");
+    EXPECT_THROWS(t.backward(), "backward(): this Tensor is empty");
+    EXPECT_THROWS(t.to(Device::CUDA), "this Tensor is empty");
+    EXPECT_THROWS(t.str(), "this Tensor is empty");
+    EXPECT_THROWS(t + Tensor({2}), "this Tensor is empty");
+    EXPECT_THROWS(matmul(t, t), "this Tensor is empty");
+    EXPECT_THROWS(relu(t), "this Tensor is empty");
+    EXPECT_THROWS(sum(t), "this Tensor is empty");
+    EXPECT_THROWS(cross_entropy(t, {0}), "this Tensor is empty");
+    EXPECT_THROWS(SGD({t}, 0.1), "SGD: parameter 0 is an empty Tensor");
+}
+
+TEST("bad input", "shapes too large to count or to hold are refused, naming the shape") {
+    const int k = 1 << 16;   // k⁴ = 2⁶⁴: one past what a 64-bit count holds, which wraps to 0
+    EXPECT_THROWS(Tensor({k, k, k, k}), "shape [65536, 65536, 65536, 65536]: more elements than 2⁶⁴ can count");
+    EXPECT_THROWS(Tensor({1 << 30, 1 << 30, 1 << 30}), "more elements than 2⁶⁴ can count");
+    EXPECT_THROWS(Tensor({k, k, k, 1 << 14}), "Tensor: shape [65536, 65536, 65536, 16384] needs");   // 2⁶² numbers
+    EXPECT_THROWS(reshape(Tensor({2}), {k, k, k, k, -1}), "reshape: shape [65536, 65536, 65536, 65536, 1]");
+    EXPECT_THROWS(matmul(Tensor({k, 0}), Tensor({0, k})) + Tensor({k, k, k, k}), "more elements than 2⁶⁴");
+    EXPECT_THROWS(matmul(Tensor({1 << 30, 0}), Tensor({0, 1 << 30})), "matmul: Tensor: shape [1073741824, 1073741824] needs");
+}
+
+TEST("bad input", "IDX headers whose sizes overflow, and a directory for a file, are refused") {
+    TempDir dir;
+    write_bytes(dir.file("huge"), idx_bytes({1 << 16, 1 << 16, 1 << 16, 1 << 16}, {}));   // 2⁶⁴ bytes: 0 if wrapped
+    EXPECT_THROWS(read_idx(dir.file("huge")), "the sizes multiply to more than 16 GiB");
+    write_bytes(dir.file("big"), idx_bytes({1 << 30, 1 << 30}, {}));
+    EXPECT_THROWS(read_idx(dir.file("big")), "the sizes multiply to more than 16 GiB");
+    EXPECT_THROWS(read_idx(dir.path), "is a directory, not a file");
+    EXPECT_THROWS(load_idx_dataset(dir.path, dir.path), "is a directory, not a file");
+}
+
+TEST("bad input", "the loss of an empty batch is an error, not NaN") {
+    EXPECT_THROWS(cross_entropy(Tensor({0, 3}), {}), "cross_entropy: logits [0, 3]: an empty batch, or no classes, has no mean loss");
+    EXPECT_THROWS(cross_entropy(Tensor({2, 0}), {0, 0}), "cross_entropy: logits [2, 0]");
+    EXPECT_THROWS(bce_with_logits(Tensor({0}), Tensor({0})), "bce_with_logits: an empty batch [0] has no mean loss");
+    EXPECT_THROWS(mse_loss(Tensor({0, 2}), Tensor({0, 2})), "mse_loss: an empty prediction [0, 2] has no mean");
+    EXPECT_THROWS(mean(Tensor({0})), "mean: of an empty tensor [0]");
+}
+
+TEST("bad input", "NaN and inf: kept where they are the answer, refused where they would be swallowed") {
+    const real nan = std::numeric_limits<real>::quiet_NaN(), inf = std::numeric_limits<real>::infinity();
+    EXPECT_TRUE(std::isnan(relu(Tensor({2}, {nan, -1})).values()[0]));   // not 0: a NaN is not negative
+    EXPECT_TRUE(std::isnan(relu(Value(std::nan(""))).data()));
+    EXPECT_VALUES(softmax(Tensor({1, 2}, {-inf, 0})), {0, 1}, 0.0);      // −inf: a masked class
+    EXPECT_THROWS(softmax(Tensor({1, 2}, {inf, 0})), "softmax: logit inf at row 0, column 0");
+    EXPECT_THROWS(log_softmax(Tensor({2, 2}, {0, 0, 1, nan})), "log_softmax: logit nan at row 1, column 1");
+    EXPECT_THROWS(softmax(Tensor({1, 2}, {-inf, -inf})), "softmax: every logit of row 0 is -inf");
+    EXPECT_THROWS(cross_entropy(Tensor({1, 2}, {nan, 0}), {0}), "cross_entropy: logit nan at row 0, column 0");
+    EXPECT_THROWS(exp(Tensor({2}, {0, nan})), "exp(x): the input holds NaN at element 1");
+    EXPECT_THROWS(log(Tensor({1}, {nan})), "log(x): the input holds NaN at element 0");
+    EXPECT_THROWS(bce_with_logits(Tensor({1}, {inf}), Tensor({1}, {1})), "bce_with_logits: a logit must be finite, got inf");
+    EXPECT_THROWS(bce_with_logits(Tensor({1}, {0}), Tensor({1}, {2})), "bce_with_logits: a target must be in [0, 1], got 2");
+    const Value x(1.0), y = x * std::nan("");
+    EXPECT_THROWS(y.backward(), "backward: the loss is nan");
+    EXPECT_TRUE(run_command("ENGINE_DETECT_ANOMALY=true " + this_program() + " --anomaly-mode").output == "on\n");
+    EXPECT_TRUE(run_command("ENGINE_DETECT_ANOMALY=0 " + this_program() + " --anomaly-mode").output == "off\n");
+}
+
+TEST("bad input", "optimizer settings are checked at every step; nothing changes when they are refused") {
+    const real nan = std::numeric_limits<real>::quiet_NaN(), inf = std::numeric_limits<real>::infinity();
+    const Tensor w = Tensor({2}, {1, 2}).requires_grad_();
+    w.grad() = {0.5, 0.5};
+    auto refuses = [&](Optimizer& opt, const char* message) {
+        EXPECT_THROWS(opt.step(), message);
+        EXPECT_VALUES(w, {1, 2}, 0.0);
+        EXPECT_EQ(opt.step_count, 0L);
+    };
+    SGD sgd({w}, 0.1, 0.9);
+    sgd.lr = nan;
+    refuses(sgd, "SGD: the learning rate must be finite and >= 0, got nan");
+    sgd.lr = -1;
+    refuses(sgd, "got -1");
+    sgd.lr = 0.1, sgd.momentum = nan;
+    refuses(sgd, "SGD: momentum must be in [0, 1), got nan");
+    RMSProp rms({w});
+    rms.lr = inf;
+    refuses(rms, "RMSProp: the learning rate must be finite and >= 0, got inf");
+    rms.lr = 0.01, rms.alpha = -1;
+    refuses(rms, "RMSProp: alpha must be in [0, 1), got -1");
+    rms.alpha = 0.99, rms.eps = -1;
+    refuses(rms, "RMSProp: eps must be > 0 and finite, got -1");
+    Lion lion({w});
+    lion.beta1 = nan;
+    refuses(lion, "Lion: betas must be in [0, 1], got nan and 0.99");
+    EXPECT_THROWS(AdamW({w}, 1e-3, 0.9, 0.999, 0.0), "AdamW: eps must be > 0 and finite, got 0");
+    EXPECT_THROWS(AdamW({w}, 1e-3, 0.9, 0.999, 1e-8, -0.1), "AdamW: weight_decay must be >= 0 and finite, got -0.1");
+    EXPECT_THROWS(SGD({w, w}, 0.1), "SGD: parameter 1 is parameter 0 again: it would be updated twice a step");
+    AdamW adamw({w});
+    w.grad() = {0.5, nan};
+    refuses(adamw, "AdamW: the gradient of parameter 0 is nan at element 1; nothing was changed");
+    w.grad() = {-inf, 0.5};
+    refuses(adamw, "AdamW: the gradient of parameter 0 is -inf at element 0");
+}
+
+TEST("bad input", "clipping refuses a NaN or infinite gradient, naming where it is, and changes nothing") {
+    const Tensor a = Tensor({2}).requires_grad_(), b = Tensor({3}).requires_grad_();
+    a.grad() = {3, 4};
+    b.grad() = {0, std::numeric_limits<real>::infinity(), 1};
+    EXPECT_THROWS(clip_grad_norm({a, b}, 1.0), "clip_grad_norm: the gradient of parameter 1 is inf at element 1");
+    EXPECT_GRAD(a, {3, 4}, 0.0);
+    b.grad() = {0, 0, std::numeric_limits<real>::quiet_NaN()};
+    EXPECT_THROWS(clip_grad_norm({a, b}, 1.0), "the gradient of parameter 1 is nan at element 2");
+    EXPECT_THROWS(clip_grad_norm({a}, std::nan("")), "clip_grad_norm: max_norm must be > 0, got nan");
+}
+
+TEST("bad input", "schedules refuse negative steps and rates, and step decay a gamma <= 0") {
+    EXPECT_THROWS(warmup_cosine_lr(-1, 10, 100, 1e-3, 0), "warmup_cosine_lr: step must be >= 0, got -1");
+    EXPECT_THROWS(constant_lr(-5, 0.1), "constant_lr: step must be >= 0, got -5");
+    EXPECT_THROWS(constant_lr(0, std::nan("")), "constant_lr: the learning rate must be finite and >= 0, got nan");
+    EXPECT_THROWS(inverse_sqrt_lr(-1, 10, 1e-3), "inverse_sqrt_lr: step must be >= 0");
+    EXPECT_THROWS(step_decay_lr(-1, 0.1, 10, 0.5), "step_decay_lr: step must be >= 0");
+    EXPECT_THROWS(step_decay_lr(20, 0.1, 10, -0.5), "step_decay_lr: gamma must be in (0, 1] (a decay), got -0.5");
+    EXPECT_THROWS(warmup_cosine_lr(5, 10, 100, std::numeric_limits<double>::infinity(), 0), "got inf");
+}
+
+TEST("bad input", "ops with no CUDA kernel name themselves when given device tensors") {
+    const Tensor x = Tensor({2, 2}, {1, 2, 3, 4}).to(Device::CUDA);
+    const std::vector<std::pair<std::string, std::function<Tensor()>>> ops = {
+        {"exp(x)", [&] { return exp(x); }},   {"log(x)", [&] { return log(x); }},
+        {"sqrt(x)", [&] { return sqrt(x); }}, {"pow(x, k)", [&] { return pow(x, 2); }},
+        {"/", [&] { return x / x; }},         {"-", [&] { return x - x; }},
+        {"softmax", [&] { return softmax(x); }}, {"log_softmax", [&] { return log_softmax(x); }},
+        {"sum", [&] { return sum(x); }},      {"mean", [&] { return mean(x, 0); }},
+        {"transpose", [&] { return transpose(x); }}, {"reshape", [&] { return reshape(x, {4}); }},
+        {"slice", [&] { return slice(x, 0, 0, 1); }}, {"concat", [&] { return concat({x, x}, 0); }},
+        {"leaky_relu", [&] { return leaky_relu(x); }}, {"mse_loss", [&] { return mse_loss(x, x); }},
+        {"bce_with_logits", [&] { return bce_with_logits(x, x); }}, {"embedding", [&] { return embedding(x, {0}); }},
+        {"layer_norm", [&] { return layer_norm(x, Tensor({2}).to(Device::CUDA), Tensor({2}).to(Device::CUDA)); }},
+    };
+    for (const auto& [name, op] : ops) EXPECT_THROWS(op(), name + ": no CUDA kernel for this op");
+}
+
+// Lesson 10 on MNIST-format sets that do not fit it: each run ends with one line naming the file
+// and the problem, and exit code 1 (no abort, no training on garbage).
+TEST_OF_OTHER_BUILD("bad input", "lesson 10 on data that does not fit: a one-line error and exit code 1") {
+    char cwd[4096];
+    EXPECT_TRUE(::getcwd(cwd, sizeof cwd) != nullptr);
+    const std::string lesson = (build_dir[0] == '/' ? "" : std::string(cwd) + "/") + build_dir + "/lessons/10";
+    require_binary(lesson);
+    auto run_on = [&](int train_images, unsigned char label, const std::string& extra) {
+        TempDir dir;
+        ::mkdir(dir.file("data").c_str(), 0755);
+        const std::vector<unsigned char> pixels(std::size_t(train_images) * 784, 7);
+        write_bytes(dir.file("data/train-images-idx3-ubyte"), idx_bytes({train_images, 28, 28}, pixels));
+        write_bytes(dir.file("data/train-labels-idx1-ubyte"), idx_bytes({train_images}, std::vector<unsigned char>(std::size_t(train_images), label)));
+        write_bytes(dir.file("data/t10k-images-idx3-ubyte"), idx_bytes({2, 28, 28}, std::vector<unsigned char>(2 * 784, 7)));
+        write_bytes(dir.file("data/t10k-labels-idx1-ubyte"), idx_bytes({2}, {1, 2}));
+        ::mkdir(dir.file("build").c_str(), 0755);
+        write_bytes(dir.file("build/10_checkpoint.bin"), {'n', 'o', 't', ' ', 'a', ' ', 'c', 'k', 'p', 't'});
+        return run_command("cd " + dir.path + " && " + lesson + " " + extra);
+    };
+    const auto expect_error = [](const CommandResult& r, const std::string& message) {
+        if (r.exit_code != 1 || r.output.find("error: " + message) == std::string::npos)
+            fail_at(__FILE__, __LINE__, "expected exit code 1 and \"error: " + message + "\"; got " +
+                                            std::to_string(r.exit_code) + ":\n" + r.output);
+    };
+    expect_error(run_on(100, 3, ""), "data/train-images-idx3-ubyte holds 100 images; the lesson keeps the last 5000");
+    expect_error(run_on(6000, 3, ""), "1000 training images make 24 steps, fewer than the 100 steps of warmup");
+    expect_error(run_on(5100, 200, ""), "data/train-labels-idx1-ubyte: label 200 at position 0; the model has 10 classes");
+    expect_error(run_on(22000, 3, "--resume"), "cannot resume: load_checkpoint: build/10_checkpoint.bin: not a checkpoint");
 }
 
 // =============================================================================================

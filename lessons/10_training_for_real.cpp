@@ -84,6 +84,9 @@ struct Data {
 
 // Rows [begin, end) of a dataset, as a dataset of their own.
 static Dataset rows_of(const Dataset& d, int begin, int end) {
+    if (begin < 0 || begin > end || std::size_t(end) > d.labels.size())
+        throw std::runtime_error("this part of the lesson needs images " + std::to_string(begin) + " to " +
+                                 std::to_string(end) + ", and the data has " + std::to_string(d.labels.size()));
     std::vector<int> rows(std::size_t(end - begin));
     std::iota(rows.begin(), rows.end(), begin);
     return {gather_rows(d.images, rows),
@@ -129,6 +132,18 @@ static void standardize(Data& data) {
                 "%.4f.\n", mean, sd);
 }
 
+// Any MNIST-format set will do if it fits the model: images of 28×28 pixels for its 784 inputs,
+// labels 0–9 for its 10 outputs. Checked here, with the file named, rather than deep in training.
+static void check_fits_the_model(const Dataset& d, const std::string& images, const std::string& labels) {
+    if (d.images.dim(1) != 784)
+        throw std::runtime_error(images + ": images of " + std::to_string(d.images.dim(1)) +
+                                 " pixels; the model takes 28x28 = 784");
+    for (std::size_t i = 0; i < d.labels.size(); ++i)
+        if (d.labels[i] > 9)
+            throw std::runtime_error(labels + ": label " + std::to_string(d.labels[i]) + " at position " +
+                                     std::to_string(i) + "; the model has 10 classes, 0 to 9");
+}
+
 // False (after saying what to do) when data/ is missing: the lesson then ends quietly, so that
 // `make lessons` still passes on a machine without the dataset.
 static bool load_data(Data& data) {
@@ -145,7 +160,13 @@ static bool load_data(Data& data) {
     const Dataset all =
         load_idx_dataset(dir + "train-images-idx3-ubyte", dir + "train-labels-idx1-ubyte");
     data.test = load_idx_dataset(dir + "t10k-images-idx3-ubyte", dir + "t10k-labels-idx1-ubyte");
+    check_fits_the_model(all, dir + "train-images-idx3-ubyte", dir + "train-labels-idx1-ubyte");
+    check_fits_the_model(data.test, dir + "t10k-images-idx3-ubyte", dir + "t10k-labels-idx1-ubyte");
     const int n = int(all.labels.size());
+    if (n <= validation_size)
+        throw std::runtime_error(dir + "train-images-idx3-ubyte holds " + std::to_string(n) + " images; the lesson "
+                                 "keeps the last " + std::to_string(validation_size) + " for validation and needs "
+                                 "more to train on");
     data.train = rows_of(all, 0, n - validation_size);
     data.val = rows_of(all, n - validation_size, n);
     name_the_dataset(data);
@@ -472,17 +493,15 @@ static void check_initial_loss(Run& run, const Data& data) {
 // Loads the main run's checkpoint into `run`: weights, AdamW's moments and step count, the
 // shuffling Rng and the step. load_checkpoint is all or nothing: a missing, damaged or foreign
 // file throws before anything in `run` changes, and we say why instead of training.
-static bool resume_from_checkpoint(Run& run) {
+static void resume_from_checkpoint(Run& run) {
     TrainingState state = run.state();
     try {
         load_checkpoint(checkpoint_path, state);
-    } catch (const std::runtime_error& e) {
-        std::printf("Cannot resume: %s\n(Run without --resume first; it writes a checkpoint after "
-                    "every epoch.)\n", e.what());
-        return false;
+    } catch (const std::runtime_error& e) {   // ends the lesson, with exit code 1
+        throw std::runtime_error(std::string("cannot resume: ") + e.what() + "\n(Run without --resume first; "
+                                 "it writes a checkpoint after every epoch.)");
     }
     run.step = state.step;
-    return true;
 }
 
 static void main_run(const Data& data) {
@@ -494,8 +513,12 @@ static void main_run(const Data& data) {
     std::printf("%d epochs of %ld steps (batch %d), lr up to %g over %ld steps then cosine down to "
                 "%g, weight decay 0.01.\n", main_epochs, per_epoch, plan.batch, plan.lr_max,
                 plan.warmup, plan.lr_min);
+    if (plan.total_steps < plan.warmup)
+        throw std::runtime_error(std::to_string(data.train.labels.size()) + " training images make " +
+                                 std::to_string(plan.total_steps) + " steps, fewer than the " +
+                                 std::to_string(plan.warmup) + " steps of warmup: the main run needs more data");
     if (options.resume) {
-        if (!resume_from_checkpoint(run)) return;
+        resume_from_checkpoint(run);
         std::printf("Resumed from %s at step %ld (the end of epoch %ld).\n", checkpoint_path,
                     run.step, run.step / per_epoch);
     } else {

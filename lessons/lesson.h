@@ -85,11 +85,19 @@ private:
     int passed_ = 0, failed_ = 0, todo_ = 0;
 };
 
-// `lesson` runs the lesson; `lesson --check` grades the homework instead.
+// `lesson` runs the lesson; `lesson --check` grades the homework instead. An exception that gets
+// this far (a data file that does not fit, a setting out of range) ends the lesson with its
+// message and exit code 1, instead of abort()'s bare "terminate called".
 inline int run_lesson(int argc, char** argv, void (*lesson)(), int (*check_homework)()) {
-    if (argc > 1 && std::strcmp(argv[1], "--check") == 0) return check_homework();
-    lesson();
-    return 0;
+    try {
+        if (argc > 1 && std::strcmp(argv[1], "--check") == 0) return check_homework();
+        lesson();
+        return 0;
+    } catch (const std::exception& e) {
+        std::fflush(stdout);
+        std::fprintf(stderr, "%s: error: %s\n", argv[0], e.what());
+        return 1;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
