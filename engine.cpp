@@ -505,7 +505,11 @@ std::uint64_t Rng::next_u64() {
 // The top 53 bits fill a double's mantissa exactly: uniform over [0, 1) in steps of 2⁻⁵³.
 double Rng::uniform() { return static_cast<double>(next_u64() >> 11) * 0x1.0p-53; }
 
-double Rng::uniform(double lo, double hi) { return lo + (hi - lo) * uniform(); }
+double Rng::uniform(double lo, double hi) {
+    if (!(lo <= hi && std::isfinite(lo) && std::isfinite(hi)))
+        throw std::invalid_argument("uniform: needs finite lo <= hi, got " + std::to_string(lo) + " and " + std::to_string(hi));
+    return lo + (hi - lo) * uniform();
+}
 
 // Marsaglia's polar method: a point (u, v) uniform in the unit disc, s = u² + v², gives the
 // normal sample u·√(−2 ln s / s). Only sqrt (exact in IEEE arithmetic) and log are needed.
@@ -520,7 +524,10 @@ double Rng::normal() {
 }
 
 // Scaling a uniform [0, 1) sample avoids the bias of `next_u64() % n` toward small values.
-std::size_t Rng::below(std::size_t n) { return static_cast<std::size_t>(uniform() * n); }
+std::size_t Rng::below(std::size_t n) {
+    if (n == 0) throw std::invalid_argument("Rng::below: [0, 0) holds no integer");
+    return static_cast<std::size_t>(uniform() * double(n));
+}
 
 // ---------------------------------------------------------------------------------------------
 // 1.9 Neuron, Layer, MLP
@@ -909,6 +916,7 @@ void Tensor::backward() const {
 }
 
 Tensor randn(Shape shape, Rng& rng, real stddev) {
+    if (!(stddev >= 0 && std::isfinite(stddev))) shape_error("randn", "stddev must be finite and >= 0, got " + to_string(stddev));
     Tensor t(std::move(shape));
     for (real& v : t.values()) v = real(stddev * rng.normal());
     return t;

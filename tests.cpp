@@ -2669,10 +2669,18 @@ static std::string one_call(std::uint64_t seed) {
         {"gelu", [&] { return gelu(a, k % 2 ? Approximate::none : Approximate::tanh); }, finite},
         {"sigmoid", [&] { return sigmoid(a); }, finite},
         {"tanh", [&] { return tanh(a); }, finite},
+        {"attention", [&] { return attention(a, b, b, k % 2 == 0); }, finite},
+        {"batch_norm", [&] { return batch_norm(a, b, b, real(setting)); }, finite},
+        {"gather_rows", [&] { return gather_rows(a, labels); }, finite},
+        {"cast", [&] { return cast(a, k % 2 ? Precision::fp16 : Precision::bf16); }, false},   // 65504 is fp16's top
+        {"matmul_in_precision", [&] { return matmul_in_precision(a, b, Precision::bf16, Precision::fp32); }, finite},
+        {"randn", [&] { return randn(sa, drop, real(setting)); }, true},
+        {"uniform", [&] { return uniform(sa, drop, real(setting), real(random_setting(rng))); }, true},
+        {"init_weight", [&] { return init_weight(sa, k - 1, int(labels.size()), Init::xavier_uniform, drop); }, true},
     };
     const std::size_t pick = rng.below(calls.size());
     const Call& c = calls[pick];
-    const bool elementwise = pick <= 2, keeps_shape = (pick >= 9 && pick <= 10) || pick >= 20;
+    const bool elementwise = pick <= 2, keeps_shape = pick == 9 || pick == 10 || (pick >= 20 && pick <= 29);
     return judge_call(c, elementwise ? broadcast_shape : keeps_shape ? &same : nullptr, {a, b});
 }
 
