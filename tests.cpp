@@ -3831,6 +3831,28 @@ TEST("bad input", "ops with no CUDA kernel name themselves when given device ten
     for (const auto& [name, op] : ops) EXPECT_THROWS(op(), name + ": no CUDA kernel for this op");
 }
 
+TEST("bad input", "a stale .tmp of a killed save is overwritten by the next save and removed by a load") {
+    TempDir dir;
+    ToyRun run;
+    const std::string path = dir.file("run.ckpt");
+    write_bytes(path + ".tmp", {1, 2, 3});   // what `kill -9` during a save leaves
+    save_checkpoint(path, run.state());
+    EXPECT_TRUE(!file_exists(path + ".tmp"));
+    write_bytes(path + ".tmp", {1, 2, 3});
+    TrainingState state = run.state();
+    load_checkpoint(path, state);
+    EXPECT_TRUE(!file_exists(path + ".tmp"));
+}
+
+TEST("bad input", "make lesson and make check with a lesson that does not exist list the lessons") {
+    for (const char* target : {"lesson", "check"}) {
+        const CommandResult r = run_command(std::string("env -u MAKEFLAGS -u MAKELEVEL make --no-print-directory ") + target + " N=99");
+        EXPECT_EQ(r.exit_code, 2);
+        if (r.output.find(" 99; there are: 01 02 03") == std::string::npos)
+            fail_at(__FILE__, __LINE__, "make " + std::string(target) + " N=99 said:\n" + r.output);
+    }
+}
+
 // Lesson 10 on MNIST-format sets that do not fit it: each run ends with one line naming the file
 // and the problem, and exit code 1 (no abort, no training on garbage).
 TEST_OF_OTHER_BUILD("bad input", "lesson 10 on data that does not fit: a one-line error and exit code 1") {
