@@ -9,9 +9,10 @@
 //     1.5  backward(): the chain rule, walked in reverse
 //     1.6  Memory: reference counts, freeing without recursion, a free list
 //     1.7  Numerical derivatives and gradient checking
-//     1.8  Random numbers that are the same everywhere
-//     1.9  Neuron, Layer, MLP
-//     1.10 A toy dataset: two moons
+//     1.8  Forward mode: dual numbers, the chain rule the other way round
+//     1.9  Random numbers that are the same everywhere
+//     1.10 Neuron, Layer, MLP
+//     1.11 A toy dataset: two moons
 //   Part 2  Tensors (autograd over arrays, and what training needs)
 //     2.1  Tensors: storage, shape, and the graph
 //     2.2  Elementwise arithmetic with broadcasting
@@ -488,7 +489,98 @@ GradcheckResult gradcheck(const ScalarFunction& f, const std::vector<double>& in
 }
 
 // ---------------------------------------------------------------------------------------------
-// 1.8 Random numbers that are the same everywhere
+// 1.8 Forward mode: dual numbers, the chain rule the other way round
+//
+// Reverse mode (§1.5) multiplies the chain of local derivatives from the output back; forward
+// mode multiplies it from the inputs forward. Move the inputs along a direction u, x(t) = x + t·u,
+// and carry with every number v its tangent v' = dv/dt. Each op turns its inputs' tangents into
+// its output's with its derivative rule, at the same time as it computes its value:
+//     (a + b)' = a' + b'        (a·b)' = a'·b + a·b'       (a/b)' = (a'·b − a·b')/b²
+//     f(a)'    = f'(a)·a'       (the chain rule, once per op, in the order the program runs)
+// A pair (value, tangent) is a dual number a + a'·ε with ε² = 0: multiplying two of them,
+// (a + a'ε)(b + b'ε) = ab + (a'b + ab')ε, is the product rule. At the output, the tangent is
+// f'(x)·u. One pass gives one directional derivative; the whole gradient of f: ℝⁿ → ℝ needs n
+// passes (u = e₁, …, eₙ), where reverse mode needs one backward pass. For g: ℝ → ℝᵐ it is the
+// other way round: one forward pass gives all m derivatives, reverse mode needs m backward passes.
+// Forward mode keeps no graph: each tangent is computed and used up on the spot.
+// ---------------------------------------------------------------------------------------------
+
+Dual operator+(const Dual& a, const Dual& b) { return {a.value + b.value, a.tangent + b.tangent}; }
+Dual operator-(const Dual& a, const Dual& b) { return {a.value - b.value, a.tangent - b.tangent}; }
+Dual operator-(const Dual& a) { return {-a.value, -a.tangent}; }
+
+// (a·b)' = a'·b + a·b': the product rule.
+Dual operator*(const Dual& a, const Dual& b) {
+    return {a.value * b.value, a.tangent * b.value + a.value * b.tangent};
+}
+
+// (a/b)' = (a'·b − a·b')/b²: the quotient rule.
+Dual operator/(const Dual& a, const Dual& b) {
+    require(b.value != 0.0, "division a/b", "the divisor b must not be 0", b.value);
+    return {a.value / b.value, (a.tangent * b.value - a.value * b.tangent) / (b.value * b.value)};
+}
+
+Dual& operator+=(Dual& a, const Dual& b) { return a = a + b; }
+Dual& operator-=(Dual& a, const Dual& b) { return a = a - b; }
+Dual& operator*=(Dual& a, const Dual& b) { return a = a * b; }
+Dual& operator/=(Dual& a, const Dual& b) { return a = a / b; }
+
+// Every function of one input: f(a)' = f'(a)·a'. The derivatives are §1.2–1.3's.
+static Dual chain(const Dual& a, double f, double f_prime) { return {f, f_prime * a.tangent}; }
+
+Dual pow(const Dual& x, double k) {
+    const Value v = pow(Value(x.value), k);   // the same checks and numbers as the Value op
+    return chain(x, v.data(), k * std::pow(x.value, k - 1.0));
+}
+Dual exp(const Dual& x) {
+    const double y = exp(Value(x.value)).data();
+    return chain(x, y, y);   // (eˣ)' = eˣ
+}
+Dual log(const Dual& x) {
+    return chain(x, log(Value(x.value)).data(), 1.0 / x.value);   // (ln x)' = 1/x
+}
+Dual tanh(const Dual& x) {
+    const double y = std::tanh(x.value);
+    return chain(x, y, 1.0 - y * y);
+}
+Dual sigmoid(const Dual& x) {
+    const double y = sigmoid(Value(x.value)).data();
+    return chain(x, y, y * (1.0 - y));
+}
+Dual relu(const Dual& x) { return chain(x, x.value < 0 ? 0.0 : x.value, x.value > 0 ? 1.0 : 0.0); }
+Dual leaky_relu(const Dual& x, double slope) {
+    const Value y = leaky_relu(Value(x.value), slope);
+    return chain(x, y.data(), x.value > 0 ? 1.0 : slope);
+}
+Dual gelu(const Dual& x) {
+    Value v(x.value);
+    const Value y = gelu(v);
+    y.backward();   // the local slope, from the Value op's own rule (§1.3)
+    return chain(x, y.data(), v.grad());
+}
+
+// Seed each input's tangent with the direction, run f once, read the output's tangent.
+double jvp(const DualFunction& f, const std::vector<double>& x, const std::vector<double>& direction) {
+    if (direction.size() != x.size())
+        throw std::invalid_argument("jvp: " + std::to_string(x.size()) + " inputs need a direction of as many numbers, "
+                                    "got " + std::to_string(direction.size()));
+    std::vector<Dual> inputs;
+    for (std::size_t i = 0; i < x.size(); ++i) inputs.emplace_back(x[i], direction[i]);
+    return f(inputs).tangent;
+}
+
+std::vector<double> forward_mode_gradient(const DualFunction& f, const std::vector<double>& x) {
+    std::vector<double> gradient;
+    for (std::size_t i = 0; i < x.size(); ++i) {
+        std::vector<double> unit(x.size(), 0.0);   // eᵢ: move input i alone
+        unit[i] = 1.0;
+        gradient.push_back(jvp(f, x, unit));
+    }
+    return gradient;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1.9 Random numbers that are the same everywhere
 //
 // Reproducible training needs the same initial weights on every machine. SplitMix64 is a
 // 64-bit generator in four lines: add a fixed odd constant (2⁶⁴/φ), then scramble the bits with
@@ -530,7 +622,7 @@ std::size_t Rng::below(std::size_t n) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 1.9 Neuron, Layer, MLP
+// 1.10 Neuron, Layer, MLP
 //
 // A neuron computes act(w·x + b) = act(Σᵢ wᵢxᵢ + b). A layer is several neurons reading the
 // same inputs; an MLP is layers in sequence. Everything is built from the ops above, so
@@ -597,7 +689,7 @@ std::vector<Value> MLP::parameters() const {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 1.10 A toy dataset: two moons
+// 1.11 A toy dataset: two moons
 //
 // Two interleaved half circles, the classic "not linearly separable" problem: no straight line
 // splits them, so a model must learn a curved boundary. Upper moon: (cos t, sin t), label −1;
@@ -774,6 +866,7 @@ ValuesView& ValuesView::operator=(const std::vector<real>& numbers) {
                                                           std::to_string(::numel(shape)) + " numbers); cannot assign " +
                                                           std::to_string(numbers.size()));
     this->numbers().assign(numbers.begin(), numbers.end());   // (a gradient not yet made is made here)
+    if (!of_grad_) ++node_->version;                            // an in-place write (below)
     return *this;
 }
 
@@ -849,7 +942,10 @@ Tensor Tensor::from_op(Shape shape, const char* op, std::vector<Tensor> inputs, 
     out.node_->op = op;
     for (const Tensor& t : inputs) out.node_->requires_grad |= t.requires_grad();
     if (out.node_->requires_grad)
-        for (Tensor& t : inputs) out.node_->parents.push_back(std::move(t.node_));
+        for (Tensor& t : inputs) {
+            out.node_->parent_versions.push_back(t.node_->version);
+            out.node_->parents.push_back(std::move(t.node_));
+        }
     return out;
 }
 
@@ -877,6 +973,33 @@ static void add_to_grad(TensorNode* n, const Tensor& g) {
     for (std::size_t i = 0; i < grad.size(); ++i) grad[i] += seed[i];
 }
 
+// In-place writes. Most ops' backward reads the numbers of their inputs: the product rule of *
+// needs both factors, matmul's dW = Xᵀ·dY needs X. If such a number is written over after the
+// forward pass (an optimizer step, values() assigned anew), the backward would read the new
+// number and return a wrong gradient without a word. So each tensor counts its in-place writes
+// (its version); each op notes its inputs' versions when it reads them (from_op); and backward
+// refuses, before it changes anything, an op whose inputs have been written since. PyTorch does
+// the same. Writing single elements through values()[i] or at() is not counted: that is the way
+// around autograd, like PyTorch's .data. Ops that only route gradients (sums, copies, moves)
+// read no input numbers in their backward, so their inputs may be written freely.
+static bool backward_reads_inputs(const char* op) {
+    for (const char* routing : {"+", "-", "sum", "reshape", "slice", "concat", "transpose", "embedding"})
+        if (std::strcmp(op, routing) == 0) return false;
+    return true;
+}
+
+static void check_versions(const std::vector<TensorNode*>& order) {
+    for (const TensorNode* n : order) {
+        if (!n->backward || !backward_reads_inputs(n->op)) continue;
+        for (int k = 0; k < n->n_inputs(); ++k)
+            if (n->input(k)->version != n->parent_versions[std::size_t(k)])
+                shape_error("backward", "input " + std::to_string(k) + " " + shape_str(n->input(k)->shape) + " of '" +
+                                            n->op + "' was written in place after the forward pass (an optimizer step, "
+                                            "or values() assigned), and its backward reads it: run the forward pass "
+                                            "again first");
+    }
+}
+
 // Same three steps as §1.5: order the graph, seed dL/d(output), apply each node's backward in
 // reverse order. Again only leaves accumulate across calls; interior gradients restart at 0.
 void Tensor::backward(const Tensor& seed) const {
@@ -889,6 +1012,7 @@ void Tensor::backward(const Tensor& seed) const {
     check_devices("backward", {*this, seed}, device());   // Part 5
     const std::vector<TensorNode*> order = topological_order(node_.get());
     check_graph_devices(order);
+    check_versions(order);
     for (TensorNode* n : order)
         if (n->backward) clear_grad(n);
     add_to_grad(node_.get(), seed);
@@ -1533,7 +1657,7 @@ Tensor reshape(const Tensor& x, Shape shape) {
         shape_error("reshape", "cannot reshape " + shape_str(x.shape()) + " (" +
                                    std::to_string(x.numel()) + " elements) to " + shape_str(shape));
     Tensor out = Tensor::from_op(shape, "reshape", {x});
-    out.values() = x.values();
+    std::copy_n(x.values().data(), x.numel(), out.values().data());
     if (out.requires_grad()) {
         TensorNode *px = x.node(), *po = out.node();
         po->backward = [px, po] {
@@ -2213,8 +2337,10 @@ void Optimizer::step() {
     require_finite_gradients(params_, name_);
     ++step_count;
     for (std::size_t k = 0; k < params_.size(); ++k)
-        if (!params_[k].grad().empty())   // a parameter the loss did not reach is left alone
+        if (!params_[k].grad().empty()) {   // a parameter the loss did not reach is left alone
             update(params_[k].node()->data, params_[k].node()->grad, state_[k]);
+            ++params_[k].node()->version;   // an in-place write (§2.1): a graph of the old weights is stale
+        }
 }
 
 void Optimizer::zero_grad() {
@@ -3478,7 +3604,7 @@ Tensor activation_checkpoint(const Segment& segment, const Tensor& x, const std:
     {
         const Tensor first_run = segment(x.detach());   // its graph dies at the end of this block
         out = Tensor::from_op(first_run.shape(), "activation_checkpoint", inputs);
-        out.values() = first_run.values();
+        std::copy_n(first_run.values().data(), first_run.numel(), out.values().data());
     }
     if (out.requires_grad()) {
         TensorNode *px = x.node(), *po = out.node();
@@ -3817,8 +3943,10 @@ void Optimizer::step_on_device() {
     ++step_count;
     for (std::size_t k = 0; k < params_.size(); ++k) {
         TensorNode& n = *params_[k].node();
-        if (!n.cuda_grad.empty())   // a parameter the loss did not reach is left alone
+        if (!n.cuda_grad.empty()) {   // a parameter the loss did not reach is left alone
             update_on_device(n.cuda_data.data(), n.cuda_grad.data(), device_state_[k], int(n.cuda_data.size()));
+            ++n.version;             // an in-place write (§2.1)
+        }
     }
 }
 

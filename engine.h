@@ -158,7 +158,42 @@ GradcheckResult gradcheck(const ScalarFunction& f, const std::vector<double>& in
                           double h = 1e-6);
 
 // ---------------------------------------------------------------------------------------------
-// A random number generator that gives the same numbers on every platform (engine.cpp §1.8).
+// Forward mode (engine.cpp §1.8): a dual number carries a value and its tangent, the derivative
+// of that value along one chosen input direction. Each op applies its derivative rule as it
+// computes; no graph is kept. The op names are Value's, so one template serves both modes.
+// ---------------------------------------------------------------------------------------------
+struct Dual {
+    double value = 0.0;
+    double tangent = 0.0;   // d(value)/dt, when the inputs move as x + t·direction
+    Dual(double v = 0.0, double t = 0.0) : value(v), tangent(t) {}   // a constant has tangent 0
+};
+Dual operator+(const Dual& a, const Dual& b);
+Dual operator-(const Dual& a, const Dual& b);
+Dual operator*(const Dual& a, const Dual& b);
+Dual operator/(const Dual& a, const Dual& b);
+Dual operator-(const Dual& a);
+Dual& operator+=(Dual& a, const Dual& b);
+Dual& operator-=(Dual& a, const Dual& b);
+Dual& operator*=(Dual& a, const Dual& b);
+Dual& operator/=(Dual& a, const Dual& b);
+Dual pow(const Dual& x, double k);
+Dual exp(const Dual& x);
+Dual log(const Dual& x);
+Dual tanh(const Dual& x);
+Dual sigmoid(const Dual& x);
+Dual relu(const Dual& x);
+Dual leaky_relu(const Dual& x, double slope = 0.01);
+Dual gelu(const Dual& x);   // the tanh form, as Value's gelu
+
+using DualFunction = std::function<Dual(const std::vector<Dual>&)>;
+// f'(x)·u: the derivative of f at x along the direction u, in one forward pass (a Jacobian-
+// vector product: for f: ℝⁿ → ℝ, the gradient dotted with u).
+double jvp(const DualFunction& f, const std::vector<double>& x, const std::vector<double>& direction);
+// Every ∂f/∂xᵢ by forward mode: n passes, one per input direction eᵢ.
+std::vector<double> forward_mode_gradient(const DualFunction& f, const std::vector<double>& x);
+
+// ---------------------------------------------------------------------------------------------
+// A random number generator that gives the same numbers on every platform (engine.cpp §1.9).
 // std::mt19937 is portable too, but std::uniform_real_distribution is not: its output may differ
 // between standard libraries. So we write both halves ourselves.
 // ---------------------------------------------------------------------------------------------
@@ -176,7 +211,7 @@ private:
 };
 
 // ---------------------------------------------------------------------------------------------
-// A scalar neural network (engine.cpp §1.9), for lesson 03.
+// A scalar neural network (engine.cpp §1.10), for lesson 03.
 // ---------------------------------------------------------------------------------------------
 // gelu is the tanh form (PyTorch's nn.GELU(approximate='tanh')); gelu_exact is nn.GELU().
 enum class Activation { linear, relu, tanh, sigmoid, gelu, gelu_exact, leaky_relu };
@@ -284,6 +319,8 @@ struct TensorNode {
     const char* op = "";                      // "matmul", "+", ... ("" for a leaf)
     std::vector<std::shared_ptr<TensorNode>> parents;
     std::function<void()> backward;           // the vector-Jacobian product of `op`
+    std::uint32_t version = 0;                // in-place writes so far (engine.cpp §2.1)
+    std::vector<std::uint32_t> parent_versions;   // each parent's version when this op read it
     std::uint32_t visit_stamp = 0;            // for topological_order
     int pending_consumers = 0;
 

@@ -885,6 +885,62 @@ TEST("02 chain rule", "graph_to_string lists every node with op, data and grad")
     EXPECT_TRUE(squeezed.find("b leaf data=3 grad=2 ") != std::string::npos);
 }
 
+// ---- 02: the course texts' small worked examples, and forward mode (engine.cpp §1.8) ----------
+
+TEST("02 chain rule", "y = x^2 + 1, z = 3y at x = 2: y = 5, dz/dx = 3 * 2x = 12") {
+    Value x(2.0);
+    const Value y = x * x + 1.0, z = 3.0 * y;
+    z.backward();
+    EXPECT_NEAR(y.data(), 5.0, 0.0);
+    EXPECT_NEAR(x.grad(), 12.0, 0.0);
+    EXPECT_NEAR(jvp([](const std::vector<Dual>& v) { return 3.0 * (v[0] * v[0] + 1.0); }, {2.0}, {1.0}), 12.0, 0.0);
+}
+
+TEST("02 chain rule", "L = (a + b)^2 at a = 2, b = 3: L = 25, dL/da = dL/db = 2s = 10") {
+    Value a(2.0), b(3.0);
+    const Value L = pow(a + b, 2);
+    L.backward();
+    EXPECT_NEAR(L.data(), 25.0, 0.0);
+    EXPECT_NEAR(a.grad(), 10.0, 0.0);
+    EXPECT_NEAR(b.grad(), 10.0, 0.0);
+}
+
+TEST("forward mode", "each dual-number rule gives its op's derivative (product, quotient, chain)") {
+    const double x = 1.3;
+    auto tangent = [x](Dual (*f)(const Dual&)) { return f(Dual(x, 1.0)).tangent; };
+    auto numeric = [x](double (*f)(double)) { return central_difference(f, x, 1e-6); };
+    EXPECT_NEAR((Dual(x, 1) * Dual(x, 1)).tangent, 2 * x, 1e-15);                    // (x·x)' = 2x
+    EXPECT_NEAR((Dual(1.0) / Dual(x, 1)).tangent, -1 / (x * x), 1e-15);              // (1/x)' = −1/x²
+    EXPECT_NEAR((Dual(x, 1) * Dual(2.0, 0)).tangent, 2.0, 0.0);                      // a constant's tangent is 0
+    EXPECT_NEAR(tangent([](const Dual& v) { return exp(v); }), numeric([](double v) { return std::exp(v); }), 1e-9);
+    EXPECT_NEAR(tangent([](const Dual& v) { return log(v); }), numeric([](double v) { return std::log(v); }), 1e-9);
+    EXPECT_NEAR(tangent([](const Dual& v) { return tanh(v); }), numeric([](double v) { return std::tanh(v); }), 1e-9);
+    EXPECT_NEAR(tangent([](const Dual& v) { return sigmoid(v); }), numeric([](double v) { return 1 / (1 + std::exp(-v)); }), 1e-9);
+    EXPECT_NEAR(tangent([](const Dual& v) { return pow(v, 2.5); }), numeric([](double v) { return std::pow(v, 2.5); }), 1e-9);
+    EXPECT_NEAR(tangent([](const Dual& v) { return exp(tanh(v) * v); }),               // the chain rule through three ops
+                numeric([](double v) { return std::exp(std::tanh(v) * v); }), 1e-9);
+    EXPECT_NEAR(tangent([](const Dual& v) { return gelu(v); }), [x] { Value v(x); gelu(v).backward(); return v.grad(); }(), 0.0);
+    EXPECT_THROWS(log(Dual(-1.0, 1.0)), "log(x): x must be > 0");
+    EXPECT_THROWS(Dual(1.0) / Dual(0.0), "division a/b");
+}
+
+TEST("forward mode", "jvp is the gradient dotted with the direction; a full gradient takes one pass per input") {
+    int passes = 0;
+    const DualFunction f = [&passes](const std::vector<Dual>& v) {   // f = x₀²·x₁ + e^(x₁)·x₂
+        ++passes;
+        return v[0] * v[0] * v[1] + exp(v[1]) * v[2];
+    };
+    const std::vector<double> x = {1.5, -0.5, 2.0}, u = {0.3, -1.0, 2.0};
+    const double e = std::exp(-0.5);
+    const std::vector<double> gradient = {2 * 1.5 * -0.5, 1.5 * 1.5 + e * 2.0, e};   // by hand
+    EXPECT_NEAR(jvp(f, x, u), gradient[0] * u[0] + gradient[1] * u[1] + gradient[2] * u[2], 1e-15);
+    passes = 0;
+    const std::vector<double> forward = forward_mode_gradient(f, x);
+    EXPECT_EQ(passes, 3);
+    for (int i = 0; i < 3; ++i) EXPECT_NEAR(forward[i], gradient[i], 1e-15);
+    EXPECT_THROWS(jvp(f, x, {1.0}), "jvp: 3 inputs need a direction of as many numbers, got 1");
+}
+
 // =============================================================================================
 // topo_sort: the engine exercise `make exercise E=topo_sort`
 // =============================================================================================
@@ -1467,6 +1523,35 @@ TEST("04 tensors", "backward needs a scalar or a seed, and a finite loss") {
     EXPECT_THROWS(sum(Tensor({2}, {1, 2})).backward(), "does not depend on any parameter");
     Tensor big = Tensor({1}, {1e308}).requires_grad_();
     EXPECT_THROWS((big * 10.0).backward(), "the loss is inf");
+}
+
+// In-place writes (engine.cpp §2.1): a tensor that an op's backward reads must not change between
+// the forward pass and backward(); each tensor counts its writes, and backward() checks.
+TEST("04 tensors", "in-place: writing a tensor that backward reads makes backward() throw, naming the op") {
+    const Tensor x = Tensor({2}, {1, 2}).requires_grad_(), w = Tensor({2}, {3, 4}).requires_grad_();
+    const Tensor loss = sum(x * w);
+    w.values() = {30, 40};   // dL/dx = w: the backward of * would read the new w
+    EXPECT_THROWS(loss.backward(), "backward: input 1 [2] of '*' was written in place after the forward pass");
+    EXPECT_TRUE(x.grad().empty() && w.grad().empty());   // refused before anything changed
+    sum(x * w).backward();                              // a new forward pass reads the new w
+    EXPECT_GRAD(x, {30, 40}, 0.0);
+}
+
+TEST("04 tensors", "in-place: an optimizer step makes the old graph stale; a write nobody reads is allowed") {
+    nn::Linear layer(Tensor({2, 1}, {0.5, -1}), Tensor({1}, {0}));
+    SGD opt(layer.parameters(), 0.1);
+    const Tensor x({3, 2}, {1, 2, 3, 4, 5, 6});
+    const Tensor loss = mean(layer(x));
+    loss.backward();
+    opt.step();   // W changed in place: linear's backward (dX = dY·Wᵀ) would read the new W
+    EXPECT_THROWS(loss.backward(), "of 'linear' was written in place");
+    // a + b reads neither input in its backward (its Jacobians are 1): writing a is harmless.
+    const Tensor a = Tensor({2}, {1, 2}).requires_grad_(), b = Tensor({2}, {3, 4}).requires_grad_();
+    const Tensor s = a + b;
+    a.values() = {10, 20};
+    s.backward(Tensor({2}, {1, 1}));
+    EXPECT_GRAD(a, {1, 1}, 0.0);
+    EXPECT_GRAD(b, {1, 1}, 0.0);
 }
 
 TEST("04 tensors", "gradients accumulate across backward() calls; interior nodes restart") {
@@ -2231,7 +2316,8 @@ static bool scalar_op_ok(const std::string& op, double a, double b, double k) {
     return std::fabs(a) < 1e3 && std::fabs(b) < 1e3;
 }
 
-static Value scalar_apply(const std::string& op, const Value& a, const Value& b, double k) {
+template <class X>   // X = Value (reverse mode) or Dual (forward mode): the same ops by name
+static X scalar_apply(const std::string& op, const X& a, const X& b, double k) {
     if (op == "+") return a + b;
     if (op == "-") return a - b;
     if (op == "*") return a * b;
@@ -2252,8 +2338,9 @@ struct ScalarProgram {
     std::vector<FuzzStep> steps;
 
     // Values 0..n_inputs-1 are the inputs; value n_inputs + j is step j's output.
-    std::vector<Value> run(const std::vector<double>& x) const {
-        std::vector<Value> v(x.begin(), x.end());
+    std::vector<Value> run(const std::vector<double>& x) const { return run_as<Value>({x.begin(), x.end()}); }
+    template <class X>
+    std::vector<X> run_as(std::vector<X> v) const {
         for (const FuzzStep& s : steps) v.push_back(scalar_apply(s.op, v[s.a], v[s.b], s.k));
         return v;
     }
@@ -2754,6 +2841,30 @@ TEST("fuzz", "random API calls: hostile shapes and settings give a right answer 
             throw TestFailure("call with seed " + std::to_string(s) + " (replay: SEED=" + std::to_string(s) +
                               " make fuzz): " + bug);
         if (n > 100000 && (i + 1) % 100000 == 0) std::fprintf(stderr, "fuzz: %llu calls passed\n", (unsigned long long)(i + 1));
+    }
+}
+
+// Forward mode against reverse mode: on every random scalar graph, for every value and every
+// input, the tangent of a forward pass seeded with eᵢ equals that value's ∂/∂xᵢ from backward().
+// Both are exact up to rounding (no h), so they must agree to 1e-10.
+TEST("forward mode", "forward mode equals reverse mode on 2,000 random scalar graphs, every node and input") {
+    for (std::uint64_t seed = 0; seed < 2000; ++seed) {
+        Rng rng(seed);
+        const ScalarProgram p = random_scalar_program(rng);
+        const std::size_t n = p.inputs.size() + p.steps.size();
+        for (std::size_t root = p.inputs.size(); root < n; ++root) {
+            const std::vector<Value> v = p.run(p.inputs);
+            v[root].backward();
+            for (std::size_t i = 0; i < p.inputs.size(); ++i) {
+                std::vector<Dual> x(p.inputs.begin(), p.inputs.end());
+                x[i].tangent = 1.0;
+                const double forward = p.run_as<Dual>(x)[root].tangent, reverse = v[i].grad();
+                if (gradient_error(forward, reverse) > 1e-10)
+                    fail_at(__FILE__, __LINE__, "graph " + std::to_string(seed) + ", node " + std::to_string(root) +
+                                                    ", input " + std::to_string(i) + ": forward mode " + show(forward) +
+                                                    ", reverse mode " + show(reverse) + "\n" + describe_subgraph(p, root));
+            }
+        }
     }
 }
 

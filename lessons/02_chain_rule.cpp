@@ -9,20 +9,25 @@
 // This lesson prints those graphs node by node for worked examples, checks the gradients
 // against hand derivations and finite differences, and shows two rules that fall out:
 //
-//   1. f = (3x + 2)² at x = 1: one chain, df/dx = 30.
-//   2. L = (a·b + c)² at (2, 3, 4): L = 100, gradients 60, 40, 20, one node at a time.
+//   1. One chain: f = (3x + 2)² at x = 1 gives 30; z = 3(x² + 1) at x = 2 gives 12.
+//   2. Graphs node by node: L = (a + b)² at (2, 3) gives 25, 10, 10; L = (a·b + c)² at (2, 3, 4)
+//      gives L = 100 and gradients 60, 40, 20.
 //   3. y = (W·x + b)² at (2, 3, 1): y = 49, gradients 42, 28, 14, against finite differences.
 //   4. A one-hidden-unit ReLU network: dL/dw1 = −3.
 //   5. A dead ReLU blocks the gradient of every weight before it; a leaky ReLU does not.
 //   6. A node used twice receives the sum of its two gradients (x·x; a shared weight).
-//   7. Why reverse mode: one backward pass gives all n partial derivatives.
+//   7. Three ways to a gradient: finite differences, forward mode (dual numbers) and reverse
+//      mode, their passes counted and timed, for many inputs and for many outputs.
+//   8. The gradient of a gradient: why backward() cannot be called on what backward() computed.
 //
 // Run it:             make lesson N=02
 // Grade the homework: make check N=02
 
 #include "lesson.h"
 
+#include <algorithm>
 #include <array>
+#include <chrono>
 #include <functional>
 #include <vector>
 
@@ -46,6 +51,14 @@ static void compare_header() {
 // ---------------------------------------------------------------------------------------------
 static void one_chain() {
     heading("1. f = (3x + 2)^2 at x = 1: df/dx = df/du * du/dx = 2u * 3 = 30");
+    std::printf("(Another: y = x^2 + 1 and z = 3y at x = 2. y = 5, dz/dy = 3, dy/dx = 2x = 4, so\n"
+                " dz/dx = 3 * 4 = 12; expanded, z = 3x^2 + 3 and dz/dx = 6x = 12.");
+    {
+        Value x2(2.0);
+        const Value z = 3.0 * (x2 * x2 + 1.0);
+        z.backward();
+        std::printf(" The engine: %g.)\n\n", x2.grad());
+    }
     Value x(1.0, "x");
     Value u = 3 * x + 2;
     u.set_label("u");
@@ -59,33 +72,46 @@ static void one_chain() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 2. L = (a·b + c)², node by node. Forward: e = a·b, d = e + c, L = d².
-// Backward, each line one use of  dL/d(input) = dL/d(node) · ∂(node)/∂(input):
+// 2. Graphs, node by node. The smallest: L = (a + b)² at a = 2, b = 3. Forward: s = a + b = 5,
+// L = s² = 25. Backward: dL/ds = 2s = 10, and the sum passes it on unchanged: dL/da = dL/db = 10.
+// Then L = (a·b + c)². Forward: d = a·b, e = d + c, L = e². Backward, each line one use of
+// dL/d(input) = dL/d(node) · ∂(node)/∂(input):
 //     dL/dL = 1
-//     dL/dd = dL/dL · 2d  = 20
-//     dL/de = dL/dd · 1   = 20           dL/dc = dL/dd · 1 = 20
-//     dL/da = dL/de · b   = 60           dL/db = dL/de · a = 40
+//     dL/de = dL/dL · 2e  = 20
+//     dL/dd = dL/de · 1   = 20           dL/dc = dL/de · 1 = 20
+//     dL/da = dL/dd · b   = 60           dL/db = dL/dd · a = 40
 // ---------------------------------------------------------------------------------------------
 static void abc_example() {
-    heading("2. L = (a*b + c)^2 at a = 2, b = 3, c = 4");
+    heading("2. L = (a + b)^2 at a = 2, b = 3; then L = (a*b + c)^2 at a = 2, b = 3, c = 4");
+    {
+        Value a(2.0, "a"), b(3.0, "b");
+        Value s_node = a + b;
+        s_node.set_label("s=a+b");
+        Value L = pow(s_node, 2);
+        L.set_label("L=s^2");
+        L.backward();
+        print_graph(L);
+        std::printf("L = %g; dL/ds = 2s = %g; dL/da = %g, dL/db = %g\n\n", L.data(), s_node.grad(), a.grad(),
+                    b.grad());
+    }
     Value a(2.0, "a"), b(3.0, "b"), c(4.0, "c");
-    Value e = a * b;
-    e.set_label("e=a*b");
-    Value d = e + c;
-    d.set_label("d=e+c");
-    Value L = pow(d, 2);
-    L.set_label("L=d^2");
+    Value d = a * b;
+    d.set_label("d=a*b");
+    Value e = d + c;
+    e.set_label("e=d+c");
+    Value L = pow(e, 2);
+    L.set_label("L=e^2");
     L.backward();
     print_graph(L);
 
     std::printf("\nThe same backward pass written out:\n");
     std::printf("  %-6s  %-22s  %8s\n", "node", "dL/d(node)", "value");
     std::printf("  %-6s  %-22s  %8g\n", "L", "seed", 1.0);
-    std::printf("  %-6s  %-22s  %8g\n", "d", "dL/dL * 2d", 2 * d.data());
-    std::printf("  %-6s  %-22s  %8g\n", "e", "dL/dd * 1", 2 * d.data());
-    std::printf("  %-6s  %-22s  %8g\n", "c", "dL/dd * 1", 2 * d.data());
-    std::printf("  %-6s  %-22s  %8g\n", "a", "dL/de * b", 2 * d.data() * b.data());
-    std::printf("  %-6s  %-22s  %8g\n", "b", "dL/de * a", 2 * d.data() * a.data());
+    std::printf("  %-6s  %-22s  %8g\n", "e", "dL/dL * 2e", 2 * e.data());
+    std::printf("  %-6s  %-22s  %8g\n", "d", "dL/de * 1", 2 * e.data());
+    std::printf("  %-6s  %-22s  %8g\n", "c", "dL/de * 1", 2 * e.data());
+    std::printf("  %-6s  %-22s  %8g\n", "a", "dL/dd * b", 2 * e.data() * b.data());
+    std::printf("  %-6s  %-22s  %8g\n", "b", "dL/dd * a", 2 * e.data() * a.data());
     std::printf("L = %g; engine: dL/da = %g, dL/db = %g, dL/dc = %g\n", L.data(), a.grad(),
                 b.grad(), c.grad());
 }
@@ -222,49 +248,185 @@ static void node_used_twice() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 7. Why reverse mode. For a loss of n inputs, finite differences need one extra evaluation per
-// input (n + 1 for forward differences, 2n for central ones), each a full forward pass. Reverse
-// mode needs one forward pass to build the graph and one backward pass over it, which costs one
-// multiply-add per edge: about the price of the forward pass, whatever n is.
-// Test function: f(x) = Σᵢ xᵢ·x₍ᵢ₊₁₎ mod n (a ring),  ∂f/∂xᵢ = x₍ᵢ₋₁₎ + x₍ᵢ₊₁₎.
+// 7. Three ways to a gradient, and what each costs.
+//   finite differences (§1.7): nudge one input, evaluate again. The n partials of f: ℝⁿ → ℝ take
+//       2n evaluations (central differences), each good to about 1e-9.
+//   forward mode (engine.cpp §1.8): carry (value, tangent) pairs through one pass. One pass
+//       gives the derivative along one input direction, exactly: n passes for n partials.
+//   reverse mode (§1.5): one forward pass that records the graph, one backward pass over it:
+//       all n partials, exactly, for about the price of two evaluations whatever n is.
+// For g: ℝ → ℝᵐ (one input, m outputs) the counts turn around: one forward-mode pass carries the
+// tangent of every output, while reverse mode needs one backward pass per output.
+// The test functions are templates, so that double (for finite differences), Dual and Value run
+// the very same code:
+//     f(x) = Σᵢ xᵢ·x₍ᵢ₊₁₎ around a ring,    ∂f/∂xᵢ = x₍ᵢ₋₁₎ + x₍ᵢ₊₁₎
+//     gⱼ(t) = tanh(t·j/m) for j = 1..m,   dgⱼ/dt = (j/m)·(1 − gⱼ²)
 // ---------------------------------------------------------------------------------------------
-static Value ring(const std::vector<Value>& x) {
-    Value sum = 0.0;
+template <class X>
+static X ring(const std::vector<X>& x) {
+    X sum = 0.0;
     for (std::size_t i = 0; i < x.size(); ++i) sum += x[i] * x[(i + 1) % x.size()];
     return sum;
 }
 
-static void why_reverse_mode() {
-    heading("7. Cost of a full gradient of f(x_1..x_n) = sum x_i * x_(i+1)");
-    std::printf("%8s  %10s  %18s  %18s  %22s\n", "n", "graph size", "forward diff", "central diff",
-                "reverse mode");
-    std::printf("%8s  %10s  %18s  %18s  %22s\n", "", "(nodes)", "(forward passes)",
-                "(forward passes)", "(passes)");
-    for (int n : {1, 10, 100, 1000, 10000}) {
-        std::vector<Value> x;
-        for (int i = 0; i < n; ++i) x.emplace_back(0.01 * i);
-        const Value f = ring(x);
-        const std::size_t nodes = topological_order(f.node()).size();
-        std::printf("%8d  %10zu  %18d  %18d  %22s\n", n, nodes, n + 1, 2 * n,
-                    "1 forward + 1 backward");
-    }
+template <class X>
+static std::vector<X> ramp(const X& t, int m) {
+    std::vector<X> g;
+    for (int j = 1; j <= m; ++j) g.push_back(tanh(t * (double(j) / m)));
+    return g;
+}
 
-    // Check that the one backward pass really gives every partial derivative, for n = 100.
-    const int n = 100;
-    std::vector<double> point;
-    for (int i = 0; i < n; ++i) point.push_back(std::sin(0.1 * i));
-    const GradcheckResult check = gradcheck(ring, point);
-    double worst_closed_form = 0;
-    for (int i = 0; i < n; ++i) {
-        const double by_hand = point[(i + n - 1) % n] + point[(i + 1) % n];
-        worst_closed_form =
-            std::max(worst_closed_form, std::fabs(check.analytic[i] - by_hand));
+// Milliseconds per call of `run`: the median of 5 timed calls (one slow call, the machine busy
+// elsewhere, does not move it).
+template <class F>
+static double median_ms(F run) {
+    std::vector<double> ms;
+    for (int k = 0; k < 5; ++k) {
+        const auto start = std::chrono::steady_clock::now();
+        run();
+        ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
     }
-    std::printf("\nn = 100: one backward() gave all 100 partials; worst difference from\n"
-                "x_(i-1) + x_(i+1) is %.1e, from 200 central differences %.1e.\n",
-                worst_closed_form, check.worst_error);
-    std::printf("A network has millions of inputs (its weights) and one output (the loss):\n"
-                "that asymmetry is why every framework trains with reverse mode.\n");
+    std::sort(ms.begin(), ms.end());
+    return ms[2];
+}
+
+struct Costs {
+    long evaluations = 0, forward_passes = 0, backward_passes = 0;
+    double worst_forward = 0, worst_reverse = 0, worst_numeric = 0;   // errors against the closed form
+};
+
+// The gradient of the ring three ways; counts the passes and compares each with x₍ᵢ₋₁₎ + x₍ᵢ₊₁₎.
+static Costs ring_gradients(const std::vector<double>& x) {
+    const std::size_t n = x.size();
+    Costs c;
+    const DualFunction f_dual = [&c](const std::vector<Dual>& v) {
+        ++c.forward_passes;
+        return ring(v);
+    };
+    const std::vector<double> forward = forward_mode_gradient(f_dual, x);
+    std::vector<Value> v(x.begin(), x.end());
+    ring(v).backward();   // one forward pass (it records the graph), one backward pass
+    c.backward_passes = 1;
+    for (std::size_t i = 0; i < n; ++i) {
+        auto f_of_xi = [&](double xi) {
+            ++c.evaluations;
+            std::vector<double> shifted = x;
+            shifted[i] = xi;
+            return ring(shifted);
+        };
+        const double numeric = central_difference(f_of_xi, x[i], 1e-6);
+        const double exact = x[(i + n - 1) % n] + x[(i + 1) % n];
+        c.worst_forward = std::max(c.worst_forward, std::fabs(forward[i] - exact));
+        c.worst_reverse = std::max(c.worst_reverse, std::fabs(v[i].grad() - exact));
+        c.worst_numeric = std::max(c.worst_numeric, std::fabs(numeric - exact));
+    }
+    return c;
+}
+
+static void three_ways_many_inputs() {
+    std::printf("f(x) = sum x_i * x_(i+1): n inputs, 1 output. Passes counted, times the median of 5 runs.\n");
+    std::printf("%7s | %-22s | %-22s | %-22s\n", "", "finite differences", "forward mode (dual)", "reverse mode");
+    std::printf("%7s | %10s %11s | %10s %11s | %10s %11s\n", "n", "evaluations", "ms", "passes", "ms", "passes",
+                "ms");
+    for (int n : {1, 10, 100, 1000}) {
+        std::vector<double> x;
+        for (int i = 0; i < n; ++i) x.push_back(std::sin(0.1 * i));
+        const Costs c = ring_gradients(x);
+        const double fd_ms = median_ms([&] {
+            for (int i = 0; i < n; ++i) {
+                std::vector<double> up = x, down = x;
+                up[i] += 1e-6;
+                down[i] -= 1e-6;
+                volatile double slope = (ring(up) - ring(down)) / 2e-6;
+                (void)slope;
+            }
+        });
+        const double forward_ms = median_ms([&] { forward_mode_gradient([](const std::vector<Dual>& v) { return ring(v); }, x); });
+        const double reverse_ms = median_ms([&] {
+            std::vector<Value> v(x.begin(), x.end());
+            ring(v).backward();
+        });
+        std::printf("%7d | %10ld %11.3f | %10ld %11.3f | %10s %11.3f\n", n, c.evaluations, fd_ms, c.forward_passes,
+                    forward_ms, "1 + 1", reverse_ms);
+        if (n == 100)
+            std::printf("%7s   (n = 100, worst error against x_(i-1) + x_(i+1): finite differences %.0e, forward "
+                        "%.0e, reverse %.0e)\n", "", c.worst_numeric, c.worst_forward, c.worst_reverse);
+    }
+    std::printf("Forward mode and finite differences grow with n; reverse mode stays at one forward\n"
+                "and one backward pass. A network has millions of inputs (its weights) and one output\n"
+                "(the loss): that is why every framework trains with reverse mode.\n");
+}
+
+static void three_ways_many_outputs() {
+    const int m = 1000;
+    const double t0 = 0.7;
+    std::printf("\ng_j(t) = tanh(t * j/m) for j = 1..%d: 1 input, %d outputs, at t = %g.\n", m, m, t0);
+    // Forward mode: one pass, and every output carries its own tangent dg_j/dt.
+    long forward_passes = 0;
+    std::vector<Dual> forward;
+    const double forward_ms = median_ms([&] {
+        forward = ramp(Dual(t0, 1.0), m);
+        ++forward_passes;
+    });
+    // Reverse mode: one backward pass per output, each seeded at that output alone.
+    long backward_passes = 0;
+    std::vector<double> reverse(m);
+    const double reverse_ms = median_ms([&] {
+        Value t(t0);
+        const std::vector<Value> g = ramp(t, m);
+        for (int j = 0; j < m; ++j) {
+            t.grad() = 0.0;
+            g[j].backward();
+            ++backward_passes;
+            reverse[j] = t.grad();
+        }
+    });
+    double worst = 0;
+    for (int j = 0; j < m; ++j) {
+        const double exact = (j + 1.0) / m * (1 - std::pow(std::tanh(t0 * (j + 1.0) / m), 2));
+        worst = std::max({worst, std::fabs(forward[j].tangent - exact), std::fabs(reverse[j] - exact)});
+    }
+    std::printf("  forward mode: %ld pass per run, %8.3f ms\n", forward_passes / 5, forward_ms);
+    std::printf("  reverse mode: %ld backward passes per run, %8.3f ms\n", backward_passes / 5, reverse_ms);
+    std::printf("  (both exact: worst error against (j/m)(1 - g_j^2) is %.0e)\n", worst);
+    std::printf("Here forward mode wins: one input and many outputs is its shape. Frameworks offer\n"
+                "both, as jvp (forward) and vjp (reverse), and a Jacobian [m, n] costs min(m, n) passes.\n");
+}
+
+static void three_ways() {
+    heading("7. Three ways to a gradient: finite differences, forward mode, reverse mode");
+    three_ways_many_inputs();
+    three_ways_many_outputs();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. The gradient of a gradient. backward() leaves in every grad a plain number: it multiplies
+// and adds doubles, and records no graph of its own work. So there is nothing to call backward()
+// on a second time: the second derivative f''(x) is out of reach of this engine's reverse mode.
+// Frameworks that offer it (PyTorch's backward(create_graph=True)) build the backward pass out
+// of graph ops, so that it is itself differentiable; that keeps a second graph alive, about as big
+// as the first, and costs another pass: memory and compute roughly double. Uses: second-order
+// optimizers, meta-learning, penalties on gradient norms.
+// Here f(x) = x³ at x = 2: f'(x) = 3x² = 12 from backward(); f''(x) = 6x = 12 needs f' as a
+// graph, which we can write by hand (3·x·x), or a finite difference of backward() itself.
+// ---------------------------------------------------------------------------------------------
+static double slope_of_cube(double x) {
+    Value v(x);
+    pow(v, 3).backward();
+    return v.grad();   // a double: the graph that computed it is gone
+}
+
+static void gradient_of_gradient() {
+    heading("8. The gradient of a gradient: f(x) = x^3 at x = 2");
+    std::printf("f'(2) from backward(): %g (3x^2 = 12); it is a double, with no graph behind it.\n",
+                slope_of_cube(2.0));
+    Value x(2.0);
+    const Value f_prime = 3.0 * x * x;   // f' written as ops, so that it has a graph
+    f_prime.backward();
+    std::printf("f''(2) = 6x = 12: through a graph of f' built by hand: %g; as a finite difference\n"
+                "of backward()'s result: %.6f.\n", x.grad(), central_difference(slope_of_cube, 2.0, 1e-4));
+    std::printf("A framework that differentiates backward() itself records the backward pass as a\n"
+                "second graph: twice the memory and compute of one gradient.\n");
 }
 
 static void lesson() {
@@ -275,7 +437,8 @@ static void lesson() {
     relu_network_example();
     dead_relu_example();
     node_used_twice();
-    why_reverse_mode();
+    three_ways();
+    gradient_of_gradient();
 }
 
 // ---- Homework --------------------------------------------------------------------------------
@@ -310,6 +473,15 @@ double chain_derivative(const std::vector<Link>& chain, double x) {
 std::array<double, 2> sum_times_difference_backward(double a, double b) {
     // BEGIN EXERCISE 02.3
     throw not_implemented("02.3");
+    // END EXERCISE
+}
+
+// 02.4  Forward mode for one more op. Write the dual-number rule of sin: given x = (value,
+// tangent), return (sin of the value, its tangent). The chain rule for one op (engine.cpp §1.8):
+// f(a)' = f'(a)·a'. With it, x²·sin x needs no new rule: the engine's product rule does the rest.
+Dual dual_sin(const Dual& x) {
+    // BEGIN EXERCISE 02.4
+    throw not_implemented("02.4");
     // END EXERCISE
 }
 
@@ -374,6 +546,22 @@ static int check_homework() {
                      const std::array<double, 2> g = sum_times_difference_backward(q[0], q[1]);
                      expect_near("df/da = 2a", g[0], 2 * q[0], 1e-12);
                      expect_near("df/db = -2b", g[1], -2 * q[1], 1e-12);
+                 }
+             });
+
+    hw.check("02.4", "the dual-number rule of sin, and h = x^2 * sin(x) through it",
+             "one op's forward-mode rule is f(a)' = f'(a)·a': the value is sin a, the tangent (d sin a/da)·a'; "
+             "the product rule then gives h' = 2x·sin x + x²·cos x", [] {
+                 for (double x : {-2.0, 0.0, 0.5, 1.3}) {
+                     const Dual y = dual_sin(Dual(x, 1.0));
+                     expect_near("value: sin x", y.value, std::sin(x), 1e-15);
+                     expect_near("tangent: d sin x / dx", y.tangent,
+                                 central_difference([](double t) { return std::sin(t); }, x, 1e-6), 1e-9);
+                     expect_near("a tangent of 3 scales it", dual_sin(Dual(x, 3.0)).tangent, 3 * std::cos(x), 1e-9);
+                     const Dual xd(x, 1.0);
+                     const Dual h = xd * xd * dual_sin(xd);   // the product rule from the engine
+                     expect_near("h'(x) = 2x sin x + x^2 cos x", h.tangent,
+                                 2 * x * std::sin(x) + x * x * std::cos(x), 1e-12);
                  }
              });
 

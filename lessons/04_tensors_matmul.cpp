@@ -17,6 +17,8 @@
 //   6. Counting the cost: 2·M·K·N flops per product, three products per layer per step.
 //   7. Finite differences in float: how close they can get (a plot), and why the tests build
 //      the engine in double precision.
+//   8. In-place writes: backward() reads what the forward pass left, so it checks that none of
+//      it was written over in between.
 //
 // Run it:             make lesson N=04        (the plot goes to build/plots/04_*.svg)
 // Grade the homework: make check N=04
@@ -336,6 +338,38 @@ static void float_differences() {
     plot.save("04_float_differences");
 }
 
+// ---------------------------------------------------------------------------------------------
+// 8. In-place writes. backward() reads numbers the forward pass left behind: the backward of
+// Z = X·W needs X (dW = Xᵀ·dZ) and W (dX = dZ·Wᵀ). Write over W between the two and the backward
+// would mix the old forward with the new W. Example: x = [1, 2], w = [3, 4], L = Σ xᵢ·wᵢ = 11.
+// The right dL/dx is the w that L was computed with, [3, 4]; write w = [30, 40] in place before
+// backward() and an engine that did not notice would answer [30, 40]. Every tensor counts its
+// in-place writes (engine.cpp §2.1), and backward() refuses instead, naming the op. The usual way
+// to meet this: calling backward() again on an old loss after opt.step() changed the weights.
+// An op whose backward reads none of its inputs (a + b: both Jacobians are 1) does not mind.
+// ---------------------------------------------------------------------------------------------
+static void in_place_writes() {
+    heading("8. In-place writes: backward() checks that what it reads was not written over");
+    const Tensor x = Tensor({2}, {1, 2}).requires_grad_(), w = Tensor({2}, {3, 4}).requires_grad_();
+    const Tensor loss = sum(x * w);
+    std::printf("L = sum(x * w) = %g with x = [1, 2], w = [3, 4]; the right dL/dx is w = [3, 4].\n",
+                loss.item());
+    w.values() = {30, 40};
+    std::printf("Now w.values() = {30, 40}, in place. The backward of * would read w = [30, 40].\n");
+    try {
+        loss.backward();
+        std::printf("backward() ran: dL/dx = [%g, %g]\n", x.grad()[0], x.grad()[1]);
+    } catch (const std::invalid_argument& e) {
+        std::printf("backward() refused:\n  %s\n", e.what());
+    }
+    const Tensor a = Tensor({2}, {1, 2}).requires_grad_(), b = Tensor({2}, {3, 4}).requires_grad_();
+    const Tensor s = a + b;
+    a.values() = {10, 20};
+    s.backward(Tensor({2}, {1, 1}));
+    std::printf("s = a + b, then a written in place: backward() runs, dL/da = [%g, %g]: the sum's\n"
+                "backward reads no input, so nothing it needs has changed.\n", a.grad()[0], a.grad()[1]);
+}
+
 static void lesson() {
     std::printf("Lesson 04: tensors, and the backward pass of a matrix product\n");
     layout();
@@ -345,6 +379,7 @@ static void lesson() {
     gradient_shapes();
     flop_count();
     float_differences();
+    in_place_writes();
 }
 
 // ---- Homework --------------------------------------------------------------------------------
@@ -386,6 +421,17 @@ static void expect_tensor_near(const char* what, const Tensor& got, const Tensor
                 got.defined() && got.shape() == expected.shape());
     for (std::size_t i = 0; i < expected.numel(); ++i)
         expect_near(what, got.values()[i], expected.values()[i], tolerance);
+}
+
+// 04.4  An SGD step that autograd can see. For every parameter p that has a gradient, set its
+// numbers to p − lr·dL/dp by assigning the whole new vector at once (p.values() = updated): a
+// whole assignment counts as an in-place write (section 8), so a graph built from the old numbers
+// can no longer be differentiated by mistake. A parameter without a gradient stays as it is.
+// (Writing p.values()[i] one element at a time would change the same numbers, behind autograd's back.)
+void sgd_step_seen_by_autograd(const std::vector<Tensor>& params, double lr) {
+    // BEGIN EXERCISE 04.4
+    throw not_implemented("04.4");
+    // END EXERCISE
 }
 
 static int check_homework() {
@@ -468,6 +514,26 @@ static int check_homework() {
                          expect_near("db vs central difference", mine.values()[j],
                                      central_difference_at(b, j, loss, 1e-2), 2e-3);
                  }
+             });
+
+    hw.check("04.4", "an SGD step that the in-place check sees",
+             "θ ← θ − lr·∂L/∂θ, built in a new vector and assigned to the tensor whole; only a whole "
+             "assignment counts as an in-place write", [] {
+                 const Tensor w = Tensor({2, 1}, {0.5, -1}).requires_grad_(), b = Tensor({1}, {0.25}).requires_grad_();
+                 const Tensor unused = Tensor({3}, {7, 8, 9}).requires_grad_();
+                 const Tensor x({3, 2}, {1, 2, 3, 4, 5, 6});
+                 const Tensor loss = mean(linear(x, w, b));   // dL/dw = column means of x = [3, 4]; dL/db = 1
+                 loss.backward();
+                 sgd_step_seen_by_autograd({w, b, unused}, 0.1);
+                 expect_near("w[0] = 0.5 - 0.1 * 3", w.values()[0], 0.2, 1e-6);
+                 expect_near("w[1] = -1 - 0.1 * 4", w.values()[1], -1.4, 1e-6);
+                 expect_near("b = 0.25 - 0.1 * 1", b.values()[0], 0.15, 1e-6);
+                 expect_near("a parameter without a gradient is unchanged", unused.values()[2], 9, 0);
+                 expect_true("backward() on the old loss is refused (the write was seen)",
+                             throws_invalid_argument([&] { loss.backward(); }));
+                 w.zero_grad();
+                 mean(linear(x, w, b)).backward();   // a fresh forward pass is fine
+                 expect_near("a new backward() works: dL/dw[0]", w.grad()[0], 3, 1e-6);
              });
 
     return hw.finish();

@@ -37,3 +37,7 @@
     const double df_db = df_ds * 1.0 + df_dd * -1.0;   // b feeds s (+1) and d (−1)
     return {df_da, df_db};
 // END EXERCISE
+
+// BEGIN EXERCISE 02.4
+    return {std::sin(x.value), std::cos(x.value) * x.tangent};   // (sin a)' = cos a · a'
+// END EXERCISE

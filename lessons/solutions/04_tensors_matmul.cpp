@@ -39,3 +39,12 @@
         for (int j = 0; j < N; ++j) db.values()[j] += dY.values()[i * N + j];   // every row adds
     return db;
 // END EXERCISE
+
+// BEGIN EXERCISE 04.4
+    for (const Tensor& p : params) {
+        if (p.grad().empty()) continue;   // the loss did not reach it
+        std::vector<real> updated = p.values();
+        for (std::size_t i = 0; i < updated.size(); ++i) updated[i] -= real(lr) * p.grad()[i];
+        p.values() = updated;   // one whole write: the version count goes up
+    }
+// END EXERCISE
