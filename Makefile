@@ -124,6 +124,8 @@ $(B)/f64/%.o: %.cpp engine.h $(B)/flags
 	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS) $(F64) $(TEST_DEFS) -c $< -o $@
 
+# tests.cpp also includes lessons/lesson.h (the plots' ticks are tested).
+$(B)/f64/tests.o $(B)/O0/tests $(B)/asan/tests.o: lessons/lesson.h
 $(B)/tests: $(B)/f64/tests.o $(B)/f64/engine.o $(B)/kernels.o
 	$(CXX) $(CXXFLAGS) $^ -o $@
 

@@ -16,6 +16,7 @@
 
 #include "engine.h"
 #include "cuda_emu.h"   // kernels.cu runs on the CPU in these tests
+#include "lessons/lesson.h"   // the lessons' plots: their ticks are tested (group "plots")
 
 #include <algorithm>
 #include <array>
@@ -603,6 +604,31 @@ TEST("01 derivatives", "gradcheck catches a wrong derivative and names the input
     EXPECT_NEAR(r.numeric[1], 3.0, 1e-8);
     EXPECT_NEAR(r.worst_error, 1.0 / 3.0, 1e-8);
     EXPECT_NEAR(r.error[0], 0.0, 1e-9);
+}
+
+TEST("01 derivatives", "forward difference of x^3 at 2 with h = 1e-5 is 12.000060 (a text prints 12.000030)") {
+    // ((x + h)³ − x³)/h = 3x² + 3xh + h² exactly: 12 + 6e-5 + 1e-10. A course text prints
+    // 12.000030, half the excess; its central difference, 12.000000, is right.
+    const double fwd = forward_difference(cube, 2.0, 1e-5);
+    EXPECT_NEAR(fwd, 12.000060, 5e-7);
+    EXPECT_TRUE(std::fabs(fwd - 12.000030) > 2e-5);
+    EXPECT_NEAR(central_difference(cube, 2.0, 1e-5), 12.000000, 5e-7);
+}
+
+TEST("01 derivatives", "product rule: (x^2 sin x)' = 2x sin x + x^2 cos x at 0.5, 1, 1.5, 2") {
+    // The worked values to 10 digits (computed apart), against backward() through x·x·sin x
+    // (sin as lesson 01 adds it: value sin u, local derivative cos u) and a central difference.
+    const double xs[4] = {0.5, 1.0, 1.5, 2.0};
+    const double slopes[4] = {0.6988211791, 2.2232442755, 3.1516436636, 1.9726023611};
+    for (int i = 0; i < 4; ++i) {
+        EXPECT_NEAR(2 * xs[i] * std::sin(xs[i]) + xs[i] * xs[i] * std::cos(xs[i]), slopes[i], 1e-10);
+        const Value x(xs[i]);
+        const Value sine = Value::from_op(std::sin(x.data()), "sin", x, std::cos(x.data()));
+        (x * x * sine).backward();
+        EXPECT_NEAR(x.grad(), slopes[i], 1e-10);
+        const double numeric = central_difference([](double t) { return t * t * std::sin(t); }, xs[i], 1e-5);
+        EXPECT_NEAR(numeric, slopes[i], 1e-8);   // the course text's tolerance
+    }
 }
 
 // =============================================================================================
@@ -1202,6 +1228,47 @@ TEST("03 first network", "micrograd's demo: MLP(2,{16,16,1}) fits 100 moons to 1
     for (std::size_t i = 0; i < data.x.size(); ++i)
         correct += (model({data.x[i][0], data.x[i][1]})[0].data() > 0) == (data.y[i] > 0);
     EXPECT_EQ(correct, 100);
+}
+
+TEST("03 first network", "two-layer ReLU MLP by hand: L = 0.001849, dW1 = [[-.043, -.086], [-.0516, -.1032]]") {
+    // The course texts' worked example: x = (1, 2), y = 1, W1 = [[.1, .2], [.3, .4]],
+    // b1 = (.01, .02), W2 = (.5, .6), b2 = .03, L = (z2 − y)², through the engine's MLP.
+    Rng rng(0);
+    MLP model(2, {2, 1}, rng, Activation::relu);
+    const double W1[2][2] = {{0.1, 0.2}, {0.3, 0.4}}, b1[2] = {0.01, 0.02};
+    for (int j = 0; j < 2; ++j) {
+        model.layers[0].neurons[j].w[0].data() = W1[j][0];
+        model.layers[0].neurons[j].w[1].data() = W1[j][1];
+        model.layers[0].neurons[j].b.data() = b1[j];
+    }
+    model.layers[1].neurons[0].w[0].data() = 0.5;
+    model.layers[1].neurons[0].w[1].data() = 0.6;
+    model.layers[1].neurons[0].b.data() = 0.03;
+    const Value z2 = model({1.0, 2.0})[0];
+    const Value L = pow(z2 - 1.0, 2);
+    L.backward();
+    EXPECT_NEAR(z2.data(), 0.957, 1e-15);
+    EXPECT_NEAR(L.data(), 0.001849, 1e-15);
+    // parameters(): W1 row 0, b1[0], W1 row 1, b1[1], W2, b2.
+    const std::vector<Value> p = model.parameters();
+    const double expected[9] = {-0.043, -0.086, -0.043, -0.0516, -0.1032, -0.0516, -0.04386, -0.09632, -0.086};
+    for (int i = 0; i < 9; ++i) EXPECT_NEAR(p[i].grad(), expected[i], 1e-15);
+}
+
+TEST("03 first network", "descent on (w - 3)^2 from 0, lr 0.1: 2.01696, 2.67788, 2.96541 at steps 5, 10, 20") {
+    // A course text tabulates 1.9221, 2.6510, 2.9575; each step multiplies w − 3 by 0.8, so
+    // w_k = 3 − 3·0.8^k.
+    Value w(0.0);
+    std::vector<double> after(21, 0.0);
+    for (int k = 1; k <= 20; ++k) {
+        pow(w - 3.0, 2).backward();
+        sgd_step({w}, 0.1);
+        after[k] = w.data();
+    }
+    EXPECT_NEAR(after[5], 2.01696, 5e-6);
+    EXPECT_NEAR(after[10], 2.67788, 5e-6);
+    EXPECT_NEAR(after[20], 2.96541, 5e-6);
+    for (int k : {5, 10, 20}) EXPECT_NEAR(after[k], 3 - 3 * std::pow(0.8, k), 1e-12);
 }
 
 // =============================================================================================
@@ -1923,6 +1990,116 @@ TEST("06 optimizers", "state bytes per parameter; bad construction is refused") 
     EXPECT_EQ(sgd.step_count, 0L);
 }
 
+TEST("06 optimizers", "momentum's EMA form with lr/(1 - beta) walks PyTorch's path; with lr 0.1 it gives 0.995") {
+    // EMA form: v ← βv + (1 − β)g, w ← w − lr·v. Homework 06.1 and the engine use PyTorch's
+    // v ← βv + g; the EMA form with the same lr 0.1 moves 1.0 to 0.995 instead of 0.95.
+    const Tensor w = scalar_param(1.0);
+    SGD opt({w}, 0.1, 0.9);
+    double v = 0, w_ema = 1.0, v_small = 0, w_small = 1.0;
+    const double grads[4] = {0.5, -0.3, 0.2, 0.4};
+    for (int t = 0; t < 4; ++t) {
+        set_grad(w, grads[t]);
+        opt.step();
+        v = 0.9 * v + 0.1 * grads[t];
+        w_ema -= 0.1 / (1 - 0.9) * v;
+        v_small = 0.9 * v_small + 0.1 * grads[t];
+        w_small -= 0.1 * v_small;
+        EXPECT_NEAR(w.item(), w_ema, 1e-12);
+        if (t == 0) EXPECT_NEAR(w_small, 0.995, 1e-15);
+    }
+    EXPECT_NEAR(w.item(), 0.83135, 1e-12);
+}
+
+TEST("06 optimizers", "Adam on gradients 4, -2, 6: m3 = 0.744, m_hat3 = 2.745, v_hat3 = 18.67") {
+    // The course texts' exercise, β₁ = 0.9, β₂ = 0.999, read from the engine's Adam state.
+    const Tensor w = scalar_param(0.0);
+    Adam opt({w}, 1e-3, 0.9, 0.999);
+    for (double g : {4.0, -2.0, 6.0}) {
+        set_grad(w, g);
+        opt.step();
+    }
+    const double m = opt.state()[0][0][0], v = opt.state()[0][1][0];
+    EXPECT_NEAR(m, 0.744, 1e-12);
+    EXPECT_NEAR(v, 0.055964016, 1e-12);
+    EXPECT_NEAR(m / (1 - std::pow(0.9, 3)), 2.745, 5e-4);
+    EXPECT_NEAR(v / (1 - std::pow(0.999, 3)), 18.67, 5e-3);
+    EXPECT_NEAR(1 / (1 - std::pow(0.9, 3)), 3.69, 5e-3);      // the text's correction factors
+    EXPECT_NEAR(1 / (1 - std::pow(0.999, 3)), 333.7, 5e-2);
+}
+
+TEST("06 optimizers", "Adam without bias correction: the first step is 3.16 lr, too big (a text says underscaled)") {
+    // m₁ = (1 − β₁)g, v₁ = (1 − β₂)g²: m₁/√v₁ = (1 − β₁)/√(1 − β₂) = 0.1/0.0316, whatever g.
+    for (double g : {0.4, -3.0, 1e-3}) {
+        const double m1 = 0.1 * g, v1 = 0.001 * g * g;
+        EXPECT_NEAR(std::fabs(m1 / std::sqrt(v1)), 3.1623, 5e-5);
+    }
+    // The corrected step, through the engine, is lr: 3.16 times smaller.
+    const Tensor w = scalar_param(1.0);
+    Adam opt({w}, 0.01);
+    set_grad(w, 0.4);
+    opt.step();
+    EXPECT_NEAR(1.0 - w.item(), 0.01, 1e-9);
+}
+
+// Adam on one weight: 3000 steps of g = 0.01, one spike g = 1, then g = 0.01; returns how many
+// steps after the spike the step length stays within 10% of lr (lesson 06 §5). `engine` picks
+// the engine's Adam or the same rule written out here.
+static int steps_to_forget_spike(double beta2, bool engine) {
+    const double lr = 1e-3;
+    const Tensor w = scalar_param(0.0);
+    Adam opt({w}, lr, 0.9, beta2);
+    double x = 0, m = 0, v = 0;
+    int recovered = 0;
+    for (int t = 0; t < 9000; ++t) {
+        const double g = t == 3000 ? 1.0 : 0.01;
+        double before = x;
+        if (engine) {
+            before = w.item();
+            set_grad(w, g);
+            opt.step();
+        } else {
+            m = 0.9 * m + 0.1 * g;
+            v = beta2 * v + (1 - beta2) * g * g;
+            const double m_hat = m / (1 - std::pow(0.9, t + 1)), v_hat = v / (1 - std::pow(beta2, t + 1));
+            x -= lr * m_hat / (std::sqrt(v_hat) + 1e-8);
+        }
+        const double after = engine ? double(w.item()) : x;
+        if (t >= 3000 && std::fabs((before - after) / lr - 1) > 0.1) recovered = t - 3000 + 1;
+    }
+    return recovered;
+}
+
+TEST("06 optimizers", "beta2 = 0.95 forgets a gradient spike in 150 steps, 0.999 in 3753 (half-lives 13.5, 692.8)") {
+    EXPECT_NEAR(std::log(2.0) / -std::log(0.95), 13.5134, 1e-4);
+    EXPECT_NEAR(std::log(2.0) / -std::log(0.999), 692.8005, 1e-4);
+    const int fast = steps_to_forget_spike(0.95, true), slow = steps_to_forget_spike(0.999, true);
+    EXPECT_EQ(fast, steps_to_forget_spike(0.95, false));
+    EXPECT_EQ(slow, steps_to_forget_spike(0.999, false));
+    EXPECT_NEAR(fast, 150, 2);   // lesson 06 prints 150 and 3753 (its engine computes in float)
+    EXPECT_NEAR(slow, 3753, 5);
+}
+
+TEST("06 optimizers", "AdaFactor: row and column sums rebuild a rank-1 g^2 exactly; 4096 x 11008 keeps 15104 numbers") {
+    // v̂_ij = R_i·C_j/ΣR with R, C the row and column sums of g². A course text gives the state
+    // as ~2/rank of W per parameter; it is (n + m)/(n·m), whatever the rank.
+    const double a[3] = {1.0, -2.0, 0.5}, b[4] = {0.4, -1.0, 2.0, 0.1};
+    double g2[3][4], R[3] = {0, 0, 0}, C[4] = {0, 0, 0, 0}, total = 0;
+    for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 4; ++j) {
+            g2[i][j] = a[i] * b[j] * a[i] * b[j];
+            R[i] += g2[i][j];
+            C[j] += g2[i][j];
+            total += g2[i][j];
+        }
+    for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 4; ++j) EXPECT_NEAR(R[i] * C[j] / total, g2[i][j], 1e-14);
+    const double n = 4096, m = 11008;
+    EXPECT_NEAR(n * m, 45088768, 0);
+    EXPECT_NEAR(n + m, 15104, 0);
+    EXPECT_NEAR((n + m) / (n * m), 3.35e-4, 5e-7);
+    EXPECT_TRUE((n + m) / (n * m) < 2 / 4096.0);   // 2/rank is at least 2/4096 here
+}
+
 // ---- 07 schedules ----------------------------------------------------------------------------
 
 TEST("07 schedules", "warmup-cosine: 0 at step 0, 7.5e-5 at 500, peak, midpoint 1.65e-4, floor") {
@@ -1944,6 +2121,76 @@ TEST("07 schedules", "inverse square root, step decay and constant") {
     EXPECT_NEAR(step_decay_lr(25, 0.1, 10, 0.5), 0.025, 1e-17);
     EXPECT_NEAR(constant_lr(123, 0.3), 0.3, 0.0);
     EXPECT_THROWS(step_decay_lr(1, 0.1, 0, 0.5), "step_size must be > 0");
+}
+
+TEST("07 schedules", "cosine decay: 20.5% of it within 10% of the peak, half above peak/2, steepest at the midpoint") {
+    // A course text says the cosine spends most of training near the peak. Peak 3e-4, warmup
+    // 500, 10000 steps, floor 0 (that text's setup): lr ≥ 0.9·peak only for p ≤ acos(0.8)/π.
+    long near_peak = 0, above_half = 0, steepest = 0;
+    double biggest_drop = 0;
+    for (long s = 500; s < 10000; ++s) {
+        const double lr = warmup_cosine_lr(s, 500, 10000, 3e-4, 0.0);
+        const double drop = lr - warmup_cosine_lr(s + 1, 500, 10000, 3e-4, 0.0);
+        near_peak += lr >= 0.9 * 3e-4;
+        above_half += lr > 0.5 * 3e-4;
+        if (drop > biggest_drop) {
+            biggest_drop = drop;
+            steepest = s;
+        }
+    }
+    EXPECT_NEAR(near_peak / 9500.0, 0.205, 5e-4);
+    EXPECT_NEAR(near_peak / 9500.0, std::acos(0.8) / std::acos(-1.0), 2e-4);
+    EXPECT_NEAR(above_half / 9500.0, 0.5, 1e-4);
+    EXPECT_EQ(steepest, 5249L);   // the fall from 5249 to 5250 straddles p = ½
+}
+
+// ---- plots (lessons/lesson.h) ----------------------------------------------------------------
+
+// The ticks' labels on one axis.
+static std::vector<std::string> tick_labels(double lo, double hi, bool log, bool whole) {
+    return make_axis(lo, hi, log, whole).labels;
+}
+
+TEST("plots", "linear ticks step by 1, 2 or 5 times a power of ten, and the axis ends on a tick") {
+    EXPECT_TRUE(tick_labels(0, 199, false, true) == std::vector<std::string>({"0", "50", "100", "150", "200"}));
+    EXPECT_TRUE(tick_labels(-1, 1, false, false) == std::vector<std::string>({"-1", "-0.5", "0", "0.5", "1"}));
+    EXPECT_TRUE(tick_labels(-8, 0.5, false, false) == std::vector<std::string>({"-8", "-6", "-4", "-2", "0", "2"}));
+    EXPECT_TRUE(tick_labels(0, 3e-4, false, false) ==
+                std::vector<std::string>({"0", "5e-5", "1e-4", "1.5e-4", "2e-4", "2.5e-4", "3e-4"}));
+    EXPECT_TRUE(tick_labels(0.36, 1.02, false, false).front() == "0.3");
+    EXPECT_TRUE(tick_labels(0, 3, false, false) ==
+                std::vector<std::string>({"0", "0.5", "1", "1.5", "2", "2.5", "3"}));
+}
+
+TEST("plots", "whole-number data (steps, layers) get whole-number ticks: no 'layer 3.25'") {
+    EXPECT_TRUE(tick_labels(0, 3, false, true) == std::vector<std::string>({"0", "1", "2", "3"}));
+    EXPECT_TRUE(tick_labels(1, 4, false, true) == std::vector<std::string>({"1", "2", "3", "4"}));
+    // Through Plot: a curve over 200 steps and a curve over layers 1..5.
+    Plot steps("t", "step", "loss");
+    steps.add("loss", std::vector<double>(200, 1.0));
+    Plot layers("t", "layer", "std");
+    layers.add("std", {1, 2, 3, 4, 5}, {0.5, 0.25, 0.125, 0.0625, 0.03125});
+    for (const Plot* p : {&steps, &layers}) {
+        Axis x, y;
+        p->axes(x, y);
+        EXPECT_TRUE(x.ticks.size() >= 3);
+        for (double t : x.ticks) EXPECT_NEAR(t, std::round(t), 0.0);
+    }
+}
+
+TEST("plots", "log ticks are powers of ten (1-2-5 inside a short range); equal_axes matches the scales") {
+    for (const std::string& s : tick_labels(-13, -1, true, false)) EXPECT_TRUE(s.substr(0, 2) == "1e" || s == "0.01");
+    EXPECT_TRUE(tick_labels(0, std::log10(3000.0), true, true) == std::vector<std::string>({"1", "10", "100", "1000"}));
+    EXPECT_TRUE(tick_labels(std::log10(0.02), std::log10(1.1), true, false) ==
+                std::vector<std::string>({"0.02", "0.05", "0.1", "0.2", "0.5", "1"}));
+    Plot path("t", "x", "y");
+    path.equal_axes = true;
+    path.add("path", {-8, 0.5, 0}, {1, -0.7, 0});
+    Axis x, y;
+    path.axes(x, y);
+    // Same data units per pixel on both axes: the plot area is 400 × 308 pixels.
+    EXPECT_NEAR((x.hi - x.lo) / 400, (y.hi - y.lo) / 308, 1e-12);
+    EXPECT_TRUE(x.lo <= -8 && x.hi >= 0.5 && y.lo <= -0.7 && y.hi >= 1);
 }
 
 // ---- 09 clipping -----------------------------------------------------------------------------

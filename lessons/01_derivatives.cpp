@@ -7,8 +7,9 @@
 //   1. The limit definition: secant slopes closing in on the tangent slope.
 //   2. Forward and central differences on x³ and sin x.
 //   3. Their error as h shrinks: O(h) and O(h²) at first, then rounding error takes over.
-//   4. Partial derivatives and the gradient of a function of two variables.
-//   5. The sigmoid's slope is at most 0.25, and what 0.25^L does to a deep network.
+//   4. The product rule on x²·sin x, checked by a finite difference and by backward().
+//   5. Partial derivatives and the gradient of a function of two variables.
+//   6. The sigmoid's slope is at most 0.25, and what 0.25^L does to a deep network.
 //
 // Run it:             make lesson N=01
 // Grade the homework: make check N=01
@@ -72,6 +73,15 @@ static void two_formulas() {
     // For x³ at 2: f'' = 12 and f''' = 6, so the predictions are 1e-5·12/2 and (1e-5)²·6/6.
     std::printf("\nTaylor predicts for x^3: forward error h*f''/2 = %.1e, central h^2*f'''/6 = %.1e\n",
                 h * 12 / 2, h * h * 6 / 6);
+
+    // A course text prints 12.000030 for this forward difference. For a cubic the expansion is
+    // exact: ((x + h)³ − x³)/h = 3x² + 3xh + h², so the excess at x = 2 is 6h + h², not 3h.
+    const double fwd = forward_difference(cube, x, h);
+    std::printf("\nSome course notes print 12.000030 for the forward difference of x^3 at 2 with\n"
+                "h = 1e-5; the correct value is %.6f, because for x^3 the forward difference is\n"
+                "exactly 3x^2 + 3xh + h^2, so at x = 2 the excess is 6h + h^2 = %.1e (the notes\n"
+                "show half of it).\n",
+                fwd, 6 * h + h * h);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -126,7 +136,44 @@ static void error_against_h() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 4. Partial derivatives:  ∂f/∂xᵢ = lim_{h→0} (f(…, xᵢ + h, …) − f(…, xᵢ, …)) / h
+// 4. The product rule:  (f·g)' = f'·g + f·g'.
+// Nudge x by h: the product changes because f moved (by about f'·h, times g) and because g moved
+// (by about g'·h, times f); the cross term f'·g'·h² vanishes in the limit. For h(x) = x²·sin x:
+//      h'(x) = 2x·sin x + x²·cos x.
+// Three independent answers at x = 0.5, 1, 1.5, 2: the formula, a central difference, and
+// backward() of the scalar engine (lesson 02 opens it up). The engine has no sin, so we add one
+// here: an op is its value and its local derivative, d(sin u)/du = cos u (engine.cpp §1.2 does
+// the same for +, *, exp, ...). backward() knows nothing of the product rule: the * node hands
+// each factor the other factor as its slope, and the contributions that reach x add up.
+// ---------------------------------------------------------------------------------------------
+static Value sine(const Value& u) {
+    return Value::from_op(std::sin(u.data()), "sin", u, std::cos(u.data()));
+}
+
+static double x2_sin(double x) { return x * x * std::sin(x); }
+
+static void product_rule() {
+    heading("4. The product rule on h(x) = x^2 sin x:  h'(x) = 2x sin x + x^2 cos x");
+    std::printf("%5s  %11s  %11s  %12s  %13s  %13s  %11s\n", "x", "2x sin x", "x^2 cos x",
+                "sum = h'(x)", "central diff", "backward()", "worst diff");
+    for (double x0 : {0.5, 1.0, 1.5, 2.0}) {
+        const double f_prime_g = 2 * x0 * std::sin(x0), f_g_prime = x0 * x0 * std::cos(x0);
+        const double by_rule = f_prime_g + f_g_prime;
+        const double numeric = central_difference(x2_sin, x0, 1e-5);
+        const Value x(x0, "x");
+        const Value product = x * x * sine(x);   // h(x) as a graph: x·x, then times sin x
+        product.backward();
+        const double worst = std::max(std::fabs(numeric - by_rule), std::fabs(x.grad() - by_rule));
+        std::printf("%5g  %11.7f  %11.7f  %12.7f  %13.7f  %13.7f  %11.1e\n", x0, f_prime_g,
+                    f_g_prime, by_rule, numeric, x.grad(), worst);
+    }
+    std::printf("\nThe three agree to about 1e-10, the central difference's own error at h = 1e-5.\n"
+                "Both terms matter: at x = 2 the second one, x^2 cos x = %.4f, is negative and\n"
+                "almost as large as the total.\n", 4 * std::cos(2.0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Partial derivatives:  ∂f/∂xᵢ = lim_{h→0} (f(…, xᵢ + h, …) − f(…, xᵢ, …)) / h
 // Hold every other input fixed and differentiate along one. For f(x, y) = 3x² + 2xy + y³:
 //      ∂f/∂x = 6x + 2y          ∂f/∂y = 2x + 3y²          at (1, 2): 10 and 14.
 // The gradient ∇f = (∂f/∂x, ∂f/∂y) points in the direction in which f rises fastest.
@@ -134,7 +181,7 @@ static void error_against_h() {
 static double f_xy(double x, double y) { return 3 * x * x + 2 * x * y + y * y * y; }
 
 static void partial_derivatives() {
-    heading("4. Partial derivatives of f(x, y) = 3x^2 + 2xy + y^3 at (1, 2)");
+    heading("5. Partial derivatives of f(x, y) = 3x^2 + 2xy + y^3 at (1, 2)");
     const double x = 1.0, y = 2.0, h = 1e-5;
     const double dfdx = central_difference([&](double t) { return f_xy(t, y); }, x, h);
     const double dfdy = central_difference([&](double t) { return f_xy(x, t); }, y, h);
@@ -160,12 +207,12 @@ static void partial_derivatives() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 5. The sigmoid's derivative:  σ'(x) = σ(x)·(1 − σ(x)),  largest at x = 0 where σ'(0) = 0.25.
+// 6. The sigmoid's derivative:  σ'(x) = σ(x)·(1 − σ(x)),  largest at x = 0 where σ'(0) = 0.25.
 // Backpropagation multiplies one such factor per sigmoid layer, so through L layers the gradient
 // is scaled by at most 0.25^L. ReLU's slope is exactly 1 where it is active: 1^L = 1.
 // ---------------------------------------------------------------------------------------------
 static void sigmoid_slope() {
-    heading("5. The sigmoid's slope s(x)(1 - s(x)) and vanishing gradients");
+    heading("6. The sigmoid's slope s(x)(1 - s(x)) and vanishing gradients");
     std::printf("%6s  %10s  %14s  %14s\n", "x", "s(x)", "s(x)(1-s(x))", "central diff");
     for (double x : {-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0}) {
         const double s = sigma(x);
@@ -184,6 +231,7 @@ static void lesson() {
     limit_definition();
     two_formulas();
     error_against_h();
+    product_rule();
     partial_derivatives();
     sigmoid_slope();
 }
@@ -224,7 +272,7 @@ static int check_homework() {
              "central, not forward: ∂f/∂x_i ≈ (f(x + h·e_i) − f(x − h·e_i)) / 2h, "
              "where x ± h·e_i moves input i alone",
              [] {
-                 // f(x, y) = 3x² + 2xy + y³ at (1, 2): the worked (10, 14) of section 4.
+                 // f(x, y) = 3x² + 2xy + y³ at (1, 2): the worked (10, 14) of section 5.
                  auto f = [](const std::vector<double>& v) {
                      return 3 * v[0] * v[0] + 2 * v[0] * v[1] + v[1] * v[1] * v[1];
                  };

@@ -5,9 +5,10 @@
 // three problems of growing difficulty and then breaks it on purpose:
 //
 //   1. One neuron learns the AND gate; the same neuron cannot learn XOR.
-//   2. A small MLP learns XOR (loss below 0.01).
-//   3. MLP(2, {16, 16, 1}) separates the two moons with micrograd's max-margin loss: 100%.
-//   4. What goes wrong without zero_grad: gradients pile up and training never settles.
+//   2. A two-layer ReLU network worked by hand, every intermediate, against backward().
+//   3. A small MLP learns XOR (loss below 0.01).
+//   4. MLP(2, {16, 16, 1}) separates the two moons with micrograd's max-margin loss: 100%.
+//   5. What goes wrong without zero_grad: gradients pile up and training never settles.
 //
 // Everything is deterministic: the Rng of engine.cpp §1.8 gives the same weights on every run.
 // Run it:             make lesson N=03        (plots go to build/plots/03_*.svg)
@@ -89,7 +90,102 @@ static void one_neuron() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 2. XOR with a hidden layer:  MLP(2, {4, 1}) with tanh hidden units, output y (linear),
+// 2. One forward and backward pass of a two-layer network, by hand (the course texts' worked
+// example). Input x = (1, 2), target y = 1, hidden layer of 2 ReLU units, linear output:
+//     z1 = W1·x + b1      W1 = [[0.1, 0.2], [0.3, 0.4]],  b1 = (0.01, 0.02)    (row i: unit i)
+//     a  = relu(z1)
+//     z2 = W2·a + b2      W2 = [0.5, 0.6],  b2 = 0.03
+//     L  = (z2 − y)²
+// Backward, each line the chain rule of the forward line it undoes, last line first:
+//     dL/dz2  = 2(z2 − y)
+//     dL/dW2j = dL/dz2 · a_j          dL/db2 = dL/dz2
+//     dL/da_j = dL/dz2 · W2j
+//     dL/dz1j = dL/da_j · [z1j > 0]   (ReLU passes the gradient where it was active)
+//     dL/dW1jk = dL/dz1j · x_k        dL/db1j = dL/dz1j
+// Then the engine's MLP(2, {2, 1}) with these weights, and backward(): the same numbers.
+// ---------------------------------------------------------------------------------------------
+static const double hand_x[2] = {1.0, 2.0}, hand_y = 1.0;
+static const double hand_W1[2][2] = {{0.1, 0.2}, {0.3, 0.4}}, hand_b1[2] = {0.01, 0.02};
+static const double hand_W2[2] = {0.5, 0.6}, hand_b2 = 0.03;
+
+// The gradients of the worked example, in the order of the engine's parameters(): for each
+// layer, for each neuron, its weights then its bias.
+static std::vector<double> two_layer_by_hand() {
+    double z1[2], a[2];
+    for (int j = 0; j < 2; ++j) {
+        z1[j] = hand_W1[j][0] * hand_x[0] + hand_W1[j][1] * hand_x[1] + hand_b1[j];
+        a[j] = std::max(0.0, z1[j]);
+    }
+    const double z2 = hand_W2[0] * a[0] + hand_W2[1] * a[1] + hand_b2;
+    const double L = (z2 - hand_y) * (z2 - hand_y);
+    std::printf("forward:   z1 = W1 x + b1 = (%.4f, %.4f)   a = relu(z1) = (%.4f, %.4f)\n", z1[0],
+                z1[1], a[0], a[1]);
+    std::printf("           z2 = W2 a + b2 = %.4f             L = (z2 - y)^2 = %.6f\n", z2, L);
+
+    const double dz2 = 2 * (z2 - hand_y);
+    double da[2], dz1[2];
+    for (int j = 0; j < 2; ++j) {
+        da[j] = dz2 * hand_W2[j];
+        dz1[j] = z1[j] > 0 ? da[j] : 0.0;
+    }
+    std::printf("backward:  dL/dz2 = 2(z2 - y) = %.4f\n", dz2);
+    std::printf("           dL/dW2 = dL/dz2 * a = (%.5f, %.5f)   dL/db2 = %.4f\n", dz2 * a[0],
+                dz2 * a[1], dz2);
+    std::printf("           dL/da = dL/dz2 * W2 = (%.4f, %.4f)\n", da[0], da[1]);
+    std::printf("           dL/dz1 = dL/da * [z1 > 0] = (%.4f, %.4f)   (both units are on)\n",
+                dz1[0], dz1[1]);
+    std::printf("           dL/dW1 = dL/dz1 x^T = [[%.4f, %.4f], [%.4f, %.4f]]\n",
+                dz1[0] * hand_x[0], dz1[0] * hand_x[1], dz1[1] * hand_x[0], dz1[1] * hand_x[1]);
+    std::printf("           dL/db1 = dL/dz1 = (%.4f, %.4f)\n", dz1[0], dz1[1]);
+    return {dz1[0] * hand_x[0], dz1[0] * hand_x[1], dz1[0], dz1[1] * hand_x[0], dz1[1] * hand_x[1],
+            dz1[1], dz2 * a[0], dz2 * a[1], dz2};
+}
+
+// The engine's MLP(2, {2, 1}) (ReLU hidden layer, linear output) with the worked weights.
+static MLP two_layer_model() {
+    Rng rng(0);   // any seed: every weight is overwritten below
+    MLP model(2, {2, 1}, rng, Activation::relu);
+    for (int j = 0; j < 2; ++j) {
+        Neuron& unit = model.layers[0].neurons[j];
+        unit.w[0].data() = hand_W1[j][0];
+        unit.w[1].data() = hand_W1[j][1];
+        unit.b.data() = hand_b1[j];
+    }
+    Neuron& out = model.layers[1].neurons[0];
+    out.w[0].data() = hand_W2[0];
+    out.w[1].data() = hand_W2[1];
+    out.b.data() = hand_b2;
+    return model;
+}
+
+static void two_layer_worked() {
+    heading("2. A two-layer ReLU network by hand: x = (1, 2), y = 1, loss (z2 - y)^2");
+    const std::vector<double> hand = two_layer_by_hand();
+
+    const MLP model = two_layer_model();
+    const Value z2 = model({Value(hand_x[0]), Value(hand_x[1])})[0];
+    const Value L = pow(z2 - hand_y, 2);
+    L.backward();
+    const std::vector<Value> params = model.parameters();
+    const char* names[] = {"W1[0][0]", "W1[0][1]", "b1[0]", "W1[1][0]", "W1[1][1]", "b1[1]",
+                           "W2[0]", "W2[1]", "b2"};
+    std::printf("\nThe engine: MLP(2, {2, 1}) with these weights, L = %.6f, then backward():\n",
+                L.data());
+    std::printf("%-9s  %11s  %11s  %10s\n", "dL/d", "by hand", "backward()", "difference");
+    double worst = 0;
+    for (std::size_t i = 0; i < params.size(); ++i) {
+        const double diff = params[i].grad() - hand[i];
+        worst = std::max(worst, std::fabs(diff));
+        std::printf("%-9s  %11.6f  %11.6f  %10.1e\n", names[i], hand[i], params[i].grad(), diff);
+    }
+    std::printf("Largest difference %.1e: backward() does the same multiplications, in the same\n"
+                "double precision. Each first-layer weight gets its unit's dL/dz1 times the input\n"
+                "it multiplies, so with x = (1, 2) the second column of dL/dW1 is twice the first.\n",
+                worst);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. XOR with a hidden layer:  MLP(2, {4, 1}) with tanh hidden units, output y (linear),
 //    loss = (1/4)·Σ (y − t)².
 // The four hidden units each draw a line; the output combines them, so the boundary can bend.
 // (With only 2 hidden units, some seeds stall at a loss near 0.2 however long they train: a
@@ -108,7 +204,7 @@ static const int xor_steps = 300;
 static const double xor_lr = 0.1;
 
 // Trains `model` on XOR for xor_steps steps of gradient descent. `zero_each_step` is the switch
-// that section 4 flips; section 2 leaves it on, as it should be. Returns the loss before each
+// that section 5 flips; section 3 leaves it on, as it should be. Returns the loss before each
 // step and, as the last entry, the loss after the final step.
 static std::vector<double> train_xor(bool zero_each_step, MLP& model) {
     const std::vector<Value> params = model.parameters();
@@ -125,7 +221,7 @@ static std::vector<double> train_xor(bool zero_each_step, MLP& model) {
 }
 
 static void xor_mlp() {
-    heading("2. XOR with MLP(2, {4, 1}), tanh hidden units, lr = 0.1");
+    heading("3. XOR with MLP(2, {4, 1}), tanh hidden units, lr = 0.1");
     Rng rng(42);
     MLP model(2, {4, 1}, rng, Activation::tanh);
     std::printf("%zu parameters (4 hidden neurons with 2 weights + bias, 1 output with 4 + 1)\n\n",
@@ -145,7 +241,7 @@ static void xor_mlp() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 3. Two moons with MLP(2, {16, 16, 1}) (ReLU hidden layers, linear output s = score).
+// 4. Two moons with MLP(2, {16, 16, 1}) (ReLU hidden layers, linear output s = score).
 // Labels are y = ±1 and the loss is micrograd's demo loss:
 //     data loss  = (1/N)·Σᵢ max(0, 1 − yᵢ·sᵢ)        (hinge: zero once yᵢ·sᵢ ≥ 1, a safe margin)
 //     reg loss   = 1e-4·Σ_θ θ²                        (L2: keeps the weights small)
@@ -197,7 +293,7 @@ static void draw_decision_regions(const MLP& model, const Moons& moons) {
 }
 
 static void moons_mlp() {
-    heading("3. Two moons: MLP(2, {16, 16, 1}), hinge loss + 1e-4 L2, 100 steps of SGD");
+    heading("4. Two moons: MLP(2, {16, 16, 1}), hinge loss + 1e-4 L2, 100 steps of SGD");
     Rng rng(42);
     const Moons moons = make_moons(100, 0.1, rng);   // data first, then weights, from one Rng
     MLP model(2, {16, 16, 1}, rng);
@@ -239,7 +335,7 @@ static void moons_mlp() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 4. Forgetting zero_grad. backward() adds into every leaf's grad (the `+=` of lesson 02), so
+// 5. Forgetting zero_grad. backward() adds into every leaf's grad (the `+=` of lesson 02), so
 // without zeroing, the "gradient" used at step k is the sum of all gradients so far:
 //     correct:    θ ← θ − lr·g_k
 //     forgotten:  θ ← θ − lr·(g_1 + g_2 + … + g_k)
@@ -249,9 +345,9 @@ static void moons_mlp() {
 // whose solutions oscillate with constant amplitude: w swings around 3 forever.
 // ---------------------------------------------------------------------------------------------
 static void without_zero_grad() {
-    heading("4. What goes wrong without zero_grad");
+    heading("5. What goes wrong without zero_grad");
 
-    // 4a. The mechanism: three backward() calls on the same loss, no zeroing in between.
+    // 5a. The mechanism: three backward() calls on the same loss, no zeroing in between.
     Value w(3.0, "w");
     const Value square = w * w;   // d(w²)/dw = 2w = 6
     std::printf("L = w^2 at w = 3, dL/dw = 6. Calling backward() repeatedly:\n");
@@ -260,12 +356,14 @@ static void without_zero_grad() {
         std::printf("  after call %d: w.grad() = %g\n", call, w.grad());
     }
 
-    // 4b. Gradient descent on (w − 3)², with and without zeroing.
+    // 5b. Gradient descent on (w − 3)², with and without zeroing.
     std::printf("\nMinimising (w - 3)^2 from w = 0 with lr = 0.1:\n");
     std::printf("%5s  %10s  %12s  %10s  %18s\n", "step", "w (zeroed)", "3 - 3*0.8^k",
                 "w (forgot)", "its w.grad() so far");
     Value good(0.0), bad(0.0);
+    std::vector<double> good_w;   // w of the zeroed run after k steps
     for (int k = 0; k <= 40; ++k) {
+        good_w.push_back(good.data());
         if (k <= 10 || k % 5 == 0)
             std::printf("%5d  %10.5f  %12.5f  %10.5f  %18.5f\n", k, good.data(),
                         3 - 3 * std::pow(0.8, k), bad.data(), bad.grad());
@@ -280,7 +378,15 @@ static void without_zero_grad() {
     }
     std::printf("The zeroed run converges; the other overshoots, turns back, and overshoots again.\n");
 
-    // 4c. The XOR network of section 2, trained both ways from the same initial weights.
+    // A course text tabulates the zeroed run as 1.9221, 2.6510, 2.9575 at steps 5, 10, 20, with
+    // losses that are not (w − 3)² of its own w: typed, not run.
+    std::printf("\nSome course notes print w = 1.9221, 2.6510, 2.9575 after steps 5, 10, 20 of this\n"
+                "run; the correct values are %.5f, %.5f, %.5f, because every step multiplies\n"
+                "w - 3 by exactly 1 - 0.1*2 = 0.8, so w_k = 3 - 3*0.8^k. The notes' rows do not even\n"
+                "agree with themselves: their loss at step 5 is 1.168928, but (1.9221 - 3)^2 = %.6f.\n",
+                good_w[5], good_w[10], good_w[20], (1.9221 - 3) * (1.9221 - 3));
+
+    // 5c. The XOR network of section 3, trained both ways from the same initial weights.
     Rng rng_a(42), rng_b(42);
     MLP zeroed(2, {4, 1}, rng_a, Activation::tanh), forgot(2, {4, 1}, rng_b, Activation::tanh);
     const std::vector<double> good_curve = train_xor(true, zeroed);
@@ -301,6 +407,7 @@ static void without_zero_grad() {
 static void lesson() {
     std::printf("Lesson 03: a first network, trained with the scalar engine\n");
     one_neuron();
+    two_layer_worked();
     xor_mlp();
     moons_mlp();
     without_zero_grad();
@@ -319,7 +426,7 @@ Value mse_loss(const std::vector<Value>& pred, const std::vector<double>& target
 
 // 03.2  One step of stochastic gradient descent, after backward() has filled the gradients:
 // for every parameter p, p.data ← p.data − lr·p.grad, then set p.grad to 0 so that the next
-// backward() starts from a clean slate (section 4 shows what happens otherwise).
+// backward() starts from a clean slate (section 5 shows what happens otherwise).
 void sgd_step(const std::vector<Value>& params, double lr) {
     // BEGIN EXERCISE 03.2
     throw not_implemented("03.2");

@@ -9,10 +9,15 @@
 //
 //   1. An ill-conditioned valley f(x, y) = ½(x² + 50y²): SGD zigzags, momentum and Adam glide.
 //   2. The worked examples, through the engine: momentum 1.0 → 0.95 → 0.935, Adam 1.0 → 0.99
-//      → 0.9873 (a hand-set gradient on a one-element parameter).
-//   3. Adam's bias correction, and what its absence does to the first steps.
+//      → 0.9873 (a hand-set gradient on a one-element parameter); momentum's two textbook
+//      forms, which are one method with the learning rate scaled by 1 − β.
+//   3. Adam's bias correction: m̂₃ = 2.745 and v̂₃ = 18.67 for gradients 4, −2, 6, and what its
+//      absence does to the first steps (they are too big, not too small).
 //   4. Adam + L2 against AdamW: with L2, weights with large gradients are barely decayed.
-//   5. Memory: the optimizer's state per parameter, from state_bytes(), up to a 7B model.
+//   5. The LLM recipe (AdamW, β₂ = 0.95, λ = 0.1, clipping at 1): why β₂ is lowered, measured
+//      on a gradient spike.
+//   6. Memory: the optimizer's state per parameter, from state_bytes(), up to a 7B model; and
+//      AdaFactor's factored second moment, n + m numbers for an n × m matrix.
 //
 // Run it:             make lesson N=06        (plots go to build/plots/06_*.svg)
 // Grade the homework: make check N=06
@@ -121,6 +126,7 @@ static void valley() {
     std::printf("SGD would need a new learning rate; Adam follows the same path (up to rounding).\n");
 
     Plot paths("Paths through the valley (x^2 + 50 y^2)/2", "x", "y");
+    paths.equal_axes = true;   // one unit of y as long as one of x: the valley as it really is
     paths.add("SGD lr 0.035", sgd.x, sgd.y);
     paths.add("momentum 0.9", momentum.x, momentum.y);
     paths.add("Adam lr 0.3", adam.x, adam.y);
@@ -138,10 +144,44 @@ static void valley() {
 //     v₁ = 0.9·0 + 0.5 = 0.5,       w₁ = 1.0 − 0.1·0.5 = 0.95
 //     v₂ = 0.9·0.5 − 0.3 = 0.15,    w₂ = 0.95 − 0.1·0.15 = 0.935
 // The second gradient points the other way, yet w keeps going down: v remembers the first.
+//
+// Momentum has a second textbook form, an exponential moving average (EMA) of the gradients:
+//     PyTorch:  v ← β·v + g,             w ← w − lr·v          (v is a running sum)
+//     EMA:      v ← β·v + (1 − β)·g,     w ← w − lr_ema·v      (v is a running average)
+// Both v start at 0, and the EMA's v is the sum's v times (1 − β) at every step: if
+// v_ema = (1 − β)·v_pt, then β·v_ema + (1 − β)·g = (1 − β)·(β·v_pt + g). So the two walk the
+// same path when lr_ema·(1 − β) = lr, i.e. lr_ema = lr/(1 − β): 0.1/(1 − 0.9) = 1.0 here.
+// The same lr in both is a 10× smaller step in the EMA form.
+//
 // Adam, w = 1.0, lr = 0.01, β₁ = 0.9, β₂ = 0.999, ε = 1e-8, gradients 0.4 then −0.2:
 //     m = β₁m + (1 − β₁)g,  v = β₂v + (1 − β₂)g²,  m̂ = m/(1 − β₁ᵗ),  v̂ = v/(1 − β₂ᵗ),
 //     w ← w − lr·m̂/(√v̂ + ε)
 // ---------------------------------------------------------------------------------------------
+// The two momentum forms on the worked example's gradients, and two more of our own.
+static void momentum_forms() {
+    const double beta = 0.9, grads[] = {0.5, -0.3, 0.2, 0.4};
+    const Tensor w = scalar_parameter(1.0);
+    SGD sgd({w}, 0.1, beta);
+    double v_ema = 0, w_ema = 1.0, v_same = 0, w_same = 1.0;
+    std::printf("\nThe two momentum forms, beta = 0.9 (gradients 3 and 4 are ours):\n");
+    std::printf("%3s  %6s  %20s  %20s  %20s\n", "t", "g", "PyTorch, lr 0.1", "EMA, lr 0.1/(1-b)",
+                "EMA, lr 0.1");
+    std::printf("%3s  %6s  %20s  %20s  %20s\n", "", "", "(engine SGD)", "= 1.0, by hand", "by hand");
+    for (int t = 1; t <= 4; ++t) {
+        const double g = grads[t - 1];
+        set_grad(w, {g});
+        sgd.step();
+        v_ema = beta * v_ema + (1 - beta) * g;
+        w_ema -= 0.1 / (1 - beta) * v_ema;
+        v_same = beta * v_same + (1 - beta) * g;
+        w_same -= 0.1 * v_same;
+        std::printf("%3d  %6.2f  %20.6f  %20.6f  %20.6f\n", t, g, double(w.item()), w_ema, w_same);
+    }
+    std::printf("Same path when lr_ema = lr/(1 - beta). Homework 06.1 asks for PyTorch's form and\n"
+                "expects 0.95 after the first step; the EMA form with the same lr 0.1 gives %.3f.\n",
+                1.0 - 0.1 * (1 - beta) * grads[0]);
+}
+
 static void worked_examples() {
     heading("2. The worked examples, run through SGD(momentum) and Adam");
     const Tensor w = scalar_parameter(1.0);
@@ -158,6 +198,7 @@ static void worked_examples() {
         std::printf("%3d  %6.2f  %14.6f  %14.6f  %12.6f\n", t, grads[t - 1], v, w_hand,
                     double(w.item()));
     }
+    momentum_forms();
 
     const Tensor u = scalar_parameter(1.0);
     Adam adam({u}, 0.01);
@@ -191,9 +232,38 @@ static void worked_examples() {
 // alone is missing; dropping both (the usual bug) makes the early steps several times too BIG,
 // because v (β₂ = 0.999) starts much further below its true value than m (β₁ = 0.9) does.
 // Either way the error lasts for hundreds of steps: 1 − 0.999ᵗ reaches 0.63 only at t = 1000.
+//
+// First the course texts' example with three different gradients, 4, −2, 6 (β₁ = 0.9,
+// β₂ = 0.999): m₃ and v₃ by hand and from the engine's Adam state, and their corrections.
 // ---------------------------------------------------------------------------------------------
+static void three_gradients() {
+    const double b1 = 0.9, b2 = 0.999, grads[] = {4.0, -2.0, 6.0};
+    const Tensor w = scalar_parameter(0.0);
+    Adam adam({w}, 1e-3, b1, b2);
+    double m = 0, v = 0;
+    std::printf("Gradients 4, -2, 6 with beta1 = 0.9, beta2 = 0.999:\n");
+    std::printf("%3s  %5s  %9s  %9s  %10s  %10s  %9s  %9s\n", "t", "g", "m", "m engine", "v",
+                "v engine", "m_hat", "v_hat");
+    for (int t = 1; t <= 3; ++t) {
+        const double g = grads[t - 1];
+        set_grad(w, {g});
+        adam.step();
+        m = b1 * m + (1 - b1) * g;
+        v = b2 * v + (1 - b2) * g * g;
+        const double m_engine = adam.state()[0][0][0], v_engine = adam.state()[0][1][0];
+        std::printf("%3d  %5g  %9.6f  %9.6f  %10.7f  %10.7f  %9.4f  %9.4f\n", t, g, m, m_engine, v,
+                    v_engine, m / (1 - std::pow(b1, t)), v / (1 - std::pow(b2, t)));
+    }
+    const double c1 = 1 - std::pow(b1, 3), c2 = 1 - std::pow(b2, 3);
+    std::printf("m_hat_3 = %.4f / %.3f = %.3f (m_3 alone is %.2fx too small); v_hat_3 = %.6f / %.6f\n"
+                "= %.2f (%.1fx). With beta2 this close to 1, v_hat_3 is nearly the plain mean of g^2,\n"
+                "(16 + 4 + 36)/3 = %.2f; m_hat_3 leans toward the latest gradients (plain mean %.3f).\n\n",
+                m, c1, m / c1, 1 / c1, v, c2, v / c2, 1 / c2, (16.0 + 4 + 36) / 3, (4.0 - 2 + 6) / 3);
+}
+
 static void bias_correction() {
-    heading("3. Adam's bias correction: the step size for a constant gradient, in units of lr");
+    heading("3. Adam's bias correction: m_hat and v_hat, and the step size for a constant gradient");
+    three_gradients();
     const double b1 = 0.9, b2 = 0.999;
     // The engine's Adam (bias-corrected) on g = 1 for 3000 steps: record every step's length.
     const Tensor w = scalar_parameter(0.0);
@@ -220,6 +290,12 @@ static void bias_correction() {
         std::printf("%6d  %12.4f  %12.4f  %14.4f  %14.4f  %14.4f\n", t, engine_step[t - 1],
                     corrected[t - 1], neither[t - 1], only_m[t - 1], only_v[t - 1]);
     std::printf("(The engine's steps are measured on w in float, hence the 4th-digit noise.)\n");
+    std::printf("\nSome course notes say Adam without bias correction takes 'severely underscaled'\n"
+                "first steps (below lr); the correct first step is %.2f lr, too big, because\n"
+                "m_1 = (1 - beta1) g and v_1 = (1 - beta2) g^2 make the uncorrected m_1/sqrt(v_1)\n"
+                "= (1 - beta1)/sqrt(1 - beta2) sign(g) = 0.1/%.4f. The first steps are too small\n"
+                "only when m alone goes uncorrected (%.2f lr at t = 1).\n",
+                neither[0], std::sqrt(1 - b2), only_v[0]);
 
     // The worked example's first step without any correction: m₁ = 0.04, v₁ = 0.00016.
     std::printf("\nThe worked example's first step: corrected 0.01 * 0.4/sqrt(0.16) = 0.0100;\n"
@@ -294,13 +370,156 @@ static void weight_decay() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 5. Memory. Each optimizer keeps state_per_param() numbers for every parameter number: SGD 0,
+// 5. The LLM recipe. GPT-3, LLaMA and most large language models since train with
+//     AdamW(lr, β₁ = 0.9, β₂ = 0.95, ε = 1e-8, λ = 0.1)
+//     gradients clipped to a global norm of 1.0 (clip_grad_norm, lesson 09)
+//     lr from warmup + cosine decay (warmup_cosine_lr, lesson 07)
+// In this engine, one step of it reads:
+//     loss.backward(); clip_grad_norm(params, 1.0); opt.lr = warmup_cosine_lr(...); opt.step();
+// Why β₂ = 0.95 rather than Adam's default 0.999? v averages g² with weights that fall by β₂
+// per step: a gradient k steps old counts β₂ᵏ, half as much as a new one after
+// ln 2/(−ln β₂) steps, the half-life. LLM gradients are not stationary (the data mix changes
+// from batch to batch, and a rare batch gives a spike), and v is only useful if it describes
+// the gradients of now. The test: the engine's Adam on one weight, 3000 steps of g = 0.01, one
+// spike g = 1 (a norm of 1, so clipping at 1.0 leaves it alone; clipping bounds how big a
+// spike can get, not how long v remembers it), then g = 0.01 again. We measure each step's
+// length in units of lr. (λ = 0 here, so that the length is Adam's step alone.)
+// ---------------------------------------------------------------------------------------------
+struct SpikeRun {
+    std::vector<double> step_over_lr;   // after the spike: [0] is the spike's own step
+    double before = 0;                  // the step just before the spike
+    int recovered = 0;                  // steps after the spike until it stays within 10% of lr
+};
+
+static SpikeRun spike_run(double beta2) {
+    const double lr = 1e-3;
+    const int calm = 3000, after = 6000;
+    const Tensor w = scalar_parameter(0.0);
+    Adam adam({w}, lr, 0.9, beta2);
+    SpikeRun run;
+    for (int t = 0; t < calm + after; ++t) {
+        const double g = t == calm ? 1.0 : 0.01;
+        const double before = w.item();
+        set_grad(w, {g});
+        clip_grad_norm({w}, 1.0);   // the recipe's clipping: no change for norms up to 1
+        adam.step();
+        const double length = (before - double(w.item())) / lr;
+        if (t == calm - 1) run.before = length;
+        if (t < calm) continue;
+        run.step_over_lr.push_back(length);
+        if (std::fabs(length - 1) > 0.1) run.recovered = t - calm + 1;   // not settled yet
+    }
+    return run;
+}
+
+static void llm_recipe() {
+    heading("5. The LLM recipe: AdamW(beta2 = 0.95, lambda = 0.1), clip at 1.0; why beta2 = 0.95");
+    const double betas[] = {0.999, 0.95};
+    const SpikeRun runs[] = {spike_run(betas[0]), spike_run(betas[1])};
+    std::printf("%-40s  %13s  %13s\n", "Adam on one weight, g = 0.01, one spike 1.0", "beta2 = 0.999",
+                "beta2 = 0.95");
+    std::printf("%-40s  %13.1f  %13.1f\n", "half-life of v, ln 2/(-ln beta2), steps",
+                std::log(2.0) / -std::log(betas[0]), std::log(2.0) / -std::log(betas[1]));
+    std::printf("%-40s  %13.3f  %13.3f\n", "step / lr just before the spike", runs[0].before,
+                runs[1].before);
+    std::printf("%-40s  %13.3f  %13.3f\n", "step / lr at the spike", runs[0].step_over_lr[0],
+                runs[1].step_over_lr[0]);
+    for (int k : {10, 100, 1000, 3000}) {
+        char row[48];
+        std::snprintf(row, sizeof row, "step / lr %d steps after the spike", k);
+        std::printf("%-40s  %13.3f  %13.3f\n", row, runs[0].step_over_lr[k], runs[1].step_over_lr[k]);
+    }
+    std::printf("%-40s  %13d  %13d\n", "steps until it stays within 10% of lr", runs[0].recovered,
+                runs[1].recovered);
+    std::printf("\nWith beta2 = 0.999, v hardly moves at the spike: m jumps, so the spike itself\n"
+                "gets a %.1fx step; then v stays inflated, and the steps more than 10%% short, for\n"
+                "%d steps after the spike has passed. With 0.95, v takes the spike in at once (a\n"
+                "%.2fx step) and has forgotten it %d steps later: the second moment describes the\n"
+                "gradients of now, not of a thousand steps ago.\n",
+                runs[0].step_over_lr[0], runs[0].recovered, runs[1].step_over_lr[0],
+                runs[1].recovered);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Memory. Each optimizer keeps state_per_param() numbers for every parameter number: SGD 0,
 // momentum 1 (v), RMSProp 1, Adam and AdamW 2 (m and v), Lion 1 (m). In float that is 4 bytes
 // each. Training with Adam in float32 therefore holds 16 bytes per parameter: the weight, its
 // gradient, m and v.
 // ---------------------------------------------------------------------------------------------
+// AdaFactor (Shazeer and Stern, 2018) shrinks the second moment. For a weight matrix [n, m] it
+// keeps, instead of v's n·m numbers, the row sums and column sums of g² (running averages of
+// them, with β₂, as Adam averages v), n + m numbers:
+//     R_i = Σ_j g²_ij,    C_j = Σ_i g²_ij,    and rebuilds    v̂_ij = R_i·C_j / Σ_i R_i.
+// When g² is an outer product, g²_ij = a_i·b_j (rank 1), this is exact: R_i = a_i·Σb,
+// C_j = b_j·Σa and Σ R = Σa·Σb. Otherwise it is the rank-1 matrix with the same row and column
+// sums as g², and a lone large entry is smeared over its row and column. (AdaFactor usually
+// drops m as well, keeping no first moment at all.)
+using Matrix = std::vector<std::vector<double>>;
+
+static Matrix factored_second_moment(const Matrix& g2) {
+    const std::size_t n = g2.size(), m = g2[0].size();
+    std::vector<double> R(n, 0.0), C(m, 0.0);
+    double total = 0;
+    for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t j = 0; j < m; ++j) {
+            R[i] += g2[i][j];
+            C[j] += g2[i][j];
+            total += g2[i][j];
+        }
+    Matrix v_hat(n, std::vector<double>(m));
+    for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t j = 0; j < m; ++j) v_hat[i][j] = R[i] * C[j] / total;
+    return v_hat;
+}
+
+static void print_matrix(const char* name, const Matrix& a) {
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        std::printf("  %-7s", i == 0 ? name : "");
+        for (double x : a[i]) std::printf("  %8.4f", x);
+        std::printf("\n");
+    }
+}
+
+static double largest_gap(const Matrix& a, const Matrix& b) {
+    double worst = 0;
+    for (std::size_t i = 0; i < a.size(); ++i)
+        for (std::size_t j = 0; j < a[i].size(); ++j) worst = std::max(worst, std::fabs(a[i][j] - b[i][j]));
+    return worst;
+}
+
+static void adafactor() {
+    const double n = 4096, m = 11008;   // LLaMA-7B's MLP matrices are 4096 x 11008
+    std::printf("\nAdaFactor's factored second moment, for one 4096 x 11008 matrix in float32:\n");
+    std::printf("  Adam's v: n*m = %.0f numbers = %.1f MB;  row + column sums: n + m = %.0f numbers\n"
+                "  = %.1f KB, %.0fx fewer.\n", n * m, n * m * 4 / 1e6, n + m, (n + m) * 4 / 1e3,
+                n * m / (n + m));
+    std::printf("Some course notes give AdaFactor's state as ~2/rank of W per parameter; the correct\n"
+                "count is (n + m)/(n*m) = 1/n + 1/m = %.3g here, because it keeps one number per row\n"
+                "and one per column whatever the rank (2/rank matches only a full-rank square\n"
+                "matrix; here it would be at least 2/4096 = %.3g).\n", (n + m) / (n * m), 2 / 4096.0);
+
+    // g = a_i·b_j, so g² = a_i²·b_j²: rank 1.
+    const double a[3] = {1.0, -2.0, 0.5}, b[4] = {0.4, -1.0, 2.0, 0.1};
+    Matrix g2(3, std::vector<double>(4));
+    for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 4; ++j) g2[i][j] = (a[i] * b[j]) * (a[i] * b[j]);
+    std::printf("\nA 3 x 4 gradient g_ij = a_i b_j, a = (1, -2, 0.5), b = (0.4, -1, 2, 0.1):\n");
+    print_matrix("g^2", g2);
+    const Matrix v_hat = factored_second_moment(g2);
+    print_matrix("v_hat", v_hat);
+    std::printf("  largest |v_hat - g^2| = %.1e: rank 1 is rebuilt exactly from 3 + 4 numbers.\n",
+                largest_gap(v_hat, g2));
+    g2[0][0] = 1.0;   // one entry of g jumps from 0.4 to 1: g² is no longer rank 1
+    const Matrix v_spike = factored_second_moment(g2);
+    std::printf("The same with g_00 = 1 instead of 0.4:\n");
+    print_matrix("g^2", g2);
+    print_matrix("v_hat", v_spike);
+    std::printf("  largest |v_hat - g^2| = %.4f: the jump is shared out over row 0 and column 0.\n",
+                largest_gap(v_spike, g2));
+}
+
 static void state_memory() {
-    heading("5. Optimizer state per parameter (state_bytes())");
+    heading("6. Optimizer state per parameter (state_bytes()), and AdaFactor's factored v");
     Rng rng(6);
     nn::MLP model({784, 256, 10}, rng);
     const std::vector<Tensor> params = model.parameters();
@@ -334,6 +553,7 @@ static void state_memory() {
                 "serve it. Lion's single state saves a quarter of that.\n",
                 billion * 4 / 1e9, billion * 4 / 1e9, billion * 8 / 1e9, billion * 16 / 1e9,
                 billion * 2 / 1e9);
+    adafactor();
 }
 
 static void lesson() {
@@ -342,6 +562,7 @@ static void lesson() {
     worked_examples();
     bias_correction();
     weight_decay();
+    llm_recipe();
     state_memory();
 }
 

@@ -7,7 +7,8 @@
 // finds a good peak lr the way practitioners do, with a sweep.
 //
 //   1. Warmup + cosine decay, step by step, against the worked numbers of the course texts.
-//   2. Four schedules side by side: constant, warmup-cosine, inverse square root, step decay.
+//   2. Four schedules side by side: constant, warmup-cosine, inverse square root, step decay;
+//      how long the cosine stays near its peak (a fifth of the decay, not most of it).
 //   3. What warmup costs in tokens, for a LLaMA-3-sized run and for a small one.
 //   4. A learning-rate sweep: an MLP on three spirals, AdamW, lr from 1e-1 down to 1e-5.
 //   5. The schedule in a training loop: constant lr against warmup + cosine at the same peak.
@@ -32,7 +33,8 @@ static const double pi = 3.14159265358979323846;
 //                               lr = lr_min + ½·(lr_max − lr_min)·(1 + cos πp)     cosine decay
 //      step > total             lr = lr_min                                        the floor
 // At p = ½ the cosine is cos(π/2) = 0, so the lr there is exactly (lr_max + lr_min)/2; and the
-// curve is symmetric about that point: lr(p) + lr(1 − p) = lr_max + lr_min.
+// curve is symmetric about that point: lr(p) + lr(1 − p) = lr_max + lr_min. This is the
+// schedule of the LLM recipe (lesson 06 §5), typically with about 2000 warmup steps.
 // ---------------------------------------------------------------------------------------------
 struct WorkedLr {
     long step;
@@ -96,6 +98,39 @@ static std::vector<Schedule> four_schedules() {
     };
 }
 
+// How long does the cosine stay near its peak? With lr_min = 0, lr = ½·lr_max·(1 + cos πp) is
+// at least 0.9·lr_max only while cos πp ≥ 0.8, that is p ≤ acos(0.8)/π = 0.205; it is above
+// half the peak for p < ½ and below it for p > ½ (the curve is symmetric); and its slope,
+// −½·lr_max·π·sin(πp), is steepest at p = ½, not at the end. Counted here step by step with
+// the engine's schedule, on a course text's setup: peak 3e-4, warmup 500, 10000 steps, floor 0.
+static void cosine_near_peak() {
+    const long warmup = 500, total = 10000;
+    const double peak = 3e-4;
+    long near_peak = 0, above_half = 0, steepest = warmup;
+    double biggest_drop = 0;
+    for (long s = warmup; s < total; ++s) {
+        const double lr = warmup_cosine_lr(s, warmup, total, peak, 0.0);
+        const double drop = lr - warmup_cosine_lr(s + 1, warmup, total, peak, 0.0);
+        if (lr >= 0.9 * peak) ++near_peak;
+        if (lr > 0.5 * peak) ++above_half;
+        if (drop > biggest_drop) {
+            biggest_drop = drop;
+            steepest = s;
+        }
+    }
+    const double decay_steps = double(total - warmup);
+    std::printf("\nThe cosine on peak 3e-4, warmup 500, 10000 steps, floor 0: of the %ld decay steps,\n"
+                "%.1f%% have lr >= 0.9 peak and %.1f%% have lr > peak/2; the steepest fall is from\n"
+                "step %ld to %ld, the midpoint.\n", total - warmup, 100 * near_peak / decay_steps,
+                100 * above_half / decay_steps, steepest, steepest + 1);
+    std::printf("Some course notes say the cosine spends most of training near the peak and decays\n"
+                "sharply only at the end; the correct share of the decay within 10%% of the peak\n"
+                "is %.1f%%, because 1 + cos(pi p) stays above 1.8 only for p < acos(0.8)/pi = %.3f;\n"
+                "the lr spends as long below half the peak as above it, and falls fastest at the\n"
+                "midpoint. (Against a linear decay, cosine is higher in the first half of the run\n"
+                "and lower in the second.)\n", 100 * near_peak / decay_steps, std::acos(0.8) / pi);
+}
+
 static void four_schedules_compared() {
     heading("2. Four schedules, peak 3e-4, 10000 steps");
     const std::vector<Schedule> schedules = four_schedules();
@@ -126,6 +161,7 @@ static void four_schedules_compared() {
                 "Step decay makes its descent in jumps, whose timing is one more thing to tune.\n",
                 inverse_sqrt_lr(10000, 2000, 3e-4));
     plot.save("07_schedules");
+    cosine_near_peak();
 }
 
 // ---------------------------------------------------------------------------------------------

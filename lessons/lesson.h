@@ -2,7 +2,7 @@
 // topic: the homework checker behind `make check N=..`, and an SVG line plot.
 #pragma once
 
-#include "engine.h"
+#include "../engine.h"   // relative to this file, so tests.cpp can include it too (group "plots")
 
 #include <algorithm>
 #include <cmath>
@@ -104,6 +104,12 @@ inline int run_lesson(int argc, char** argv, void (*lesson)(), int (*check_homew
 // Plots: a minimal SVG line chart, enough to see a loss curve or an error-versus-h slope.
 // Axes may be logarithmic (base 10); points that cannot be drawn (≤ 0 on a log axis, NaN, inf)
 // are skipped. Files go to build/plots/, which `make clean` removes.
+//
+// Ticks are numbers a reader can use: on a linear axis they step by 1, 2 or 5 times a power of
+// ten (…, 0.1, 0.2, 0.5, 1, 2, 5, …) and the axis ends on a tick; on a log axis they are powers
+// of ten (1-2-5 values inside a decade when the axis spans less than three decades). An axis
+// whose data are all whole numbers (steps, layers) gets whole-number ticks only.
+// `equal_axes = true` gives x and y the same length per unit, for paths whose shape matters.
 // ---------------------------------------------------------------------------------------------
 
 struct Series {
@@ -113,9 +119,134 @@ struct Series {
 
 enum class Scale { linear, log_x, log_y, log_log };
 
+// One axis as drawn: its ends and its ticks, in drawn units (log10 of the value on a log axis),
+// and the label written at each tick.
+struct Axis {
+    double lo = 0, hi = 1;
+    std::vector<double> ticks;
+    std::vector<std::string> labels;
+};
+
+// The step between linear ticks: 1, 2 or 5 times a power of ten, so that `span` holds about five
+// steps. Whole-number data never get a step below 1.
+inline double nice_step(double span, bool whole_numbers) {
+    const double raw = span / 5;
+    const double decade = std::pow(10.0, std::floor(std::log10(raw)));
+    const double r = raw / decade;   // in [1, 10)
+    double step = 10 * decade;
+    if (r < 1.5) step = decade;
+    else if (r < 3.5) step = 2 * decade;
+    else if (r < 7.5) step = 5 * decade;
+    if (whole_numbers && step < 1) step = 1;
+    return step;
+}
+
+// A tick's label, rounded to `resolution` (the tick step, or the tick itself on a log axis):
+// plain decimals from 0.001 to 99999, otherwise mantissa and exponent ("2.5e-4"), trailing
+// zeros dropped.
+inline std::string tick_text(double v, double resolution) {
+    const double a = std::fabs(v);
+    if (a < resolution * 1e-6) return "0";
+    const int res_exp = int(std::floor(std::log10(resolution) + 1e-9));
+    char buf[48];
+    int exponent = 0;
+    if (a >= 1e-3 && a < 1e5) {
+        std::snprintf(buf, sizeof buf, "%.*f", std::max(0, -res_exp), v);
+    } else {
+        exponent = int(std::floor(std::log10(a) + 1e-9));
+        std::snprintf(buf, sizeof buf, "%.*f", std::max(0, exponent - res_exp),
+                      v / std::pow(10.0, exponent));
+    }
+    std::string s = buf;
+    if (s.find('.') != std::string::npos) {   // 0.50 → 0.5, 2.0 → 2
+        while (s.back() == '0') s.pop_back();
+        if (s.back() == '.') s.pop_back();
+    }
+    if (exponent != 0) s += "e" + std::to_string(exponent);
+    return s;
+}
+
+// Linear ticks k·step for every whole k with lo ≤ k·step ≤ hi (k·step, not a running sum, so
+// rounding does not accumulate).
+inline void add_linear_ticks(Axis& axis, double step) {
+    const double eps = step * 1e-9;
+    for (double k = std::ceil((axis.lo - eps) / step); k * step <= axis.hi + eps; k += 1) {
+        axis.ticks.push_back(k * step);
+        axis.labels.push_back(tick_text(k * step, step));
+    }
+}
+
+// Log ticks m·10^d for each mantissa m in `mantissas`, inside [lo, hi] (log10 units), keeping
+// only decades d that are multiples of `stride`.
+inline void add_log_ticks(Axis& axis, const std::vector<int>& mantissas, int stride) {
+    for (double d = std::floor(axis.lo); d <= std::ceil(axis.hi); d += 1) {
+        if (std::fmod(std::fabs(d), double(stride)) != 0) continue;
+        for (int m : mantissas) {
+            const double t = d + std::log10(double(m));
+            if (t < axis.lo - 1e-9 || t > axis.hi + 1e-9) continue;
+            axis.ticks.push_back(t);
+            axis.labels.push_back(tick_text(m * std::pow(10.0, d), std::pow(10.0, d)));
+        }
+    }
+}
+
+// The axis for data spanning [lo, hi] (drawn units). A linear axis grows to the nearest ticks.
+inline Axis make_axis(double lo, double hi, bool log, bool whole_numbers) {
+    if (!(lo <= hi)) {   // no data at all: any range will do
+        lo = 0;
+        hi = 1;
+    }
+    if (lo == hi) {      // one value: a range around it
+        lo -= 1;
+        hi += 1;
+    }
+    Axis axis;
+    axis.lo = lo;
+    axis.hi = hi;
+    if (!log) {
+        const double step = nice_step(hi - lo, whole_numbers);
+        axis.lo = std::floor(lo / step + 1e-9) * step;
+        axis.hi = std::ceil(hi / step - 1e-9) * step;
+        add_linear_ticks(axis, step);
+        return axis;
+    }
+    const int decades = int(std::floor(hi + 1e-9) - std::ceil(lo - 1e-9)) + 1;
+    if (decades >= 3) {   // powers of ten, every 1st, 2nd, 5th, 10th, ... so at most 7 labels
+        int stride = 1;
+        for (int s : {2, 5, 10, 20, 50, 100, 200, 500})
+            if (decades / stride > 7) stride = s;
+        add_log_ticks(axis, {1}, stride);
+        return axis;
+    }
+    add_log_ticks(axis, {1, 2, 5}, 1);
+    if (axis.ticks.size() >= 2) return axis;
+    axis = Axis{lo, hi, {}, {}};
+    add_log_ticks(axis, {1, 2, 3, 4, 5, 6, 7, 8, 9}, 1);
+    if (axis.ticks.size() >= 2) return axis;
+    // Less than a factor of 2 from end to end: linear ticks on the values, drawn at their logs.
+    Axis values = make_axis(std::pow(10.0, lo), std::pow(10.0, hi), false, whole_numbers);
+    axis = Axis{lo, hi, {}, {}};
+    for (std::size_t i = 0; i < values.ticks.size(); ++i) {
+        if (!(values.ticks[i] > 0)) continue;
+        const double t = std::log10(values.ticks[i]);
+        if (t < lo - 1e-9 || t > hi + 1e-9) continue;
+        axis.ticks.push_back(t);
+        axis.labels.push_back(values.labels[i]);
+    }
+    return axis;
+}
+
+// Widens `axis` (linear) about its centre to `span`, with ticks at a step fit for the new span.
+inline void widen_axis(Axis& axis, double span, bool whole_numbers) {
+    const double centre = (axis.lo + axis.hi) / 2;
+    axis = Axis{centre - span / 2, centre + span / 2, {}, {}};
+    add_linear_ticks(axis, nice_step(span, whole_numbers));
+}
+
 struct Plot {
     std::string title, x_label, y_label;
     bool log_x = false, log_y = false;
+    bool equal_axes = false;   // same length per unit on x and y (linear axes only)
     std::vector<Series> series;
 
     Plot(std::string title_, std::string x_label_, std::string y_label_,
@@ -146,40 +277,64 @@ struct Plot {
         return path;
     }
 
-    std::string svg() const {
-        const double W = 640, H = 410, left = 70, right = 170, top = 52, bottom = 50;
+    // The two axes as they will be drawn (tests read their ticks).
+    void axes(Axis& x_axis, Axis& y_axis) const {
         double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
+        bool x_whole = true, y_whole = true;
         for (const Series& s : series)
             for (std::size_t i = 0; i < s.x.size(); ++i) {
                 double px, py;
                 if (!project(s.x[i], s.y[i], px, py)) continue;
-                x0 = std::min(x0, px), x1 = std::max(x1, px);
-                y0 = std::min(y0, py), y1 = std::max(y1, py);
+                x0 = std::min(x0, px);
+                x1 = std::max(x1, px);
+                y0 = std::min(y0, py);
+                y1 = std::max(y1, py);
+                if (s.x[i] != std::floor(s.x[i])) x_whole = false;
+                if (s.y[i] != std::floor(s.y[i])) y_whole = false;
             }
-        if (!(x0 < x1)) x0 -= 1, x1 += 1;
-        if (!(y0 < y1)) y0 -= 1, y1 += 1;
-        auto sx = [&](double v) { return left + (v - x0) / (x1 - x0) * (W - left - right); };
-        auto sy = [&](double v) { return H - bottom - (v - y0) / (y1 - y0) * (H - top - bottom); };
+        x_axis = make_axis(x0, x1, log_x, x_whole);
+        y_axis = make_axis(y0, y1, log_y, y_whole);
+        if (!equal_axes || log_x || log_y) return;
+        // Units per pixel must match: widen whichever axis has fewer of them.
+        const double per_px_x = (x_axis.hi - x_axis.lo) / plot_w, per_px_y = (y_axis.hi - y_axis.lo) / plot_h;
+        if (per_px_x > per_px_y) widen_axis(y_axis, per_px_x * plot_h, y_whole);
+        else widen_axis(x_axis, per_px_y * plot_w, x_whole);
+    }
+
+    std::string svg() const {
+        Axis xa, ya;
+        axes(xa, ya);
+        auto sx = [&](double v) { return left + (v - xa.lo) / (xa.hi - xa.lo) * plot_w; };
+        auto sy = [&](double v) { return top + plot_h - (v - ya.lo) / (ya.hi - ya.lo) * plot_h; };
 
         std::string out;
         char buf[256];
         std::snprintf(buf, sizeof buf,
                       "<svg xmlns='http://www.w3.org/2000/svg' width='%g' height='%g' "
                       "font-family='sans-serif' font-size='12'>\n<rect width='100%%' "
-                      "height='100%%' fill='white'/>\n", W, H);
+                      "height='100%%' fill='white'/>\n", width, height);
         out += buf;
+        for (std::size_t k = 0; k < xa.ticks.size(); ++k) {   // grid line and label per tick
+            const double px = sx(xa.ticks[k]);
+            std::snprintf(buf, sizeof buf, "<line x1='%.1f' y1='%g' x2='%.1f' y2='%g' stroke='#ddd'/>\n",
+                          px, top, px, top + plot_h);
+            out += buf;
+            out += text(px, top + plot_h + 16, xa.labels[k], "middle");
+        }
+        for (std::size_t k = 0; k < ya.ticks.size(); ++k) {
+            const double py = sy(ya.ticks[k]);
+            std::snprintf(buf, sizeof buf, "<line x1='%g' y1='%.1f' x2='%g' y2='%.1f' stroke='#ddd'/>\n",
+                          left, py, left + plot_w, py);
+            out += buf;
+            out += text(left - 6, py + 4, ya.labels[k], "end");
+        }
         std::snprintf(buf, sizeof buf,
                       "<rect x='%g' y='%g' width='%g' height='%g' fill='none' stroke='black'/>\n",
-                      left, top, W - left - right, H - top - bottom);
+                      left, top, plot_w, plot_h);
         out += buf;
-        out += text(W / 2 - right / 2, 22, title, "middle", 15);
-        out += text(W / 2 - right / 2, H - 10, x_label + (log_x ? " (log scale)" : ""), "middle");
+        out += text(left + plot_w / 2, 22, title, "middle", 15);
+        out += text(left + plot_w / 2, height - 10, x_label + (log_x ? " (log scale)" : ""), "middle");
         out += text(14, top - 10, y_label + (log_y ? " (log scale)" : ""), "start");
-        for (int k = 0; k <= 4; ++k) {   // five ticks per axis, labelled in data units
-            const double fx = x0 + (x1 - x0) * k / 4, fy = y0 + (y1 - y0) * k / 4;
-            out += text(sx(fx), H - bottom + 16, number(fx, log_x), "middle");
-            out += text(left - 6, sy(fy) + 4, number(fy, log_y), "end");
-        }
         const char* colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"};
         for (std::size_t k = 0; k < series.size(); ++k) {
             const Series& s = series[k];
@@ -195,27 +350,27 @@ struct Plot {
                           "<polyline fill='none' stroke='%s' stroke-width='2' points='", color);
             out += buf + points + "'/>\n";
             const double ly = top + 14 + 18.0 * k;
+            const double lx = left + plot_w;
             std::snprintf(buf, sizeof buf,
                           "<line x1='%g' y1='%g' x2='%g' y2='%g' stroke='%s' stroke-width='2'/>\n",
-                          W - right + 10, ly - 4, W - right + 30, ly - 4, color);
+                          lx + 10, ly - 4, lx + 30, ly - 4, color);
             out += buf;
-            out += text(W - right + 36, ly, s.label, "start");
+            out += text(lx + 36, ly, s.label, "start");
         }
         return out + "</svg>\n";
     }
 
 private:
+    // The picture: 640 × 410 pixels; the plot area inside the margins, the legend at the right.
+    static constexpr double width = 640, height = 410, left = 70, right = 170, top = 52, bottom = 50;
+    static constexpr double plot_w = width - left - right, plot_h = height - top - bottom;
+
     bool project(double x, double y, double& px, double& py) const {
         if (log_x && !(x > 0)) return false;
         if (log_y && !(y > 0)) return false;
         px = log_x ? std::log10(x) : x;
         py = log_y ? std::log10(y) : y;
         return std::isfinite(px) && std::isfinite(py);
-    }
-    static std::string number(double v, bool is_log) {
-        char buf[32];
-        std::snprintf(buf, sizeof buf, "%.3g", is_log ? std::pow(10.0, v) : v);
-        return buf;
     }
     static std::string text(double x, double y, const std::string& s, const char* anchor,
                             int size = 12) {
