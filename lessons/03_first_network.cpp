@@ -10,7 +10,7 @@
 //   4. MLP(2, {16, 16, 1}) separates the two moons with micrograd's max-margin loss: 100%.
 //   5. What goes wrong without zero_grad: gradients pile up and training never settles.
 //
-// Everything is deterministic: the Rng of engine.cpp §1.8 gives the same weights on every run.
+// Everything is deterministic: the Rng of engine.cpp §1.9 gives the same weights on every run.
 // Run it:             make lesson N=03        (plots go to build/plots/03_*.svg)
 // Grade the homework: make check N=03
 
