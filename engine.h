@@ -211,7 +211,7 @@ private:
 };
 
 // ---------------------------------------------------------------------------------------------
-// A scalar neural network (engine.cpp §1.10), for lesson 03.
+// Neuron, Layer, MLP: a scalar neural network (engine.cpp §1.10), for lesson 03.
 // ---------------------------------------------------------------------------------------------
 // gelu is the tanh form (PyTorch's nn.GELU(approximate='tanh')); gelu_exact is nn.GELU().
 enum class Activation { linear, relu, tanh, sigmoid, gelu, gelu_exact, leaky_relu };
@@ -445,7 +445,8 @@ Tensor operator/(real k, const Tensor& a);
 Tensor matmul(const Tensor& a, const Tensor& b);   // [M,K]·[K,N], [B,M,K]·[B,K,N], [B,M,K]·[K,N]
 Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b);   // x·W + b, one op (nn::Linear)
 
-// The loops under matmul (§2.4), each computing C[M, N] += A[M, K]·B[K, N] into row-major C.
+// Matrix multiplication (engine.cpp §2.4): the loops under matmul, each computing
+// C[M, N] += A[M, K]·B[K, N] into row-major C.
 // A MatrixView reads element (r, c) at data[r·row_stride + c·col_stride]: a row-major [R, C]
 // matrix has strides (C, 1), and its transpose is the same memory with the strides swapped.
 struct MatrixView {
@@ -520,7 +521,7 @@ Tensor concat(const std::vector<Tensor>& parts, int axis);
 Tensor slice(const Tensor& x, int axis, int start, int end);   // [start, end) along axis
 
 // ---------------------------------------------------------------------------------------------
-// Initialization (engine.cpp §2.6). fan_in / fan_out: the inputs / outputs of one unit.
+// Initialization (engine.cpp §2.8). fan_in / fan_out: the inputs / outputs of one unit.
 // ---------------------------------------------------------------------------------------------
 enum class Init { zeros, xavier_normal, xavier_uniform, he_normal, he_uniform, gpt2 };
 Tensor init_weight(Shape shape, int fan_in, int fan_out, Init init, Rng& rng);
@@ -566,7 +567,7 @@ struct MLP {
 }  // namespace nn
 
 // ---------------------------------------------------------------------------------------------
-// Optimizers (engine.cpp §2.7), with PyTorch's update rules and defaults.
+// Optimizers (engine.cpp §2.9), with PyTorch's update rules and defaults.
 // ---------------------------------------------------------------------------------------------
 class Optimizer {
 public:
@@ -659,7 +660,7 @@ protected:
 };
 
 // ---------------------------------------------------------------------------------------------
-// Learning-rate schedules (engine.cpp §2.8): the learning rate for step = 0, 1, 2, ...
+// Learning-rate schedules (engine.cpp §2.10): the learning rate for step = 0, 1, 2, ...
 // ---------------------------------------------------------------------------------------------
 double constant_lr(long step, double lr);
 // Linear from 0 to lr_max over `warmup` steps, then cosine down to lr_min at `total`, then lr_min.
@@ -670,7 +671,7 @@ double inverse_sqrt_lr(long step, long warmup, double lr_max);
 double step_decay_lr(long step, double lr0, long step_size, double gamma);
 
 // ---------------------------------------------------------------------------------------------
-// Gradient tools (engine.cpp §2.9)
+// Gradient tools (engine.cpp §2.11)
 // ---------------------------------------------------------------------------------------------
 double grad_norm(const std::vector<Tensor>& params);                 // global L2 norm
 std::vector<double> grad_norms(const std::vector<Tensor>& params);   // one per parameter

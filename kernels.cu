@@ -106,7 +106,7 @@ constexpr int elementwise_block = 256;   // threads per block: 8 warps
 
 // 1.1 add: Y = A + B, where B has A's shape (nb = n) or is one row of nb values repeated over
 // every row of A (a bias: A [n/nb, nb] + B [nb]). Replaces elementwise() with
-// for_each_broadcast() (§2.2) for `+`. i % nb is the broadcast: B's stride along the rows is 0.
+// for_each_broadcast() (engine.cpp §2.2) for `+`. i % nb is the broadcast: B's stride along the rows is 0.
 // Cost: reads 2n floats (a broadcast B is much smaller and stays in cache), writes n: 12n bytes
 // for n FLOPs.
 static __global__ void add_forward_kernel(const float* A, const float* B, float* Y, int n, int nb) {
@@ -161,7 +161,7 @@ static __global__ void mul_backward_kernel(const float* A, const float* B, const
     dB[i] += dY[i] * A[i];
 }
 
-// 1.4 activations: Y = f(X), backward dX += dY·f'(X). Replaces unary() (§2.3) for relu, gelu,
+// 1.4 activations: Y = f(X), backward dX += dY·f'(X). Replaces unary() (engine.cpp §2.3) for relu, gelu,
 // sigmoid and tanh. Each activation is a struct holding f and f' side by side. As in engine.cpp,
 // f' is written with the input x and the output y = f(x), whichever is handier.
 // Cost forward: reads n, writes n: 8n bytes. Backward: reads X, Y, dY, dX, writes dX: 20n bytes.
@@ -282,11 +282,11 @@ void cuda_tanh_backward(const float* X, const float* Y, const float* dY, float* 
 // =============================================================================================
 // 2. Matrix multiplication: C[M, N] = A[M, K]·B[K, N], C[i][j] = Σ_k A[i][k]·B[k][j]
 //
-// All three versions replace matmul_add (§2.4), run into a zeroed C; they write C instead of
-// adding to it. Every version does 2·M·K·N FLOPs and must read A and B and write C at least once:
-// 4(MK + KN + MN) bytes. What differs is how often each value is fetched again: a version's
-// speed depends on how many FLOPs it gets from each fetch from global memory (the slowest) and
-// from shared memory (fast, but not free).
+// All three versions replace matmul_blocked (engine.cpp §2.4), run into a zeroed C; they write C
+// instead of adding to it. Every version does 2·M·K·N FLOPs and must read A and B and write C at
+// least once: 4(MK + KN + MN) bytes. What differs is how often each value is fetched again: a
+// version's speed depends on how many FLOPs it gets from each fetch from global memory (the
+// slowest) and from shared memory (fast, but not free).
 // =============================================================================================
 
 constexpr int tile = 16;   // v1, v2 and the backward products: blocks of 16 × 16 threads
@@ -372,11 +372,12 @@ static __global__ void matmul_v3_kernel(const float* A, const float* B, float* C
         }
 }
 
-// Backward of Y = X·W (X [M, K], W [K, N], Y [M, N]): the two products of §2.4, tiled like v2.
+// Backward of Y = X·W (X [M, K], W [K, N], Y [M, N]): the two products of engine.cpp §2.4,
+// tiled like v2.
 //
-// dX[M, K] += dY[M, N]·Wᵀ, i.e. dX[i][k] += Σ_j dY[i][j]·W[k][j]. Replaces matmul_add_bt. Both
-// operands are read along rows (j is the contiguous index of both), so both tile loads are
-// coalesced. Thread (tx, ty) computes dX[by·16 + ty][bx·16 + tx]. In the inner loop, the threads
+// dX[M, K] += dY[M, N]·Wᵀ, i.e. dX[i][k] += Σ_j dY[i][j]·W[k][j]. Replaces matmul_blocked with
+// a transposed W (matmul's backward). Both operands are read along rows (j is the contiguous
+// index of both), so both tile loads are coalesced. Thread (tx, ty) computes dX[by·16 + ty][bx·16 + tx]. In the inner loop, the threads
 // of a row read Ws[tx][j], 16 different rows of the tile at once. Padding each row to 17 floats
 // puts those 16 reads in 16 different banks. Unpadded, they would fall on only 2 banks (a stride of
 // 16 floats), an 8-way bank conflict.
@@ -397,8 +398,8 @@ static __global__ void matmul_backward_dx_kernel(const float* dY, const float* W
 }
 
 // dW[K, N] += Xᵀ·dY, i.e. dW[k][j] += Σ_i X[i][k]·dY[i][j]: the batch axis M is summed away.
-// Replaces matmul_add_at. The block walks down the rows i of both X and dY. Thread (tx, ty)
-// computes dW[by·16 + ty][bx·16 + tx]. Xs[i][ty] is one value per row of threads (a broadcast),
+// Replaces matmul_blocked with a transposed X (matmul's backward). The block walks down the rows
+// i of both X and dY. Thread (tx, ty) computes dW[by·16 + ty][bx·16 + tx]. Xs[i][ty] is one value per row of threads (a broadcast),
 // and Gs[i][tx] is 16 neighbours, so neither needs padding.
 // Grid: ⌈N/16⌉ × ⌈K/16⌉ blocks of 16 × 16. Cost: 2MNK FLOPs, global loads 2MNK/16 floats.
 static __global__ void matmul_backward_dw_kernel(const float* X, const float* dY, float* dW, int M, int K, int N) {
@@ -460,7 +461,7 @@ void cuda_matmul_backward_dw(const float* X, const float* dY, float* dW, int M, 
 // are two ways to combine the threads' values: a tree in shared memory with a __syncthreads()
 // between levels (v1), or warp shuffles, where the 32 threads of a warp read each other's
 // registers directly without shared memory or barriers (v2). Both replace loops like the sums in
-// grad_norms() (§2.11).
+// grad_norms() (engine.cpp §2.11).
 // Cost of a sum over n floats: 4n bytes and n FLOPs, so it is bound by memory. In stage 1, each
 // thread first sums every (gridDim.x·blockDim.x)-th element (a grid-stride loop), so a bounded
 // number of blocks covers any n, and each thread loads several values before the block combines.
@@ -569,7 +570,7 @@ float cuda_sum_v2(const float* X, int n) { return sum_two_stage(X, n, true); }
 // =============================================================================================
 // 4. Softmax + cross-entropy, fused
 //
-// Replaces cross_entropy() (§2.6) without label smoothing. For the row b of logits z [B, C] and
+// Replaces cross_entropy() (engine.cpp §2.6) without label smoothing. For the row b of logits z [B, C] and
 // its label y:
 //     m = max_c z_c,   s = Σ_c e^(z_c − m),   p_c = e^(z_c − m)/s,   loss_b = −log p_y = log s + m − z_y
 // and the loss is the mean over the rows. Subtracting the max makes every exponent ≤ 0, so
@@ -635,7 +636,7 @@ void cuda_softmax_cross_entropy_backward(const float* probs, const int* labels, 
 // =============================================================================================
 // 5. Layer norm over the last axis (D features of a row)
 //
-// Replaces layer_norm() (§2.7):
+// Replaces layer_norm() (engine.cpp §2.7):
 //     μ = mean(x),  σ² = mean((x − μ)²),  r = 1/√(σ² + ε),  x̂ = (x − μ)·r,  y = γ·x̂ + β
 // The forward keeps μ and r per row (2 floats, not a copy of x̂); the backward recomputes x̂.
 // Backward, with ĝ = g·γ:
@@ -733,7 +734,7 @@ void cuda_layer_norm_backward(const float* X, const float* gain, const float* me
 // =============================================================================================
 // 6. AdamW, fused
 //
-// Replaces Adam::update (§2.9) with decoupled weight decay (AdamW). For every element, with
+// Replaces Adam::update (engine.cpp §2.9) with decoupled weight decay (AdamW). For every element, with
 // bias corrections c₁ = 1 − β₁ᵗ and c₂ = 1 − β₂ᵗ (computed once on the host):
 //     w ← w − lr·λ·w,   m ← β₁m + (1 − β₁)g,   v ← β₂v + (1 − β₂)g²,   w ← w − lr·(m/c₁)/(√(v/c₂) + ε)
 // Run as separate elementwise kernels, these steps would read and write w, m and v several
@@ -769,7 +770,7 @@ void cuda_adamw_update(float* W, const float* G, float* m, float* v, int n, floa
 // =============================================================================================
 // 7. The global gradient norm, and clipping by it
 //
-// Replaces grad_norm() and clip_grad_norm() (§2.11): ‖g‖ = √(Σ over all parameters of Σ g²), and
+// Replaces grad_norm() and clip_grad_norm() (engine.cpp §2.11): ‖g‖ = √(Σ over all parameters of Σ g²), and
 // if ‖g‖ > max_norm, every gradient is scaled by max_norm/‖g‖. It is a two-stage reduction
 // (§3) over several tensors at once. Stage 1 runs once per tensor, and its block k adds its share
 // into partial[k]: each block owns its slot, so no atomics are needed. Stage 2 is one block that

@@ -28,6 +28,7 @@
 #include <dirent.h>
 #include <fstream>
 #include <map>
+#include <set>
 #include <sstream>
 #include <unordered_map>
 #include <iterator>
@@ -4347,6 +4348,189 @@ static std::string read_text(const std::string& path) {
     return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
 }
 
+// =============================================================================================
+// references: a comment that points to a section ("see 2.4" written with the section sign) or
+// names what a kernel replaces must point at something that exists, or the reader who follows it
+// is lost. Sections are the headings of engine.cpp, kernels.cu and the lessons: a comment line
+// "// N. title" or "// N.M title" that starts a block (below a rule line or a blank line).
+// =============================================================================================
+
+// Every line of a file, split at '\n'.
+static std::vector<std::string> lines_of(const std::string& path) {
+    std::vector<std::string> out;
+    std::istringstream in(read_text(path));
+    for (std::string line; std::getline(in, line);) out.push_back(line);
+    return out;
+}
+
+// "2.4" from "2.4 Matrix ...", "3" from "3. Reductions" or "3)"; "" if `text` does not start with
+// one.
+static std::string leading_section_number(const std::string& text) {
+    std::size_t i = 0;
+    while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.')) ++i;
+    std::string number = text.substr(0, i);
+    while (!number.empty() && number.back() == '.') number.pop_back();
+    const bool ends_well = i < text.size() && !std::isalnum(static_cast<unsigned char>(text[i]));
+    if (number.empty() || !ends_well) return "";
+    return number;
+}
+
+// Section number → heading title, for every heading of the file at `path`.
+static std::map<std::string, std::string> section_titles(const std::string& path) {
+    std::map<std::string, std::string> titles;
+    const std::vector<std::string> lines = lines_of(path);
+    for (std::size_t k = 1; k < lines.size(); ++k) {
+        const std::string& above = lines[k - 1];
+        const bool starts_block = above.empty() || above.rfind("// ---", 0) == 0 || above.rfind("// ===", 0) == 0;
+        if (!starts_block || lines[k].rfind("// ", 0) != 0) continue;
+        const std::string number = leading_section_number(lines[k].substr(3));
+        if (!number.empty()) titles[number] = lines[k].substr(3 + number.size());
+    }
+    return titles;
+}
+
+// lessons/NN_name.cpp for every numbered lesson, in order, and the homework solutions.
+static std::vector<std::string> lesson_sources() {
+    std::vector<std::string> files;
+    for (const char* folder : {"lessons", "lessons/solutions"}) {
+        DIR* dir = ::opendir(folder);
+        if (!dir) throw TestFailure(std::string("cannot list ") + folder);
+        while (const dirent* entry = ::readdir(dir)) {
+            const std::string name = entry->d_name;
+            const bool numbered = name.size() > 7 && std::isdigit(static_cast<unsigned char>(name[0])) &&
+                                  std::isdigit(static_cast<unsigned char>(name[1])) && name[2] == '_';
+            if (numbered && name.compare(name.size() - 4, 4, ".cpp") == 0)
+                files.push_back(std::string(folder) + "/" + name);
+        }
+        ::closedir(dir);
+    }
+    std::sort(files.begin(), files.end());
+    return files;
+}
+
+// The files a reader follows, and which file a bare section number in each of them means.
+static std::vector<std::pair<std::string, std::string>> files_with_references() {
+    std::vector<std::pair<std::string, std::string>> files = {
+        {"engine.h", "engine.cpp"}, {"engine.cpp", "engine.cpp"}, {"kernels.cu", "kernels.cu"},
+        {"cuda_emu.h", "engine.cpp"}, {"bench.cpp", "engine.cpp"}, {"tests.cpp", "engine.cpp"},
+        {"README.md", "engine.cpp"}, {"Makefile", "engine.cpp"}, {"lessons/lesson.h", "engine.cpp"}};
+    for (const std::string& lesson : lesson_sources()) files.push_back({lesson, "engine.cpp"});
+    return files;
+}
+
+// The file that a section sign at `at` in `line` refers to: the last "engine.cpp", "kernels.cu" or
+// "lesson NN" before it on the line, else `fallback`.
+static std::string referenced_file(const std::string& line, std::size_t at, const std::string& fallback) {
+    std::string file = fallback;
+    std::size_t best = std::string::npos;
+    for (const char* name : {"engine.cpp", "kernels.cu"}) {
+        const std::size_t p = line.rfind(name, at);
+        if (p != std::string::npos && (best == std::string::npos || p > best)) {
+            best = p;
+            file = name;
+        }
+    }
+    const std::size_t p = line.rfind("lesson ", at);
+    const bool numbered = p != std::string::npos && p + 9 <= line.size() &&
+                          std::isdigit(static_cast<unsigned char>(line[p + 7])) &&
+                          std::isdigit(static_cast<unsigned char>(line[p + 8]));
+    if (numbered && (best == std::string::npos || p > best)) file = "lesson " + line.substr(p + 7, 2);
+    return file;
+}
+
+// True if some word of `topic` (5 letters or more, compared by its first 5) is in `title`: engine.h
+// introduces each part of the API as "// Topic (engine.cpp <section>)".
+static bool topic_matches(const std::string& topic, const std::string& title) {
+    auto lower = [](std::string text) {
+        for (char& c : text) c = char(std::tolower(static_cast<unsigned char>(c)));
+        return text;
+    };
+    const std::string heading = lower(title);
+    std::istringstream words(lower(topic));
+    for (std::string word; words >> word;)
+        if (word.size() >= 5 && heading.find(word.substr(0, 5)) != std::string::npos) return true;
+    return false;
+}
+
+TEST("references", "every section number in the sources and the README is a heading of the file it names") {
+    std::map<std::string, std::map<std::string, std::string>> sections = {
+        {"engine.cpp", section_titles("engine.cpp")}, {"kernels.cu", section_titles("kernels.cu")}};
+    for (const std::string& lesson : lesson_sources())
+        if (lesson.rfind("lessons/solutions/", 0) != 0)
+            sections["lesson " + lesson.substr(std::string("lessons/").size(), 2)] = section_titles(lesson);
+    EXPECT_TRUE(sections["engine.cpp"].count("2.4") == 1 && sections["kernels.cu"].count("1.2") == 1);
+    const std::string mark = "\u00a7", dash = "\u2013";   // the section sign; an en dash, as in 4.5–4.7
+    int checked = 0;
+    std::string wrong;   // one line per reference that points nowhere
+    for (const auto& [path, fallback] : files_with_references()) {
+        const std::vector<std::string> lines = lines_of(path);
+        for (std::size_t k = 0; k < lines.size(); ++k) {
+            const std::string& line = lines[k];
+            for (std::size_t at = line.find(mark); at != std::string::npos; at = line.find(mark, at + 1)) {
+                const std::string after = line.substr(at + mark.size()) + " ";
+                const std::string number = leading_section_number(after);
+                std::vector<std::string> numbers = {number};   // a range's last section must exist too
+                if (!number.empty() && after.compare(number.size(), dash.size(), dash) == 0)
+                    numbers.push_back(leading_section_number(after.substr(number.size() + dash.size())));
+                const std::string file = referenced_file(line, at, fallback);
+                std::string titles;
+                for (const std::string& n : numbers) {
+                    ++checked;
+                    const auto heading = sections[file].find(n);
+                    if (heading == sections[file].end())
+                        wrong += path + ":" + std::to_string(k + 1) + ": " + n + " is not a section of " + file +
+                                 "\n    " + line + "\n";
+                    else
+                        titles += heading->second;
+                }
+                const std::size_t open = line.find(" (");   // "// Topic (engine.cpp <section>)"
+                const bool block_start = k == 0 || lines[k - 1].rfind("//", 0) != 0 ||
+                                         lines[k - 1].rfind("// ---", 0) == 0 || lines[k - 1].rfind("// ===", 0) == 0;
+                const bool introduces_topic = path == "engine.h" && block_start && line.rfind("// ", 0) == 0 &&
+                                              open != std::string::npos && line.find(mark) > open &&
+                                              line.find(mark) < open + 16 && at == line.find(mark);
+                if (introduces_topic && !titles.empty() && !topic_matches(line.substr(3, open - 3), titles))
+                    wrong += path + ":" + std::to_string(k + 1) + ": \"" + line.substr(3, open - 3) +
+                             "\" points to" + titles + "\n";
+            }
+        }
+    }
+    if (!wrong.empty()) throw TestFailure("references that point nowhere, or to the wrong place:\n" + wrong);
+    EXPECT_TRUE(checked > 100);
+}
+
+// The names a comment says code replaces or is: "replaces X", "Replaces X", "engine.cpp's X", where
+// X is a function (followed by "()", or with '_' or "::" in it) defined or called in the engine.
+TEST("references", "every function a comment names after \"replaces\" or \"engine.cpp's\" exists") {
+    const std::string code = read_text("engine.cpp") + read_text("engine.h") + read_text("kernels.cu");
+    int checked = 0;
+    std::string wrong;
+    for (const auto& entry : files_with_references()) {
+        const std::vector<std::string> lines = lines_of(entry.first);
+        for (std::size_t k = 0; k < lines.size(); ++k)
+            for (const char* lead : {"replaces ", "Replaces ", "replace ", "engine.cpp's "}) {
+                const std::string& line = lines[k];
+                for (std::size_t at = line.find(lead); at != std::string::npos; at = line.find(lead, at + 1)) {
+                    std::size_t end = at + std::strlen(lead);
+                    while (end < line.size() && (std::isalnum(static_cast<unsigned char>(line[end])) ||
+                                                 line[end] == '_' || line[end] == ':'))
+                        ++end;
+                    const std::string name = line.substr(at + std::strlen(lead), end - at - std::strlen(lead));
+                    const bool is_function = line.compare(end, 2, "()") == 0 ||
+                                             name.find('_') != std::string::npos ||
+                                             name.find("::") != std::string::npos;
+                    if (name.empty() || !is_function) continue;
+                    ++checked;
+                    if (code.find(name + "(") == std::string::npos)
+                        wrong += entry.first + ":" + std::to_string(k + 1) + ": " + name + " exists nowhere\n    " +
+                                 line + "\n";
+                }
+            }
+    }
+    if (!wrong.empty()) throw TestFailure("names that exist nowhere:\n" + wrong);
+    EXPECT_TRUE(checked > 5);
+}
+
 TEST("your program", "README's example program is lessons/example.cpp, line for line") {
     const std::string readme = read_text("README.md");
     const std::size_t section = readme.find("\n## Write your own program\n");
@@ -4379,7 +4563,7 @@ TEST_OF_OTHER_BUILD("your program", "lessons/example.cpp prints PyTorch's losses
 }
 
 // =============================================================================================
-// Part 4: training at scale (engine.cpp §4). Lessons 11–13.
+// Part 4: training at scale (engine.cpp Part 4). Lessons 11–13.
 // =============================================================================================
 
 #include <cstring>

@@ -27,7 +27,7 @@ static void heading(const char* title) { std::printf("\n== %s\n\n", title); }
 static const double pi = 3.14159265358979323846;
 
 // ---------------------------------------------------------------------------------------------
-// 1. Warmup + cosine (engine.cpp §2.8, warmup_cosine_lr):
+// 1. Warmup + cosine (engine.cpp §2.10, warmup_cosine_lr):
 //      step < warmup            lr = lr_max · step/warmup                          linear ramp
 //      warmup ≤ step ≤ total    p  = (step − warmup)/(total − warmup)              progress 0 → 1
 //                               lr = lr_min + ½·(lr_max − lr_min)·(1 + cos πp)     cosine decay
