@@ -311,7 +311,7 @@ static void gpu_vector_kernels(Report& report, int n, int repeats, Rng& rng) {
     cuda_zero(v.data(), v.bytes());
     DeviceBuffer<float> w(n);
     cuda_copy_on_device(w.data(), x.data(), x.bytes());
-    auto adamw = [&] { cuda_adamw_update(w.data(), y.data(), m.data(), v.data(), n, 1e-3f, 0.9f, 0.999f, 1e-8f, 0.01f, 1); };
+    auto adamw = [&] { cuda_adamw_update(w.data(), y.data(), m.data(), v.data(), n, 1e-3, 0.9, 0.999, 1e-8, 0.01, 1); };
     adamw();
     Tensor p({n}, hx);
     p.requires_grad_();

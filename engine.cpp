@@ -2274,7 +2274,8 @@ std::vector<std::pair<std::string, Tensor>> MLP::named_parameters() const {
 //               own weight_decay instead adds λ·w to g (L2), which the division by √v̂ then
 //               shrinks for exactly the weights with large gradients.
 //   Lion:       c = β₁m + (1 − β₁)g,  w ← w − lr·(sign(c) + λ·w),  m ← β₂m + (1 − β₂)g
-// The arithmetic runs in double and is stored back as real.
+// SGD, RMSProp and Lion compute each element in double and store it back as real; Adam, the one
+// large models train with, computes in real so that its loop vectorizes.
 // ---------------------------------------------------------------------------------------------
 
 Optimizer::Optimizer(std::vector<Tensor> params, double lr_, const char* name)
@@ -2429,24 +2430,27 @@ void Adam::check_settings() const {
                     "weight_decay must be >= 0 and finite, got " + to_string(weight_decay));
 }
 
-// One pass over the parameter, in the parameter's precision. The bias corrections are hoisted:
-//     m̂/(√v̂ + ε) with m̂ = m/c₁, v̂ = v/c₂   equals   (m/c₁) / (√v/√c₂ + ε)
-// so the loop is multiply-adds, one square root and one division per weight: it vectorizes
-// (with -fno-math-errno, see the Makefile) and runs at memory speed (4 arrays read, 3 written).
+// Adam's update, term by term, in the parameter's precision (float in training), so that the loop
+// vectorizes (with -fno-math-errno, see the Makefile) and runs at memory speed: 4 arrays read, 3
+// written. Each constant is formed in double and rounded once, as PyTorch does: 1 − β₂ formed in
+// float from float(0.999) would be 0.00099998713, 1.3e-5 off, and v̂ would come out that much too
+// small while c₂ = 1 − β₂ᵗ is exact.
 void Adam::update(std::vector<real>& w, const std::vector<real>& grad, std::vector<std::vector<real>>& state) {
-    const double correction1 = 1 - std::pow(beta1, double(step_count));   // c₁ = 1 − β₁ᵗ
-    const double correction2 = 1 - std::pow(beta2, double(step_count));   // c₂ = 1 − β₂ᵗ
-    const real step_size = real(lr / correction1), inv_sqrt_c2 = real(1 / std::sqrt(correction2));
-    const real shrink = real(decoupled_ ? 1 - lr * weight_decay : 1);   // AdamW: w ← (1 − lr·λ)·w
-    const real l2 = real(decoupled_ ? 0 : weight_decay);                // Adam: g ← g + λ·w
-    const real b1 = real(beta1), b2 = real(beta2), epsilon = real(eps);
+    const real b1 = real(beta1), b2 = real(beta2), one_minus_b1 = real(1 - beta1), one_minus_b2 = real(1 - beta2);
+    const real c1 = real(1 - std::pow(beta1, double(step_count)));   // bias corrections c = 1 − βᵗ
+    const real c2 = real(1 - std::pow(beta2, double(step_count)));
+    const real l2 = real(decoupled_ ? 0 : weight_decay);          // Adam:  g ← g + λ·w
+    const real decay = real(decoupled_ ? lr * weight_decay : 0);  // AdamW: w ← w − lr·λ·w
+    const real rate = real(lr), epsilon = real(eps);
     real *m = state[0].data(), *v = state[1].data(), *wp = w.data();
     const real* gp = grad.data();
     for (std::size_t i = 0; i < w.size(); ++i) {
         const real g = gp[i] + l2 * wp[i];
-        m[i] = b1 * m[i] + (1 - b1) * g;
-        v[i] = b2 * v[i] + (1 - b2) * g * g;
-        wp[i] = shrink * wp[i] - step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_c2 + epsilon);
+        m[i] = b1 * m[i] + one_minus_b1 * g;
+        v[i] = b2 * v[i] + one_minus_b2 * g * g;
+        const real m_hat = m[i] / c1;
+        const real v_hat = v[i] / c2;
+        wp[i] = wp[i] - decay * wp[i] - rate * m_hat / (std::sqrt(v_hat) + epsilon);
     }
 }
 
@@ -3959,6 +3963,5 @@ void Optimizer::update_on_device(float*, const float*, std::vector<DeviceBuffer<
 // decay is the same update. Adam's own decay (L2: λw added to g before the moments) is not.
 void Adam::update_on_device(float* w, const float* g, std::vector<DeviceBuffer<float>>& state, int n) {
     if (!decoupled_ && weight_decay != 0) return Optimizer::update_on_device(w, g, state, n);   // throws
-    cuda_adamw_update(w, g, state[0].data(), state[1].data(), n, float(lr), float(beta1), float(beta2), float(eps),
-                      float(weight_decay), step_count);
+    cuda_adamw_update(w, g, state[0].data(), state[1].data(), n, lr, beta1, beta2, eps, weight_decay, step_count);
 }

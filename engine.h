@@ -888,8 +888,8 @@ void cuda_layer_norm_forward(const float* X, const float* gain, const float* bia
                              int rows, int D, float eps);
 void cuda_layer_norm_backward(const float* X, const float* gain, const float* mean, const float* rstd, const float* dY,
                               float* dX, float* dgain, float* dbias, int rows, int D);
-void cuda_adamw_update(float* W, const float* G, float* m, float* v, int n, float lr, float beta1, float beta2,
-                       float eps, float weight_decay, long step);
+void cuda_adamw_update(float* W, const float* G, float* m, float* v, int n, double lr, double beta1, double beta2,
+                       double eps, double weight_decay, long step);
 float cuda_grad_norm(const std::vector<const float*>& grads, const std::vector<int>& sizes);
 float cuda_clip_grad_norm(const std::vector<float*>& grads, const std::vector<int>& sizes, float max_norm);
 // Milliseconds per call of `launch` (the kernels it starts), timed with CUDA events after one

@@ -734,36 +734,48 @@ void cuda_layer_norm_backward(const float* X, const float* gain, const float* me
 // =============================================================================================
 // 6. AdamW, fused
 //
-// Replaces Adam::update (engine.cpp §2.9) with decoupled weight decay (AdamW). For every element, with
-// bias corrections c₁ = 1 − β₁ᵗ and c₂ = 1 − β₂ᵗ (computed once on the host):
-//     w ← w − lr·λ·w,   m ← β₁m + (1 − β₁)g,   v ← β₂v + (1 − β₂)g²,   w ← w − lr·(m/c₁)/(√(v/c₂) + ε)
+// Replaces Adam::update (engine.cpp §2.9) with decoupled weight decay (AdamW). For every element,
+// with the bias corrections c₁ = 1 − β₁ᵗ and c₂ = 1 − β₂ᵗ:
+//     w ← w − lr·λ·w,   m ← β₁m + (1 − β₁)g,   v ← β₂v + (1 − β₂)g²,
+//     m̂ = m/c₁,   v̂ = v/c₂,   w ← w − lr·m̂/(√v̂ + ε)
 // Run as separate elementwise kernels, these steps would read and write w, m and v several
 // times. Fused, each element is read once (w, g, m, v: 16 bytes) and written once (w, m, v:
-// 12 bytes): 28n bytes for about 17n FLOPs (a square root or a division counted as one). The CPU
-// computes in double; this kernel, in float.
+// 12 bytes): 28n bytes for about 17n FLOPs (a square root or a division counted as one). It
+// computes in float, as the CPU loop does in a float build, with the same constants: each formed
+// on the host in double and rounded to float once.
 // Grid: ⌈n/256⌉ blocks of 256 threads, one element each.
 // =============================================================================================
 
-static __global__ void adamw_kernel(float* W, const float* G, float* m, float* v, int n, float lr, float beta1,
-                                    float beta2, float eps, float weight_decay, float c1, float c2) {
+struct AdamWConstants {
+    float b1, b2, one_minus_b1, one_minus_b2, c1, c2, rate, decay, epsilon;
+};
+
+static __global__ void adamw_kernel(float* W, const float* G, float* m, float* v, int n, AdamWConstants k) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     const float g = G[i];
-    const float w = W[i] - lr * weight_decay * W[i];   // decoupled decay: shrink the weight itself
-    const float mi = beta1 * m[i] + (1 - beta1) * g, vi = beta2 * v[i] + (1 - beta2) * g * g;
-    m[i] = mi;
-    v[i] = vi;
-    W[i] = w - lr * (mi / c1) / (sqrtf(vi / c2) + eps);
+    m[i] = k.b1 * m[i] + k.one_minus_b1 * g;
+    v[i] = k.b2 * v[i] + k.one_minus_b2 * g * g;
+    const float m_hat = m[i] / k.c1;
+    const float v_hat = v[i] / k.c2;
+    W[i] = W[i] - k.decay * W[i] - k.rate * m_hat / (sqrtf(v_hat) + k.epsilon);
 }
 
 // One step (step = 1, 2, ...) for W, m, v [n] with gradient G [n].
-void cuda_adamw_update(float* W, const float* G, float* m, float* v, int n, float lr, float beta1, float beta2,
-                       float eps, float weight_decay, long step) {
+void cuda_adamw_update(float* W, const float* G, float* m, float* v, int n, double lr, double beta1, double beta2,
+                       double eps, double weight_decay, long step) {
     require(n >= 0 && step >= 1, "adamw: needs n >= 0 and step >= 1");
     if (n == 0) return;
-    const float c1 = float(1 - std::pow(double(beta1), double(step))), c2 = float(1 - std::pow(double(beta2), double(step)));
-    LAUNCH(adamw_kernel, blocks_for(n, elementwise_block), elementwise_block)(W, G, m, v, n, lr, beta1, beta2, eps,
-                                                                              weight_decay, c1, c2);
+    const AdamWConstants k = {float(beta1),
+                              float(beta2),
+                              float(1 - beta1),
+                              float(1 - beta2),
+                              float(1 - std::pow(beta1, double(step))),
+                              float(1 - std::pow(beta2, double(step))),
+                              float(lr),
+                              float(lr * weight_decay),
+                              float(eps)};
+    LAUNCH(adamw_kernel, blocks_for(n, elementwise_block), elementwise_block)(W, G, m, v, n, k);
     CUDA_CHECK(cudaGetLastError());
 }
 

@@ -3468,7 +3468,7 @@ static void test_adamw() {
     for (long step = 1; step <= 3; ++step) {
         const std::vector<float> g = rng.vector(std::size_t(n));
         DeviceArray<float> G(g);
-        cuda_adamw_update(W.p, G.p, M.p, V.p, n, float(lr), float(beta1), float(beta2), float(eps), float(wd), step);
+        cuda_adamw_update(W.p, G.p, M.p, V.p, n, lr, beta1, beta2, eps, wd, step);
         const double c1 = 1 - std::pow(beta1, double(step)), c2 = 1 - std::pow(beta2, double(step));
         for (int i = 0; i < n; ++i) {
             wr[i] -= lr * wd * wr[i];
@@ -3480,6 +3480,25 @@ static void test_adamw() {
     expect_close("adamw w", W.get(), wr, 1e-6);
     expect_close("adamw m", M.get(), mr, 1e-6);
     expect_close("adamw v", V.get(), vr, 1e-6);
+}
+
+// After the first step from m = v = 0, v = (1 − β₂)·g² with β₂ = 0.999 (PyTorch's, formed in
+// double): relative error a few float roundings. 1 − β₂ formed in float from float(0.999) would
+// be 1.3e-5 off, 50 times this tolerance.
+static void test_adamw_first_step_constants() {
+    Random rng{22};
+    const int n = 257;
+    const std::vector<float> g = rng.vector(n);
+    DeviceArray<float> W(std::vector<float>(n, 0.0f)), G(g), M(std::vector<float>(n, 0.0f)),
+        V(std::vector<float>(n, 0.0f));
+    cuda_adamw_update(W.p, G.p, M.p, V.p, n, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1);
+    const std::vector<float> v = V.get();
+    for (int i = 0; i < n; ++i) {
+        const double want = (1 - 0.999) * double(g[i]) * double(g[i]);
+        if (std::fabs(v[i] - want) > 2.5e-7 * want)
+            throw Failure("adamw v[" + std::to_string(i) + "] = " + std::to_string(v[i] / want) +
+                          " x (1 - beta2) g^2: 1 - beta2 was not formed in double");
+    }
 }
 
 // Norm: tolerance 1e-5 relative. Clipped gradients: 1e-6.
@@ -3766,8 +3785,8 @@ static void test_training_step() {
     DeviceArray<float>* device_grads[] = {&dW1, &db1, &dW2, &db2};
     for (int k = 0; k < 4; ++k) {
         DeviceArray<float> m(zeros(int(params[k].numel()))), v(zeros(int(params[k].numel())));
-        cuda_adamw_update(weights[k]->p, device_grads[k]->p, m.p, v.p, int(params[k].numel()), 0.01f, 0.9f, 0.999f,
-                          1e-8f, 0.01f, 1);
+        cuda_adamw_update(weights[k]->p, device_grads[k]->p, m.p, v.p, int(params[k].numel()), 0.01, 0.9, 0.999,
+                          1e-8, 0.01, 1);
         expect_close_to_scale("weights " + std::to_string(k) + " after AdamW", weights[k]->get(), params[k].values(), 1e-4);
     }
 }
@@ -3817,6 +3836,9 @@ TEST("cuda", "cuda_sum_v2: warp shuffles") { cuda_tests::under_every_schedule([]
 TEST("cuda", "cuda_softmax_cross_entropy: fused forward and backward") { cuda_tests::under_every_schedule(cuda_tests::test_softmax_cross_entropy); }
 TEST("cuda", "cuda_layer_norm: forward and backward") { cuda_tests::under_every_schedule(cuda_tests::test_layer_norm); }
 TEST("cuda", "cuda_adamw: the fused update") { cuda_tests::under_every_schedule(cuda_tests::test_adamw); }
+TEST("cuda", "cuda_adamw: 1 - beta2 formed in double, so v = 0.001 g^2 after step 1") {
+    cuda_tests::test_adamw_first_step_constants();
+}
 TEST("cuda", "cuda_grad_norm: two-stage reduction and the clip scale") { cuda_tests::under_every_schedule(cuda_tests::test_grad_norm); }
 TEST("cuda", "cuda_emu: a missing __syncthreads() is caught by a shuffled schedule") { cuda_tests::once(cuda_tests::test_missing_barrier); }
 TEST("cuda", "cuda_emu: host pointers and bad copies are reported") { cuda_tests::once(cuda_tests::test_host_pointer); }
