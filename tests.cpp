@@ -3345,6 +3345,42 @@ static void test_matmul(const char* name, void (*matmul)(const float*, const flo
     }
 }
 
+// Lesson 14 §3: v1, v2 and v3 add an output's products in the order k = 0, 1, 2, ... with a
+// rounding after the multiply and one after the add, so each equals the float loop s = s + a·b
+// bit for bit. The loop s = fma(a, b, s), one rounding per step as in the engine's
+// micro-kernel (engine.cpp §2.4), differs from them by a few float spacings.
+static void test_matmul_rounding() {
+    Random rng{17};
+    const int M = 67, K = 45, N = 81;   // the lesson's sizes: partial tiles everywhere
+    const std::vector<float> a = rng.vector(std::size_t(M) * K), b = rng.vector(std::size_t(K) * N);
+    std::vector<float> separate(std::size_t(M) * N), fused(std::size_t(M) * N);
+    for (int i = 0; i < M; ++i)
+        for (int j = 0; j < N; ++j) {
+            float s = 0, f = 0;
+            for (int k = 0; k < K; ++k) {
+                s = s + a[i * K + k] * b[k * N + j];   // -ffp-contract=off: two roundings
+                f = std::fma(a[i * K + k], b[k * N + j], f);
+            }
+            separate[i * N + j] = s;
+            fused[i * N + j] = f;
+        }
+    using Matmul = void (*)(const float*, const float*, float*, int, int, int);
+    const Matmul versions[] = {cuda_matmul_v1, cuda_matmul_v2, cuda_matmul_v3};
+    for (Matmul matmul : versions) {
+        DeviceArray<float> A(a), B(b), C(std::size_t(M) * N);
+        matmul(A.p, B.p, C.p, M, K, N);
+        const std::vector<float> c = C.get();
+        double from_fused = 0;
+        for (std::size_t i = 0; i < c.size(); ++i) {
+            CHECK(c[i] == separate[i], "output " + std::to_string(i) + ": " + std::to_string(c[i]) +
+                                           " is not the loop s = s + a*b's " + std::to_string(separate[i]));
+            from_fused = std::max(from_fused, std::fabs(double(c[i]) - double(fused[i])));
+        }
+        CHECK(from_fused > 0 && from_fused < 1e-5,
+              "the fma loop should differ by a few float spacings, got " + std::to_string(from_fused));
+    }
+}
+
 static void test_matmul_backward() {   // tolerance 2e-5, as for the forward
     Random rng{16};
     const Size3 sizes[] = {{1, 1, 1}, {5, 0, 3}, {37, 29, 53}};
@@ -3830,6 +3866,9 @@ TEST("cuda", "cuda_activations: relu, gelu, gelu exact, sigmoid, tanh forward an
 TEST("cuda", "cuda_matmul_v1: one thread per output") { cuda_tests::under_every_schedule([] { cuda_tests::test_matmul("matmul_v1", cuda_matmul_v1); }); }
 TEST("cuda", "cuda_matmul_v2: shared-memory tiles") { cuda_tests::under_every_schedule([] { cuda_tests::test_matmul("matmul_v2", cuda_matmul_v2); }); }
 TEST("cuda", "cuda_matmul_v3: register blocking") { cuda_tests::under_every_schedule([] { cuda_tests::test_matmul("matmul_v3", cuda_matmul_v3); }); }
+TEST("cuda", "matmul v1, v2, v3 round as s = s + a*b in k order, bit for bit; an fma loop differs") {
+    cuda_tests::under_every_schedule(cuda_tests::test_matmul_rounding);   // lesson 14 §3
+}
 TEST("cuda", "cuda_matmul_backward: dX = dY·Wᵀ and dW = Xᵀ·dY") { cuda_tests::under_every_schedule(cuda_tests::test_matmul_backward); }
 TEST("cuda", "cuda_sum_v1: tree in shared memory") { cuda_tests::under_every_schedule([] { cuda_tests::test_sum("sum_v1", cuda_sum_v1); }); }
 TEST("cuda", "cuda_sum_v2: warp shuffles") { cuda_tests::under_every_schedule([] { cuda_tests::test_sum("sum_v2", cuda_sum_v2); }); }
@@ -4671,6 +4710,25 @@ TEST("11 normalization", "nn::BatchNorm running mean 2.5, 3.0, 2.0 -> 0.25, 0.52
     EXPECT_NEAR(bn.running_var[0], 0.9 * (0.9 * (0.9 + 0.1 * 5.0 / 3) + 0.1 * (0.5 / 3)) + 0.1 * (2.0 / 3), 1e-12);
 }
 
+// Some course notes write running = m·running + (1 − m)·batch with m = 0.1 and call it
+// PyTorch's rule: they print 2.0925 after batch means 2.5, 3.0, 2.0. That is Keras's convention
+// (m a decay, the weight of the old average); PyTorch's gives 0.6725 (lesson 11 §3).
+TEST("11 normalization", "momentum 0.1 (PyTorch) = decay 0.9 (Keras): 0.6725; decay 0.1: the notes' 2.0925") {
+    nn::BatchNorm bn(1);   // PyTorch's convention
+    const std::vector<std::vector<real>> batches = {{2, 1, 3, 4}, {3, 3.5, 2.5, 3}, {1, 3, 2, 2}};
+    double keras_09 = 0, keras_01 = 0;
+    for (const std::vector<real>& batch : batches) {
+        bn(Tensor({4, 1}, batch));
+        double mu = 0;
+        for (real v : batch) mu += v / 4;
+        keras_09 = 0.9 * keras_09 + (1 - 0.9) * mu;
+        keras_01 = 0.1 * keras_01 + (1 - 0.1) * mu;
+        EXPECT_NEAR(bn.running_mean[0], keras_09, 1e-12);   // the same average, written the other way
+    }
+    EXPECT_NEAR(bn.running_mean[0], 0.6725, 1e-12);
+    EXPECT_NEAR(keras_01, 2.0925, 1e-12);   // the notes' value
+}
+
 TEST("11 normalization", "nn::BatchNorm: eval uses the running statistics and works for one example; training refuses it") {
     Rng rng(113);
     nn::BatchNorm bn(3);
@@ -5084,6 +5142,83 @@ TEST("13 precision", "updates of 1e-4 vanish in a float16 weight and add up in a
     EXPECT_NEAR(in_fp32, 2.0, 1e-3);
 }
 
+// Lesson 13 §3b. The gradient of the loss Σ c·w with w cast to float16 and the loss scaled by
+// the scaler's S: S·c, rounded to float16 by the cast's backward.
+static Tensor scaled_fp16_gradient(const std::vector<real>& c, const DynamicLossScaler& scaler) {
+    const Shape shape = {int(c.size())};
+    Tensor w(shape);
+    w.requires_grad_();
+    scaler.scale_loss(sum(cast(w, Precision::fp16) * Tensor(shape, c))).backward();
+    return w;
+}
+
+static double norm_of(const std::vector<real>& g) {
+    double s = 0;
+    for (real v : g) s += double(v) * double(v);
+    return std::sqrt(s);
+}
+
+// The two orders of a step's last stages, on the gradient c: unscale then clip (right), or clip
+// then unscale (wrong). Returns the gradient the optimizer would get.
+static std::vector<real> clipped_in_order(const std::vector<real>& c, double S, bool unscale_first) {
+    const DynamicLossScaler scaler(S);
+    const Tensor w = scaled_fp16_gradient(c, scaler);
+    if (unscale_first) {
+        EXPECT_TRUE(scaler.unscale_gradients({w}));
+        clip_grad_norm({w}, 1.0);
+    } else {
+        clip_grad_norm({w}, 1.0);
+        EXPECT_TRUE(scaler.unscale_gradients({w}));
+    }
+    return w.grad();
+}
+
+// The texts' clipping example: norm 5, max_norm 1, factor 1/5, a gradient of 2.0 becomes 0.4.
+TEST("13 precision", "mixed precision: unscale before clip gives the fp32 clipped gradient; clip before unscale is S times too small") {
+    const double S = 1024;
+    const std::vector<real> g = {2, -4, 1, 2};   // ‖g‖ = √(4 + 16 + 1 + 4) = 5
+    Tensor fp32({4});
+    fp32.requires_grad_();
+    sum(fp32 * Tensor({4}, g)).backward();
+    EXPECT_NEAR(clip_grad_norm({fp32}, 1.0), 5.0, 1e-12);
+    EXPECT_GRAD(fp32, {0.4, -0.8, 0.2, 0.4}, 1e-12);   // g·1/5
+    const DynamicLossScaler scaler(S);
+    const Tensor w = scaled_fp16_gradient(g, scaler);
+    EXPECT_GRAD(w, {2048, -4096, 1024, 2048}, 0.0);    // S·g, exact in float16
+    EXPECT_NEAR(clip_grad_norm({w}, 1.0), 5 * S, 1e-9);   // the wrong order sees S·‖g‖
+    EXPECT_TRUE(scaler.unscale_gradients({w}));
+    EXPECT_GRAD(w, {0.4 / S, -0.8 / S, 0.2 / S, 0.4 / S}, 1e-15);   // S times too small
+    EXPECT_TRUE(clipped_in_order(g, S, true) == std::vector<real>(fp32.grad()));   // right order: bitwise
+    // Every norm 5·2^k: right gives min(‖g‖, 1), wrong gives min(‖g‖, 1/S). (k = 4 would make
+    // S·4·2^k = 65536, beyond float16.)
+    for (int k = -16; k <= 3; ++k) {
+        std::vector<real> c;
+        for (real v : g) c.push_back(real(std::ldexp(double(v), k)));
+        const double norm = 5 * std::ldexp(1.0, k);
+        EXPECT_NEAR(norm_of(clipped_in_order(c, S, true)), std::min(norm, 1.0), 1e-12 * norm);
+        EXPECT_NEAR(norm_of(clipped_in_order(c, S, false)), std::min(norm, 1 / S), 1e-12 * norm);
+    }
+}
+
+TEST("13 precision", "mixed precision: an overflowed scaled gradient skips the step; S halves until 4·S fits in float16") {
+    const std::vector<real> g = {2, -4, 1, 2};
+    DynamicLossScaler scaler(65536);
+    const Tensor w = scaled_fp16_gradient(g, scaler);
+    EXPECT_TRUE(std::isinf(w.grad()[1]));   // -4·65536 = -262144, beyond float16's 65504
+    EXPECT_TRUE(!scaler.unscale_gradients({w}));
+    EXPECT_THROWS(clip_grad_norm({w}, 1.0), "clip_grad_norm: the gradient of parameter 0");
+    bool finite = false;
+    for (int tries = 0; tries < 64 && !finite; ++tries) {
+        finite = scaler.unscale_gradients({scaled_fp16_gradient(g, scaler)});
+        scaler.update(finite);
+    }
+    // The largest power of two with 4·S <= 65504: 2^⌊log2(65504/4)⌋ = 2^13, 3 halvings from 2^16.
+    const double expected = std::ldexp(1.0, int(std::floor(std::log2(65504.0 / 4))));
+    EXPECT_NEAR(scaler.scale(), expected, 0.0);
+    EXPECT_EQ(scaler.skipped_steps(), long(std::log2(65536 / expected)));
+    EXPECT_NEAR(expected, 8192.0, 0.0);
+}
+
 // ---- 13 memory -------------------------------------------------------------------------------
 
 TEST("13 memory", "the byte counter equals tensor_bytes() through forward, backward and freeing; the peak is exact") {
@@ -5245,4 +5380,76 @@ TEST("13 memory", "matmul counts 2*M*K*N FLOPs forward and twice that backward")
     reset_counted_flops();
     c.backward(Tensor::full(c.shape(), 1));
     EXPECT_EQ(counted_flops(), std::int64_t(4 * 3 * 5 * 7 * 2));
+}
+
+// Lesson 13 §5: ZeRO's bytes per device, the paper's formulas for mixed-precision Adam: 2 bytes
+// of fp16 weights, 2 of fp16 gradients, K = 12 of optimizer state (fp32 master, m, v), Ψ
+// parameters, N devices.
+static double zero_bytes_per_device(int stage, double psi, double n) {
+    const double K = 12;
+    if (stage == 0) return (2 + 2 + K) * psi;
+    if (stage == 1) return 2 * psi + 2 * psi + K * psi / n;
+    if (stage == 2) return 2 * psi + (2 + K) * psi / n;
+    return (2 + 2 + K) * psi / n;
+}
+
+TEST("13 memory", "ZeRO stages: bytes per device for 7B and 70B on 8 and 64 devices; what fits in 80 GB") {
+    const double GB = 1e9, capacity = 80 * GB;
+    // By hand, 7B on 8: 16·7 = 112; 4·7 + 12·7/8 = 38.5; 2·7 + 14·7/8 = 26.25; 16·7/8 = 14 GB.
+    const double on_8[2][4] = {{112, 38.5, 26.25, 14}, {1120, 385, 262.5, 140}};
+    const double on_64[2][4] = {{112, 29.3125, 15.53125, 1.75}, {1120, 293.125, 155.3125, 17.5}};
+    const double models[2] = {7e9, 70e9};
+    for (int m = 0; m < 2; ++m)
+        for (int stage = 0; stage < 4; ++stage) {
+            EXPECT_NEAR(zero_bytes_per_device(stage, models[m], 8) / GB, on_8[m][stage], 1e-9);
+            EXPECT_NEAR(zero_bytes_per_device(stage, models[m], 64) / GB, on_64[m][stage], 1e-9);
+        }
+    // Stage 0 is lesson 13's 16 bytes per parameter: 112 GB for 7B, the texts' 14 bytes + a 2-byte gradient.
+    EXPECT_NEAR(zero_bytes_per_device(0, 7e9, 1), (14 + 2) * 7e9, 0.0);
+    // The notes: a 7B model needs at least 2 GPUs with stage 2. Two is the fewest, and stage 1 fits too.
+    EXPECT_TRUE(zero_bytes_per_device(3, 7e9, 1) > capacity);
+    EXPECT_NEAR(zero_bytes_per_device(1, 7e9, 2) / GB, 70.0, 1e-9);
+    EXPECT_NEAR(zero_bytes_per_device(2, 7e9, 2) / GB, 63.0, 1e-9);
+    // 70B: what stages 1 and 2 keep whole (4Ψ = 280 GB, 2Ψ = 140 GB) is already too much; stage 3
+    // fits from N = 16·70/80 = 14 devices on, not on 8 (140 GB).
+    EXPECT_TRUE(4 * 70e9 > capacity && 2 * 70e9 > capacity);
+    EXPECT_TRUE(zero_bytes_per_device(3, 70e9, 14) <= capacity);
+    EXPECT_TRUE(zero_bytes_per_device(3, 70e9, 13) > capacity);
+}
+
+// The texts' worked example: N = 125M parameters, D = 10B tokens, 8 A100s at 150 TFLOP/s
+// effective each, $2.50 per GPU-hour; they print 7.5e18 FLOPs, 1.74 hours and ~$35.
+TEST("13 memory", "run planning: 6·N·D FLOPs -> 1.74 h and $35 for 125M parameters, 10B tokens, 8 A100s at 150 TFLOP/s") {
+    const double N = 125e6, D = 10e9, gpus = 8, per_gpu = 150e12, price = 2.50;
+    const double flops = 6 * N * D;
+    EXPECT_NEAR(flops / 7.5e18, 1.0, 1e-15);
+    const double seconds = flops / (gpus * per_gpu);   // 7.5e18 / 1.2e15
+    EXPECT_NEAR(seconds, 6250.0, 1e-9);
+    const double hours = seconds / 3600;
+    EXPECT_NEAR(hours, 1.74, 0.005);                   // the texts' two decimals
+    EXPECT_NEAR(hours * gpus * price, 35.0, 0.5);      // $34.72
+    EXPECT_NEAR(gpus * 1.74 * price, 34.8, 1e-12);     // the texts' route, from the rounded hours
+    EXPECT_NEAR(per_gpu / 312e12, 0.48, 0.005);        // 48% of the A100's bf16 dense peak
+    // 512 sequences of 1024 tokens a step: the texts' ~19K steps.
+    EXPECT_NEAR(D / (512 * 1024), 19073.5, 0.1);
+    // Their larger runs at the same throughput and price.
+    const auto gpu_hours = [&](double n, double d) { return 6 * n * d / per_gpu / 3600; };
+    EXPECT_NEAR(gpu_hours(7e9, 1e12) * price / 200e3, 1.0, 0.03);   // $194K, the texts' ~$200K
+    EXPECT_TRUE(gpu_hours(405e9, 15e12) * price > 100e6);          // $169M, the texts' $100M+
+    // The notes' ~30 million GPU-hours for 70B on 15T tokens do not follow from 6·N·D at 150
+    // TFLOP/s (11.7 million); they would take 6.3e24 / (30e6 · 3600) = 58 TFLOP/s per GPU.
+    EXPECT_NEAR(gpu_hours(70e9, 15e12) / 1e6, 11.67, 0.01);
+    EXPECT_NEAR(6 * 70e9 * 15e12 / (30e6 * 3600) / 1e12, 58.3, 0.1);
+}
+
+TEST("13 memory", "run planning: the 6 in 6·N·D is matmul's counted 2 FLOPs per weight per token forward, 4 backward") {
+    require_matmul_flop_hook();
+    Rng rng(137);
+    const int tokens = 64, in = 128, out = 96;
+    const Tensor x = randn({tokens, in}, rng).requires_grad_(), W = randn({in, out}, rng).requires_grad_();
+    reset_counted_flops();
+    const Tensor y = sum(matmul(x, W));
+    EXPECT_EQ(counted_flops(), std::int64_t(2) * tokens * in * out);
+    y.backward();   // dX and dW: a hidden layer's input needs its gradient too
+    EXPECT_EQ(counted_flops(), std::int64_t(6) * tokens * in * out);
 }

@@ -12,7 +12,8 @@
 //
 //   1. BatchNorm, the worked example: x = [2, 1, 3, 4], γ = 2, β = 1, ε = 0.
 //   2. The backward pass, and gradient checks of all three layers.
-//   3. Running statistics and evaluation mode (momentum 0.1: 0.25, 0.525, 0.6725).
+//   3. Running statistics and evaluation mode (momentum 0.1: 0.25, 0.525, 0.6725); PyTorch's
+//      momentum against Keras's decay, which some notes mix up (2.0925).
 //   4. Why a batch of one breaks BatchNorm, and what LayerNorm does instead.
 //   5. LayerNorm and RMSNorm: RMSNorm of [3, 4] is [0.8485, 1.1314]; what each ignores.
 //   6. A 16-layer MLP trained plain, with BatchNorm, with LayerNorm, with residual connections,
@@ -129,25 +130,48 @@ static void backward_checks() {
 //     running_mean ← (1 − m)·running_mean + m·μ_B          (keep 90% of the old value)
 //     running_var  ← (1 − m)·running_var + m·σ²_B·N/(N − 1)  (the unbiased variance)
 // Starting at 0 with batch means 2.5, 3.0, 2.0:  0.25, then 0.9·0.25 + 0.3 = 0.525, then
-// 0.9·0.525 + 0.2 = 0.6725. (The course text writes the formula the other way round,
-// running ← m·running + (1 − m)·μ_B, which gives 2.25, 2.925, 2.0925; PyTorch's documentation
-// and the engine put m on the new batch.) It takes about 1/m = 10 batches to forget the start.
+// 0.9·0.525 + 0.2 = 0.6725. It takes about 1/m = 10 batches to forget the start.
+// Two conventions share the word "momentum". PyTorch's (and nn::BatchNorm's) m is the weight of
+// the new batch. Keras's is the weight of the old average, a decay d (its default 0.99):
+//     running ← d·running + (1 − d)·μ_B
+// The same average either way when d = 1 − m: Keras's 0.9 is PyTorch's 0.1. Mixing them up,
+// d = 0.1, keeps only 10% of the past: 2.25, then 0.225 + 2.7 = 2.925, then 0.2925 + 1.8 = 2.0925,
+// nearly the last batch's mean alone.
 // ---------------------------------------------------------------------------------------------
+
+// One update of a running average in each convention.
+static double pytorch_update(double running, double batch_mean, double momentum) {
+    return (1 - momentum) * running + momentum * batch_mean;
+}
+static double keras_update(double running, double batch_mean, double decay) {
+    return decay * running + (1 - decay) * batch_mean;
+}
+
 static void running_statistics() {
     heading("3. Running statistics (momentum 0.1) and evaluation mode");
     nn::BatchNorm bn(1);
     const std::vector<std::vector<real>> batches = {{2, 1, 3, 4}, {3, 3.5, 2.5, 3}, {1, 3, 2, 2}};
-    double text = 0;   // the course text's convention, for comparison
-    std::printf("%6s  %11s  %15s  %15s  %22s\n", "batch", "batch mean", "running mean", "running var",
-                "text's formula: mean");
+    double pytorch = 0, keras_09 = 0, keras_01 = 0, mu = 0;
+    std::printf("%6s  %6s  %14s  %12s  %14s  %14s  %14s\n", "batch", "mean", "nn::BatchNorm", "running var",
+                "PyTorch m 0.1", "Keras d 0.9", "Keras d 0.1");
     for (std::size_t t = 0; t < batches.size(); ++t) {
         bn(Tensor({4, 1}, batches[t]));
-        double mu = 0;
+        mu = 0;
         for (real v : batches[t]) mu += v / 4.0;
-        text = 0.1 * text + 0.9 * mu;
-        std::printf("%6zu  %11.2f  %15.4f  %15.4f  %22.4f\n", t + 1, mu, double(bn.running_mean[0]),
-                    double(bn.running_var[0]), text);
+        pytorch = pytorch_update(pytorch, mu, 0.1);
+        keras_09 = keras_update(keras_09, mu, 0.9);
+        keras_01 = keras_update(keras_01, mu, 0.1);
+        std::printf("%6zu  %6.2f  %14.4f  %12.4f  %14.4f  %14.4f  %14.4f\n", t + 1, mu,
+                    double(bn.running_mean[0]), double(bn.running_var[0]), pytorch, keras_09, keras_01);
     }
+    std::printf("\nSome course notes print %.4f here, from running = 0.1*running + 0.9*batch mean, and call\n"
+                "it PyTorch's rule. PyTorch's convention (and nn::BatchNorm's) gives %.4f, because its\n"
+                "momentum 0.1 is the weight of the new batch: running = 0.9*running + 0.1*batch mean.\n"
+                "The notes' formula is Keras's convention, where momentum is a decay, the weight of the\n"
+                "old average; there PyTorch's 0.1 is written 0.9 (the column Keras d 0.9: %.4f again).\n"
+                "With 0.1 read as a decay the average keeps 10%% of the past and mostly follows the\n"
+                "last batch (mean %.1f). Check which convention a library uses before copying a value.\n",
+                keras_01, pytorch, keras_09, mu);
 
     // Many batches from one distribution: the running statistics find its mean and variance.
     Rng rng(3);

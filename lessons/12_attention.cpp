@@ -21,7 +21,9 @@
 
 #include "lesson.h"
 
+#include <algorithm>
 #include <chrono>
+#include <functional>
 #include <vector>
 
 static void heading(const char* title) { std::printf("\n== %s\n\n", title); }
@@ -41,9 +43,36 @@ static double max_difference(const std::vector<real>& a, const std::vector<real>
     return worst;
 }
 
+// Timing on a shared machine. One run of a few milliseconds can take twice as long when another
+// program takes the core, and two threads are worse: one waits at a barrier for the other. So
+// each timing below runs on one thread, several times, the versions taking turns so that both
+// meet the same disturbances, and reports the median, which a few slow runs do not move.
 using Clock = std::chrono::steady_clock;
 static double seconds_since(Clock::time_point start) {
     return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+static double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+// The median milliseconds of each function over `runs` rounds, on one thread.
+static std::vector<double> median_ms_one_thread(const std::vector<std::function<void()>>& functions,
+                                                int runs) {
+    const int threads = num_threads();
+    set_num_threads(1);
+    std::vector<std::vector<double>> ms(functions.size());
+    for (int r = 0; r < runs; ++r)
+        for (std::size_t i = 0; i < functions.size(); ++i) {
+            const auto start = Clock::now();
+            functions[i]();
+            ms[i].push_back(1e3 * seconds_since(start));
+        }
+    set_num_threads(threads);
+    std::vector<double> medians;
+    for (const std::vector<double>& m : ms) medians.push_back(median(m));
+    return medians;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -169,33 +198,77 @@ static void causal() {
 //     Q = x·Wq, K = x·Wk, V = x·Wv;  head h attends within features [h·D/H, (h+1)·D/H);
 //     out = concat(head outputs)·Wo.
 // Everything but attention itself is matmul, slice and concat, so composed and fused versions
-// differ only inside the heads. We compare their outputs and all five gradients, and time them.
+// differ only inside the heads. We compare their outputs and all five gradients, then what a
+// forward + backward step of each costs: FLOPs and peak bytes, counted by the engine (the same
+// on every run), and time, the median of 9 runs on one thread.
 // ---------------------------------------------------------------------------------------------
+struct MultiHeadInputs {
+    Tensor x;
+    std::vector<Tensor> W;   // Wq, Wk, Wv, Wo
+};
+
+// One forward + backward step; returns the output, and leaves the gradients in `p`.
+static Tensor multi_head_step(const MultiHeadInputs& in, bool fused, std::vector<Tensor>& p) {
+    p = {in.x.detach().requires_grad_()};
+    for (const Tensor& w : in.W) p.push_back(w.detach().requires_grad_());
+    const Tensor y = multi_head_attention(p[0], p[1], p[2], p[3], p[4], 8, true,
+                                          fused ? AttentionKernel::fused : AttentionKernel::composed);
+    mean(y * y).backward();
+    return y;
+}
+
+struct StepCost {
+    std::int64_t flops;
+    std::size_t peak_bytes;
+};
+
+static StepCost multi_head_cost(const MultiHeadInputs& in, bool fused) {
+    std::vector<Tensor> p;
+    reset_counted_flops();
+    reset_peak_tensor_bytes();
+    const std::size_t start = current_tensor_bytes();
+    multi_head_step(in, fused, p);
+    return {counted_flops(), peak_tensor_bytes() - start};
+}
+
 static void multi_head() {
     heading("4. Multi-head causal self-attention, B = 4, T = 64, D = 64, 8 heads");
     Rng rng(4);
-    const Tensor x0 = randn({4, 64, 64}, rng);
-    std::vector<Tensor> W0;
-    for (int i = 0; i < 4; ++i) W0.push_back(init_weight({64, 64}, 64, 64, Init::xavier_normal, rng));
+    MultiHeadInputs in{randn({4, 64, 64}, rng), {}};
+    for (int i = 0; i < 4; ++i) in.W.push_back(init_weight({64, 64}, 64, 64, Init::xavier_normal, rng));
     std::vector<real> out[2], grads[2][5];
-    double seconds[2];
     for (int fused = 0; fused < 2; ++fused) {
-        std::vector<Tensor> p = {x0.detach().requires_grad_()};
-        for (const Tensor& w : W0) p.push_back(w.detach().requires_grad_());
-        const auto start = Clock::now();
-        const Tensor y = multi_head_attention(p[0], p[1], p[2], p[3], p[4], 8, true,
-                                              fused ? AttentionKernel::fused : AttentionKernel::composed);
-        mean(y * y).backward();
-        seconds[fused] = seconds_since(start);
-        out[fused] = y.values();
+        std::vector<Tensor> p;
+        out[fused] = multi_head_step(in, fused, p).values();
         for (int i = 0; i < 5; ++i) grads[fused][i] = p[i].grad();
     }
     const char* names[] = {"dx", "dWq", "dWk", "dWv", "dWo"};
     std::printf("largest |fused - composed|: output %.1e", max_difference(out[0], out[1]));
     for (int i = 0; i < 5; ++i) std::printf(", %s %.1e", names[i], max_difference(grads[0][i], grads[1][i]));
-    std::printf("\nforward + backward: composed %.1f ms, fused %.1f ms. The fused op skips the masked\n"
-                "half of the scores, and needs no [T, T] tensors for S, the mask, P and their gradients.\n",
-                1e3 * seconds[0], 1e3 * seconds[1]);
+
+    const StepCost composed = multi_head_cost(in, false), fused = multi_head_cost(in, true);
+    std::vector<Tensor> scratch;
+    const std::vector<double> ms = median_ms_one_thread(
+        {[&] { multi_head_step(in, false, scratch); }, [&] { multi_head_step(in, true, scratch); }}, 9);
+    std::printf("\n\nforward + backward   %14s  %16s  %22s\n", "FLOPs (counted)", "peak bytes",
+                "median of 9, 1 thread");
+    std::printf("composed            %14lld  %16zu  %19.2f ms\n", (long long)composed.flops,
+                composed.peak_bytes, ms[0]);
+    std::printf("fused               %14lld  %16zu  %19.2f ms\n", (long long)fused.flops, fused.peak_bytes,
+                ms[1]);
+    // The four products [256, 64]·[64, 64], forward and their two backward products each.
+    const long long projections = 3LL * 4 * 2 * 4 * 64 * 64 * 64;
+    std::printf("The fused op does %.0f%% of the composed FLOPs: it skips the masked half of each head's\n"
+                "scores, and the four projections (%lld FLOPs with their backward) are the same in both.\n"
+                "It peaks at %.1fx fewer bytes: per head it keeps one [T, T] tensor, P, where the composed\n"
+                "ops keep four (Q*K^T, scaled, masked, P) and the mask, and then a gradient for each.\n",
+                100.0 * double(fused.flops) / double(composed.flops), projections,
+                double(composed.peak_bytes) / double(fused.peak_bytes));
+    if (ms[1] < ms[0])
+        std::printf("On one thread its step also took %.1fx less time.\n", ms[0] / ms[1]);
+    else
+        std::printf("On one thread its step was not faster on this run (%.1fx the composed time).\n",
+                    ms[1] / ms[0]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -207,25 +280,23 @@ static void multi_head() {
 // ---------------------------------------------------------------------------------------------
 struct Flops {
     std::int64_t forward, backward;
-    double seconds;
 };
 
 static Flops measure(int T, int d, bool causal, bool fused, AttentionSaves saves) {
     Rng rng(5);
     Tensor q = randn({T, d}, rng).requires_grad_(), k = randn({T, d}, rng).requires_grad_(),
            v = randn({T, d}, rng).requires_grad_();
-    const auto start = Clock::now();
     reset_counted_flops();
     const Tensor o = fused ? attention(q, k, v, causal, saves) : attention_composed(q, k, v, causal);
     const std::int64_t forward = counted_flops();
     reset_counted_flops();
     o.backward(Tensor::full(o.shape(), 1));
-    return {forward, counted_flops(), seconds_since(start)};
+    return {forward, counted_flops()};
 }
 
 static void flops() {
     heading("5. FLOPs of attention, T = 512, d = 64, counted by the engine");
-    std::printf("%-36s  %14s  %14s  %7s  %8s\n", "", "forward", "backward", "ratio", "time");
+    std::printf("%-36s  %14s  %14s  %7s\n", "", "forward", "backward", "ratio");
     struct Row {
         const char* name;
         bool causal, fused;
@@ -237,15 +308,14 @@ static void flops() {
         {"fused, causal, P saved", true, true, AttentionSaves::probabilities},
         {"composed (matmul counts)", false, false, AttentionSaves::probabilities},
     };
-    std::vector<double> ratio;
     for (const Row& r : rows) {
         const Flops f = measure(512, 64, r.causal, r.fused, r.saves);
         if (f.forward == 0) {
             std::printf("%-36s  (engine.cpp's matmul does not count FLOPs: the §4.1 hook is missing)\n", r.name);
             continue;
         }
-        std::printf("%-36s  %14lld  %14lld  %7.2f  %6.0f ms\n", r.name, (long long)f.forward,
-                    (long long)f.backward, double(f.backward) / double(f.forward), 1e3 * f.seconds);
+        std::printf("%-36s  %14lld  %14lld  %7.2f\n", r.name, (long long)f.forward, (long long)f.backward,
+                    double(f.backward) / double(f.forward));
     }
     std::printf("\nBy formula: forward 2 x 2*512^2*64 = %lld; backward 4 x 2*512^2*64 = %lld.\n"
                 "Causal: 512*513/2 = 131,328 pairs instead of 262,144: 50.1%% of the work.\n",

@@ -9,18 +9,23 @@
 //   1. float16 and bfloat16: the formats, converted by hand with round-to-nearest-even.
 //   2. Products with 16-bit inputs: why the sum must be kept in fp32.
 //   3. Loss scaling: a gradient of 1e-9 is 0 in float16, and survives when the loss is scaled.
+//  3b. The order of a step: unscale, then clip (clipping first is S times too small), and skip
+//      the step when a scaled gradient overflowed.
 //   4. Mixed-precision training on the two moons: no scaling, a fixed scale, a dynamic scaler,
 //      bfloat16, and 16-bit weights without fp32 master weights.
 //   5. Memory per parameter (16 bytes for fp32 Adam, 14 + 2 mixed), for this lesson's model
-//      and a 7B model, beside the engine's measured peak.
+//      and a 7B model, beside the engine's measured peak; ZeRO stages 0-3 (FSDP) sharding it
+//      over 8 and 64 devices, for 7B and 70B.
 //   6. Gradient accumulation: the same gradient as the large batch, in less memory.
 //   7. Activation checkpointing: the same gradient again, a lower peak, one more forward pass.
+//   8. Planning a run: 6·N·D FLOPs, hours and dollars (the texts' 125M model on 10B tokens).
 //
 // Run it:             make lesson N=13        (plots go to build/plots/13_*.svg)
 // Grade the homework: make check N=13
 
 #include "lesson.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <vector>
@@ -171,6 +176,182 @@ static void loss_scaling() {
     std::printf("  1e-9 stored in bf16, unscaled:       %.6g\n",
                 double(round_to_precision(g, Precision::bf16)));
     std::printf("bfloat16 has float's exponent range, so it needs no scaling; only float16 does.\n");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3b. The order of one mixed-precision step: scale the loss, backward, unscale, clip, step.
+// After backward every gradient is S times too big, and so is their norm. clip_grad_norm
+// multiplies g by max_norm/‖g‖ when ‖g‖ > max_norm, so it has to see the true gradient: unscale
+// first. Clip the scaled gradient instead and it is cut to the norm max_norm in scaled units,
+// max_norm/S once unscaled. The wrong order is clipping the true gradient at max_norm/S:
+//     right order: ‖update‖ = min(‖g‖, max_norm)        wrong order: min(‖g‖, max_norm/S)
+// A gradient with a true norm above max_norm comes out S times too small; one between
+// max_norm/S and max_norm is clipped when it should not be; only one below max_norm/S escapes.
+// The loss Σ c·w has the gradient c, and c = 2^k·(2, −4, 1, 2) has the norm 5·2^k (k = 0 is the
+// texts' example: norm 5 clipped to 1 by the factor 1/5, a gradient of 2.0 becomes 0.4). Small
+// integers times powers of two: float16 holds them and S = 1024 scales them exactly, so every
+// difference below comes from the order alone. If a scaled gradient overflowed it holds inf:
+// unscale_gradients says so, the step is skipped, and clipping (after that check) never runs.
+// ---------------------------------------------------------------------------------------------
+
+// The gradient of the loss Σ c·w, w a parameter that the forward pass casts to float16, with
+// the loss multiplied by the scaler's S: S·c, rounded to float16 by the cast's backward.
+static Tensor scaled_gradient(const std::vector<real>& c, const DynamicLossScaler& scaler) {
+    const Shape shape = {int(c.size())};
+    Tensor w(shape);
+    w.requires_grad_();
+    scaler.scale_loss(sum(cast(w, Precision::fp16) * Tensor(shape, c))).backward();
+    return w;
+}
+
+// The reference: fp32 throughout, no scaling, clipped at max_norm.
+static std::vector<real> fp32_clipped(const std::vector<real>& c, double max_norm) {
+    const Shape shape = {int(c.size())};
+    Tensor w(shape);
+    w.requires_grad_();
+    sum(w * Tensor(shape, c)).backward();
+    clip_grad_norm({w}, max_norm);
+    return w.grad();
+}
+
+// scale → backward → unscale → clip: the gradient the optimizer gets (empty: a skipped step).
+static std::vector<real> unscale_then_clip(const std::vector<real>& c, double S, double max_norm) {
+    const DynamicLossScaler scaler(S);
+    const Tensor w = scaled_gradient(c, scaler);
+    if (!scaler.unscale_gradients({w})) return {};   // inf or NaN: no step at all
+    clip_grad_norm({w}, max_norm);
+    return w.grad();
+}
+
+// scale → backward → clip → unscale: the mistake. The norm clip_grad_norm sees is S·‖g‖.
+static std::vector<real> clip_then_unscale(const std::vector<real>& c, double S, double max_norm) {
+    const DynamicLossScaler scaler(S);
+    const Tensor w = scaled_gradient(c, scaler);
+    clip_grad_norm({w}, max_norm);
+    scaler.unscale_gradients({w});
+    return w.grad();
+}
+
+static double norm_of(const std::vector<real>& g) {
+    double s = 0;
+    for (real v : g) s += double(v) * double(v);
+    return std::sqrt(s);
+}
+
+static std::string vector_text(const std::vector<real>& g) {
+    std::string text = "[";
+    for (std::size_t i = 0; i < g.size(); ++i) {
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%s%.6g", i ? ", " : "", double(g[i]));
+        text += buf;
+    }
+    return text + "]";
+}
+
+// The dynamic scaler on a gradient that overflows float16 at its first S: the steps it skips
+// (halving S each time) before one goes through. At most 64 tries, in case nothing ever fits.
+static long skipped_until_finite(const std::vector<real>& c, DynamicLossScaler& scaler) {
+    for (int tries = 0; tries < 64; ++tries) {
+        const Tensor w = scaled_gradient(c, scaler);
+        const bool finite = scaler.unscale_gradients({w});
+        scaler.update(finite);
+        if (finite) break;
+    }
+    return scaler.skipped_steps();
+}
+
+// The gradients that overflowed, given to clip_grad_norm before the check: what it does.
+static std::string clipping_an_overflow(const std::vector<real>& c, double S) {
+    const DynamicLossScaler scaler(S);
+    const Tensor w = scaled_gradient(c, scaler);
+    try {
+        const double norm = clip_grad_norm({w}, 1.0);
+        return "returns the norm " + std::to_string(norm) + " and leaves " + vector_text(w.grad());
+    } catch (const std::exception&) {
+        return "stops with an error: it refuses non-finite gradients";
+    }
+}
+
+// The entry of g with the largest magnitude (the first to overflow when g is scaled).
+static real largest_entry(const std::vector<real>& g) {
+    real largest = 0;
+    for (real v : g)
+        if (std::fabs(v) > std::fabs(largest)) largest = v;
+    return largest;
+}
+
+struct ClipRow {
+    double norm, reference, right, wrong;
+    bool right_is_reference;
+};
+
+static ClipRow clip_both_ways(const std::vector<real>& c, double S, double max_norm) {
+    const std::vector<real> reference = fp32_clipped(c, max_norm), right = unscale_then_clip(c, S, max_norm),
+                            wrong = clip_then_unscale(c, S, max_norm);
+    return {norm_of(c), norm_of(reference), norm_of(right), norm_of(wrong), right == reference};
+}
+
+static void print_clip_rows(const std::vector<ClipRow>& rows, double S) {
+    std::printf("%10s  %9s  %13s  %14s  %8s  %14s  %12s\n", "true norm", "S x norm", "fp32 clipped",
+                "unscale, clip", "= fp32?", "clip, unscale", "fp32 / wrong");
+    for (const ClipRow& r : rows)
+        std::printf("%10.4g  %9.4g  %13.4g  %14.4g  %8s  %14.4g  %11.4gx\n", r.norm, S * r.norm, r.reference,
+                    r.right, r.right_is_reference ? "bitwise" : "NO", r.wrong, r.reference / r.wrong);
+}
+
+// What the table's rows show, said from their numbers: rows[0] has a true norm above max_norm,
+// rows[1] one between max_norm/S and max_norm, rows[2] one below max_norm/S.
+static void explain_clip_rows(const std::vector<ClipRow>& rows, double S, double max_norm) {
+    bool all_bitwise = true;
+    for (const ClipRow& r : rows) all_bitwise = all_bitwise && r.right_is_reference;
+    std::printf("Unscaling first gives the fp32 run's clipped gradient %s.\n",
+                all_bitwise ? "bit for bit in every row\n(S is a power of two)" : "only up to rounding");
+    std::printf("Clipping first cuts the scaled norm to %g, which is %.3g once unscaled. At norm %g\n"
+                "the step comes out %gx too small (S = %g); at norm %g, which should pass whole,\n"
+                "it is cut %gx; at norm %.3g, below max_norm/S = %.3g, it is left alone (%gx).\n",
+                max_norm, max_norm / S, rows[0].norm, rows[0].reference / rows[0].wrong, S, rows[1].norm,
+                rows[1].reference / rows[1].wrong, rows[2].norm, max_norm / S,
+                rows[2].reference / rows[2].wrong);
+}
+
+static void overflow_skips_the_step(const std::vector<real>& c, double S, double max_norm) {
+    DynamicLossScaler scaler(S);
+    const long skipped = skipped_until_finite(c, scaler);
+    const double largest = double(largest_entry(c)), fp16_max = double(half_to_float(0x7bff));
+    std::printf("\nOverflow: with S = %g the entry %g becomes %g, beyond float16's %g: inf.\n"
+                "unscale_gradients finds it and returns false, and the step is skipped: no clipping, no\n"
+                "update.\nGiven those gradients, clip_grad_norm %s.\n"
+                "The dynamic scaler skips %ld steps, halving S each time, down to %g, where %g x %g = %g\n"
+                "fits; that step's clipped gradient is %s, the fp32 one.\n",
+                S, largest, largest * S, fp16_max, clipping_an_overflow(c, S).c_str(), skipped,
+                scaler.scale(), largest, scaler.scale(), largest * scaler.scale(),
+                vector_text(unscale_then_clip(c, scaler.scale(), max_norm)).c_str());
+}
+
+static void clip_after_unscaling() {
+    const double S = 1024, max_norm = 1;
+    char title[96];
+    std::snprintf(title, sizeof title,
+                  "3b. The order of a step: scale the loss, backward, unscale, clip, step (S = %g)", S);
+    heading(title);
+    const std::vector<real> direction = {2, -4, 1, 2};   // norm 5
+    std::vector<ClipRow> rows;
+    for (int k : {0, -3, -14}) {   // norms 5, 0.625 and 5·2^-14 ≈ 3e-4: above, between, below
+        std::vector<real> c;
+        for (real d : direction) c.push_back(real(std::ldexp(double(d), k)));
+        rows.push_back(clip_both_ways(c, S, max_norm));
+    }
+    std::printf("Clipped at max_norm = %g; the columns are gradient norms after unscaling.\n", max_norm);
+    print_clip_rows(rows, S);
+    std::printf("\nThe texts' gradient, norm 5:\n"
+                "  fp32, clipped:               %s\n"
+                "  scaled, unscaled, clipped:   %s\n"
+                "  scaled, clipped, unscaled:   %s\n",
+                vector_text(fp32_clipped(direction, max_norm)).c_str(),
+                vector_text(unscale_then_clip(direction, S, max_norm)).c_str(),
+                vector_text(clip_then_unscale(direction, S, max_norm)).c_str());
+    explain_clip_rows(rows, S, max_norm);
+    overflow_skips_the_step(direction, 65536, max_norm);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -344,16 +525,138 @@ static void mixed_precision_training() {
 // a gradient of the same size for each of them (PyTorch frees those as it goes; this engine
 // keeps them until the graph is freed).
 // ---------------------------------------------------------------------------------------------
+// Bytes per parameter of Adam training, the numbers in the comment above.
+namespace adam_bytes {
+const int fp32 = 4, fp16 = 2;
+const int fp32_training = fp32 + fp32 + fp32 + fp32;   // weight, gradient, m, v
+const int weight = fp16, gradient = fp16;              // mixed precision's 16-bit copies
+const int optimizer_state = fp32 + fp32 + fp32;        // fp32 master weight, m, v: ZeRO's K = 12
+const int mixed = weight + gradient + optimizer_state;   // 16
+}   // namespace adam_bytes
+
+static void print_7b_row(const char* what, int bytes) {
+    const double seven_b = 7e9, GB = 1e9;
+    std::printf("%-52s  %9d  %9.0f GB\n", what, bytes, bytes * seven_b / GB);
+}
+
+// ZeRO (Rajbhandari et al., 2020) and FSDP. Plain data parallelism keeps all 16 bytes per
+// parameter on every one of the N devices. Sharding a buffer splits it into N pieces, one per
+// device (each device updates its piece; the gradients are reduce-scattered, the weights
+// all-gathered when needed). Stage 1 shards the 12 bytes of optimizer state, stage 2 also the
+// 2 bytes of gradient, stage 3 (FSDP's full sharding) also the 2 bytes of weights. For Ψ
+// parameters, bytes per device:
+//     stage 0: 16Ψ     stage 1: 4Ψ + 12Ψ/N     stage 2: 2Ψ + 14Ψ/N     stage 3: 16Ψ/N
+// Not counted: activations, and the buffers into which stage 3 gathers a layer's weights.
+static int sharded_bytes(int stage) {   // per parameter, split over the devices
+    const int sharded_in_order[] = {adam_bytes::optimizer_state, adam_bytes::gradient, adam_bytes::weight};
+    int bytes = 0;
+    for (int s = 0; s < stage; ++s) bytes += sharded_in_order[s];
+    return bytes;
+}
+
+static double bytes_per_device(double params, int stage, int devices) {
+    const int sharded = sharded_bytes(stage), replicated = adam_bytes::mixed - sharded;
+    return params * replicated + params * sharded / devices;
+}
+
+// The fewest devices on which a stage fits in `capacity` bytes; 0: no number of devices does
+// (what every device keeps whole is already too much).
+static long fewest_devices(double params, int stage, double capacity) {
+    const double replicated = params * (adam_bytes::mixed - sharded_bytes(stage)),
+                 sharded = params * sharded_bytes(stage);
+    if (sharded == 0) return replicated <= capacity;   // the same on any number of devices
+    if (replicated >= capacity) return 0;
+    // The smallest N with replicated + sharded/N <= capacity.
+    return std::max(1L, long(std::ceil(sharded / (capacity - replicated))));
+}
+
+// The lowest stage at which a model fits in `capacity` on some number of devices (4: none).
+static int lowest_stage_that_fits(double params, double capacity) {
+    int stage = 0;
+    while (stage < 4 && fewest_devices(params, stage, capacity) == 0) ++stage;
+    return stage;
+}
+
+static std::string stage_formula(int stage) {
+    const int sharded = sharded_bytes(stage), replicated = adam_bytes::mixed - sharded;
+    char buf[48];
+    if (sharded == 0) std::snprintf(buf, sizeof buf, "%dP", replicated);
+    else if (replicated == 0) std::snprintf(buf, sizeof buf, "%dP/N", sharded);
+    else std::snprintf(buf, sizeof buf, "%dP + %dP/N", replicated, sharded);
+    return buf;
+}
+
+static std::string fewest_text(double params, int stage, double capacity) {
+    const long n = fewest_devices(params, stage, capacity);
+    return n ? std::to_string(n) : "never";
+}
+
+// Some course notes: a 7B model needs at least 2 GPUs with ZeRO stage 2. Checked against the
+// table's count (the notes count 14 bytes, without the gradient; 16 only makes fitting harder).
+static void explain_seven_b_claim(double capacity) {
+    const double GB = 1e9, stage1 = bytes_per_device(7e9, 1, 2), stage2 = bytes_per_device(7e9, 2, 2);
+    std::printf("Some course notes say a 7B model needs at least 2 GPUs with ZeRO stage 2.\n");
+    if (fewest_devices(7e9, 2, capacity) == 2) std::printf("Two is right. ");
+    if (stage1 <= capacity)
+        std::printf("But stage 1 already fits on 2: %.1f GB, leaving %.1f GB for activations\n"
+                    "(stage 2: %.1f GB, leaving %.1f).\n",
+                    stage1 / GB, (capacity - stage1) / GB, stage2 / GB, (capacity - stage2) / GB);
+    else
+        std::printf("Stage 1 on 2 devices needs %.1f GB, more than %.0f: stage 2 (%.1f GB) is the lowest\n"
+                    "that fits.\n", stage1 / GB, capacity / GB, stage2 / GB);
+}
+
+static void zero_sharding() {
+    const double GB = 1e9, capacity = 80 * GB, models[] = {7e9, 70e9};
+    const int devices[] = {8, 64};
+    const char* stages[] = {"0 plain data parallel", "1 + optimizer state", "2 + gradients",
+                            "3 + weights (FSDP)"};
+    std::printf("\nZeRO / FSDP: GB per device with the %d bytes above sharded over N devices (P\n"
+                "parameters; activations not included; * fits in %.0f GB; fewest: the fewest devices on\n"
+                "which it fits):\n",
+                adam_bytes::mixed, capacity / GB);
+    std::printf("%-22s  %-11s", "stage, shards also", "per device");
+    for (double params : models) {
+        for (int n : devices) {
+            char column[32];
+            if (n == devices[0]) std::snprintf(column, sizeof column, "%.0fB, N=%d", params / 1e9, n);
+            else std::snprintf(column, sizeof column, "N=%d", n);
+            std::printf("  %9s", column);
+        }
+        std::printf("  %7s", "fewest");
+    }
+    std::printf("\n");
+    for (int stage = 0; stage < 4; ++stage) {
+        std::printf("%-22s  %-11s", stages[stage], stage_formula(stage).c_str());
+        for (double params : models) {
+            for (int n : devices) {
+                const double bytes = bytes_per_device(params, stage, n);
+                std::printf("  %8.2f%s", bytes / GB, bytes <= capacity ? "*" : " ");
+            }
+            std::printf("  %7s", fewest_text(params, stage, capacity).c_str());
+        }
+        std::printf("\n");
+    }
+    explain_seven_b_claim(capacity);
+    for (double params : models) {
+        const int stage = lowest_stage_that_fits(params, capacity);
+        if (stage == 4) std::printf("%.0fB parameters: no stage fits.\n", params / 1e9);
+        else
+            std::printf("%.0fB parameters: the lowest stage that fits is %d, on %ld devices or more.\n",
+                        params / 1e9, stage, fewest_devices(params, stage, capacity));
+    }
+}
+
 static void memory_per_parameter() {
     heading("5. Memory: parameters, gradients, optimizer state, activations");
-    const double seven_b = 7e9, GB = 1e9;
+    using namespace adam_bytes;
     std::printf("%-52s  %9s  %12s\n", "", "bytes", "7B model");
-    std::printf("%-52s  %9d  %9.0f GB\n", "fp32 + Adam: weight, gradient, m, v", 16, 16 * seven_b / GB);
-    std::printf("%-52s  %9d  %9.0f GB\n", "mixed + Adam: fp16 weight, fp32 master, m, v (texts)", 14,
-                14 * seven_b / GB);
-    std::printf("%-52s  %9d  %9.0f GB\n", "  ... and the fp16 gradient", 16, 16 * seven_b / GB);
-    std::printf("%-52s  %9d  %9.0f GB\n", "  of which Adam's m and v", 8, 8 * seven_b / GB);
-    std::printf("%-52s  %9d  %9.0f GB\n", "inference: fp16 weights", 2, 2 * seven_b / GB);
+    print_7b_row("fp32 + Adam: weight, gradient, m, v", fp32_training);
+    print_7b_row("mixed + Adam: fp16 weight, fp32 master, m, v (texts)", mixed - gradient);
+    print_7b_row("  ... and the fp16 gradient", mixed);
+    print_7b_row("  of which Adam's m and v", fp32 + fp32);
+    print_7b_row("inference: fp16 weights", weight);
+    zero_sharding();
     const double layer_numbers = 4.0 * 32 * 2048 * 4096, GiB = 1024.0 * 1024 * 1024;
     std::printf("\nActivations of one transformer layer, batch 32 x 2048 tokens x d = 4096, about 4 tensors\n"
                 "of [B*T, d] (the texts' estimate): %.2e numbers, %.0f GiB in fp32, %.0f GiB in fp16: 16-bit\n"
@@ -509,31 +812,80 @@ struct DeepTanh {
     }
 };
 
+// The time column, said from its numbers: the checkpointed steps' time relative to the plain
+// one's lies between `fewest` and `most`.
+static void explain_checkpoint_times(double fewest, double most) {
+    std::printf("Time (median of 7 steps on one thread): the checkpointed steps took %.2f-%.2fx the\n"
+                "plain one's.", fewest, most);
+    if (fewest > 4.0 / 3)
+        std::printf(" More than the FLOPs say: they count only the matrix products, and the\n"
+                    "recomputed forward pass also redoes every tanh and bias add and allocates its\n"
+                    "tensors again.\n");
+    else if (fewest > 1)
+        std::printf(" Every one is slower than the plain step, as the extra forward pass predicts.\n");
+    else
+        std::printf(" Some came out no slower than the plain step on this run: at this\n"
+                    "size timings on a busy machine still overlap. The FLOPs are the dependable count.\n");
+}
+
+// The median milliseconds of a step with each number of segments, over `runs` rounds on one
+// thread, the settings taking turns. A single timing on a shared machine can be several times
+// too long (another program takes the core, or one of two threads waits for the other at a
+// barrier); the median of rounds on one thread is what the text below can rest on.
+static std::vector<double> median_step_ms(const DeepTanh& net, const Tensor& x, const std::vector<int>& settings,
+                                          int runs) {
+    const int threads = num_threads();
+    set_num_threads(1);
+    std::vector<std::vector<double>> ms(settings.size());
+    for (int r = 0; r < runs; ++r)
+        for (std::size_t i = 0; i < settings.size(); ++i) {
+            const auto start = Clock::now();
+            mean(net(x, settings[i])).backward();
+            ms[i].push_back(1e3 * seconds_since(start));
+        }
+    set_num_threads(threads);
+    std::vector<double> medians;
+    for (std::vector<double>& m : ms) {
+        std::sort(m.begin(), m.end());
+        medians.push_back(m[m.size() / 2]);
+    }
+    return medians;
+}
+
 static void activation_checkpointing() {
     heading("7. Activation checkpointing: 24 tanh layers of width 128, batch 64");
     const bool counted = bytes_are_counted(), flops_counted = matmul_flops_are_counted();
     Rng rng(7);
     const DeepTanh net(24, 128, rng);
     const Tensor x = randn({64, 128}, rng);
-    std::printf("%9s  %16s  %18s  %12s  %9s\n", "segments", "measured peak", "FLOPs of the step", "vs plain",
-                "time");
+    const std::vector<int> settings = {0, 1, 2, 4, 6, 8, 12, 24};
+    mean(net(x, 0)).backward();   // the parameters' gradients exist from here on
+    const std::vector<double> ms = median_step_ms(net, x, settings, 7);
+    std::printf("%9s  %14s  %18s  %9s  %14s  %9s\n", "segments", "measured peak", "FLOPs of the step", "vs plain",
+                "time (median)", "vs plain");
     std::vector<real> plain_grad;
-    double plain_flops = 0;
+    double plain_flops = 0, fewest = 1e300, most = 0;
     std::vector<double> xs, peaks;
     bool identical = true;
-    mean(net(x, 0)).backward();   // the parameters' gradients exist from here on
-    for (int segments : {0, 1, 2, 4, 6, 8, 12, 24}) {
+    for (std::size_t i = 0; i < settings.size(); ++i) {
+        const int segments = settings[i];
         for (const Tensor& p : net.parameters()) p.zero_grad();
         reset_peak_tensor_bytes();
         reset_counted_flops();
         const std::size_t start = current_tensor_bytes();
-        const auto t0 = Clock::now();
         mean(net(x, segments)).backward();
-        const double seconds = seconds_since(t0);
         const std::size_t peak = peak_tensor_bytes() - start;
         const double flops = double(counted_flops());
-        if (segments == 0) plain_grad = net.layers[0].W.grad(), plain_flops = flops;
-        else identical = identical && std::vector<real>(net.layers[0].W.grad()) == plain_grad;
+        if (segments == 0) {
+            plain_grad = net.layers[0].W.grad();
+            plain_flops = flops;
+        } else {
+            identical = identical && std::vector<real>(net.layers[0].W.grad()) == plain_grad;
+            xs.push_back(segments);
+            peaks.push_back(double(peak));
+            fewest = std::min(fewest, ms[i] / ms[0]);
+            most = std::max(most, ms[i] / ms[0]);
+        }
         char name[16];
         std::snprintf(name, sizeof name, segments ? "%d" : "none", segments);
         char flops_text[32] = "n/a", ratio_text[32] = "n/a";
@@ -541,9 +893,8 @@ static void activation_checkpointing() {
             std::snprintf(flops_text, sizeof flops_text, "%.4g", flops);
             std::snprintf(ratio_text, sizeof ratio_text, "%.2fx", flops / plain_flops);
         }
-        std::printf("%9s  %16s  %18s  %12s  %6.0f ms\n", name, counted ? megabytes(double(peak)).c_str() : "n/a",
-                    flops_text, ratio_text, 1e3 * seconds);
-        if (segments > 0) xs.push_back(segments), peaks.push_back(double(peak));
+        std::printf("%9s  %14s  %18s  %9s  %11.2f ms  %8.2fx\n", name,
+                    counted ? megabytes(double(peak)).c_str() : "n/a", flops_text, ratio_text, ms[i], ms[i] / ms[0]);
     }
     std::printf("\nThe first layer's weight gradient is %s with every number of segments: the\n"
                 "recomputation runs the same ops on the same numbers.\n",
@@ -551,8 +902,9 @@ static void activation_checkpointing() {
     if (!flops_counted) std::printf("(FLOPs: this engine.cpp's matmul does not count them; see §4.1.)\n");
     if (!counted) std::printf("(peaks: this engine.cpp lacks the byte-counting hooks of §4.1.)\n");
     std::printf("One segment saves nothing (it is recomputed whole); a segment per layer keeps all 24\n"
-                "inputs. The step costs 4/3 of a plain one: the FLOPs of one more forward pass (the\n"
-                "first segment's input needs no gradient, hence slightly less).\n");
+                "inputs. The step costs 4/3 of a plain one in FLOPs: one more forward pass (the first\n"
+                "segment's input needs no gradient, hence slightly less).\n");
+    explain_checkpoint_times(fewest, most);
     if (counted) {
         Plot plot("Peak memory of a step against checkpointed segments (24 layers)", "segments",
                   "measured peak bytes");
@@ -561,15 +913,132 @@ static void activation_checkpointing() {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// 8. Planning a run. Training costs about 6 FLOPs per parameter per token: every weight takes
+// part in one multiply-add (2 FLOPs) per token in the forward pass and two in the backward pass
+// (one for the gradient of its input, one for its own gradient: 4 FLOPs), as matmul's counted
+// FLOPs show. So a model of N parameters trained on D tokens costs 6·N·D FLOPs (attention's
+// products between tokens, which grow with the context, are left out). The time is that divided
+// by what the GPUs deliver: their count × peak FLOP/s × the utilization reached (MFU, the model
+// FLOPs utilization). The cost is the time × GPUs × the price of a GPU-hour.
+// The texts' worked example: N = 125M, D = 10B tokens, 8 A100s at 150 TFLOP/s effective each,
+// $2.50 per GPU-hour; they print 7.5e18 FLOPs, 1.74 hours and ~$35. 150 TFLOP/s is 48% of the
+// A100's peak for bf16 inputs on its tensor cores, 312 TFLOP/s (NVIDIA's data sheet, dense).
+// ---------------------------------------------------------------------------------------------
+struct RunPlan {
+    double parameters, tokens;
+    int gpus;
+    double peak_flops, utilization, dollars_per_gpu_hour;
+};
+
+static double run_flops(const RunPlan& r) { return 6 * r.parameters * r.tokens; }   // 6·N·D
+static double run_flops_per_second(const RunPlan& r) { return r.gpus * r.peak_flops * r.utilization; }
+static double run_hours(const RunPlan& r) { return run_flops(r) / run_flops_per_second(r) / 3600; }
+static double run_gpu_hours(const RunPlan& r) { return run_hours(r) * r.gpus; }
+static double run_dollars(const RunPlan& r) { return run_gpu_hours(r) * r.dollars_per_gpu_hour; }
+
+// 13.9, 77.8K, 11.7M: three digits and a suffix.
+static std::string short_amount(double v) {
+    char buf[32];
+    if (v >= 1e6) std::snprintf(buf, sizeof buf, "%.3gM", v / 1e6);
+    else if (v >= 1e3) std::snprintf(buf, sizeof buf, "%.3gK", v / 1e3);
+    else std::snprintf(buf, sizeof buf, "%.3g", v);
+    return buf;
+}
+
+static const double a100_peak = 312e12;   // FLOP/s, bf16 tensor cores, dense (data sheet)
+
+// Measured: the counted FLOPs of one layer's forward and backward, per weight per token. The
+// layer's input needs a gradient too, as every layer's but the first does. (0: not counted.)
+static double counted_flops_per_weight_per_token(int tokens, int in, int out) {
+    if (!matmul_flops_are_counted()) return 0;
+    Rng rng(8);
+    const Tensor x = randn({tokens, in}, rng).requires_grad_(), W = randn({in, out}, rng).requires_grad_();
+    reset_counted_flops();
+    sum(matmul(x, W)).backward();
+    return double(counted_flops()) / (double(tokens) * in * out);
+}
+
+static void print_derivation(const RunPlan& r) {
+    std::printf("N = %.4g parameters, D = %.4g tokens\n", r.parameters, r.tokens);
+    std::printf("FLOPs   = 6 x N x D = 6 x %.4g x %.4g = %.4g   (the texts: 7.5e18)\n", r.parameters,
+                r.tokens, run_flops(r));
+    std::printf("per GPU = %.0f TFLOP/s peak x %.1f%% utilization = %.0f TFLOP/s   (the texts: 150)\n",
+                r.peak_flops / 1e12, 100 * r.utilization, r.peak_flops * r.utilization / 1e12);
+    std::printf("%d GPUs  = %.4g FLOP/s\n", r.gpus, run_flops_per_second(r));
+    std::printf("time    = %.4g / %.4g = %.0f s = %.3f hours   (the texts: 1.74 h)\n", run_flops(r),
+                run_flops_per_second(r), run_hours(r) * 3600, run_hours(r));
+    std::printf("cost    = %.3f h x %d GPUs = %.2f GPU-hours x $%.2f = $%.2f   (the texts: ~$35)\n",
+                run_hours(r), r.gpus, run_gpu_hours(r), r.dollars_per_gpu_hour, run_dollars(r));
+    const double rounded_hours = std::round(run_hours(r) * 100) / 100;   // the texts' 1.74
+    const double rounded_dollars = r.gpus * rounded_hours * r.dollars_per_gpu_hour;
+    std::printf("          (from the rounded %.2f h: %d x %.2f x $%.2f = $%.2f; both round to $%.0f)\n",
+                rounded_hours, r.gpus, rounded_hours, r.dollars_per_gpu_hour, rounded_dollars,
+                std::round(run_dollars(r)));
+}
+
+// The texts' larger runs, at the worked example's GPU, utilization and price.
+static void print_scaled_runs(const RunPlan& base) {
+    struct Run {
+        const char* name;
+        double parameters, tokens;
+        const char* texts_say;
+    };
+    const Run runs[] = {{"125M, 10B tokens", 125e6, 10e9, "~$35"},
+                        {"7B, 1T tokens", 7e9, 1e12, "~$200K"},
+                        {"LLaMA 3 70B, 15T tokens", 70e9, 15e12, "~30 million GPU-hours"},
+                        {"LLaMA 3 405B, 15T tokens", 405e9, 15e12, "$100M+"}};
+    std::printf("\n%-26s  %10s  %10s  %10s  %s\n", "150 TFLOP/s/GPU, $2.50/h", "6ND FLOPs", "GPU-hours",
+                "dollars", "the texts");
+    for (const Run& run : runs) {
+        RunPlan r = base;
+        r.parameters = run.parameters;
+        r.tokens = run.tokens;
+        const std::string gpu_hours = short_amount(run_gpu_hours(r));
+        const std::string dollars = "$" + short_amount(run_dollars(r));
+        std::printf("%-26s  %10.3g  %10s  %10s  %s\n", run.name, run_flops(r), gpu_hours.c_str(),
+                    dollars.c_str(), run.texts_say);
+    }
+    RunPlan llama70 = base;
+    llama70.parameters = runs[2].parameters;
+    llama70.tokens = runs[2].tokens;
+    const double quoted_gpu_hours = 30e6, implied = run_flops(llama70) / (quoted_gpu_hours * 3600);
+    std::printf("Some course notes quote ~30 million GPU-hours for the 70B model on 15T tokens; 6·N·D\n"
+                "at their own 150 TFLOP/s per GPU gives %.3g million. 30 million would mean %.0f TFLOP/s\n"
+                "per GPU, %.0f%% of an A100's peak: the estimate is only as good as the utilization put\n"
+                "into it.\n",
+                run_gpu_hours(llama70) / 1e6, implied / 1e12, 100 * implied / a100_peak);
+}
+
+static void run_planning() {
+    heading("8. Planning a run: 6·N·D FLOPs, hours and dollars");
+    const double per_token = counted_flops_per_weight_per_token(64, 128, 96);
+    if (per_token > 0)
+        std::printf("Counted by matmul: one layer's forward and backward take %.2f FLOPs per weight per\n"
+                    "token.\n\n", per_token);
+    const RunPlan plan = {125e6, 10e9, 8, a100_peak, 150e12 / a100_peak, 2.50};
+    print_derivation(plan);
+    const double tokens_per_step = 512.0 * 1024, gigabytes = plan.parameters * adam_bytes::mixed / 1e9;
+    std::printf("Steps at 512 sequences of 1024 tokens: %.0f tokens per step, %.4g / %.0f = %.0f steps.\n"
+                "Memory: %.4g x %d bytes = %.2f GB of weights, gradients and Adam state on each GPU\n"
+                "(plain data parallel), %.1f%% of an 80 GB GPU: the %d GPUs are there for speed, not\n"
+                "memory.\n",
+                tokens_per_step, plan.tokens, tokens_per_step, plan.tokens / tokens_per_step, plan.parameters,
+                adam_bytes::mixed, gigabytes, 100 * gigabytes / 80, plan.gpus);
+    print_scaled_runs(plan);
+}
+
 static void lesson() {
     std::printf("Lesson 13: precision and memory\n");
     formats();
     low_precision_products();
     loss_scaling();
+    clip_after_unscaling();
     mixed_precision_training();
     memory_per_parameter();
     gradient_accumulation();
     activation_checkpointing();
+    run_planning();
 }
 
 // ---- Homework --------------------------------------------------------------------------------

@@ -12,7 +12,8 @@
 //
 //   1. Thread indexing: the grid, the block, a thread's global index, the bounds check.
 //   2. Coalescing: the addresses one warp touches, recorded in the emulator.
-//   3. Matrix multiplication v1, v2, v3: global-memory bytes per FLOP, and what they allow.
+//   3. Matrix multiplication v1, v2, v3: global-memory bytes per FLOP, and what they allow; why
+//      they round like a loop of s = s + a·b and the engine's matmul like one of fma(a, b, s).
 //   4. Reductions: a tree in shared memory, and warp shuffles.
 //   5. Softmax + cross-entropy fused: one block per row.
 //   6. The emulator catches a missing __syncthreads(): right under one schedule, wrong under another.
@@ -179,13 +180,16 @@ static void thread_indexing() {
                 "work and %d idle.\n", big, blocks_needed, big - (blocks_needed - 1) * 256,
                 blocks_needed * 256 - big);
     cuda_relu_forward(Xb.p, Yb.p, big);
-    std::printf("  cuda_relu_forward vs the engine's relu():  max |difference| = %.3g\n",
-                max_abs_diff(Yb.get(), relu(xt).values()));
+    const double relu_difference = max_abs_diff(Yb.get(), relu(xt).values());
+    std::printf("  cuda_relu_forward vs the engine's relu():  max |difference| = %.3g\n", relu_difference);
     cuda_gelu_forward(Xb.p, Yb.p, big);
-    std::printf("  cuda_gelu_forward vs the engine's gelu():  max |difference| = %.3g\n",
-                max_abs_diff(Yb.get(), gelu(xt).values()));
-    std::printf("Both 0: the kernel does the CPU loop's float operations in the same order. (On a GPU,\n"
-                "nvcc's tanhf and its fused multiply-adds would change the last bits of gelu.)\n");
+    const double gelu_difference = max_abs_diff(Yb.get(), gelu(xt).values());
+    std::printf("  cuda_gelu_forward vs the engine's gelu():  max |difference| = %.3g\n", gelu_difference);
+    if (relu_difference == 0 && gelu_difference == 0)
+        std::printf("Both 0: the kernel does the CPU loop's float operations in the same order. (On a GPU,\n"
+                    "nvcc's tanhf and its fused multiply-adds would change the last bits of gelu.)\n");
+    else
+        std::printf("Not 0: this build rounds the kernel's float operations unlike the CPU loop.\n");
     std::printf("Cost of relu: it reads 4 bytes and writes 4 per element, for 1 FLOP: 1/8 FLOP per byte.\n"
                 "On an H100 (paper): n = 1e8 moves 800 MB, 800e6 / 3.35e12 = %.0f us; the FLOPs alone\n"
                 "would take %.1f us. Memory decides.\n", 8e8 / h100_bytes_per_s * 1e6, 1e8 / h100_flops_per_s * 1e6);
@@ -302,16 +306,91 @@ static void coalescing() {
 //         2MKN/16 floats: 4 FLOP/byte.
 //     v3  each thread computes 4 × 4 outputs of a 64 × 64 block tile, from registers: global
 //         loads MKN/32 (16 FLOP/byte), shared loads ½ per multiply-add instead of 2.
+// First, are they right? Each is compared with the engine's matmul and with two plain loops
+// that differ only in rounding: s = s + a·b rounds the product, then the sum (two roundings per
+// step); s = fma(a, b, s), a fused multiply-add, rounds once. A float sum of the same products
+// in the same order, rounded the same way, gives the same bits.
 // ---------------------------------------------------------------------------------------------
+// Three CPU references for the same product, each output summed over k = 0, 1, 2, ... in float:
+//     separate  s = s + a·b          two roundings per step (after the multiply, after the add)
+//     fused     s = fma(a, b, s)     one rounding per step: what the engine's micro-kernel does
+// and, in double, the exact-ish product, to see how far each rounding leaves us from the truth.
+struct References {
+    std::vector<real> separate, fused;
+    std::vector<double> exact;
+};
+
+static References reference_products(const Tensor& a, const Tensor& b) {
+    const int M = a.dim(0), K = a.dim(1), N = b.dim(1);
+    References r{std::vector<real>(std::size_t(M) * N), std::vector<real>(std::size_t(M) * N),
+                 std::vector<double>(std::size_t(M) * N)};
+    for (int i = 0; i < M; ++i)
+        for (int j = 0; j < N; ++j) {
+            float separate = 0, fused = 0;
+            double exact = 0;
+            for (int k = 0; k < K; ++k) {
+                const float x = float(a.at({i, k})), y = float(b.at({k, j}));
+                separate = separate + x * y;   // -ffp-contract=off: the compiler may not fuse this
+                fused = std::fma(x, y, fused);
+                exact += double(x) * double(y);
+            }
+            r.separate[std::size_t(i) * N + j] = separate;
+            r.fused[std::size_t(i) * N + j] = fused;
+            r.exact[std::size_t(i) * N + j] = exact;
+        }
+    return r;
+}
+
+static double max_error(const std::vector<real>& v, const std::vector<double>& exact) {
+    double worst = 0;
+    for (std::size_t i = 0; i < v.size(); ++i) worst = std::max(worst, std::fabs(double(v[i]) - exact[i]));
+    return worst;
+}
+
+// What the table of matmul_versions() shows, said from its numbers (a build may change which line applies:
+// `make valgrind` builds the engine with two roundings per step, engine.cpp §2.4).
+static void explain_matmul_roundings(double kernels_vs_separate, double kernels_vs_engine,
+                                     double engine_vs_separate, double engine_vs_fused, double spacing) {
+    if (kernels_vs_separate == 0)
+        std::printf("\nv1, v2 and v3 give the loop s = s + a*b to the last bit: each adds an output's K\n"
+                    "products in the order k = 0, 1, 2, ... and rounds twice per step, after the multiply\n"
+                    "and after the add (the zeros that pad a partial tile add 0*0 = 0, which changes\n"
+                    "nothing). They differ in where the operands come from, not in the arithmetic.\n");
+    else
+        std::printf("\nv1, v2 and v3 differ from the loop s = s + a*b by up to %.3g: this build rounds\n"
+                    "them differently (were they compiled with fused multiply-adds?).\n",
+                    kernels_vs_separate);
+    if (kernels_vs_engine == 0)
+        std::printf("They also equal the engine's matmul(), which rounds the same way in this build.\n");
+    else if (engine_vs_fused == 0)
+        std::printf("The engine's matmul() differs from them by up to %.3g (%.1f float spacings at the\n"
+                    "largest |C|) because its micro-kernel (engine.cpp §2.4) does each step as std::fma:\n"
+                    "a*b + s with one rounding. It equals the fma loop bit for bit. Same order, one\n"
+                    "rounding fewer per step: that is the whole difference, and the last row shows\n"
+                    "both are about equally close to the exact product.\n",
+                    kernels_vs_engine, kernels_vs_engine / spacing);
+    else
+        std::printf("The engine's matmul() differs from them by up to %.3g, and from both loops (%.3g\n"
+                    "and %.3g): this build sums in another order or rounding.\n", kernels_vs_engine,
+                    engine_vs_separate, engine_vs_fused);
+    std::printf("On a GPU, nvcc fuses a*b + s into one FMA instruction by default (its -fmad=true),\n"
+                "so compiled there the kernels would round like the fma loop instead.\n");
+}
+
 static void matmul_versions() {
     heading("3. Matrix multiplication v1, v2, v3: bytes from global memory per FLOP");
     const int M = 67, K = 45, N = 81;   // no size a multiple of 16 or 64: partial tiles everywhere
     Rng rng(3);
     const Tensor a = randn({M, K}, rng), b = randn({K, N}, rng);
-    const Tensor c = matmul(a, b);   // the engine's CPU loop, engine.cpp §2.4
+    const Tensor c = matmul(a, b);   // the engine's CPU matmul, engine.cpp §2.4
+    const References ref = reference_products(a, b);
+    const double largest = max_abs(c.values());
+    const double spacing = double(std::nextafter(float(largest), INFINITY)) - double(float(largest));
     DeviceArray<float> A(floats(a.values())), B(floats(b.values())), C(std::size_t(M) * N);
-    std::printf("C = A*B for A [%d, %d], B [%d, %d], through the emulator, against the engine's matmul():\n",
-                M, K, K, N);
+    std::printf("C = A*B for A [%d, %d], B [%d, %d] (largest |C| = %.3g, where floats are %.3g apart).\n"
+                "Largest |difference| from each CPU reference:\n\n", M, K, K, N, largest, spacing);
+    std::printf("  %-18s  %16s  %16s  %16s   %s\n", "", "s = s + a*b", "s = fma(a, b, s)", "engine matmul()",
+                "launch");
     struct Version {
         const char* name;
         void (*run)(const float*, const float*, float*, int, int, int);
@@ -320,15 +399,25 @@ static void matmul_versions() {
     const Version versions[] = {{"v1", cuda_matmul_v1, "6 x 5 blocks of 16 x 16 threads"},
                                 {"v2", cuda_matmul_v2, "6 x 5 blocks of 16 x 16 threads"},
                                 {"v3", cuda_matmul_v3, "2 x 2 blocks of 16 x 16 threads, 64 x 64 outputs each"}};
+    double kernels_vs_separate = 0, kernels_vs_engine = 0;
     for (const Version& v : versions) {
         CUDA_CHECK(cudaMemset(C.p, 0xFF, sizeof(float) * std::size_t(M) * N));   // NaN again: no stale results
         v.run(A.p, B.p, C.p, M, K, N);
-        std::printf("  %s  max |difference| = %.3g  (largest |C| = %.3g)   %s\n", v.name,
-                    max_abs_diff(C.get(), c.values()), max_abs(c.values()), v.grid);
+        const std::vector<float> out = C.get();
+        const double vs_separate = max_abs_diff(out, ref.separate), vs_engine = max_abs_diff(out, c.values());
+        kernels_vs_separate = std::max(kernels_vs_separate, vs_separate);
+        kernels_vs_engine = std::max(kernels_vs_engine, vs_engine);
+        std::printf("  %-18s  %16.3g  %16.3g  %16.3g   %s\n", v.name, vs_separate,
+                    max_abs_diff(out, ref.fused), vs_engine, v.grid);
     }
-    std::printf("All 0: each version adds the K products of an output in the order k = 0, 1, 2, ..., as the\n"
-                "CPU loop does, so every float rounding is the same. What differs is where the operands\n"
-                "come from.\n");
+    const double engine_vs_separate = max_abs_diff(floats(c.values()), ref.separate);
+    const double engine_vs_fused = max_abs_diff(floats(c.values()), ref.fused);
+    std::printf("  %-18s  %16.3g  %16.3g  %16s\n", "engine matmul()", engine_vs_separate, engine_vs_fused,
+                "-");
+    std::printf("  %-18s  %16.3g  %16.3g  %16.3g\n", "exact (in double)", max_error(ref.separate, ref.exact),
+                max_error(ref.fused, ref.exact), max_error(c.values(), ref.exact));
+    explain_matmul_roundings(kernels_vs_separate, kernels_vs_engine, engine_vs_separate, engine_vs_fused,
+                             spacing);
 
     // The counts at a size where they matter, on paper.
     const double n = 4096, mkn = n * n * n, flops = 2 * mkn;
@@ -681,9 +770,10 @@ static void engine_on_device() {
     const std::vector<float> cpu = train_on(Device::CPU), cuda = train_on(Device::CUDA);
     std::printf("  step  loss on cpu  loss on cuda\n");
     for (std::size_t s = 0; s < cpu.size(); ++s) std::printf("  %4zu  %11.6f  %12.6f\n", s, double(cpu[s]), double(cuda[s]));
-    std::printf("\nThe same losses up to float rounding (the kernels add in another order). On cuda every op\n"
-                "ran its kernel: matmul_v3, the bias add, relu, the fused softmax-CE, their backward kernels,\n"
-                "the gradient norm and AdamW. Mixing devices is an error, not a silent copy:\n");
+    std::printf("\nThe same losses up to float rounding (the kernels round each multiply and add apart,\n"
+                "as in section 3, and reduce in another order). On cuda every op ran its kernel:\n"
+                "matmul_v3, the bias add, relu, the fused softmax-CE, their backward kernels, the\n"
+                "gradient norm and AdamW. Mixing devices is an error, not a silent copy:\n");
     try {
         matmul(Tensor({1, 1}).to(Device::CUDA), Tensor({1, 1}));
     } catch (const std::exception& e) {
