@@ -104,12 +104,6 @@ Value& Value::set_label(std::string label) {
     return *this;
 }
 
-std::vector<Value> Value::parents() const {
-    std::vector<Value> out;
-    for (int i = 0; i < node_->n_parents; ++i) out.push_back(Value(node_->parents[i]));
-    return out;
-}
-
 // The new node records each input and its local derivative, and keeps the input alive.
 Value Value::from_op(double data, const char* op, const Value& a, double da) {
     return link(data, op, a, da, nullptr, 0.0);
@@ -483,7 +477,10 @@ GradcheckResult gradcheck(const ScalarFunction& f, const std::vector<double>& in
         r.analytic.push_back(x[i].grad());
         r.numeric.push_back(central_difference(f_of_xi, inputs[i], h));
         r.error.push_back(gradient_error(r.analytic.back(), r.numeric.back()));
-        if (r.error.back() > r.worst_error) r.worst_error = r.error.back(), r.worst_input = i;
+        if (r.error.back() > r.worst_error) {
+            r.worst_error = r.error.back();
+            r.worst_input = i;
+        }
     }
     return r;
 }
@@ -759,16 +756,23 @@ static std::string to_string(double v) {
     return buf;
 }
 
-// Shape errors name the op and the shapes, as std::invalid_argument.
-[[noreturn]] static void shape_error(const std::string& op, const std::string& what) {
+// A wrong argument (a shape, a size, a setting, a device) is a std::invalid_argument whose message
+// names the op and what is wrong with it. (A value outside an op's domain is a std::domain_error:
+// require() of §1.1.)
+[[noreturn]] static void argument_error(const std::string& op, const std::string& what) {
     throw std::invalid_argument(op + ": " + what);
+}
+
+static void require_argument(bool ok, const std::string& op, const std::string& what) {
+    if (!ok) argument_error(op, what);
 }
 
 // Part 5 (tensors on the GPU) defines these. An op of Part 2 that has a CUDA kernel starts with
 // `if (on_cuda(inputs)) return op_on_device(inputs);`; every other op refuses CUDA tensors in
 // from_op (check_devices).
-template <class... Ts>
-static bool on_cuda(const Ts&... tensors) { return ((tensors.device() == Device::CUDA) || ...); }
+static bool on_cuda(const Tensor& a) { return a.device() == Device::CUDA; }
+static bool on_cuda(const Tensor& a, const Tensor& b) { return on_cuda(a) || on_cuda(b); }
+static bool on_cuda(const Tensor& a, const Tensor& b, const Tensor& c) { return on_cuda(a, b) || on_cuda(c); }
 static bool on_cuda(const std::vector<Tensor>& tensors);
 static void check_devices(const char* op, const std::vector<Tensor>& inputs, Device device);
 static void check_graph_devices(const std::vector<TensorNode*>& order);
@@ -801,35 +805,36 @@ std::size_t tensor_bytes() {
     return bytes;
 }
 
-// Same problem as §1.6: the default destructor would recurse once per node of a long chain.
-// The outermost destructor takes over the inputs and releases them one at a time; any
-// destructor that runs meanwhile only hands its inputs to that list.
+// Same problem as §1.6: the default destructor would recurse once per node of a long chain
+// (each node's death releases its inputs, whose deaths release theirs, ...). So the inputs are
+// released here, in a loop: an input about to die with the handle we hold (use_count() == 1)
+// first hands its own inputs to the loop, and then dies with none to release.
 TensorNode::~TensorNode() {
     tensor_storage_freed(*this);   // §4.1: the byte count
     --live_count;
-    (prev_live ? prev_live->next_live : live_nodes) = next_live;
+    if (prev_live) prev_live->next_live = next_live;
+    else live_nodes = next_live;
     if (next_live) next_live->prev_live = prev_live;
-    thread_local std::vector<std::shared_ptr<TensorNode>> pending;
-    thread_local bool draining = false;
-    for (auto& p : parents) pending.push_back(std::move(p));
-    if (draining) return;
-    draining = true;
-    while (!pending.empty()) {
-        std::shared_ptr<TensorNode> last = std::move(pending.back());
-        pending.pop_back();
-    }   // `last` dies here; if it was the final handle, its destructor appends to `pending`
-    draining = false;
+    std::vector<std::shared_ptr<TensorNode>> releasing = std::move(parents);
+    while (!releasing.empty()) {
+        std::shared_ptr<TensorNode> input = std::move(releasing.back());
+        releasing.pop_back();
+        if (input.use_count() == 1) {
+            for (std::shared_ptr<TensorNode>& p : input->parents) releasing.push_back(std::move(p));
+            input->parents.clear();
+        }
+    }   // `input` dies at the end of each pass, its parents already taken over
 }
 
 Tensor::Tensor(Shape shape) : node_(std::make_shared<TensorNode>()) {
     for (int d : shape)
-        if (d < 0) shape_error("Tensor", "negative size in shape " + shape_str(shape));
+        if (d < 0) argument_error("Tensor", "negative size in shape " + shape_str(shape));
     const std::size_t n = ::numel(shape);
     const TensorStorageWatch watch(node_.get());   // §4.1: the byte count
     try {
         node_->data.assign(n, real(0));
     } catch (const std::exception&) {   // std::bad_alloc, or std::length_error past max_size()
-        shape_error("Tensor", "shape " + shape_str(shape) + " needs " + std::to_string(n) + " numbers of " +
+        argument_error("Tensor", "shape " + shape_str(shape) + " needs " + std::to_string(n) + " numbers of " +
                                   std::to_string(sizeof(real)) + " bytes: more memory than there is");
     }
     node_->shape = std::move(shape);
@@ -843,7 +848,7 @@ void Tensor::empty_handle(const char* what) {
 
 Tensor::Tensor(Shape shape, std::vector<real> values) : Tensor(std::move(shape)) {
     if (values.size() != numel())
-        shape_error("Tensor", "shape " + shape_str(this->shape()) + " holds " +
+        argument_error("Tensor", "shape " + shape_str(this->shape()) + " holds " +
                                   std::to_string(numel()) + " values, got " +
                                   std::to_string(values.size()));
     const TensorStorageWatch watch(node_.get());   // §4.1
@@ -862,7 +867,7 @@ Tensor Tensor::scalar(real value) { return Tensor({1}, {value}); }
 ValuesView& ValuesView::operator=(const std::vector<real>& numbers) {
     const Shape& shape = node_->shape;
     if (numbers.size() != ::numel(shape))
-        shape_error(of_grad_ ? "grad()" : "values()", "the tensor has shape " + shape_str(shape) + " (" +
+        argument_error(of_grad_ ? "grad()" : "values()", "the tensor has shape " + shape_str(shape) + " (" +
                                                           std::to_string(::numel(shape)) + " numbers); cannot assign " +
                                                           std::to_string(numbers.size()));
     this->numbers().assign(numbers.begin(), numbers.end());   // (a gradient not yet made is made here)
@@ -877,13 +882,13 @@ ValuesView& ValuesView::operator=(const ValuesView& other) {
 int Tensor::dim(int axis) const {
     const int r = rank();
     if (axis < -r || axis >= r)
-        shape_error("dim", "axis " + std::to_string(axis) + " out of range for " + shape_str(shape()));
+        argument_error("dim", "axis " + std::to_string(axis) + " out of range for " + shape_str(shape()));
     return shape()[axis < 0 ? axis + r : axis];
 }
 
 real Tensor::item() const {
     if (numel() != 1)
-        shape_error("item", "needs a tensor with one element, got shape " + shape_str(shape()));
+        argument_error("item", "needs a tensor with one element, got shape " + shape_str(shape()));
     if (device() == Device::CUDA) return to_host(node_->cuda_data)[0];   // one number comes back
     return node_->data[0];
 }
@@ -891,11 +896,11 @@ real Tensor::item() const {
 real& Tensor::at(const std::vector<int>& index) const {
     on_cpu("at()");   // throws for a tensor in device memory
     if (int(index.size()) != rank())
-        shape_error("at", std::to_string(index.size()) + " indices for shape " + shape_str(shape()));
+        argument_error("at", std::to_string(index.size()) + " indices for shape " + shape_str(shape()));
     std::size_t offset = 0;
     for (int a = 0; a < rank(); ++a) {
         if (index[a] < 0 || index[a] >= shape()[a])
-            shape_error("at", "index " + std::to_string(index[a]) + " out of range on axis " +
+            argument_error("at", "index " + std::to_string(index[a]) + " out of range on axis " +
                                   std::to_string(a) + " of " + shape_str(shape()));
         offset = offset * shape()[a] + index[a];
     }
@@ -904,7 +909,7 @@ real& Tensor::at(const std::vector<int>& index) const {
 
 Tensor& Tensor::requires_grad_(bool on) {
     if (!checked("requires_grad_()").parents.empty())
-        shape_error("requires_grad_", "only a leaf tensor can be made a parameter; this one was "
+        argument_error("requires_grad_", "only a leaf tensor can be made a parameter; this one was "
                                       "computed by '" + std::string(node_->op) + "'");
     node_->requires_grad = on;
     return *this;
@@ -937,7 +942,7 @@ Tensor Tensor::from_op(Shape shape, const char* op, std::vector<Tensor> inputs, 
     try {
         out = zeros(std::move(shape), device);
     } catch (const std::invalid_argument& e) {   // a shape too large to count or to hold
-        shape_error(op, e.what());
+        argument_error(op, e.what());
     }
     out.node_->op = op;
     for (const Tensor& t : inputs) out.node_->requires_grad |= t.requires_grad();
@@ -993,7 +998,7 @@ static void check_versions(const std::vector<TensorNode*>& order) {
         if (!n->backward || !backward_reads_inputs(n->op)) continue;
         for (int k = 0; k < n->n_inputs(); ++k)
             if (n->input(k)->version != n->parent_versions[std::size_t(k)])
-                shape_error("backward", "input " + std::to_string(k) + " " + shape_str(n->input(k)->shape) + " of '" +
+                argument_error("backward", "input " + std::to_string(k) + " " + shape_str(n->input(k)->shape) + " of '" +
                                             n->op + "' was written in place after the forward pass (an optimizer step, "
                                             "or values() assigned), and its backward reads it: run the forward pass "
                                             "again first");
@@ -1004,10 +1009,10 @@ static void check_versions(const std::vector<TensorNode*>& order) {
 // reverse order. Again only leaves accumulate across calls; interior gradients restart at 0.
 void Tensor::backward(const Tensor& seed) const {
     if (seed.shape() != shape())
-        shape_error("backward", "the seed has shape " + shape_str(seed.shape()) +
+        argument_error("backward", "the seed has shape " + shape_str(seed.shape()) +
                                     " but the output has shape " + shape_str(shape()));
     if (!requires_grad())
-        shape_error("backward", "this tensor does not depend on any parameter (no input has "
+        argument_error("backward", "this tensor does not depend on any parameter (no input has "
                                 "requires_grad), so there is nothing to differentiate");
     check_devices("backward", {*this, seed}, device());   // Part 5
     const std::vector<TensorNode*> order = topological_order(node_.get());
@@ -1027,7 +1032,7 @@ void Tensor::backward() const {
     checked("backward()");
     if (anomaly_mode) anomaly_tensor_inputs("backward", {*this});   // the loss itself
     if (numel() != 1)
-        shape_error("backward", "backward() without a seed needs a scalar loss, got shape " +
+        argument_error("backward", "backward() without a seed needs a scalar loss, got shape " +
                                     shape_str(shape()) + "; reduce it (sum, mean) or pass the "
                                     "seed dL/d(output) of the same shape");
     const real loss = item();
@@ -1040,7 +1045,7 @@ void Tensor::backward() const {
 }
 
 Tensor randn(Shape shape, Rng& rng, real stddev) {
-    if (!(stddev >= 0 && std::isfinite(stddev))) shape_error("randn", "stddev must be finite and >= 0, got " + to_string(stddev));
+    if (!(stddev >= 0 && std::isfinite(stddev))) argument_error("randn", "stddev must be finite and >= 0, got " + to_string(stddev));
     Tensor t(std::move(shape));
     for (real& v : t.values()) v = real(stddev * rng.normal());
     return t;
@@ -1076,7 +1081,7 @@ static Shape broadcast_shape(const Shape& a, const Shape& b, const char* op) {
         const int da = k < a.size() ? a[a.size() - 1 - k] : 1;
         const int db = k < b.size() ? b[b.size() - 1 - k] : 1;
         if (da != db && da != 1 && db != 1)
-            shape_error(op, "shapes " + shape_str(a) + " and " + shape_str(b) +
+            argument_error(op, "shapes " + shape_str(a) + " and " + shape_str(b) +
                                 " do not broadcast (axis " + std::to_string(r - 1 - k) + ": " +
                                 std::to_string(da) + " vs " + std::to_string(db) + ")");
         out[r - 1 - k] = da == 1 ? db : da;   // a size-1 axis repeats, to any size (0 too)
@@ -1112,10 +1117,12 @@ static void for_each_broadcast(const Shape& a, const Shape& b, const Shape& out,
         f(i, ia, ib);
         for (int axis = int(out.size()) - 1; axis >= 0; --axis) {
             if (++index[axis] < out[axis]) {
-                ia += sa[axis], ib += sb[axis];
+                ia += sa[axis];
+                ib += sb[axis];
                 break;
             }
-            ia -= sa[axis] * (out[axis] - 1), ib -= sb[axis] * (out[axis] - 1);   // wrap around
+            ia -= sa[axis] * (out[axis] - 1);   // wrap around
+            ib -= sb[axis] * (out[axis] - 1);
             index[axis] = 0;
         }
     }
@@ -1169,7 +1176,7 @@ Tensor operator/(const Tensor& a, const Tensor& b) {
     broadcast_shape(a.shape(), b.shape(), "/");   // a shape error first, then the values
     check_devices("/", {a, b}, Device::CPU);       // no CUDA kernel (Part 5)
     for (real v : b.values())
-        if (v == 0) shape_error("division a/b", "the divisor b " + shape_str(b.shape()) + " contains 0");
+        if (v == 0) argument_error("division a/b", "the divisor b " + shape_str(b.shape()) + " contains 0");
     return elementwise(a, b, "/", [](real x, real y) { return x / y; },
                        [](real, real y) { return 1 / y; }, [](real x, real y) { return -x / (y * y); });
 }
@@ -1519,13 +1526,13 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
     if (on_cuda(a, b)) return matmul_on_device(a, b);   // Part 5
     const bool batched = a.rank() == 3, shared_b = b.rank() == 2;
     if (!((a.rank() == 2 && b.rank() == 2) || (batched && (b.rank() == 2 || b.rank() == 3))))
-        shape_error("matmul", "supports [M,K]·[K,N], [B,M,K]·[B,K,N] and [B,M,K]·[K,N]; got " +
+        argument_error("matmul", "supports [M,K]·[K,N], [B,M,K]·[B,K,N] and [B,M,K]·[K,N]; got " +
                                   shape_str(a.shape()) + " · " + shape_str(b.shape()));
     const int M0 = a.dim(-2), K = a.dim(-1), N = b.dim(-1);
     if (b.rank() == 3 && b.dim(0) != a.dim(0))
-        shape_error("matmul", "batch sizes differ: " + shape_str(a.shape()) + " · " + shape_str(b.shape()));
+        argument_error("matmul", "batch sizes differ: " + shape_str(a.shape()) + " · " + shape_str(b.shape()));
     if (b.dim(-2) != K)
-        shape_error("matmul", "inner dimensions differ: " + shape_str(a.shape()) + " · " +
+        argument_error("matmul", "inner dimensions differ: " + shape_str(a.shape()) + " · " +
                                   shape_str(b.shape()) + " (" + std::to_string(K) + " vs " +
                                   std::to_string(b.dim(-2)) + ")");
     Tensor out = Tensor::from_op(batched ? Shape{a.dim(0), M0, N} : Shape{M0, N}, "matmul", {a, b});
@@ -1558,7 +1565,7 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b) {
     if (on_cuda(x, W, b)) return linear_on_device(x, W, b);   // Part 5
     if (!((x.rank() == 2 || x.rank() == 3) && W.rank() == 2 && b.rank() == 1 && x.dim(-1) == W.dim(0) &&
           b.dim(0) == W.dim(1)))
-        shape_error("linear", "needs x [M, K] or [B, M, K], W [K, N] and b [N]; got " + shape_str(x.shape()) + ", " +
+        argument_error("linear", "needs x [M, K] or [B, M, K], W [K, N] and b [N]; got " + shape_str(x.shape()) + ", " +
                                   shape_str(W.shape()) + ", " + shape_str(b.shape()));
     const int K = W.dim(0), N = W.dim(1), M = x.rank() == 3 ? x.dim(0) * x.dim(1) : x.dim(0);   // 3-D: [B·M, K]
     Shape out_shape = x.shape();
@@ -1597,7 +1604,7 @@ struct AxisSplit {
 
 static int normalize_axis(int axis, int rank, const char* op, const Shape& shape) {
     if (axis < -rank || axis >= rank)
-        shape_error(op, "axis " + std::to_string(axis) + " out of range for " + shape_str(shape));
+        argument_error(op, "axis " + std::to_string(axis) + " out of range for " + shape_str(shape));
     return axis < 0 ? axis + rank : axis;
 }
 
@@ -1611,7 +1618,7 @@ static AxisSplit split_at(const Shape& shape, int axis) {
 // Swaps the last two axes (a batch of matrices transposes each one). Its Jacobian is a
 // permutation, so the backward is the same permutation undone: transpose the gradient back.
 Tensor transpose(const Tensor& x) {
-    if (x.rank() < 2) shape_error("transpose", "needs at least 2 axes, got " + shape_str(x.shape()));
+    if (x.rank() < 2) argument_error("transpose", "needs at least 2 axes, got " + shape_str(x.shape()));
     Shape shape = x.shape();
     std::swap(shape[shape.size() - 1], shape[shape.size() - 2]);
     const int R = x.dim(-2), C = x.dim(-1);
@@ -1642,7 +1649,7 @@ Tensor reshape(const Tensor& x, Shape shape) {
     int infer = -1;
     for (std::size_t a = 0; a < shape.size(); ++a) {
         if (shape[a] == -1 && infer < 0) infer = int(a);
-        else if (shape[a] < 0) shape_error("reshape", "bad target shape " + shape_str(shape));
+        else if (shape[a] < 0) argument_error("reshape", "bad target shape " + shape_str(shape));
     }
     Shape known_axes = shape;   // every axis but the inferred one
     if (infer >= 0) known_axes[infer] = 1;
@@ -1650,11 +1657,11 @@ Tensor reshape(const Tensor& x, Shape shape) {
     try {
         known = numel(known_axes);
     } catch (const std::invalid_argument& e) {
-        shape_error("reshape", e.what());
+        argument_error("reshape", e.what());
     }
     if (infer >= 0 && known > 0 && x.numel() % known == 0) shape[infer] = int(x.numel() / known);
     if (numel(shape) != x.numel() || (infer >= 0 && shape[infer] < 0))
-        shape_error("reshape", "cannot reshape " + shape_str(x.shape()) + " (" +
+        argument_error("reshape", "cannot reshape " + shape_str(x.shape()) + " (" +
                                    std::to_string(x.numel()) + " elements) to " + shape_str(shape));
     Tensor out = Tensor::from_op(shape, "reshape", {x});
     std::copy_n(x.values().data(), x.numel(), out.values().data());
@@ -1714,31 +1721,31 @@ Tensor sum(const Tensor& x, int axis, bool keepdim) {
 // mean = sum / count, so each element's share of the gradient is 1/count.
 Tensor mean(const Tensor& x) {
     check_devices("mean", {x}, Device::CPU);   // (else the error would name sum)
-    if (x.numel() == 0) shape_error("mean", "of an empty tensor " + shape_str(x.shape()));
+    if (x.numel() == 0) argument_error("mean", "of an empty tensor " + shape_str(x.shape()));
     return sum(x) / real(x.numel());
 }
 
 Tensor mean(const Tensor& x, int axis, bool keepdim) {
     check_devices("mean", {x}, Device::CPU);
     const int a = normalize_axis(axis, x.rank(), "mean", x.shape());
-    if (x.shape()[a] == 0) shape_error("mean", "over an empty axis of " + shape_str(x.shape()));
+    if (x.shape()[a] == 0) argument_error("mean", "over an empty axis of " + shape_str(x.shape()));
     return sum(x, a, keepdim) / real(x.shape()[a]);
 }
 
 // Joins tensors along one axis; all other sizes must agree. Backward hands each part its slice
 // of the gradient.
 Tensor concat(const std::vector<Tensor>& parts, int axis) {
-    if (parts.empty()) shape_error("concat", "needs at least one tensor");
+    if (parts.empty()) argument_error("concat", "needs at least one tensor");
     const Shape& first = parts[0].shape();
     axis = normalize_axis(axis, int(first.size()), "concat", first);
     Shape shape = first;
     shape[axis] = 0;
     for (const Tensor& p : parts) {
         Shape expect = first, got = p.shape();
-        if (got.size() != expect.size()) shape_error("concat", "ranks differ: " + shape_str(first) + " and " + shape_str(got));
+        if (got.size() != expect.size()) argument_error("concat", "ranks differ: " + shape_str(first) + " and " + shape_str(got));
         expect[axis] = got[axis];
         if (got != expect)
-            shape_error("concat", "shapes " + shape_str(first) + " and " + shape_str(got) +
+            argument_error("concat", "shapes " + shape_str(first) + " and " + shape_str(got) +
                                       " differ outside axis " + std::to_string(axis));
         shape[axis] += got[axis];
     }
@@ -1777,7 +1784,7 @@ Tensor concat(const std::vector<Tensor>& parts, int axis) {
 Tensor slice(const Tensor& x, int axis, int start, int end) {
     axis = normalize_axis(axis, x.rank(), "slice", x.shape());
     if (start < 0 || end > x.shape()[axis] || start >= end)
-        shape_error("slice", "range [" + std::to_string(start) + ", " + std::to_string(end) +
+        argument_error("slice", "range [" + std::to_string(start) + ", " + std::to_string(end) +
                                  ") is not inside axis " + std::to_string(axis) + " of " +
                                  shape_str(x.shape()));
     Shape shape = x.shape();
@@ -1823,7 +1830,7 @@ static double log_sum_exp(const real* x, std::size_t n) {
 
 // softmax and log_softmax work on rows: every slice along the last axis.
 static void check_rows(const Tensor& x, const char* op) {
-    if (x.rank() < 1 || x.dim(-1) == 0) shape_error(op, "needs a non-empty last axis, got " + shape_str(x.shape()));
+    if (x.rank() < 1 || x.dim(-1) == 0) argument_error(op, "needs a non-empty last axis, got " + shape_str(x.shape()));
 }
 
 // A logit may be −inf: a class masked out, probability 0. It may not be NaN or +inf (softmax of
@@ -1908,20 +1915,20 @@ Tensor log_softmax(const Tensor& x) {
 // Example: logits [2, 1, 0.1], class 0 → p ≈ [0.659, 0.242, 0.099], L = −ln 0.659 ≈ 0.417,
 // gradient ≈ [−0.341, 0.242, 0.099].
 Tensor cross_entropy(const Tensor& logits, const std::vector<int>& labels, real label_smoothing) {
-    if (logits.rank() != 2) shape_error("cross_entropy", "logits must be [batch, classes], got " + shape_str(logits.shape()));
+    if (logits.rank() != 2) argument_error("cross_entropy", "logits must be [batch, classes], got " + shape_str(logits.shape()));
     const int B = logits.dim(0), C = logits.dim(1);
     if (B == 0 || C == 0)
-        shape_error("cross_entropy", "logits " + shape_str(logits.shape()) + ": an empty batch, or no classes, has no "
+        argument_error("cross_entropy", "logits " + shape_str(logits.shape()) + ": an empty batch, or no classes, has no "
                                      "mean loss");
     if (int(labels.size()) != B)
-        shape_error("cross_entropy", "logits " + shape_str(logits.shape()) + " need " +
+        argument_error("cross_entropy", "logits " + shape_str(logits.shape()) + " need " +
                                          std::to_string(B) + " labels, got " + std::to_string(labels.size()));
     for (int b = 0; b < B; ++b)
         if (labels[b] < 0 || labels[b] >= C)
-            shape_error("cross_entropy", "label " + std::to_string(labels[b]) + " at row " +
+            argument_error("cross_entropy", "label " + std::to_string(labels[b]) + " at row " +
                                              std::to_string(b) + " is outside [0, " + std::to_string(C) + ")");
     if (!(label_smoothing >= 0 && label_smoothing < 1))
-        shape_error("cross_entropy", "label_smoothing must be in [0, 1), got " + to_string(label_smoothing));
+        argument_error("cross_entropy", "label_smoothing must be in [0, 1), got " + to_string(label_smoothing));
     if (on_cuda(logits)) return cross_entropy_on_device(logits, labels, label_smoothing);   // Part 5
     check_logits(logits, "cross_entropy");
     const real eps = label_smoothing, off = eps / C, on = 1 - eps + off;   // q for other / true class
@@ -1955,7 +1962,7 @@ Tensor cross_entropy(const Tensor& logits, const std::vector<int>& labels, real 
 
 static void require_same_shape(const Tensor& a, const Tensor& b, const char* op) {
     if (a.shape() != b.shape())
-        shape_error(op, "prediction " + shape_str(a.shape()) + " and target " +
+        argument_error(op, "prediction " + shape_str(a.shape()) + " and target " +
                             shape_str(b.shape()) + " must have the same shape");
 }
 
@@ -1963,7 +1970,7 @@ static void require_same_shape(const Tensor& a, const Tensor& b, const char* op)
 Tensor mse_loss(const Tensor& prediction, const Tensor& target) {
     require_same_shape(prediction, target, "mse_loss");
     check_devices("mse_loss", {prediction, target}, Device::CPU);
-    if (prediction.numel() == 0) shape_error("mse_loss", "an empty prediction " + shape_str(prediction.shape()) + " has no mean");
+    if (prediction.numel() == 0) argument_error("mse_loss", "an empty prediction " + shape_str(prediction.shape()) + " has no mean");
     const Tensor diff = prediction - target;
     return mean(diff * diff);
 }
@@ -1974,7 +1981,7 @@ Tensor mse_loss(const Tensor& prediction, const Tensor& target) {
 Tensor bce_with_logits(const Tensor& logits, const Tensor& targets) {
     require_same_shape(logits, targets, "bce_with_logits");
     const std::size_t N = logits.numel();
-    if (N == 0) shape_error("bce_with_logits", "an empty batch " + shape_str(logits.shape()) + " has no mean loss");
+    if (N == 0) argument_error("bce_with_logits", "an empty batch " + shape_str(logits.shape()) + " has no mean loss");
     require_all(logits, "bce_with_logits", "a logit must be finite", [](real v) { return std::isfinite(v); });
     require_all(targets, "bce_with_logits", "a target must be in [0, 1]", [](real v) { return v >= 0 && v <= 1; });
     const real *z = logits.values().data(), *t = targets.values().data();
@@ -2011,11 +2018,11 @@ Tensor bce_with_logits(const Tensor& logits, const Tensor& targets) {
 // ---------------------------------------------------------------------------------------------
 
 static void check_norm_args(const Tensor& x, const Tensor& gain, real eps, const char* op) {
-    if (x.rank() < 1 || x.dim(-1) == 0) shape_error(op, "needs a non-empty last axis, got " + shape_str(x.shape()));
+    if (x.rank() < 1 || x.dim(-1) == 0) argument_error(op, "needs a non-empty last axis, got " + shape_str(x.shape()));
     if (gain.shape() != Shape{x.dim(-1)})
-        shape_error(op, "gain must have shape [" + std::to_string(x.dim(-1)) + "] for input " +
+        argument_error(op, "gain must have shape [" + std::to_string(x.dim(-1)) + "] for input " +
                             shape_str(x.shape()) + ", got " + shape_str(gain.shape()));
-    if (!(eps >= 0 && std::isfinite(eps))) shape_error(op, "eps must be finite and >= 0, got " + to_string(eps));
+    if (!(eps >= 0 && std::isfinite(eps))) argument_error(op, "eps must be finite and >= 0, got " + to_string(eps));
 }
 
 // 1/√(spread + ε), refused when that is 1/0: a constant row (or a row of zeros, for RMS) with ε = 0.
@@ -2029,7 +2036,7 @@ static real inverse_sqrt_or_throw(double spread, real eps, std::size_t row, cons
 Tensor layer_norm(const Tensor& x, const Tensor& gain, const Tensor& bias, real eps) {
     check_norm_args(x, gain, eps, "layer_norm");
     if (bias.shape() != gain.shape())
-        shape_error("layer_norm", "bias must have shape " + shape_str(gain.shape()) + ", got " + shape_str(bias.shape()));
+        argument_error("layer_norm", "bias must have shape " + shape_str(gain.shape()) + ", got " + shape_str(bias.shape()));
     const std::size_t D = x.dim(-1), rows = x.numel() / D;
     std::vector<real> xhat(x.numel()), rstd(rows);   // kept for the backward
     Tensor out = Tensor::from_op(x.shape(), "layer_norm", {x, gain, bias});
@@ -2060,9 +2067,11 @@ Tensor layer_norm(const Tensor& x, const Tensor& gain, const Tensor& bias, real 
                 double mean_gh = 0, mean_gh_xh = 0;   // mean(ĝ), mean(ĝ·x̂)
                 for (std::size_t j = 0; j < D; ++j) {
                     const double gh = g[j] * pg->data[j];
-                    mean_gh += gh, mean_gh_xh += gh * xh[j];
+                    mean_gh += gh;
+                    mean_gh_xh += gh * xh[j];
                 }
-                mean_gh /= D, mean_gh_xh /= D;
+                mean_gh /= D;
+                mean_gh_xh /= D;
                 real* gx = grad_of(px).data() + r * D;
                 for (std::size_t j = 0; j < D; ++j)
                     gx[j] += real(rstd[r] * (g[j] * pg->data[j] - mean_gh - xh[j] * mean_gh_xh));
@@ -2111,11 +2120,11 @@ Tensor rms_norm(const Tensor& x, const Tensor& gain, real eps) {
 // backward adds each output row's gradient into the table row it came from (a row used twice
 // gets both: the += again).
 Tensor embedding(const Tensor& table, const std::vector<int>& ids) {
-    if (table.rank() != 2) shape_error("embedding", "table must be [vocab, dim], got " + shape_str(table.shape()));
+    if (table.rank() != 2) argument_error("embedding", "table must be [vocab, dim], got " + shape_str(table.shape()));
     const int V = table.dim(0), D = table.dim(1);
     for (std::size_t k = 0; k < ids.size(); ++k)
         if (ids[k] < 0 || ids[k] >= V)
-            shape_error("embedding", "id " + std::to_string(ids[k]) + " at position " +
+            argument_error("embedding", "id " + std::to_string(ids[k]) + " at position " +
                                          std::to_string(k) + " is outside [0, " + std::to_string(V) + ")");
     Tensor out = Tensor::from_op({int(ids.size()), D}, "embedding", {table});
     for (std::size_t k = 0; k < ids.size(); ++k)
@@ -2135,7 +2144,7 @@ Tensor embedding(const Tensor& table, const std::vector<int>& ids) {
 // output equals the input and evaluation needs no rescaling. y = m·x with a fixed mask m, so
 // ∂y/∂x = m. Evaluation: the identity.
 Tensor dropout(const Tensor& x, real p, Rng& rng, bool training) {
-    if (!(p >= 0 && p < 1)) shape_error("dropout", "p must be in [0, 1), got " + to_string(p));
+    if (!(p >= 0 && p < 1)) argument_error("dropout", "p must be in [0, 1), got " + to_string(p));
     if (!training || p == 0) return x;
     Tensor mask(x.shape());
     for (real& m : mask.values()) m = rng.uniform() >= p ? 1 / (1 - p) : real(0);
@@ -2162,7 +2171,7 @@ Tensor dropout(const Tensor& x, real p, Rng& rng, bool training) {
 
 Tensor init_weight(Shape shape, int fan_in, int fan_out, Init init, Rng& rng) {
     if (fan_in <= 0 || fan_out <= 0)
-        shape_error("init_weight", "fan_in and fan_out must be positive, got " +
+        argument_error("init_weight", "fan_in and fan_out must be positive, got " +
                                        std::to_string(fan_in) + " and " + std::to_string(fan_out));
     switch (init) {
         case Init::zeros: return Tensor(std::move(shape));
@@ -2182,7 +2191,7 @@ Tensor init_weight(Shape shape, int fan_in, int fan_out, Init init, Rng& rng) {
 }
 
 Tensor gpt2_residual_weight(Shape shape, int n_layers, Rng& rng) {
-    if (n_layers <= 0) shape_error("gpt2_residual_weight", "n_layers must be positive, got " + std::to_string(n_layers));
+    if (n_layers <= 0) argument_error("gpt2_residual_weight", "n_layers must be positive, got " + std::to_string(n_layers));
     return randn(std::move(shape), rng, real(0.02 / std::sqrt(2.0 * n_layers)));
 }
 
@@ -2197,7 +2206,7 @@ Linear::Linear(int in, int out, Rng& rng, Init init, bool bias)
 // A layer from weights made elsewhere (trained, or loaded from another framework).
 Linear::Linear(Tensor W_, Tensor b_) : W(std::move(W_)), b(std::move(b_)) {
     if (!W.defined() || W.rank() != 2 || (b.defined() && (b.rank() != 1 || b.dim(0) != W.dim(1))))
-        shape_error("nn::Linear", "needs W [in, out] and b [out] (or no b); got W " +
+        argument_error("nn::Linear", "needs W [in, out] and b [out] (or no b); got W " +
                                       (W.defined() ? shape_str(W.shape()) : "(empty)") + " and b " +
                                       (b.defined() ? shape_str(b.shape()) : "(none)"));
     W.requires_grad_();
@@ -2214,16 +2223,16 @@ std::vector<Tensor> Linear::parameters() const {
 
 MLP::MLP(const std::vector<int>& sizes, Rng& rng, Activation act_, Init init, real dropout)
     : act(act_), dropout_p(dropout), dropout_rng(rng.next_u64()) {
-    if (sizes.size() < 2) shape_error("nn::MLP", "needs at least an input and an output size");
+    if (sizes.size() < 2) argument_error("nn::MLP", "needs at least an input and an output size");
     for (std::size_t l = 0; l + 1 < sizes.size(); ++l) layers.emplace_back(sizes[l], sizes[l + 1], rng, init);
 }
 
 MLP::MLP(std::vector<Linear> layers_, Activation act_)
     : layers(std::move(layers_)), act(act_), dropout_p(0), dropout_rng(0) {
-    if (layers.empty()) shape_error("nn::MLP", "needs at least one layer");
+    if (layers.empty()) argument_error("nn::MLP", "needs at least one layer");
     for (std::size_t l = 0; l + 1 < layers.size(); ++l)
         if (layers[l].W.dim(1) != layers[l + 1].W.dim(0))
-            shape_error("nn::MLP", "layer " + std::to_string(l) + " gives " + std::to_string(layers[l].W.dim(1)) +
+            argument_error("nn::MLP", "layer " + std::to_string(l) + " gives " + std::to_string(layers[l].W.dim(1)) +
                                        " outputs but layer " + std::to_string(l + 1) + " takes " +
                                        std::to_string(layers[l + 1].W.dim(0)) + " inputs");
 }
@@ -2280,14 +2289,14 @@ std::vector<std::pair<std::string, Tensor>> MLP::named_parameters() const {
 
 Optimizer::Optimizer(std::vector<Tensor> params, double lr_, const char* name)
     : lr(lr_), params_(std::move(params)), name_(name) {
-    if (params_.empty()) shape_error(name, "no parameters to optimize");
+    if (params_.empty()) argument_error(name, "no parameters to optimize");
     for (std::size_t k = 0; k < params_.size(); ++k) {
         const std::string which = "parameter " + std::to_string(k);
-        if (!params_[k].defined()) shape_error(name, which + " is an empty Tensor (default-constructed)");
-        if (!params_[k].requires_grad()) shape_error(name, which + " does not require grad");
+        if (!params_[k].defined()) argument_error(name, which + " is an empty Tensor (default-constructed)");
+        if (!params_[k].requires_grad()) argument_error(name, which + " does not require grad");
         for (std::size_t j = 0; j < k; ++j)
             if (params_[j].node() == params_[k].node())
-                shape_error(name, which + " is parameter " + std::to_string(j) + " again: it would be updated twice "
+                argument_error(name, which + " is parameter " + std::to_string(j) + " again: it would be updated twice "
                                   "a step");
     }
     Optimizer::check_settings();
@@ -2297,12 +2306,9 @@ Optimizer::Optimizer(std::vector<Tensor> params, double lr_, const char* name)
 // a schedule, or a learner, changes opt.lr between steps, and a NaN learning rate would turn
 // every weight into NaN without a word.
 void Optimizer::check_settings() const {
-    if (!(lr >= 0 && std::isfinite(lr))) shape_error(name_, "the learning rate must be finite and >= 0, got " + to_string(lr));
+    if (!(lr >= 0 && std::isfinite(lr))) argument_error(name_, "the learning rate must be finite and >= 0, got " + to_string(lr));
 }
 
-static void require_setting(bool ok, const char* name, const std::string& what) {
-    if (!ok) shape_error(name, what);
-}
 
 // A NaN or infinite gradient would turn every weight it reaches into NaN: it is refused before any
 // parameter changes. g·0 is 0 for a finite g and NaN for NaN or ±inf, so one pass that adds those
@@ -2324,7 +2330,7 @@ void Optimizer::step() {
     check_settings();
     if (on_cuda(params_)) return step_on_device();   // Part 5
     if (!device_state_.empty())
-        shape_error(name_, "the parameters moved to the cpu after this optimizer's state was made on cuda; its "
+        argument_error(name_, "the parameters moved to the cpu after this optimizer's state was made on cuda; its "
                            "state does not move with them: create the optimizer after moving the model");
     if (state_.empty())   // first step: allocate the state, all zeros
         for (const Tensor& p : params_)
@@ -2332,7 +2338,7 @@ void Optimizer::step() {
     for (std::size_t k = 0; k < params_.size(); ++k) {
         const std::size_t g = params_[k].grad().size(), n = params_[k].numel();
         if (g != 0 && g != n)
-            shape_error(name_, "parameter " + std::to_string(k) + " has " + std::to_string(n) +
+            argument_error(name_, "parameter " + std::to_string(k) + " has " + std::to_string(n) +
                                    " values but a gradient of " + std::to_string(g));
     }
     require_finite_gradients(params_, name_);
@@ -2369,9 +2375,9 @@ SGD::SGD(std::vector<Tensor> params, double lr, double momentum_, bool nesterov_
 
 void SGD::check_settings() const {
     Optimizer::check_settings();
-    require_setting(momentum >= 0 && momentum < 1, "SGD", "momentum must be in [0, 1), got " + to_string(momentum));
-    require_setting(!nesterov || momentum > 0, "SGD", "Nesterov needs momentum > 0");
-    require_setting(weight_decay >= 0 && std::isfinite(weight_decay), "SGD",
+    require_argument(momentum >= 0 && momentum < 1, "SGD", "momentum must be in [0, 1), got " + to_string(momentum));
+    require_argument(!nesterov || momentum > 0, "SGD", "Nesterov needs momentum > 0");
+    require_argument(weight_decay >= 0 && std::isfinite(weight_decay), "SGD",
                     "weight_decay must be >= 0 and finite, got " + to_string(weight_decay));
 }
 
@@ -2394,9 +2400,9 @@ RMSProp::RMSProp(std::vector<Tensor> params, double lr, double alpha_, double ep
 
 void RMSProp::check_settings() const {
     Optimizer::check_settings();
-    require_setting(alpha >= 0 && alpha < 1, "RMSProp", "alpha must be in [0, 1), got " + to_string(alpha));
-    require_setting(eps > 0 && std::isfinite(eps), "RMSProp", "eps must be > 0 and finite, got " + to_string(eps));
-    require_setting(weight_decay >= 0 && std::isfinite(weight_decay), "RMSProp",
+    require_argument(alpha >= 0 && alpha < 1, "RMSProp", "alpha must be in [0, 1), got " + to_string(alpha));
+    require_argument(eps > 0 && std::isfinite(eps), "RMSProp", "eps must be > 0 and finite, got " + to_string(eps));
+    require_argument(weight_decay >= 0 && std::isfinite(weight_decay), "RMSProp",
                     "weight_decay must be >= 0 and finite, got " + to_string(weight_decay));
 }
 
@@ -2423,10 +2429,10 @@ Adam::Adam(std::vector<Tensor> params, double lr, double beta1_, double beta2_, 
 // eps > 0: with eps = 0, a gradient that is 0 from the start gives m̂/√v̂ = 0/0.
 void Adam::check_settings() const {
     Optimizer::check_settings();
-    require_setting(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1, name(),
+    require_argument(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1, name(),
                     "betas must be in [0, 1), got " + to_string(beta1) + " and " + to_string(beta2));
-    require_setting(eps > 0 && std::isfinite(eps), name(), "eps must be > 0 and finite, got " + to_string(eps));
-    require_setting(weight_decay >= 0 && std::isfinite(weight_decay), name(),
+    require_argument(eps > 0 && std::isfinite(eps), name(), "eps must be > 0 and finite, got " + to_string(eps));
+    require_argument(weight_decay >= 0 && std::isfinite(weight_decay), name(),
                     "weight_decay must be >= 0 and finite, got " + to_string(weight_decay));
 }
 
@@ -2465,9 +2471,9 @@ Lion::Lion(std::vector<Tensor> params, double lr, double beta1_, double beta2_, 
 
 void Lion::check_settings() const {
     Optimizer::check_settings();
-    require_setting(beta1 >= 0 && beta1 <= 1 && beta2 >= 0 && beta2 <= 1, "Lion",
+    require_argument(beta1 >= 0 && beta1 <= 1 && beta2 >= 0 && beta2 <= 1, "Lion",
                     "betas must be in [0, 1], got " + to_string(beta1) + " and " + to_string(beta2));
-    require_setting(weight_decay >= 0 && std::isfinite(weight_decay), "Lion",
+    require_argument(weight_decay >= 0 && std::isfinite(weight_decay), "Lion",
                     "weight_decay must be >= 0 and finite, got " + to_string(weight_decay));
 }
 
@@ -2492,14 +2498,10 @@ void Lion::update(std::vector<real>& w, const std::vector<real>& grad, std::vect
 // the end. Example: lr_max 3e-4, lr_min 3e-5, warmup 2000, total 10000 → step 6000 gives 1.65e-4.
 // ---------------------------------------------------------------------------------------------
 
-static void require_schedule(bool ok, const char* name, const std::string& what) {
-    if (!ok) shape_error(name, what);
-}
-
 // Every schedule: a step count from 0, and learning rates that are finite and >= 0.
 static void require_step_and_rate(long step, double lr, const char* name) {
-    require_schedule(step >= 0, name, "step must be >= 0, got " + std::to_string(step));
-    require_schedule(lr >= 0 && std::isfinite(lr), name, "the learning rate must be finite and >= 0, got " + to_string(lr));
+    require_argument(step >= 0, name, "step must be >= 0, got " + std::to_string(step));
+    require_argument(lr >= 0 && std::isfinite(lr), name, "the learning rate must be finite and >= 0, got " + to_string(lr));
 }
 
 double constant_lr(long step, double lr) {
@@ -2509,10 +2511,10 @@ double constant_lr(long step, double lr) {
 
 double warmup_cosine_lr(long step, long warmup, long total, double lr_max, double lr_min) {
     require_step_and_rate(step, lr_max, "warmup_cosine_lr");
-    require_schedule(warmup >= 0 && total > 0 && warmup <= total, "warmup_cosine_lr",
+    require_argument(warmup >= 0 && total > 0 && warmup <= total, "warmup_cosine_lr",
                      "needs 0 <= warmup <= total, got warmup " + std::to_string(warmup) +
                          " and total " + std::to_string(total));
-    require_schedule(lr_max >= lr_min && lr_min >= 0, "warmup_cosine_lr",
+    require_argument(lr_max >= lr_min && lr_min >= 0, "warmup_cosine_lr",
                      "needs lr_max >= lr_min >= 0, got " + to_string(lr_max) + " and " + to_string(lr_min));
     if (step < warmup) return lr_max * double(step) / double(warmup);
     if (step >= total) return lr_min;
@@ -2523,15 +2525,15 @@ double warmup_cosine_lr(long step, long warmup, long total, double lr_max, doubl
 // The original Transformer's schedule, scaled so that the peak (at step = warmup) is lr_max.
 double inverse_sqrt_lr(long step, long warmup, double lr_max) {
     require_step_and_rate(step, lr_max, "inverse_sqrt_lr");
-    require_schedule(warmup > 0, "inverse_sqrt_lr", "warmup must be > 0, got " + std::to_string(warmup));
+    require_argument(warmup > 0, "inverse_sqrt_lr", "warmup must be > 0, got " + std::to_string(warmup));
     if (step < warmup) return lr_max * double(step) / double(warmup);
     return lr_max * std::sqrt(double(warmup) / double(step));
 }
 
 double step_decay_lr(long step, double lr0, long step_size, double gamma) {
     require_step_and_rate(step, lr0, "step_decay_lr");
-    require_schedule(gamma > 0 && gamma <= 1, "step_decay_lr", "gamma must be in (0, 1] (a decay), got " + to_string(gamma));
-    require_schedule(step_size > 0, "step_decay_lr", "step_size must be > 0, got " + std::to_string(step_size));
+    require_argument(gamma > 0 && gamma <= 1, "step_decay_lr", "gamma must be in (0, 1] (a decay), got " + to_string(gamma));
+    require_argument(step_size > 0, "step_decay_lr", "step_size must be > 0, got " + std::to_string(step_size));
     return lr0 * std::pow(gamma, double(step / step_size));
 }
 
@@ -2575,7 +2577,7 @@ double grad_norm(const std::vector<Tensor>& params) {
 }
 
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
-    if (!(max_norm > 0)) shape_error("clip_grad_norm", "max_norm must be > 0, got " + to_string(max_norm));
+    if (!(max_norm > 0)) argument_error("clip_grad_norm", "max_norm must be > 0, got " + to_string(max_norm));
     if (on_cuda(params)) return clip_grad_norm_on_device(params, max_norm);   // Part 5
     const double norm = grad_norm(params);
     if (!std::isfinite(norm)) require_finite_gradients(params, "clip_grad_norm");   // names the culprit
@@ -2588,7 +2590,7 @@ double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
 }
 
 void clip_grad_value(const std::vector<Tensor>& params, double max_abs) {
-    if (!(max_abs > 0)) shape_error("clip_grad_value", "the limit must be > 0, got " + to_string(max_abs));
+    if (!(max_abs > 0)) argument_error("clip_grad_value", "the limit must be > 0, got " + to_string(max_abs));
     for (const Tensor& p : params)
         for (real& g : p.grad()) g = real(std::clamp(double(g), -max_abs, max_abs));
 }
@@ -2753,12 +2755,12 @@ Dataset load_idx_dataset(const std::string& images_path, const std::string& labe
 }
 
 Tensor gather_rows(const Tensor& images, const std::vector<int>& rows) {
-    if (images.rank() != 2) shape_error("gather_rows", "needs [N, D], got " + shape_str(images.shape()));
+    if (images.rank() != 2) argument_error("gather_rows", "needs [N, D], got " + shape_str(images.shape()));
     const int N = images.dim(0), D = images.dim(1);
     Tensor batch({int(rows.size()), D});
     for (std::size_t k = 0; k < rows.size(); ++k) {
         if (rows[k] < 0 || rows[k] >= N)
-            shape_error("gather_rows", "row " + std::to_string(rows[k]) + " outside [0, " + std::to_string(N) + ")");
+            argument_error("gather_rows", "row " + std::to_string(rows[k]) + " outside [0, " + std::to_string(N) + ")");
         std::copy_n(images.values().data() + std::size_t(rows[k]) * D, D, batch.values().data() + k * D);
     }
     return batch;
@@ -2937,7 +2939,10 @@ void load_checkpoint(const std::string& path, TrainingState& state) {
     if (r.pos != file.size() - 8) fail("unexpected bytes before the checksum");
 
     for (std::size_t k = 0; k < values.size(); ++k) state.params[k].second.values() = std::move(values[k]);
-    if (opt) opt->state() = std::move(opt_state), opt->step_count = opt_steps;
+    if (opt) {
+        opt->state() = std::move(opt_state);
+        opt->step_count = opt_steps;
+    }
     for (std::size_t k = 0; k < state.rngs.size(); ++k) *state.rngs[k] = Rng(rng_states[k]);
     state.step = step;
 }
@@ -3028,16 +3033,16 @@ void reset_peak_tensor_bytes() { bytes_now = bytes_peak = std::int64_t(tensor_by
 // ---------------------------------------------------------------------------------------------
 
 Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, real eps) {
-    if (x.rank() != 2) shape_error("batch_norm", "x must be [batch, features], got " + shape_str(x.shape()));
+    if (x.rank() != 2) argument_error("batch_norm", "x must be [batch, features], got " + shape_str(x.shape()));
     const int N = x.dim(0), C = x.dim(1);
     if (N < 2)
-        shape_error("batch_norm", "training needs at least 2 examples per feature, got x " + shape_str(x.shape()) +
+        argument_error("batch_norm", "training needs at least 2 examples per feature, got x " + shape_str(x.shape()) +
                                       " (with one example x = mean, so every output would be beta; use eval mode)");
     if (gamma.shape() != Shape{C} || beta.shape() != Shape{C})
-        shape_error("batch_norm", "gamma and beta must have shape [" + std::to_string(C) + "] for x " +
+        argument_error("batch_norm", "gamma and beta must have shape [" + std::to_string(C) + "] for x " +
                                       shape_str(x.shape()) + ", got " + shape_str(gamma.shape()) + " and " +
                                       shape_str(beta.shape()));
-    if (!(eps >= 0)) shape_error("batch_norm", "eps must be >= 0, got " + to_string(eps));
+    if (!(eps >= 0)) argument_error("batch_norm", "eps must be >= 0, got " + to_string(eps));
     std::vector<real> xhat(x.numel()), rstd(C);   // kept for the backward
     Tensor out = Tensor::from_op(x.shape(), "batch_norm", {x, gamma, beta});
     const real *in = x.values().data(), *g = gamma.values().data(), *b = beta.values().data();
@@ -3085,15 +3090,15 @@ namespace nn {
 BatchNorm::BatchNorm(int features, real momentum_, real eps_)
     : gamma(Tensor::full({features}, 1)), beta(Tensor({features})), running_mean(features, real(0)),
       running_var(features, real(1)), momentum(momentum_), eps(eps_) {
-    if (features <= 0) shape_error("nn::BatchNorm", "needs features > 0, got " + std::to_string(features));
-    if (!(momentum >= 0 && momentum <= 1)) shape_error("nn::BatchNorm", "momentum must be in [0, 1], got " + to_string(momentum));
+    if (features <= 0) argument_error("nn::BatchNorm", "needs features > 0, got " + std::to_string(features));
+    if (!(momentum >= 0 && momentum <= 1)) argument_error("nn::BatchNorm", "momentum must be in [0, 1], got " + to_string(momentum));
     gamma.requires_grad_();
     beta.requires_grad_();
 }
 
 static int batch_norm_features(const Tensor& gamma, const Tensor& beta) {
     if (!gamma.defined() || !beta.defined() || gamma.rank() != 1 || beta.shape() != gamma.shape())
-        shape_error("nn::BatchNorm", "gamma and beta must both be [features]; got " +
+        argument_error("nn::BatchNorm", "gamma and beta must both be [features]; got " +
                                          (gamma.defined() ? shape_str(gamma.shape()) : "(empty)") + " and " +
                                          (beta.defined() ? shape_str(beta.shape()) : "(empty)"));
     return gamma.dim(0);
@@ -3108,11 +3113,11 @@ BatchNorm::BatchNorm(Tensor gamma_, Tensor beta_, real momentum_, real eps_)
 Tensor BatchNorm::operator()(const Tensor& x) {
     const int C = gamma.dim(0);
     if (beta.shape() != gamma.shape() || int(running_mean.size()) != C || int(running_var.size()) != C)
-        shape_error("nn::BatchNorm", "gamma " + shape_str(gamma.shape()) + ", beta " + shape_str(beta.shape()) +
+        argument_error("nn::BatchNorm", "gamma " + shape_str(gamma.shape()) + ", beta " + shape_str(beta.shape()) +
                                          ", running_mean [" + std::to_string(running_mean.size()) + "] and running_var [" +
                                          std::to_string(running_var.size()) + "] must all have one entry per feature");
     if (x.rank() != 2 || x.dim(1) != C)
-        shape_error("nn::BatchNorm", "expected x [batch, " + std::to_string(C) + "], got " + shape_str(x.shape()));
+        argument_error("nn::BatchNorm", "expected x [batch, " + std::to_string(C) + "], got " + shape_str(x.shape()));
     if (!training) {   // y = γ·(x − running mean)/√(running var + ε) + β: plain ops, their backward
         std::vector<real> inv_std(C);
         for (int c = 0; c < C; ++c) inv_std[c] = real(1 / std::sqrt(double(running_var[c]) + eps));
@@ -3174,7 +3179,7 @@ Tensor BatchNorm::operator()(const Tensor& x) {
 // ---------------------------------------------------------------------------------------------
 
 Tensor causal_mask(int T) {
-    if (T <= 0) shape_error("causal_mask", "needs T > 0, got " + std::to_string(T));
+    if (T <= 0) argument_error("causal_mask", "needs T > 0, got " + std::to_string(T));
     Tensor mask({T, T});
     real* m = mask.values().data();
     for (int i = 0; i < T; ++i)
@@ -3198,13 +3203,13 @@ static AttentionShape check_attention(const Tensor& q, const Tensor& k, const Te
                                shape_str(v.shape());
     const int r = q.rank();
     if ((r != 2 && r != 3) || k.rank() != r || v.rank() != r)
-        shape_error(op, "needs q, k, v all [T, d] or all [B, T, d]; got " + shapes);
-    if (r == 3 && (k.dim(0) != q.dim(0) || v.dim(0) != q.dim(0))) shape_error(op, "batch sizes differ: " + shapes);
-    if (k.dim(-1) != q.dim(-1)) shape_error(op, "q and k need the same feature size d: " + shapes);
-    if (v.dim(-2) != k.dim(-2)) shape_error(op, "k and v need the same number of rows: " + shapes);
+        argument_error(op, "needs q, k, v all [T, d] or all [B, T, d]; got " + shapes);
+    if (r == 3 && (k.dim(0) != q.dim(0) || v.dim(0) != q.dim(0))) argument_error(op, "batch sizes differ: " + shapes);
+    if (k.dim(-1) != q.dim(-1)) argument_error(op, "q and k need the same feature size d: " + shapes);
+    if (v.dim(-2) != k.dim(-2)) argument_error(op, "k and v need the same number of rows: " + shapes);
     const AttentionShape a{r == 3 ? q.dim(0) : 1, q.dim(-2), k.dim(-2), q.dim(-1), v.dim(-1), causal};
-    if (a.T == 0 || a.S == 0 || a.d == 0 || a.dv == 0) shape_error(op, "empty input: " + shapes);
-    if (causal && a.T != a.S) shape_error(op, "causal attention needs as many queries as keys: " + shapes);
+    if (a.T == 0 || a.S == 0 || a.d == 0 || a.dv == 0) argument_error(op, "empty input: " + shapes);
+    if (causal && a.T != a.S) argument_error(op, "causal attention needs as many queries as keys: " + shapes);
     return a;
 }
 
@@ -3355,14 +3360,14 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
 Tensor multi_head_attention(const Tensor& x, const Tensor& Wq, const Tensor& Wk, const Tensor& Wv,
                             const Tensor& Wo, int heads, bool causal, AttentionKernel kernel) {
     const char* op = "multi_head_attention";
-    if (x.rank() != 2 && x.rank() != 3) shape_error(op, "x must be [T, D] or [B, T, D], got " + shape_str(x.shape()));
+    if (x.rank() != 2 && x.rank() != 3) argument_error(op, "x must be [T, D] or [B, T, D], got " + shape_str(x.shape()));
     const int D = x.dim(-1);
     for (const Tensor* W : {&Wq, &Wk, &Wv, &Wo})
         if (W->shape() != Shape{D, D})
-            shape_error(op, "every weight must be [" + std::to_string(D) + ", " + std::to_string(D) + "] for x " +
+            argument_error(op, "every weight must be [" + std::to_string(D) + ", " + std::to_string(D) + "] for x " +
                                 shape_str(x.shape()) + ", got " + shape_str(W->shape()));
     if (heads <= 0 || D % heads != 0)
-        shape_error(op, std::to_string(heads) + " heads do not divide the " + std::to_string(D) + " features of x " +
+        argument_error(op, std::to_string(heads) + " heads do not divide the " + std::to_string(D) + " features of x " +
                             shape_str(x.shape()));
     const int width = D / heads;
     const Tensor q = matmul(x, Wq), k = matmul(x, Wk), v = matmul(x, Wv);
@@ -3527,7 +3532,7 @@ Tensor cast(const Tensor& x, Precision p) {
 // so the only roundings are the inputs' and the accumulator's.
 Tensor matmul_in_precision(const Tensor& a, const Tensor& b, Precision inputs, Precision accumulator) {
     if (a.rank() != 2 || b.rank() != 2 || a.dim(1) != b.dim(0))
-        shape_error("matmul_in_precision", "needs [M, K]·[K, N], got " + shape_str(a.shape()) + " · " + shape_str(b.shape()));
+        argument_error("matmul_in_precision", "needs [M, K]·[K, N], got " + shape_str(a.shape()) + " · " + shape_str(b.shape()));
     const int M = a.dim(0), K = a.dim(1), N = b.dim(1);
     std::vector<float> A(a.numel()), B(b.numel());
     const real *pa = a.values().data(), *pb = b.values().data();
@@ -3551,7 +3556,7 @@ DynamicLossScaler::DynamicLossScaler(double initial_scale, int growth_interval, 
     : scale_(initial_scale), growth_factor_(growth_factor), backoff_factor_(backoff_factor),
       growth_interval_(growth_interval) {
     if (!(initial_scale > 0) || growth_interval < 1 || !(growth_factor > 1) || !(backoff_factor > 0 && backoff_factor < 1))
-        shape_error("DynamicLossScaler", "needs initial_scale > 0, growth_interval >= 1, growth_factor > 1 and "
+        argument_error("DynamicLossScaler", "needs initial_scale > 0, growth_interval >= 1, growth_factor > 1 and "
                                          "0 < backoff_factor < 1; got " + to_string(initial_scale) + ", " +
                                          std::to_string(growth_interval) + ", " + to_string(growth_factor) + ", " +
                                          to_string(backoff_factor));
@@ -3601,7 +3606,7 @@ void DynamicLossScaler::update(bool gradients_were_finite) {
 Tensor activation_checkpoint(const Segment& segment, const Tensor& x, const std::vector<Tensor>& params) {
     for (std::size_t k = 0; k < params.size(); ++k)
         if (!params[k].defined() || !params[k].requires_grad())
-            shape_error("activation_checkpoint", "parameter " + std::to_string(k) + " does not require grad");
+            argument_error("activation_checkpoint", "parameter " + std::to_string(k) + " does not require grad");
     std::vector<Tensor> inputs = {x};
     inputs.insert(inputs.end(), params.begin(), params.end());
     Tensor out;
@@ -3690,7 +3695,7 @@ static float* device_data(const Tensor& t) { return t.node()->cuda_data.data(); 
 Tensor Tensor::zeros(Shape shape, Device device) {
     if (device == Device::CPU) return Tensor(std::move(shape));
     for (int d : shape)
-        if (d < 0) shape_error("Tensor::zeros", "negative size in shape " + shape_str(shape));
+        if (d < 0) argument_error("Tensor::zeros", "negative size in shape " + shape_str(shape));
     Tensor t;
     t.node_ = std::make_shared<TensorNode>();
     const TensorStorageWatch watch(t.node_.get());   // §4.1
@@ -3714,7 +3719,7 @@ Tensor Tensor::to(Device d) const {
 // A leaf's storage changes device; the node, and so every handle to it, stays the same.
 Tensor& Tensor::move_to(Device d) {
     if (!checked("move_to()").parents.empty())
-        shape_error("move_to", "only a leaf tensor moves in place; this one was computed by '" + std::string(op()) +
+        argument_error("move_to", "only a leaf tensor moves in place; this one was computed by '" + std::string(op()) +
                                    "': use .to(...) for a copy");
     if (d == device()) return *this;
     TensorNode& n = *node_;
@@ -3769,12 +3774,15 @@ static bool on_cuda(const std::vector<Tensor>& tensors) {
 // is not `device` is the other.)
 static void check_devices(const char* op, const std::vector<Tensor>& inputs, Device device) {
     bool here = false, elsewhere = false;
-    for (const Tensor& t : inputs) (t.device() == device ? here : elsewhere) = true;
+    for (const Tensor& t : inputs) {
+        if (t.device() == device) here = true;
+        else elsewhere = true;
+    }
     if (!elsewhere) return;
     if (!here && device == Device::CPU)
-        shape_error(op, "no CUDA kernel for this op (its inputs are on cuda); move them with .to(Device::CPU)");
+        argument_error(op, "no CUDA kernel for this op (its inputs are on cuda); move them with .to(Device::CPU)");
     const Device first = inputs[0].device(), second = first == Device::CPU ? Device::CUDA : Device::CPU;
-    shape_error(op, std::string("tensors on different devices (") + device_name(first) + " and " + device_name(second) +
+    argument_error(op, std::string("tensors on different devices (") + device_name(first) + " and " + device_name(second) +
                         "); move one with .to(...)");
 }
 
@@ -3784,7 +3792,7 @@ static void check_graph_devices(const std::vector<TensorNode*>& order) {
     for (const TensorNode* n : order)
         for (int k = 0; k < n->n_inputs(); ++k)
             if (n->input(k)->device != n->device)
-                shape_error("backward", "input " + std::to_string(k) + " of '" + n->op + "' moved from " +
+                argument_error("backward", "input " + std::to_string(k) + " of '" + n->op + "' moved from " +
                                             device_name(n->device) + " to " + device_name(n->input(k)->device) +
                                             " after the forward pass; move tensors before computing with them");
 }
@@ -3828,7 +3836,7 @@ static Tensor unary_on_device(const Tensor& x, const char* op, DeviceForward f, 
 static Tensor add_on_device(const Tensor& a, const Tensor& b) {
     if (a.numel() < b.numel()) return add_on_device(b, a);   // + commutes: the row goes second
     if (!(a.shape() == b.shape() || (b.rank() == 1 && a.rank() >= 1 && b.dim(0) == a.dim(-1))))
-        shape_error("+", "on cuda, adds tensors of one shape, or a row [N] to every row of [..., N]; got " +
+        argument_error("+", "on cuda, adds tensors of one shape, or a row [N] to every row of [..., N]; got " +
                              shape_str(a.shape()) + " and " + shape_str(b.shape()));
     Tensor out = Tensor::from_op(a.shape(), "+", {a, b}, Device::CUDA);
     const int n = int(a.numel()), nb = int(b.numel());
@@ -3849,7 +3857,7 @@ static Tensor add_on_device(const Tensor& a, const Tensor& b) {
 // CPU). Forward: matmul_v3, the fastest of kernels.cu §2. Backward: dX += dZ·Wᵀ, dW += Xᵀ·dZ.
 static Tensor matmul_on_device(const Tensor& a, const Tensor& b) {
     if (a.rank() != 2 || b.rank() != 2 || a.dim(1) != b.dim(0))
-        shape_error("matmul", "on cuda, multiplies [M,K]·[K,N] only; got " + shape_str(a.shape()) + " · " +
+        argument_error("matmul", "on cuda, multiplies [M,K]·[K,N] only; got " + shape_str(a.shape()) + " · " +
                                   shape_str(b.shape()));
     const int M = a.dim(0), K = a.dim(1), N = b.dim(1);
     Tensor out = Tensor::from_op({M, N}, "matmul", {a, b}, Device::CUDA);
@@ -3878,7 +3886,7 @@ static Tensor matmul_on_device(const Tensor& a, const Tensor& b) {
 static Tensor linear_on_device(const Tensor& x, const Tensor& W, const Tensor& b) {
     check_devices("linear", {x, W, b}, Device::CUDA);
     if (!(x.rank() == 2 && W.rank() == 2 && b.rank() == 1 && x.dim(1) == W.dim(0) && b.dim(0) == W.dim(1)))
-        shape_error("linear", "on cuda, needs x [M, K], W [K, N] and b [N]; got " + shape_str(x.shape()) + ", " +
+        argument_error("linear", "on cuda, needs x [M, K], W [K, N] and b [N]; got " + shape_str(x.shape()) + ", " +
                                   shape_str(W.shape()) + ", " + shape_str(b.shape()));
     return add_on_device(matmul_on_device(x, W), b);
 }
@@ -3889,7 +3897,7 @@ static Tensor linear_on_device(const Tensor& x, const Tensor& W, const Tensor& b
 // batch, like the inputs.
 static Tensor cross_entropy_on_device(const Tensor& logits, const std::vector<int>& labels, real label_smoothing) {
     if (label_smoothing != 0)
-        shape_error("cross_entropy", "label smoothing has no CUDA kernel (the fused kernel's target is one-hot); "
+        argument_error("cross_entropy", "label smoothing has no CUDA kernel (the fused kernel's target is one-hot); "
                                      "use label_smoothing = 0 on cuda, or move the logits with .to(Device::CPU)");
     const int B = logits.dim(0), C = logits.dim(1);
     Tensor out = Tensor::from_op({1}, "cross_entropy", {logits}, Device::CUDA);
@@ -3936,7 +3944,7 @@ static double clip_grad_norm_on_device(const std::vector<Tensor>& params, double
 void Optimizer::step_on_device() {
     check_devices(name_, params_, Device::CUDA);
     if (!state_.empty())
-        shape_error(name_, "the parameters moved to cuda after this optimizer's state was made on the cpu; its "
+        argument_error(name_, "the parameters moved to cuda after this optimizer's state was made on the cpu; its "
                            "state does not move with them: create the optimizer after moving the model");
     if (device_state_.empty())   // first step: the state, all zeros, on the device
         for (const Tensor& p : params_) {
@@ -3955,7 +3963,7 @@ void Optimizer::step_on_device() {
 }
 
 void Optimizer::update_on_device(float*, const float*, std::vector<DeviceBuffer<float>>&, int) {
-    shape_error(name_, "no CUDA kernel for this update (kernels.cu has AdamW's; Adam without weight decay uses "
+    argument_error(name_, "no CUDA kernel for this update (kernels.cu has AdamW's; Adam without weight decay uses "
                        "it too); train on the cpu");
 }
 

@@ -79,12 +79,8 @@ public:
 
     double& data() const { return node_->data; }   // handle semantics: `p.data() -= lr * p.grad()`
     double& grad() const { return node_->grad; }
-    const char* op() const { return node_->op; }
-    const std::string& label() const { return node_->label; }
     Value& set_label(std::string label);
-    std::vector<Value> parents() const;
-    bool is_leaf() const { return node_->n_parents == 0; }
-    Node* node() const { return node_; }
+    Node* node() const { return node_; }   // the node itself: its op, label and inputs
 
     // Reverse-mode autodiff from this value: seeds dL/dL = 1, then adds dL/dx into every leaf x.
     // Leaf gradients accumulate across calls until zero_grad(), as in PyTorch.

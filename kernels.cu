@@ -73,7 +73,8 @@ void cuda_check(cudaError_t status, const char* call, const char* file, int line
 }
 #define CUDA_CHECK(call) cuda_check((call), #call, __FILE__, __LINE__)
 
-static void require(bool ok, const char* what) {
+// A wrapper's sizes or step out of range: std::invalid_argument, as the engine's ops throw.
+static void check_arguments(bool ok, const char* what) {
     if (!ok) throw std::invalid_argument(std::string("kernels.cu: ") + what);
 }
 
@@ -207,7 +208,7 @@ static __global__ void activation_backward_kernel(const float* X, const float* Y
 
 // Wrappers. Grid: ⌈n/256⌉ blocks of 256 threads (the bias gradient: ⌈N/32⌉ blocks of 32 × 8).
 void cuda_add_forward(const float* A, const float* B, float* Y, int n, int nb) {
-    require(n >= 0 && nb > 0 && n % nb == 0, "add: B's size nb must divide A's size n");
+    check_arguments(n >= 0 && nb > 0 && n % nb == 0, "add: B's size nb must divide A's size n");
     if (n == 0) return;
     LAUNCH(add_forward_kernel, blocks_for(n, elementwise_block), elementwise_block)(A, B, Y, n, nb);
     CUDA_CHECK(cudaGetLastError());
@@ -215,7 +216,7 @@ void cuda_add_forward(const float* A, const float* B, float* Y, int n, int nb) {
 
 // db[N] += Σ_rows dY[M, N]
 void cuda_bias_grad(const float* dY, float* db, int M, int N) {
-    require(M >= 0 && N >= 0, "bias_grad: sizes must be >= 0");
+    check_arguments(M >= 0 && N >= 0, "bias_grad: sizes must be >= 0");
     if (N == 0) return;
     LAUNCH(bias_grad_kernel, blocks_for(N, strip_width), dim3(strip_width, strip_rows))(dY, db, M, N);
     CUDA_CHECK(cudaGetLastError());
@@ -223,7 +224,7 @@ void cuda_bias_grad(const float* dY, float* db, int M, int N) {
 
 // dA += dY; dB += dY (nb = n) or dB[j] += Σ_rows dY[·][j] (nb < n: B was a broadcast row).
 void cuda_add_backward(const float* dY, float* dA, float* dB, int n, int nb) {
-    require(n >= 0 && nb > 0 && n % nb == 0, "add: B's size nb must divide A's size n");
+    check_arguments(n >= 0 && nb > 0 && n % nb == 0, "add: B's size nb must divide A's size n");
     if (n == 0) return;
     LAUNCH(accumulate_kernel, blocks_for(n, elementwise_block), elementwise_block)(dY, dA, n);
     CUDA_CHECK(cudaGetLastError());
@@ -420,33 +421,33 @@ static __global__ void matmul_backward_dw_kernel(const float* X, const float* dY
 // Wrappers. v1, v2 and the backward products use 16 × 16 threads per block; v3 uses 16 × 16
 // threads per 64 × 64 tile.
 void cuda_matmul_v1(const float* A, const float* B, float* C, int M, int K, int N) {
-    require(M >= 0 && K >= 0 && N >= 0, "matmul: sizes must be >= 0");
+    check_arguments(M >= 0 && K >= 0 && N >= 0, "matmul: sizes must be >= 0");
     if (M == 0 || N == 0) return;
     LAUNCH(matmul_v1_kernel, dim3(blocks_for(N, tile), blocks_for(M, tile)), dim3(tile, tile))(A, B, C, M, K, N);
     CUDA_CHECK(cudaGetLastError());
 }
 void cuda_matmul_v2(const float* A, const float* B, float* C, int M, int K, int N) {
-    require(M >= 0 && K >= 0 && N >= 0, "matmul: sizes must be >= 0");
+    check_arguments(M >= 0 && K >= 0 && N >= 0, "matmul: sizes must be >= 0");
     if (M == 0 || N == 0) return;
     LAUNCH(matmul_v2_kernel, dim3(blocks_for(N, tile), blocks_for(M, tile)), dim3(tile, tile))(A, B, C, M, K, N);
     CUDA_CHECK(cudaGetLastError());
 }
 void cuda_matmul_v3(const float* A, const float* B, float* C, int M, int K, int N) {
-    require(M >= 0 && K >= 0 && N >= 0, "matmul: sizes must be >= 0");
+    check_arguments(M >= 0 && K >= 0 && N >= 0, "matmul: sizes must be >= 0");
     if (M == 0 || N == 0) return;
     LAUNCH(matmul_v3_kernel, dim3(blocks_for(N, BN), blocks_for(M, BM)), dim3(16, 16))(A, B, C, M, K, N);
     CUDA_CHECK(cudaGetLastError());
 }
 // dX[M, K] += dY[M, N]·Wᵀ, with W [K, N]
 void cuda_matmul_backward_dx(const float* dY, const float* W, float* dX, int M, int K, int N) {
-    require(M >= 0 && K >= 0 && N >= 0, "matmul backward: sizes must be >= 0");
+    check_arguments(M >= 0 && K >= 0 && N >= 0, "matmul backward: sizes must be >= 0");
     if (M == 0 || K == 0) return;
     LAUNCH(matmul_backward_dx_kernel, dim3(blocks_for(K, tile), blocks_for(M, tile)), dim3(tile, tile))(dY, W, dX, M, K, N);
     CUDA_CHECK(cudaGetLastError());
 }
 // dW[K, N] += Xᵀ·dY, with X [M, K], dY [M, N]
 void cuda_matmul_backward_dw(const float* X, const float* dY, float* dW, int M, int K, int N) {
-    require(M >= 0 && K >= 0 && N >= 0, "matmul backward: sizes must be >= 0");
+    check_arguments(M >= 0 && K >= 0 && N >= 0, "matmul backward: sizes must be >= 0");
     if (K == 0 || N == 0) return;
     LAUNCH(matmul_backward_dw_kernel, dim3(blocks_for(N, tile), blocks_for(K, tile)), dim3(tile, tile))(X, dY, dW, M, K, N);
     CUDA_CHECK(cudaGetLastError());
@@ -546,7 +547,7 @@ static __device__ float block_all_reduce(float v, Reduce op) {
 // Σ X[n], returned to the host. Stage 1: min(⌈n/2048⌉, 256) blocks of 256 threads; stage 2: one
 // block of 256 over the partial sums.
 static float sum_two_stage(const float* X, int n, bool shuffles) {
-    require(n >= 0, "sum: n must be >= 0");
+    check_arguments(n >= 0, "sum: n must be >= 0");
     if (n == 0) return 0;
     const unsigned blocks = reduce_blocks(n);
     DeviceScratch partial(int(blocks) + 1);   // the partial sums, then the total
@@ -618,7 +619,7 @@ static __global__ void softmax_cross_entropy_backward_kernel(const float* probs,
 // logits [B, C], labels [B] (device ints) → probs [B, C] (kept for the backward) and *loss (one
 // device float) = the mean loss. Grid: B blocks of 128 threads.
 void cuda_softmax_cross_entropy_forward(const float* logits, const int* labels, float* probs, float* loss, int B, int C) {
-    require(B >= 0 && C > 0, "softmax_cross_entropy: needs B >= 0 and C > 0");
+    check_arguments(B >= 0 && C > 0, "softmax_cross_entropy: needs B >= 0 and C > 0");
     CUDA_CHECK(cudaMemset(loss, 0, sizeof(float)));
     if (B == 0) return;
     LAUNCH(softmax_cross_entropy_forward_kernel, B, row_block)(logits, labels, probs, loss, B, C);
@@ -627,7 +628,7 @@ void cuda_softmax_cross_entropy_forward(const float* logits, const int* labels, 
 // dlogits [B, C] += dloss·(probs − onehot)/B, where dloss is the upstream gradient (1 for the
 // loss itself). Grid: B blocks of 128 threads.
 void cuda_softmax_cross_entropy_backward(const float* probs, const int* labels, float* dlogits, float dloss, int B, int C) {
-    require(B >= 0 && C > 0, "softmax_cross_entropy: needs B >= 0 and C > 0");
+    check_arguments(B >= 0 && C > 0, "softmax_cross_entropy: needs B >= 0 and C > 0");
     if (B == 0) return;
     LAUNCH(softmax_cross_entropy_backward_kernel, B, row_block)(probs, labels, dlogits, dloss, B, C);
     CUDA_CHECK(cudaGetLastError());
@@ -714,7 +715,7 @@ static __global__ void layer_norm_backward_params_kernel(const float* X, const f
 // X [rows, D], gain and bias [D] → Y [rows, D], and mean, rstd [rows] for the backward.
 void cuda_layer_norm_forward(const float* X, const float* gain, const float* bias, float* Y, float* mean, float* rstd,
                              int rows, int D, float eps) {
-    require(rows >= 0 && D > 0, "layer_norm: needs rows >= 0 and D > 0");
+    check_arguments(rows >= 0 && D > 0, "layer_norm: needs rows >= 0 and D > 0");
     if (rows == 0) return;
     LAUNCH(layer_norm_forward_kernel, rows, row_block)(X, gain, bias, Y, mean, rstd, D, eps);
     CUDA_CHECK(cudaGetLastError());
@@ -722,7 +723,7 @@ void cuda_layer_norm_forward(const float* X, const float* gain, const float* bia
 // dX [rows, D] += ..., dgain and dbias [D] += ...
 void cuda_layer_norm_backward(const float* X, const float* gain, const float* mean, const float* rstd, const float* dY,
                               float* dX, float* dgain, float* dbias, int rows, int D) {
-    require(rows >= 0 && D > 0, "layer_norm: needs rows >= 0 and D > 0");
+    check_arguments(rows >= 0 && D > 0, "layer_norm: needs rows >= 0 and D > 0");
     if (rows == 0) return;
     LAUNCH(layer_norm_backward_dx_kernel, rows, row_block)(X, gain, mean, rstd, dY, dX, D);
     CUDA_CHECK(cudaGetLastError());
@@ -764,7 +765,7 @@ static __global__ void adamw_kernel(float* W, const float* G, float* m, float* v
 // One step (step = 1, 2, ...) for W, m, v [n] with gradient G [n].
 void cuda_adamw_update(float* W, const float* G, float* m, float* v, int n, double lr, double beta1, double beta2,
                        double eps, double weight_decay, long step) {
-    require(n >= 0 && step >= 1, "adamw: needs n >= 0 and step >= 1");
+    check_arguments(n >= 0 && step >= 1, "adamw: needs n >= 0 and step >= 1");
     if (n == 0) return;
     const AdamWConstants k = {float(beta1),
                               float(beta2),
@@ -822,11 +823,11 @@ static __global__ void scale_kernel(float* G, int n, const float* scale) {
 // Both stages into out[0] (the norm) and out[1] (the clip scale for max_norm).
 static void grad_norm_on_device(const std::vector<const float*>& grads, const std::vector<int>& sizes,
                                 float max_norm, float* out) {
-    require(grads.size() == sizes.size(), "grad_norm: one size per gradient");
+    check_arguments(grads.size() == sizes.size(), "grad_norm: one size per gradient");
     DeviceScratch partial(reduce_max_blocks);
     CUDA_CHECK(cudaMemset(partial.p, 0, sizeof(float) * reduce_max_blocks));   // 0 bytes are 0.0f
     for (std::size_t k = 0; k < grads.size(); ++k) {
-        require(sizes[k] >= 0, "grad_norm: sizes must be >= 0");
+        check_arguments(sizes[k] >= 0, "grad_norm: sizes must be >= 0");
         if (sizes[k] == 0) continue;
         LAUNCH(sum_squares_kernel, reduce_blocks(sizes[k]), reduce_block)(grads[k], sizes[k], partial.p);
         CUDA_CHECK(cudaGetLastError());
@@ -846,7 +847,7 @@ float cuda_grad_norm(const std::vector<const float*>& grads, const std::vector<i
 
 // Scales every gradient by max_norm/‖g‖ when ‖g‖ > max_norm; returns ‖g‖ before clipping.
 float cuda_clip_grad_norm(const std::vector<float*>& grads, const std::vector<int>& sizes, float max_norm) {
-    require(max_norm > 0, "clip_grad_norm: max_norm must be > 0");
+    check_arguments(max_norm > 0, "clip_grad_norm: max_norm must be > 0");
     DeviceScratch out(2);
     grad_norm_on_device(std::vector<const float*>(grads.begin(), grads.end()), sizes, max_norm, out.p);
     for (std::size_t k = 0; k < grads.size(); ++k) {

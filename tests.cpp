@@ -932,6 +932,24 @@ TEST("02 chain rule", "L = (a + b)^2 at a = 2, b = 3: L = 25, dL/da = dL/db = 2s
     EXPECT_NEAR(b.grad(), 10.0, 0.0);
 }
 
+// backward() gives f' as a number, with no graph behind it. f'' needs a graph of f' itself: here
+// built by hand from the power rule, f' = 3·x·x, then differentiated by a second backward().
+static double cube_slope_at(double x0) {
+    Value x(x0);
+    (x * x * x).backward();
+    return x.grad();
+}
+
+TEST("02 chain rule", "the gradient of a gradient: f = x^3 at 2, f' = 3x^2 = 12, f'' = 6x = 12") {
+    EXPECT_NEAR(cube_slope_at(2.0), 12.0, 0.0);
+    Value x(2.0);
+    const Value slope = 3.0 * x * x;   // the graph of f'
+    slope.backward();
+    EXPECT_NEAR(slope.data(), 12.0, 0.0);
+    EXPECT_NEAR(x.grad(), 12.0, 0.0);
+    EXPECT_NEAR(central_difference(cube_slope_at, 2.0, 1e-5), 12.0, 1e-8);   // of backward()'s result
+}
+
 TEST("forward mode", "each dual-number rule gives its op's derivative (product, quotient, chain)") {
     const double x = 1.3;
     auto tangent = [x](Dual (*f)(const Dual&)) { return f(Dual(x, 1.0)).tangent; };
@@ -4424,11 +4442,12 @@ static std::vector<std::string> lines_of(const std::string& path) {
     return out;
 }
 
-// "2.4" from "2.4 Matrix ...", "3" from "3. Reductions" or "3)"; "" if `text` does not start with
-// one.
+// "2.4" from "2.4 Matrix ...", "3" from "3. Reductions" or "3)", "3b" from "3b. ..."; "" if `text`
+// does not start with one.
 static std::string leading_section_number(const std::string& text) {
     std::size_t i = 0;
     while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.')) ++i;
+    if (i > 0 && i < text.size() && std::islower(static_cast<unsigned char>(text[i]))) ++i;   // 3b
     std::string number = text.substr(0, i);
     while (!number.empty() && number.back() == '.') number.pop_back();
     const bool ends_well = i < text.size() && !std::isalnum(static_cast<unsigned char>(text[i]));
@@ -4491,7 +4510,9 @@ static std::string referenced_file(const std::string& line, std::size_t at, cons
             file = name;
         }
     }
-    const std::size_t p = line.rfind("lesson ", at);
+    std::size_t p = line.rfind("lesson ", at);
+    const std::size_t capital = line.rfind("Lesson ", at);
+    if (capital != std::string::npos && (p == std::string::npos || capital > p)) p = capital;
     const bool numbered = p != std::string::npos && p + 9 <= line.size() &&
                           std::isdigit(static_cast<unsigned char>(line[p + 7])) &&
                           std::isdigit(static_cast<unsigned char>(line[p + 8]));

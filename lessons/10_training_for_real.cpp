@@ -15,7 +15,7 @@
 // The data comes from `make data` (into data/). Without it the lesson says so and stops.
 //
 // Flags (after `./build/lessons/10`; `make lesson N=10` runs the first line):
-//   (none)                     the main run: MLP 784-256-256-10, 3 epochs, about 100 s, with a
+//   (none)                     the main run: MLP 784-256-256-10, 3 epochs, about 5 s, with a
 //                              progress line, curves in build/plots/10_*.svg, a CSV log in
 //                              build/plots/10_log.csv and a checkpoint after every epoch in
 //                              build/10_checkpoint.bin. The last line is `test accuracy: 0.xxxx`.
@@ -1019,7 +1019,7 @@ static int check_homework() {
 
 static void print_usage() {
     std::printf("usage: ./build/lessons/10 [--stop-after N] [--resume]  |  --experiment NAME  |  --check\n"
-                "  (no flags)               the main run: 3 epochs of Fashion-MNIST, about 100 s\n"
+                "  (no flags)               the main run: 3 epochs of Fashion-MNIST, about 5 s\n"
                 "  --stop-after N           stop the main run after epoch N (try --resume next)\n"
                 "  --resume                 continue the main run from %s\n"
                 "  --experiment resume      resuming from a checkpoint is bit-identical\n"
