@@ -81,19 +81,20 @@ static void one_chain() {
 //     dL/dd = dL/de · 1   = 20           dL/dc = dL/de · 1 = 20
 //     dL/da = dL/dd · b   = 60           dL/db = dL/dd · a = 40
 // ---------------------------------------------------------------------------------------------
+static void sum_squared_example() {
+    Value a(2.0, "a"), b(3.0, "b");
+    Value s_node = a + b;
+    s_node.set_label("s=a+b");
+    Value L = pow(s_node, 2);
+    L.set_label("L=s^2");
+    L.backward();
+    print_graph(L);
+    std::printf("L = %g; dL/ds = 2s = %g; dL/da = %g, dL/db = %g\n\n", L.data(), s_node.grad(), a.grad(), b.grad());
+}
+
 static void abc_example() {
     heading("2. L = (a + b)^2 at a = 2, b = 3; then L = (a*b + c)^2 at a = 2, b = 3, c = 4");
-    {
-        Value a(2.0, "a"), b(3.0, "b");
-        Value s_node = a + b;
-        s_node.set_label("s=a+b");
-        Value L = pow(s_node, 2);
-        L.set_label("L=s^2");
-        L.backward();
-        print_graph(L);
-        std::printf("L = %g; dL/ds = 2s = %g; dL/da = %g, dL/db = %g\n\n", L.data(), s_node.grad(), a.grad(),
-                    b.grad());
-    }
+    sum_squared_example();
     Value a(2.0, "a"), b(3.0, "b"), c(4.0, "c");
     Value d = a * b;
     d.set_label("d=a*b");
