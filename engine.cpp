@@ -2679,11 +2679,9 @@ static void anomaly_scalar_backward(const Node& n) {
 // ---------------------------------------------------------------------------------------------
 // 3.1 IDX files: a format checked before it is trusted
 //
-// Layout: bytes 0–1 are 0, byte 2 is the element type (0x08 = unsigned byte, the only one the
-// image sets use), byte 3 the number of dimensions; then one 32-bit big-endian size per
-// dimension; then the elements, row-major. A file from the internet may be truncated, be the
-// gzip that was never unpacked, or be the labels where we expected images: each check below
-// turns one such mistake into a message instead of an out-of-bounds read.
+// Layout: bytes 0–1 are 0, byte 2 the element type (0x08 = unsigned byte), byte 3 the rank;
+// then one 32-bit big-endian size per dimension; then the elements, row-major. Each check turns
+// a bad file (truncated, gzipped, labels for images) into a message, not an out-of-bounds read.
 // ---------------------------------------------------------------------------------------------
 
 static std::vector<unsigned char> read_file(const std::string& path, const char* what) {
@@ -2778,15 +2776,13 @@ Tensor gather_rows(const Tensor& images, const std::vector<int>& rows) {
 //   u64 FNV-1a checksum of everything before it
 // A string is a u32 length and its bytes. The checksum catches a file cut short or a flipped
 // byte; the names and shapes catch a checkpoint of another model.
-// Saving writes path.tmp and renames it over path. rename() replaces a file in one step, so a
-// crash or error mid-save leaves either the old checkpoint or the new one, never half of one.
-// (A save killed midway leaves its path.tmp; the next save overwrites it, and a load removes it.)
+// Saving writes path.tmp and renames it over path: rename() is one step, so a crash mid-save
+// leaves the old checkpoint or the new one, never half of one.
 // ---------------------------------------------------------------------------------------------
 
 static const char checkpoint_magic[] = "DLCKPT01";
 
-// FNV-1a: for each byte, xor it in, then multiply by a fixed prime. Simple, and any single
-// changed byte changes the result.
+// FNV-1a: any single changed byte changes the result.
 static std::uint64_t fnv1a(const unsigned char* p, std::size_t n) {
     std::uint64_t h = 0xcbf29ce484222325ull;
     for (std::size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
@@ -2839,7 +2835,7 @@ struct ByteReader {
     }
 };
 
-// Checkpoints hold CPU tensors: a run on the GPU is refused, by name, before anything happens.
+// Checkpoints hold CPU tensors: a run on the GPU is refused before anything happens.
 static void require_cpu_run(const TrainingState& state, const char* what) {
     for (const auto& [name, t] : state.params)
         if (t.device() != Device::CPU)
@@ -2951,31 +2947,20 @@ void load_checkpoint(const std::string& path, TrainingState& state) {
 // Part 4: training at scale
 // =============================================================================================
 //
-// Parts 2 and 3 train models that fit with room to spare. At scale three budgets run out:
-// compute (the FLOPs of a step), memory (everything held between the forward and the backward
-// pass), and the digits of the numbers themselves. This part measures the first two, adds the
-// layers that let deep networks and transformers train (batch normalization; attention, with
-// its backward written out), and the tools that trade one budget for another: 16-bit numbers
-// with loss scaling, and recomputing activations instead of keeping them.
+// At scale, compute, memory and the numbers' digits run out. This part counts the first two,
+// adds batch norm and attention, and trades one budget for another: 16-bit numbers with loss
+// scaling, and recomputing activations instead of keeping them.
 
 // ---------------------------------------------------------------------------------------------
 // 4.1 Counting what training costs: FLOPs and tensor memory
 //
-// FLOPs. A product [M, K]·[K, N] does M·N·K multiply-adds, 2·M·K·N FLOPs. Its backward does two
-// more products of the same size (dX = dZ·Wᵀ and dW = Xᵀ·dZ, §2.4), so a training step costs
-// about three forward passes. Kernels add what they do to one counter (matmul's three loops in
-// §2.4 and the fused attention of §4.3 call count_flops); a lesson resets it, runs a forward
-// pass, reads it, resets it, runs the backward, reads it again.
+// FLOPs. [M, K]·[K, N] does M·N·K multiply-adds, 2·M·K·N FLOPs. Its backward does two more
+// products of that size (dX = dZ·Wᵀ, dW = Xᵀ·dZ, §2.4), so a training step costs about three
+// forward passes. Kernels add their work to one counter with count_flops.
 //
-// Memory. tensor_bytes() (§2.1) walks every live tensor: fine for "how much now", useless for
-// "how much at the worst moment of the step", which happens inside backward(). So the count is
-// kept up to date where storage changes:
-//   - a TensorStorageWatch wraps each place that gives a node its data or its gradient (the
-//     Tensor constructors, grad_of, the gradient reset at the start of backward) and, when it
-//     goes out of scope, adds the change in bytes;
-//   - a node's destructor subtracts everything it held.
-// The running maximum of that count is the peak. Storage resized anywhere else (a lesson that
-// assigns to grad() itself) is missed until reset_peak_tensor_bytes() recounts the live list.
+// Memory. The peak is inside backward(), so the count follows each change: a TensorStorageWatch
+// wraps each place that gives a node data or a gradient, a node's destructor subtracts what it
+// held. Storage resized elsewhere is missed until reset_peak_tensor_bytes() recounts.
 // ---------------------------------------------------------------------------------------------
 
 static std::int64_t flops_counted = 0;
@@ -3011,25 +2996,16 @@ void reset_peak_tensor_bytes() { bytes_now = bytes_peak = std::int64_t(tensor_by
 // ---------------------------------------------------------------------------------------------
 // 4.2 Batch normalization
 //
-// LayerNorm (§2.7) normalizes each example over its features. BatchNorm normalizes each feature
-// over the examples of the batch: for x [N, C] and every column c,
+// LayerNorm (§2.7) normalizes each example over its features; BatchNorm normalizes each feature
+// over the batch. For x [N, C] and every column c:
 //     μ_c = (1/N) Σ_n x_nc,   σ²_c = (1/N) Σ_n (x_nc − μ_c)²,   x̂_nc = (x_nc − μ_c)/√(σ²_c + ε),
 //     y_nc = γ_c·x̂_nc + β_c
-// It is LayerNorm's formula turned on its side, and so is its backward. With g = dL/dy,
-// ĝ = g·γ_c and r_c = 1/√(σ²_c + ε), every sum running down a column:
+// With g = dL/dy, ĝ = g·γ_c and r_c = 1/√(σ²_c + ε), every sum running down a column:
 //     dβ_c = Σ_n g_nc,   dγ_c = Σ_n g_nc·x̂_nc,   dx_nc = r_c·(ĝ_nc − mean_n ĝ − x̂_nc·mean_n(ĝ·x̂))
-// The two means take out the parts of ĝ that would only shift or scale the column, which x̂
-// cannot see; so Σ_n dx_nc = 0 and Σ_n dx_nc·x̂_nc = 0 for every column.
-// Since μ and σ come from the whole batch, every example's output and gradient depend on the
-// others: gradient accumulation over micro-batches is no longer exact (lesson 13), and a batch
-// of one is meaningless: x = μ, so x̂ = 0 and the output is β whatever the input.
-// Example (the course text): one feature, x = [2, 1, 3, 4], γ = 2, β = 1, ε = 0: μ = 2.5,
-// σ² = 1.25, x̂ = −0.5/1.118 = −0.447 for the first value, y = 2·(−0.447) + 1 = 0.106.
-//
-// At inference the output must not depend on the other examples (there may be none), so
-// training also keeps running averages of μ and σ², and evaluation normalizes with those.
-// PyTorch's rule, momentum m = 0.1:  running ← (1 − m)·running + m·batch, where the variance
-// averaged is the unbiased Σ(x − μ)²/(N − 1) (the normalization itself uses ÷ N).
+// The two means remove what only shifts or scales the column, which x̂ cannot see.
+// Examples depend on each other: micro-batch gradient accumulation is not exact, and a batch of
+// one gives x̂ = 0. Evaluation uses running averages (PyTorch's m = 0.1):
+// running ← (1 − m)·running + m·batch, with the unbiased variance Σ(x − μ)²/(N − 1).
 // ---------------------------------------------------------------------------------------------
 
 Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, real eps) {
@@ -3118,7 +3094,7 @@ Tensor BatchNorm::operator()(const Tensor& x) {
                                          std::to_string(running_var.size()) + "] must all have one entry per feature");
     if (x.rank() != 2 || x.dim(1) != C)
         argument_error("nn::BatchNorm", "expected x [batch, " + std::to_string(C) + "], got " + shape_str(x.shape()));
-    if (!training) {   // y = γ·(x − running mean)/√(running var + ε) + β: plain ops, their backward
+    if (!training) {   // y = γ·(x − running mean)/√(running var + ε) + β, by plain ops
         std::vector<real> inv_std(C);
         for (int c = 0; c < C; ++c) inv_std[c] = real(1 / std::sqrt(double(running_var[c]) + eps));
         return (x - Tensor({C}, running_mean)) * Tensor({C}, inv_std) * gamma + beta;
@@ -3145,37 +3121,24 @@ Tensor BatchNorm::operator()(const Tensor& x) {
 // ---------------------------------------------------------------------------------------------
 // 4.3 Attention: composed from ops, and fused with a hand-written backward
 //
-// Each query row q_i (a position asking) scores every key row k_j (a position answering); a
-// softmax turns the scores into weights; the output is the weighted average of the value rows:
+// Each query row q_i scores every key row k_j; a softmax turns the scores into weights; the
+// output is the weighted average of the value rows:
 //     S = s·Q·Kᵀ  (s = 1/√d)        P = softmax(S), row by row        O = P·V
 //     [T, d]·[d, S] = [T, S]                                           [T, S]·[S, dv] = [T, dv]
-// The 1/√d keeps the scores' spread near 1 whatever d is (a dot product of d unit-variance
-// terms has variance d), so the softmax does not saturate. In a causal (decoder) model query i
-// may not see the future: scores with j > i are −∞ (we add −1e9, whose exp is exactly 0).
+// 1/√d keeps the scores' variance near 1 (a sum of d unit-variance terms has variance d), so the
+// softmax does not saturate. Causal: query i may not see keys j > i; their scores get −1e9,
+// whose exp is exactly 0.
 //
-// Composed from ops, the backward needs nothing new: matmul, softmax, + and * bring their own.
-// Fused into one op, we write it out, starting from the upstream gradient dO, in the texts'
-// order:
-//     1. dV = Pᵀ·dO                          O = P·V, matmul's rule for its right factor
-//     2. dP = dO·Vᵀ                          and for its left factor
+// Composed from ops, the backward is the ops' own. Fused, it is written out, from dO:
+//     1. dV = Pᵀ·dO                          O = P·V: matmul's rule, right factor
+//     2. dP = dO·Vᵀ                          left factor
 //     3. dS = P ∘ (dP − rowsum(dP ∘ P))      softmax's backward (§2.6): dxⱼ = pⱼ(gⱼ − Σᵢ gᵢpᵢ)
 //     4. dQ = s·dS·K                         S = s·Q·Kᵀ, left factor
-//     5. dK = s·dSᵀ·Q                        and right factor
-// dV and dP need only what the forward left behind (they could run in parallel); dS needs dP;
-// dQ and dK need dS. (rowsum(dP ∘ P) = Σⱼ p_ij·(dO_i·v_j) = dO_i·o_i: FlashAttention gets it from
-// the output instead.)
-//
-// Cost in FLOPs (a multiply-add is 2), with `pairs` the (query, key) pairs scored, T·S, or
-// T(T + 1)/2 when causal, and dv = d:
-//     forward   S = Q·Kᵀ and O = P·V: 2·pairs·d each                     4·pairs·d
-//     backward  dV, dP, dQ, dK: 2·pairs·d each                           8·pairs·d = 2× forward
-// (The texts' example, T = 512, d = 64: the backward's four products are 4·2·512²·64 =
-// 134,217,728 FLOPs, the forward's two half that.)
-// Memory: the backward needs P, T·S numbers per head and sequence: quadratic in the length.
-// Keeping only each row's log-sum-exp, lse_i = log Σⱼ exp(S_ij) (T numbers), is enough to rebuild
-// P_ij = exp(S_ij − lse_i) exactly, at the price of computing S = s·Q·Kᵀ once more: then the
-// backward costs 10·pairs·d, 2.5× the forward. FlashAttention makes that trade, because on a
-// GPU memory (and moving it) is scarcer than arithmetic.
+//     5. dK = s·dSᵀ·Q                        right factor
+// With pairs = T·S (T(T + 1)/2 causal), dv = d: forward 4·pairs·d FLOPs, backward 8·pairs·d.
+// Keeping each row's lse_i = log Σⱼ exp(S_ij) instead of P (T·S numbers) rebuilds
+// P_ij = exp(S_ij − lse_i) by recomputing S (backward 10·pairs·d): FlashAttention's trade, as on
+// a GPU memory is scarcer than arithmetic.
 // ---------------------------------------------------------------------------------------------
 
 Tensor causal_mask(int T) {
@@ -3187,7 +3150,7 @@ Tensor causal_mask(int T) {
     return mask;
 }
 
-// The sizes of one attention call, once its shapes are checked. A 2-D call is batch 1.
+// One attention call's checked sizes; a 2-D call is batch 1.
 struct AttentionShape {
     int batch, T, S, d, dv;
     bool causal;
@@ -3220,8 +3183,8 @@ Tensor attention_composed(const Tensor& q, const Tensor& k, const Tensor& v, boo
     return matmul(softmax(scores), v);
 }
 
-// Row i of P for one batch element (Q and K point at its rows): p[j] = softmax_j(s·q_i·k_j) for
-// the keys query i may see. Returns the row's log-sum-exp, with the maximum subtracted (§2.6).
+// Row i of P for one batch element: p[j] = softmax_j(s·q_i·k_j) over the keys query i may see.
+// Returns the row's log-sum-exp (the maximum subtracted first, §2.6).
 static double probability_row(const AttentionShape& a, int i, const real* Q, const real* K, double scale,
                               double* p) {
     const int keys = a.keys_of(i);
@@ -3238,8 +3201,7 @@ static double probability_row(const AttentionShape& a, int i, const real* Q, con
     return largest + std::log(total);
 }
 
-// The fused op's backward: the five steps above, one batch element at a time. P and dP (which
-// becomes dS in place) are scratch, T·S doubles each, freed when the backward returns.
+// The five steps above, one batch element at a time; dS overwrites dP.
 static void attention_backward(const AttentionShape& a, double scale, bool saved_p, const Tensor& saved,
                                TensorNode* pq, TensorNode* pk, TensorNode* pv, const TensorNode* po) {
     const bool need_dv = pv->requires_grad, need_ds = pq->requires_grad || pk->requires_grad;
@@ -3347,14 +3309,10 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
 // ---------------------------------------------------------------------------------------------
 // 4.4 Multi-head causal self-attention
 //
-// Self-attention takes Q, K and V from the same sequence x [T, D]: Q = x·Wq, K = x·Wk, V = x·Wv.
-// With H heads, the D features are cut into H slices of D/H, and each slice attends on its own:
-// one head can follow the previous word while another follows the subject of the sentence. The
-// heads' outputs are joined side by side and mixed by Wo:
+// From x [T, D]: Q = x·Wq, K = x·Wk, V = x·Wv. H heads cut the D features into slices of D/H
+// that attend on their own; Wo mixes their joined outputs:
 //     out = concat(head_1, …, head_H)·Wo,     head_h = attention(Q_h, K_h, V_h)
-// Every piece has its backward already (matmul, slice, concat, and attention composed or
-// fused), so the whole layer's backward is the chain rule over them. The cost of the scores is
-// H·T²·(D/H) = T²·D, the same as one head of width D.
+// Every piece has its backward. The scores cost H·T²·(D/H) = T²·D, as one head of width D.
 // ---------------------------------------------------------------------------------------------
 
 Tensor multi_head_attention(const Tensor& x, const Tensor& Wq, const Tensor& Wk, const Tensor& Wv,
@@ -3384,24 +3342,12 @@ Tensor multi_head_attention(const Tensor& x, const Tensor& Wq, const Tensor& Wk,
 // ---------------------------------------------------------------------------------------------
 // 4.5 Sixteen-bit floating point, by hand
 //
-// A float is 32 bits: 1 sign, 8 exponent bits (bias 127), 23 fraction bits. A normal number is
-// (−1)^sign · 1.fraction · 2^(exponent − 127). Exponent 0 holds ±0 and the subnormals
-// 0.fraction · 2^−126, which fill the gap below the smallest normal in even steps; exponent 255
-// holds ±inf (fraction 0) and NaN (any other fraction). The 16-bit formats follow the same plan:
-//     float16 (IEEE half): 5 exponent bits (bias 15), 10 fraction bits. Largest 65504, smallest
-//         normal 2^−14 ≈ 6.10e-5, smallest subnormal 2^−24 ≈ 5.96e-8; near 1 the spacing is
-//         2^−10 ≈ 0.001: about 3 decimal digits.
-//     bfloat16: 8 exponent bits (bias 127), 7 fraction bits: float's range (up to 3.39e38, down
-//         to 1e-38 and below) with a spacing of 2^−7 ≈ 0.008 near 1. It is the top half of a
-//         float.
-// float16 keeps more digits, bfloat16 more range.
-//
-// Converting from float rounds the 24-bit significand to 11 bits (8 for bfloat16): to the
-// nearest representable value, and on an exact tie to the one whose last bit is 0 ("ties to
-// even"), so that ties go up and down equally often and long sums do not drift. Then the edges:
-// a result too large becomes ±inf; one below the smallest normal becomes a subnormal (fewer
-// digits) or ±0; NaN stays NaN. Every 16-bit value converts back to float exactly.
-// (We convert from float, as a GPU casts an fp32 tensor; a double goes through float first.)
+// float: 1 sign, 8 exponent bits (bias 127), 23 fraction bits: (−1)^sign · 1.fraction ·
+// 2^(exponent − 127); exponent 0 holds ±0 and subnormals 0.fraction · 2^−126, 255 ±inf and NaN.
+//     float16: 5 exponent bits (bias 15), 10 fraction bits. Largest 65504, smallest normal
+//         2^−14 ≈ 6.10e-5, smallest subnormal 2^−24 ≈ 5.96e-8; spacing near 1: 2^−10 ≈ 0.001.
+//     bfloat16: a float's top half: float's range, 7 fraction bits, spacing near 1: 2^−7 ≈ 0.008.
+// Converting rounds to nearest, ties to even (long sums do not drift); overflow gives ±inf.
 // ---------------------------------------------------------------------------------------------
 
 static std::uint32_t bits_of(float x) {
@@ -3488,29 +3434,15 @@ float round_to_precision(float x, Precision p) {
 // ---------------------------------------------------------------------------------------------
 // 4.6 Mixed precision: casts, low-precision products, loss scaling
 //
-// Mixed-precision training keeps the fp32 "master" weights and the optimizer state in float and
-// runs the forward and backward passes in 16 bits: each step casts the weights down, and every
-// activation and activation gradient is a 16-bit tensor. What goes wrong, and each fix:
-//   - Long sums lose their small terms. A float16 sum keeps 11 significant bits: once it reaches
-//     2048, adding 1 changes nothing (2049 is not a float16; the tie goes to 2048). Tensor cores
-//     multiply 16-bit inputs but accumulate in fp32: matmul_in_precision shows the difference.
-//   - Small gradients underflow: the smallest float16 above 0 is 2^−24 ≈ 6e-8 and anything below
-//     half of it rounds to 0, so a gradient of 1e-9 is lost. Multiplying the loss by S multiplies every gradient by S (the backward pass
-//     is linear in its seed): with S = 65536, 1e-9 becomes 6.55e-5, a normal float16. Dividing by
-//     S in fp32 before the optimizer step recovers 1e-9.
-//   - Large gradients overflow past 65504 to inf. Dynamic loss scaling finds S by trial: a step
-//     whose gradients hold an inf or NaN is skipped and S is halved; after N good steps in a row
-//     S is doubled, to try a larger scale again (PyTorch: S = 65536 to start, N = 2000).
-//   - Small updates vanish in 16-bit weights: near 1 the float16 spacing is 0.001, so adding an
-//     update of 1e-4 to a weight of 1 gives back 1. So the master weights stay in fp32.
-// bfloat16 has float's range, so its gradients neither underflow nor overflow and it needs no
-// loss scaling; its 8-bit significand rounds even more coarsely.
-//
-// cast() is the one new op. Forward it rounds. Backward it treats the rounding as the identity
-// (its true derivative is 0 almost everywhere: useless) and rounds the gradient to the same
-// format, because the gradient of a float16 tensor is a float16 tensor. With a cast wherever a
-// real model keeps a 16-bit tensor, the engine computes what a mixed-precision run computes, up
-// to the order of additions.
+// Weights and optimizer state stay fp32; the passes run in 16 bits. What goes wrong, and the fix:
+//   - Long sums lose small terms (float16: 2048 + 1 = 2048): tensor cores accumulate in fp32.
+//   - Gradients below 2^−25 become 0. Scaling the loss by S scales every gradient by S (the
+//     backward is linear): S = 65536 makes 1e-9 a normal 6.55e-5; unscale in fp32 before the step.
+//   - Past 65504 gradients overflow to inf. Dynamic scaling: skip such a step and halve S; double
+//     S after N good steps (PyTorch: S = 65536, N = 2000). bfloat16 needs no scaling.
+//   - In float16, 1 + 1e-4 = 1: updates vanish, so master weights stay fp32.
+// cast() rounds forward; backward it passes the gradient straight through (the rounding's true
+// derivative is 0 almost everywhere) and rounds it to the same format.
 // ---------------------------------------------------------------------------------------------
 
 Tensor cast(const Tensor& x, Precision p) {
@@ -3589,18 +3521,11 @@ void DynamicLossScaler::update(bool gradients_were_finite) {
 // ---------------------------------------------------------------------------------------------
 // 4.7 Activation checkpointing: recompute instead of store
 //
-// Between the forward and the backward pass every op's output stays alive, because some backward
-// needs it; in a deep network these activations are most of the memory (lesson 13 measures
-// it). A checkpointed segment keeps only its input. Forward: run the segment, copy the result
-// out, and let the segment's graph, with every activation in it, go. Backward: run the segment
-// again from the kept input, this time keeping its graph; backpropagate the incoming gradient
-// through it (which adds into the parameters' gradients, the += of §1.5, and gives the input's
-// gradient); let it go again. So only one segment's activations exist at a time.
-// The price is one more forward pass through every checkpointed segment: with backward ≈ 2×
-// forward, a step costs 4 forward passes instead of 3. With n layers cut into √n segments of √n
-// layers, the activations held drop from n layers' worth to about 2√n.
-// The segment must compute the same values both times: a dropout mask drawn afresh would give
-// the gradient of a different network.
+// Activations are most of a deep network's memory. A checkpointed segment keeps only its input:
+// forward, it runs and lets its graph go; backward, it runs again from the input and
+// backpropagates through the new graph. Cost: one more forward pass (4 per step, not 3); √n
+// segments of √n layers hold about 2√n layers' activations, not n. Both runs must agree (no
+// fresh dropout mask).
 // ---------------------------------------------------------------------------------------------
 
 Tensor activation_checkpoint(const Segment& segment, const Tensor& x, const std::vector<Tensor>& params) {
@@ -3635,37 +3560,24 @@ Tensor activation_checkpoint(const Segment& segment, const Tensor& x, const std:
 // Part 5: tensors on the GPU
 // =============================================================================================
 //
-// kernels.cu has a CUDA kernel for every op that training an MLP needs. This part lets a tensor
-// keep its numbers in device memory, so that the ops of Part 2 run those kernels there and the
-// training loop stays the same on either device:
+// A tensor can keep its numbers in device memory, where the ops of Part 2 run the CUDA kernels
+// of kernels.cu; the training loop is the same on either device:
 //
 //     model.to(Device::CUDA);                    // the parameters move, in place
 //     const Tensor x = batch.to(Device::CUDA);   // a copy of the batch on the device
 //     ... the same loop: forward, cross_entropy, backward, clip_grad_norm, AdamW, loss.item()
 //
-// A CUDA tensor's node keeps its numbers in cudaMalloc'ed memory (cuda_data, cuda_grad) instead
-// of data and grad. The graph does not change: the same nodes, topological order and backward();
-// only the arithmetic inside the ops and their backward closures moves. Each op with a kernel
-// begins with `if (on_cuda(inputs)) return op_on_device(...)`, and the function below is the op
-// again, in the same order: shapes, the forward kernel, the backward closure calling the
-// backward kernels, which add (+=) into the gradients as the CPU loops do.
-// All inputs of an op must be on one device. Mixing them is an error, not a silent copy: a
-// hidden transfer inside every op is the classic slow GPU program. An op without a kernel says
-// so (from_op checks), and values() and grad() of a CUDA tensor throw rather than hand out the
-// empty host vectors: .to(Device::CPU) gives a copy to read.
-// The kernels compute in fp32, so the device does. In the float build (lessons, demo) to()
-// copies the numbers as they are; in the tests' double build it rounds them to float on the way
-// to the device and converts them back on the way home.
-// Without a GPU, which is every run of this project so far, "the device" is cuda_emu.h: the same
-// kernels run by the CPU, device memory from malloc. Compiled with nvcc, kernels.cu runs them on
-// a GPU instead.
+// A CUDA tensor's node keeps its numbers in cuda_data and cuda_grad; the graph and backward() do
+// not change. An op with a kernel begins `if (on_cuda(inputs)) return op_on_device(...)`.
+// Mixing devices in one op is an error, not a silent (slow) copy. The kernels compute in fp32.
+// values() and grad() of a CUDA tensor throw; .to(Device::CPU) gives a copy to read.
+// Without a GPU, "the device" is cuda_emu.h: the same kernels, run by the CPU.
 
 // ---------------------------------------------------------------------------------------------
 // 5.1 Where a tensor lives: to(), move_to(), device memory
 //
-// Copies between host and device cross the PCIe bus, tens of GB/s against the 3.35 TB/s an H100
-// reads from its own memory (paper numbers), and they wait for the GPU to finish. So a training
-// loop copies the batch in and one number (the loss) out, and nothing else.
+// Host-device copies cross the slow PCIe bus and wait for the GPU: a training loop copies the
+// batch in and the loss out, nothing else.
 // ---------------------------------------------------------------------------------------------
 
 const char* device_name(Device device) { return device == Device::CPU ? "cpu" : "cuda"; }
@@ -3761,17 +3673,15 @@ void MLP::to(Device device) {
 // ---------------------------------------------------------------------------------------------
 // 5.2 The ops on the device, forward and backward
 //
-// Each op checks its shapes, makes its output on the device (from_op checks the inputs' devices),
-// launches the forward kernel, and leaves a closure that launches the backward kernels. The
-// formulas are those of Part 2; the kernels and their thread mappings are in kernels.cu.
+// Each op checks shapes, launches the forward kernel and leaves a closure that launches the
+// backward kernels. The formulas are those of Part 2.
 // ---------------------------------------------------------------------------------------------
 
 static bool on_cuda(const std::vector<Tensor>& tensors) {
     return std::any_of(tensors.begin(), tensors.end(), [](const Tensor& t) { return t.device() == Device::CUDA; });
 }
 
-// Every input on `device`, or an error that says what to move. (Only two devices: the one that
-// is not `device` is the other.)
+// Every input on `device`, or an error that says what to move.
 static void check_devices(const char* op, const std::vector<Tensor>& inputs, Device device) {
     bool here = false, elsewhere = false;
     for (const Tensor& t : inputs) {
@@ -3786,8 +3696,8 @@ static void check_devices(const char* op, const std::vector<Tensor>& inputs, Dev
                         "); move one with .to(...)");
 }
 
-// from_op keeps every graph on one device, so an input on another device means that a leaf
-// moved after the forward pass: the backward would read numbers that are no longer there.
+// from_op keeps a graph on one device, so an input elsewhere is a leaf moved after the forward
+// pass: the backward would read numbers that are no longer there.
 static void check_graph_devices(const std::vector<TensorNode*>& order) {
     for (const TensorNode* n : order)
         for (int k = 0; k < n->n_inputs(); ++k)
@@ -3797,8 +3707,7 @@ static void check_graph_devices(const std::vector<TensorNode*>& order) {
                                             " after the forward pass; move tensors before computing with them");
 }
 
-// The gradient of a node on the device: zeros, made the first time a backward writes into it
-// (grad_of, §2.1).
+// A node's device gradient: zeros, made on the first write (grad_of, §2.1).
 static float* grad_on_device(TensorNode* n) {
     if (n->cuda_grad.size() != n->cuda_data.size()) {
         const TensorStorageWatch watch(n);   // §4.1
@@ -3807,8 +3716,7 @@ static float* grad_on_device(TensorNode* n) {
     return n->cuda_grad.data();
 }
 
-// into += g, n floats: the add kernel writing over its first input (each thread reads and writes
-// only its own element, so that is safe).
+// into += g: the add kernel in place (each thread touches only its own element).
 static void accumulate(float* into, const float* g, int n) { cuda_add_forward(into, g, into, n, n); }
 
 static void clear_grad_on_device(TensorNode* n) { cuda_zero(grad_on_device(n), n->cuda_grad.bytes()); }
@@ -3881,8 +3789,7 @@ static Tensor matmul_on_device(const Tensor& a, const Tensor& b) {
     return out;
 }
 
-// x·W + b. kernels.cu has no fused kernel for it, so on the device it is two ops: the product,
-// then the bias add (whose backward gives db = Σ_rows dY).
+// x·W + b: no fused kernel, so the product, then the bias add (db = Σ_rows dY).
 static Tensor linear_on_device(const Tensor& x, const Tensor& W, const Tensor& b) {
     check_devices("linear", {x, W, b}, Device::CUDA);
     if (!(x.rank() == 2 && W.rank() == 2 && b.rank() == 1 && x.dim(1) == W.dim(0) && b.dim(0) == W.dim(1)))
@@ -3892,9 +3799,7 @@ static Tensor linear_on_device(const Tensor& x, const Tensor& W, const Tensor& b
 }
 
 // The fused softmax + cross-entropy of §2.6, by kernels.cu §4. The forward keeps p = softmax(z)
-// on the device for the backward, dz += g·(p − onehot)/B. The kernel's target is one-hot, so
-// there is no label smoothing here. The labels (checked by cross_entropy) travel with every
-// batch, like the inputs.
+// on the device for the backward, dz += g·(p − onehot)/B. The labels travel with every batch.
 static Tensor cross_entropy_on_device(const Tensor& logits, const std::vector<int>& labels, real label_smoothing) {
     if (label_smoothing != 0)
         argument_error("cross_entropy", "label smoothing has no CUDA kernel (the fused kernel's target is one-hot); "
@@ -3908,7 +3813,7 @@ static Tensor cross_entropy_on_device(const Tensor& logits, const std::vector<in
     if (out.requires_grad()) {
         TensorNode *pz = logits.node(), *po = out.node();
         po->backward = [=] {
-            float g = 0;   // dL/d(loss): the kernel takes it as a number, so this one float comes back
+            float g = 0;   // dL/d(loss): the kernel takes it as a number
             cuda_copy_to_host(&g, po->cuda_grad.data(), sizeof g);
             cuda_softmax_cross_entropy_backward(device_data(probs), y->data(), grad_on_device(pz), g, B, C);
         };
@@ -3919,10 +3824,8 @@ static Tensor cross_entropy_on_device(const Tensor& logits, const std::vector<in
 // ---------------------------------------------------------------------------------------------
 // 5.3 Gradients and the optimizer step on the device
 //
-// The gradients stay where the parameters are: the norm is a two-stage reduction on the device
-// (kernels.cu §7), and clipping scales them there; only the norm comes back, as the return
-// value. The optimizer's state lives on the device too, next to its parameters: zeros made on
-// the first step, then one fused kernel per parameter (AdamW, kernels.cu §6).
+// Gradients and optimizer state stay on the device; only the norm comes back (kernels.cu §7).
+// The state is zeros made on the first step; AdamW is one fused kernel (kernels.cu §6).
 // ---------------------------------------------------------------------------------------------
 
 static double grad_norm_on_device(const Tensor& p) {
