@@ -42,9 +42,8 @@
 //     5.2  The ops on the device, forward and backward
 //     5.3  Gradients and the optimizer step on the device
 //
-// The one idea of this file: a program is a graph of small ops. Each op knows its own local
-// derivative. The chain rule turns those local derivatives into dLoss/d(everything) in one
-// backward sweep, whatever the size of the graph.
+// The one idea: each op knows its local derivative; one backward sweep of the chain rule turns
+// them into dLoss/d(everything).
 
 #include "engine.h"
 
@@ -66,8 +65,7 @@
 
 static constexpr double pi = 3.14159265358979323846;
 
-// Anomaly mode (§2.12). Declared here because the ops of both parts consult it. It is on from the
-// start when the environment sets ENGINE_DETECT_ANOMALY to 1, true, yes or on (in any case).
+// Anomaly mode (§2.12): on at start if ENGINE_DETECT_ANOMALY is 1, true, yes or on.
 static bool switched_on(const char* variable) {
     const char* v = std::getenv(variable);
     std::string value = v ? v : "";
@@ -85,14 +83,9 @@ static void anomaly_scalar_backward(const Node& n);
 // ---------------------------------------------------------------------------------------------
 // 1.1 Value: a handle to a node of the graph
 //
-// Every number we compute with is a Node holding its value (`data`), its gradient dL/d(node)
-// (`grad`), the nodes it was computed from (`parents`), and one number per parent:
-//
-//     local_grad[i] = ∂(this node)/∂(parent i)        evaluated at the forward values.
-//
-// That last field is the whole trick. Each op writes its local derivative while it computes its
-// output, so the backward pass needs no formulas at all: it only multiplies and adds (§1.5).
-// A Value is a counted reference to a Node, so `Value c = a;` makes c and a the same node.
+// A Node holds `data`, `grad` = dL/d(node), its `parents`, and, set by the op that made it,
+//     local_grad[i] = ∂(this node)/∂(parent i)
+// so backward() only multiplies and adds (§1.5).
 // ---------------------------------------------------------------------------------------------
 
 Value::Value(double data) : Value(new Node) { node_->data = data; }
@@ -104,7 +97,6 @@ Value& Value::set_label(std::string label) {
     return *this;
 }
 
-// The new node records each input and its local derivative, and keeps the input alive.
 Value Value::from_op(double data, const char* op, const Value& a, double da) {
     return link(data, op, a, da, nullptr, 0.0);
 }
@@ -122,7 +114,7 @@ Value Value::link(double data, const char* op, const Value& a, double da, const 
         n.parents[n.n_parents] = input;
         n.local_grad[n.n_parents] = slope;
         ++n.n_parents;
-        ++input->refs;   // the new node keeps its input alive
+        ++input->refs;
     };
     add_input(a.node_, da);
     if (b) add_input(b->node_, db);
@@ -130,7 +122,7 @@ Value Value::link(double data, const char* op, const Value& a, double da, const 
     return out;
 }
 
-// Bad input must fail loudly, naming the op and the value, never turn into a silent NaN.
+// Bad input throws, naming op and value: no silent NaN.
 static void require(bool ok, const char* op, const char* what, double value) {
     if (ok) return;
     char msg[160];
@@ -141,41 +133,41 @@ static void require(bool ok, const char* op, const char* what, double value) {
 // ---------------------------------------------------------------------------------------------
 // 1.2 Arithmetic, each op with its local derivatives
 //
-// Read each op as: output value, then ∂out/∂a and ∂out/∂b. Check one against the other.
+// Each op records its local derivatives, written beside it.
 // ---------------------------------------------------------------------------------------------
 
-// out = a + b        ∂out/∂a = 1      ∂out/∂b = 1
+// out = a + b    ∂out/∂a = 1      ∂out/∂b = 1
 Value operator+(const Value& a, const Value& b) {
     return Value::from_op(a.data() + b.data(), "+", a, 1.0, b, 1.0);
 }
 
-// out = a − b        ∂out/∂a = 1      ∂out/∂b = −1
+// out = a − b    ∂out/∂a = 1      ∂out/∂b = −1
 Value operator-(const Value& a, const Value& b) {
     return Value::from_op(a.data() - b.data(), "-", a, 1.0, b, -1.0);
 }
 
-// out = a · b        ∂out/∂a = b      ∂out/∂b = a       (each input's slope is the other input)
+// out = a · b    ∂out/∂a = b      ∂out/∂b = a
 Value operator*(const Value& a, const Value& b) {
     return Value::from_op(a.data() * b.data(), "*", a, b.data(), b, a.data());
 }
 
-// out = a / b        ∂out/∂a = 1/b    ∂out/∂b = −a/b²
+// out = a / b    ∂out/∂a = 1/b    ∂out/∂b = −a/b²
 Value operator/(const Value& a, const Value& b) {
     const double bv = b.data();
     require(bv != 0.0, "division a/b", "the divisor b must not be 0", bv);
     return Value::from_op(a.data() / bv, "/", a, 1.0 / bv, b, -a.data() / (bv * bv));
 }
 
-// out = −a           ∂out/∂a = −1
+// out = −a       ∂out/∂a = −1
 Value operator-(const Value& a) { return Value::from_op(-a.data(), "neg", a, -1.0); }
 
-// `a += b` builds the new node a + b and points a at it: the old node stays in the graph.
+// `a += b` rebinds a to a new node; the old one stays in the graph.
 Value& operator+=(Value& a, const Value& b) { return a = a + b; }
 Value& operator-=(Value& a, const Value& b) { return a = a - b; }
 Value& operator*=(Value& a, const Value& b) { return a = a * b; }
 Value& operator/=(Value& a, const Value& b) { return a = a / b; }
 
-// out = x^k (k a plain number)      ∂out/∂x = k · x^(k−1)            (the power rule)
+// out = x^k      ∂out/∂x = k · x^(k−1)
 Value pow(const Value& x, double k) {
     require(std::isfinite(k), "pow(x, k)", "the exponent k must be finite", k);
     const double xv = x.data();
@@ -185,14 +177,14 @@ Value pow(const Value& x, double k) {
     return Value::from_op(std::pow(xv, k), "pow", x, k * std::pow(xv, k - 1.0));
 }
 
-// out = eˣ           ∂out/∂x = eˣ = out                 (e^x is its own derivative)
+// out = eˣ       ∂out/∂x = eˣ = out
 Value exp(const Value& x) {
     const double e = std::exp(x.data());
     require(std::isfinite(e), "exp(x)", "the result overflows a double (x > 709)", x.data());
     return Value::from_op(e, "exp", x, e);
 }
 
-// out = ln x         ∂out/∂x = 1/x
+// out = ln x     ∂out/∂x = 1/x
 Value log(const Value& x) {
     const double xv = x.data();
     require(xv > 0.0, "log(x)", "x must be > 0", xv);
@@ -202,42 +194,39 @@ Value log(const Value& x) {
 // ---------------------------------------------------------------------------------------------
 // 1.3 Activation functions and their derivatives
 //
-// The nonlinearity between layers is what lets a network bend. How its derivative behaves is
-// what decides whether gradients survive many layers: sigmoid's is at most 0.25, so 10 sigmoid
-// layers shrink a gradient by 0.25¹⁰ ≈ 1e-6; ReLU's is exactly 1 where the unit is active.
+// The nonlinearity lets a network bend; its slope decides whether gradients survive depth:
+// σ' ≤ 0.25, so 10 sigmoid layers shrink a gradient by 0.25¹⁰ ≈ 1e-6.
 // ---------------------------------------------------------------------------------------------
 
-// out = tanh x       ∂out/∂x = 1 − tanh²x = 1 − out²
+// out = tanh x   ∂out/∂x = 1 − tanh²x = 1 − out²
 Value tanh(const Value& x) {
     const double t = std::tanh(x.data());
     return Value::from_op(t, "tanh", x, 1.0 - t * t);
 }
 
-// out = σ(x) = 1/(1 + e⁻ˣ)     ∂out/∂x = σ(x)·(1 − σ(x)),  largest at x = 0: σ'(0) = 0.25.
-// For x < 0 we use the equal form eˣ/(1 + eˣ) so that e⁻ˣ never overflows.
+// out = σ(x) = 1/(1 + e⁻ˣ)   ∂out/∂x = σ(x)·(1 − σ(x))
+// For x < 0, the equal form eˣ/(1 + eˣ): e⁻ˣ never overflows.
 Value sigmoid(const Value& x) {
     const double xv = x.data();
     const double s = xv >= 0 ? 1.0 / (1.0 + std::exp(-xv)) : std::exp(xv) / (1.0 + std::exp(xv));
     return Value::from_op(s, "sigmoid", x, s * (1.0 - s));
 }
 
-// out = max(0, x)    ∂out/∂x = 1 if x > 0 else 0. At exactly 0 we pick 0, as PyTorch does.
-// A unit whose input is negative passes no gradient at all: the "dead ReLU" of lesson 02.
+// out = max(0, x)   ∂out/∂x = 1 if x > 0 else 0 (0 at x = 0, as PyTorch)
 Value relu(const Value& x) {
     const double xv = x.data();
-    return Value::from_op(xv < 0 ? 0.0 : xv, "relu", x, xv > 0 ? 1.0 : 0.0);   // (a NaN stays NaN)
+    return Value::from_op(xv < 0 ? 0.0 : xv, "relu", x, xv > 0 ? 1.0 : 0.0);   // NaN stays NaN
 }
 
-// out = x if x > 0 else slope·x      ∂out/∂x = 1 or slope: a dead unit still leaks a gradient.
+// out = x if x > 0 else slope·x   ∂out/∂x = 1 or slope: no unit dies
 Value leaky_relu(const Value& x, double slope) {
     require(std::isfinite(slope), "leaky_relu", "the slope must be finite", slope);
     const double xv = x.data();
     return Value::from_op(xv > 0 ? xv : slope * xv, "leaky_relu", x, xv > 0 ? 1.0 : slope);
 }
 
-// GELU, tanh form (GPT-2, BERT):  out = ½·x·(1 + tanh u),   u = √(2/π)·(x + 0.044715·x³)
-// Product rule and chain rule:     ∂out/∂x = ½(1 + tanh u) + ½·x·(1 − tanh²u)·du/dx,
-//                                  du/dx   = √(2/π)·(1 + 3·0.044715·x²)
+// GELU, tanh form (GPT-2):  out = ½·x·(1 + tanh u),   u = √(2/π)·(x + 0.044715·x³)
+// ∂out/∂x = ½(1 + tanh u) + ½·x·(1 − tanh²u)·du/dx,   du/dx = √(2/π)·(1 + 3·0.044715·x²)
 Value gelu(const Value& x) {
     // BEGIN EXERCISE gelu
     const double c = std::sqrt(2.0 / pi), k = 0.044715;
@@ -250,8 +239,7 @@ Value gelu(const Value& x) {
 }
 
 // GELU, exact (PyTorch's default):  out = x·Φ(x) = ½·x·(1 + erf(x/√2)),  Φ the normal CDF
-// Product rule:                      ∂out/∂x = Φ(x) + x·φ(x),  φ(x) = e^(−x²/2)/√(2π) its density
-// The tanh form above approximates Φ; the two differ by at most 4.7e-4 (near x = ±2.7).
+// ∂out/∂x = Φ(x) + x·φ(x),  φ(x) = e^(−x²/2)/√(2π). The tanh form is within 4.7e-4 of it.
 Value gelu(const Value& x, Approximate approximate) {
     if (approximate == Approximate::tanh) return gelu(x);
     const double xv = x.data();
@@ -263,47 +251,39 @@ Value gelu(const Value& x, Approximate approximate) {
 // ---------------------------------------------------------------------------------------------
 // 1.4 Topological order: every node after its inputs
 //
-// backward() may pass a node's gradient on to its inputs only once that gradient is complete,
-// i.e. after every node that consumes it has passed its share back. Listing the graph so that
-// each node comes after its inputs (a topological order) and walking the list backwards
-// guarantees that.
-//
-// micrograd finds the order by recursive depth-first search. Recursion uses one stack frame per
-// level, so a chain of a million ops overflows the stack. We count dependencies instead, as
-// PyTorch's autograd engine does (Kahn's algorithm), with no recursion and no stack:
-//   pass 1: visit every node the root depends on, and count each node's consumers;
-//   pass 2: list the root; list any node whose consumers are all listed.
-// Pass 2 lists outputs before inputs; reversed, that is the order we want.
-// `visit_stamp` marks the nodes seen by this call; each call uses a fresh stamp, so nothing
-// needs resetting afterwards. (After 2³² calls the stamp wraps around to values used long ago;
-// a node would have to survive four billion backward passes unvisited to be confused by that.)
+// backward() may pass on a node's gradient once all its consumers have added to it, so it walks
+// backwards a list with each node after its inputs. Recursive DFS (micrograd's) overflows the
+// stack on 10⁶ chained ops; we count consumers (Kahn's algorithm):
+//   pass 1: find every node the root depends on; count each node's consumers;
+//   pass 2: list the root, then each node whose consumers are all listed; reverse.
+// A fresh `visit_stamp` per call marks the nodes seen: nothing to reset.
 // ---------------------------------------------------------------------------------------------
 
-template <class N>   // N = Node here; Part 2 reuses this for TensorNode
+template <class N>
 std::vector<N*> topological_order(N* root) {
     // BEGIN EXERCISE topo_sort
     static std::uint32_t last_visit_stamp = 0;
     const std::uint32_t stamp = ++last_visit_stamp;
-    std::vector<N*> found = {root};   // pass 1: every node reachable from root
+    std::vector<N*> found = {root};   // pass 1
     root->visit_stamp = stamp;
     root->pending_consumers = 0;
     for (std::size_t i = 0; i < found.size(); ++i) {
         for (int k = 0; k < found[i]->n_inputs(); ++k) {
             N* input = found[i]->input(k);
-            if (input->visit_stamp != stamp) {   // first time seen
+            if (input->visit_stamp != stamp) {
                 input->visit_stamp = stamp;
                 input->pending_consumers = 0;
                 found.push_back(input);
             }
-            ++input->pending_consumers;          // one more node in this graph reads `input`
+            ++input->pending_consumers;
         }
     }
-    std::vector<N*> order = {root};   // pass 2: outputs first
+    std::vector<N*> order = {root};   // pass 2
     order.reserve(found.size());
     for (std::size_t i = 0; i < order.size(); ++i) {
-        for (int k = order[i]->n_inputs() - 1; k >= 0; --k) {   // right to left: reversed, a·b
-            N* input = order[i]->input(k);                      // then lists a before b
-            if (--input->pending_consumers == 0) order.push_back(input);   // all consumers listed
+        for (int k = order[i]->n_inputs() - 1; k >= 0; --k) {   // so reversed, a·b lists a first
+            N* input = order[i]->input(k);
+            if (--input->pending_consumers == 0) order.push_back(input);
         }
     }
     std::reverse(order.begin(), order.end());   // inputs first
@@ -315,25 +295,14 @@ template std::vector<Node*> topological_order(Node*);
 // ---------------------------------------------------------------------------------------------
 // 1.5 backward(): the chain rule, walked in reverse
 //
-// Chain rule: if L depends on x only through a node n, then  dL/dx = dL/dn · ∂n/∂x.
-// Multivariable chain rule: if x feeds several nodes n₁, n₂, …, their terms add up:
-//
-//     dL/dx = Σ_k  dL/dn_k · ∂n_k/∂x
-//
-// So the backward pass is three steps:
-//   1. order the graph topologically (§1.4);
-//   2. seed dL/dL = 1 at the output;
-//   3. for each node from the output back: parent.grad += local_grad · node.grad.
-// The `+=` is the Σ above: a node used twice (x·x, or a weight shared by many examples) collects
-// one term per use. It is also why gradients accumulate across backward() calls until someone
-// zeroes them: that is PyTorch's rule, and it is what makes gradient accumulation work.
-//
-// Cost: one multiply-add per edge, the same order as the forward pass, however many inputs
-// there are. That is why reverse mode wins when there are many parameters and one loss.
-//
-// One detail: only leaves keep accumulating. An interior node's grad describes this backward
-// pass, so it restarts from 0; otherwise a second backward() through the same graph would push
-// the first pass's gradient through the graph a second time.
+// Chain rule: if L depends on x only through a node n, dL/dx = dL/dn · ∂n/∂x; if x feeds several
+// nodes n_k, their terms add up:      dL/dx = Σ_k  dL/dn_k · ∂n_k/∂x
+// So the backward pass is: order the graph (§1.4); seed dL/dL = 1; from the output back, for
+// each node, parent.grad += local_grad · node.grad. The `+=` is the Σ: a node used twice (x·x, a
+// weight shared by a batch) collects one term per use. One multiply-add per edge, however many
+// inputs: reverse mode wins when there are many parameters and one loss.
+// Leaf gradients accumulate across calls until zeroed, as in PyTorch; interior ones restart from
+// 0, or a second backward() would resend the first pass's gradient.
 // ---------------------------------------------------------------------------------------------
 
 void Value::backward() const {
@@ -343,7 +312,7 @@ void Value::backward() const {
     const std::vector<Node*> order = topological_order(node_);
     for (Node* n : order)
         if (n->n_parents > 0) n->grad = 0.0;
-    node_->grad += 1.0;   // dL/dL = 1
+    node_->grad += 1.0;
     for (auto it = order.rbegin(); it != order.rend(); ++it) {
         const Node& n = **it;
         for (int i = 0; i < n.n_parents; ++i) n.parents[i]->grad += n.local_grad[i] * n.grad;
@@ -361,7 +330,7 @@ std::string graph_to_string(const Value& root) {
     std::ostringstream out;
     char line[256];
     for (const Node* n : order) {
-        const std::size_t n_id = id.size();   // nodes are numbered in the order printed
+        const std::size_t n_id = id.size();
         id[n] = n_id;
         std::snprintf(line, sizeof line, "n%-3zu %-10s %-10s data=%-12.6g grad=%-12.6g",
                       n_id, n->label.c_str(), n->n_parents ? n->op : "leaf", n->data, n->grad);
@@ -377,20 +346,10 @@ std::string graph_to_string(const Value& root) {
 // ---------------------------------------------------------------------------------------------
 // 1.6 Memory: reference counts, freeing without recursion, and a free list
 //
-// A node stays alive while something points to it: a Value handle, or a node computed from it.
-// `refs` counts those pointers, so the last handle to the loss frees the whole graph, and the
-// parameters (still held by the model) survive it. The graph has no cycles (an op's inputs
-// always exist before its output), so counting never misses garbage.
-//
-// Freeing a node drops one reference from each of its inputs, which may free them in turn.
-// Written as recursion that is one stack frame per node, and a chain of a million ops would
-// overflow the stack; so we keep the nodes waiting to be freed in a list instead.
-//
-// A training step allocates and frees tens of thousands of nodes. Keeping freed nodes on a
-// list and handing them out again skips malloc and free, and reuses memory that is likely still
-// in cache: lesson 03's training step ran about 15% faster with it when we measured. The list
-// grows to the largest graph built so far; that memory is reused, never returned. (Under
-// AddressSanitizer we skip the list, so that a use of a freed node is still caught.)
+// `refs` counts the handles and nodes pointing to a node: the last handle to the loss frees the
+// graph, not the parameters the model holds. No cycles, so nothing leaks. Freeing cascades via a
+// worklist: recursion would overflow on 10⁶ chained nodes. A free list reuses nodes, skipping
+// malloc (README, How fast is it); off under AddressSanitizer, so it catches a use after free.
 // ---------------------------------------------------------------------------------------------
 
 std::int64_t Node::live_count = 0;
@@ -407,10 +366,10 @@ void Value::release(Node* node) {
     }
 }
 
-#if defined(__SANITIZE_ADDRESS__)         // g++ -fsanitize=address
+#if defined(__SANITIZE_ADDRESS__)         // g++
 #define NODE_FREE_LIST 0
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer)      // clang++ -fsanitize=address
+#if __has_feature(address_sanitizer)      // clang++
 #define NODE_FREE_LIST 0
 #endif
 #endif
@@ -422,7 +381,7 @@ void Value::release(Node* node) {
 void* Node::operator new(std::size_t size) { return ::operator new(size); }
 void Node::operator delete(void* p) { ::operator delete(p); }
 #else
-// A freed node's first bytes hold the pointer to the next free node.
+// A free node's first bytes point to the next free node.
 static thread_local void* free_nodes = nullptr;
 
 void* Node::operator new(std::size_t size) {
@@ -441,12 +400,11 @@ void Node::operator delete(void* p) {
 // ---------------------------------------------------------------------------------------------
 // 1.7 Numerical derivatives and gradient checking
 //
-// The limit definition  f'(x) = lim_{h→0} (f(x + h) − f(x)) / h  gives two estimates:
-//   forward difference  (f(x + h) − f(x)) / h            error O(h)    (Taylor: h·f''/2)
-//   central difference  (f(x + h) − f(x − h)) / (2h)     error O(h²)   (the f'' terms cancel)
-// Making h smaller helps only until rounding error, about ε·|f|/h with ε = 2.2e-16, takes over;
-// lesson 01 plots both errors against h. With doubles and h ≈ 1e-6 the central difference is
-// good to about 1e-9, which makes it the independent truth every gradient test compares with.
+// f'(x) = lim_{h→0} (f(x + h) − f(x)) / h  gives two estimates:
+//   forward difference  (f(x + h) − f(x)) / h         error O(h)    (Taylor: h·f''/2)
+//   central difference  (f(x + h) − f(x − h)) / (2h)  error O(h²)   (the f'' terms cancel)
+// Smaller h helps until rounding (ε·|f|/h, ε = 2.2e-16) dominates; at h ≈ 1e-6 the central
+// difference is good to ≈ 1e-9: our gradient tests' reference.
 // ---------------------------------------------------------------------------------------------
 
 double forward_difference(const std::function<double(double)>& f, double x, double h) {
@@ -462,8 +420,7 @@ double gradient_error(double analytic, double numeric) {
     return std::fabs(analytic - numeric) / scale;
 }
 
-// Backprop once for all the analytic gradients, then nudge each input in turn for the numeric
-// ones: n inputs cost 2n extra forward passes, which is why we check on small graphs only.
+// 2n forward passes for n inputs: check small graphs only.
 GradcheckResult gradcheck(const ScalarFunction& f, const std::vector<double>& inputs, double h) {
     std::vector<Value> x(inputs.begin(), inputs.end());
     f(x).backward();
@@ -488,30 +445,22 @@ GradcheckResult gradcheck(const ScalarFunction& f, const std::vector<double>& in
 // ---------------------------------------------------------------------------------------------
 // 1.8 Forward mode: dual numbers, the chain rule the other way round
 //
-// Reverse mode (§1.5) multiplies the chain of local derivatives from the output back; forward
-// mode multiplies it from the inputs forward. Move the inputs along a direction u, x(t) = x + t·u,
-// and carry with every number v its tangent v' = dv/dt. Each op turns its inputs' tangents into
-// its output's with its derivative rule, at the same time as it computes its value:
-//     (a + b)' = a' + b'        (a·b)' = a'·b + a·b'       (a/b)' = (a'·b − a·b')/b²
-//     f(a)'    = f'(a)·a'       (the chain rule, once per op, in the order the program runs)
-// A pair (value, tangent) is a dual number a + a'·ε with ε² = 0: multiplying two of them,
-// (a + a'ε)(b + b'ε) = ab + (a'b + ab')ε, is the product rule. At the output, the tangent is
-// f'(x)·u. One pass gives one directional derivative; the whole gradient of f: ℝⁿ → ℝ needs n
-// passes (u = e₁, …, eₙ), where reverse mode needs one backward pass. For g: ℝ → ℝᵐ it is the
-// other way round: one forward pass gives all m derivatives, reverse mode needs m backward passes.
-// Forward mode keeps no graph: each tangent is computed and used up on the spot.
+// Forward mode runs the chain rule from the inputs on, not back (§1.5). With inputs x + t·u,
+// each op computes, beside its value v, its tangent v' = dv/dt:
+//     (a + b)' = a' + b'    (a·b)' = a'·b + a·b'    (a/b)' = (a'·b − a·b')/b²    f(a)' = f'(a)·a'
+// These are dual numbers a + a'ε, ε² = 0: (a + a'ε)(b + b'ε) = ab + (a'b + ab')ε. The output's
+// tangent is f'(x)·u; a gradient of f: ℝⁿ → ℝ takes n passes (reverse mode: 1), but all m
+// derivatives of g: ℝ → ℝᵐ take one (reverse mode: m). No graph is kept.
 // ---------------------------------------------------------------------------------------------
 
 Dual operator+(const Dual& a, const Dual& b) { return {a.value + b.value, a.tangent + b.tangent}; }
 Dual operator-(const Dual& a, const Dual& b) { return {a.value - b.value, a.tangent - b.tangent}; }
 Dual operator-(const Dual& a) { return {-a.value, -a.tangent}; }
 
-// (a·b)' = a'·b + a·b': the product rule.
 Dual operator*(const Dual& a, const Dual& b) {
     return {a.value * b.value, a.tangent * b.value + a.value * b.tangent};
 }
 
-// (a/b)' = (a'·b − a·b')/b²: the quotient rule.
 Dual operator/(const Dual& a, const Dual& b) {
     require(b.value != 0.0, "division a/b", "the divisor b must not be 0", b.value);
     return {a.value / b.value, (a.tangent * b.value - a.value * b.tangent) / (b.value * b.value)};
@@ -522,11 +471,11 @@ Dual& operator-=(Dual& a, const Dual& b) { return a = a - b; }
 Dual& operator*=(Dual& a, const Dual& b) { return a = a * b; }
 Dual& operator/=(Dual& a, const Dual& b) { return a = a / b; }
 
-// Every function of one input: f(a)' = f'(a)·a'. The derivatives are §1.2–1.3's.
+// f(a)' = f'(a)·a', with §1.2–1.3's f'.
 static Dual chain(const Dual& a, double f, double f_prime) { return {f, f_prime * a.tangent}; }
 
 Dual pow(const Dual& x, double k) {
-    const Value v = pow(Value(x.value), k);   // the same checks and numbers as the Value op
+    const Value v = pow(Value(x.value), k);   // same checks as the Value op
     return chain(x, v.data(), k * std::pow(x.value, k - 1.0));
 }
 Dual exp(const Dual& x) {
@@ -552,11 +501,11 @@ Dual leaky_relu(const Dual& x, double slope) {
 Dual gelu(const Dual& x) {
     Value v(x.value);
     const Value y = gelu(v);
-    y.backward();   // the local slope, from the Value op's own rule (§1.3)
+    y.backward();   // the slope, by §1.3's rule
     return chain(x, y.data(), v.grad());
 }
 
-// Seed each input's tangent with the direction, run f once, read the output's tangent.
+// Seed the tangents with the direction; run f once.
 double jvp(const DualFunction& f, const std::vector<double>& x, const std::vector<double>& direction) {
     if (direction.size() != x.size())
         throw std::invalid_argument("jvp: " + std::to_string(x.size()) + " inputs need a direction of as many numbers, "
@@ -579,9 +528,8 @@ std::vector<double> forward_mode_gradient(const DualFunction& f, const std::vect
 // ---------------------------------------------------------------------------------------------
 // 1.9 Random numbers that are the same everywhere
 //
-// Reproducible training needs the same initial weights on every machine. SplitMix64 is a
-// 64-bit generator in four lines: add a fixed odd constant (2⁶⁴/φ), then scramble the bits with
-// xor-shifts and multiplications so that neighbouring states give unrelated outputs.
+// The same weights on every machine. SplitMix64: add an odd constant (2⁶⁴/φ), then xor-shift
+// and multiply to decorrelate neighbouring states.
 // ---------------------------------------------------------------------------------------------
 
 std::uint64_t Rng::next_u64() {
@@ -591,7 +539,7 @@ std::uint64_t Rng::next_u64() {
     return z ^ (z >> 31);
 }
 
-// The top 53 bits fill a double's mantissa exactly: uniform over [0, 1) in steps of 2⁻⁵³.
+// The top 53 bits fill a double's mantissa: [0, 1) in steps of 2⁻⁵³.
 double Rng::uniform() { return static_cast<double>(next_u64() >> 11) * 0x1.0p-53; }
 
 double Rng::uniform(double lo, double hi) {
@@ -600,8 +548,8 @@ double Rng::uniform(double lo, double hi) {
     return lo + (hi - lo) * uniform();
 }
 
-// Marsaglia's polar method: a point (u, v) uniform in the unit disc, s = u² + v², gives the
-// normal sample u·√(−2 ln s / s). Only sqrt (exact in IEEE arithmetic) and log are needed.
+// Marsaglia's polar method: for (u, v) uniform in the unit disc and s = u² + v²,
+// u·√(−2 ln s / s) is normal.
 double Rng::normal() {
     double u, v, s;
     do {
@@ -612,7 +560,7 @@ double Rng::normal() {
     return u * std::sqrt(-2.0 * std::log(s) / s);
 }
 
-// Scaling a uniform [0, 1) sample avoids the bias of `next_u64() % n` toward small values.
+// Not `next_u64() % n`, which favours small values.
 std::size_t Rng::below(std::size_t n) {
     if (n == 0) throw std::invalid_argument("Rng::below: [0, 0) holds no integer");
     return static_cast<std::size_t>(uniform() * double(n));
@@ -621,10 +569,8 @@ std::size_t Rng::below(std::size_t n) {
 // ---------------------------------------------------------------------------------------------
 // 1.10 Neuron, Layer, MLP
 //
-// A neuron computes act(w·x + b) = act(Σᵢ wᵢxᵢ + b). A layer is several neurons reading the
-// same inputs; an MLP is layers in sequence. Everything is built from the ops above, so
-// backward() already knows how to differentiate it: no new derivative is needed.
-// Weights start uniform in [−1, 1] as in micrograd; part 2 explains better initializations.
+// Neuron: act(Σᵢ wᵢxᵢ + b). Layer: neurons on the same inputs. MLP: layers in sequence. Made of
+// the ops above: no new derivative. Weights start uniform in [−1, 1], as in micrograd.
 // ---------------------------------------------------------------------------------------------
 
 Neuron::Neuron(int n_inputs, Activation act_, Rng& rng) : b(0.0), act(act_) {
@@ -688,10 +634,8 @@ std::vector<Value> MLP::parameters() const {
 // ---------------------------------------------------------------------------------------------
 // 1.11 A toy dataset: two moons
 //
-// Two interleaved half circles, the classic "not linearly separable" problem: no straight line
-// splits them, so a model must learn a curved boundary. Upper moon: (cos t, sin t), label −1;
-// lower moon: (1 − cos t, ½ − sin t), label +1; t evenly spaced in [0, π]; then N(0, noise²)
-// is added to both coordinates.
+// Two interleaved half circles no line splits. Upper: (cos t, sin t), label −1; lower:
+// (1 − cos t, ½ − sin t), label +1; t evenly spaced in [0, π]; plus N(0, noise²) noise.
 // ---------------------------------------------------------------------------------------------
 
 Moons make_moons(int n, double noise, Rng& rng) {
