@@ -659,14 +659,10 @@ Moons make_moons(int n, double noise, Rng& rng) {
 // Part 2: tensors
 // =============================================================================================
 //
-// Part 1 differentiated one number at a time: 65,000 nodes for one step of a tiny MLP. Real
-// models group numbers into arrays (tensors) and ops into array ops: one node for a whole
-// matrix product. The autograd is the same (nodes, their inputs, topological order, the chain
-// rule walked in reverse), with one change forced by size. A local derivative of an op with
-// n inputs and m outputs is an m×n Jacobian; for a 256×256 matmul that is 4·10⁹ numbers. So a
-// node does not store its Jacobian: it stores a function that multiplies the incoming gradient
-// by it (a vector-Jacobian product), computed directly from the forward values. Each op below
-// states its Jacobian in a comment, then its backward applies exactly that product.
+// Part 1 made a node per number. A tensor op makes one node for a whole array (a matrix
+// product). The autograd is Part 1's, but an op's m×n Jacobian is too big to store (4·10⁹
+// numbers for a 256×256 matmul): a node stores a function that multiplies the incoming gradient
+// by it (a vector-Jacobian product). Each op states its Jacobian; its backward applies it.
 
 // ---------------------------------------------------------------------------------------------
 // 2.1 Tensors: storage, shape, and the graph
@@ -681,8 +677,7 @@ std::string shape_str(const Shape& shape) {
     return s + "]";
 }
 
-// The product of the sizes, checked before each multiplication: [2³², 2³²] would otherwise wrap
-// around to 0 elements, pass every bounds check, and crash at the first access.
+// Checked at each multiplication: [2³², 2³²] would wrap to 0 elements.
 std::size_t numel(const Shape& shape) {
     std::size_t n = 1;
     for (int d : shape) {
@@ -700,9 +695,8 @@ static std::string to_string(double v) {
     return buf;
 }
 
-// A wrong argument (a shape, a size, a setting, a device) is a std::invalid_argument whose message
-// names the op and what is wrong with it. (A value outside an op's domain is a std::domain_error:
-// require() of §1.1.)
+// A wrong argument is a std::invalid_argument naming the op; a value outside an op's domain, a
+// std::domain_error (§1.1).
 [[noreturn]] static void argument_error(const std::string& op, const std::string& what) {
     throw std::invalid_argument(op + ": " + what);
 }
@@ -711,9 +705,8 @@ static void require_argument(bool ok, const std::string& op, const std::string& 
     if (!ok) argument_error(op, what);
 }
 
-// Part 5 (tensors on the GPU) defines these. An op of Part 2 that has a CUDA kernel starts with
-// `if (on_cuda(inputs)) return op_on_device(inputs);`; every other op refuses CUDA tensors in
-// from_op (check_devices).
+// Defined in Part 5 (tensors on the GPU). An op with a CUDA kernel starts with
+// `if (on_cuda(inputs)) return op_on_device(inputs);`; the others refuse CUDA tensors (from_op).
 static bool on_cuda(const Tensor& a) { return a.device() == Device::CUDA; }
 static bool on_cuda(const Tensor& a, const Tensor& b) { return on_cuda(a) || on_cuda(b); }
 static bool on_cuda(const Tensor& a, const Tensor& b, const Tensor& c) { return on_cuda(a, b) || on_cuda(c); }
@@ -734,7 +727,7 @@ static double grad_norm_on_device(const Tensor& p);
 static double clip_grad_norm_on_device(const std::vector<Tensor>& params, double max_norm);
 
 std::int64_t TensorNode::live_count = 0;
-static TensorNode* live_nodes = nullptr;   // head of the list of live nodes
+static TensorNode* live_nodes = nullptr;   // list head
 
 TensorNode::TensorNode() : next_live(live_nodes) {
     ++live_count;
@@ -749,12 +742,10 @@ std::size_t tensor_bytes() {
     return bytes;
 }
 
-// Same problem as §1.6: the default destructor would recurse once per node of a long chain
-// (each node's death releases its inputs, whose deaths release theirs, ...). So the inputs are
-// released here, in a loop: an input about to die with the handle we hold (use_count() == 1)
-// first hands its own inputs to the loop, and then dies with none to release.
+// Inputs are released in a loop, not recursively (as in §1.6): an input that dies with our
+// handle (use_count() == 1) first hands its own inputs to the loop.
 TensorNode::~TensorNode() {
-    tensor_storage_freed(*this);   // §4.1: the byte count
+    tensor_storage_freed(*this);   // §4.1
     --live_count;
     if (prev_live) prev_live->next_live = next_live;
     else live_nodes = next_live;
@@ -767,24 +758,24 @@ TensorNode::~TensorNode() {
             for (std::shared_ptr<TensorNode>& p : input->parents) releasing.push_back(std::move(p));
             input->parents.clear();
         }
-    }   // `input` dies at the end of each pass, its parents already taken over
+    }
 }
 
 Tensor::Tensor(Shape shape) : node_(std::make_shared<TensorNode>()) {
     for (int d : shape)
         if (d < 0) argument_error("Tensor", "negative size in shape " + shape_str(shape));
     const std::size_t n = ::numel(shape);
-    const TensorStorageWatch watch(node_.get());   // §4.1: the byte count
+    const TensorStorageWatch watch(node_.get());   // §4.1
     try {
         node_->data.assign(n, real(0));
-    } catch (const std::exception&) {   // std::bad_alloc, or std::length_error past max_size()
+    } catch (const std::exception&) {   // bad_alloc, or length_error past max_size()
         argument_error("Tensor", "shape " + shape_str(shape) + " needs " + std::to_string(n) + " numbers of " +
                                   std::to_string(sizeof(real)) + " bytes: more memory than there is");
     }
     node_->shape = std::move(shape);
 }
 
-// A Tensor() names no node: an empty handle, which every use refuses.
+// A Tensor() is an empty handle, which every use refuses.
 void Tensor::empty_handle(const char* what) {
     throw std::invalid_argument(std::string(what) + ": this Tensor is empty (default-constructed, never "
                                 "given a shape); make one with Tensor({rows, cols}) or assign one to it");
@@ -807,14 +798,14 @@ Tensor Tensor::full(Shape shape, real value) {
 
 Tensor Tensor::scalar(real value) { return Tensor({1}, {value}); }
 
-// t.values() = w: the numbers are replaced, never resized; the tensor's shape says how many.
+// t.values() = w replaces the numbers, never resizes them.
 ValuesView& ValuesView::operator=(const std::vector<real>& numbers) {
     const Shape& shape = node_->shape;
     if (numbers.size() != ::numel(shape))
         argument_error(of_grad_ ? "grad()" : "values()", "the tensor has shape " + shape_str(shape) + " (" +
                                                           std::to_string(::numel(shape)) + " numbers); cannot assign " +
                                                           std::to_string(numbers.size()));
-    this->numbers().assign(numbers.begin(), numbers.end());   // (a gradient not yet made is made here)
+    this->numbers().assign(numbers.begin(), numbers.end());
     if (!of_grad_) ++node_->version;                            // an in-place write (below)
     return *this;
 }
@@ -833,12 +824,12 @@ int Tensor::dim(int axis) const {
 real Tensor::item() const {
     if (numel() != 1)
         argument_error("item", "needs a tensor with one element, got shape " + shape_str(shape()));
-    if (device() == Device::CUDA) return to_host(node_->cuda_data)[0];   // one number comes back
+    if (device() == Device::CUDA) return to_host(node_->cuda_data)[0];
     return node_->data[0];
 }
 
 real& Tensor::at(const std::vector<int>& index) const {
-    on_cpu("at()");   // throws for a tensor in device memory
+    on_cpu("at()");
     if (int(index.size()) != rank())
         argument_error("at", std::to_string(index.size()) + " indices for shape " + shape_str(shape()));
     std::size_t offset = 0;
@@ -864,7 +855,7 @@ void Tensor::zero_grad() const {
     std::fill(node_->grad.begin(), node_->grad.end(), real(0));
 }
 
-Tensor Tensor::detach() const { return to(device()); }   // a copy on the same device (Part 5)
+Tensor Tensor::detach() const { return to(device()); }   // a copy, same device
 
 std::string Tensor::str(int max_values) const {
     if (device() == Device::CUDA) return to(Device::CPU).str(max_values) + " on cuda";
@@ -874,18 +865,18 @@ std::string Tensor::str(int max_values) const {
     return s + (numel() > std::size_t(max_values) ? ", ...]" : "]");
 }
 
-// An op's output joins the graph only when some input needs a gradient: computing on data
-// alone (evaluation, input preprocessing) builds no graph and keeps no inputs alive.
+// An output joins the graph only when some input needs a gradient: evaluation builds no graph
+// and keeps no inputs alive.
 static void anomaly_tensor_inputs(const char* op, const std::vector<Tensor>& inputs);   // §2.12
 static void anomaly_tensor_backward(const TensorNode& n);
 
 Tensor Tensor::from_op(Shape shape, const char* op, std::vector<Tensor> inputs, Device device) {
-    check_devices(op, inputs, device);   // Part 5
+    check_devices(op, inputs, device);
     if (anomaly_mode) anomaly_tensor_inputs(op, inputs);
     Tensor out;
     try {
         out = zeros(std::move(shape), device);
-    } catch (const std::invalid_argument& e) {   // a shape too large to count or to hold
+    } catch (const std::invalid_argument& e) {   // too large to count or to hold
         argument_error(op, e.what());
     }
     out.node_->op = op;
@@ -898,7 +889,7 @@ Tensor Tensor::from_op(Shape shape, const char* op, std::vector<Tensor> inputs, 
     return out;
 }
 
-// The gradient buffer of a node, created (zeros) the first time a backward writes into it.
+// A node's gradient buffer, made (zeros) when a backward first writes into it.
 static std::vector<real>& grad_of(TensorNode* n) {
     if (n->grad.size() != n->data.size()) {
         const TensorStorageWatch watch(n);   // §4.1
@@ -907,14 +898,14 @@ static std::vector<real>& grad_of(TensorNode* n) {
     return n->grad;
 }
 
-// Before a backward pass: an interior node's gradient restarts at 0 (on the GPU: Part 5).
+// Before a backward pass: an interior node's gradient restarts at 0.
 static void clear_grad(TensorNode* n) {
     if (n->device == Device::CUDA) return clear_grad_on_device(n);
     const TensorStorageWatch watch(n);   // §4.1
     n->grad.assign(n->data.size(), real(0));
 }
 
-// grad += g, for the seed dL/d(output) (on the GPU: Part 5).
+// grad += g, for the seed dL/d(output).
 static void add_to_grad(TensorNode* n, const Tensor& g) {
     if (n->device == Device::CUDA) return add_to_grad_on_device(n, g);
     std::vector<real>& grad = grad_of(n);
@@ -922,15 +913,11 @@ static void add_to_grad(TensorNode* n, const Tensor& g) {
     for (std::size_t i = 0; i < grad.size(); ++i) grad[i] += seed[i];
 }
 
-// In-place writes. Most ops' backward reads the numbers of their inputs: the product rule of *
-// needs both factors, matmul's dW = Xᵀ·dY needs X. If such a number is written over after the
-// forward pass (an optimizer step, values() assigned anew), the backward would read the new
-// number and return a wrong gradient without a word. So each tensor counts its in-place writes
-// (its version); each op notes its inputs' versions when it reads them (from_op); and backward
-// refuses, before it changes anything, an op whose inputs have been written since. PyTorch does
-// the same. Writing single elements through values()[i] or at() is not counted: that is the way
-// around autograd, like PyTorch's .data. Ops that only route gradients (sums, copies, moves)
-// read no input numbers in their backward, so their inputs may be written freely.
+// In-place writes. Most backwards read their inputs (dW = Xᵀ·dY needs X); an input written over
+// after the forward pass (an optimizer step) would silently give a wrong gradient. So each tensor
+// counts its in-place writes (its version), from_op notes the inputs' versions, and backward
+// refuses an op whose inputs changed since, as PyTorch does (values()[i] and at() go around
+// this, like .data). Ops that only route gradients never read their inputs.
 static bool backward_reads_inputs(const char* op) {
     for (const char* routing : {"+", "-", "sum", "reshape", "slice", "concat", "transpose", "embedding"})
         if (std::strcmp(op, routing) == 0) return false;
@@ -949,8 +936,7 @@ static void check_versions(const std::vector<TensorNode*>& order) {
     }
 }
 
-// Same three steps as §1.5: order the graph, seed dL/d(output), apply each node's backward in
-// reverse order. Again only leaves accumulate across calls; interior gradients restart at 0.
+// §1.5's three steps: order the graph, seed dL/d(output), run each backward in reverse order.
 void Tensor::backward(const Tensor& seed) const {
     if (seed.shape() != shape())
         argument_error("backward", "the seed has shape " + shape_str(seed.shape()) +
@@ -958,7 +944,7 @@ void Tensor::backward(const Tensor& seed) const {
     if (!requires_grad())
         argument_error("backward", "this tensor does not depend on any parameter (no input has "
                                 "requires_grad), so there is nothing to differentiate");
-    check_devices("backward", {*this, seed}, device());   // Part 5
+    check_devices("backward", {*this, seed}, device());
     const std::vector<TensorNode*> order = topological_order(node_.get());
     check_graph_devices(order);
     check_versions(order);
@@ -1001,21 +987,18 @@ Tensor uniform(Shape shape, Rng& rng, real lo, real hi) {
     return t;
 }
 
-// (Instantiated here for tensors, so that tests and lessons can inspect tensor graphs too.)
+// For the tests and lessons that inspect tensor graphs.
 template std::vector<TensorNode*> topological_order(TensorNode*);
 
 // ---------------------------------------------------------------------------------------------
 // 2.2 Elementwise arithmetic with broadcasting
 //
-// Broadcasting lines two shapes up from the right; an axis that is missing or has size 1 in one
-// operand is repeated to match the other: [B, D] + [D] adds the same row to each of B rows.
-// We never copy the repeated data. Instead each operand gets a stride per output axis: the
-// step through its storage when that output index grows by one, and 0 along a repeated axis.
+// Shapes line up from the right; an axis missing or of size 1 in one operand is repeated:
+// [B, D] + [D] adds the row to each of B rows. Nothing is copied: a repeated axis has stride 0.
 //
 // Jacobian: out[i] depends on a[ia(i)] and b[ib(i)] only, so the backward is elementwise too:
 //     ga[ia(i)] += g[i] · ∂out/∂a        gb[ib(i)] += g[i] · ∂out/∂b
-// Where a was repeated, many i share one ia(i) and `+=` sums their terms: that is the bias
-// gradient db = Σ_rows dY, falling out of the same multivariable chain rule as in §1.5.
+// Where a was repeated, `+=` sums over every i sharing ia(i): the bias gradient db = Σ_rows dY.
 // ---------------------------------------------------------------------------------------------
 
 static Shape broadcast_shape(const Shape& a, const Shape& b, const char* op) {
@@ -1028,12 +1011,12 @@ static Shape broadcast_shape(const Shape& a, const Shape& b, const char* op) {
             argument_error(op, "shapes " + shape_str(a) + " and " + shape_str(b) +
                                 " do not broadcast (axis " + std::to_string(r - 1 - k) + ": " +
                                 std::to_string(da) + " vs " + std::to_string(db) + ")");
-        out[r - 1 - k] = da == 1 ? db : da;   // a size-1 axis repeats, to any size (0 too)
+        out[r - 1 - k] = da == 1 ? db : da;   // size 1 repeats to any size, 0 too
     }
     return out;
 }
 
-// Per output axis: the storage step of an input of shape `in`, 0 where it is repeated.
+// Per output axis: the storage step of an input of shape `in`, 0 where repeated.
 static std::vector<std::size_t> broadcast_strides(const Shape& in, const Shape& out) {
     std::vector<std::size_t> strides(out.size(), 0);
     std::size_t step = 1;
@@ -1045,12 +1028,12 @@ static std::vector<std::size_t> broadcast_strides(const Shape& in, const Shape& 
     return strides;
 }
 
-// Calls f(i, ia, ib) for every output element i and the elements ia of a and ib of b it reads.
-// The multi-index advances like an odometer, moving ia and ib by their strides.
+// f(i, ia, ib) for each output element i and the elements of a and b it reads; the index
+// advances like an odometer.
 template <class F>
 static void for_each_broadcast(const Shape& a, const Shape& b, const Shape& out, F f) {
     const std::size_t n = numel(out);
-    if (a == out && b == out) {   // the common case: no broadcasting at all
+    if (a == out && b == out) {   // no broadcasting
         for (std::size_t i = 0; i < n; ++i) f(i, i, i);
         return;
     }
@@ -1098,7 +1081,7 @@ static Tensor elementwise(const Tensor& a, const Tensor& b, const char* op, F f,
 
 // out = a + b        ∂out/∂a = 1      ∂out/∂b = 1
 Tensor operator+(const Tensor& a, const Tensor& b) {
-    if (on_cuda(a, b)) return add_on_device(a, b);   // Part 5
+    if (on_cuda(a, b)) return add_on_device(a, b);
     return elementwise(a, b, "+", [](real x, real y) { return x + y; },
                        [](real, real) { return real(1); }, [](real, real) { return real(1); });
 }
@@ -1118,7 +1101,7 @@ Tensor operator*(const Tensor& a, const Tensor& b) {
 // out = a / b        ∂out/∂a = 1/b    ∂out/∂b = −a/b²
 Tensor operator/(const Tensor& a, const Tensor& b) {
     broadcast_shape(a.shape(), b.shape(), "/");   // a shape error first, then the values
-    check_devices("/", {a, b}, Device::CPU);       // no CUDA kernel (Part 5)
+    check_devices("/", {a, b}, Device::CPU);       // no CUDA kernel
     for (real v : b.values())
         if (v == 0) argument_error("division a/b", "the divisor b " + shape_str(b.shape()) + " contains 0");
     return elementwise(a, b, "/", [](real x, real y) { return x / y; },
@@ -1127,7 +1110,7 @@ Tensor operator/(const Tensor& a, const Tensor& b) {
 
 Tensor operator-(const Tensor& a) { return a * real(-1); }
 
-// A plain number is a one-element constant that broadcasts over the tensor.
+// A number is a one-element constant, broadcast.
 Tensor operator+(const Tensor& a, real k) { return a + Tensor::scalar(k); }
 Tensor operator+(real k, const Tensor& a) { return Tensor::scalar(k) + a; }
 Tensor operator-(const Tensor& a, real k) { return a - Tensor::scalar(k); }
@@ -1141,8 +1124,7 @@ Tensor operator/(real k, const Tensor& a) { return Tensor::scalar(k) / a; }
 // 2.3 Elementwise functions
 //
 // out[i] = f(x[i]) has a diagonal Jacobian, so backward is  gx[i] += g[i] · f'(x[i]).
-// Each op passes f and f' (written with the input x and, where handier, the output y = f(x));
-// the derivatives are the ones of §1.2–1.3, now applied to every element.
+// Each op passes f and f' (of x or, where handier, of y = f(x)), as in §1.2–1.3.
 // ---------------------------------------------------------------------------------------------
 
 template <class F, class DF>
@@ -1161,12 +1143,10 @@ static Tensor unary(const Tensor& x, const char* op, F f, DF df) {
     return out;
 }
 
-// The domain checks of Part 1, for every element: the first bad value is named, with its place.
-// A NaN fails every check; it is named as what it is, a NaN from an earlier op, not as a value
-// out of range.
+// Part 1's domain checks, per element; a NaN (from an earlier op) is named as a NaN.
 template <class Ok>
 static void require_all(const Tensor& x, const char* op, const char* what, Ok ok) {
-    check_devices(op, {x}, Device::CPU);   // these ops have no CUDA kernel (Part 5)
+    check_devices(op, {x}, Device::CPU);   // no CUDA kernel
     const ValuesView v = x.values();
     for (std::size_t i = 0; i < v.size(); ++i) {
         if (std::isnan(v[i]))
@@ -1192,7 +1172,7 @@ Tensor log(const Tensor& x) {
     return unary(x, "log", [](real v) { return std::log(v); }, [](real v, real) { return 1 / v; });
 }
 
-// √x: f' = 1/(2√x) = 1/(2y); x = 0 is allowed forward, but its slope is infinite.
+// √x: f' = 1/(2√x) = 1/(2y); at x = 0 the slope is infinite.
 Tensor sqrt(const Tensor& x) {
     require_all(x, "sqrt(x)", "x must be >= 0", [](real v) { return v >= 0; });
     return unary(x, "sqrt", [](real v) { return std::sqrt(v); },
@@ -1210,10 +1190,10 @@ Tensor pow(const Tensor& x, real k) {
                  [k](real v, real) { return real(k * std::pow(v, k - 1)); });
 }
 
-// max(0, x): f' = 1 where x > 0, else 0. Written `x < 0 ? 0 : x` so that a NaN stays NaN
-// (`x > 0 ? x : 0` would quietly turn it into 0).
+// max(0, x): f' = 1 where x > 0, else 0. `x < 0 ? 0 : x` keeps a NaN a NaN (`x > 0 ? x : 0`
+// would make it 0).
 Tensor relu(const Tensor& x) {
-    if (on_cuda(x)) return unary_on_device(x, "relu", cuda_relu_forward, cuda_relu_backward);   // Part 5
+    if (on_cuda(x)) return unary_on_device(x, "relu", cuda_relu_forward, cuda_relu_backward);
     return unary(x, "relu", [](real v) { return v < 0 ? real(0) : v; },
                  [](real v, real) { return real(v > 0); });   // 1 or 0, without a branch
 }
@@ -1228,7 +1208,7 @@ Tensor leaky_relu(const Tensor& x, real slope) {
 // GELU, tanh form, as in §1.3:  ½x(1 + tanh u),  u = √(2/π)(x + 0.044715x³)
 // f' = ½(1 + tanh u) + ½x(1 − tanh²u)·√(2/π)(1 + 3·0.044715x²)
 Tensor gelu(const Tensor& x) {
-    if (on_cuda(x)) return unary_on_device(x, "gelu", cuda_gelu_forward, cuda_gelu_backward);   // Part 5
+    if (on_cuda(x)) return unary_on_device(x, "gelu", cuda_gelu_forward, cuda_gelu_backward);
     static const real c = real(std::sqrt(2.0 / pi)), k = real(0.044715);
     return unary(x, "gelu",
                  [](real v) { return real(0.5) * v * (1 + std::tanh(c * (v + k * v * v * v))); },
@@ -1241,7 +1221,7 @@ Tensor gelu(const Tensor& x) {
 // Exact GELU (§1.3):  out = x·Φ(x) = ½·x·(1 + erf(x/√2)),   f' = Φ(x) + x·φ(x)
 Tensor gelu(const Tensor& x, Approximate approximate) {
     if (approximate == Approximate::tanh) return gelu(x);
-    if (on_cuda(x)) return unary_on_device(x, "gelu_exact", cuda_gelu_exact_forward, cuda_gelu_exact_backward);   // Part 5
+    if (on_cuda(x)) return unary_on_device(x, "gelu_exact", cuda_gelu_exact_forward, cuda_gelu_exact_backward);
     static const real inv_sqrt2 = real(1 / std::sqrt(2.0)), inv_sqrt_2pi = real(1 / std::sqrt(2 * pi));
     return unary(x, "gelu_exact", [](real v) { return real(0.5) * v * (1 + std::erf(v * inv_sqrt2)); },
                  [](real v, real) {
@@ -1250,9 +1230,9 @@ Tensor gelu(const Tensor& x, Approximate approximate) {
                  });
 }
 
-// σ(x) = 1/(1 + e⁻ˣ), computed without overflow as in §1.3:  f' = σ(1 − σ) = y(1 − y)
+// σ(x) = 1/(1 + e⁻ˣ), without overflow as in §1.3:  f' = σ(1 − σ) = y(1 − y)
 Tensor sigmoid(const Tensor& x) {
-    if (on_cuda(x)) return unary_on_device(x, "sigmoid", cuda_sigmoid_forward, cuda_sigmoid_backward);   // Part 5
+    if (on_cuda(x)) return unary_on_device(x, "sigmoid", cuda_sigmoid_forward, cuda_sigmoid_backward);
     return unary(x, "sigmoid",
                  [](real v) { return v >= 0 ? 1 / (1 + std::exp(-v)) : std::exp(v) / (1 + std::exp(v)); },
                  [](real, real y) { return y * (1 - y); });
@@ -1260,7 +1240,7 @@ Tensor sigmoid(const Tensor& x) {
 
 // tanh x:  f' = 1 − tanh² x = 1 − y²
 Tensor tanh(const Tensor& x) {
-    if (on_cuda(x)) return unary_on_device(x, "tanh", cuda_tanh_forward, cuda_tanh_backward);   // Part 5
+    if (on_cuda(x)) return unary_on_device(x, "tanh", cuda_tanh_forward, cuda_tanh_backward);
     return unary(x, "tanh", [](real v) { return std::tanh(v); }, [](real, real y) { return 1 - y * y; });
 }
 
@@ -1271,22 +1251,14 @@ Tensor tanh(const Tensor& x) {
 // Jacobian: ∂Z[i][j]/∂X[i][k] = W[k][j] and ∂Z[i][j]/∂W[k][j] = X[i][k]. Applying the chain rule
 // to every element and collecting the sums gives two more matrix products:
 //     dX = dZ·Wᵀ   [M, N]·[N, K] = [M, K]        dW = Xᵀ·dZ   [K, M]·[M, N] = [K, N]
-// Each gradient has its parameter's shape; the batch axis M is summed away inside Xᵀ·dZ.
+// The batch axis M is summed away inside Xᵀ·dZ.
 //
-// Nearly all of a network's arithmetic is these three products, so this is where speed is won.
-// The section writes the same product three times, each kept because the next is tested
-// against it (figures from `make bench`, 1 thread, N = 512, on a 2-core AMD EPYC, Zen 3, AVX2):
-//     1. matmul_naive: the formula as written                                    ~1.2 GFLOP/s
-//     2. matmul_ikj: the same loops reordered so the inner one is contiguous          ~27 GFLOP/s
-//     3. matmul_blocked: cache blocks, packing and a register-blocked kernel          ~89 GFLOP/s
-// The machine's ceiling is two 8-wide fused multiply-adds per cycle per core: bench's `peak`
-// row measures ~101 GFLOP/s. The blocked version reaches ~88% of that, about what OpenBLAS
-// reaches here, in plain C++ that the compiler vectorizes.
+// Nearly all arithmetic is these products, so the product is written three times, each tested
+// against the one before (speeds: README, How fast is it).
 // ---------------------------------------------------------------------------------------------
 
-// 1. The formula as written. For each output, k walks down a column of B: consecutive reads are
-// N floats apart, so every multiply-add waits for a new cache line (64 bytes for one useful
-// float). Kept as the oracle the tests compare the fast versions against.
+// 1. The formula as written, the tests' oracle. k walks down a column of B, N floats apart, so
+// every multiply-add waits for a new cache line.
 void matmul_naive(int M, int N, int K, MatrixView A, MatrixView B, real* C) {
     count_flops(2 * std::int64_t(M) * K * N);   // §4.1
     for (int i = 0; i < M; ++i)
@@ -1297,10 +1269,8 @@ void matmul_naive(int M, int N, int K, MatrixView A, MatrixView B, real* C) {
         }
 }
 
-// 2. Swap the two inner loops (i-k-j): now the inner loop walks row k of B and row i of C, both
-// contiguous, and the compiler turns it into 8-wide vector instructions. What limits it: each
-// multiply-add also loads and stores C (12 bytes moved per 2 flops), and once B outgrows the
-// cache every row of B comes from memory again for every i. Row-major A and B only.
+// 2. Swap the inner loops (i-k-j): the inner loop walks rows of B and C and vectorizes, but each
+// multiply-add also loads and stores C. Row-major A and B only.
 void matmul_ikj(int M, int N, int K, const real* A, const real* B, real* C) {
     count_flops(2 * std::int64_t(M) * K * N);   // §4.1
     for (int i = 0; i < M; ++i)
@@ -1310,40 +1280,18 @@ void matmul_ikj(int M, int N, int K, const real* A, const real* B, real* C) {
         }
 }
 
-// 3. Cache blocking with a register-blocked micro-kernel (the GotoBLAS/BLIS design).
-//
-// The micro-kernel keeps an MR×NR tile of C in registers and streams the inputs past it: for
-// each k it loads MR numbers of A and NR of B and does MR·NR multiply-adds. With MR = 6,
-// NR = 16 that is 12 vector registers of 8 floats for the tile, 2 for the row of B and 1 for a
-// broadcast number of A: 15 of AVX2's 16. Per k: 22 floats (88 bytes) loaded for 192 flops,
-// 0.46 bytes per flop, where the i-k-j loop moved 6 (a load and a store of C per 2 flops).
-//
-// How fast must the caches feed it? 88 bytes per k in the 6 cycles its 12 vector FMAs take:
-// ~15 bytes a cycle. L1 delivers 64, L2 32, L3 well under that per core, memory far less. So
-// the kernel may run from L2 but must not wait on L3 or memory for every k, and C (a 6×16 tile
-// loaded and stored around each call) should be visited rarely. The blocks arrange that:
-//     KC = 512: C's tile makes one round trip per 512 steps of k (98,304 flops);
-//     Ã block, MC×KC = 48×512 floats = 96 KB, and one B̃ panel, KC×NR = 512×16 = 32 KB: in the
-//       512 KB L2 (the B̃ panel largely in the 32 KB L1) while the kernel runs the MC/MR = 8
-//       row panels of the block against it, then moves on to the next B̃ panel;
-//     B's KC-row slab, KC×N (2 MB at N = 1024): in the 32 MB L3.
-// These sizes won a sweep on this machine; another CPU may prefer others (`make bench` tells).
-// Packing copies each block into exactly the order the kernel reads it (contiguous, padded with
-// zeros to whole tiles), so the kernel needs no strides and no edge cases, and a transposed
-// input (a MatrixView with swapped strides) runs as fast as a plain one. Each input is copied
-// once: M·K + K·N copies for 2·M·N·K flops, so N×N matrices do N flops per copy; at N = 1024
-// the copies still take 6% of the time (see the packing functions below).
-//
-// Threads (OpenMP, when built with it) split the (A block, B panel) pairs: every element of C is
-// summed by one thread in the same order, so the result is bit-identical for any thread count.
+// 3. Cache blocking with a register-blocked micro-kernel (the GotoBLAS/BLIS design). The kernel
+// keeps an MR×NR tile of C in registers and streams the inputs past it: per k, MR numbers of A
+// and NR of B for MR·NR multiply-adds. The blocks keep its inputs in L1/L2. Packing copies each
+// block in the order the kernel reads it, zero-padded to whole tiles, so the kernel needs no
+// strides or edge cases. Each element of C is summed by one thread in one order: the result is
+// bit-identical for any thread count.
 namespace {
-constexpr int MR = 6, NR = 16;     // register tile (see above)
+constexpr int MR = 6, NR = 16;     // register tile
 constexpr int KC = 512, MC = 48;   // cache blocks; MC is a multiple of MR
 }
 
-// a·b + c with one rounding: one fused multiply-add instruction. (`make valgrind` builds with
-// ENGINE_SEPARATE_MULTIPLY_ADD, two roundings: valgrind emulates the FMA instruction in software,
-// so slowly that the lessons took it 20 minutes. The memory the kernel touches is the same.)
+// a·b + c with one rounding (FMA); two under `make valgrind`, whose FMA emulation is slow.
 static inline real multiply_add(real a, real b, real c) {
 #ifdef ENGINE_SEPARATE_MULTIPLY_ADD
     return a * b + c;
@@ -1352,13 +1300,10 @@ static inline real multiply_add(real a, real b, real c) {
 #endif
 }
 
-// C[mr, nr] += Ã·B̃ over kc, with Ã packed as [kc][MR] and B̃ as [kc][NR]. Every index into acc
-// is a compile-time constant, which lets the compiler keep all of it in registers. The
-// multiply-add is one instruction and one rounding; `omp simd` asks for the j loop as vectors.
+// C[mr, nr] += Ã·B̃ over kc, Ã packed as [kc][MR], B̃ as [kc][NR]. acc's indices are
+// compile-time constants, so it stays in registers.
 static void micro_kernel(int kc, const real* a, const real* b, real* C, int ldc, int mr, int nr) {
-    // C's rows are N floats apart and rarely in cache. Asking for their lines now (both lines a
-    // 16-float row may span) lets them arrive while the k loop runs instead of stalling at the
-    // end: ~5% at N = 1024. A hint, not an instruction-set intrinsic: GCC and Clang have it.
+    // C's rows are rarely in cache: request them now, to arrive during the k loop.
     for (int i = 0; i < MR; ++i) {
         __builtin_prefetch(C + std::size_t(i) * ldc);
         __builtin_prefetch(C + std::size_t(i) * ldc + NR - 1);
@@ -1369,24 +1314,18 @@ static void micro_kernel(int kc, const real* a, const real* b, real* C, int ldc,
 #pragma omp simd
             for (int j = 0; j < NR; ++j) acc[i][j] = multiply_add(a[i], b[j], acc[i][j]);
         }
-    if (mr == MR && nr == NR) {   // a whole tile: constant bounds, so this loop is vectors too
+    if (mr == MR && nr == NR) {   // a whole tile: constant bounds, vectorized
         for (int i = 0; i < MR; ++i) {
 #pragma omp simd
             for (int j = 0; j < NR; ++j) C[std::size_t(i) * ldc + j] += acc[i][j];
         }
-    } else {                      // the ragged edge of C: only the part that exists
+    } else {                      // C's ragged edge
         for (int i = 0; i < mr; ++i)
             for (int j = 0; j < nr; ++j) C[std::size_t(i) * ldc + j] += acc[i][j];
     }
 }
 
-// Packing walks k in the outer loop and writes each packed row (MR or NR numbers) whole, in
-// order. A row-major A, or a transposed B, is then read as MR (NR) sequential streams, one per
-// source row, which the hardware prefetcher follows; a transposed A, or a row-major B, as
-// neighbours. A row-major B's panel row is NR contiguous numbers, copied by one vector loop.
-// Packing costs no flops, but done the other way round (a source row at a time, writing MR
-// floats apart) it took 8% of an N = 1024 product here (perf); this way 6%, and the product runs
-// ~3% faster.
+// Packing writes each packed row whole, k in the outer loop, so the source is read as streams.
 
 // Rows [i0, i0+mr) × columns [p0, p0+kc) of A as Ã[kc][MR]; rows past mr are zeros.
 static void pack_a_panel(MatrixView A, int i0, int mr, int p0, int kc, real* out) {
@@ -1399,7 +1338,7 @@ static void pack_a_panel(MatrixView A, int i0, int mr, int p0, int kc, real* out
 static void pack_b_panel(MatrixView B, int p0, int kc, int j0, int nr, real* out) {
     if (nr < NR) std::fill(out, out + std::size_t(kc) * NR, real(0));
     for (int p = 0; p < kc; ++p) {
-        if (nr == NR && B.col_stride == 1) {   // a whole row of a row-major panel: NR contiguous numbers
+        if (nr == NR && B.col_stride == 1) {   // NR contiguous numbers
             const real* row = B.data + (p0 + p) * B.row_stride + j0;
 #pragma omp simd
             for (int j = 0; j < NR; ++j) out[p * NR + j] = row[j];
@@ -1409,8 +1348,7 @@ static void pack_b_panel(MatrixView B, int p0, int kc, int j0, int nr, real* out
     }
 }
 
-// n numbers of `buffer` starting on a 64-byte cache-line boundary, so that no 32-byte vector
-// load of a packed panel straddles two lines (malloc only promises 16-byte alignment).
+// n numbers from a 64-byte boundary, so no vector load straddles two cache lines.
 static real* aligned_64(std::vector<real>& buffer, std::size_t n) {
     buffer.resize(n + 64 / sizeof(real));
     void* start = buffer.data();
@@ -1421,12 +1359,11 @@ static real* aligned_64(std::vector<real>& buffer, std::size_t n) {
 void matmul_blocked(int M, int N, int K, MatrixView A, MatrixView B, real* C) {
     count_flops(2 * std::int64_t(M) * K * N);   // §4.1
     const int m_panels = (M + MR - 1) / MR, n_panels = (N + NR - 1) / NR, m_blocks = (M + MC - 1) / MC;
-    // Kept between calls, so a training loop allocates them once (one pair per calling thread).
     static thread_local std::vector<real> packed_a, packed_b;
     real *a = aligned_64(packed_a, std::size_t(m_panels) * MR * KC), *b = aligned_64(packed_b, std::size_t(n_panels) * NR * KC);
     for (int p0 = 0; p0 < K; p0 += KC) {
         const int kc = std::min(KC, K - p0);
-        // Below ~10 µs of work (10⁶ flops), waking the other threads costs more than it saves.
+        // Below 10⁶ flops, waking the other threads costs more than it saves.
 #pragma omp parallel if (2.0 * M * N * K > 1e6)
         {
 #pragma omp for
@@ -1463,11 +1400,10 @@ int num_threads() {
 #endif
 }
 
-// 2-D: [M,K]·[K,N]. Batched: [B,M,K]·[B,K,N], or [B,M,K]·[K,N] (one W shared by the batch,
-// as a linear layer applied to every position of a sequence; its gradient sums over B). With a
-// shared W the batch is just more rows: [B·M, K]·[K, N], one product.
+// [M,K]·[K,N], [B,M,K]·[B,K,N], or [B,M,K]·[K,N]: one W shared by the batch (a linear layer at
+// every position of a sequence), which is just more rows: [B·M, K]·[K, N].
 Tensor matmul(const Tensor& a, const Tensor& b) {
-    if (on_cuda(a, b)) return matmul_on_device(a, b);   // Part 5
+    if (on_cuda(a, b)) return matmul_on_device(a, b);
     const bool batched = a.rank() == 3, shared_b = b.rank() == 2;
     if (!((a.rank() == 2 && b.rank() == 2) || (batched && (b.rank() == 2 || b.rank() == 3))))
         argument_error("matmul", "supports [M,K]·[K,N], [B,M,K]·[B,K,N] and [B,M,K]·[K,N]; got " +
@@ -1480,7 +1416,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
                                   shape_str(b.shape()) + " (" + std::to_string(K) + " vs " +
                                   std::to_string(b.dim(-2)) + ")");
     Tensor out = Tensor::from_op(batched ? Shape{a.dim(0), M0, N} : Shape{M0, N}, "matmul", {a, b});
-    if (out.numel() == 0) return out;   // nothing to compute, however many empty batches (see sum)
+    if (out.numel() == 0) return out;   // nothing to compute (see sum)
     const int batch = batched && !shared_b ? a.dim(0) : 1, M = batched && shared_b ? a.dim(0) * M0 : M0;
     const std::size_t sa = std::size_t(M) * K, sb = std::size_t(K) * N, so = std::size_t(M) * N;   // per batch element
     for (int t = 0; t < batch; ++t)
@@ -1501,12 +1437,11 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
     return out;
 }
 
-// A linear layer's y = x·W + b as one op. Its gradients are matmul's and broadcasting's:
+// y = x·W + b as one op, with matmul's and broadcasting's gradients:
 //     dX = dY·Wᵀ      dW = Xᵀ·dY      db = Σ_rows dY
-// Fusing saves the separate + op's pass over y (and its output): each row of y starts as b,
-// and the product is added into it.
+// Each row of y starts as b; the product is added into it.
 Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b) {
-    if (on_cuda(x, W, b)) return linear_on_device(x, W, b);   // Part 5
+    if (on_cuda(x, W, b)) return linear_on_device(x, W, b);
     if (!((x.rank() == 2 || x.rank() == 3) && W.rank() == 2 && b.rank() == 1 && x.dim(-1) == W.dim(0) &&
           b.dim(0) == W.dim(1)))
         argument_error("linear", "needs x [M, K] or [B, M, K], W [K, N] and b [N]; got " + shape_str(x.shape()) + ", " +
@@ -1537,9 +1472,8 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b) {
 // ---------------------------------------------------------------------------------------------
 // 2.5 Shape ops and reductions
 //
-// Many ops act along one axis of a tensor. Seen from that axis, any shape is [outer, n, inner]:
-// outer = product of the sizes before the axis, inner = product after. Element (o, k, i) lives
-// at (o·n + k)·inner + i. One helper computes that split; the ops below all use it.
+// Seen from one axis, any shape is [outer, n, inner]: outer = product of the sizes before the
+// axis, inner = product after. Element (o, k, i) lives at (o·n + k)·inner + i.
 // ---------------------------------------------------------------------------------------------
 
 struct AxisSplit {
@@ -1559,8 +1493,7 @@ static AxisSplit split_at(const Shape& shape, int axis) {
     return s;
 }
 
-// Swaps the last two axes (a batch of matrices transposes each one). Its Jacobian is a
-// permutation, so the backward is the same permutation undone: transpose the gradient back.
+// Swaps the last two axes. The Jacobian is a permutation: backward transposes the gradient back.
 Tensor transpose(const Tensor& x) {
     if (x.rank() < 2) argument_error("transpose", "needs at least 2 axes, got " + shape_str(x.shape()));
     Shape shape = x.shape();
@@ -1576,7 +1509,7 @@ Tensor transpose(const Tensor& x) {
             for (int c = 0; c < C; ++c) o[(t * C + c) * R + r] = in[(t * R + r) * C + c];
     if (out.requires_grad()) {
         TensorNode *px = x.node(), *po = out.node();
-        po->backward = [=] {   // gx[t][r][c] += g[t][c][r]: the same loop, reading out, writing x
+        po->backward = [=] {   // gx[t][r][c] += g[t][c][r]
             real* gx = grad_of(px).data();
             const real* g = po->grad.data();
             for (std::size_t t = 0; t < batch; ++t)
@@ -1587,8 +1520,7 @@ Tensor transpose(const Tensor& x) {
     return out;
 }
 
-// Same numbers in the same order, a new shape: the Jacobian is the identity, so the gradient
-// passes through unchanged. One axis may be -1: its size is whatever makes the total match.
+// Same numbers, new shape: the Jacobian is the identity. One axis may be -1 (inferred).
 Tensor reshape(const Tensor& x, Shape shape) {
     int infer = -1;
     for (std::size_t a = 0; a < shape.size(); ++a) {
@@ -1619,10 +1551,10 @@ Tensor reshape(const Tensor& x, Shape shape) {
     return out;
 }
 
-// s = Σᵢ xᵢ: ∂s/∂xᵢ = 1, so every element receives the gradient of the sum.
+// s = Σᵢ xᵢ: ∂s/∂xᵢ = 1.
 Tensor sum(const Tensor& x) {
     Tensor out = Tensor::from_op({1}, "sum", {x});
-    double s = 0;   // accumulate in double: a float sum of a million terms loses digits
+    double s = 0;   // a float sum of 10⁶ terms loses digits
     for (real v : x.values()) s += v;
     out.values()[0] = real(s);
     if (out.requires_grad()) {
@@ -1642,8 +1574,7 @@ Tensor sum(const Tensor& x, int axis, bool keepdim) {
     if (keepdim) shape[axis] = 1;
     else shape.erase(shape.begin() + axis);
     Tensor out = Tensor::from_op(shape, "sum", {x});
-    if (x.numel() == 0) return out;   // a sum of nothing is 0 (the loops below could still run
-                                      // 2⁶⁰ empty rounds: [2³⁰, 2³⁰, 0] holds no numbers)
+    if (x.numel() == 0) return out;   // 0; else [2³⁰, 2³⁰, 0] would loop 2⁶⁰ empty rounds
     const real* in = x.values().data();
     real* o = out.values().data();
     for (std::size_t a = 0; a < s.outer; ++a)
@@ -1662,7 +1593,7 @@ Tensor sum(const Tensor& x, int axis, bool keepdim) {
     return out;
 }
 
-// mean = sum / count, so each element's share of the gradient is 1/count.
+// mean = sum / count.
 Tensor mean(const Tensor& x) {
     check_devices("mean", {x}, Device::CPU);   // (else the error would name sum)
     if (x.numel() == 0) argument_error("mean", "of an empty tensor " + shape_str(x.shape()));
@@ -1676,8 +1607,7 @@ Tensor mean(const Tensor& x, int axis, bool keepdim) {
     return sum(x, a, keepdim) / real(x.shape()[a]);
 }
 
-// Joins tensors along one axis; all other sizes must agree. Backward hands each part its slice
-// of the gradient.
+// Joins tensors along one axis. Backward hands each part its slice of the gradient.
 Tensor concat(const std::vector<Tensor>& parts, int axis) {
     if (parts.empty()) argument_error("concat", "needs at least one tensor");
     const Shape& first = parts[0].shape();
@@ -1696,7 +1626,7 @@ Tensor concat(const std::vector<Tensor>& parts, int axis) {
     Tensor out = Tensor::from_op(shape, "concat", parts);
     if (out.numel() == 0) return out;   // nothing to copy (see sum)
     const AxisSplit so = split_at(shape, axis);
-    std::size_t offset = 0;   // where the current part starts along the axis
+    std::size_t offset = 0;   // where this part starts along the axis
     std::vector<std::size_t> offsets;
     for (const Tensor& p : parts) {
         const AxisSplit sp = split_at(p.shape(), axis);
@@ -1724,7 +1654,7 @@ Tensor concat(const std::vector<Tensor>& parts, int axis) {
     return out;
 }
 
-// Elements [start, end) along an axis. Backward adds the gradient into that window only.
+// Elements [start, end) along an axis. Backward adds the gradient into that window.
 Tensor slice(const Tensor& x, int axis, int start, int end) {
     axis = normalize_axis(axis, x.rank(), "slice", x.shape());
     if (start < 0 || end > x.shape()[axis] || start >= end)
@@ -1755,16 +1685,14 @@ Tensor slice(const Tensor& x, int axis, int start, int end) {
 // ---------------------------------------------------------------------------------------------
 // 2.6 Softmax and the losses
 //
-// softmax(x)ᵢ = e^(xᵢ) / Σⱼ e^(xⱼ) turns a row of scores (logits) into probabilities. e^x
-// overflows a float above x ≈ 88, so we subtract the row's maximum m first: e^(xᵢ−m)/Σ e^(xⱼ−m)
-// is the same fraction (e^(−m) cancels) and every exponent is now ≤ 0. Likewise
-//     log softmax(x)ᵢ = xᵢ − m − log Σⱼ e^(xⱼ−m)         (the log-sum-exp trick).
-// Jacobian of softmax: ∂pᵢ/∂xⱼ = pᵢ(δᵢⱼ − pⱼ), i.e. diag(p) − ppᵀ. Multiplying it by a
-// gradient g needs no matrix: dxⱼ = pⱼ·(gⱼ − Σᵢ gᵢpᵢ). For log_softmax, ∂ log pᵢ/∂xⱼ = δᵢⱼ − pⱼ,
-// so dxⱼ = gⱼ − pⱼ·Σᵢ gᵢ.
+// softmax(x)ᵢ = e^(xᵢ) / Σⱼ e^(xⱼ) turns a row of logits into probabilities. e^x overflows a
+// float above x ≈ 88, so the row's maximum m is subtracted first (e^(−m) cancels):
+//     softmax(x)ᵢ = e^(xᵢ−m) / Σⱼ e^(xⱼ−m)     log softmax(x)ᵢ = xᵢ − m − log Σⱼ e^(xⱼ−m)
+// Jacobian of softmax: ∂pᵢ/∂xⱼ = pᵢ(δᵢⱼ − pⱼ), so with no matrix dxⱼ = pⱼ·(gⱼ − Σᵢ gᵢpᵢ).
+// For log_softmax, ∂ log pᵢ/∂xⱼ = δᵢⱼ − pⱼ, so dxⱼ = gⱼ − pⱼ·Σᵢ gᵢ.
 // ---------------------------------------------------------------------------------------------
 
-// log Σⱼ e^(xⱼ) of one row, computed with the max subtracted.
+// log Σⱼ e^(xⱼ) of one row, the max subtracted.
 static double log_sum_exp(const real* x, std::size_t n) {
     const real m = *std::max_element(x, x + n);
     double s = 0;
@@ -1772,13 +1700,12 @@ static double log_sum_exp(const real* x, std::size_t n) {
     return m + std::log(s);
 }
 
-// softmax and log_softmax work on rows: every slice along the last axis.
+// softmax and log_softmax work on rows along the last axis.
 static void check_rows(const Tensor& x, const char* op) {
     if (x.rank() < 1 || x.dim(-1) == 0) argument_error(op, "needs a non-empty last axis, got " + shape_str(x.shape()));
 }
 
-// A logit may be −inf: a class masked out, probability 0. It may not be NaN or +inf (softmax of
-// [+inf, 0] is inf/inf), and each row needs one finite logit: a row of −inf has no class left.
+// A logit may be −inf (a masked class), not NaN or +inf; each row needs a finite one.
 static void check_logits(const Tensor& x, const char* op) {
     check_devices(op, {x}, Device::CPU);   // (the device's kernels do not check)
     const std::size_t n = x.dim(-1), rows = x.numel() / n;
@@ -1854,10 +1781,8 @@ Tensor log_softmax(const Tensor& x) {
 // Cross-entropy of logits [B, C] against class labels, fused with the softmax:
 //     L = −(1/B) Σ_b Σ_c q_bc · log p_bc,     p = softmax(logits row),  q = target distribution
 // q is the one-hot label, or with label smoothing ε: (1 − ε)·onehot + ε/C.
-// Gradient: ∂L/∂logit_bc = (p_bc − q_bc)/B. Fusing the two ops gives this short, exact form
-// (softmax's Jacobian and the log's 1/p cancel) and never takes the log of a rounded-to-0 p.
-// Example: logits [2, 1, 0.1], class 0 → p ≈ [0.659, 0.242, 0.099], L = −ln 0.659 ≈ 0.417,
-// gradient ≈ [−0.341, 0.242, 0.099].
+// Gradient: ∂L/∂logit_bc = (p_bc − q_bc)/B (softmax's Jacobian and the log's 1/p cancel); fused,
+// it never takes the log of a p rounded to 0.
 Tensor cross_entropy(const Tensor& logits, const std::vector<int>& labels, real label_smoothing) {
     if (logits.rank() != 2) argument_error("cross_entropy", "logits must be [batch, classes], got " + shape_str(logits.shape()));
     const int B = logits.dim(0), C = logits.dim(1);
@@ -1873,7 +1798,7 @@ Tensor cross_entropy(const Tensor& logits, const std::vector<int>& labels, real 
                                              std::to_string(b) + " is outside [0, " + std::to_string(C) + ")");
     if (!(label_smoothing >= 0 && label_smoothing < 1))
         argument_error("cross_entropy", "label_smoothing must be in [0, 1), got " + to_string(label_smoothing));
-    if (on_cuda(logits)) return cross_entropy_on_device(logits, labels, label_smoothing);   // Part 5
+    if (on_cuda(logits)) return cross_entropy_on_device(logits, labels, label_smoothing);
     check_logits(logits, "cross_entropy");
     const real eps = label_smoothing, off = eps / C, on = 1 - eps + off;   // q for other / true class
     std::vector<real> probs(logits.numel());
@@ -1921,7 +1846,7 @@ Tensor mse_loss(const Tensor& prediction, const Tensor& target) {
 
 // Binary cross-entropy on logits z with targets t ∈ [0, 1]:
 //     L = (1/N) Σ [ −t·log σ(z) − (1 − t)·log(1 − σ(z)) ] = (1/N) Σ [ max(z, 0) − z·t + log(1 + e^(−|z|)) ]
-// The second form never exponentiates a large positive number. ∂L/∂z = (σ(z) − t)/N.
+// The second form never exponentiates a large number. ∂L/∂z = (σ(z) − t)/N.
 Tensor bce_with_logits(const Tensor& logits, const Tensor& targets) {
     require_same_shape(logits, targets, "bce_with_logits");
     const std::size_t N = logits.numel();
@@ -1956,7 +1881,7 @@ Tensor bce_with_logits(const Tensor& logits, const Tensor& targets) {
 //     μ = mean(x), σ² = mean((x − μ)²), x̂ = (x − μ)/√(σ² + ε), y = γ·x̂ + β
 // Backward, with ĝ = g·γ (the gradient arriving at x̂) and r = 1/√(σ² + ε):
 //     dβ = Σ_rows g,   dγ = Σ_rows g·x̂,   dx = r·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂))
-// (the two means remove the parts of ĝ that only shift or scale the row, which x̂ ignores).
+// (the means remove the parts of ĝ that shift or scale the row, which x̂ ignores).
 // RMSNorm drops the centering: rms = √(mean(x²) + ε), y = γ·x/rms, and with ĝ = g·γ:
 //     dγ = Σ_rows g·x/rms,   dx = (ĝ − x·mean(ĝ·x)/rms²)/rms
 // ---------------------------------------------------------------------------------------------
@@ -1969,7 +1894,7 @@ static void check_norm_args(const Tensor& x, const Tensor& gain, real eps, const
     if (!(eps >= 0 && std::isfinite(eps))) argument_error(op, "eps must be finite and >= 0, got " + to_string(eps));
 }
 
-// 1/√(spread + ε), refused when that is 1/0: a constant row (or a row of zeros, for RMS) with ε = 0.
+// 1/√(spread + ε), refused when 1/0: a constant row (zeros, for RMS) with ε = 0.
 static real inverse_sqrt_or_throw(double spread, real eps, std::size_t row, const char* op) {
     if (!(spread + eps > 0))
         throw std::domain_error(std::string(op) + ": row " + std::to_string(row) + " has no spread and eps = 0, so "
@@ -2060,9 +1985,8 @@ Tensor rms_norm(const Tensor& x, const Tensor& gain, real eps) {
     return out;
 }
 
-// Row ids[k] of the table becomes row k of the output. Its Jacobian picks rows, so the
-// backward adds each output row's gradient into the table row it came from (a row used twice
-// gets both: the += again).
+// out[k] = table[ids[k]]; backward adds each row's gradient into its table row (twice if used
+// twice).
 Tensor embedding(const Tensor& table, const std::vector<int>& ids) {
     if (table.rank() != 2) argument_error("embedding", "table must be [vocab, dim], got " + shape_str(table.shape()));
     const int V = table.dim(0), D = table.dim(1);
@@ -2084,33 +2008,26 @@ Tensor embedding(const Tensor& table, const std::vector<int>& ids) {
     return out;
 }
 
-// Training: keep each element with probability 1 − p and scale it by 1/(1 − p), so the expected
-// output equals the input and evaluation needs no rescaling. y = m·x with a fixed mask m, so
-// ∂y/∂x = m. Evaluation: the identity.
+// Training: keep each element with probability 1 − p, scaled by 1/(1 − p), so the expected
+// output is the input. y = m·x with a fixed mask m: ∂y/∂x = m. Evaluation: the identity.
 Tensor dropout(const Tensor& x, real p, Rng& rng, bool training) {
     if (!(p >= 0 && p < 1)) argument_error("dropout", "p must be in [0, 1), got " + to_string(p));
     if (!training || p == 0) return x;
     Tensor mask(x.shape());
     for (real& m : mask.values()) m = rng.uniform() >= p ? 1 / (1 - p) : real(0);
-    return x * mask;   // the product's backward multiplies by the mask
+    return x * mask;
 }
 
 // ---------------------------------------------------------------------------------------------
 // 2.8 Initialization and layers
 //
-// A unit sums fan_in products wᵢxᵢ. With independent zero-mean terms, Var(Σ wᵢxᵢ) =
-// fan_in·Var(w)·Var(x): the variance is multiplied by fan_in·Var(w) at every layer, so through
-// many layers signals shrink to 0 or blow up unless fan_in·Var(w) ≈ 1.
-//   Xavier/Glorot (tanh, sigmoid): Var(w) = 2/(fan_in + fan_out), a compromise between keeping
-//       forward activations (fan_in) and backward gradients (fan_out) steady.
-//       Normal: std = √(2/(fan_in + fan_out)); uniform on [−a, a] with a = √(6/(fan_in + fan_out))
-//       (a uniform on [−a, a] has variance a²/3).
-//   He/Kaiming (ReLU): ReLU zeroes half the inputs, halving the variance, so Var(w) = 2/fan_in:
-//       std = √(2/fan_in); uniform bound √(6/fan_in).
-//   GPT-2: N(0, 0.02²) everywhere, and projections that add into the residual stream are scaled
-//       by 1/√(2·n_layers): each of the 2 per layer adds variance, and n of them must not add up.
-// Zero init is allowed for biases only: identical weights get identical gradients, and the
-// units of a layer never become different ("symmetry"; lesson 08).
+// With independent zero-mean terms Var(Σ wᵢxᵢ) = fan_in·Var(w)·Var(x): through many layers
+// signals vanish or blow up unless fan_in·Var(w) ≈ 1.
+//   Xavier (tanh, sigmoid): Var(w) = 2/(fan_in + fan_out), steadying activations and gradients:
+//       std = √(2/(fan_in + fan_out)), or uniform on [−a, a], a = √(6/(fan_in + fan_out)).
+//   He (ReLU, which zeroes half the inputs): Var(w) = 2/fan_in: std √(2/fan_in), a = √(6/fan_in).
+//   GPT-2: N(0, 0.02²); the 2 residual projections per layer scaled by 1/√(2·n_layers).
+// Zero init is for biases only: identical weights get identical gradients ("symmetry"; lesson 08).
 // ---------------------------------------------------------------------------------------------
 
 Tensor init_weight(Shape shape, int fan_in, int fan_out, Init init, Rng& rng) {
@@ -2144,10 +2061,10 @@ namespace nn {
 Linear::Linear(int in, int out, Rng& rng, Init init, bool bias)
     : W(init_weight({in, out}, in, out, init, rng)) {
     W.requires_grad_();
-    if (bias) b = Tensor({out}).requires_grad_();   // biases start at 0
+    if (bias) b = Tensor({out}).requires_grad_();   // zeros
 }
 
-// A layer from weights made elsewhere (trained, or loaded from another framework).
+// From weights made elsewhere.
 Linear::Linear(Tensor W_, Tensor b_) : W(std::move(W_)), b(std::move(b_)) {
     if (!W.defined() || W.rank() != 2 || (b.defined() && (b.rank() != 1 || b.dim(0) != W.dim(1))))
         argument_error("nn::Linear", "needs W [in, out] and b [out] (or no b); got W " +
@@ -2185,7 +2102,7 @@ Tensor MLP::operator()(const Tensor& x) {
     Tensor h = x;
     for (std::size_t l = 0; l < layers.size(); ++l) {
         h = layers[l](h);
-        if (l + 1 == layers.size()) break;   // the last layer gives logits: no activation
+        if (l + 1 == layers.size()) break;   // logits: no activation
         h = activate(h, act);
         if (dropout_p > 0) h = dropout(h, dropout_p, dropout_rng, training);
     }
@@ -2214,21 +2131,18 @@ std::vector<std::pair<std::string, Tensor>> MLP::named_parameters() const {
 // ---------------------------------------------------------------------------------------------
 // 2.9 Optimizers
 //
-// An optimizer turns gradients into updates. Each keeps some state per parameter element (its
-// memory of past gradients) and a step counter t; rules and defaults follow PyTorch's.
+// An optimizer turns gradients into updates, with state per parameter element and a step
+// counter t. Rules and defaults are PyTorch's.
 //   SGD:        w ← w − lr·g
 //   momentum:   v ← μ·v + g,  w ← w − lr·v          (Nesterov: w ← w − lr·(g + μ·v))
 //   RMSProp:    s ← α·s + (1 − α)·g²,  w ← w − lr·g/(√s + ε)
 //   Adam:       m ← β₁m + (1 − β₁)g,  v ← β₂v + (1 − β₂)g²,
-//               m̂ = m/(1 − β₁ᵗ),  v̂ = v/(1 − β₂ᵗ)   (bias correction: m and v start at 0, so early
-//               averages are too small by exactly the factor 1 − βᵗ),
+//               m̂ = m/(1 − β₁ᵗ),  v̂ = v/(1 − β₂ᵗ)   (m, v start at 0: too small by 1 − βᵗ),
 //               w ← w − lr·m̂/(√v̂ + ε)
-//   AdamW:      Adam, plus w ← w − lr·λ·w applied to the weight directly ("decoupled"); Adam's
-//               own weight_decay instead adds λ·w to g (L2), which the division by √v̂ then
-//               shrinks for exactly the weights with large gradients.
+//   AdamW:      Adam, plus w ← w − lr·λ·w ("decoupled"); Adam's weight_decay adds λ·w to g (L2),
+//               which the division by √v̂ shrinks for the weights with large gradients.
 //   Lion:       c = β₁m + (1 − β₁)g,  w ← w − lr·(sign(c) + λ·w),  m ← β₂m + (1 − β₂)g
-// SGD, RMSProp and Lion compute each element in double and store it back as real; Adam, the one
-// large models train with, computes in real so that its loop vectorizes.
+// SGD, RMSProp and Lion compute in double, Adam in real.
 // ---------------------------------------------------------------------------------------------
 
 Optimizer::Optimizer(std::vector<Tensor> params, double lr_, const char* name)
@@ -2246,17 +2160,15 @@ Optimizer::Optimizer(std::vector<Tensor> params, double lr_, const char* name)
     Optimizer::check_settings();
 }
 
-// The settings are checked where they are used, at every step, and not only where they are set:
-// a schedule, or a learner, changes opt.lr between steps, and a NaN learning rate would turn
-// every weight into NaN without a word.
+// Checked at every step: a schedule changes opt.lr between steps, and a NaN rate would silently
+// make every weight NaN.
 void Optimizer::check_settings() const {
     if (!(lr >= 0 && std::isfinite(lr))) argument_error(name_, "the learning rate must be finite and >= 0, got " + to_string(lr));
 }
 
 
-// A NaN or infinite gradient would turn every weight it reaches into NaN: it is refused before any
-// parameter changes. g·0 is 0 for a finite g and NaN for NaN or ±inf, so one pass that adds those
-// up (and vectorizes) tells whether there is one; only then is it looked for.
+// A non-finite gradient is refused before any parameter changes. g·0 is 0 for a finite g and NaN
+// for NaN or ±inf, so one vectorized sum tells whether to look for one.
 static void require_finite_gradients(const std::vector<Tensor>& params, const char* name) {
     for (std::size_t k = 0; k < params.size(); ++k) {
         const std::vector<real>& g = params[k].node()->grad;
@@ -2272,11 +2184,11 @@ static void require_finite_gradients(const std::vector<Tensor>& params, const ch
 
 void Optimizer::step() {
     check_settings();
-    if (on_cuda(params_)) return step_on_device();   // Part 5
+    if (on_cuda(params_)) return step_on_device();
     if (!device_state_.empty())
         argument_error(name_, "the parameters moved to the cpu after this optimizer's state was made on cuda; its "
                            "state does not move with them: create the optimizer after moving the model");
-    if (state_.empty())   // first step: allocate the state, all zeros
+    if (state_.empty())   // first step: all zeros
         for (const Tensor& p : params_)
             state_.emplace_back(state_per_param(), std::vector<real>(p.numel(), real(0)));
     for (std::size_t k = 0; k < params_.size(); ++k) {
@@ -2288,9 +2200,9 @@ void Optimizer::step() {
     require_finite_gradients(params_, name_);
     ++step_count;
     for (std::size_t k = 0; k < params_.size(); ++k)
-        if (!params_[k].grad().empty()) {   // a parameter the loss did not reach is left alone
+        if (!params_[k].grad().empty()) {   // the loss did not reach it: left alone
             update(params_[k].node()->data, params_[k].node()->grad, state_[k]);
-            ++params_[k].node()->version;   // an in-place write (§2.1): a graph of the old weights is stale
+            ++params_[k].node()->version;   // an in-place write (§2.1)
         }
 }
 
@@ -2380,11 +2292,8 @@ void Adam::check_settings() const {
                     "weight_decay must be >= 0 and finite, got " + to_string(weight_decay));
 }
 
-// Adam's update, term by term, in the parameter's precision (float in training), so that the loop
-// vectorizes (with -fno-math-errno, see the Makefile) and runs at memory speed: 4 arrays read, 3
-// written. Each constant is formed in double and rounded once, as PyTorch does: 1 − β₂ formed in
-// float from float(0.999) would be 0.00099998713, 1.3e-5 off, and v̂ would come out that much too
-// small while c₂ = 1 − β₂ᵗ is exact.
+// Adam in the parameter's precision, so the loop vectorizes (-fno-math-errno). Constants are
+// formed in double, rounded once: 1 − β₂ formed in float is 1.3e-5 off, and v̂ too small.
 void Adam::update(std::vector<real>& w, const std::vector<real>& grad, std::vector<std::vector<real>>& state) {
     const real b1 = real(beta1), b2 = real(beta2), one_minus_b1 = real(1 - beta1), one_minus_b2 = real(1 - beta2);
     const real c1 = real(1 - std::pow(beta1, double(step_count)));   // bias corrections c = 1 − βᵗ
@@ -2425,7 +2334,7 @@ void Lion::update(std::vector<real>& w, const std::vector<real>& grad, std::vect
     std::vector<real>& m = state[0];
     for (std::size_t i = 0; i < w.size(); ++i) {
         const double c = beta1 * m[i] + (1 - beta1) * grad[i];
-        const double sign = c > 0 ? 1 : c < 0 ? -1 : 0;   // every step has the same size: lr
+        const double sign = c > 0 ? 1 : c < 0 ? -1 : 0;   // every step has size lr
         w[i] = real(w[i] - lr * (sign + weight_decay * w[i]));
         m[i] = real(beta2 * m[i] + (1 - beta2) * grad[i]);
     }
@@ -2435,14 +2344,12 @@ void Lion::update(std::vector<real>& w, const std::vector<real>& grad, std::vect
 // 2.10 Learning-rate schedules: lr as a function of the step, set before each optimizer step
 // (`opt.lr = warmup_cosine_lr(step, ...)`).
 //
-// Warmup: Adam's first updates rest on tiny, noisy moment estimates, and large early steps can
-// throw a fresh model into a bad region; so the rate ramps up linearly, lr_max·step/warmup.
-// Cosine decay: then lr_min + ½(lr_max − lr_min)(1 + cos(π·progress)), progress going 0 → 1:
-// slow at first, fastest in the middle (exactly halfway between lr_max and lr_min), slow at
-// the end. Example: lr_max 3e-4, lr_min 3e-5, warmup 2000, total 10000 → step 6000 gives 1.65e-4.
+// Warmup: Adam's first estimates are noisy and large early steps can throw a fresh model into a
+// bad region, so lr = lr_max·step/warmup. Then cosine decay, progress 0 → 1:
+// lr_min + ½(lr_max − lr_min)(1 + cos(π·progress)).
+// Example: lr_max 3e-4, lr_min 3e-5, warmup 2000, total 10000 → step 6000 gives 1.65e-4.
 // ---------------------------------------------------------------------------------------------
 
-// Every schedule: a step count from 0, and learning rates that are finite and >= 0.
 static void require_step_and_rate(long step, double lr, const char* name) {
     require_argument(step >= 0, name, "step must be >= 0, got " + std::to_string(step));
     require_argument(lr >= 0 && std::isfinite(lr), name, "the learning rate must be finite and >= 0, got " + to_string(lr));
@@ -2466,7 +2373,7 @@ double warmup_cosine_lr(long step, long warmup, long total, double lr_max, doubl
     return lr_min + 0.5 * (lr_max - lr_min) * (1 + std::cos(pi * progress));
 }
 
-// The original Transformer's schedule, scaled so that the peak (at step = warmup) is lr_max.
+// The original Transformer's schedule, scaled to peak at lr_max (step = warmup).
 double inverse_sqrt_lr(long step, long warmup, double lr_max) {
     require_step_and_rate(step, lr_max, "inverse_sqrt_lr");
     require_argument(warmup > 0, "inverse_sqrt_lr", "warmup must be > 0, got " + std::to_string(warmup));
@@ -2484,23 +2391,20 @@ double step_decay_lr(long step, double lr0, long step_size, double gamma) {
 // ---------------------------------------------------------------------------------------------
 // 2.11 Gradient tools
 //
-// The global gradient norm ‖g‖ = √(Σ over all parameters and elements of g²) is the size of
-// one step's whole gradient vector: logging it shows spikes before the loss does. Clipping by
-// norm rescales the whole vector to length max_norm when it is longer, g ← g·max_norm/‖g‖:
-// the direction is kept, only the step is capped (a norm of 5 clipped to 1 scales every
-// gradient by 0.2). Clipping by value clamps each element to [−c, c], which bends the
-// direction. (PyTorch divides by ‖g‖ + 1e-6; we only divide when ‖g‖ > max_norm > 0.)
+// Global norm ‖g‖ = √(Σ over all parameters and elements of g²); it spikes before the loss does.
+// Clipping by norm, g ← g·max_norm/‖g‖ when ‖g‖ > max_norm, keeps the direction; clipping by
+// value clamps each element to [−c, c], bending it.
 // ---------------------------------------------------------------------------------------------
 
 std::vector<double> grad_norms(const std::vector<Tensor>& params) {
     std::vector<double> norms;
     for (const Tensor& p : params) {
-        if (p.device() == Device::CUDA) {   // Part 5
+        if (p.device() == Device::CUDA) {
             norms.push_back(grad_norm_on_device(p));
             continue;
         }
-        // Eight running sums, one per vector lane: the loop vectorizes, and the order of the
-        // additions (so the result's bits) is fixed by this code, not by the optimizer.
+        // Eight running sums, one per vector lane: it vectorizes, and the order of additions
+        // (so the bits) is fixed by this code, not by the compiler.
         const ValuesView g = p.grad();
         double lane[8] = {};
         std::size_t i = 0;
@@ -2522,7 +2426,7 @@ double grad_norm(const std::vector<Tensor>& params) {
 
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
     if (!(max_norm > 0)) argument_error("clip_grad_norm", "max_norm must be > 0, got " + to_string(max_norm));
-    if (on_cuda(params)) return clip_grad_norm_on_device(params, max_norm);   // Part 5
+    if (on_cuda(params)) return clip_grad_norm_on_device(params, max_norm);
     const double norm = grad_norm(params);
     if (!std::isfinite(norm)) require_finite_gradients(params, "clip_grad_norm");   // names the culprit
     if (norm > max_norm) {
@@ -2542,17 +2446,15 @@ void clip_grad_value(const std::vector<Tensor>& params, double max_abs) {
 // ---------------------------------------------------------------------------------------------
 // 2.12 Anomaly mode: which op made the NaN?
 //
-// A NaN spreads: every op that reads one outputs one, so by the time the loss is NaN the cause
-// is long gone. In anomaly mode each op checks its inputs as it is built, so the first
-// non-finite value is caught one op after the op that made it, and named; backward() checks
-// each gradient right after the op that wrote it. Off, the cost is one flag test per op.
-// (Most domain errors never get this far: log, exp, / and pow refuse bad inputs themselves.)
+// A NaN spreads: by the time the loss is NaN its cause is long gone. In anomaly mode each op
+// checks its inputs, naming the op that made the first non-finite value; backward() checks each
+// gradient after the op that wrote it. Off, it costs one flag test per op.
 // ---------------------------------------------------------------------------------------------
 
 void set_detect_anomaly(bool on) { anomaly_mode = on; }
 bool detect_anomaly() { return anomaly_mode; }
 
-// What usually makes an op produce inf or NaN, in words a learner can act on.
+// What usually makes an op produce inf or NaN.
 static std::string likely_cause(const std::string& op) {
     if (op == "log" || op == "log_softmax" || op == "cross_entropy") return "log of 0 (a probability that underflowed)";
     if (op == "exp" || op == "softmax") return "overflow in exp: its input is too large";
@@ -2577,7 +2479,7 @@ static bool all_finite(const std::vector<real>& v) {
     return true;
 }
 
-// A node's numbers (or its gradient) are all finite; on the GPU, checked on a copy (Part 5).
+// On the GPU, checked on a copy.
 static bool all_finite(const TensorNode& n, bool grad) {
     if (n.device == Device::CUDA) return all_finite(to_host(grad ? n.cuda_grad : n.cuda_data));
     return all_finite(grad ? n.grad : n.data);
