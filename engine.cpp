@@ -1,16 +1,18 @@
 // engine.cpp: a deep-learning engine you can read top to bottom.
 //
-// Contents
+// Contents. A first read follows the math: every section without a mark. Those marked [2nd]
+// are the engineering that keeps it safe and fast (memory, checks, accounting, devices): read
+// them when you want to know how, and skip the one-line hooks to them until then.
 //   Part 1  The scalar engine (micrograd-style autograd on single numbers)
 //     1.1  Value: a handle to a node of the graph
 //     1.2  Arithmetic, each op with its local derivatives
 //     1.3  Activation functions and their derivatives
 //     1.4  Topological order: every node after its inputs
 //     1.5  backward(): the chain rule, walked in reverse
-//     1.6  Memory: reference counts, freeing without recursion, a free list
+//     1.6  Memory: reference counts, freeing without recursion, a free list  [2nd]
 //     1.7  Numerical derivatives and gradient checking
 //     1.8  Forward mode: dual numbers, the chain rule the other way round
-//     1.9  Random numbers that are the same everywhere
+//     1.9  Random numbers that are the same everywhere  [2nd]
 //     1.10 Neuron, Layer, MLP
 //     1.11 A toy dataset: two moons
 //   Part 2  Tensors (autograd over arrays, and what training needs)
@@ -25,22 +27,22 @@
 //     2.9  Optimizers
 //     2.10 Learning-rate schedules
 //     2.11 Gradient tools
-//     2.12 Anomaly mode: which op made the NaN?
-//   Part 3  Real data and checkpoints
-//     3.1  IDX files: a format checked before it is trusted
-//     3.2  Checkpoints: save atomically, load all or nothing
+//     2.12 Anomaly mode: which op made the NaN?  [2nd]
+//   Part 3  Real data and checkpoints  [2nd]
+//     3.1  IDX files: a format checked before it is trusted  [2nd]
+//     3.2  Checkpoints: save atomically, load all or nothing  [2nd]
 //   Part 4  Training at scale
-//     4.1  Counting what training costs: FLOPs and tensor memory
+//     4.1  Counting what training costs: FLOPs and tensor memory  [2nd]
 //     4.2  Batch normalization
 //     4.3  Attention: composed from ops, and fused with a hand-written backward
 //     4.4  Multi-head causal self-attention
 //     4.5  Sixteen-bit floating point, by hand
 //     4.6  Mixed precision: casts, low-precision products, loss scaling
 //     4.7  Activation checkpointing: recompute instead of store
-//   Part 5  Tensors on the GPU
-//     5.1  Where a tensor lives: to(), move_to(), device memory
-//     5.2  The ops on the device, forward and backward
-//     5.3  Gradients and the optimizer step on the device
+//   Part 5  Tensors on the GPU  [2nd]
+//     5.1  Where a tensor lives: to(), move_to(), device memory  [2nd]
+//     5.2  The ops on the device, forward and backward  [2nd]
+//     5.3  Gradients and the optimizer step on the device  [2nd]
 //
 // The one idea: each op knows its local derivative; one backward sweep of the chain rule turns
 // them into dLoss/d(everything).
@@ -64,17 +66,6 @@
 #endif
 
 static constexpr double pi = 3.14159265358979323846;
-
-// Anomaly mode (§2.12): on at start if ENGINE_DETECT_ANOMALY is 1, true, yes or on.
-static bool switched_on(const char* variable) {
-    const char* v = std::getenv(variable);
-    std::string value = v ? v : "";
-    for (char& c : value) c = char(std::tolower(static_cast<unsigned char>(c)));
-    return value == "1" || value == "true" || value == "yes" || value == "on";
-}
-static bool anomaly_mode = switched_on("ENGINE_DETECT_ANOMALY");
-static void anomaly_scalar_forward(const Node& n);
-static void anomaly_scalar_backward(const Node& n);
 
 // =============================================================================================
 // Part 1: the scalar engine
@@ -118,7 +109,7 @@ Value Value::link(double data, const char* op, const Value& a, double da, const 
     };
     add_input(a.node_, da);
     if (b) add_input(b->node_, db);
-    if (anomaly_mode) anomaly_scalar_forward(n);
+    if (detect_anomaly()) anomaly_scalar_forward(n);   // §2.12
     return out;
 }
 
@@ -316,7 +307,7 @@ void Value::backward() const {
     for (auto it = order.rbegin(); it != order.rend(); ++it) {
         const Node& n = **it;
         for (int i = 0; i < n.n_parents; ++i) n.parents[i]->grad += n.local_grad[i] * n.grad;
-        if (anomaly_mode) anomaly_scalar_backward(n);
+        if (detect_anomaly()) anomaly_scalar_backward(n);   // §2.12
     }
 }
 
@@ -705,26 +696,42 @@ static void require_argument(bool ok, const std::string& op, const std::string& 
     if (!ok) argument_error(op, what);
 }
 
-// Defined in Part 5 (tensors on the GPU). An op with a CUDA kernel starts with
-// `if (on_cuda(inputs)) return op_on_device(inputs);`; the others refuse CUDA tensors (from_op).
+// A tensor lives on the CPU or on the GPU (Device, engine.h). An op with a CUDA kernel starts
+// with `if (on_cuda(inputs)) return op_on_device(inputs);`, Part 5's version of it (declared in
+// engine.h); every op checks that its inputs share one device.
 static bool on_cuda(const Tensor& a) { return a.device() == Device::CUDA; }
 static bool on_cuda(const Tensor& a, const Tensor& b) { return on_cuda(a) || on_cuda(b); }
 static bool on_cuda(const Tensor& a, const Tensor& b, const Tensor& c) { return on_cuda(a, b) || on_cuda(c); }
-static bool on_cuda(const std::vector<Tensor>& tensors);
-static void check_devices(const char* op, const std::vector<Tensor>& inputs, Device device);
-static void check_graph_devices(const std::vector<TensorNode*>& order);
-static std::vector<real> to_host(const DeviceBuffer<float>& numbers);
-static void clear_grad_on_device(TensorNode* n);
-static void add_to_grad_on_device(TensorNode* n, const Tensor& g);
-using DeviceForward = void (*)(const float* x, float* y, int n);
-using DeviceBackward = void (*)(const float* x, const float* y, const float* dy, float* dx, int n);
-static Tensor unary_on_device(const Tensor& x, const char* op, DeviceForward f, DeviceBackward df);
-static Tensor add_on_device(const Tensor& a, const Tensor& b);
-static Tensor matmul_on_device(const Tensor& a, const Tensor& b);
-static Tensor linear_on_device(const Tensor& x, const Tensor& W, const Tensor& b);
-static Tensor cross_entropy_on_device(const Tensor& logits, const std::vector<int>& labels, real label_smoothing);
-static double grad_norm_on_device(const Tensor& p);
-static double clip_grad_norm_on_device(const std::vector<Tensor>& params, double max_norm);
+static bool on_cuda(const std::vector<Tensor>& tensors) {
+    return std::any_of(tensors.begin(), tensors.end(), [](const Tensor& t) { return t.device() == Device::CUDA; });
+}
+
+// Every input on `device`, or an error that says what to move.
+static void check_devices(const char* op, const std::vector<Tensor>& inputs, Device device) {
+    bool here = false, elsewhere = false;
+    for (const Tensor& t : inputs) {
+        if (t.device() == device) here = true;
+        else elsewhere = true;
+    }
+    if (!elsewhere) return;
+    if (!here && device == Device::CPU)
+        argument_error(op, "no CUDA kernel for this op (its inputs are on cuda); move them with .to(Device::CPU)");
+    const Device first = inputs[0].device(), second = first == Device::CPU ? Device::CUDA : Device::CPU;
+    argument_error(op, std::string("tensors on different devices (") + device_name(first) + " and " + device_name(second) +
+                        "); move one with .to(...)");
+}
+
+// from_op keeps a graph on one device, so an input elsewhere is a leaf moved after the forward
+// pass: the backward would read numbers that are no longer there.
+static void check_graph_devices(const std::vector<TensorNode*>& order) {
+    for (const TensorNode* n : order)
+        for (int k = 0; k < n->n_inputs(); ++k)
+            if (n->input(k)->device != n->device)
+                argument_error("backward", "input " + std::to_string(k) + " of '" + n->op + "' moved from " +
+                                            device_name(n->device) + " to " + device_name(n->input(k)->device) +
+                                            " after the forward pass; move tensors before computing with them");
+}
+
 
 std::int64_t TensorNode::live_count = 0;
 static TensorNode* live_nodes = nullptr;   // list head
@@ -867,12 +874,10 @@ std::string Tensor::str(int max_values) const {
 
 // An output joins the graph only when some input needs a gradient: evaluation builds no graph
 // and keeps no inputs alive.
-static void anomaly_tensor_inputs(const char* op, const std::vector<Tensor>& inputs);   // §2.12
-static void anomaly_tensor_backward(const TensorNode& n);
 
 Tensor Tensor::from_op(Shape shape, const char* op, std::vector<Tensor> inputs, Device device) {
     check_devices(op, inputs, device);
-    if (anomaly_mode) anomaly_tensor_inputs(op, inputs);
+    if (detect_anomaly()) anomaly_tensor_inputs(op, inputs);   // §2.12
     Tensor out;
     try {
         out = zeros(std::move(shape), device);
@@ -954,13 +959,13 @@ void Tensor::backward(const Tensor& seed) const {
     for (auto it = order.rbegin(); it != order.rend(); ++it)
         if ((*it)->backward) {
             (*it)->backward();
-            if (anomaly_mode) anomaly_tensor_backward(**it);
+            if (detect_anomaly()) anomaly_tensor_backward(**it);
         }
 }
 
 void Tensor::backward() const {
     checked("backward()");
-    if (anomaly_mode) anomaly_tensor_inputs("backward", {*this});   // the loss itself
+    if (detect_anomaly()) anomaly_tensor_inputs("backward", {*this});   // the loss itself
     if (numel() != 1)
         argument_error("backward", "backward() without a seed needs a scalar loss, got shape " +
                                     shape_str(shape()) + "; reduce it (sum, mean) or pass the "
@@ -1081,7 +1086,7 @@ static Tensor elementwise(const Tensor& a, const Tensor& b, const char* op, F f,
 
 // out = a + b        ∂out/∂a = 1      ∂out/∂b = 1
 Tensor operator+(const Tensor& a, const Tensor& b) {
-    if (on_cuda(a, b)) return add_on_device(a, b);
+    if (on_cuda(a, b)) return add_on_device(a, b);   // device: Part 5
     return elementwise(a, b, "+", [](real x, real y) { return x + y; },
                        [](real, real) { return real(1); }, [](real, real) { return real(1); });
 }
@@ -1193,7 +1198,7 @@ Tensor pow(const Tensor& x, real k) {
 // max(0, x): f' = 1 where x > 0, else 0. `x < 0 ? 0 : x` keeps a NaN a NaN (`x > 0 ? x : 0`
 // would make it 0).
 Tensor relu(const Tensor& x) {
-    if (on_cuda(x)) return unary_on_device(x, "relu", cuda_relu_forward, cuda_relu_backward);
+    if (on_cuda(x)) return unary_on_device(x, "relu", cuda_relu_forward, cuda_relu_backward);   // device: Part 5
     return unary(x, "relu", [](real v) { return v < 0 ? real(0) : v; },
                  [](real v, real) { return real(v > 0); });   // 1 or 0, without a branch
 }
@@ -1208,7 +1213,7 @@ Tensor leaky_relu(const Tensor& x, real slope) {
 // GELU, tanh form, as in §1.3:  ½x(1 + tanh u),  u = √(2/π)(x + 0.044715x³)
 // f' = ½(1 + tanh u) + ½x(1 − tanh²u)·√(2/π)(1 + 3·0.044715x²)
 Tensor gelu(const Tensor& x) {
-    if (on_cuda(x)) return unary_on_device(x, "gelu", cuda_gelu_forward, cuda_gelu_backward);
+    if (on_cuda(x)) return unary_on_device(x, "gelu", cuda_gelu_forward, cuda_gelu_backward);   // device: Part 5
     static const real c = real(std::sqrt(2.0 / pi)), k = real(0.044715);
     return unary(x, "gelu",
                  [](real v) { return real(0.5) * v * (1 + std::tanh(c * (v + k * v * v * v))); },
@@ -1221,7 +1226,7 @@ Tensor gelu(const Tensor& x) {
 // Exact GELU (§1.3):  out = x·Φ(x) = ½·x·(1 + erf(x/√2)),   f' = Φ(x) + x·φ(x)
 Tensor gelu(const Tensor& x, Approximate approximate) {
     if (approximate == Approximate::tanh) return gelu(x);
-    if (on_cuda(x)) return unary_on_device(x, "gelu_exact", cuda_gelu_exact_forward, cuda_gelu_exact_backward);
+    if (on_cuda(x)) return unary_on_device(x, "gelu_exact", cuda_gelu_exact_forward, cuda_gelu_exact_backward);   // device: Part 5
     static const real inv_sqrt2 = real(1 / std::sqrt(2.0)), inv_sqrt_2pi = real(1 / std::sqrt(2 * pi));
     return unary(x, "gelu_exact", [](real v) { return real(0.5) * v * (1 + std::erf(v * inv_sqrt2)); },
                  [](real v, real) {
@@ -1232,7 +1237,7 @@ Tensor gelu(const Tensor& x, Approximate approximate) {
 
 // σ(x) = 1/(1 + e⁻ˣ), without overflow as in §1.3:  f' = σ(1 − σ) = y(1 − y)
 Tensor sigmoid(const Tensor& x) {
-    if (on_cuda(x)) return unary_on_device(x, "sigmoid", cuda_sigmoid_forward, cuda_sigmoid_backward);
+    if (on_cuda(x)) return unary_on_device(x, "sigmoid", cuda_sigmoid_forward, cuda_sigmoid_backward);   // device: Part 5
     return unary(x, "sigmoid",
                  [](real v) { return v >= 0 ? 1 / (1 + std::exp(-v)) : std::exp(v) / (1 + std::exp(v)); },
                  [](real, real y) { return y * (1 - y); });
@@ -1240,7 +1245,7 @@ Tensor sigmoid(const Tensor& x) {
 
 // tanh x:  f' = 1 − tanh² x = 1 − y²
 Tensor tanh(const Tensor& x) {
-    if (on_cuda(x)) return unary_on_device(x, "tanh", cuda_tanh_forward, cuda_tanh_backward);
+    if (on_cuda(x)) return unary_on_device(x, "tanh", cuda_tanh_forward, cuda_tanh_backward);   // device: Part 5
     return unary(x, "tanh", [](real v) { return std::tanh(v); }, [](real, real y) { return 1 - y * y; });
 }
 
@@ -1403,7 +1408,7 @@ int num_threads() {
 // [M,K]·[K,N], [B,M,K]·[B,K,N], or [B,M,K]·[K,N]: one W shared by the batch (a linear layer at
 // every position of a sequence), which is just more rows: [B·M, K]·[K, N].
 Tensor matmul(const Tensor& a, const Tensor& b) {
-    if (on_cuda(a, b)) return matmul_on_device(a, b);
+    if (on_cuda(a, b)) return matmul_on_device(a, b);   // device: Part 5
     const bool batched = a.rank() == 3, shared_b = b.rank() == 2;
     if (!((a.rank() == 2 && b.rank() == 2) || (batched && (b.rank() == 2 || b.rank() == 3))))
         argument_error("matmul", "supports [M,K]·[K,N], [B,M,K]·[B,K,N] and [B,M,K]·[K,N]; got " +
@@ -1441,7 +1446,7 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 //     dX = dY·Wᵀ      dW = Xᵀ·dY      db = Σ_rows dY
 // Each row of y starts as b; the product is added into it.
 Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b) {
-    if (on_cuda(x, W, b)) return linear_on_device(x, W, b);
+    if (on_cuda(x, W, b)) return linear_on_device(x, W, b);   // device: Part 5
     if (!((x.rank() == 2 || x.rank() == 3) && W.rank() == 2 && b.rank() == 1 && x.dim(-1) == W.dim(0) &&
           b.dim(0) == W.dim(1)))
         argument_error("linear", "needs x [M, K] or [B, M, K], W [K, N] and b [N]; got " + shape_str(x.shape()) + ", " +
@@ -1798,7 +1803,7 @@ Tensor cross_entropy(const Tensor& logits, const std::vector<int>& labels, real 
                                              std::to_string(b) + " is outside [0, " + std::to_string(C) + ")");
     if (!(label_smoothing >= 0 && label_smoothing < 1))
         argument_error("cross_entropy", "label_smoothing must be in [0, 1), got " + to_string(label_smoothing));
-    if (on_cuda(logits)) return cross_entropy_on_device(logits, labels, label_smoothing);
+    if (on_cuda(logits)) return cross_entropy_on_device(logits, labels, label_smoothing);   // device: Part 5
     check_logits(logits, "cross_entropy");
     const real eps = label_smoothing, off = eps / C, on = 1 - eps + off;   // q for other / true class
     std::vector<real> probs(logits.numel());
@@ -2184,7 +2189,7 @@ static void require_finite_gradients(const std::vector<Tensor>& params, const ch
 
 void Optimizer::step() {
     check_settings();
-    if (on_cuda(params_)) return step_on_device();
+    if (on_cuda(params_)) return step_on_device();   // device: Part 5
     if (!device_state_.empty())
         argument_error(name_, "the parameters moved to the cpu after this optimizer's state was made on cuda; its "
                            "state does not move with them: create the optimizer after moving the model");
@@ -2426,7 +2431,7 @@ double grad_norm(const std::vector<Tensor>& params) {
 
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
     if (!(max_norm > 0)) argument_error("clip_grad_norm", "max_norm must be > 0, got " + to_string(max_norm));
-    if (on_cuda(params)) return clip_grad_norm_on_device(params, max_norm);
+    if (on_cuda(params)) return clip_grad_norm_on_device(params, max_norm);   // device: Part 5
     const double norm = grad_norm(params);
     if (!std::isfinite(norm)) require_finite_gradients(params, "clip_grad_norm");   // names the culprit
     if (norm > max_norm) {
@@ -2450,6 +2455,15 @@ void clip_grad_value(const std::vector<Tensor>& params, double max_abs) {
 // checks its inputs, naming the op that made the first non-finite value; backward() checks each
 // gradient after the op that wrote it. Off, it costs one flag test per op.
 // ---------------------------------------------------------------------------------------------
+
+// On from the start when the environment sets ENGINE_DETECT_ANOMALY to 1, true, yes or on.
+static bool switched_on(const char* variable) {
+    const char* v = std::getenv(variable);
+    std::string value = v ? v : "";
+    for (char& c : value) c = char(std::tolower(static_cast<unsigned char>(c)));
+    return value == "1" || value == "true" || value == "yes" || value == "on";
+}
+static bool anomaly_mode = switched_on("ENGINE_DETECT_ANOMALY");
 
 void set_detect_anomaly(bool on) { anomaly_mode = on; }
 bool detect_anomaly() { return anomaly_mode; }
@@ -2485,7 +2499,7 @@ static bool all_finite(const TensorNode& n, bool grad) {
     return all_finite(grad ? n.grad : n.data);
 }
 
-static void anomaly_tensor_inputs(const char* op, const std::vector<Tensor>& inputs) {
+void anomaly_tensor_inputs(const char* op, const std::vector<Tensor>& inputs) {
     for (const Tensor& t : inputs) {
         if (all_finite(*t.node(), false)) continue;
         const TensorNode& n = *t.node();
@@ -2495,7 +2509,7 @@ static void anomaly_tensor_inputs(const char* op, const std::vector<Tensor>& inp
     }
 }
 
-static void anomaly_tensor_backward(const TensorNode& n) {
+void anomaly_tensor_backward(const TensorNode& n) {
     for (int k = 0; k < n.n_inputs(); ++k)
         if (!all_finite(*n.input(k), true))
             anomaly("the backward of '" + std::string(n.op) + "' (output " + shape_str(n.shape) +
@@ -2503,7 +2517,7 @@ static void anomaly_tensor_backward(const TensorNode& n) {
                         std::to_string(k), n.op);
 }
 
-static void anomaly_scalar_forward(const Node& n) {
+void anomaly_scalar_forward(const Node& n) {
     if (std::isfinite(n.data) && std::isfinite(n.local_grad[0]) && std::isfinite(n.local_grad[1])) return;
     std::string inputs = to_string(n.parents[0]->data);
     if (n.n_parents > 1) inputs += ", " + to_string(n.parents[1]->data);
@@ -2511,7 +2525,7 @@ static void anomaly_scalar_forward(const Node& n) {
                 inputs, n.op);
 }
 
-static void anomaly_scalar_backward(const Node& n) {
+void anomaly_scalar_backward(const Node& n) {
     for (int i = 0; i < n.n_parents; ++i)
         if (!std::isfinite(n.parents[i]->grad))
             anomaly("the backward of '" + std::string(n.op) + "' produced a non-finite gradient " +
@@ -3441,7 +3455,7 @@ static DeviceBuffer<float> to_device(const std::vector<real>& host) {
     return d;
 }
 
-static std::vector<real> to_host(const DeviceBuffer<float>& numbers) {
+std::vector<real> to_host(const DeviceBuffer<float>& numbers) {
     std::vector<float> f(numbers.size());
     cuda_copy_to_host(f.data(), numbers.data(), numbers.bytes());
     return std::vector<real>(f.begin(), f.end());
@@ -3523,36 +3537,6 @@ void MLP::to(Device device) {
 // backward kernels. The formulas are those of Part 2.
 // ---------------------------------------------------------------------------------------------
 
-static bool on_cuda(const std::vector<Tensor>& tensors) {
-    return std::any_of(tensors.begin(), tensors.end(), [](const Tensor& t) { return t.device() == Device::CUDA; });
-}
-
-// Every input on `device`, or an error that says what to move.
-static void check_devices(const char* op, const std::vector<Tensor>& inputs, Device device) {
-    bool here = false, elsewhere = false;
-    for (const Tensor& t : inputs) {
-        if (t.device() == device) here = true;
-        else elsewhere = true;
-    }
-    if (!elsewhere) return;
-    if (!here && device == Device::CPU)
-        argument_error(op, "no CUDA kernel for this op (its inputs are on cuda); move them with .to(Device::CPU)");
-    const Device first = inputs[0].device(), second = first == Device::CPU ? Device::CUDA : Device::CPU;
-    argument_error(op, std::string("tensors on different devices (") + device_name(first) + " and " + device_name(second) +
-                        "); move one with .to(...)");
-}
-
-// from_op keeps a graph on one device, so an input elsewhere is a leaf moved after the forward
-// pass: the backward would read numbers that are no longer there.
-static void check_graph_devices(const std::vector<TensorNode*>& order) {
-    for (const TensorNode* n : order)
-        for (int k = 0; k < n->n_inputs(); ++k)
-            if (n->input(k)->device != n->device)
-                argument_error("backward", "input " + std::to_string(k) + " of '" + n->op + "' moved from " +
-                                            device_name(n->device) + " to " + device_name(n->input(k)->device) +
-                                            " after the forward pass; move tensors before computing with them");
-}
-
 // A node's device gradient: zeros, made on the first write (grad_of, §2.1).
 static float* grad_on_device(TensorNode* n) {
     if (n->cuda_grad.size() != n->cuda_data.size()) {
@@ -3565,14 +3549,14 @@ static float* grad_on_device(TensorNode* n) {
 // into += g: the add kernel in place (each thread touches only its own element).
 static void accumulate(float* into, const float* g, int n) { cuda_add_forward(into, g, into, n, n); }
 
-static void clear_grad_on_device(TensorNode* n) { cuda_zero(grad_on_device(n), n->cuda_grad.bytes()); }
+void clear_grad_on_device(TensorNode* n) { cuda_zero(grad_on_device(n), n->cuda_grad.bytes()); }
 
-static void add_to_grad_on_device(TensorNode* n, const Tensor& g) {
+void add_to_grad_on_device(TensorNode* n, const Tensor& g) {
     accumulate(grad_on_device(n), device_data(g), int(g.numel()));
 }
 
 // y = f(x) by one kernel; dx += dy·f'(x) by its partner, which reads x and y (unary(), §2.3).
-static Tensor unary_on_device(const Tensor& x, const char* op, DeviceForward f, DeviceBackward df) {
+Tensor unary_on_device(const Tensor& x, const char* op, DeviceForward f, DeviceBackward df) {
     Tensor out = Tensor::from_op(x.shape(), op, {x}, Device::CUDA);
     const int n = int(x.numel());
     f(device_data(x), device_data(out), n);
@@ -3587,7 +3571,7 @@ static Tensor unary_on_device(const Tensor& x, const char* op, DeviceForward f, 
 
 // a + b of one shape, or a row b [N] added to every row of a [..., N] (a bias: the kernel reads
 // b[i % N]). Backward (§2.2): da += g; db += g, or for the row db += Σ_rows g.
-static Tensor add_on_device(const Tensor& a, const Tensor& b) {
+Tensor add_on_device(const Tensor& a, const Tensor& b) {
     if (a.numel() < b.numel()) return add_on_device(b, a);   // + commutes: the row goes second
     if (!(a.shape() == b.shape() || (b.rank() == 1 && a.rank() >= 1 && b.dim(0) == a.dim(-1))))
         argument_error("+", "on cuda, adds tensors of one shape, or a row [N] to every row of [..., N]; got " +
@@ -3609,7 +3593,7 @@ static Tensor add_on_device(const Tensor& a, const Tensor& b) {
 
 // Z = X·W for X [M, K], W [K, N], the products of an MLP (the batched forms of §2.4 stay on the
 // CPU). Forward: matmul_v3, the fastest of kernels.cu §2. Backward: dX += dZ·Wᵀ, dW += Xᵀ·dZ.
-static Tensor matmul_on_device(const Tensor& a, const Tensor& b) {
+Tensor matmul_on_device(const Tensor& a, const Tensor& b) {
     if (a.rank() != 2 || b.rank() != 2 || a.dim(1) != b.dim(0))
         argument_error("matmul", "on cuda, multiplies [M,K]·[K,N] only; got " + shape_str(a.shape()) + " · " +
                                   shape_str(b.shape()));
@@ -3636,7 +3620,7 @@ static Tensor matmul_on_device(const Tensor& a, const Tensor& b) {
 }
 
 // x·W + b: no fused kernel, so the product, then the bias add (db = Σ_rows dY).
-static Tensor linear_on_device(const Tensor& x, const Tensor& W, const Tensor& b) {
+Tensor linear_on_device(const Tensor& x, const Tensor& W, const Tensor& b) {
     check_devices("linear", {x, W, b}, Device::CUDA);
     if (!(x.rank() == 2 && W.rank() == 2 && b.rank() == 1 && x.dim(1) == W.dim(0) && b.dim(0) == W.dim(1)))
         argument_error("linear", "on cuda, needs x [M, K], W [K, N] and b [N]; got " + shape_str(x.shape()) + ", " +
@@ -3646,7 +3630,7 @@ static Tensor linear_on_device(const Tensor& x, const Tensor& W, const Tensor& b
 
 // The fused softmax + cross-entropy of §2.6, by kernels.cu §4. The forward keeps p = softmax(z)
 // on the device for the backward, dz += g·(p − onehot)/B. The labels travel with every batch.
-static Tensor cross_entropy_on_device(const Tensor& logits, const std::vector<int>& labels, real label_smoothing) {
+Tensor cross_entropy_on_device(const Tensor& logits, const std::vector<int>& labels, real label_smoothing) {
     if (label_smoothing != 0)
         argument_error("cross_entropy", "label smoothing has no CUDA kernel (the fused kernel's target is one-hot); "
                                      "use label_smoothing = 0 on cuda, or move the logits with .to(Device::CPU)");
@@ -3674,12 +3658,12 @@ static Tensor cross_entropy_on_device(const Tensor& logits, const std::vector<in
 // The state is zeros made on the first step; AdamW is one fused kernel (kernels.cu §6).
 // ---------------------------------------------------------------------------------------------
 
-static double grad_norm_on_device(const Tensor& p) {
+double grad_norm_on_device(const Tensor& p) {
     const DeviceBuffer<float>& g = p.node()->cuda_grad;
     return cuda_grad_norm({g.data()}, {int(g.size())});
 }
 
-static double clip_grad_norm_on_device(const std::vector<Tensor>& params, double max_norm) {
+double clip_grad_norm_on_device(const std::vector<Tensor>& params, double max_norm) {
     check_devices("clip_grad_norm", params, Device::CUDA);
     std::vector<float*> grads;
     std::vector<int> sizes;

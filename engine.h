@@ -34,6 +34,14 @@ struct not_implemented : std::logic_error {
 // cause. Off by default (one flag test per op). Also on if ENGINE_DETECT_ANOMALY=1 is set.
 void set_detect_anomaly(bool on);
 bool detect_anomaly();
+// Anomaly checks, which the ops run while it is on (engine.cpp §2.12), each naming the op.
+struct Node;
+struct TensorNode;
+class Tensor;
+void anomaly_scalar_forward(const Node& n);    // a new node's value and slopes
+void anomaly_scalar_backward(const Node& n);   // the gradients a node passed back
+void anomaly_tensor_inputs(const char* op, const std::vector<Tensor>& inputs);
+void anomaly_tensor_backward(const TensorNode& n);
 
 // One node of the computational graph. A Value (below) is a handle to one of these.
 // Every op has at most two inputs, so the edges are two fixed slots: no allocation per edge.
@@ -892,3 +900,18 @@ float cuda_clip_grad_norm(const std::vector<float*>& grads, const std::vector<in
 // warm-up call (kernels.cu §9). On the emulator it times the CPU running them.
 double cuda_time_ms(const std::function<void()>& launch, int repeats);
 bool cuda_is_emulated();   // true unless kernels.cu was compiled by nvcc
+
+// The device side of Part 2's ops (engine.cpp Part 5). An op with a CUDA kernel calls its
+// *_on_device version when its inputs live on the GPU; a program calls the op itself.
+std::vector<real> to_host(const DeviceBuffer<float>& numbers);   // device floats as real, on the CPU
+void clear_grad_on_device(TensorNode* n);
+void add_to_grad_on_device(TensorNode* n, const Tensor& g);
+using DeviceForward = void (*)(const float* x, float* y, int n);
+using DeviceBackward = void (*)(const float* x, const float* y, const float* dy, float* dx, int n);
+Tensor unary_on_device(const Tensor& x, const char* op, DeviceForward f, DeviceBackward df);
+Tensor add_on_device(const Tensor& a, const Tensor& b);
+Tensor matmul_on_device(const Tensor& a, const Tensor& b);
+Tensor linear_on_device(const Tensor& x, const Tensor& W, const Tensor& b);
+Tensor cross_entropy_on_device(const Tensor& logits, const std::vector<int>& labels, real label_smoothing);
+double grad_norm_on_device(const Tensor& p);
+double clip_grad_norm_on_device(const std::vector<Tensor>& params, double max_norm);
