@@ -60,7 +60,7 @@ OTHER_TEST_BINS := $(B)/O0/tests $(B)/bench \
 fuzz: $(B)/tests
 	FUZZ_CALLS=$(or $(N),100000) FUZZ_GRAPHS=$(or $(N),forever) SEED=$(SEED) TEST_TIME_LIMIT=0 $(B)/tests --show-output fuzz/
 
-.PHONY: all test test-all run asan asan-tests valgrind valgrind-run valgrind-tests lessons lesson check exercise exercise-reset bench bench-gpu demo demo-gpu data clean help
+.PHONY: all test test-all run asan asan-tests valgrind valgrind-run valgrind-tests lessons lesson check exercise exercise-reset bench bench-gpu demo demo-gpu data format format-check clean help
 all: $(B)/tests $(OTHER_TEST_BINS) $(foreach n,$(LESSONS),$(B)/lessons/$(n)) $(B)/demo
 
 help:
@@ -86,6 +86,8 @@ help:
 	@echo "                      make bench runs it where both are present)"
 	@echo "make bench            matmul GFLOP/s against the FMA peak, the MLP and scalar training steps,"
 	@echo "                      1 and 2 threads; writes build/bench.csv (NO_OMP=1: build without OpenMP)"
+	@echo "make format           format every source file (.clang-format; clang-format 14)"
+	@echo "make format-check     list the files make format would change, and fail if there are any"
 	@echo "make clean            remove build/"
 
 # Rebuild everything when the compiler or its flags change (e.g. `make CXX=clang++`).
@@ -295,6 +297,20 @@ $(if $(FILE),$(eval $(call program_rule,$(RUN_BIN),$(FILE))))
 run: $(RUN_BIN)
 	@test -n "$(FILE)" || { echo "usage: make run FILE=path/to/yours.cpp [ARGS=\"...\"]"; exit 2; }
 	$(RUN_BIN) $(ARGS)
+
+# ---- one format: .clang-format, applied by clang-format 14 (other versions format differently) --
+CLANG_FORMAT ?= $(shell command -v clang-format-14 || command -v clang-format)
+FORMATTED = engine.h engine.cpp kernels.cu cuda_emu.h tests.cpp bench.cpp \
+            $(wildcard lessons/*.cpp lessons/*.h lessons/solutions/*.cpp)
+format:
+	@[ -n "$(CLANG_FORMAT)" ] || { echo "make format needs clang-format 14 (Debian: apt install clang-format-14)"; exit 2; }
+	$(CLANG_FORMAT) -i $(FORMATTED)
+format-check:
+	@[ -n "$(CLANG_FORMAT)" ] || { echo "make format-check needs clang-format 14 (Debian: apt install clang-format-14)"; exit 2; }
+	@$(CLANG_FORMAT) --version | grep -q "version 14\." || { echo "$(CLANG_FORMAT) is not version 14"; exit 2; }
+	@bad=""; for f in $(FORMATTED); do $(CLANG_FORMAT) $$f | cmp -s - $$f || bad="$$bad $$f"; done; \
+	 if [ -n "$$bad" ]; then echo "not in the format of .clang-format (make format fixes them):$$bad"; exit 1; fi; \
+	 echo "every source file is formatted"
 
 # ---- real data (lesson 10) -------------------------------------------------------------------
 data:

@@ -168,7 +168,9 @@ inline void schedule_from_environment() {
 }
 inline std::uint64_t random_number() {   // xorshift64*
     std::uint64_t& r = state().rng;
-    r ^= r >> 12, r ^= r << 25, r ^= r >> 27;
+    r ^= r >> 12;
+    r ^= r << 25;
+    r ^= r >> 27;
     return r * 2685821657736338717ull >> 11;
 }
 inline void arrange(std::vector<std::size_t>& order) {   // the block order, from 0, 1, 2, ...
@@ -209,7 +211,9 @@ inline const std::pair<const std::uintptr_t, std::size_t>* allocation_of(const v
     return u - it->first < it->second ? &*it : nullptr;
 }
 inline cudaError_t api_error(cudaError_t code, const std::string& detail) {
-    state().last_error = state().detail_code = code, state().detail = detail;
+    state().last_error = code;
+    state().detail_code = code;
+    state().detail = detail;
     return code;
 }
 
@@ -252,11 +256,15 @@ inline void resume(int t) {   // runs fiber t until it waits or ends
     if (!f.started) {
         CUDA_EMU_IF_ASAN(__asan_unpoison_memory_region(f.stack, stack_bytes));   // an abandoned fiber may have left poison
         getcontext(&f.context);
-        f.context.uc_stack.ss_sp = f.stack, f.context.uc_stack.ss_size = stack_bytes, f.context.uc_link = nullptr;
+        f.context.uc_stack.ss_sp = f.stack;
+        f.context.uc_stack.ss_size = stack_bytes;
+        f.context.uc_link = nullptr;
         makecontext(&f.context, fiber_main, 0);
-        f.started = true, f.fake_stack = nullptr;
+        f.started = true;
+        f.fake_stack = nullptr;
     }
-    s.current = t, threadIdx = f.thread;
+    s.current = t;
+    threadIdx = f.thread;
     CUDA_EMU_IF_ASAN(__sanitizer_start_switch_fiber(&s.scheduler_fake_stack, f.stack, stack_bytes));
     swapcontext(&s.scheduler, &f.context);
     CUDA_EMU_IF_ASAN(__sanitizer_finish_switch_fiber(s.scheduler_fake_stack, nullptr, nullptr));
@@ -270,8 +278,9 @@ inline bool waits_with(int u, int t) {
 }
 // Have all lanes named by the mask of t's warp operation arrived?
 inline bool warp_op_complete(int t) {
-    for (int lane = 0, u = t - t % 32; lane < 32; ++lane, ++u)
-        if (state().fibers[std::size_t(t)].mask >> lane & 1u && !waits_with(u, t)) return false;
+    const int base = t - t % 32;   // lane 0 of t's warp
+    for (int lane = 0; lane < 32; ++lane)
+        if (state().fibers[std::size_t(t)].mask >> lane & 1u && !waits_with(base + lane, t)) return false;
     return true;
 }
 // Hands every lane of t's warp operation its result and lets them all go on.
@@ -280,8 +289,12 @@ inline void complete_warp_op(int t) {
     const unsigned mask = F[t].mask;
     const int base = t - t % 32;
     unsigned ballot = 0;   // bit i: lane i's predicate (an int) is not 0
-    for (int lane = 0, predicate; lane < 32; ++lane)
-        if (mask >> lane & 1u && (std::memcpy(&predicate, F[base + lane].value, sizeof predicate), predicate)) ballot |= 1u << lane;
+    for (int lane = 0; lane < 32; ++lane) {
+        if (!(mask >> lane & 1u)) continue;
+        int predicate;
+        std::memcpy(&predicate, F[base + lane].value, sizeof predicate);
+        if (predicate != 0) ballot |= 1u << lane;
+    }
     for (int lane = 0; lane < 32; ++lane) {
         if (!(mask >> lane & 1u)) continue;
         Fiber& g = F[base + lane];
@@ -301,7 +314,8 @@ inline void complete_warp_op(int t) {
 [[noreturn]] inline void warp_deadlock(int t) {
     const Fiber* F = state().fibers.data();
     const int n = state().n_threads;
-    for (int lane = 0, u = t - t % 32; lane < 32; ++lane, ++u) {
+    for (int lane = 0; lane < 32; ++lane) {
+        const int u = t - t % 32 + lane;   // the thread in that lane of t's warp
         if (!(F[t].mask >> lane & 1u) || waits_with(u, t)) continue;
         std::string why = format("%s at %s:%d (mask 0x%08x) waits for lane %d", F[t].op_name, F[t].file, F[t].line, F[t].mask, lane);
         if (u >= n) throw std::runtime_error(why + format(", which does not exist: the block has %d threads", n));
@@ -358,8 +372,10 @@ inline void run_block() {
     Fiber* F = s.fibers.data();
     char *shared = __start_cuda_emu_shared, *shared_end = __stop_cuda_emu_shared;
     if (shared != shared_end) std::memset(shared, 0xFF, std::size_t(shared_end - shared));   // fresh __shared__ memory
-    for (int t = 0; t < s.n_threads; ++t)
-        wait_of(t) = Wait::ready, F[t].thread = dim3(t % blockDim.x, t / blockDim.x % blockDim.y, t / blockDim.x / blockDim.y);
+    for (int t = 0; t < s.n_threads; ++t) {
+        wait_of(t) = Wait::ready;
+        F[t].thread = dim3(t % blockDim.x, t / blockDim.x % blockDim.y, t / blockDim.x / blockDim.y);
+    }
     try {
         for (;;) {
             const int t = pick();
@@ -426,7 +442,11 @@ inline void run_grid(dim3 grid, dim3 block, const std::string& where, void (*bod
     if (grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535)
         throw std::invalid_argument(where + "invalid configuration: the grid is at most (2^31 - 1, 65535, 65535)");
     schedule_from_environment();
-    s.n_threads = int(threads), s.body = body, s.body_arg = arg, gridDim = grid, blockDim = block;
+    s.n_threads = int(threads);
+    s.body = body;
+    s.body_arg = arg;
+    gridDim = grid;
+    blockDim = block;
     std::vector<std::size_t> order(std::size_t(grid.x) * grid.y * grid.z);
     for (std::size_t b = 0; b < order.size(); ++b) order[b] = b;
     arrange(order);
@@ -479,7 +499,13 @@ T warp_op(WarpOp op, const char* name, unsigned mask, T value, int arg, int widt
         throw ThreadError(format("%s at %s:%d: the calling lane %d is not in its mask 0x%08x", name, file, line, lane, mask));
     if (width < 1 || width > 32 || (width & (width - 1)))
         throw ThreadError(format("%s at %s:%d: width must be a power of 2 from 1 to 32, not %d", name, file, line, width));
-    f.op = op, f.op_name = name, f.mask = mask, f.arg = arg, f.width = width, f.file = file, f.line = line;
+    f.op = op;
+    f.op_name = name;
+    f.mask = mask;
+    f.arg = arg;
+    f.width = width;
+    f.file = file;
+    f.line = line;
     std::memset(f.value, 0, 8);
     std::memcpy(f.value, &value, sizeof(T));
     to_scheduler(f, Wait::warp);
@@ -493,7 +519,8 @@ T warp_op(WarpOp op, const char* name, unsigned mask, T value, int arg, int widt
 #define CUDA_EMU_SITE const char *file = __builtin_FILE(), int line = __builtin_LINE()
 inline void __syncthreads(CUDA_EMU_SITE) {
     cuda_emu::Fiber& f = cuda_emu::self("__syncthreads()");
-    f.file = file, f.line = line;
+    f.file = file;
+    f.line = line;
     cuda_emu::to_scheduler(f, cuda_emu::Wait::barrier);
 }
 template <class T>

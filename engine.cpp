@@ -831,7 +831,7 @@ int Tensor::dim(int axis) const {
 real Tensor::item() const {
     if (numel() != 1)
         argument_error("item", "needs a tensor with one element, got shape " + shape_str(shape()));
-    if (device() == Device::CUDA) return to_host(node_->cuda_data)[0];
+    if (device() == Device::CUDA) return host_values(node_->cuda_data)[0];
     return node_->data[0];
 }
 
@@ -2495,7 +2495,7 @@ static bool all_finite(const std::vector<real>& v) {
 
 // On the GPU, checked on a copy.
 static bool all_finite(const TensorNode& n, bool grad) {
-    if (n.device == Device::CUDA) return all_finite(to_host(grad ? n.cuda_grad : n.cuda_data));
+    if (n.device == Device::CUDA) return all_finite(host_values(grad ? n.cuda_grad : n.cuda_data));
     return all_finite(grad ? n.grad : n.data);
 }
 
@@ -3455,7 +3455,7 @@ static DeviceBuffer<float> to_device(const std::vector<real>& host) {
     return d;
 }
 
-std::vector<real> to_host(const DeviceBuffer<float>& numbers) {
+std::vector<real> host_values(const DeviceBuffer<float>& numbers) {
     std::vector<float> f(numbers.size());
     cuda_copy_to_host(f.data(), numbers.data(), numbers.bytes());
     return std::vector<real>(f.begin(), f.end());
@@ -3484,7 +3484,7 @@ Tensor Tensor::to(Device d) const {
         cuda_copy_on_device(device_data(out), device_data(*this), node_->cuda_data.bytes());
         return out;
     }
-    Tensor out(shape(), device() == Device::CPU ? node_->data : to_host(node_->cuda_data));
+    Tensor out(shape(), device() == Device::CPU ? node_->data : host_values(node_->cuda_data));
     return out.move_to(d);
 }
 
@@ -3502,8 +3502,8 @@ Tensor& Tensor::move_to(Device d) {
         n.data = std::vector<real>();   // freed (assigning {} would keep the capacity)
         n.grad = std::vector<real>();
     } else {
-        n.data = to_host(n.cuda_data);
-        if (!n.cuda_grad.empty()) n.grad = to_host(n.cuda_grad);
+        n.data = host_values(n.cuda_data);
+        if (!n.cuda_grad.empty()) n.grad = host_values(n.cuda_grad);
         n.cuda_data = DeviceBuffer<float>();   // freed
         n.cuda_grad = DeviceBuffer<float>();
     }

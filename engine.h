@@ -903,7 +903,7 @@ bool cuda_is_emulated();   // true unless kernels.cu was compiled by nvcc
 
 // The device side of Part 2's ops (engine.cpp Part 5). An op with a CUDA kernel calls its
 // *_on_device version when its inputs live on the GPU; a program calls the op itself.
-std::vector<real> to_host(const DeviceBuffer<float>& numbers);   // device floats as real, on the CPU
+std::vector<real> host_values(const DeviceBuffer<float>& numbers);   // device floats as real, on the CPU
 void clear_grad_on_device(TensorNode* n);
 void add_to_grad_on_device(TensorNode* n, const Tensor& g);
 using DeviceForward = void (*)(const float* x, float* y, int n);

@@ -20,8 +20,6 @@
 #include <functional>
 #include <vector>
 
-static void heading(const char* title) { std::printf("\n== %s\n\n", title); }
-
 // The two test functions of this lesson, with their derivatives worked out by hand.
 static double cube(double x) { return x * x * x; }   // f(x) = x³, f'(x) = 3x², f''(x) = 6x
 static double sigma(double x) { return 1.0 / (1.0 + std::exp(-x)); }   // σ(x) = 1/(1 + e⁻ˣ)
@@ -318,7 +316,10 @@ static int check_homework() {
                      for (int j = 0; j <= 20000; ++j) {   // h from 1e-12 to 1e-1
                          const double h = std::pow(10.0, -12.0 + 11.0 * j / 20000);
                          const double e = h * h * std::fabs(f3) / 6 + DBL_EPSILON * std::fabs(f) / h;
-                         if (e < best_e) best_e = e, best_h = h;
+                         if (e < best_e) {
+                             best_e = e;
+                             best_h = h;
+                         }
                      }
                      return best_h;
                  };

@@ -27,11 +27,8 @@
 
 #include <algorithm>
 #include <array>
-#include <chrono>
 #include <functional>
 #include <vector>
-
-static void heading(const char* title) { std::printf("\n== %s\n\n", title); }
 
 // Prints a graph as engine.cpp's graph_to_string lays it out: one node a line, inputs first,
 // with its value (data), dL/d(node) (grad), and each input with its local derivative.
@@ -283,12 +280,11 @@ template <class F>
 static double median_ms(F run) {
     std::vector<double> ms;
     for (int k = 0; k < 5; ++k) {
-        const auto start = std::chrono::steady_clock::now();
+        const Clock::time_point start = Clock::now();
         run();
-        ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+        ms.push_back(1e3 * seconds_since(start));
     }
-    std::sort(ms.begin(), ms.end());
-    return ms[2];
+    return median(ms);
 }
 
 struct Costs {

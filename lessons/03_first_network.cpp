@@ -19,8 +19,6 @@
 #include <string>
 #include <vector>
 
-static void heading(const char* title) { std::printf("\n== %s\n\n", title); }
-
 // The four inputs of a two-input logic gate, and the targets of AND and XOR.
 static const double gate_inputs[4][2] = {{0, 0}, {0, 1}, {1, 0}, {1, 1}};
 static const double and_targets[4] = {0, 0, 0, 1};

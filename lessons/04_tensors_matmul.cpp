@@ -29,8 +29,6 @@
 #include <string>
 #include <vector>
 
-static void heading(const char* title) { std::printf("\n== %s\n\n", title); }
-
 // Prints a rows×cols block of row-major numbers (a tensor's values or its grad), indented.
 static void print_matrix(const char* name, const std::vector<real>& v, int rows, int cols) {
     for (int i = 0; i < rows; ++i) {
@@ -271,7 +269,10 @@ static void flop_count() {
     long multiplies = 0, adds = 0;
     for (int i = 0; i < M; ++i)
         for (int j = 0; j < N; ++j)
-            for (int k = 0; k < K; ++k) ++multiplies, ++adds;   // s += X[i][k]·W[k][j]
+            for (int k = 0; k < K; ++k) {   // s += X[i][k]·W[k][j]: one multiply, one add
+                ++multiplies;
+                ++adds;
+            }
     std::printf("The worked example [2,3]*[3,2], counted in a loop: %ld multiplies + %ld adds = %ld"
                 " = 2*2*3*2\n\n", multiplies, adds, multiplies + adds);
 

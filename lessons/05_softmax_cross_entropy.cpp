@@ -24,8 +24,6 @@
 
 #include <vector>
 
-static void heading(const char* title) { std::printf("\n== %s\n\n", title); }
-
 static const std::vector<double> worked_logits = {2.0, 1.0, 0.1};   // true class 0
 
 // A logits row as a [1, C] tensor (one example of a batch), and back.
@@ -430,11 +428,9 @@ static int check_homework() {
                  Rng rng(51);
                  std::vector<double> z(6);
                  for (double& v : z) v = rng.normal();
-                 const double base = std::log([&] {
-                     double s = 0;
-                     for (double v : z) s += std::exp(v);
-                     return s;
-                 }());
+                 double sum_of_exps = 0;
+                 for (double v : z) sum_of_exps += std::exp(v);
+                 const double base = std::log(sum_of_exps);
                  for (double c : {750.0, -2000.0}) {
                      std::vector<double> shifted = z;
                      for (double& v : shifted) v += c;

@@ -28,8 +28,6 @@
 #include <memory>
 #include <vector>
 
-static void heading(const char* title) { std::printf("\n== %s\n\n", title); }
-
 // A one-element parameter whose gradient we set by hand, as if backward() had produced it.
 static Tensor scalar_parameter(double w) {
     Tensor t({1}, {real(w)});
@@ -617,7 +615,8 @@ static int check_homework() {
                  // and w_k = w_0 − lr·Σ_{i≤k} v_i = w_0 − lr·g/(1 − β)·(k − β(1 − βᵏ)/(1 − β)).
                  const double g = 2.0, lr = 0.05, beta = 0.8;
                  const int k = 25;
-                 w = 3.0, v = 0.0;
+                 w = 3.0;
+                 v = 0.0;
                  for (int i = 0; i < k; ++i) momentum_step(w, v, g, lr, beta);
                  expect_near("velocity after 25 equal gradients", v,
                              g * (1 - std::pow(beta, k)) / (1 - beta), 1e-12);
@@ -628,7 +627,8 @@ static int check_homework() {
                  Rng rng(61);
                  const Tensor p = scalar_parameter(0.7);
                  SGD sgd({p}, 0.03, 0.9);
-                 w = 0.7, v = 0.0;
+                 w = 0.7;
+                 v = 0.0;
                  for (int i = 0; i < 50; ++i) {
                      const double gi = rng.normal();
                      set_grad(p, {gi});
@@ -652,7 +652,9 @@ static int check_homework() {
                  expect_near("w after step 2 (text: 0.9873)", w, 0.9873, 1e-4);
                  // The first step has length lr·|g|/(|g| + ε), whatever g: m̂₁ = g, v̂₁ = g².
                  for (double g : {1e-3, -0.7, 250.0}) {
-                     w = 0.0, m = 0.0, v = 0.0;
+                     w = 0.0;
+                     m = 0.0;
+                     v = 0.0;
                      adam_step(w, m, v, g, 1, 0.02, 0.9, 0.999, 1e-8);
                      expect_near("first step = -lr*g/(|g| + eps)", w,
                                  -0.02 * g / (std::fabs(g) + 1e-8), 1e-12);
@@ -661,7 +663,9 @@ static int check_homework() {
                  Rng rng(62);
                  const Tensor p = scalar_parameter(-0.4);
                  Adam adam({p}, 0.01, 0.8, 0.99, 1e-8);
-                 w = -0.4, m = 0.0, v = 0.0;
+                 w = -0.4;
+                 m = 0.0;
+                 v = 0.0;
                  for (long t = 1; t <= 50; ++t) {
                      const double g = rng.normal() + 0.3;
                      set_grad(p, {g});
@@ -681,7 +685,9 @@ static int check_homework() {
                  expect_near("m holds the raw gradient's share only", m, 0.04, 1e-12);
                  // No gradient at all: m = v = 0 and the Adam part is 0, so each step is
                  // w ← w(1 − lr·λ) and after T steps w = w₀(1 − lr·λ)ᵀ.
-                 w = 2.0, m = 0.0, v = 0.0;
+                 w = 2.0;
+                 m = 0.0;
+                 v = 0.0;
                  for (long t = 1; t <= 300; ++t)
                      adamw_step(w, m, v, 0.0, t, 0.05, 0.9, 0.999, 1e-8, 0.2);
                  expect_near("w after 300 gradient-free steps", w, 2.0 * std::pow(1 - 0.05 * 0.2, 300),
@@ -690,7 +696,9 @@ static int check_homework() {
                  Rng rng(63);
                  const Tensor p = scalar_parameter(1.5);
                  AdamW adamw({p}, 0.02, 0.9, 0.999, 1e-8, 0.1);
-                 w = 1.5, m = 0.0, v = 0.0;
+                 w = 1.5;
+                 m = 0.0;
+                 v = 0.0;
                  for (long t = 1; t <= 50; ++t) {
                      const double g = 3 * rng.normal();
                      set_grad(p, {g});

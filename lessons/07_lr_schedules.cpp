@@ -22,8 +22,6 @@
 #include <functional>
 #include <vector>
 
-static void heading(const char* title) { std::printf("\n== %s\n\n", title); }
-
 static const double pi = 3.14159265358979323846;
 
 // ---------------------------------------------------------------------------------------------
@@ -150,7 +148,10 @@ static void four_schedules_compared() {
         double total = 0;
         for (long step = 0; step <= 10000; ++step) {
             total += s.lr(step);
-            if (step % 50 == 0) steps.push_back(double(step)), lrs.push_back(s.lr(step));
+            if (step % 50 == 0) {
+                steps.push_back(double(step));
+                lrs.push_back(s.lr(step));
+            }
         }
         std::printf("  %13.4e", total / 10001);
         plot.add(s.name, steps, lrs);
@@ -304,7 +305,10 @@ static double lr_sweep(const Spirals& data) {
     std::size_t best = 0;   // a NaN loss compares false with everything, so it never wins
     double best_loss = INFINITY;
     for (std::size_t i = 0; i < lrs.size(); ++i)
-        if (final_loss[i] < best_loss) best = i, best_loss = final_loss[i];
+        if (final_loss[i] < best_loss) {
+            best = i;
+            best_loss = final_loss[i];
+        }
     std::printf("\nLowest final loss %.5f at lr = %.1e. Small lrs crawl: 1e-5 ends about where a\n"
                 "model that knows nothing starts. The largest make fast progress, then bounce\n"
                 "out of it again. The final loss against lr is a U (07_lr_sweep plots it).\n",

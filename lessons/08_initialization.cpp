@@ -27,8 +27,6 @@
 #include <cmath>
 #include <vector>
 
-static void heading(const char* title) { std::printf("\n== %s\n\n", title); }
-
 // The standard deviation of all the numbers in v (the population formula, over every element).
 static double stddev(const std::vector<real>& v) {
     double mean = 0, square = 0;
@@ -134,7 +132,10 @@ static void print_zero_init(Activation act) {
                 *std::max_element(zero.act_std.begin(), zero.act_std.end()));
     int nonzero = 0;
     for (int l = 0; l < stack_depth; ++l)
-        if (zero.weight_grad_std[l] > 0) std::printf(" %d", l + 1), ++nonzero;
+        if (zero.weight_grad_std[l] > 0) {
+            std::printf(" %d", l + 1);
+            ++nonzero;
+        }
     std::printf("%s\n", nonzero ? "" : " none");
 }
 
@@ -391,7 +392,8 @@ static void dead_relus() {
         const double g = std::fabs(first.W.grad()[j]) +                   // dL/dW1[0][j]
                          std::fabs(first.W.grad()[first.W.dim(1) + j]) +   // dL/dW1[1][j]
                          std::fabs(first.b.grad()[j]);                     // dL/db1[j]
-        (dead[j] ? dead_grad : live_grad) += g;
+        if (dead[j]) dead_grad += g;
+        else live_grad += g;
     }
     std::printf("  sum of |dL/dW1| + |dL/db1| over its dead layer-1 units: %g (over the live\n"
                 "  ones: %.3g)\n\n",

@@ -27,8 +27,6 @@
 #include <string>
 #include <vector>
 
-static void heading(const char* title) { std::printf("\n== %s\n\n", title); }
-
 static const double pi = 3.14159265358979323846;
 
 // A parameter tensor whose gradient we set by hand (as if backward() had filled it).

@@ -35,7 +35,6 @@
 #include "lesson.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -49,13 +48,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <vector>
-
-static void heading(const char* title) { std::printf("\n== %s\n\n", title); }
-
-using Clock = std::chrono::steady_clock;
-static double seconds_since(Clock::time_point start) {
-    return std::chrono::duration<double>(Clock::now() - start).count();
-}
 
 // What the command line asked for; main() fills it in before the lesson runs.
 struct Options {
@@ -123,7 +115,10 @@ static void name_the_dataset(Data& data) {
 static void standardize(Data& data) {
     const ValuesView x = data.train.images.values();
     double sum = 0, sum_sq = 0;
-    for (real v : x) sum += v, sum_sq += double(v) * v;
+    for (real v : x) {
+        sum += v;
+        sum_sq += double(v) * v;
+    }
     const double mean = sum / double(x.size());
     const double sd = std::sqrt(sum_sq / double(x.size()) - mean * mean);   // E[x²] − E[x]²
     for (Dataset* d : {&data.train, &data.val, &data.test})
@@ -299,7 +294,10 @@ static double logit_spread(nn::MLP& model, const Dataset& d) {
     const Tensor logits = model(gather_rows(d.images, rows));
     const ValuesView z = logits.values();
     double sum = 0, sum_sq = 0;
-    for (real v : z) sum += v, sum_sq += double(v) * v;
+    for (real v : z) {
+        sum += v;
+        sum_sq += double(v) * v;
+    }
     const double mean = sum / double(z.size());
     return std::sqrt(sum_sq / double(z.size()) - mean * mean);
 }
@@ -417,9 +415,12 @@ static void record_step(Logbook& book, Run& run, const Data& data, int epoch, co
                         bool evaluate_now) {
     book.step.push_back(double(run.step));
     book.loss.push_back(s.loss);
-    book.recent_correct += s.correct, book.recent_seen += s.batch;
-    book.epoch_loss += s.loss, book.epoch_steps += 1;
-    book.epoch_correct += s.correct, book.epoch_seen += s.batch;
+    book.recent_correct += s.correct;
+    book.recent_seen += s.batch;
+    book.epoch_loss += s.loss;
+    book.epoch_steps += 1;
+    book.epoch_correct += s.correct;
+    book.epoch_seen += s.batch;
     book.progress.show(epoch + 1, main_epochs, run.step, s);
     std::fprintf(book.csv, "%ld,%d,%.6f,%.6e,%.6f,", run.step, epoch + 1, s.loss, s.lr, s.grad_norm);
     if (!evaluate_now) {
@@ -444,7 +445,8 @@ static void end_epoch(Logbook& book, Run& run, int epoch) {
                 "%.4f, accuracy %.4f\n", epoch + 1, book.epoch_loss / book.epoch_steps,
                 double(book.epoch_correct) / book.epoch_seen, book.val_loss.back(),
                 book.val_acc.back());
-    book.epoch_loss = 0, book.epoch_steps = book.epoch_correct = book.epoch_seen = 0;
+    book.epoch_loss = 0;
+    book.epoch_steps = book.epoch_correct = book.epoch_seen = 0;
     ::mkdir("build", 0755);
     save_checkpoint(checkpoint_path, run.state());
     std::printf("  (checkpoint at step %ld written to %s)\n", run.step, checkpoint_path);

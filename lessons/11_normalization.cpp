@@ -28,8 +28,6 @@
 #include <memory>
 #include <vector>
 
-static void heading(const char* title) { std::printf("\n== %s\n\n", title); }
-
 static void print_row(const char* name, const std::vector<real>& v) {
     std::printf("  %-18s", name);
     for (real x : v) std::printf("  %9.4f", double(x));
@@ -179,7 +177,10 @@ static void running_statistics() {
     std::vector<double> means, variances;
     for (int t = 0; t < 100; ++t) {
         Tensor x = randn({16, 2}, rng);
-        for (int n = 0; n < 16; ++n) x.at({n, 0}) = 3 + 2 * x.at({n, 0}), x.at({n, 1}) = -1 + 0.5 * x.at({n, 1});
+        for (int n = 0; n < 16; ++n) {
+            x.at({n, 0}) = 3 + 2 * x.at({n, 0});
+            x.at({n, 1}) = -1 + 0.5 * x.at({n, 1});
+        }
         layer(x);
         means.push_back(layer.running_mean[0]);
         variances.push_back(layer.running_var[0]);
@@ -344,8 +345,10 @@ struct DeepMLP {
             for (const Tensor& t : hidden[l].parameters()) p.push_back(t);
             if (block == Block::batch_norm)
                 for (const Tensor& t : batch_norms[l].parameters()) p.push_back(t);
-            if (block == Block::layer_norm || block == Block::residual_layer_norm)
-                p.push_back(ln_gain[l]), p.push_back(ln_bias[l]);
+            if (block == Block::layer_norm || block == Block::residual_layer_norm) {
+                p.push_back(ln_gain[l]);
+                p.push_back(ln_bias[l]);
+            }
         }
         for (const Tensor& t : output.parameters()) p.push_back(t);
         return p;
@@ -362,7 +365,8 @@ static MoonsBatch moons_batch(int n) {
     const Moons m = make_moons(n, 0.1, rng);
     MoonsBatch batch{Tensor({n, 2}), {}};
     for (int i = 0; i < n; ++i) {
-        batch.x.at({i, 0}) = real(m.x[i][0]), batch.x.at({i, 1}) = real(m.x[i][1]);
+        batch.x.at({i, 0}) = real(m.x[i][0]);
+        batch.x.at({i, 1}) = real(m.x[i][1]);
         batch.labels.push_back(m.y[i] > 0 ? 1 : 0);
     }
     return batch;
@@ -536,7 +540,8 @@ static int check_homework() {
                              0.9 * (0.9 * (0.9 + 0.1 * 5.0 / 3) + 0.1 * (0.5 / 3)) + 0.1 * (2.0 / 3), 1e-12);
                  Rng rng(112);
                  nn::BatchNorm bn(1, real(0.3));
-                 mean = 0, var = 1;
+                 mean = 0;
+                 var = 1;
                  for (int t = 0; t < 20; ++t) {
                      const std::vector<double> x = random_values(rng, 8, 2, -1);
                      bn(Tensor({8, 1}, std::vector<real>(x.begin(), x.end())));

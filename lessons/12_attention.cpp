@@ -22,11 +22,7 @@
 #include "lesson.h"
 
 #include <algorithm>
-#include <chrono>
-#include <functional>
 #include <vector>
-
-static void heading(const char* title) { std::printf("\n== %s\n\n", title); }
 
 static void print_matrix(const char* name, const Tensor& m) {
     const int rows = m.dim(-2), cols = m.dim(-1);
@@ -35,44 +31,6 @@ static void print_matrix(const char* name, const Tensor& m) {
         for (int j = 0; j < cols; ++j) std::printf(" %8.4f", double(m.values()[std::size_t(i) * cols + j]));
         std::printf("\n");
     }
-}
-
-static double max_difference(const std::vector<real>& a, const std::vector<real>& b) {
-    double worst = 0;
-    for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, double(std::fabs(a[i] - b[i])));
-    return worst;
-}
-
-// Timing on a shared machine. One run of a few milliseconds can take twice as long when another
-// program takes the core, and two threads are worse: one waits at a barrier for the other. So
-// each timing below runs on one thread, several times, the versions taking turns so that both
-// meet the same disturbances, and reports the median, which a few slow runs do not move.
-using Clock = std::chrono::steady_clock;
-static double seconds_since(Clock::time_point start) {
-    return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-static double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
-}
-
-// The median milliseconds of each function over `runs` rounds, on one thread.
-static std::vector<double> median_ms_one_thread(const std::vector<std::function<void()>>& functions,
-                                                int runs) {
-    const int threads = num_threads();
-    set_num_threads(1);
-    std::vector<std::vector<double>> ms(functions.size());
-    for (int r = 0; r < runs; ++r)
-        for (std::size_t i = 0; i < functions.size(); ++i) {
-            const auto start = Clock::now();
-            functions[i]();
-            ms[i].push_back(1e3 * seconds_since(start));
-        }
-    set_num_threads(threads);
-    std::vector<double> medians;
-    for (const std::vector<double>& m : ms) medians.push_back(median(m));
-    return medians;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -186,7 +144,8 @@ static void causal() {
     std::printf("\nO's row 0 = (%.4f, %.4f) = v_0 = (%.4f, %.4f). Changing token 3's key and value\n",
                 double(o.at({0, 0})), double(o.at({0, 1})), double(v.at({0, 0})), double(v.at({0, 1})));
     Tensor k2 = k.detach(), v2 = v.detach();
-    k2.at({3, 0}) += 10, v2.at({3, 1}) += 10;
+    k2.at({3, 0}) += 10;
+    v2.at({3, 1}) += 10;
     const Tensor o2 = attention(q, k2, v2, true);
     std::printf("changes rows 0-2 of O by %.1e and row 3 by %.2f.\n",
                 max_difference(slice(o, 0, 0, 3).values(), slice(o2, 0, 0, 3).values()),
@@ -325,7 +284,9 @@ static void flops() {
     std::vector<double> lengths, forward, backward;
     for (int T : {32, 64, 128, 256, 512}) {
         const Flops f = measure(T, 64, false, true, AttentionSaves::probabilities);
-        lengths.push_back(T), forward.push_back(double(f.forward)), backward.push_back(double(f.backward));
+        lengths.push_back(T);
+        forward.push_back(double(f.forward));
+        backward.push_back(double(f.backward));
     }
     Plot plot("Attention FLOPs against sequence length (d = 64)", "T", "FLOPs", Scale::log_log);
     plot.add("forward", lengths, forward);
@@ -363,7 +324,9 @@ static void memory() {
             held[i] = tensor_bytes() - before;   // O itself, and what the op saved
         }
         std::printf("%6d  %22zu  %22zu  %8.1fx\n", T, held[0], held[1], double(held[0]) / double(held[1]));
-        lengths.push_back(T), with_p.push_back(double(held[0])), with_lse.push_back(double(held[1]));
+        lengths.push_back(T);
+        with_p.push_back(double(held[0]));
+        with_lse.push_back(double(held[1]));
     }
     std::printf("(Both include the output O, 8*T*64 floats; P adds 8*T^2, the log-sum-exp 8*T.)\n");
     const double gib = 1024.0 * 1024 * 1024, mib = 1024.0 * 1024;

@@ -26,22 +26,9 @@
 #include "lesson.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cstring>
+#include <functional>
 #include <vector>
-
-static void heading(const char* title) { std::printf("\n== %s\n\n", title); }
-
-using Clock = std::chrono::steady_clock;
-static double seconds_since(Clock::time_point start) {
-    return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-static double max_difference(const std::vector<real>& a, const std::vector<real>& b) {
-    double worst = 0;
-    for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, double(std::fabs(a[i] - b[i])));
-    return worst;
-}
 
 // The engine counts tensor bytes and matmul FLOPs through small hooks in Part 2 (engine.cpp
 // §4.1). Where they are missing, the measured columns say n/a instead of showing zeros.
@@ -384,7 +371,8 @@ static Moons2 moons(int n) {
     const Moons m = make_moons(n, 0.1, rng);
     Moons2 d{Tensor({n, 2}), {}};
     for (int i = 0; i < n; ++i) {
-        d.x.at({i, 0}) = real(m.x[i][0]), d.x.at({i, 1}) = real(m.x[i][1]);
+        d.x.at({i, 0}) = real(m.x[i][0]);
+        d.x.at({i, 1}) = real(m.x[i][1]);
         d.labels.push_back(m.y[i] > 0);
     }
     return d;
@@ -433,7 +421,10 @@ static MixedRun train_mixed(const Recipe& recipe, const Moons2& data, double lr)
         if (finite && run.zero_gradients < 0) {   // the first step that did not overflow
             std::size_t zeros = 0, total = 0;
             for (const Tensor& p : params)
-                for (real g : p.grad()) zeros += g == 0, ++total;
+                for (real g : p.grad()) {
+                    if (g == 0) ++zeros;
+                    ++total;
+                }
             run.zero_gradients = double(zeros) / double(total);
         }
         if (finite) opt.step();
@@ -698,7 +689,10 @@ static void memory_per_parameter() {
 
     // Inference: the same weights without requires_grad, so no graph keeps anything alive.
     nn::MLP frozen = model;
-    for (nn::Linear& layer : frozen.layers) layer.W = layer.W.detach(), layer.b = layer.b.detach();
+    for (nn::Linear& layer : frozen.layers) {
+        layer.W = layer.W.detach();
+        layer.b = layer.b.detach();
+    }
     reset_peak_tensor_bytes();
     const std::size_t inference_start = current_tensor_bytes();
     frozen(x);
@@ -828,30 +822,6 @@ static void explain_checkpoint_times(double fewest, double most) {
                     "size timings on a busy machine still overlap. The FLOPs are the dependable count.\n");
 }
 
-// The median milliseconds of a step with each number of segments, over `runs` rounds on one
-// thread, the settings taking turns. A single timing on a shared machine can be several times
-// too long (another program takes the core, or one of two threads waits for the other at a
-// barrier); the median of rounds on one thread is what the text below can rest on.
-static std::vector<double> median_step_ms(const DeepTanh& net, const Tensor& x, const std::vector<int>& settings,
-                                          int runs) {
-    const int threads = num_threads();
-    set_num_threads(1);
-    std::vector<std::vector<double>> ms(settings.size());
-    for (int r = 0; r < runs; ++r)
-        for (std::size_t i = 0; i < settings.size(); ++i) {
-            const auto start = Clock::now();
-            mean(net(x, settings[i])).backward();
-            ms[i].push_back(1e3 * seconds_since(start));
-        }
-    set_num_threads(threads);
-    std::vector<double> medians;
-    for (std::vector<double>& m : ms) {
-        std::sort(m.begin(), m.end());
-        medians.push_back(m[m.size() / 2]);
-    }
-    return medians;
-}
-
 static void activation_checkpointing() {
     heading("7. Activation checkpointing: 24 tanh layers of width 128, batch 64");
     const bool counted = bytes_are_counted(), flops_counted = matmul_flops_are_counted();
@@ -860,7 +830,12 @@ static void activation_checkpointing() {
     const Tensor x = randn({64, 128}, rng);
     const std::vector<int> settings = {0, 1, 2, 4, 6, 8, 12, 24};
     mean(net(x, 0)).backward();   // the parameters' gradients exist from here on
-    const std::vector<double> ms = median_step_ms(net, x, settings, 7);
+    // A step with each number of segments, the settings taking turns: the median of 7 rounds on
+    // one thread, which the text below can rest on (lesson.h says why one thread and the median).
+    std::vector<std::function<void()>> steps;
+    for (int segments : settings)
+        steps.push_back([&net, &x, segments] { mean(net(x, segments)).backward(); });
+    const std::vector<double> ms = median_ms_one_thread(steps, 7);
     std::printf("%9s  %14s  %18s  %9s  %14s  %9s\n", "segments", "measured peak", "FLOPs of the step", "vs plain",
                 "time (median)", "vs plain");
     std::vector<real> plain_grad;
@@ -1131,7 +1106,8 @@ static int check_homework() {
                  expect_near("and restart the count", good, 0, 0);
                  Rng rng(132);
                  DynamicLossScaler engine(1024, 5);
-                 scale = 1024, good = 0;
+                 scale = 1024;
+                 good = 0;
                  for (int step = 0; step < 500; ++step) {
                      const bool finite = rng.uniform() > 0.1;
                      engine.update(finite);

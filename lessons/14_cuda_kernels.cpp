@@ -38,8 +38,6 @@ void cuda_check(cudaError_t status, const char* call, const char* file, int line
 
 #define CUDA_CHECK(call) cuda_check((call), #call, __FILE__, __LINE__)
 
-static void heading(const char* title) { std::printf("\n== %s\n\n", title); }
-
 // "239 us", "10.3 ms": a time in the unit that reads best.
 static std::string duration(double seconds) {
     char s[32];
@@ -52,26 +50,10 @@ static std::string duration(double seconds) {
 constexpr double h100_bytes_per_s = 3.35e12;   // HBM3
 constexpr double h100_flops_per_s = 67e12;     // FP32, CUDA cores (no tensor cores)
 
-// Device memory holding T[n], freed at the end of the scope. A fresh one is all NaN (cuda_emu
-// fills cudaMalloc'ed memory with 0xFF bytes), so a value nobody wrote shows up.
-template <class T>
-struct DeviceArray {
-    T* p = nullptr;
-    std::size_t n;
-    explicit DeviceArray(std::size_t count) : n(count) { CUDA_CHECK(cudaMalloc(&p, n * sizeof(T))); }
-    explicit DeviceArray(const std::vector<T>& host) : DeviceArray(host.size()) { set(host); }
-    ~DeviceArray() { cudaFree(p); }
-    DeviceArray(const DeviceArray&) = delete;
-    DeviceArray& operator=(const DeviceArray&) = delete;
-    void set(const std::vector<T>& host) {
-        CUDA_CHECK(cudaMemcpy(p, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
-    }
-    std::vector<T> get() const {
-        std::vector<T> host(n);
-        CUDA_CHECK(cudaMemcpy(host.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
-        return host;
-    }
-};
+// Device memory: engine.h's DeviceBuffer<T> holds T[n], allocated by cudaMalloc (through
+// cuda_malloc) and freed at the end of its scope; lesson.h's to_device and to_host copy a vector
+// into it and back with cudaMemcpy. A fresh one is all NaN (cuda_emu fills cudaMalloc'ed memory
+// with 0xFF bytes), so a value nobody wrote shows up.
 
 // A tensor's numbers as floats (the kernels compute in float; so does this lesson's engine).
 static std::vector<float> floats(const std::vector<real>& v) { return std::vector<float>(v.begin(), v.end()); }
@@ -121,7 +103,8 @@ static std::string without_addresses(std::string s) {
 // Every launched thread records who it is; the ones with i < n also do the relu.
 static __global__ void whoami_kernel(int* block, int* thread, const float* x, float* y, int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
-    block[i] = blockIdx.x, thread[i] = threadIdx.x;   // these arrays have a slot for every thread
+    block[i] = blockIdx.x;   // these arrays have a slot for every thread
+    thread[i] = threadIdx.x;
     if (i < n) y[i] = x[i] > 0 ? x[i] : 0.0f;
 }
 
@@ -137,11 +120,12 @@ static void thread_indexing() {
     const int n = 10, block = 4, grid = (n + block - 1) / block;
     std::vector<float> x(n);
     for (int i = 0; i < n; ++i) x[std::size_t(i)] = float(i % 3 == 0 ? -i : i);
-    DeviceArray<float> X(x), Y(static_cast<std::size_t>(n));
-    DeviceArray<int> blocks(static_cast<std::size_t>(grid * block)), threads(static_cast<std::size_t>(grid * block));
-    LAUNCH(whoami_kernel, grid, block)(blocks.p, threads.p, X.p, Y.p, n);
-    const std::vector<int> b = blocks.get(), t = threads.get();
-    const std::vector<float> y = Y.get();
+    DeviceBuffer<float> X = to_device(x), Y(static_cast<std::size_t>(n));
+    DeviceBuffer<int> blocks(static_cast<std::size_t>(grid * block)),
+        threads(static_cast<std::size_t>(grid * block));
+    LAUNCH(whoami_kernel, grid, block)(blocks.data(), threads.data(), X.data(), Y.data(), n);
+    const std::vector<int> b = to_host(blocks), t = to_host(threads);
+    const std::vector<float> y = to_host(Y);
     std::printf("n = %d elements, blocks of %d threads: grid = ceil(%d/%d) = %d blocks, %d threads\n\n", n, block,
                 n, block, grid, grid * block);
     std::printf("  %10s  %11s  %22s  %8s  %8s\n", "blockIdx.x", "threadIdx.x", "i = blockIdx*4 + thread",
@@ -162,7 +146,7 @@ static void thread_indexing() {
         std::printf("  (skipped: built with AddressSanitizer, whose redzones would stop the program here)\n");
     } else {
         try {
-            LAUNCH(relu_unchecked_kernel, grid, block)(X.p, Y.p, n);
+            LAUNCH(relu_unchecked_kernel, grid, block)(X.data(), Y.data(), n);
             std::printf("  no error: unexpected\n");
         } catch (const std::exception& e) {
             std::printf("  %s\n", without_addresses(e.what()).c_str());
@@ -175,15 +159,15 @@ static void thread_indexing() {
     const int big = 100003, blocks_needed = (big + 255) / 256;
     Rng rng(14);
     const Tensor xt = randn({big}, rng, 3);
-    DeviceArray<float> Xb(floats(xt.values())), Yb(static_cast<std::size_t>(big));
+    DeviceBuffer<float> Xb = to_device(floats(xt.values())), Yb(static_cast<std::size_t>(big));
     std::printf("\nkernels.cu on n = %d: %d blocks of 256 threads; the last block has %d threads with\n"
                 "work and %d idle.\n", big, blocks_needed, big - (blocks_needed - 1) * 256,
                 blocks_needed * 256 - big);
-    cuda_relu_forward(Xb.p, Yb.p, big);
-    const double relu_difference = max_abs_diff(Yb.get(), relu(xt).values());
+    cuda_relu_forward(Xb.data(), Yb.data(), big);
+    const double relu_difference = max_abs_diff(to_host(Yb), relu(xt).values());
     std::printf("  cuda_relu_forward vs the engine's relu():  max |difference| = %.3g\n", relu_difference);
-    cuda_gelu_forward(Xb.p, Yb.p, big);
-    const double gelu_difference = max_abs_diff(Yb.get(), gelu(xt).values());
+    cuda_gelu_forward(Xb.data(), Yb.data(), big);
+    const double gelu_difference = max_abs_diff(to_host(Yb), gelu(xt).values());
     std::printf("  cuda_gelu_forward vs the engine's gelu():  max |difference| = %.3g\n", gelu_difference);
     if (relu_difference == 0 && gelu_difference == 0)
         std::printf("Both 0: the kernel does the CPU loop's float operations in the same order. (On a GPU,\n"
@@ -269,21 +253,24 @@ static void coalescing() {
     Rng rng(2);
     const Tensor xt = randn({rows, cols}, rng);
     const std::size_t count = std::size_t(rows) * cols;
-    DeviceArray<float> X(floats(xt.values())), Y(count), sums(count);
-    DeviceArray<int> offset(count), offset_b(count);
+    DeviceBuffer<float> X = to_device(floats(xt.values())), Y(count), sums(count);
+    DeviceBuffer<int> offset(count), offset_b(count);
 
     std::printf("  %-27s %5s %5s %5s %5s %5s %5s  %7s  %5s  %4s  %8s\n", "load (warp 0 of block 0)", "lane0", "1",
                 "2", "15", "16", "31", "sectors", "moved", "used", "per load");
-    LAUNCH(copy_traced_kernel, (rows * cols + 255) / 256, 256)(X.p, Y.p, offset.p, rows * cols);
-    print_warp("elementwise x[i]", offset.get());
-    LAUNCH(row_sums_traced_kernel, 1, 64)(X.p, sums.p, offset.p, rows, cols);
-    print_warp("one thread per row X[r][0]", offset.get());
-    LAUNCH(column_sums_traced_kernel, 1, 64)(X.p, sums.p, offset.p, rows, cols);
-    print_warp("one thread per col X[0][j]", offset.get());
+    const int copy_blocks = (rows * cols + 255) / 256;
+    LAUNCH(copy_traced_kernel, copy_blocks, 256)(X.data(), Y.data(), offset.data(), rows * cols);
+    print_warp("elementwise x[i]", to_host(offset));
+    LAUNCH(row_sums_traced_kernel, 1, 64)(X.data(), sums.data(), offset.data(), rows, cols);
+    print_warp("one thread per row X[r][0]", to_host(offset));
+    LAUNCH(column_sums_traced_kernel, 1, 64)(X.data(), sums.data(), offset.data(), rows, cols);
+    print_warp("one thread per col X[0][j]", to_host(offset));
     // v1 on A [64, 45] times B [45, 64]: the same numbers viewed as both.
-    LAUNCH(matmul_v1_traced_kernel, dim3(4, 4), dim3(16, 16))(X.p, X.p, offset.p, offset_b.p, rows, cols, rows);
-    print_warp("matmul v1 A[row][k]", offset.get());
-    print_warp("matmul v1 B[k][col]", offset_b.get());
+    const dim3 grid(4, 4), block(16, 16);
+    float* const x = X.data();
+    LAUNCH(matmul_v1_traced_kernel, grid, block)(x, x, offset.data(), offset_b.data(), rows, cols, rows);
+    print_warp("matmul v1 A[row][k]", to_host(offset));
+    print_warp("matmul v1 B[k][col]", to_host(offset_b));
     std::printf("(moved: bytes the warp's load brings in, 32 per sector; used: bytes of the distinct floats\n"
                 "asked for; per load: moved / 32 lanes. 4 per load is a perfect stream; 32 wastes 7/8 of\n"
                 "every sector; below 4, lanes share values and one fetch serves several threads.)\n\n");
@@ -386,7 +373,8 @@ static void matmul_versions() {
     const References ref = reference_products(a, b);
     const double largest = max_abs(c.values());
     const double spacing = double(std::nextafter(float(largest), INFINITY)) - double(float(largest));
-    DeviceArray<float> A(floats(a.values())), B(floats(b.values())), C(std::size_t(M) * N);
+    DeviceBuffer<float> A = to_device(floats(a.values())), B = to_device(floats(b.values())),
+                        C(std::size_t(M) * N);
     std::printf("C = A*B for A [%d, %d], B [%d, %d] (largest |C| = %.3g, where floats are %.3g apart).\n"
                 "Largest |difference| from each CPU reference:\n\n", M, K, K, N, largest, spacing);
     std::printf("  %-18s  %16s  %16s  %16s   %s\n", "", "s = s + a*b", "s = fma(a, b, s)", "engine matmul()",
@@ -401,9 +389,9 @@ static void matmul_versions() {
                                 {"v3", cuda_matmul_v3, "2 x 2 blocks of 16 x 16 threads, 64 x 64 outputs each"}};
     double kernels_vs_separate = 0, kernels_vs_engine = 0;
     for (const Version& v : versions) {
-        CUDA_CHECK(cudaMemset(C.p, 0xFF, sizeof(float) * std::size_t(M) * N));   // NaN again: no stale results
-        v.run(A.p, B.p, C.p, M, K, N);
-        const std::vector<float> out = C.get();
+        CUDA_CHECK(cudaMemset(C.data(), 0xFF, C.bytes()));   // NaN again: no stale results
+        v.run(A.data(), B.data(), C.data(), M, K, N);
+        const std::vector<float> out = to_host(C);
         const double vs_separate = max_abs_diff(out, ref.separate), vs_engine = max_abs_diff(out, c.values());
         kernels_vs_separate = std::max(kernels_vs_separate, vs_separate);
         kernels_vs_engine = std::max(kernels_vs_engine, vs_engine);
@@ -474,9 +462,9 @@ static __global__ void fold_trace_kernel(float* trace) {
 
 static void reductions() {
     heading("4. Reductions: a tree in shared memory, and warp shuffles");
-    DeviceArray<float> trace(5 * 32);
-    LAUNCH(fold_trace_kernel, 1, 32)(trace.p);
-    const std::vector<float> tr = trace.get();
+    DeviceBuffer<float> trace(5 * 32);
+    LAUNCH(fold_trace_kernel, 1, 32)(trace.data());
+    const std::vector<float> tr = to_host(trace);
     std::printf("One warp, lane l holding l, folded with v += __shfl_down_sync(0xffffffff, v, d):\n\n");
     std::printf("  %8s", "after d");
     const int lanes[] = {0, 1, 2, 3, 7, 15, 16, 31};
@@ -494,16 +482,19 @@ static void reductions() {
     Rng rng(4);
     const Tensor xt = randn({n}, rng);
     const std::vector<float> x = floats(xt.values());
-    DeviceArray<float> X(x);
+    DeviceBuffer<float> X = to_device(x);
     double exact = 0;
     float running = 0;   // one float accumulator, as a naive CPU loop would keep
-    for (float v : x) exact += v, running += v;
+    for (float v : x) {
+        exact += v;
+        running += v;
+    }
     const int blocks = std::min((n + 2047) / 2048, 256);
     std::printf("\nSum of n = %d normal numbers (stage 1: %d blocks of 256 threads; stage 2: 1 block):\n", n,
                 blocks);
     std::printf("  %-34s  %14s  %14s\n", "", "sum", "- exact sum");
     std::printf("  %-34s  %14.6f  %14s\n", "in double, on the host (exact-ish)", exact, "");
-    const double engine = sum(xt).item(), v1 = cuda_sum_v1(X.p, n), v2 = cuda_sum_v2(X.p, n);
+    const double engine = sum(xt).item(), v1 = cuda_sum_v1(X.data(), n), v2 = cuda_sum_v2(X.data(), n);
     std::printf("  %-34s  %14.6f  %14.3g\n", "one float running sum (CPU)", double(running), running - exact);
     std::printf("  %-34s  %14.6f  %14.3g\n", "engine sum() (CPU, sums in double)", engine, engine - exact);
     std::printf("  %-34s  %14.6f  %14.3g\n", "cuda_sum_v1 (tree, 9 barriers)", v1, v1 - exact);
@@ -537,18 +528,19 @@ static void fused_softmax_cross_entropy() {
     loss.backward();
     const Tensor p = softmax(logits.detach());
 
-    DeviceArray<float> Z(floats(logits.values())), P(std::size_t(B) * C), L(1);
-    DeviceArray<int> Y(labels);
-    DeviceArray<float> dZ(std::vector<float>(std::size_t(B) * C, 0.0f));   // backward adds into dZ
-    cuda_softmax_cross_entropy_forward(Z.p, Y.p, P.p, L.p, B, C);
-    cuda_softmax_cross_entropy_backward(P.p, Y.p, dZ.p, 1.0f, B, C);
+    DeviceBuffer<float> Z = to_device(floats(logits.values())), P(std::size_t(B) * C), L(1);
+    DeviceBuffer<int> Y = to_device(labels);
+    DeviceBuffer<float> dZ = to_device(std::vector<float>(P.size(), 0.0f));   // backward adds into dZ
+    cuda_softmax_cross_entropy_forward(Z.data(), Y.data(), P.data(), L.data(), B, C);
+    cuda_softmax_cross_entropy_backward(P.data(), Y.data(), dZ.data(), 1.0f, B, C);
     std::printf("logits [%d, %d], %d blocks of 128 threads, against the engine's softmax() and\n"
                 "cross_entropy() with backward():\n", B, C, B);
-    std::printf("  probabilities  max |difference| = %.3g\n", max_abs_diff(P.get(), p.values()));
-    std::printf("  mean loss      %.6f (kernel) vs %.6f (engine), |difference| = %.3g\n", double(L.get()[0]),
-                double(loss.item()), std::fabs(double(L.get()[0]) - double(loss.item())));
+    std::printf("  probabilities  max |difference| = %.3g\n", max_abs_diff(to_host(P), p.values()));
+    std::printf("  mean loss      %.6f (kernel) vs %.6f (engine), |difference| = %.3g\n",
+                double(to_host(L)[0]), double(loss.item()),
+                std::fabs(double(to_host(L)[0]) - double(loss.item())));
     std::printf("  gradient       max |difference| = %.3g  ((p - onehot)/B, entries up to %.3g)\n",
-                max_abs_diff(dZ.get(), logits.grad()), max_abs(logits.grad()));
+                max_abs_diff(to_host(dZ), logits.grad()), max_abs(logits.grad()));
 
     // A GPT-2-sized output layer: 8 sequences of 1024 tokens, 50257 classes.
     const double rows = 8 * 1024, classes = 50257, bc = rows * classes;
@@ -618,7 +610,7 @@ static void missing_barrier() {
     heading("6. The emulator catches a missing __syncthreads()");
     std::vector<float> x(256);
     for (int t = 0; t < 256; ++t) x[std::size_t(t)] = float(t);
-    DeviceArray<float> X(x), total(1), Y(256);
+    DeviceBuffer<float> X = to_device(x), total(1), Y(256);
     std::printf("One block of 256 threads, x[t] = t. Tree sum: 0 + 1 + ... + 255 = 32640.\n\n");
     std::printf("  %-34s", "kernel");
     for (const NamedSchedule& s : every_schedule) std::printf("  %-11s", s.name);
@@ -627,8 +619,8 @@ static void missing_barrier() {
         std::printf("  %-34s", barrier ? "tree sum" : "tree sum, no barrier in the loop");
         for (const NamedSchedule& s : every_schedule) {
             cuda_emu::set_schedule(s.schedule, s.seed);
-            LAUNCH(tree_sum_kernel, 1, 256)(X.p, total.p, barrier);
-            const float got = total.get()[0];
+            LAUNCH(tree_sum_kernel, 1, 256)(X.data(), total.data(), barrier);
+            const float got = to_host(total)[0];
             char cell[32] = "right";
             if (got != 32640) std::snprintf(cell, sizeof cell, "WRONG %g", double(got));
             std::printf("  %-11s", cell);
@@ -639,8 +631,8 @@ static void missing_barrier() {
         std::printf("  %-34s", barrier ? "shift by one" : "shift by one, no barrier");
         for (const NamedSchedule& s : every_schedule) {
             cuda_emu::set_schedule(s.schedule, s.seed);
-            LAUNCH(shift_kernel, 1, 256)(X.p, Y.p, barrier);
-            const std::vector<float> y = Y.get();
+            LAUNCH(shift_kernel, 1, 256)(X.data(), Y.data(), barrier);
+            const std::vector<float> y = to_host(Y);
             int wrong = 0;
             for (int t = 0; t < 256; ++t) wrong += y[std::size_t(t)] != (t > 0 ? x[std::size_t(t - 1)] : 0.0f);
             char cell[32] = "right";
@@ -658,7 +650,7 @@ static void missing_barrier() {
     // to work. The emulator reports it as a deadlock, naming the barrier and a thread that left.
     std::printf("\nA barrier that only some threads reach, `if (t < 128) __syncthreads();`:\n");
     try {
-        LAUNCH(half_barrier_kernel, 1, 256)(Y.p);
+        LAUNCH(half_barrier_kernel, 1, 256)(Y.data());
         std::printf("  no error: unexpected\n");
     } catch (const std::exception& e) {
         std::printf("  %s\n", e.what());
@@ -676,13 +668,13 @@ static __global__ void racy_count_kernel(float* total) { *total += 1.0f; }   // 
 
 static void blind_spots() {
     heading("7. What the emulator cannot see");
-    DeviceArray<float> total(1);
+    DeviceBuffer<float> total(1);
     std::printf("`*total += 1` from 4 blocks of 250 threads, without atomicAdd, under each schedule:\n ");
     for (const NamedSchedule& s : every_schedule) {
         cuda_emu::set_schedule(s.schedule, s.seed);
-        CUDA_CHECK(cudaMemset(total.p, 0, sizeof(float)));
-        LAUNCH(racy_count_kernel, 4, 250)(total.p);
-        std::printf("  %s %g", s.name, double(total.get()[0]));
+        CUDA_CHECK(cudaMemset(total.data(), 0, sizeof(float)));
+        LAUNCH(racy_count_kernel, 4, 250)(total.data());
+        std::printf("  %s %g", s.name, double(to_host(total)[0]));
     }
     cuda_emu::set_schedule(cuda_emu::Schedule::seq);
     std::printf("\nAll 1000 here; on a GPU, far fewer, and a different count every run.\n\n");
@@ -875,14 +867,14 @@ static int check_homework() {
                      const std::vector<real> want = leaky_relu(xt, real(0.1)).values();
                      std::vector<float> x = floats(xt.values());
                      x.resize(std::size_t(n + slack), 1.0f);
-                     DeviceArray<float> X(x), Y(static_cast<std::size_t>(n + slack));
+                     DeviceBuffer<float> X = to_device(x), Y(static_cast<std::size_t>(n + slack));
                      for (const NamedSchedule& s : homework_schedules)
                          for (int extra_blocks : {0, 1}) {   // a grid with a spare block, too
                              const unsigned grid = unsigned((n + block - 1) / block + extra_blocks);
-                             CUDA_CHECK(cudaMemset(Y.p, 0, sizeof(float) * std::size_t(n + slack)));
+                             CUDA_CHECK(cudaMemset(Y.data(), 0, sizeof(float) * std::size_t(n + slack)));
                              cuda_emu::set_schedule(s.schedule, s.seed);
-                             LAUNCH(leaky_relu_kernel, grid, block)(X.p, Y.p, n, 0.1f);
-                             const std::vector<float> y = Y.get();
+                             LAUNCH(leaky_relu_kernel, grid, block)(X.data(), Y.data(), n, 0.1f);
+                             const std::vector<float> y = to_host(Y);
                              const std::string size = "n = " + std::to_string(n) + ", " + std::to_string(grid) +
                                                       " blocks of " + std::to_string(block);
                              for (int i = 0; i < n; ++i)
@@ -906,16 +898,20 @@ static int check_homework() {
                      const int M = sz[0], K = sz[1], N = sz[2];
                      const Tensor a = randn({M, K}, rng), b = randn({K, N}, rng);
                      const Tensor c = K > 0 ? matmul(a, b) : Tensor({M, N});
-                     DeviceArray<float> A(std::max<std::size_t>(1, a.numel())), B(std::max<std::size_t>(1, b.numel())),
-                         C(std::size_t(M) * N);
-                     if (K > 0) A.set(floats(a.values())), B.set(floats(b.values()));
+                     DeviceBuffer<float> A(std::max<std::size_t>(1, a.numel())),
+                         B(std::max<std::size_t>(1, b.numel())), C(std::size_t(M) * N);
+                     if (K > 0) {
+                         copy_to_device(A, floats(a.values()));
+                         copy_to_device(B, floats(b.values()));
+                     }
                      const dim3 grid(unsigned((N + hw_tile - 1) / hw_tile), unsigned((M + hw_tile - 1) / hw_tile));
+                     const dim3 block(hw_tile, hw_tile);
                      const std::string size = std::to_string(M) + "x" + std::to_string(K) + "x" + std::to_string(N);
                      for (const NamedSchedule& s : homework_schedules) {
-                         CUDA_CHECK(cudaMemset(C.p, 0xFF, sizeof(float) * std::size_t(M) * N));   // NaN
+                         CUDA_CHECK(cudaMemset(C.data(), 0xFF, sizeof(float) * std::size_t(M) * N));   // NaN
                          cuda_emu::set_schedule(s.schedule, s.seed);
-                         LAUNCH(matmul_tiled_kernel, grid, dim3(hw_tile, hw_tile))(A.p, B.p, C.p, M, K, N);
-                         const std::vector<float> got = C.get();
+                         LAUNCH(matmul_tiled_kernel, grid, block)(A.data(), B.data(), C.data(), M, K, N);
+                         const std::vector<float> got = to_host(C);
                          for (int i = 0; i < M * N; ++i) {
                              const double want = c.values()[std::size_t(i)];
                              expect_near(context("C[" + std::to_string(i / N) + "][" + std::to_string(i % N) + "]",
@@ -935,17 +931,18 @@ static int check_homework() {
                  for (const auto& [n, block] : sizes) {
                      const int grid = (n + block - 1) / block, threads = grid * block;
                      const std::vector<float> x = floats(randn({n}, rng).values());
-                     DeviceArray<float> X(x), Y(static_cast<std::size_t>(threads));
+                     DeviceBuffer<float> X = to_device(x), Y(static_cast<std::size_t>(threads));
                      std::vector<double> want(std::size_t(threads / 32)), scale(want.size());
                      for (int i = 0; i < n; ++i) {
                          const std::size_t warp = std::size_t(i / 32);
-                         want[warp] += x[std::size_t(i)], scale[warp] += std::fabs(x[std::size_t(i)]);
+                         want[warp] += x[std::size_t(i)];
+                         scale[warp] += std::fabs(x[std::size_t(i)]);
                      }
                      const std::string size = "n = " + std::to_string(n) + ", blocks of " + std::to_string(block);
                      for (const NamedSchedule& s : homework_schedules) {
                          cuda_emu::set_schedule(s.schedule, s.seed);
-                         LAUNCH(warp_sums_kernel, grid, block)(X.p, Y.p, n);
-                         const std::vector<float> y = Y.get();
+                         LAUNCH(warp_sums_kernel, grid, block)(X.data(), Y.data(), n);
+                         const std::vector<float> y = to_host(Y);
                          for (int i = 0; i < threads; ++i)
                              expect_near(context("warp " + std::to_string(i / 32) + ", lane " + std::to_string(i % 32),
                                                  size, s).c_str(),

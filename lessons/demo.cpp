@@ -15,7 +15,6 @@
 
 #include "lesson.h"
 
-#include <chrono>
 #include <unistd.h>
 
 // Class k's arm: radius r from 0 to 1, angle from 4k to 4k + 4 radians plus Gaussian noise, so
@@ -102,7 +101,7 @@ static int run(int argc, char** argv) {
 
     const bool terminal = ::isatty(STDOUT_FILENO);   // redraw one line, or print every 100 steps
     std::vector<double> losses;
-    const auto start = std::chrono::steady_clock::now();
+    const Clock::time_point start = Clock::now();
     for (int step = 0; step < steps; ++step) {
         opt.lr = warmup_cosine_lr(step, warmup, steps, lr_max, lr_min);
         opt.zero_grad();
@@ -112,7 +111,7 @@ static int run(int argc, char** argv) {
         opt.step();
         losses.push_back(loss.item());
         if (step % (terminal ? 10 : 100) == 0 || step == steps - 1) {
-            const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+            const double seconds = seconds_since(start);
             std::printf("%sstep %5d/%d  loss %.4f  lr %.2e  grad norm %7.3f  %7.1f steps/s%s",
                         terminal ? "\r" : "", step + 1, steps, loss.item(), opt.lr, norm,
                         (step + 1) / seconds, terminal ? "" : "\n");

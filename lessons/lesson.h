@@ -1,14 +1,17 @@
-// lesson.h: what every lesson shares. Two small tools, so each lesson file can stay about its
-// topic: the homework checker behind `make check N=..`, and an SVG line plot.
+// lesson.h: what every lesson shares, so each lesson file can stay about its topic: the homework
+// checker behind `make check N=..`, a few small helpers (headings, differences, timing, device
+// memory), and an SVG line plot.
 #pragma once
 
 #include "../engine.h"   // relative to this file, so tests.cpp can include it too (group "plots")
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <sys/stat.h>
 #include <vector>
@@ -98,6 +101,84 @@ inline int run_lesson(int argc, char** argv, void (*lesson)(), int (*check_homew
         std::fprintf(stderr, "%s: error: %s\n", argv[0], e.what());
         return 1;
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers that several lessons (and tests.cpp) use: one copy here instead of one per file.
+// ---------------------------------------------------------------------------------------------
+
+// A section title, printed the same way by every lesson so its output reads as one document.
+inline void heading(const char* title) { std::printf("\n== %s\n\n", title); }
+
+// max |a[i] − b[i]|: how far two computations of the same numbers (fused and composed, say)
+// disagree. Vectors of different sizes cannot agree: infinity.
+inline double max_difference(const std::vector<real>& a, const std::vector<real>& b) {
+    if (a.size() != b.size()) return INFINITY;
+    double worst = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, double(std::fabs(a[i] - b[i])));
+    return worst;
+}
+
+// Timing on a shared machine. One run of a few milliseconds can take twice as long when another
+// program takes the core, and two threads are worse: one waits at a barrier for the other. So
+// the lessons time on one thread, several times, the versions taking turns so that both meet
+// the same disturbances, and report the median, which a few slow runs do not move.
+using Clock = std::chrono::steady_clock;   // steady: it never jumps, as the wall clock can
+
+// Seconds from `start` until now.
+inline double seconds_since(Clock::time_point start) {
+    return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// The middle value of v (the upper middle for an even size): a few slow runs do not move it.
+inline double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+// The median milliseconds of each function over `runs` rounds, on one thread, the functions
+// taking turns within each round.
+inline std::vector<double> median_ms_one_thread(const std::vector<std::function<void()>>& functions,
+                                                int runs) {
+    const int threads = num_threads();
+    set_num_threads(1);
+    std::vector<std::vector<double>> ms(functions.size());
+    for (int r = 0; r < runs; ++r)
+        for (std::size_t i = 0; i < functions.size(); ++i) {
+            const Clock::time_point start = Clock::now();
+            functions[i]();
+            ms[i].push_back(1e3 * seconds_since(start));
+        }
+    set_num_threads(threads);
+    std::vector<double> medians;
+    for (const std::vector<double>& m : ms) medians.push_back(median(m));
+    return medians;
+}
+
+// Device memory for the kernels of kernels.cu (lesson 14, tests.cpp): engine.h's DeviceBuffer<T>
+// holds T[n] on the device and frees it at the end of its scope; these copy a host vector into
+// one and back. (cuda_emu.h fills fresh device memory with 0xFF bytes, a NaN as float, so a value
+// that no kernel wrote shows up.)
+
+// Copies `host` into the start of an existing buffer, which may be longer.
+template <class T>
+void copy_to_device(DeviceBuffer<T>& device, const std::vector<T>& host) {
+    if (host.size() > device.size()) throw std::invalid_argument("copy_to_device: the host vector is larger");
+    cuda_copy_to_device(device.data(), host.data(), host.size() * sizeof(T));
+}
+// A new buffer holding a copy of `host`: a kernel's input.
+template <class T>
+DeviceBuffer<T> to_device(const std::vector<T>& host) {
+    DeviceBuffer<T> device(host.size());
+    copy_to_device(device, host);
+    return device;
+}
+// The buffer's values, copied back: a kernel's output, to check on the CPU.
+template <class T>
+std::vector<T> to_host(const DeviceBuffer<T>& device) {
+    std::vector<T> host(device.size());
+    cuda_copy_to_host(host.data(), device.data(), device.bytes());
+    return host;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -30,7 +30,10 @@
             P.at(i, j) = dot * scale;
             largest = std::max(largest, P.at(i, j));
         }
-        for (int j = 0; j < keys; ++j) P.at(i, j) = std::exp(P.at(i, j) - largest), total += P.at(i, j);
+        for (int j = 0; j < keys; ++j) {
+            P.at(i, j) = std::exp(P.at(i, j) - largest);
+            total += P.at(i, j);
+        }
         for (int j = 0; j < keys; ++j) P.at(i, j) /= total;
     }
     for (int j = 0; j < T; ++j)   // 1. dV = Pᵀ·dO
