@@ -742,13 +742,14 @@ void cuda_layer_norm_backward(const float* X, const float* gain, const float* me
 // Run as separate elementwise kernels, these steps would read and write w, m and v several
 // times. Fused, each element is read once (w, g, m, v: 16 bytes) and written once (w, m, v:
 // 12 bytes): 28n bytes for about 17n FLOPs (a square root or a division counted as one). It
-// computes in float, as the CPU loop does in a float build, with the same constants: each formed
-// on the host in double and rounded to float once.
+// computes in float, as the CPU loop does in a float build, with the same constants (1/c₁ and 1/c₂
+// among them, multiplied rather than divided by), each formed on the host in double and rounded
+// to float once: the two give the same bits.
 // Grid: ⌈n/256⌉ blocks of 256 threads, one element each.
 // =============================================================================================
 
 struct AdamWConstants {
-    float b1, b2, one_minus_b1, one_minus_b2, c1, c2, rate, decay, epsilon;
+    float b1, b2, one_minus_b1, one_minus_b2, inv_c1, inv_c2, rate, decay, epsilon;
 };
 
 static __global__ void adamw_kernel(float* W, const float* G, float* m, float* v, int n, AdamWConstants k) {
@@ -757,8 +758,8 @@ static __global__ void adamw_kernel(float* W, const float* G, float* m, float* v
     const float g = G[i];
     m[i] = k.b1 * m[i] + k.one_minus_b1 * g;
     v[i] = k.b2 * v[i] + k.one_minus_b2 * g * g;
-    const float m_hat = m[i] / k.c1;
-    const float v_hat = v[i] / k.c2;
+    const float m_hat = m[i] * k.inv_c1;
+    const float v_hat = v[i] * k.inv_c2;
     W[i] = W[i] - k.decay * W[i] - k.rate * m_hat / (sqrtf(v_hat) + k.epsilon);
 }
 
@@ -771,8 +772,8 @@ void cuda_adamw_update(float* W, const float* G, float* m, float* v, int n, doub
                               float(beta2),
                               float(1 - beta1),
                               float(1 - beta2),
-                              float(1 - std::pow(beta1, double(step))),
-                              float(1 - std::pow(beta2, double(step))),
+                              float(1 / (1 - std::pow(beta1, double(step)))),
+                              float(1 / (1 - std::pow(beta2, double(step)))),
                               float(lr),
                               float(lr * weight_decay),
                               float(eps)};
