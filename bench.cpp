@@ -37,7 +37,9 @@ static Timing time_ms(F&& run, int repeats) {
 }
 
 // A rate from a time: the fastest run gives the highest rate, so min and max swap.
-static Timing rate(double gflop, Timing ms) { return {gflop / ms.median * 1e3, gflop / ms.max * 1e3, gflop / ms.min * 1e3}; }
+static Timing rate(double gflop, Timing ms) {
+    return {gflop / ms.median * 1e3, gflop / ms.max * 1e3, gflop / ms.min * 1e3};
+}
 
 // Prints the table and writes the CSV. A GFLOP/s row also shows its share of the `peak` row
 // measured with the same number of threads: how close to the machine's ceiling it runs.
@@ -48,13 +50,16 @@ struct Report {
         ::mkdir("build", 0755);
         csv.open("build/bench.csv");
         csv << "name,threads,size,value,unit\n";
-        std::printf("%-18s %7s %20s %10s %10s %10s  %-8s %s\n", "name", "threads", "size", "median", "min", "max", "unit",
-                    "of peak");
+        std::printf("%-18s %7s %20s %10s %10s %10s  %-8s %s\n", "name", "threads", "size", "median",
+                    "min", "max", "unit", "of peak");
     }
     // `limit`: the ceiling to compare a rate with; by default the CPU `peak` row for GFLOP/s.
-    void row(const char* name, int threads, const std::string& size, Timing t, const char* unit, double limit = 0) {
-        std::printf("%-18s %7d %20s %10.3f %10.3f %10.3f  %-8s", name, threads, size.c_str(), t.median, t.min, t.max, unit);
-        if (limit == 0 && std::string(unit) == "GFLOP/s" && std::string(name) != "peak" && threads <= 2)
+    void row(const char* name, int threads, const std::string& size, Timing t, const char* unit,
+             double limit = 0) {
+        std::printf("%-18s %7d %20s %10.3f %10.3f %10.3f  %-8s", name, threads, size.c_str(),
+                    t.median, t.min, t.max, unit);
+        if (limit == 0 && std::string(unit) == "GFLOP/s" && std::string(name) != "peak" &&
+            threads <= 2)
             limit = peak_gflops[threads];
         if (limit > 0) std::printf(" %5.1f%%", 100 * t.median / limit);
         std::printf("\n");
@@ -85,18 +90,22 @@ static void peak(Report& report, int threads) {
     const long iterations = 20'000'000;
     const double gflop = 2.0 * 12 * 8 * iterations * threads / 1e9;
     double sink = 0;
-    const Timing t = time_ms([&] {
+    const Timing t = time_ms(
+        [&] {
 #pragma omp parallel num_threads(threads) reduction(+ : sink)
-        sink += fma_chains(iterations);
-    }, 5);
+            sink += fma_chains(iterations);
+        },
+        5);
     if (!(sink > 0)) throw std::runtime_error("peak: the FMA chains gave " + std::to_string(sink));
     report.row("peak", threads, "fma", rate(gflop, t), "GFLOP/s");
-    report.peak_gflops[threads] = rate(gflop, t).max;   // a ceiling: the best run, not the typical one
+    report.peak_gflops[threads] =
+        rate(gflop, t).max;   // a ceiling: the best run, not the typical one
 }
 
 // 64 entries of C = A·B recomputed in double; a product more than 1e-4 (relative) off stops the bench.
 // A and B are views (engine.h), so a product with a transposed operand is checked the same way.
-static void verify(const char* what, MatrixView A, MatrixView B, const std::vector<real>& C, int M, int K, int N) {
+static void verify(const char* what, MatrixView A, MatrixView B, const std::vector<real>& C, int M,
+                   int K, int N) {
     Rng rng(99);
     for (int t = 0; t < 64; ++t) {
         const int i = int(rng.below(M)), j = int(rng.below(N));
@@ -107,8 +116,10 @@ static void verify(const char* what, MatrixView A, MatrixView B, const std::vect
             size += std::fabs(term);   // the rounding error of a float sum scales with Σ|terms|
         }
         if (std::fabs(C[std::size_t(i) * N + j] - s) > 1e-4 * (1 + size))
-            throw std::runtime_error(std::string(what) + ": C[" + std::to_string(i) + "][" + std::to_string(j) + "] = " +
-                                     std::to_string(C[std::size_t(i) * N + j]) + ", expected " + std::to_string(s));
+            throw std::runtime_error(std::string(what) + ": C[" + std::to_string(i) + "][" +
+                                     std::to_string(j) +
+                                     "] = " + std::to_string(C[std::size_t(i) * N + j]) +
+                                     ", expected " + std::to_string(s));
     }
 }
 
@@ -140,9 +151,14 @@ static void matmul_steps(Report& report, int N) {
 static void matmul_square(Report& report, int threads, int N) {
     Rng rng(1);
     const Tensor a = randn({N, N}, rng), b = randn({N, N}, rng);
-    verify("matmul", row_major(a.values().data(), N), row_major(b.values().data(), N), matmul(a, b).values(), N, N, N);
-    const int repeats = N <= 512 ? 41 : N <= 1024 ? 15 : 7;   // more runs where a run is short: medians of ≥ 0.1 s from N = 512
-    report.row("matmul", threads, std::to_string(N), rate(2.0 * N * N * double(N) / 1e9, time_ms([&] { matmul(a, b); }, repeats)),
+    verify("matmul", row_major(a.values().data(), N), row_major(b.values().data(), N),
+           matmul(a, b).values(), N, N, N);
+    const int repeats =
+        N <= 512    ? 41
+        : N <= 1024 ? 15
+                    : 7;   // more runs where a run is short: medians of ≥ 0.1 s from N = 512
+    report.row("matmul", threads, std::to_string(N),
+               rate(2.0 * N * N * double(N) / 1e9, time_ms([&] { matmul(a, b); }, repeats)),
                "GFLOP/s");
 }
 
@@ -154,11 +170,15 @@ static void matmul_mlp_shapes(Report& report, int threads) {
         const int M = s[0], K = s[1], N = s[2];
         Tensor x = randn({M, K}, rng).requires_grad_(), w = randn({K, N}, rng).requires_grad_();
         const double gflop = 2.0 * M * K * N / 1e9;
-        const std::string size = std::to_string(M) + "x" + std::to_string(K) + "x" + std::to_string(N);
-        verify("matmul", row_major(x.values().data(), K), row_major(w.values().data(), N), matmul(x, w).values(), M, K, N);
-        report.row("matmul", threads, size, rate(gflop, time_ms([&] { matmul(x, w); }, 51)), "GFLOP/s");
+        const std::string size =
+            std::to_string(M) + "x" + std::to_string(K) + "x" + std::to_string(N);
+        verify("matmul", row_major(x.values().data(), K), row_major(w.values().data(), N),
+               matmul(x, w).values(), M, K, N);
+        report.row("matmul", threads, size, rate(gflop, time_ms([&] { matmul(x, w); }, 51)),
+                   "GFLOP/s");
         const Tensor y = matmul(x, w), seed = randn({M, N}, rng);
-        report.row("matmul_backward", threads, size, rate(2 * gflop, time_ms([&] { y.backward(seed); }, 51)),   // dX and dW
+        report.row("matmul_backward", threads, size,
+                   rate(2 * gflop, time_ms([&] { y.backward(seed); }, 51)),   // dX and dW
                    "GFLOP/s");
     }
 }
@@ -228,10 +248,12 @@ static std::vector<real> host_copy(const DeviceBuffer<float>& d) {
 static void emulated_kernel(Report& report) {
     const int n = 64;
     Rng rng(4);
-    const DeviceBuffer<float> A = device_random(n * n, rng), B = device_random(n * n, rng), C(n * n);
+    const DeviceBuffer<float> A = device_random(n * n, rng), B = device_random(n * n, rng),
+                              C(n * n);
     const Timing t = time_ms([&] { cuda_matmul_v2(A.data(), B.data(), C.data(), n, n, n); }, 11);
     const std::vector<real> a = host_copy(A), b = host_copy(B);
-    verify("cuda_matmul_v2 (emulated)", row_major(a.data(), n), row_major(b.data(), n), host_copy(C), n, n, n);
+    verify("cuda_matmul_v2 (emulated)", row_major(a.data(), n), row_major(b.data(), n),
+           host_copy(C), n, n, n);
     report.row("emulated_kernel", 1, "matmul_v2 64^3", t, "ms");
 }
 
@@ -243,8 +265,8 @@ static void emulated_kernel(Report& report) {
 // With `small`, sizes an emulator can run in a second (the test of this code).
 constexpr double h100_gbps = 3350, h100_gflops = 67000;   // HBM3; FP32 without tensor cores
 
-static void gpu_row(Report& report, const char* name, const std::string& size, double gb, double gflop,
-                    const std::function<void()>& launch, int repeats) {
+static void gpu_row(Report& report, const char* name, const std::string& size, double gb,
+                    double gflop, const std::function<void()>& launch, int repeats) {
     std::vector<double> ms;
     for (int m = 0; m < 5; ++m) ms.push_back(cuda_time_ms(launch, repeats));
     std::sort(ms.begin(), ms.end());
@@ -254,14 +276,17 @@ static void gpu_row(Report& report, const char* name, const std::string& size, d
 }
 
 // |got − want| <= tol·(1 + |want|) for every element, or the bench stops, naming the first miss.
-static void expect_close(const char* what, const std::vector<real>& got, const std::vector<real>& want, double tol) {
+static void expect_close(const char* what, const std::vector<real>& got,
+                         const std::vector<real>& want, double tol) {
     if (got.size() != want.size())
-        throw std::runtime_error(std::string(what) + ": " + std::to_string(got.size()) + " values, expected " +
-                                 std::to_string(want.size()));
+        throw std::runtime_error(std::string(what) + ": " + std::to_string(got.size()) +
+                                 " values, expected " + std::to_string(want.size()));
     for (std::size_t i = 0; i < want.size(); ++i)
-        if (!(std::fabs(double(got[i]) - double(want[i])) <= tol * (1 + std::fabs(double(want[i])))))
-            throw std::runtime_error(std::string(what) + ": element " + std::to_string(i) + " is " + std::to_string(got[i]) +
-                                     ", expected " + std::to_string(want[i]));
+        if (!(std::fabs(double(got[i]) - double(want[i])) <=
+              tol * (1 + std::fabs(double(want[i])))))
+            throw std::runtime_error(std::string(what) + ": element " + std::to_string(i) + " is " +
+                                     std::to_string(got[i]) + ", expected " +
+                                     std::to_string(want[i]));
 }
 
 static void gpu_vector_kernels(Report& report, int n, int repeats, Rng& rng) {
@@ -285,7 +310,8 @@ static void gpu_vector_kernels(Report& report, int n, int repeats, Rng& rng) {
 
     // The sums and the norm return a number to the host, so their times include what their
     // wrappers do around the kernels: a cudaMalloc and cudaFree of scratch, and a copy back.
-    double sum = 0, sum_of_squares = 0, size_of_sum = 0;   // a float sum's rounding error scales with Σ|x|
+    double sum = 0, sum_of_squares = 0,
+           size_of_sum = 0;   // a float sum's rounding error scales with Σ|x|
     for (real e : hx) {
         sum += e;
         sum_of_squares += double(e) * e;
@@ -298,8 +324,10 @@ static void gpu_vector_kernels(Report& report, int n, int repeats, Rng& rng) {
     for (const auto& s : sums) {
         const double got = s.sum(x.data(), n);
         if (!(std::fabs(got - sum) <= 1e-5 * size_of_sum))
-            throw std::runtime_error(std::string(s.name) + ": " + std::to_string(got) + ", expected " + std::to_string(sum));
-        gpu_row(report, s.name, size, floats, 0, [&] { s.sum(x.data(), n); }, repeats);
+            throw std::runtime_error(std::string(s.name) + ": " + std::to_string(got) +
+                                     ", expected " + std::to_string(sum));
+        gpu_row(
+            report, s.name, size, floats, 0, [&] { s.sum(x.data(), n); }, repeats);
     }
     auto norm = [&] { return cuda_grad_norm({x.data()}, {n}); };
     expect_close("gpu_grad_norm", {real(norm())}, {real(std::sqrt(sum_of_squares))}, 1e-5);
@@ -311,14 +339,18 @@ static void gpu_vector_kernels(Report& report, int n, int repeats, Rng& rng) {
     cuda_zero(v.data(), v.bytes());
     DeviceBuffer<float> w(n);
     cuda_copy_on_device(w.data(), x.data(), x.bytes());
-    auto adamw = [&] { cuda_adamw_update(w.data(), y.data(), m.data(), v.data(), n, 1e-3, 0.9, 0.999, 1e-8, 0.01, 1); };
+    auto adamw = [&] {
+        cuda_adamw_update(w.data(), y.data(), m.data(), v.data(), n, 1e-3, 0.9, 0.999, 1e-8, 0.01,
+                          1);
+    };
     adamw();
     Tensor p({n}, hx);
     p.requires_grad_();
     p.grad() = hy;
     AdamW(std::vector<Tensor>{p}, 1e-3, 0.9, 0.999, 1e-8, 0.01).step();
     expect_close("gpu_adamw", host_copy(w), p.values(), 1e-6);
-    gpu_row(report, "gpu_adamw", size, 7 * floats, 0, adamw, repeats);   // reads w, g, m, v; writes w, m, v
+    gpu_row(report, "gpu_adamw", size, 7 * floats, 0, adamw,
+            repeats);   // reads w, g, m, v; writes w, m, v
 }
 
 // The kernels that reduce along rows or down columns of a [rows, cols] matrix: the fused
@@ -327,8 +359,10 @@ static void gpu_row_kernels(Report& report, int rows, int cols, int repeats, Rng
     const std::size_t numel = std::size_t(rows) * cols;
     const double floats = 4e-9 * double(numel);   // GB in one [rows, cols] matrix
     const std::string size = std::to_string(rows) + "x" + std::to_string(cols);
-    DeviceBuffer<float> X = device_random(numel, rng), dY = device_random(numel, rng), Y(numel), dX(numel);
-    DeviceBuffer<float> gain = device_random(cols, rng), bias = device_random(cols, rng), dgain(cols), dbias(cols);
+    DeviceBuffer<float> X = device_random(numel, rng), dY = device_random(numel, rng), Y(numel),
+                        dX(numel);
+    DeviceBuffer<float> gain = device_random(cols, rng), bias = device_random(cols, rng),
+                        dgain(cols), dbias(cols);
     DeviceBuffer<float> mean(rows), rstd(rows), loss(1);
     Tensor x({rows, cols}, host_copy(X)), g({rows, cols}, host_copy(dY));
     Tensor gain_t({cols}, host_copy(gain)), bias_t({cols}, host_copy(bias));
@@ -338,11 +372,13 @@ static void gpu_row_kernels(Report& report, int rows, int cols, int repeats, Rng
     DeviceBuffer<int> labels(rows);
     cuda_copy_to_device(labels.data(), host_labels.data(), labels.bytes());
     auto cross_entropy_forward = [&] {
-        cuda_softmax_cross_entropy_forward(X.data(), labels.data(), Y.data(), loss.data(), rows, cols);
+        cuda_softmax_cross_entropy_forward(X.data(), labels.data(), Y.data(), loss.data(), rows,
+                                           cols);
     };
     cross_entropy_forward();
     // The loss is a float sum of one term per row, added in whatever order the rows finish.
-    expect_close("gpu_softmax_ce (the mean loss)", host_copy(loss), {cross_entropy(x, host_labels).item()}, 1e-4);
+    expect_close("gpu_softmax_ce (the mean loss)", host_copy(loss),
+                 {cross_entropy(x, host_labels).item()}, 1e-4);
     gpu_row(report, "gpu_softmax_ce", size, 2 * floats, 0, cross_entropy_forward, repeats);
 
     auto bias_grad = [&] { cuda_bias_grad(dY.data(), dbias.data(), rows, cols); };
@@ -352,7 +388,8 @@ static void gpu_row_kernels(Report& report, int rows, int cols, int repeats, Rng
     gpu_row(report, "gpu_bias_grad", size, floats, 0, bias_grad, repeats);
 
     auto layer_norm_forward = [&] {
-        cuda_layer_norm_forward(X.data(), gain.data(), bias.data(), Y.data(), mean.data(), rstd.data(), rows, cols, 1e-5f);
+        cuda_layer_norm_forward(X.data(), gain.data(), bias.data(), Y.data(), mean.data(),
+                                rstd.data(), rows, cols, 1e-5f);
     };
     layer_norm_forward();
     x.requires_grad_();
@@ -363,22 +400,25 @@ static void gpu_row_kernels(Report& report, int rows, int cols, int repeats, Rng
     gpu_row(report, "gpu_layer_norm", size, 2 * floats, 0, layer_norm_forward, repeats);
 
     auto layer_norm_backward = [&] {
-        cuda_layer_norm_backward(X.data(), gain.data(), mean.data(), rstd.data(), dY.data(), dX.data(), dgain.data(),
-                                 dbias.data(), rows, cols);
+        cuda_layer_norm_backward(X.data(), gain.data(), mean.data(), rstd.data(), dY.data(),
+                                 dX.data(), dgain.data(), dbias.data(), rows, cols);
     };
-    for (DeviceBuffer<float>* gradient : {&dX, &dgain, &dbias}) cuda_zero(gradient->data(), gradient->bytes());
+    for (DeviceBuffer<float>* gradient : {&dX, &dgain, &dbias})
+        cuda_zero(gradient->data(), gradient->bytes());
     layer_norm_backward();
     y.backward(g);
     expect_close("gpu_layer_norm_bw (dX)", host_copy(dX), x.grad(), 1e-4);
     expect_close("gpu_layer_norm_bw (dgain)", host_copy(dgain), gain_t.grad(), 1e-4);
     expect_close("gpu_layer_norm_bw (dbias)", host_copy(dbias), bias_t.grad(), 1e-4);
-    gpu_row(report, "gpu_layer_norm_bw", size, 6 * floats, 0, layer_norm_backward, repeats);   // kernels.cu §5
+    gpu_row(report, "gpu_layer_norm_bw", size, 6 * floats, 0, layer_norm_backward,
+            repeats);   // kernels.cu §5
 }
 
 // The five products on N×N matrices. The backward products add into C, so C starts at 0 for
 // the checked launch: dX = A·Bᵀ (A as dY, B as W), dW = Aᵀ·B (A as X, B as dY).
 static void gpu_matmuls(Report& report, int N, int repeats, Rng& rng) {
-    const DeviceBuffer<float> A = device_random(std::size_t(N) * N, rng), B = device_random(std::size_t(N) * N, rng);
+    const DeviceBuffer<float> A = device_random(std::size_t(N) * N, rng),
+                              B = device_random(std::size_t(N) * N, rng);
     DeviceBuffer<float> C(std::size_t(N) * N);
     const std::vector<real> a = host_copy(A), b = host_copy(B);
     const double gflop = 2.0 * N * N * double(N) / 1e9;
@@ -388,8 +428,10 @@ static void gpu_matmuls(Report& report, int N, int repeats, Rng& rng) {
         const char* name;
         Product product;
         bool transpose_a, transpose_b;
-    } products[] = {{"gpu_matmul_v1", cuda_matmul_v1, false, false}, {"gpu_matmul_v2", cuda_matmul_v2, false, false},
-                    {"gpu_matmul_v3", cuda_matmul_v3, false, false}, {"gpu_matmul_dx", cuda_matmul_backward_dx, false, true},
+    } products[] = {{"gpu_matmul_v1", cuda_matmul_v1, false, false},
+                    {"gpu_matmul_v2", cuda_matmul_v2, false, false},
+                    {"gpu_matmul_v3", cuda_matmul_v3, false, false},
+                    {"gpu_matmul_dx", cuda_matmul_backward_dx, false, true},
                     {"gpu_matmul_dw", cuda_matmul_backward_dw, true, false}};
     for (const auto& p : products) {
         auto launch = [&] { p.product(A.data(), B.data(), C.data(), N, N, N); };
@@ -403,8 +445,9 @@ static void gpu_matmuls(Report& report, int N, int repeats, Rng& rng) {
 }
 
 static void gpu_kernels(Report& report, bool small) {
-    std::printf("(kernels.cu on the %s, timed with CUDA events; last column: share of an H100 SXM's paper limit, "
-                "%.0f GB/s or %.0f GFLOP/s)\n", cuda_is_emulated() ? "emulator" : "GPU", h100_gbps, h100_gflops);
+    std::printf("(kernels.cu on the %s, timed with CUDA events; last column: share of an H100 "
+                "SXM's paper limit, %.0f GB/s or %.0f GFLOP/s)\n",
+                cuda_is_emulated() ? "emulator" : "GPU", h100_gbps, h100_gflops);
     Rng rng(5);
     const int repeats = small ? 1 : 20;
     gpu_vector_kernels(report, small ? 4096 : 1 << 24, repeats, rng);
@@ -441,12 +484,14 @@ static int run(int argc, char** argv) {
     scalar_moons(report);
     if (cuda_is_emulated()) {
         emulated_kernel(report);
-        std::printf("(kernels.cu runs on the emulator here, so there is no GPU to time: on a machine with nvcc and a GPU, "
+        std::printf("(kernels.cu runs on the emulator here, so there is no GPU to time: on a "
+                    "machine with nvcc and a GPU, "
                     "`make bench` builds the GPU bench, which adds those rows)\n");
     } else {
         gpu_kernels(report, false);
     }
-    std::printf("(written to build/bench.csv. The same models in PyTorch and micrograd: README, \"How fast is it, and why\")\n");
+    std::printf("(written to build/bench.csv. The same models in PyTorch and micrograd: README, "
+                "\"How fast is it, and why\")\n");
     return 0;
 }
 

@@ -40,10 +40,6 @@
 #ifndef __ELF__
 #error "cuda_emu.h needs an ELF system such as Linux: __shared__ variables live in a linker section"
 #endif
-#include <math.h>
-#include <sys/mman.h>
-#include <ucontext.h>
-#include <unistd.h>
 #include <algorithm>
 #include <chrono>
 #include <cstdarg>
@@ -52,9 +48,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <math.h>
 #include <stdexcept>
 #include <string>
+#include <sys/mman.h>
 #include <type_traits>
+#include <ucontext.h>
+#include <unistd.h>
 #include <utility>
 #include <vector>
 
@@ -80,11 +80,14 @@
 #define __launch_bounds__(...)
 #define CUDA_EMU_CAT2(a, b) a##b
 #define CUDA_EMU_CAT(a, b) CUDA_EMU_CAT2(a, b)
-#define __shared__                                                                                      \
-    __attribute__((section("cuda_emu_shared"), unused)) static ::cuda_emu::SharedProbe                 \
-        CUDA_EMU_CAT(cuda_emu_probe_, __COUNTER__){__FILE__, __LINE__};                                 \
+#define __shared__                                                                                 \
+    __attribute__((section("cuda_emu_shared"),                                                     \
+                   unused)) static ::cuda_emu::SharedProbe CUDA_EMU_CAT(cuda_emu_probe_,           \
+                                                                        __COUNTER__){__FILE__,     \
+                                                                                     __LINE__};    \
     __attribute__((section("cuda_emu_shared"))) static
-#define LAUNCH(kernel, grid, block) ::cuda_emu::launcher(kernel, #kernel, grid, block, __FILE__, __LINE__)
+#define LAUNCH(kernel, grid, block)                                                                \
+    ::cuda_emu::launcher(kernel, #kernel, grid, block, __FILE__, __LINE__)
 
 struct dim3 {
     unsigned x, y, z;
@@ -92,10 +95,20 @@ struct dim3 {
 };
 inline dim3 threadIdx, blockIdx, blockDim, gridDim;   // set by the scheduler before a fiber runs
 constexpr int warpSize = 32;
-enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2,
-                   cudaErrorInvalidDevicePointer = 17, cudaErrorInvalidMemcpyDirection = 21 };
-enum cudaMemcpyKind { cudaMemcpyHostToHost, cudaMemcpyHostToDevice, cudaMemcpyDeviceToHost,
-                      cudaMemcpyDeviceToDevice, cudaMemcpyDefault };
+enum cudaError_t {
+    cudaSuccess = 0,
+    cudaErrorInvalidValue = 1,
+    cudaErrorMemoryAllocation = 2,
+    cudaErrorInvalidDevicePointer = 17,
+    cudaErrorInvalidMemcpyDirection = 21
+};
+enum cudaMemcpyKind {
+    cudaMemcpyHostToHost,
+    cudaMemcpyHostToDevice,
+    cudaMemcpyDeviceToHost,
+    cudaMemcpyDeviceToDevice,
+    cudaMemcpyDefault
+};
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 extern "C" char __start_cuda_emu_shared[] __attribute__((weak));   // both defined by the linker
 extern "C" char __stop_cuda_emu_shared[] __attribute__((weak));
@@ -123,11 +136,11 @@ struct Fiber {
     WarpOp op = WarpOp::sync;                // the warp operation it waits in, with its arguments
     unsigned mask = 0;
     int arg = 0, width = 32, line = 0;
-    const char *op_name = "", *file = "";    // what it waits in, and where
+    const char *op_name = "", *file = "";   // what it waits in, and where
     unsigned char value[8] = {}, result[8] = {};
     dim3 thread;
     std::exception_ptr error;
-    void* fake_stack = nullptr;              // ASan's bookkeeping
+    void* fake_stack = nullptr;   // ASan's bookkeeping
 };
 struct State {
     std::vector<Fiber> fibers = std::vector<Fiber>(1024);   // never resized: contexts must not move
@@ -135,9 +148,10 @@ struct State {
     void* scheduler_fake_stack = nullptr;
     const void* scheduler_stack = nullptr;
     std::size_t scheduler_stack_size = 0;
-    std::vector<Wait> waits = std::vector<Wait>(1024, Wait::done);   // per fiber; compact, as pick() scans it
-    int current = -1, n_threads = 0;          // the running fiber (-1: host code); threads per block
-    void (*body)(void*) = nullptr;            // calls the kernel with its arguments
+    std::vector<Wait> waits =
+        std::vector<Wait>(1024, Wait::done);   // per fiber; compact, as pick() scans it
+    int current = -1, n_threads = 0;   // the running fiber (-1: host code); threads per block
+    void (*body)(void*) = nullptr;     // calls the kernel with its arguments
     void* body_arg = nullptr;
     Schedule schedule = Schedule::seq;
     std::uint64_t rng = 1;
@@ -163,8 +177,10 @@ inline void schedule_from_environment() {
     const std::string v = e && *e ? e : "seq";
     if (v == "seq" || v == "rev") return set_schedule(v == "seq" ? Schedule::seq : Schedule::rev);
     if (v == "rand" || v.rfind("rand:", 0) == 0)
-        return set_schedule(Schedule::rand, v.size() > 5 ? std::strtoull(v.c_str() + 5, nullptr, 10) : 1);
-    throw std::invalid_argument("CUDA_EMU_SCHEDULE must be seq, rev, rand or rand:SEED, not '" + v + "'");
+        return set_schedule(Schedule::rand,
+                            v.size() > 5 ? std::strtoull(v.c_str() + 5, nullptr, 10) : 1);
+    throw std::invalid_argument("CUDA_EMU_SCHEDULE must be seq, rev, rand or rand:SEED, not '" + v +
+                                "'");
 }
 inline std::uint64_t random_number() {   // xorshift64*
     std::uint64_t& r = state().rng;
@@ -175,7 +191,8 @@ inline std::uint64_t random_number() {   // xorshift64*
 }
 inline void arrange(std::vector<std::size_t>& order) {   // the block order, from 0, 1, 2, ...
     if (state().schedule == Schedule::rev) std::reverse(order.begin(), order.end());
-    for (std::size_t i = order.size(); state().schedule == Schedule::rand && i > 1; --i)   // Fisher-Yates
+    for (std::size_t i = order.size(); state().schedule == Schedule::rand && i > 1;
+         --i)   // Fisher-Yates
         std::swap(order[i - 1], order[random_number() % i]);
 }
 
@@ -189,7 +206,8 @@ inline std::string format(const char* fmt, ...) {
     return s;
 }
 inline std::string thread_name(int t) {   // linear index t -> "thread (x,y,z)"
-    return format("thread (%u,%u,%u)", t % blockDim.x, t / blockDim.x % blockDim.y, t / blockDim.x / blockDim.y);
+    return format("thread (%u,%u,%u)", t % blockDim.x, t / blockDim.x % blockDim.y,
+                  t / blockDim.x / blockDim.y);
 }
 
 // Runs once per __shared__ declaration: did the compiler keep the variable in the section?
@@ -197,8 +215,11 @@ struct SharedProbe {
     SharedProbe(const char* file, int line) {
         const char* p = reinterpret_cast<const char*>(this);
         if (!(p >= __start_cuda_emu_shared && p < __stop_cuda_emu_shared))
-            std::fprintf(stderr, "cuda_emu: warning: %s:%d: the compiler dropped the section of this __shared__ "
-                         "variable (g++ does in templates): it is not refilled before each block\n", file, line);
+            std::fprintf(
+                stderr,
+                "cuda_emu: warning: %s:%d: the compiler dropped the section of this __shared__ "
+                "variable (g++ does in templates): it is not refilled before each block\n",
+                file, line);
     }
 };
 
@@ -222,16 +243,20 @@ inline Fiber& self(const char* what) {
     if (state().current < 0) throw std::logic_error(std::string(what) + " called outside a kernel");
     return state().fibers[std::size_t(state().current)];
 }
-inline void to_scheduler(Fiber& f, Wait wait) {   // the fiber waits here until the scheduler resumes it
+inline void to_scheduler(Fiber& f,
+                         Wait wait) {   // the fiber waits here until the scheduler resumes it
     State& s = state();
     wait_of(s.current) = wait;
-    CUDA_EMU_IF_ASAN(__sanitizer_start_switch_fiber(&f.fake_stack, s.scheduler_stack, s.scheduler_stack_size));
+    CUDA_EMU_IF_ASAN(
+        __sanitizer_start_switch_fiber(&f.fake_stack, s.scheduler_stack, s.scheduler_stack_size));
     swapcontext(&f.context, &s.scheduler);
-    CUDA_EMU_IF_ASAN(__sanitizer_finish_switch_fiber(f.fake_stack, &s.scheduler_stack, &s.scheduler_stack_size));
+    CUDA_EMU_IF_ASAN(
+        __sanitizer_finish_switch_fiber(f.fake_stack, &s.scheduler_stack, &s.scheduler_stack_size));
 }
 inline void fiber_main() {   // a fiber's life: one turn of the loop per block it serves as a thread
     State& s = state();
-    CUDA_EMU_IF_ASAN(__sanitizer_finish_switch_fiber(nullptr, &s.scheduler_stack, &s.scheduler_stack_size));
+    CUDA_EMU_IF_ASAN(
+        __sanitizer_finish_switch_fiber(nullptr, &s.scheduler_stack, &s.scheduler_stack_size));
     Fiber& f = s.fibers[std::size_t(s.current)];
     for (;;) {
         f.in_body = true;
@@ -249,12 +274,15 @@ inline void resume(int t) {   // runs fiber t until it waits or ends
     Fiber& f = s.fibers[std::size_t(t)];
     if (!f.stack) {   // with a guard page below: an overflow faults instead of corrupting memory
         const std::size_t page = std::size_t(sysconf(_SC_PAGESIZE));
-        void* m = mmap(nullptr, stack_bytes + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (m == MAP_FAILED || mprotect(m, page, PROT_NONE) != 0) throw std::runtime_error("cuda_emu: no memory for a stack");
+        void* m = mmap(nullptr, stack_bytes + page, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (m == MAP_FAILED || mprotect(m, page, PROT_NONE) != 0)
+            throw std::runtime_error("cuda_emu: no memory for a stack");
         f.stack = static_cast<char*>(m) + page;
     }
     if (!f.started) {
-        CUDA_EMU_IF_ASAN(__asan_unpoison_memory_region(f.stack, stack_bytes));   // an abandoned fiber may have left poison
+        CUDA_EMU_IF_ASAN(__asan_unpoison_memory_region(
+            f.stack, stack_bytes));   // an abandoned fiber may have left poison
         getcontext(&f.context);
         f.context.uc_stack.ss_sp = f.stack;
         f.context.uc_stack.ss_size = stack_bytes;
@@ -274,13 +302,15 @@ inline void resume(int t) {   // runs fiber t until it waits or ends
 // Does thread u wait in the same warp operation (and mask) as thread t?
 inline bool waits_with(int u, int t) {
     const Fiber* F = state().fibers.data();
-    return u < state().n_threads && wait_of(u) == Wait::warp && F[u].op == F[t].op && F[u].mask == F[t].mask;
+    return u < state().n_threads && wait_of(u) == Wait::warp && F[u].op == F[t].op &&
+           F[u].mask == F[t].mask;
 }
 // Have all lanes named by the mask of t's warp operation arrived?
 inline bool warp_op_complete(int t) {
     const int base = t - t % 32;   // lane 0 of t's warp
     for (int lane = 0; lane < 32; ++lane)
-        if (state().fibers[std::size_t(t)].mask >> lane & 1u && !waits_with(base + lane, t)) return false;
+        if (state().fibers[std::size_t(t)].mask >> lane & 1u && !waits_with(base + lane, t))
+            return false;
     return true;
 }
 // Hands every lane of t's warp operation its result and lets them all go on.
@@ -299,14 +329,17 @@ inline void complete_warp_op(int t) {
         if (!(mask >> lane & 1u)) continue;
         Fiber& g = F[base + lane];
         const int w = g.width, first = lane - lane % w;   // lanes form groups of `width`
-        int src = lane;                                    // the lane whose value g receives
+        int src = lane;                                   // the lane whose value g receives
         if (g.op == WarpOp::shfl) src = first + (g.arg % w + w) % w;
         if (g.op == WarpOp::up && lane % w >= g.arg) src = lane - g.arg;
         if (g.op == WarpOp::down && lane % w + g.arg < w) src = lane + g.arg;
-        if (g.op == WarpOp::xor_ && (lane ^ g.arg) >= 0 && (lane ^ g.arg) < first + w) src = lane ^ g.arg;
+        if (g.op == WarpOp::xor_ && (lane ^ g.arg) >= 0 && (lane ^ g.arg) < first + w)
+            src = lane ^ g.arg;
         if (g.op == WarpOp::ballot) std::memcpy(g.result, &ballot, sizeof ballot);
         else if (mask >> src & 1u) std::memcpy(g.result, F[base + src].value, 8);
-        else std::memset(g.result, 0xFF, 8);   // a lane outside the mask: undefined in CUDA, NaN here
+        else
+            std::memset(g.result, 0xFF,
+                        8);   // a lane outside the mask: undefined in CUDA, NaN here
         wait_of(base + lane) = Wait::ready;
     }
 }
@@ -317,12 +350,18 @@ inline void complete_warp_op(int t) {
     for (int lane = 0; lane < 32; ++lane) {
         const int u = t - t % 32 + lane;   // the thread in that lane of t's warp
         if (!(F[t].mask >> lane & 1u) || waits_with(u, t)) continue;
-        std::string why = format("%s at %s:%d (mask 0x%08x) waits for lane %d", F[t].op_name, F[t].file, F[t].line, F[t].mask, lane);
-        if (u >= n) throw std::runtime_error(why + format(", which does not exist: the block has %d threads", n));
+        std::string why = format("%s at %s:%d (mask 0x%08x) waits for lane %d", F[t].op_name,
+                                 F[t].file, F[t].line, F[t].mask, lane);
+        if (u >= n)
+            throw std::runtime_error(why +
+                                     format(", which does not exist: the block has %d threads", n));
         why = "deadlock: " + why + " (" + thread_name(u) + ")";
         if (wait_of(u) == Wait::done) throw std::runtime_error(why + ", which has exited");
-        if (wait_of(u) == Wait::barrier) throw std::runtime_error(why + format(", which waits at __syncthreads() at %s:%d", F[u].file, F[u].line));
-        throw std::runtime_error(why + format(", which calls %s at %s:%d (mask 0x%08x)", F[u].op_name, F[u].file, F[u].line, F[u].mask));
+        if (wait_of(u) == Wait::barrier)
+            throw std::runtime_error(
+                why + format(", which waits at __syncthreads() at %s:%d", F[u].file, F[u].line));
+        throw std::runtime_error(why + format(", which calls %s at %s:%d (mask 0x%08x)",
+                                              F[u].op_name, F[u].file, F[u].line, F[u].mask));
     }
     throw std::logic_error("cuda_emu: a complete warp operation was left waiting");
 }
@@ -341,13 +380,18 @@ inline void release_barrier() {
     }
     const Fiber& w = F[waiting];
     if (n_exited > 0)
-        throw std::runtime_error(format("deadlock: %d threads wait at __syncthreads() at %s:%d (", n - n_exited, w.file, w.line) +
-                                 thread_name(waiting) + format("), but %d exited without reaching it (", n_exited) +
-                                 thread_name(exited) + "); every thread of a block must reach every __syncthreads()");
+        throw std::runtime_error(
+            format("deadlock: %d threads wait at __syncthreads() at %s:%d (", n - n_exited, w.file,
+                   w.line) +
+            thread_name(waiting) + format("), but %d exited without reaching it (", n_exited) +
+            thread_name(exited) + "); every thread of a block must reach every __syncthreads()");
     for (int t = 0; t < n; ++t)
         if (F[t].line != w.line || std::strcmp(F[t].file, w.file) != 0)
-            throw std::runtime_error(format("deadlock: threads wait at different __syncthreads(): %s:%d (", w.file, w.line) +
-                                     thread_name(waiting) + format(") and %s:%d (", F[t].file, F[t].line) + thread_name(t) + ")");
+            throw std::runtime_error(
+                format("deadlock: threads wait at different __syncthreads(): %s:%d (", w.file,
+                       w.line) +
+                thread_name(waiting) + format(") and %s:%d (", F[t].file, F[t].line) +
+                thread_name(t) + ")");
     for (int t = 0; t < n; ++t) wait_of(t) = Wait::ready;
 }
 
@@ -357,7 +401,8 @@ inline int pick() {
     const Wait *w = state().waits.data(), ready = Wait::ready;
     const std::size_t n = std::size_t(state().n_threads);
     if (state().schedule != Schedule::rand) {
-        const void* p = state().schedule == Schedule::seq ? std::memchr(w, int(ready), n) : memrchr(w, int(ready), n);
+        const void* p = state().schedule == Schedule::seq ? std::memchr(w, int(ready), n)
+                                                          : memrchr(w, int(ready), n);
         return p ? int(static_cast<const Wait*>(p) - w) : -1;
     }
     long k = std::count(w, w + n, ready);
@@ -371,10 +416,12 @@ inline void run_block() {
     State& s = state();
     Fiber* F = s.fibers.data();
     char *shared = __start_cuda_emu_shared, *shared_end = __stop_cuda_emu_shared;
-    if (shared != shared_end) std::memset(shared, 0xFF, std::size_t(shared_end - shared));   // fresh __shared__ memory
+    if (shared != shared_end)
+        std::memset(shared, 0xFF, std::size_t(shared_end - shared));   // fresh __shared__ memory
     for (int t = 0; t < s.n_threads; ++t) {
         wait_of(t) = Wait::ready;
-        F[t].thread = dim3(t % blockDim.x, t / blockDim.x % blockDim.y, t / blockDim.x / blockDim.y);
+        F[t].thread =
+            dim3(t % blockDim.x, t / blockDim.x % blockDim.y, t / blockDim.x / blockDim.y);
     }
     try {
         for (;;) {
@@ -382,12 +429,12 @@ inline void run_block() {
             if (t >= 0) {
                 resume(t);
                 if (F[t].error) try {
-                    std::rethrow_exception(std::exchange(F[t].error, nullptr));
-                } catch (const ThreadError& e) {
-                    throw std::runtime_error(thread_name(t) + ": " + e.what());
-                } catch (...) {   // the kernel's own exception: passed on untouched
-                    throw KernelThrew{std::current_exception()};
-                }
+                        std::rethrow_exception(std::exchange(F[t].error, nullptr));
+                    } catch (const ThreadError& e) {
+                        throw std::runtime_error(thread_name(t) + ": " + e.what());
+                    } catch (...) {   // the kernel's own exception: passed on untouched
+                        throw KernelThrew{std::current_exception()};
+                    }
                 if (wait_of(t) == Wait::warp && warp_op_complete(t)) complete_warp_op(t);
                 continue;
             }
@@ -417,7 +464,8 @@ constexpr std::size_t guard_bytes = 256;
 #endif
 constexpr unsigned char guard_pattern[4] = {0xA5, 0xA5, 0xA5, 0x7F};
 inline bool guards_intact(std::uintptr_t start, std::size_t bytes, bool fill = false) {
-    unsigned char *before = reinterpret_cast<unsigned char*>(start - guard_bytes), *after = reinterpret_cast<unsigned char*>(start + bytes);
+    unsigned char *before = reinterpret_cast<unsigned char*>(start - guard_bytes),
+                  *after = reinterpret_cast<unsigned char*>(start + bytes);
     for (std::size_t k = 0; k < guard_bytes; ++k) {
         if (fill) before[k] = after[k] = guard_pattern[k % 4];
         if (before[k] != guard_pattern[k % 4] || after[k] != guard_pattern[k % 4]) return false;
@@ -426,21 +474,28 @@ inline bool guards_intact(std::uintptr_t start, std::size_t bytes, bool fill = f
 }
 inline void check_guards(const std::string& where) {
     for (const auto& [start, bytes] : state().allocations)
-        if (!guards_intact(start, bytes) && guards_intact(start, bytes, true))   // report once, then repair
-            throw std::runtime_error(where + format("wrote out of bounds of the cudaMalloc'ed allocation %p (%zu bytes)",
-                                                    reinterpret_cast<void*>(start), bytes));
+        if (!guards_intact(start, bytes) &&
+            guards_intact(start, bytes, true))   // report once, then repair
+            throw std::runtime_error(
+                where + format("wrote out of bounds of the cudaMalloc'ed allocation %p (%zu bytes)",
+                               reinterpret_cast<void*>(start), bytes));
 }
 
-inline void run_grid(dim3 grid, dim3 block, const std::string& where, void (*body)(void*), void* arg) {
+inline void run_grid(dim3 grid, dim3 block, const std::string& where, void (*body)(void*),
+                     void* arg) {
     State& s = state();
     if (s.current >= 0) throw ThreadError(where + "a kernel cannot launch a kernel in cuda_emu");
     const unsigned long long threads = 1ull * block.x * block.y * block.z;
     if (!grid.x || !grid.y || !grid.z || !threads)
-        throw std::invalid_argument(where + "invalid configuration: every grid and block size must be at least 1");
+        throw std::invalid_argument(
+            where + "invalid configuration: every grid and block size must be at least 1");
     if (threads > 1024 || block.x > 1024 || block.y > 1024 || block.z > 64)
-        throw std::invalid_argument(where + "invalid configuration: a block has at most 1024 threads (x, y <= 1024, z <= 64)");
+        throw std::invalid_argument(
+            where +
+            "invalid configuration: a block has at most 1024 threads (x, y <= 1024, z <= 64)");
     if (grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535)
-        throw std::invalid_argument(where + "invalid configuration: the grid is at most (2^31 - 1, 65535, 65535)");
+        throw std::invalid_argument(
+            where + "invalid configuration: the grid is at most (2^31 - 1, 65535, 65535)");
     schedule_from_environment();
     s.n_threads = int(threads);
     s.body = body;
@@ -451,54 +506,66 @@ inline void run_grid(dim3 grid, dim3 block, const std::string& where, void (*bod
     for (std::size_t b = 0; b < order.size(); ++b) order[b] = b;
     arrange(order);
     for (std::size_t b : order) {
-        blockIdx = dim3(unsigned(b % grid.x), unsigned(b / grid.x % grid.y), unsigned(b / grid.x / grid.y));
+        blockIdx = dim3(unsigned(b % grid.x), unsigned(b / grid.x % grid.y),
+                        unsigned(b / grid.x / grid.y));
         try {
             run_block();
         } catch (const KernelThrew& thrown) {
             std::rethrow_exception(thrown.error);
         } catch (const std::exception& e) {
-            throw std::runtime_error(where + format("block (%u,%u,%u): ", blockIdx.x, blockIdx.y, blockIdx.z) + e.what());
+            throw std::runtime_error(
+                where + format("block (%u,%u,%u): ", blockIdx.x, blockIdx.y, blockIdx.z) +
+                e.what());
         }
     }
     check_guards(where);
 }
 
 template <class... P>
-struct Launcher {   // LAUNCH(kernel, grid, block)(args...): checks the pointer arguments, runs the grid
+struct
+    Launcher {   // LAUNCH(kernel, grid, block)(args...): checks the pointer arguments, runs the grid
     void (*kernel)(P...);
     const char *name, *file;
     dim3 grid, block;
     int line;
     void operator()(P... args) const {
-        const std::string where = format("%s:%d: %s<<<(%u,%u,%u), (%u,%u,%u)>>>: ", file, line, name, grid.x, grid.y,
-                                         grid.z, block.x, block.y, block.z);
+        const std::string where = format("%s:%d: %s<<<(%u,%u,%u), (%u,%u,%u)>>>: ", file, line,
+                                         name, grid.x, grid.y, grid.z, block.x, block.y, block.z);
         int k = 0;
         auto check = [&](const auto& a) {
             ++k;
             if constexpr (std::is_pointer_v<std::decay_t<decltype(a)>>)
                 if (a != nullptr && !allocation_of(a))
-                    throw std::invalid_argument(where + format("argument %d is %p, which is not device memory from "
-                                                               "cudaMalloc (a host pointer?)", k, (const void*)a));
+                    throw std::invalid_argument(
+                        where + format("argument %d is %p, which is not device memory from "
+                                       "cudaMalloc (a host pointer?)",
+                                       k, (const void*)a));
         };
         (check(args), ...);
         auto call = [&] { kernel(args...); };   // each thread gets its own copies of the arguments
-        run_grid(grid, block, where, [](void* c) { (*static_cast<decltype(call)*>(c))(); }, &call);
+        run_grid(
+            grid, block, where, [](void* c) { (*static_cast<decltype(call)*>(c))(); }, &call);
     }
 };
 template <class... P>
-Launcher<P...> launcher(void (*kernel)(P...), const char* name, dim3 grid, dim3 block, const char* file, int line) {
+Launcher<P...> launcher(void (*kernel)(P...), const char* name, dim3 grid, dim3 block,
+                        const char* file, int line) {
     return {kernel, name, file, grid, block, line};
 }
 
 template <class T>
-T warp_op(WarpOp op, const char* name, unsigned mask, T value, int arg, int width, const char* file, int line) {
-    static_assert(sizeof(T) <= 8 && std::is_trivially_copyable_v<T>, "cuda_emu: warp operations move at most 8 bytes");
+T warp_op(WarpOp op, const char* name, unsigned mask, T value, int arg, int width, const char* file,
+          int line) {
+    static_assert(sizeof(T) <= 8 && std::is_trivially_copyable_v<T>,
+                  "cuda_emu: warp operations move at most 8 bytes");
     Fiber& f = self(name);
     const int lane = state().current % 32;
     if (!(mask >> lane & 1u))
-        throw ThreadError(format("%s at %s:%d: the calling lane %d is not in its mask 0x%08x", name, file, line, lane, mask));
+        throw ThreadError(format("%s at %s:%d: the calling lane %d is not in its mask 0x%08x", name,
+                                 file, line, lane, mask));
     if (width < 1 || width > 32 || (width & (width - 1)))
-        throw ThreadError(format("%s at %s:%d: width must be a power of 2 from 1 to 32, not %d", name, file, line, width));
+        throw ThreadError(format("%s at %s:%d: width must be a power of 2 from 1 to 32, not %d",
+                                 name, file, line, width));
     f.op = op;
     f.op_name = name;
     f.mask = mask;
@@ -513,7 +580,7 @@ T warp_op(WarpOp op, const char* name, unsigned mask, T value, int arg, int widt
     return value;
 }
 
-}  // namespace cuda_emu
+}   // namespace cuda_emu
 
 // ---- device functions: the barrier, warp operations, atomics ------------------------------------
 #define CUDA_EMU_SITE const char *file = __builtin_FILE(), int line = __builtin_LINE()
@@ -525,27 +592,33 @@ inline void __syncthreads(CUDA_EMU_SITE) {
 }
 template <class T>
 T __shfl_sync(unsigned mask, T var, int src_lane, int width = warpSize, CUDA_EMU_SITE) {
-    return cuda_emu::warp_op(cuda_emu::WarpOp::shfl, "__shfl_sync", mask, var, src_lane, width, file, line);
+    return cuda_emu::warp_op(cuda_emu::WarpOp::shfl, "__shfl_sync", mask, var, src_lane, width,
+                             file, line);
 }
 template <class T>
 T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = warpSize, CUDA_EMU_SITE) {
-    return cuda_emu::warp_op(cuda_emu::WarpOp::up, "__shfl_up_sync", mask, var, int(delta), width, file, line);
+    return cuda_emu::warp_op(cuda_emu::WarpOp::up, "__shfl_up_sync", mask, var, int(delta), width,
+                             file, line);
 }
 template <class T>
 T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = warpSize, CUDA_EMU_SITE) {
-    return cuda_emu::warp_op(cuda_emu::WarpOp::down, "__shfl_down_sync", mask, var, int(delta), width, file, line);
+    return cuda_emu::warp_op(cuda_emu::WarpOp::down, "__shfl_down_sync", mask, var, int(delta),
+                             width, file, line);
 }
 template <class T>
 T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = warpSize, CUDA_EMU_SITE) {
-    return cuda_emu::warp_op(cuda_emu::WarpOp::xor_, "__shfl_xor_sync", mask, var, lane_mask, width, file, line);
+    return cuda_emu::warp_op(cuda_emu::WarpOp::xor_, "__shfl_xor_sync", mask, var, lane_mask, width,
+                             file, line);
 }
 inline unsigned __ballot_sync(unsigned mask, int predicate, CUDA_EMU_SITE) {
-    return unsigned(cuda_emu::warp_op(cuda_emu::WarpOp::ballot, "__ballot_sync", mask, int(predicate != 0), 0, 32, file, line));
+    return unsigned(cuda_emu::warp_op(cuda_emu::WarpOp::ballot, "__ballot_sync", mask,
+                                      int(predicate != 0), 0, 32, file, line));
 }
 inline void __syncwarp(unsigned mask = 0xffffffffu, CUDA_EMU_SITE) {
     cuda_emu::warp_op(cuda_emu::WarpOp::sync, "__syncwarp", mask, 0, 0, 32, file, line);
 }
-template <class T>   // fibers switch only at barriers and warp operations, so a plain += is atomic here
+template <
+    class T>   // fibers switch only at barriers and warp operations, so a plain += is atomic here
 T atomicAdd(T* address, typename std::common_type<T>::type value) {
     const T old = *address;
     *address = old + value;
@@ -554,57 +627,84 @@ T atomicAdd(T* address, typename std::common_type<T>::type value) {
 
 // ---- the runtime API ------------------------------------------------------------------------------
 inline cudaError_t cudaMalloc(void** p, std::size_t bytes) {
-    if (!p) return cuda_emu::api_error(cudaErrorInvalidValue, "cudaMalloc: the address to store the pointer in is null");
+    if (!p)
+        return cuda_emu::api_error(cudaErrorInvalidValue,
+                                   "cudaMalloc: the address to store the pointer in is null");
     *p = nullptr;
     if (bytes == 0) return cudaSuccess;
     char* m = static_cast<char*>(std::malloc(bytes + 2 * cuda_emu::guard_bytes));
     if (!m) return cuda_emu::api_error(cudaErrorMemoryAllocation, "cudaMalloc: out of host memory");
     *p = m + cuda_emu::guard_bytes;
-    std::memset(*p, 0xFF, bytes);   // NaN as float (and double): a read of what nobody wrote shows up
+    std::memset(*p, 0xFF,
+                bytes);   // NaN as float (and double): a read of what nobody wrote shows up
     cuda_emu::guards_intact(reinterpret_cast<std::uintptr_t>(*p), bytes, true);
     cuda_emu::state().allocations[reinterpret_cast<std::uintptr_t>(*p)] = bytes;
     return cudaSuccess;
 }
 template <class T>
-cudaError_t cudaMalloc(T** p, std::size_t bytes) { return cudaMalloc(reinterpret_cast<void**>(p), bytes); }
+cudaError_t cudaMalloc(T** p, std::size_t bytes) {
+    return cudaMalloc(reinterpret_cast<void**>(p), bytes);
+}
 inline cudaError_t cudaFree(void* p) {
     if (p && !cuda_emu::state().allocations.erase(reinterpret_cast<std::uintptr_t>(p)))
-        return cuda_emu::api_error(cudaErrorInvalidDevicePointer, cuda_emu::format("cudaFree(%p): not a pointer from cudaMalloc", p));
+        return cuda_emu::api_error(
+            cudaErrorInvalidDevicePointer,
+            cuda_emu::format("cudaFree(%p): not a pointer from cudaMalloc", p));
     if (p) std::free(static_cast<char*>(p) - cuda_emu::guard_bytes);
     return cudaSuccess;
 }
 namespace cuda_emu {   // is [p, p + bytes) where `call` expects it: in one allocation (device), or in none (host)?
-inline cudaError_t check_range(const void* p, std::size_t bytes, bool device, const char* which, const char* call) {
+inline cudaError_t check_range(const void* p, std::size_t bytes, bool device, const char* which,
+                               const char* call) {
     const auto* a = allocation_of(p);
     if (bytes == 0) return cudaSuccess;
     const std::string at = format("%s: the %s %p", call, which, p);
-    if (device && !a) return api_error(cudaErrorInvalidValue, at + " is not device memory from cudaMalloc (a host pointer?)");
+    if (device && !a)
+        return api_error(cudaErrorInvalidValue,
+                         at + " is not device memory from cudaMalloc (a host pointer?)");
     if (device && bytes > a->second - (reinterpret_cast<std::uintptr_t>(p) - a->first))
-        return api_error(cudaErrorInvalidValue, at + format(" + %zu bytes runs past the end of its allocation (%zu bytes)", bytes, a->second));
-    if (!device && (a || !p)) return api_error(cudaErrorInvalidValue, at + (a ? " is device memory, but the direction says host" : " is null"));
+        return api_error(cudaErrorInvalidValue,
+                         at + format(" + %zu bytes runs past the end of its allocation (%zu bytes)",
+                                     bytes, a->second));
+    if (!device && (a || !p))
+        return api_error(cudaErrorInvalidValue,
+                         at + (a ? " is device memory, but the direction says host" : " is null"));
     return cudaSuccess;
 }
-}  // namespace cuda_emu
+}   // namespace cuda_emu
 inline cudaError_t cudaMemcpy(void* dst, const void* src, std::size_t bytes, cudaMemcpyKind kind) {
-    static const char* calls[] = {"cudaMemcpy(HostToHost)", "cudaMemcpy(HostToDevice)", "cudaMemcpy(DeviceToHost)",
-                                  "cudaMemcpy(DeviceToDevice)"};
+    static const char* calls[] = {"cudaMemcpy(HostToHost)", "cudaMemcpy(HostToDevice)",
+                                  "cudaMemcpy(DeviceToHost)", "cudaMemcpy(DeviceToDevice)"};
     int k = int(kind);
-    if (k == cudaMemcpyDefault) k = (cuda_emu::allocation_of(src) ? 2 : 0) + (cuda_emu::allocation_of(dst) ? 1 : 0);
-    if (k < 0 || k > 3) return cuda_emu::api_error(cudaErrorInvalidMemcpyDirection, cuda_emu::format("cudaMemcpy: no direction %d", k));
-    if (cudaError_t e = cuda_emu::check_range(dst, bytes, k == 1 || k == 3, "destination", calls[k])) return e;
-    if (cudaError_t e = cuda_emu::check_range(src, bytes, k == 2 || k == 3, "source", calls[k])) return e;
+    if (k == cudaMemcpyDefault)
+        k = (cuda_emu::allocation_of(src) ? 2 : 0) + (cuda_emu::allocation_of(dst) ? 1 : 0);
+    if (k < 0 || k > 3)
+        return cuda_emu::api_error(cudaErrorInvalidMemcpyDirection,
+                                   cuda_emu::format("cudaMemcpy: no direction %d", k));
+    if (cudaError_t e =
+            cuda_emu::check_range(dst, bytes, k == 1 || k == 3, "destination", calls[k]))
+        return e;
+    if (cudaError_t e = cuda_emu::check_range(src, bytes, k == 2 || k == 3, "source", calls[k]))
+        return e;
     if (bytes) std::memmove(dst, src, bytes);
     return cudaSuccess;
 }
 inline cudaError_t cudaMemset(void* p, int value, std::size_t bytes) {
-    if (cudaError_t e = cuda_emu::check_range(p, bytes, true, "destination", "cudaMemset")) return e;
+    if (cudaError_t e = cuda_emu::check_range(p, bytes, true, "destination", "cudaMemset"))
+        return e;
     if (bytes) std::memset(p, value, bytes);
     return cudaSuccess;
 }
-inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }   // a launch returns when its kernel is done
+inline cudaError_t cudaDeviceSynchronize() {
+    return cudaSuccess;
+}   // a launch returns when its kernel is done
 // Events: a GPU records one when its stream reaches it. Here every launch has finished when it
 // returns, so recording an event just reads the clock (what it times is the emulator's speed).
-namespace cuda_emu { struct Event { std::chrono::steady_clock::time_point at; }; }
+namespace cuda_emu {
+struct Event {
+    std::chrono::steady_clock::time_point at;
+};
+}   // namespace cuda_emu
 using cudaEvent_t = cuda_emu::Event*;
 inline cudaError_t cudaEventCreate(cudaEvent_t* e) {
     *e = new cuda_emu::Event{};
@@ -624,12 +724,17 @@ inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_
     return cudaSuccess;
 }
 inline cudaError_t cudaPeekAtLastError() { return cuda_emu::state().last_error; }
-inline cudaError_t cudaGetLastError() { return std::exchange(cuda_emu::state().last_error, cudaSuccess); }
+inline cudaError_t cudaGetLastError() {
+    return std::exchange(cuda_emu::state().last_error, cudaSuccess);
+}
 inline const char* cudaGetErrorString(cudaError_t e) {
     cuda_emu::State& s = cuda_emu::state();
-    s.message = e == cudaSuccess ? "no error" : e == cudaErrorInvalidValue ? "invalid argument"
-              : e == cudaErrorMemoryAllocation ? "out of memory" : e == cudaErrorInvalidDevicePointer ? "invalid device pointer"
-              : e == cudaErrorInvalidMemcpyDirection ? "invalid copy direction for memcpy" : "unrecognized error code";
+    s.message = e == cudaSuccess                       ? "no error"
+                : e == cudaErrorInvalidValue           ? "invalid argument"
+                : e == cudaErrorMemoryAllocation       ? "out of memory"
+                : e == cudaErrorInvalidDevicePointer   ? "invalid device pointer"
+                : e == cudaErrorInvalidMemcpyDirection ? "invalid copy direction for memcpy"
+                                                       : "unrecognized error code";
     if (e != cudaSuccess && e == s.detail_code) s.message += " (cuda_emu: " + s.detail + ")";
     return s.message.c_str();
 }

@@ -59,8 +59,8 @@
 #include <iterator>
 #include <limits>
 #include <sstream>
-#include <unordered_map>
 #include <sys/stat.h>
+#include <unordered_map>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -97,7 +97,8 @@ Value Value::from_op(double data, const char* op, const Value& a, double da, con
     return link(data, op, a, da, &b, db);
 }
 
-Value Value::link(double data, const char* op, const Value& a, double da, const Value* b, double db) {
+Value Value::link(double data, const char* op, const Value& a, double da, const Value* b,
+                  double db) {
     Value out(data);
     Node& n = *out.node_;
     n.op = op;
@@ -298,8 +299,10 @@ template std::vector<Node*> topological_order(Node*);
 
 void Value::backward() const {
     if (!std::isfinite(node_->data))
-        throw std::domain_error("backward: the loss is " + std::to_string(node_->data) + "; look for log of 0, exp "
-                                "overflow, division by 0, or a learning rate so high that training diverged");
+        throw std::domain_error(
+            "backward: the loss is " + std::to_string(node_->data) +
+            "; look for log of 0, exp "
+            "overflow, division by 0, or a learning rate so high that training diverged");
     const std::vector<Node*> order = topological_order(node_);
     for (Node* n : order)
         if (n->n_parents > 0) n->grad = 0.0;
@@ -323,12 +326,12 @@ std::string graph_to_string(const Value& root) {
     for (const Node* n : order) {
         const std::size_t n_id = id.size();
         id[n] = n_id;
-        std::snprintf(line, sizeof line, "n%-3zu %-10s %-10s data=%-12.6g grad=%-12.6g",
-                      n_id, n->label.c_str(), n->n_parents ? n->op : "leaf", n->data, n->grad);
+        std::snprintf(line, sizeof line, "n%-3zu %-10s %-10s data=%-12.6g grad=%-12.6g", n_id,
+                      n->label.c_str(), n->n_parents ? n->op : "leaf", n->data, n->grad);
         out << line;
         for (int i = 0; i < n->n_parents; ++i)
-            out << (i ? ", " : " from ") << 'n' << id.at(n->parents[i])
-                << " (local " << n->local_grad[i] << ')';
+            out << (i ? ", " : " from ") << 'n' << id.at(n->parents[i]) << " (local "
+                << n->local_grad[i] << ')';
         out << '\n';
     }
     return out.str();
@@ -357,10 +360,10 @@ void Value::release(Node* node) {
     }
 }
 
-#if defined(__SANITIZE_ADDRESS__)         // g++
+#if defined(__SANITIZE_ADDRESS__)   // g++
 #define NODE_FREE_LIST 0
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer)      // clang++
+#if __has_feature(address_sanitizer)   // clang++
 #define NODE_FREE_LIST 0
 #endif
 #endif
@@ -497,10 +500,12 @@ Dual gelu(const Dual& x) {
 }
 
 // Seed the tangents with the direction; run f once.
-double jvp(const DualFunction& f, const std::vector<double>& x, const std::vector<double>& direction) {
+double jvp(const DualFunction& f, const std::vector<double>& x,
+           const std::vector<double>& direction) {
     if (direction.size() != x.size())
-        throw std::invalid_argument("jvp: " + std::to_string(x.size()) + " inputs need a direction of as many numbers, "
-                                    "got " + std::to_string(direction.size()));
+        throw std::invalid_argument("jvp: " + std::to_string(x.size()) +
+                                    " inputs need a direction of as many numbers, got " +
+                                    std::to_string(direction.size()));
     std::vector<Dual> inputs;
     for (std::size_t i = 0; i < x.size(); ++i) inputs.emplace_back(x[i], direction[i]);
     return f(inputs).tangent;
@@ -535,7 +540,8 @@ double Rng::uniform() { return static_cast<double>(next_u64() >> 11) * 0x1.0p-53
 
 double Rng::uniform(double lo, double hi) {
     if (!(lo <= hi && std::isfinite(lo) && std::isfinite(hi)))
-        throw std::invalid_argument("uniform: needs finite lo <= hi, got " + std::to_string(lo) + " and " + std::to_string(hi));
+        throw std::invalid_argument("uniform: needs finite lo <= hi, got " + std::to_string(lo) +
+                                    " and " + std::to_string(hi));
     return lo + (hi - lo) * uniform();
 }
 
@@ -672,9 +678,11 @@ std::string shape_str(const Shape& shape) {
 std::size_t numel(const Shape& shape) {
     std::size_t n = 1;
     for (int d : shape) {
-        if (d < 0) throw std::invalid_argument("shape " + shape_str(shape) + ": a size is negative");
+        if (d < 0)
+            throw std::invalid_argument("shape " + shape_str(shape) + ": a size is negative");
         if (d > 0 && n > std::numeric_limits<std::size_t>::max() / std::size_t(d))
-            throw std::invalid_argument("shape " + shape_str(shape) + ": more elements than 2⁶⁴ can count");
+            throw std::invalid_argument("shape " + shape_str(shape) +
+                                        ": more elements than 2⁶⁴ can count");
         n *= std::size_t(d);
     }
     return n;
@@ -701,9 +709,12 @@ static void require_argument(bool ok, const std::string& op, const std::string& 
 // engine.h); every op checks that its inputs share one device.
 static bool on_cuda(const Tensor& a) { return a.device() == Device::CUDA; }
 static bool on_cuda(const Tensor& a, const Tensor& b) { return on_cuda(a) || on_cuda(b); }
-static bool on_cuda(const Tensor& a, const Tensor& b, const Tensor& c) { return on_cuda(a, b) || on_cuda(c); }
+static bool on_cuda(const Tensor& a, const Tensor& b, const Tensor& c) {
+    return on_cuda(a, b) || on_cuda(c);
+}
 static bool on_cuda(const std::vector<Tensor>& tensors) {
-    return std::any_of(tensors.begin(), tensors.end(), [](const Tensor& t) { return t.device() == Device::CUDA; });
+    return std::any_of(tensors.begin(), tensors.end(),
+                       [](const Tensor& t) { return t.device() == Device::CUDA; });
 }
 
 // Every input on `device`, or an error that says what to move.
@@ -715,10 +726,13 @@ static void check_devices(const char* op, const std::vector<Tensor>& inputs, Dev
     }
     if (!elsewhere) return;
     if (!here && device == Device::CPU)
-        argument_error(op, "no CUDA kernel for this op (its inputs are on cuda); move them with .to(Device::CPU)");
-    const Device first = inputs[0].device(), second = first == Device::CPU ? Device::CUDA : Device::CPU;
-    argument_error(op, std::string("tensors on different devices (") + device_name(first) + " and " + device_name(second) +
-                        "); move one with .to(...)");
+        argument_error(
+            op,
+            "no CUDA kernel for this op (its inputs are on cuda); move them with .to(Device::CPU)");
+    const Device first = inputs[0].device(),
+                 second = first == Device::CPU ? Device::CUDA : Device::CPU;
+    argument_error(op, std::string("tensors on different devices (") + device_name(first) +
+                           " and " + device_name(second) + "); move one with .to(...)");
 }
 
 // from_op keeps a graph on one device, so an input elsewhere is a leaf moved after the forward
@@ -727,11 +741,12 @@ static void check_graph_devices(const std::vector<TensorNode*>& order) {
     for (const TensorNode* n : order)
         for (int k = 0; k < n->n_inputs(); ++k)
             if (n->input(k)->device != n->device)
-                argument_error("backward", "input " + std::to_string(k) + " of '" + n->op + "' moved from " +
-                                            device_name(n->device) + " to " + device_name(n->input(k)->device) +
-                                            " after the forward pass; move tensors before computing with them");
+                argument_error(
+                    "backward",
+                    "input " + std::to_string(k) + " of '" + n->op + "' moved from " +
+                        device_name(n->device) + " to " + device_name(n->input(k)->device) +
+                        " after the forward pass; move tensors before computing with them");
 }
-
 
 std::int64_t TensorNode::live_count = 0;
 static TensorNode* live_nodes = nullptr;   // list head
@@ -745,7 +760,8 @@ TensorNode::TensorNode() : next_live(live_nodes) {
 std::size_t tensor_bytes() {
     std::size_t bytes = 0;
     for (const TensorNode* n = live_nodes; n; n = n->next_live)
-        bytes += (n->data.capacity() + n->grad.capacity()) * sizeof(real) + n->cuda_data.bytes() + n->cuda_grad.bytes();
+        bytes += (n->data.capacity() + n->grad.capacity()) * sizeof(real) + n->cuda_data.bytes() +
+                 n->cuda_grad.bytes();
     return bytes;
 }
 
@@ -776,23 +792,26 @@ Tensor::Tensor(Shape shape) : node_(std::make_shared<TensorNode>()) {
     try {
         node_->data.assign(n, real(0));
     } catch (const std::exception&) {   // bad_alloc, or length_error past max_size()
-        argument_error("Tensor", "shape " + shape_str(shape) + " needs " + std::to_string(n) + " numbers of " +
-                                  std::to_string(sizeof(real)) + " bytes: more memory than there is");
+        argument_error("Tensor", "shape " + shape_str(shape) + " needs " + std::to_string(n) +
+                                     " numbers of " + std::to_string(sizeof(real)) +
+                                     " bytes: more memory than there is");
     }
     node_->shape = std::move(shape);
 }
 
 // A Tensor() is an empty handle, which every use refuses.
 void Tensor::empty_handle(const char* what) {
-    throw std::invalid_argument(std::string(what) + ": this Tensor is empty (default-constructed, never "
-                                "given a shape); make one with Tensor({rows, cols}) or assign one to it");
+    throw std::invalid_argument(
+        std::string(what) +
+        ": this Tensor is empty (default-constructed, never "
+        "given a shape); make one with Tensor({rows, cols}) or assign one to it");
 }
 
 Tensor::Tensor(Shape shape, std::vector<real> values) : Tensor(std::move(shape)) {
     if (values.size() != numel())
         argument_error("Tensor", "shape " + shape_str(this->shape()) + " holds " +
-                                  std::to_string(numel()) + " values, got " +
-                                  std::to_string(values.size()));
+                                     std::to_string(numel()) + " values, got " +
+                                     std::to_string(values.size()));
     const TensorStorageWatch watch(node_.get());   // §4.1
     node_->data = std::move(values);
 }
@@ -809,11 +828,12 @@ Tensor Tensor::scalar(real value) { return Tensor({1}, {value}); }
 ValuesView& ValuesView::operator=(const std::vector<real>& numbers) {
     const Shape& shape = node_->shape;
     if (numbers.size() != ::numel(shape))
-        argument_error(of_grad_ ? "grad()" : "values()", "the tensor has shape " + shape_str(shape) + " (" +
-                                                          std::to_string(::numel(shape)) + " numbers); cannot assign " +
-                                                          std::to_string(numbers.size()));
+        argument_error(of_grad_ ? "grad()" : "values()",
+                       "the tensor has shape " + shape_str(shape) + " (" +
+                           std::to_string(::numel(shape)) + " numbers); cannot assign " +
+                           std::to_string(numbers.size()));
     this->numbers().assign(numbers.begin(), numbers.end());
-    if (!of_grad_) ++node_->version;                            // an in-place write (below)
+    if (!of_grad_) ++node_->version;   // an in-place write (below)
     return *this;
 }
 
@@ -824,7 +844,8 @@ ValuesView& ValuesView::operator=(const ValuesView& other) {
 int Tensor::dim(int axis) const {
     const int r = rank();
     if (axis < -r || axis >= r)
-        argument_error("dim", "axis " + std::to_string(axis) + " out of range for " + shape_str(shape()));
+        argument_error("dim",
+                       "axis " + std::to_string(axis) + " out of range for " + shape_str(shape()));
     return shape()[axis < 0 ? axis + r : axis];
 }
 
@@ -838,12 +859,13 @@ real Tensor::item() const {
 real& Tensor::at(const std::vector<int>& index) const {
     on_cpu("at()");
     if (int(index.size()) != rank())
-        argument_error("at", std::to_string(index.size()) + " indices for shape " + shape_str(shape()));
+        argument_error("at",
+                       std::to_string(index.size()) + " indices for shape " + shape_str(shape()));
     std::size_t offset = 0;
     for (int a = 0; a < rank(); ++a) {
         if (index[a] < 0 || index[a] >= shape()[a])
             argument_error("at", "index " + std::to_string(index[a]) + " out of range on axis " +
-                                  std::to_string(a) + " of " + shape_str(shape()));
+                                     std::to_string(a) + " of " + shape_str(shape()));
         offset = offset * shape()[a] + index[a];
     }
     return node_->data[offset];
@@ -852,13 +874,15 @@ real& Tensor::at(const std::vector<int>& index) const {
 Tensor& Tensor::requires_grad_(bool on) {
     if (!checked("requires_grad_()").parents.empty())
         argument_error("requires_grad_", "only a leaf tensor can be made a parameter; this one was "
-                                      "computed by '" + std::string(node_->op) + "'");
+                                         "computed by '" +
+                                             std::string(node_->op) + "'");
     node_->requires_grad = on;
     return *this;
 }
 
 void Tensor::zero_grad() const {
-    if (device() == Device::CUDA) return cuda_zero(node_->cuda_grad.data(), node_->cuda_grad.bytes());
+    if (device() == Device::CUDA)
+        return cuda_zero(node_->cuda_grad.data(), node_->cuda_grad.bytes());
     std::fill(node_->grad.begin(), node_->grad.end(), real(0));
 }
 
@@ -924,7 +948,8 @@ static void add_to_grad(TensorNode* n, const Tensor& g) {
 // refuses an op whose inputs changed since, as PyTorch does (values()[i] and at() go around
 // this, like .data). Ops that only route gradients never read their inputs.
 static bool backward_reads_inputs(const char* op) {
-    for (const char* routing : {"+", "-", "sum", "reshape", "slice", "concat", "transpose", "embedding"})
+    for (const char* routing :
+         {"+", "-", "sum", "reshape", "slice", "concat", "transpose", "embedding"})
         if (std::strcmp(op, routing) == 0) return false;
     return true;
 }
@@ -934,10 +959,13 @@ static void check_versions(const std::vector<TensorNode*>& order) {
         if (!n->backward || !backward_reads_inputs(n->op)) continue;
         for (int k = 0; k < n->n_inputs(); ++k)
             if (n->input(k)->version != n->parent_versions[std::size_t(k)])
-                argument_error("backward", "input " + std::to_string(k) + " " + shape_str(n->input(k)->shape) + " of '" +
-                                            n->op + "' was written in place after the forward pass (an optimizer step, "
-                                            "or values() assigned), and its backward reads it: run the forward pass "
-                                            "again first");
+                argument_error(
+                    "backward",
+                    "input " + std::to_string(k) + " " + shape_str(n->input(k)->shape) + " of '" +
+                        n->op +
+                        "' was written in place after the forward pass (an optimizer step, "
+                        "or values() assigned), and its backward reads it: run the forward pass "
+                        "again first");
     }
 }
 
@@ -945,10 +973,10 @@ static void check_versions(const std::vector<TensorNode*>& order) {
 void Tensor::backward(const Tensor& seed) const {
     if (seed.shape() != shape())
         argument_error("backward", "the seed has shape " + shape_str(seed.shape()) +
-                                    " but the output has shape " + shape_str(shape()));
+                                       " but the output has shape " + shape_str(shape()));
     if (!requires_grad())
         argument_error("backward", "this tensor does not depend on any parameter (no input has "
-                                "requires_grad), so there is nothing to differentiate");
+                                   "requires_grad), so there is nothing to differentiate");
     check_devices("backward", {*this, seed}, device());
     const std::vector<TensorNode*> order = topological_order(node_.get());
     check_graph_devices(order);
@@ -968,8 +996,9 @@ void Tensor::backward() const {
     if (detect_anomaly()) anomaly_tensor_inputs("backward", {*this});   // the loss itself
     if (numel() != 1)
         argument_error("backward", "backward() without a seed needs a scalar loss, got shape " +
-                                    shape_str(shape()) + "; reduce it (sum, mean) or pass the "
-                                    "seed dL/d(output) of the same shape");
+                                       shape_str(shape()) +
+                                       "; reduce it (sum, mean) or pass the "
+                                       "seed dL/d(output) of the same shape");
     const real loss = item();
     if (!std::isfinite(loss))
         throw std::domain_error("backward: the loss is " + to_string(loss) +
@@ -980,7 +1009,8 @@ void Tensor::backward() const {
 }
 
 Tensor randn(Shape shape, Rng& rng, real stddev) {
-    if (!(stddev >= 0 && std::isfinite(stddev))) argument_error("randn", "stddev must be finite and >= 0, got " + to_string(stddev));
+    if (!(stddev >= 0 && std::isfinite(stddev)))
+        argument_error("randn", "stddev must be finite and >= 0, got " + to_string(stddev));
     Tensor t(std::move(shape));
     for (real& v : t.values()) v = real(stddev * rng.normal());
     return t;
@@ -1014,8 +1044,8 @@ static Shape broadcast_shape(const Shape& a, const Shape& b, const char* op) {
         const int db = k < b.size() ? b[b.size() - 1 - k] : 1;
         if (da != db && da != 1 && db != 1)
             argument_error(op, "shapes " + shape_str(a) + " and " + shape_str(b) +
-                                " do not broadcast (axis " + std::to_string(r - 1 - k) + ": " +
-                                std::to_string(da) + " vs " + std::to_string(db) + ")");
+                                   " do not broadcast (axis " + std::to_string(r - 1 - k) + ": " +
+                                   std::to_string(da) + " vs " + std::to_string(db) + ")");
         out[r - 1 - k] = da == 1 ? db : da;   // size 1 repeats to any size, 0 too
     }
     return out;
@@ -1066,8 +1096,9 @@ static Tensor elementwise(const Tensor& a, const Tensor& b, const char* op, F f,
     Tensor out = Tensor::from_op(broadcast_shape(a.shape(), b.shape(), op), op, {a, b});
     const real *x = a.values().data(), *y = b.values().data();
     real* o = out.values().data();
-    for_each_broadcast(a.shape(), b.shape(), out.shape(),
-                       [&](std::size_t i, std::size_t ia, std::size_t ib) { o[i] = f(x[ia], y[ib]); });
+    for_each_broadcast(
+        a.shape(), b.shape(), out.shape(),
+        [&](std::size_t i, std::size_t ia, std::size_t ib) { o[i] = f(x[ia], y[ib]); });
     if (out.requires_grad()) {
         TensorNode *pa = a.node(), *pb = b.node(), *po = out.node();
         po->backward = [pa, pb, po, dfa, dfb] {
@@ -1076,9 +1107,9 @@ static Tensor elementwise(const Tensor& a, const Tensor& b, const char* op, F f,
             real* gb = pb->requires_grad ? grad_of(pb).data() : nullptr;
             for_each_broadcast(pa->shape, pb->shape, po->shape,
                                [&](std::size_t i, std::size_t ia, std::size_t ib) {
-                if (ga) ga[ia] += g[i] * dfa(x[ia], y[ib]);
-                if (gb) gb[ib] += g[i] * dfb(x[ia], y[ib]);
-            });
+                                   if (ga) ga[ia] += g[i] * dfa(x[ia], y[ib]);
+                                   if (gb) gb[ib] += g[i] * dfb(x[ia], y[ib]);
+                               });
         };
     }
     return out;
@@ -1087,30 +1118,39 @@ static Tensor elementwise(const Tensor& a, const Tensor& b, const char* op, F f,
 // out = a + b        ∂out/∂a = 1      ∂out/∂b = 1
 Tensor operator+(const Tensor& a, const Tensor& b) {
     if (on_cuda(a, b)) return add_on_device(a, b);   // device: Part 5
-    return elementwise(a, b, "+", [](real x, real y) { return x + y; },
-                       [](real, real) { return real(1); }, [](real, real) { return real(1); });
+    auto out = [](real x, real y) { return x + y; };
+    auto d_da = [](real, real) { return real(1); };
+    auto d_db = [](real, real) { return real(1); };
+    return elementwise(a, b, "+", out, d_da, d_db);
 }
 
 // out = a − b        ∂out/∂a = 1      ∂out/∂b = −1
 Tensor operator-(const Tensor& a, const Tensor& b) {
-    return elementwise(a, b, "-", [](real x, real y) { return x - y; },
-                       [](real, real) { return real(1); }, [](real, real) { return real(-1); });
+    auto out = [](real x, real y) { return x - y; };
+    auto d_da = [](real, real) { return real(1); };
+    auto d_db = [](real, real) { return real(-1); };
+    return elementwise(a, b, "-", out, d_da, d_db);
 }
 
 // out = a · b        ∂out/∂a = b      ∂out/∂b = a
 Tensor operator*(const Tensor& a, const Tensor& b) {
-    return elementwise(a, b, "*", [](real x, real y) { return x * y; },
-                       [](real, real y) { return y; }, [](real x, real) { return x; });
+    auto out = [](real x, real y) { return x * y; };
+    auto d_da = [](real, real y) { return y; };
+    auto d_db = [](real x, real) { return x; };
+    return elementwise(a, b, "*", out, d_da, d_db);
 }
 
 // out = a / b        ∂out/∂a = 1/b    ∂out/∂b = −a/b²
 Tensor operator/(const Tensor& a, const Tensor& b) {
     broadcast_shape(a.shape(), b.shape(), "/");   // a shape error first, then the values
-    check_devices("/", {a, b}, Device::CPU);       // no CUDA kernel
+    check_devices("/", {a, b}, Device::CPU);      // no CUDA kernel
     for (real v : b.values())
-        if (v == 0) argument_error("division a/b", "the divisor b " + shape_str(b.shape()) + " contains 0");
-    return elementwise(a, b, "/", [](real x, real y) { return x / y; },
-                       [](real, real y) { return 1 / y; }, [](real x, real y) { return -x / (y * y); });
+        if (v == 0)
+            argument_error("division a/b", "the divisor b " + shape_str(b.shape()) + " contains 0");
+    auto out = [](real x, real y) { return x / y; };
+    auto d_da = [](real, real y) { return 1 / y; };
+    auto d_db = [](real x, real y) { return -x / (y * y); };
+    return elementwise(a, b, "/", out, d_da, d_db);
 }
 
 Tensor operator-(const Tensor& a) { return a * real(-1); }
@@ -1155,98 +1195,121 @@ static void require_all(const Tensor& x, const char* op, const char* what, Ok ok
     const ValuesView v = x.values();
     for (std::size_t i = 0; i < v.size(); ++i) {
         if (std::isnan(v[i]))
-            throw std::domain_error(std::string(op) + ": the input holds NaN at element " + std::to_string(i) +
+            throw std::domain_error(std::string(op) + ": the input holds NaN at element " +
+                                    std::to_string(i) +
                                     "; set_detect_anomaly(true) names the op that made it");
         if (!ok(v[i]))
-            throw std::domain_error(std::string(op) + ": " + what + ", got " + to_string(v[i]) + " at element " +
-                                    std::to_string(i));
+            throw std::domain_error(std::string(op) + ": " + what + ", got " + to_string(v[i]) +
+                                    " at element " + std::to_string(i));
     }
 }
 
 // eˣ: f' = eˣ = y
 Tensor exp(const Tensor& x) {
     static const real limit = std::log(std::numeric_limits<real>::max());   // 88.7 for float
-    require_all(x, "exp(x)", "e^x overflows for x above ln(largest real) = 88.7 (float), 709.8 "
-                "(double)", [](real v) { return v <= limit; });
-    return unary(x, "exp", [](real v) { return std::exp(v); }, [](real, real y) { return y; });
+    require_all(x, "exp(x)",
+                "e^x overflows for x above ln(largest real) = 88.7 (float), 709.8 (double)",
+                [](real v) { return v <= limit; });
+    return unary(
+        x, "exp", [](real v) { return std::exp(v); }, [](real, real y) { return y; });
 }
 
 // ln x: f' = 1/x
 Tensor log(const Tensor& x) {
     require_all(x, "log(x)", "x must be > 0", [](real v) { return v > 0; });
-    return unary(x, "log", [](real v) { return std::log(v); }, [](real v, real) { return 1 / v; });
+    return unary(
+        x, "log", [](real v) { return std::log(v); }, [](real v, real) { return 1 / v; });
 }
 
 // √x: f' = 1/(2√x) = 1/(2y); at x = 0 the slope is infinite.
 Tensor sqrt(const Tensor& x) {
     require_all(x, "sqrt(x)", "x must be >= 0", [](real v) { return v >= 0; });
-    return unary(x, "sqrt", [](real v) { return std::sqrt(v); },
-                 [](real, real y) { return real(0.5) / y; });
+    return unary(
+        x, "sqrt", [](real v) { return std::sqrt(v); }, [](real, real y) { return real(0.5) / y; });
 }
 
 // xᵏ: f' = k·xᵏ⁻¹
 Tensor pow(const Tensor& x, real k) {
-    if (!std::isfinite(k)) throw std::domain_error("pow(x, k): the exponent k must be finite, got " + to_string(k));
+    if (!std::isfinite(k))
+        throw std::domain_error("pow(x, k): the exponent k must be finite, got " + to_string(k));
     const bool whole = k == std::floor(k);
     require_all(x, "pow(x, k)", "a negative x needs a whole-number exponent k",
                 [whole](real v) { return v >= 0 || whole; });
     if (k < 1) require_all(x, "pow(x, k)", "x = 0 needs k >= 1", [](real v) { return v != 0; });
-    return unary(x, "pow", [k](real v) { return real(std::pow(v, k)); },
-                 [k](real v, real) { return real(k * std::pow(v, k - 1)); });
+    return unary(
+        x, "pow", [k](real v) { return real(std::pow(v, k)); },
+        [k](real v, real) { return real(k * std::pow(v, k - 1)); });
 }
 
 // max(0, x): f' = 1 where x > 0, else 0. `x < 0 ? 0 : x` keeps a NaN a NaN (`x > 0 ? x : 0`
 // would make it 0).
 Tensor relu(const Tensor& x) {
-    if (on_cuda(x)) return unary_on_device(x, "relu", cuda_relu_forward, cuda_relu_backward);   // device: Part 5
-    return unary(x, "relu", [](real v) { return v < 0 ? real(0) : v; },
-                 [](real v, real) { return real(v > 0); });   // 1 or 0, without a branch
+    if (on_cuda(x))
+        return unary_on_device(x, "relu", cuda_relu_forward,
+                               cuda_relu_backward);   // device: Part 5
+    return unary(
+        x, "relu", [](real v) { return v < 0 ? real(0) : v; },
+        [](real v, real) { return real(v > 0); });   // 1 or 0, without a branch
 }
 
 // x or slope·x: f' = 1 or slope
 Tensor leaky_relu(const Tensor& x, real slope) {
-    if (!std::isfinite(slope)) throw std::domain_error("leaky_relu: the slope must be finite, got " + to_string(slope));
-    return unary(x, "leaky_relu", [slope](real v) { return v > 0 ? v : slope * v; },
-                 [slope](real v, real) { return v > 0 ? real(1) : slope; });
+    if (!std::isfinite(slope))
+        throw std::domain_error("leaky_relu: the slope must be finite, got " + to_string(slope));
+    return unary(
+        x, "leaky_relu", [slope](real v) { return v > 0 ? v : slope * v; },
+        [slope](real v, real) { return v > 0 ? real(1) : slope; });
 }
 
 // GELU, tanh form, as in §1.3:  ½x(1 + tanh u),  u = √(2/π)(x + 0.044715x³)
 // f' = ½(1 + tanh u) + ½x(1 − tanh²u)·√(2/π)(1 + 3·0.044715x²)
 Tensor gelu(const Tensor& x) {
-    if (on_cuda(x)) return unary_on_device(x, "gelu", cuda_gelu_forward, cuda_gelu_backward);   // device: Part 5
+    if (on_cuda(x))
+        return unary_on_device(x, "gelu", cuda_gelu_forward,
+                               cuda_gelu_backward);   // device: Part 5
     static const real c = real(std::sqrt(2.0 / pi)), k = real(0.044715);
-    return unary(x, "gelu",
-                 [](real v) { return real(0.5) * v * (1 + std::tanh(c * (v + k * v * v * v))); },
-                 [](real v, real) {
-                     const real t = std::tanh(c * (v + k * v * v * v));
-                     return real(0.5) * (1 + t) + real(0.5) * v * (1 - t * t) * c * (1 + 3 * k * v * v);
-                 });
+    return unary(
+        x, "gelu", [](real v) { return real(0.5) * v * (1 + std::tanh(c * (v + k * v * v * v))); },
+        [](real v, real) {
+            const real t = std::tanh(c * (v + k * v * v * v));
+            return real(0.5) * (1 + t) + real(0.5) * v * (1 - t * t) * c * (1 + 3 * k * v * v);
+        });
 }
 
 // Exact GELU (§1.3):  out = x·Φ(x) = ½·x·(1 + erf(x/√2)),   f' = Φ(x) + x·φ(x)
 Tensor gelu(const Tensor& x, Approximate approximate) {
     if (approximate == Approximate::tanh) return gelu(x);
-    if (on_cuda(x)) return unary_on_device(x, "gelu_exact", cuda_gelu_exact_forward, cuda_gelu_exact_backward);   // device: Part 5
-    static const real inv_sqrt2 = real(1 / std::sqrt(2.0)), inv_sqrt_2pi = real(1 / std::sqrt(2 * pi));
-    return unary(x, "gelu_exact", [](real v) { return real(0.5) * v * (1 + std::erf(v * inv_sqrt2)); },
-                 [](real v, real) {
-                     const real cdf = real(0.5) * (1 + std::erf(v * inv_sqrt2));
-                     return cdf + v * inv_sqrt_2pi * std::exp(real(-0.5) * v * v);
-                 });
+    if (on_cuda(x))
+        return unary_on_device(x, "gelu_exact", cuda_gelu_exact_forward,
+                               cuda_gelu_exact_backward);   // device: Part 5
+    static const real inv_sqrt2 = real(1 / std::sqrt(2.0)),
+                      inv_sqrt_2pi = real(1 / std::sqrt(2 * pi));
+    return unary(
+        x, "gelu_exact", [](real v) { return real(0.5) * v * (1 + std::erf(v * inv_sqrt2)); },
+        [](real v, real) {
+            const real cdf = real(0.5) * (1 + std::erf(v * inv_sqrt2));
+            return cdf + v * inv_sqrt_2pi * std::exp(real(-0.5) * v * v);
+        });
 }
 
 // σ(x) = 1/(1 + e⁻ˣ), without overflow as in §1.3:  f' = σ(1 − σ) = y(1 − y)
 Tensor sigmoid(const Tensor& x) {
-    if (on_cuda(x)) return unary_on_device(x, "sigmoid", cuda_sigmoid_forward, cuda_sigmoid_backward);   // device: Part 5
-    return unary(x, "sigmoid",
-                 [](real v) { return v >= 0 ? 1 / (1 + std::exp(-v)) : std::exp(v) / (1 + std::exp(v)); },
-                 [](real, real y) { return y * (1 - y); });
+    if (on_cuda(x))
+        return unary_on_device(x, "sigmoid", cuda_sigmoid_forward,
+                               cuda_sigmoid_backward);   // device: Part 5
+    return unary(
+        x, "sigmoid",
+        [](real v) { return v >= 0 ? 1 / (1 + std::exp(-v)) : std::exp(v) / (1 + std::exp(v)); },
+        [](real, real y) { return y * (1 - y); });
 }
 
 // tanh x:  f' = 1 − tanh² x = 1 − y²
 Tensor tanh(const Tensor& x) {
-    if (on_cuda(x)) return unary_on_device(x, "tanh", cuda_tanh_forward, cuda_tanh_backward);   // device: Part 5
-    return unary(x, "tanh", [](real v) { return std::tanh(v); }, [](real, real y) { return 1 - y * y; });
+    if (on_cuda(x))
+        return unary_on_device(x, "tanh", cuda_tanh_forward,
+                               cuda_tanh_backward);   // device: Part 5
+    return unary(
+        x, "tanh", [](real v) { return std::tanh(v); }, [](real, real y) { return 1 - y * y; });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1294,7 +1357,7 @@ void matmul_ikj(int M, int N, int K, const real* A, const real* B, real* C) {
 namespace {
 constexpr int MR = 6, NR = 16;     // register tile
 constexpr int KC = 512, MC = 48;   // cache blocks; MC is a multiple of MR
-}
+}   // namespace
 
 // a·b + c with one rounding (FMA); two under `make valgrind`, whose FMA emulation is slow.
 static inline real multiply_add(real a, real b, real c) {
@@ -1324,7 +1387,7 @@ static void micro_kernel(int kc, const real* a, const real* b, real* C, int ldc,
 #pragma omp simd
             for (int j = 0; j < NR; ++j) C[std::size_t(i) * ldc + j] += acc[i][j];
         }
-    } else {                      // C's ragged edge
+    } else {   // C's ragged edge
         for (int i = 0; i < mr; ++i)
             for (int j = 0; j < nr; ++j) C[std::size_t(i) * ldc + j] += acc[i][j];
     }
@@ -1363,9 +1426,11 @@ static real* aligned_64(std::vector<real>& buffer, std::size_t n) {
 
 void matmul_blocked(int M, int N, int K, MatrixView A, MatrixView B, real* C) {
     count_flops(2 * std::int64_t(M) * K * N);   // §4.1
-    const int m_panels = (M + MR - 1) / MR, n_panels = (N + NR - 1) / NR, m_blocks = (M + MC - 1) / MC;
+    const int m_panels = (M + MR - 1) / MR, n_panels = (N + NR - 1) / NR,
+              m_blocks = (M + MC - 1) / MC;
     static thread_local std::vector<real> packed_a, packed_b;
-    real *a = aligned_64(packed_a, std::size_t(m_panels) * MR * KC), *b = aligned_64(packed_b, std::size_t(n_panels) * NR * KC);
+    real *a = aligned_64(packed_a, std::size_t(m_panels) * MR * KC),
+         *b = aligned_64(packed_b, std::size_t(n_panels) * NR * KC);
     for (int p0 = 0; p0 < K; p0 += KC) {
         const int kc = std::min(KC, K - p0);
         // Below 10⁶ flops, waking the other threads costs more than it saves.
@@ -1373,10 +1438,12 @@ void matmul_blocked(int M, int N, int K, MatrixView A, MatrixView B, real* C) {
         {
 #pragma omp for
             for (int jp = 0; jp < n_panels; ++jp)
-                pack_b_panel(B, p0, kc, jp * NR, std::min(NR, N - jp * NR), b + std::size_t(jp) * NR * kc);
+                pack_b_panel(B, p0, kc, jp * NR, std::min(NR, N - jp * NR),
+                             b + std::size_t(jp) * NR * kc);
 #pragma omp for
             for (int ip = 0; ip < m_panels; ++ip)
-                pack_a_panel(A, ip * MR, std::min(MR, M - ip * MR), p0, kc, a + std::size_t(ip) * MR * kc);
+                pack_a_panel(A, ip * MR, std::min(MR, M - ip * MR), p0, kc,
+                             a + std::size_t(ip) * MR * kc);
 #pragma omp for collapse(2)
             for (int ib = 0; ib < m_blocks; ++ib)
                 for (int jp = 0; jp < n_panels; ++jp)
@@ -1389,11 +1456,16 @@ void matmul_blocked(int M, int N, int K, MatrixView A, MatrixView B, real* C) {
 }
 
 void set_num_threads(int n) {
-    if (n < 1) throw std::invalid_argument("set_num_threads: needs at least 1 thread, got " + std::to_string(n));
+    if (n < 1)
+        throw std::invalid_argument("set_num_threads: needs at least 1 thread, got " +
+                                    std::to_string(n));
 #ifdef _OPENMP
     omp_set_num_threads(n);
 #else
-    if (n != 1) throw std::invalid_argument("set_num_threads: built without OpenMP (NO_OMP=1), so 1 thread only; got " + std::to_string(n));
+    if (n != 1)
+        throw std::invalid_argument(
+            "set_num_threads: built without OpenMP (NO_OMP=1), so 1 thread only; got " +
+            std::to_string(n));
 #endif
 }
 
@@ -1412,30 +1484,35 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
     const bool batched = a.rank() == 3, shared_b = b.rank() == 2;
     if (!((a.rank() == 2 && b.rank() == 2) || (batched && (b.rank() == 2 || b.rank() == 3))))
         argument_error("matmul", "supports [M,K]·[K,N], [B,M,K]·[B,K,N] and [B,M,K]·[K,N]; got " +
-                                  shape_str(a.shape()) + " · " + shape_str(b.shape()));
+                                     shape_str(a.shape()) + " · " + shape_str(b.shape()));
     const int M0 = a.dim(-2), K = a.dim(-1), N = b.dim(-1);
     if (b.rank() == 3 && b.dim(0) != a.dim(0))
-        argument_error("matmul", "batch sizes differ: " + shape_str(a.shape()) + " · " + shape_str(b.shape()));
+        argument_error("matmul", "batch sizes differ: " + shape_str(a.shape()) + " · " +
+                                     shape_str(b.shape()));
     if (b.dim(-2) != K)
         argument_error("matmul", "inner dimensions differ: " + shape_str(a.shape()) + " · " +
-                                  shape_str(b.shape()) + " (" + std::to_string(K) + " vs " +
-                                  std::to_string(b.dim(-2)) + ")");
+                                     shape_str(b.shape()) + " (" + std::to_string(K) + " vs " +
+                                     std::to_string(b.dim(-2)) + ")");
     Tensor out = Tensor::from_op(batched ? Shape{a.dim(0), M0, N} : Shape{M0, N}, "matmul", {a, b});
     if (out.numel() == 0) return out;   // nothing to compute (see sum)
-    const int batch = batched && !shared_b ? a.dim(0) : 1, M = batched && shared_b ? a.dim(0) * M0 : M0;
-    const std::size_t sa = std::size_t(M) * K, sb = std::size_t(K) * N, so = std::size_t(M) * N;   // per batch element
+    const int batch = batched && !shared_b ? a.dim(0) : 1,
+              M = batched && shared_b ? a.dim(0) * M0 : M0;
+    const std::size_t sa = std::size_t(M) * K, sb = std::size_t(K) * N,
+                      so = std::size_t(M) * N;   // per batch element
     for (int t = 0; t < batch; ++t)
-        matmul_blocked(M, N, K, row_major(a.values().data() + t * sa, K), row_major(b.values().data() + t * sb, N),
-                       out.values().data() + t * so);
+        matmul_blocked(M, N, K, row_major(a.values().data() + t * sa, K),
+                       row_major(b.values().data() + t * sb, N), out.values().data() + t * so);
     if (out.requires_grad()) {
         TensorNode *pa = a.node(), *pb = b.node(), *po = out.node();
         po->backward = [=] {
             for (int t = 0; t < batch; ++t) {
                 const MatrixView dZ = row_major(po->grad.data() + t * so, N);
                 if (pa->requires_grad)   // dX = dZ·Wᵀ: [M, N]·[N, K]
-                    matmul_blocked(M, K, N, dZ, transposed(pb->data.data() + t * sb, N), grad_of(pa).data() + t * sa);
+                    matmul_blocked(M, K, N, dZ, transposed(pb->data.data() + t * sb, N),
+                                   grad_of(pa).data() + t * sa);
                 if (pb->requires_grad)   // dW = Xᵀ·dZ: [K, M]·[M, N]
-                    matmul_blocked(K, N, M, transposed(pa->data.data() + t * sa, K), dZ, grad_of(pb).data() + t * sb);
+                    matmul_blocked(K, N, M, transposed(pa->data.data() + t * sa, K), dZ,
+                                   grad_of(pb).data() + t * sb);
             }
         };
     }
@@ -1447,23 +1524,28 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 // Each row of y starts as b; the product is added into it.
 Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b) {
     if (on_cuda(x, W, b)) return linear_on_device(x, W, b);   // device: Part 5
-    if (!((x.rank() == 2 || x.rank() == 3) && W.rank() == 2 && b.rank() == 1 && x.dim(-1) == W.dim(0) &&
-          b.dim(0) == W.dim(1)))
-        argument_error("linear", "needs x [M, K] or [B, M, K], W [K, N] and b [N]; got " + shape_str(x.shape()) + ", " +
-                                  shape_str(W.shape()) + ", " + shape_str(b.shape()));
-    const int K = W.dim(0), N = W.dim(1), M = x.rank() == 3 ? x.dim(0) * x.dim(1) : x.dim(0);   // 3-D: [B·M, K]
+    if (!((x.rank() == 2 || x.rank() == 3) && W.rank() == 2 && b.rank() == 1 &&
+          x.dim(-1) == W.dim(0) && b.dim(0) == W.dim(1)))
+        argument_error("linear", "needs x [M, K] or [B, M, K], W [K, N] and b [N]; got " +
+                                     shape_str(x.shape()) + ", " + shape_str(W.shape()) + ", " +
+                                     shape_str(b.shape()));
+    const int K = W.dim(0), N = W.dim(1),
+              M = x.rank() == 3 ? x.dim(0) * x.dim(1) : x.dim(0);   // 3-D: [B·M, K]
     Shape out_shape = x.shape();
     out_shape.back() = N;
     Tensor out = Tensor::from_op(out_shape, "linear", {x, W, b});
     real* y = out.values().data();
-    for (int i = 0; i < M; ++i) std::copy(b.values().begin(), b.values().end(), y + std::size_t(i) * N);
+    for (int i = 0; i < M; ++i)
+        std::copy(b.values().begin(), b.values().end(), y + std::size_t(i) * N);
     matmul_blocked(M, N, K, row_major(x.values().data(), K), row_major(W.values().data(), N), y);
     if (out.requires_grad()) {
         TensorNode *px = x.node(), *pw = W.node(), *pb = b.node(), *po = out.node();
         po->backward = [=] {
             const MatrixView dY = row_major(po->grad.data(), N);
-            if (px->requires_grad) matmul_blocked(M, K, N, dY, transposed(pw->data.data(), N), grad_of(px).data());
-            if (pw->requires_grad) matmul_blocked(K, N, M, transposed(px->data.data(), K), dY, grad_of(pw).data());
+            if (px->requires_grad)
+                matmul_blocked(M, K, N, dY, transposed(pw->data.data(), N), grad_of(px).data());
+            if (pw->requires_grad)
+                matmul_blocked(K, N, M, transposed(px->data.data(), K), dY, grad_of(pw).data());
             if (pb->requires_grad) {
                 real* db = grad_of(pb).data();
                 for (int i = 0; i < M; ++i)
@@ -1487,7 +1569,8 @@ struct AxisSplit {
 
 static int normalize_axis(int axis, int rank, const char* op, const Shape& shape) {
     if (axis < -rank || axis >= rank)
-        argument_error(op, "axis " + std::to_string(axis) + " out of range for " + shape_str(shape));
+        argument_error(op,
+                       "axis " + std::to_string(axis) + " out of range for " + shape_str(shape));
     return axis < 0 ? axis + rank : axis;
 }
 
@@ -1500,7 +1583,8 @@ static AxisSplit split_at(const Shape& shape, int axis) {
 
 // Swaps the last two axes. The Jacobian is a permutation: backward transposes the gradient back.
 Tensor transpose(const Tensor& x) {
-    if (x.rank() < 2) argument_error("transpose", "needs at least 2 axes, got " + shape_str(x.shape()));
+    if (x.rank() < 2)
+        argument_error("transpose", "needs at least 2 axes, got " + shape_str(x.shape()));
     Shape shape = x.shape();
     std::swap(shape[shape.size() - 1], shape[shape.size() - 2]);
     const int R = x.dim(-2), C = x.dim(-1);
@@ -1543,7 +1627,8 @@ Tensor reshape(const Tensor& x, Shape shape) {
     if (infer >= 0 && known > 0 && x.numel() % known == 0) shape[infer] = int(x.numel() / known);
     if (numel(shape) != x.numel() || (infer >= 0 && shape[infer] < 0))
         argument_error("reshape", "cannot reshape " + shape_str(x.shape()) + " (" +
-                                   std::to_string(x.numel()) + " elements) to " + shape_str(shape));
+                                      std::to_string(x.numel()) + " elements) to " +
+                                      shape_str(shape));
     Tensor out = Tensor::from_op(shape, "reshape", {x});
     std::copy_n(x.values().data(), x.numel(), out.values().data());
     if (out.requires_grad()) {
@@ -1584,7 +1669,8 @@ Tensor sum(const Tensor& x, int axis, bool keepdim) {
     real* o = out.values().data();
     for (std::size_t a = 0; a < s.outer; ++a)
         for (std::size_t k = 0; k < s.n; ++k)
-            for (std::size_t i = 0; i < s.inner; ++i) o[a * s.inner + i] += in[(a * s.n + k) * s.inner + i];
+            for (std::size_t i = 0; i < s.inner; ++i)
+                o[a * s.inner + i] += in[(a * s.n + k) * s.inner + i];
     if (out.requires_grad()) {
         TensorNode *px = x.node(), *po = out.node();
         po->backward = [px, po, s] {
@@ -1621,11 +1707,13 @@ Tensor concat(const std::vector<Tensor>& parts, int axis) {
     shape[axis] = 0;
     for (const Tensor& p : parts) {
         Shape expect = first, got = p.shape();
-        if (got.size() != expect.size()) argument_error("concat", "ranks differ: " + shape_str(first) + " and " + shape_str(got));
+        if (got.size() != expect.size())
+            argument_error("concat",
+                           "ranks differ: " + shape_str(first) + " and " + shape_str(got));
         expect[axis] = got[axis];
         if (got != expect)
             argument_error("concat", "shapes " + shape_str(first) + " and " + shape_str(got) +
-                                      " differ outside axis " + std::to_string(axis));
+                                         " differ outside axis " + std::to_string(axis));
         shape[axis] += got[axis];
     }
     Tensor out = Tensor::from_op(shape, "concat", parts);
@@ -1652,7 +1740,8 @@ Tensor concat(const std::vector<Tensor>& parts, int axis) {
                 real* g = grad_of(ps[k]).data();
                 for (std::size_t a = 0; a < sp.outer; ++a)
                     for (std::size_t e = 0; e < sp.n * sp.inner; ++e)
-                        g[a * sp.n * sp.inner + e] += po->grad[(a * so.n + offsets[k]) * so.inner + e];
+                        g[a * sp.n * sp.inner + e] +=
+                            po->grad[(a * so.n + offsets[k]) * so.inner + e];
             }
         };
     }
@@ -1664,8 +1753,8 @@ Tensor slice(const Tensor& x, int axis, int start, int end) {
     axis = normalize_axis(axis, x.rank(), "slice", x.shape());
     if (start < 0 || end > x.shape()[axis] || start >= end)
         argument_error("slice", "range [" + std::to_string(start) + ", " + std::to_string(end) +
-                                 ") is not inside axis " + std::to_string(axis) + " of " +
-                                 shape_str(x.shape()));
+                                    ") is not inside axis " + std::to_string(axis) + " of " +
+                                    shape_str(x.shape()));
     Shape shape = x.shape();
     shape[axis] = end - start;
     Tensor out = Tensor::from_op(shape, "slice", {x});
@@ -1707,7 +1796,8 @@ static double log_sum_exp(const real* x, std::size_t n) {
 
 // softmax and log_softmax work on rows along the last axis.
 static void check_rows(const Tensor& x, const char* op) {
-    if (x.rank() < 1 || x.dim(-1) == 0) argument_error(op, "needs a non-empty last axis, got " + shape_str(x.shape()));
+    if (x.rank() < 1 || x.dim(-1) == 0)
+        argument_error(op, "needs a non-empty last axis, got " + shape_str(x.shape()));
 }
 
 // A logit may be −inf (a masked class), not NaN or +inf; each row needs a finite one.
@@ -1720,9 +1810,9 @@ static void check_logits(const Tensor& x, const char* op) {
         for (std::size_t j = 0; j < n; ++j) {
             const real v = z[r * n + j];
             if (std::isnan(v) || v == std::numeric_limits<real>::infinity())
-                throw std::domain_error(std::string(op) + ": logit " + to_string(v) + " at row " + std::to_string(r) +
-                                        ", column " + std::to_string(j) + "; set_detect_anomaly(true) names the op "
-                                        "that made it");
+                throw std::domain_error(std::string(op) + ": logit " + to_string(v) + " at row " +
+                                        std::to_string(r) + ", column " + std::to_string(j) +
+                                        "; set_detect_anomaly(true) names the op that made it");
             some_finite = some_finite || v > -std::numeric_limits<real>::infinity();
         }
         if (!some_finite)
@@ -1776,7 +1866,8 @@ Tensor log_softmax(const Tensor& x) {
                 const real *lp = po->data.data() + r * n, *g = po->grad.data() + r * n;
                 double total = 0;
                 for (std::size_t i = 0; i < n; ++i) total += g[i];
-                for (std::size_t j = 0; j < n; ++j) gx[r * n + j] += g[j] - std::exp(lp[j]) * real(total);
+                for (std::size_t j = 0; j < n; ++j)
+                    gx[r * n + j] += g[j] - std::exp(lp[j]) * real(total);
             }
         };
     }
@@ -1789,23 +1880,30 @@ Tensor log_softmax(const Tensor& x) {
 // Gradient: ∂L/∂logit_bc = (p_bc − q_bc)/B (softmax's Jacobian and the log's 1/p cancel); fused,
 // it never takes the log of a p rounded to 0.
 Tensor cross_entropy(const Tensor& logits, const std::vector<int>& labels, real label_smoothing) {
-    if (logits.rank() != 2) argument_error("cross_entropy", "logits must be [batch, classes], got " + shape_str(logits.shape()));
+    if (logits.rank() != 2)
+        argument_error("cross_entropy",
+                       "logits must be [batch, classes], got " + shape_str(logits.shape()));
     const int B = logits.dim(0), C = logits.dim(1);
     if (B == 0 || C == 0)
-        argument_error("cross_entropy", "logits " + shape_str(logits.shape()) + ": an empty batch, or no classes, has no "
-                                     "mean loss");
+        argument_error("cross_entropy", "logits " + shape_str(logits.shape()) +
+                                            ": an empty batch, or no classes, has no mean loss");
     if (int(labels.size()) != B)
         argument_error("cross_entropy", "logits " + shape_str(logits.shape()) + " need " +
-                                         std::to_string(B) + " labels, got " + std::to_string(labels.size()));
+                                            std::to_string(B) + " labels, got " +
+                                            std::to_string(labels.size()));
     for (int b = 0; b < B; ++b)
         if (labels[b] < 0 || labels[b] >= C)
             argument_error("cross_entropy", "label " + std::to_string(labels[b]) + " at row " +
-                                             std::to_string(b) + " is outside [0, " + std::to_string(C) + ")");
+                                                std::to_string(b) + " is outside [0, " +
+                                                std::to_string(C) + ")");
     if (!(label_smoothing >= 0 && label_smoothing < 1))
-        argument_error("cross_entropy", "label_smoothing must be in [0, 1), got " + to_string(label_smoothing));
-    if (on_cuda(logits)) return cross_entropy_on_device(logits, labels, label_smoothing);   // device: Part 5
+        argument_error("cross_entropy",
+                       "label_smoothing must be in [0, 1), got " + to_string(label_smoothing));
+    if (on_cuda(logits))
+        return cross_entropy_on_device(logits, labels, label_smoothing);   // device: Part 5
     check_logits(logits, "cross_entropy");
-    const real eps = label_smoothing, off = eps / C, on = 1 - eps + off;   // q for other / true class
+    const real eps = label_smoothing, off = eps / C,
+               on = 1 - eps + off;   // q for other / true class
     std::vector<real> probs(logits.numel());
     double loss = 0;
     for (int b = 0; b < B; ++b) {
@@ -1837,14 +1935,16 @@ Tensor cross_entropy(const Tensor& logits, const std::vector<int>& labels, real 
 static void require_same_shape(const Tensor& a, const Tensor& b, const char* op) {
     if (a.shape() != b.shape())
         argument_error(op, "prediction " + shape_str(a.shape()) + " and target " +
-                            shape_str(b.shape()) + " must have the same shape");
+                               shape_str(b.shape()) + " must have the same shape");
 }
 
 // Mean squared error L = (1/N) Σ (pᵢ − tᵢ)²:  ∂L/∂pᵢ = 2(pᵢ − tᵢ)/N,  ∂L/∂tᵢ = −2(pᵢ − tᵢ)/N.
 Tensor mse_loss(const Tensor& prediction, const Tensor& target) {
     require_same_shape(prediction, target, "mse_loss");
     check_devices("mse_loss", {prediction, target}, Device::CPU);
-    if (prediction.numel() == 0) argument_error("mse_loss", "an empty prediction " + shape_str(prediction.shape()) + " has no mean");
+    if (prediction.numel() == 0)
+        argument_error("mse_loss",
+                       "an empty prediction " + shape_str(prediction.shape()) + " has no mean");
     const Tensor diff = prediction - target;
     return mean(diff * diff);
 }
@@ -1855,9 +1955,13 @@ Tensor mse_loss(const Tensor& prediction, const Tensor& target) {
 Tensor bce_with_logits(const Tensor& logits, const Tensor& targets) {
     require_same_shape(logits, targets, "bce_with_logits");
     const std::size_t N = logits.numel();
-    if (N == 0) argument_error("bce_with_logits", "an empty batch " + shape_str(logits.shape()) + " has no mean loss");
-    require_all(logits, "bce_with_logits", "a logit must be finite", [](real v) { return std::isfinite(v); });
-    require_all(targets, "bce_with_logits", "a target must be in [0, 1]", [](real v) { return v >= 0 && v <= 1; });
+    if (N == 0)
+        argument_error("bce_with_logits",
+                       "an empty batch " + shape_str(logits.shape()) + " has no mean loss");
+    require_all(logits, "bce_with_logits", "a logit must be finite",
+                [](real v) { return std::isfinite(v); });
+    require_all(targets, "bce_with_logits", "a target must be in [0, 1]",
+                [](real v) { return v >= 0 && v <= 1; });
     const real *z = logits.values().data(), *t = targets.values().data();
     double loss = 0;
     for (std::size_t i = 0; i < N; ++i)
@@ -1870,9 +1974,11 @@ Tensor bce_with_logits(const Tensor& logits, const Tensor& targets) {
             const real scale = po->grad[0] / N;
             for (std::size_t i = 0; i < N; ++i) {
                 const real zi = pz->data[i];
-                const real s = zi >= 0 ? 1 / (1 + std::exp(-zi)) : std::exp(zi) / (1 + std::exp(zi));
-                if (pz->requires_grad) grad_of(pz)[i] += scale * (s - pt->data[i]);   // (σ(z) − t)/N
-                if (pt->requires_grad) grad_of(pt)[i] += scale * -zi;                 // −z/N
+                const real s =
+                    zi >= 0 ? 1 / (1 + std::exp(-zi)) : std::exp(zi) / (1 + std::exp(zi));
+                if (pz->requires_grad)
+                    grad_of(pz)[i] += scale * (s - pt->data[i]);        // (σ(z) − t)/N
+                if (pt->requires_grad) grad_of(pt)[i] += scale * -zi;   // −z/N
             }
         };
     }
@@ -1892,17 +1998,20 @@ Tensor bce_with_logits(const Tensor& logits, const Tensor& targets) {
 // ---------------------------------------------------------------------------------------------
 
 static void check_norm_args(const Tensor& x, const Tensor& gain, real eps, const char* op) {
-    if (x.rank() < 1 || x.dim(-1) == 0) argument_error(op, "needs a non-empty last axis, got " + shape_str(x.shape()));
+    if (x.rank() < 1 || x.dim(-1) == 0)
+        argument_error(op, "needs a non-empty last axis, got " + shape_str(x.shape()));
     if (gain.shape() != Shape{x.dim(-1)})
         argument_error(op, "gain must have shape [" + std::to_string(x.dim(-1)) + "] for input " +
-                            shape_str(x.shape()) + ", got " + shape_str(gain.shape()));
-    if (!(eps >= 0 && std::isfinite(eps))) argument_error(op, "eps must be finite and >= 0, got " + to_string(eps));
+                               shape_str(x.shape()) + ", got " + shape_str(gain.shape()));
+    if (!(eps >= 0 && std::isfinite(eps)))
+        argument_error(op, "eps must be finite and >= 0, got " + to_string(eps));
 }
 
 // 1/√(spread + ε), refused when 1/0: a constant row (zeros, for RMS) with ε = 0.
 static real inverse_sqrt_or_throw(double spread, real eps, std::size_t row, const char* op) {
     if (!(spread + eps > 0))
-        throw std::domain_error(std::string(op) + ": row " + std::to_string(row) + " has no spread and eps = 0, so "
+        throw std::domain_error(std::string(op) + ": row " + std::to_string(row) +
+                                " has no spread and eps = 0, so "
                                 "the normalized row is 0/0; use eps > 0");
     return real(1 / std::sqrt(spread + eps));
 }
@@ -1910,7 +2019,8 @@ static real inverse_sqrt_or_throw(double spread, real eps, std::size_t row, cons
 Tensor layer_norm(const Tensor& x, const Tensor& gain, const Tensor& bias, real eps) {
     check_norm_args(x, gain, eps, "layer_norm");
     if (bias.shape() != gain.shape())
-        argument_error("layer_norm", "bias must have shape " + shape_str(gain.shape()) + ", got " + shape_str(bias.shape()));
+        argument_error("layer_norm", "bias must have shape " + shape_str(gain.shape()) + ", got " +
+                                         shape_str(bias.shape()));
     const std::size_t D = x.dim(-1), rows = x.numel() / D;
     std::vector<real> xhat(x.numel()), rstd(rows);   // kept for the backward
     Tensor out = Tensor::from_op(x.shape(), "layer_norm", {x, gain, bias});
@@ -1993,15 +2103,18 @@ Tensor rms_norm(const Tensor& x, const Tensor& gain, real eps) {
 // out[k] = table[ids[k]]; backward adds each row's gradient into its table row (twice if used
 // twice).
 Tensor embedding(const Tensor& table, const std::vector<int>& ids) {
-    if (table.rank() != 2) argument_error("embedding", "table must be [vocab, dim], got " + shape_str(table.shape()));
+    if (table.rank() != 2)
+        argument_error("embedding", "table must be [vocab, dim], got " + shape_str(table.shape()));
     const int V = table.dim(0), D = table.dim(1);
     for (std::size_t k = 0; k < ids.size(); ++k)
         if (ids[k] < 0 || ids[k] >= V)
             argument_error("embedding", "id " + std::to_string(ids[k]) + " at position " +
-                                         std::to_string(k) + " is outside [0, " + std::to_string(V) + ")");
+                                            std::to_string(k) + " is outside [0, " +
+                                            std::to_string(V) + ")");
     Tensor out = Tensor::from_op({int(ids.size()), D}, "embedding", {table});
     for (std::size_t k = 0; k < ids.size(); ++k)
-        std::copy_n(table.values().data() + std::size_t(ids[k]) * D, D, out.values().data() + k * D);
+        std::copy_n(table.values().data() + std::size_t(ids[k]) * D, D,
+                    out.values().data() + k * D);
     if (out.requires_grad()) {
         TensorNode *pt = table.node(), *po = out.node();
         po->backward = [pt, po, ids, D] {
@@ -2038,26 +2151,33 @@ Tensor dropout(const Tensor& x, real p, Rng& rng, bool training) {
 Tensor init_weight(Shape shape, int fan_in, int fan_out, Init init, Rng& rng) {
     if (fan_in <= 0 || fan_out <= 0)
         argument_error("init_weight", "fan_in and fan_out must be positive, got " +
-                                       std::to_string(fan_in) + " and " + std::to_string(fan_out));
+                                          std::to_string(fan_in) + " and " +
+                                          std::to_string(fan_out));
     switch (init) {
-        case Init::zeros: return Tensor(std::move(shape));
-        case Init::xavier_normal: return randn(std::move(shape), rng, real(std::sqrt(2.0 / (fan_in + fan_out))));
-        case Init::xavier_uniform: {
-            const real a = real(std::sqrt(6.0 / (fan_in + fan_out)));
-            return uniform(std::move(shape), rng, -a, a);
-        }
-        case Init::he_normal: return randn(std::move(shape), rng, real(std::sqrt(2.0 / fan_in)));
-        case Init::he_uniform: {
-            const real a = real(std::sqrt(6.0 / fan_in));
-            return uniform(std::move(shape), rng, -a, a);
-        }
-        case Init::gpt2: return randn(std::move(shape), rng, real(0.02));
+    case Init::zeros:
+        return Tensor(std::move(shape));
+    case Init::xavier_normal:
+        return randn(std::move(shape), rng, real(std::sqrt(2.0 / (fan_in + fan_out))));
+    case Init::xavier_uniform: {
+        const real a = real(std::sqrt(6.0 / (fan_in + fan_out)));
+        return uniform(std::move(shape), rng, -a, a);
+    }
+    case Init::he_normal:
+        return randn(std::move(shape), rng, real(std::sqrt(2.0 / fan_in)));
+    case Init::he_uniform: {
+        const real a = real(std::sqrt(6.0 / fan_in));
+        return uniform(std::move(shape), rng, -a, a);
+    }
+    case Init::gpt2:
+        return randn(std::move(shape), rng, real(0.02));
     }
     return Tensor(std::move(shape));
 }
 
 Tensor gpt2_residual_weight(Shape shape, int n_layers, Rng& rng) {
-    if (n_layers <= 0) argument_error("gpt2_residual_weight", "n_layers must be positive, got " + std::to_string(n_layers));
+    if (n_layers <= 0)
+        argument_error("gpt2_residual_weight",
+                       "n_layers must be positive, got " + std::to_string(n_layers));
     return randn(std::move(shape), rng, real(0.02 / std::sqrt(2.0 * n_layers)));
 }
 
@@ -2073,14 +2193,17 @@ Linear::Linear(int in, int out, Rng& rng, Init init, bool bias)
 Linear::Linear(Tensor W_, Tensor b_) : W(std::move(W_)), b(std::move(b_)) {
     if (!W.defined() || W.rank() != 2 || (b.defined() && (b.rank() != 1 || b.dim(0) != W.dim(1))))
         argument_error("nn::Linear", "needs W [in, out] and b [out] (or no b); got W " +
-                                      (W.defined() ? shape_str(W.shape()) : "(empty)") + " and b " +
-                                      (b.defined() ? shape_str(b.shape()) : "(none)"));
+                                         (W.defined() ? shape_str(W.shape()) : "(empty)") +
+                                         " and b " +
+                                         (b.defined() ? shape_str(b.shape()) : "(none)"));
     W.requires_grad_();
     if (b.defined()) b.requires_grad_();
 }
 
 // Y = X·W + b, the fused op of §2.4.
-Tensor Linear::operator()(const Tensor& x) const { return b.defined() ? linear(x, W, b) : matmul(x, W); }
+Tensor Linear::operator()(const Tensor& x) const {
+    return b.defined() ? linear(x, W, b) : matmul(x, W);
+}
 
 std::vector<Tensor> Linear::parameters() const {
     if (b.defined()) return {W, b};
@@ -2090,7 +2213,8 @@ std::vector<Tensor> Linear::parameters() const {
 MLP::MLP(const std::vector<int>& sizes, Rng& rng, Activation act_, Init init, real dropout)
     : act(act_), dropout_p(dropout), dropout_rng(rng.next_u64()) {
     if (sizes.size() < 2) argument_error("nn::MLP", "needs at least an input and an output size");
-    for (std::size_t l = 0; l + 1 < sizes.size(); ++l) layers.emplace_back(sizes[l], sizes[l + 1], rng, init);
+    for (std::size_t l = 0; l + 1 < sizes.size(); ++l)
+        layers.emplace_back(sizes[l], sizes[l + 1], rng, init);
 }
 
 MLP::MLP(std::vector<Linear> layers_, Activation act_)
@@ -2098,9 +2222,11 @@ MLP::MLP(std::vector<Linear> layers_, Activation act_)
     if (layers.empty()) argument_error("nn::MLP", "needs at least one layer");
     for (std::size_t l = 0; l + 1 < layers.size(); ++l)
         if (layers[l].W.dim(1) != layers[l + 1].W.dim(0))
-            argument_error("nn::MLP", "layer " + std::to_string(l) + " gives " + std::to_string(layers[l].W.dim(1)) +
-                                       " outputs but layer " + std::to_string(l + 1) + " takes " +
-                                       std::to_string(layers[l + 1].W.dim(0)) + " inputs");
+            argument_error("nn::MLP", "layer " + std::to_string(l) + " gives " +
+                                          std::to_string(layers[l].W.dim(1)) +
+                                          " outputs but layer " + std::to_string(l + 1) +
+                                          " takes " + std::to_string(layers[l + 1].W.dim(0)) +
+                                          " inputs");
 }
 
 Tensor MLP::operator()(const Tensor& x) {
@@ -2131,7 +2257,7 @@ std::vector<std::pair<std::string, Tensor>> MLP::named_parameters() const {
     return named;
 }
 
-}  // namespace nn
+}   // namespace nn
 
 // ---------------------------------------------------------------------------------------------
 // 2.9 Optimizers
@@ -2155,12 +2281,13 @@ Optimizer::Optimizer(std::vector<Tensor> params, double lr_, const char* name)
     if (params_.empty()) argument_error(name, "no parameters to optimize");
     for (std::size_t k = 0; k < params_.size(); ++k) {
         const std::string which = "parameter " + std::to_string(k);
-        if (!params_[k].defined()) argument_error(name, which + " is an empty Tensor (default-constructed)");
+        if (!params_[k].defined())
+            argument_error(name, which + " is an empty Tensor (default-constructed)");
         if (!params_[k].requires_grad()) argument_error(name, which + " does not require grad");
         for (std::size_t j = 0; j < k; ++j)
             if (params_[j].node() == params_[k].node())
-                argument_error(name, which + " is parameter " + std::to_string(j) + " again: it would be updated twice "
-                                  "a step");
+                argument_error(name, which + " is parameter " + std::to_string(j) +
+                                         " again: it would be updated twice a step");
     }
     Optimizer::check_settings();
 }
@@ -2168,9 +2295,9 @@ Optimizer::Optimizer(std::vector<Tensor> params, double lr_, const char* name)
 // Checked at every step: a schedule changes opt.lr between steps, and a NaN rate would silently
 // make every weight NaN.
 void Optimizer::check_settings() const {
-    if (!(lr >= 0 && std::isfinite(lr))) argument_error(name_, "the learning rate must be finite and >= 0, got " + to_string(lr));
+    if (!(lr >= 0 && std::isfinite(lr)))
+        argument_error(name_, "the learning rate must be finite and >= 0, got " + to_string(lr));
 }
-
 
 // A non-finite gradient is refused before any parameter changes. g·0 is 0 for a finite g and NaN
 // for NaN or ±inf, so one vectorized sum tells whether to look for one.
@@ -2180,10 +2307,13 @@ static void require_finite_gradients(const std::vector<Tensor>& params, const ch
         real any_bad = 0;
         for (real v : g) any_bad += v * 0;
         if (any_bad == 0) continue;
-        const std::size_t i = std::size_t(std::find_if(g.begin(), g.end(), [](real v) { return !std::isfinite(v); }) - g.begin());
-        throw std::domain_error(std::string(name) + ": the gradient of parameter " + std::to_string(k) + " is " +
-                                to_string(g[i]) + " at element " + std::to_string(i) + "; nothing was changed (a "
-                                "learning rate too high? set_detect_anomaly(true) names the op that made it)");
+        const std::size_t i = std::size_t(
+            std::find_if(g.begin(), g.end(), [](real v) { return !std::isfinite(v); }) - g.begin());
+        throw std::domain_error(
+            std::string(name) + ": the gradient of parameter " + std::to_string(k) + " is " +
+            to_string(g[i]) + " at element " + std::to_string(i) +
+            "; nothing was changed (a "
+            "learning rate too high? set_detect_anomaly(true) names the op that made it)");
     }
 }
 
@@ -2191,8 +2321,10 @@ void Optimizer::step() {
     check_settings();
     if (on_cuda(params_)) return step_on_device();   // device: Part 5
     if (!device_state_.empty())
-        argument_error(name_, "the parameters moved to the cpu after this optimizer's state was made on cuda; its "
-                           "state does not move with them: create the optimizer after moving the model");
+        argument_error(
+            name_,
+            "the parameters moved to the cpu after this optimizer's state was made on cuda; its "
+            "state does not move with them: create the optimizer after moving the model");
     if (state_.empty())   // first step: all zeros
         for (const Tensor& p : params_)
             state_.emplace_back(state_per_param(), std::vector<real>(p.numel(), real(0)));
@@ -2200,7 +2332,7 @@ void Optimizer::step() {
         const std::size_t g = params_[k].grad().size(), n = params_[k].numel();
         if (g != 0 && g != n)
             argument_error(name_, "parameter " + std::to_string(k) + " has " + std::to_string(n) +
-                                   " values but a gradient of " + std::to_string(g));
+                                      " values but a gradient of " + std::to_string(g));
     }
     require_finite_gradients(params_, name_);
     ++step_count;
@@ -2217,7 +2349,8 @@ void Optimizer::zero_grad() {
 
 std::vector<std::vector<std::vector<real>>>& Optimizer::state() {
     if (!device_state_.empty())
-        throw std::runtime_error(std::string(name_) + ": its state is in device memory (the parameters are on cuda); "
+        throw std::runtime_error(std::string(name_) +
+                                 ": its state is in device memory (the parameters are on cuda); "
                                  "checkpoints of a run on the device are not supported yet");
     return state_;
 }
@@ -2228,7 +2361,8 @@ std::size_t Optimizer::state_bytes() const {
     return n * state_per_param() * sizeof(real);
 }
 
-SGD::SGD(std::vector<Tensor> params, double lr, double momentum_, bool nesterov_, double weight_decay_)
+SGD::SGD(std::vector<Tensor> params, double lr, double momentum_, bool nesterov_,
+         double weight_decay_)
     : Optimizer(std::move(params), lr, "SGD"), momentum(momentum_), weight_decay(weight_decay_),
       nesterov(nesterov_) {
     SGD::check_settings();
@@ -2236,13 +2370,15 @@ SGD::SGD(std::vector<Tensor> params, double lr, double momentum_, bool nesterov_
 
 void SGD::check_settings() const {
     Optimizer::check_settings();
-    require_argument(momentum >= 0 && momentum < 1, "SGD", "momentum must be in [0, 1), got " + to_string(momentum));
+    require_argument(momentum >= 0 && momentum < 1, "SGD",
+                     "momentum must be in [0, 1), got " + to_string(momentum));
     require_argument(!nesterov || momentum > 0, "SGD", "Nesterov needs momentum > 0");
     require_argument(weight_decay >= 0 && std::isfinite(weight_decay), "SGD",
-                    "weight_decay must be >= 0 and finite, got " + to_string(weight_decay));
+                     "weight_decay must be >= 0 and finite, got " + to_string(weight_decay));
 }
 
-void SGD::update(std::vector<real>& w, const std::vector<real>& grad, std::vector<std::vector<real>>& state) {
+void SGD::update(std::vector<real>& w, const std::vector<real>& grad,
+                 std::vector<std::vector<real>>& state) {
     for (std::size_t i = 0; i < w.size(); ++i) {
         double g = grad[i] + weight_decay * w[i];   // L2: ∂(λ/2·w²)/∂w = λw
         if (momentum > 0) {
@@ -2254,20 +2390,25 @@ void SGD::update(std::vector<real>& w, const std::vector<real>& grad, std::vecto
     }
 }
 
-RMSProp::RMSProp(std::vector<Tensor> params, double lr, double alpha_, double eps_, double weight_decay_)
-    : Optimizer(std::move(params), lr, "RMSProp"), alpha(alpha_), eps(eps_), weight_decay(weight_decay_) {
+RMSProp::RMSProp(std::vector<Tensor> params, double lr, double alpha_, double eps_,
+                 double weight_decay_)
+    : Optimizer(std::move(params), lr, "RMSProp"), alpha(alpha_), eps(eps_),
+      weight_decay(weight_decay_) {
     RMSProp::check_settings();
 }
 
 void RMSProp::check_settings() const {
     Optimizer::check_settings();
-    require_argument(alpha >= 0 && alpha < 1, "RMSProp", "alpha must be in [0, 1), got " + to_string(alpha));
-    require_argument(eps > 0 && std::isfinite(eps), "RMSProp", "eps must be > 0 and finite, got " + to_string(eps));
+    require_argument(alpha >= 0 && alpha < 1, "RMSProp",
+                     "alpha must be in [0, 1), got " + to_string(alpha));
+    require_argument(eps > 0 && std::isfinite(eps), "RMSProp",
+                     "eps must be > 0 and finite, got " + to_string(eps));
     require_argument(weight_decay >= 0 && std::isfinite(weight_decay), "RMSProp",
-                    "weight_decay must be >= 0 and finite, got " + to_string(weight_decay));
+                     "weight_decay must be >= 0 and finite, got " + to_string(weight_decay));
 }
 
-void RMSProp::update(std::vector<real>& w, const std::vector<real>& grad, std::vector<std::vector<real>>& state) {
+void RMSProp::update(std::vector<real>& w, const std::vector<real>& grad,
+                     std::vector<std::vector<real>>& state) {
     for (std::size_t i = 0; i < w.size(); ++i) {
         const double g = grad[i] + weight_decay * w[i];
         real& s = state[0][i];
@@ -2291,21 +2432,25 @@ Adam::Adam(std::vector<Tensor> params, double lr, double beta1_, double beta2_, 
 void Adam::check_settings() const {
     Optimizer::check_settings();
     require_argument(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1, name(),
-                    "betas must be in [0, 1), got " + to_string(beta1) + " and " + to_string(beta2));
-    require_argument(eps > 0 && std::isfinite(eps), name(), "eps must be > 0 and finite, got " + to_string(eps));
+                     "betas must be in [0, 1), got " + to_string(beta1) + " and " +
+                         to_string(beta2));
+    require_argument(eps > 0 && std::isfinite(eps), name(),
+                     "eps must be > 0 and finite, got " + to_string(eps));
     require_argument(weight_decay >= 0 && std::isfinite(weight_decay), name(),
-                    "weight_decay must be >= 0 and finite, got " + to_string(weight_decay));
+                     "weight_decay must be >= 0 and finite, got " + to_string(weight_decay));
 }
 
 // Adam in the parameter's precision, so the loop vectorizes (-fno-math-errno). Constants are
 // formed in double, rounded once: 1 − β₂ formed in float is 1.3e-5 off, and v̂ too small.
-void Adam::update(std::vector<real>& w, const std::vector<real>& grad, std::vector<std::vector<real>>& state) {
-    const real b1 = real(beta1), b2 = real(beta2), one_minus_b1 = real(1 - beta1), one_minus_b2 = real(1 - beta2);
+void Adam::update(std::vector<real>& w, const std::vector<real>& grad,
+                  std::vector<std::vector<real>>& state) {
+    const real b1 = real(beta1), b2 = real(beta2), one_minus_b1 = real(1 - beta1),
+               one_minus_b2 = real(1 - beta2);
     // The bias corrections c = 1 − βᵗ, as 1/c: the loop multiplies, which is cheaper than dividing.
     const real inv_c1 = real(1 / (1 - std::pow(beta1, double(step_count))));
     const real inv_c2 = real(1 / (1 - std::pow(beta2, double(step_count))));
-    const real l2 = real(decoupled_ ? 0 : weight_decay);          // Adam:  g ← g + λ·w
-    const real decay = real(decoupled_ ? lr * weight_decay : 0);  // AdamW: w ← w − lr·λ·w
+    const real l2 = real(decoupled_ ? 0 : weight_decay);           // Adam:  g ← g + λ·w
+    const real decay = real(decoupled_ ? lr * weight_decay : 0);   // AdamW: w ← w − lr·λ·w
     const real rate = real(lr), epsilon = real(eps);
     real *m = state[0].data(), *v = state[1].data(), *wp = w.data();
     const real* gp = grad.data();
@@ -2323,20 +2468,24 @@ AdamW::AdamW(std::vector<Tensor> params, double lr, double beta1, double beta2, 
              double weight_decay)
     : Adam(std::move(params), lr, beta1, beta2, eps, weight_decay, true, "AdamW") {}
 
-Lion::Lion(std::vector<Tensor> params, double lr, double beta1_, double beta2_, double weight_decay_)
-    : Optimizer(std::move(params), lr, "Lion"), beta1(beta1_), beta2(beta2_), weight_decay(weight_decay_) {
+Lion::Lion(std::vector<Tensor> params, double lr, double beta1_, double beta2_,
+           double weight_decay_)
+    : Optimizer(std::move(params), lr, "Lion"), beta1(beta1_), beta2(beta2_),
+      weight_decay(weight_decay_) {
     Lion::check_settings();
 }
 
 void Lion::check_settings() const {
     Optimizer::check_settings();
     require_argument(beta1 >= 0 && beta1 <= 1 && beta2 >= 0 && beta2 <= 1, "Lion",
-                    "betas must be in [0, 1], got " + to_string(beta1) + " and " + to_string(beta2));
+                     "betas must be in [0, 1], got " + to_string(beta1) + " and " +
+                         to_string(beta2));
     require_argument(weight_decay >= 0 && std::isfinite(weight_decay), "Lion",
-                    "weight_decay must be >= 0 and finite, got " + to_string(weight_decay));
+                     "weight_decay must be >= 0 and finite, got " + to_string(weight_decay));
 }
 
-void Lion::update(std::vector<real>& w, const std::vector<real>& grad, std::vector<std::vector<real>>& state) {
+void Lion::update(std::vector<real>& w, const std::vector<real>& grad,
+                  std::vector<std::vector<real>>& state) {
     std::vector<real>& m = state[0];
     for (std::size_t i = 0; i < w.size(); ++i) {
         const double c = beta1 * m[i] + (1 - beta1) * grad[i];
@@ -2358,7 +2507,8 @@ void Lion::update(std::vector<real>& w, const std::vector<real>& grad, std::vect
 
 static void require_step_and_rate(long step, double lr, const char* name) {
     require_argument(step >= 0, name, "step must be >= 0, got " + std::to_string(step));
-    require_argument(lr >= 0 && std::isfinite(lr), name, "the learning rate must be finite and >= 0, got " + to_string(lr));
+    require_argument(lr >= 0 && std::isfinite(lr), name,
+                     "the learning rate must be finite and >= 0, got " + to_string(lr));
 }
 
 double constant_lr(long step, double lr) {
@@ -2372,7 +2522,8 @@ double warmup_cosine_lr(long step, long warmup, long total, double lr_max, doubl
                      "needs 0 <= warmup <= total, got warmup " + std::to_string(warmup) +
                          " and total " + std::to_string(total));
     require_argument(lr_max >= lr_min && lr_min >= 0, "warmup_cosine_lr",
-                     "needs lr_max >= lr_min >= 0, got " + to_string(lr_max) + " and " + to_string(lr_min));
+                     "needs lr_max >= lr_min >= 0, got " + to_string(lr_max) + " and " +
+                         to_string(lr_min));
     if (step < warmup) return lr_max * double(step) / double(warmup);
     if (step >= total) return lr_min;
     const double progress = double(step - warmup) / double(total - warmup);
@@ -2382,15 +2533,18 @@ double warmup_cosine_lr(long step, long warmup, long total, double lr_max, doubl
 // The original Transformer's schedule, scaled to peak at lr_max (step = warmup).
 double inverse_sqrt_lr(long step, long warmup, double lr_max) {
     require_step_and_rate(step, lr_max, "inverse_sqrt_lr");
-    require_argument(warmup > 0, "inverse_sqrt_lr", "warmup must be > 0, got " + std::to_string(warmup));
+    require_argument(warmup > 0, "inverse_sqrt_lr",
+                     "warmup must be > 0, got " + std::to_string(warmup));
     if (step < warmup) return lr_max * double(step) / double(warmup);
     return lr_max * std::sqrt(double(warmup) / double(step));
 }
 
 double step_decay_lr(long step, double lr0, long step_size, double gamma) {
     require_step_and_rate(step, lr0, "step_decay_lr");
-    require_argument(gamma > 0 && gamma <= 1, "step_decay_lr", "gamma must be in (0, 1] (a decay), got " + to_string(gamma));
-    require_argument(step_size > 0, "step_decay_lr", "step_size must be > 0, got " + std::to_string(step_size));
+    require_argument(gamma > 0 && gamma <= 1, "step_decay_lr",
+                     "gamma must be in (0, 1] (a decay), got " + to_string(gamma));
+    require_argument(step_size > 0, "step_decay_lr",
+                     "step_size must be > 0, got " + std::to_string(step_size));
     return lr0 * std::pow(gamma, double(step / step_size));
 }
 
@@ -2431,10 +2585,12 @@ double grad_norm(const std::vector<Tensor>& params) {
 }
 
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
-    if (!(max_norm > 0)) argument_error("clip_grad_norm", "max_norm must be > 0, got " + to_string(max_norm));
+    if (!(max_norm > 0))
+        argument_error("clip_grad_norm", "max_norm must be > 0, got " + to_string(max_norm));
     if (on_cuda(params)) return clip_grad_norm_on_device(params, max_norm);   // device: Part 5
     const double norm = grad_norm(params);
-    if (!std::isfinite(norm)) require_finite_gradients(params, "clip_grad_norm");   // names the culprit
+    if (!std::isfinite(norm))
+        require_finite_gradients(params, "clip_grad_norm");   // names the culprit
     if (norm > max_norm) {
         const double scale = max_norm / norm;
         for (const Tensor& p : params)
@@ -2444,7 +2600,8 @@ double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
 }
 
 void clip_grad_value(const std::vector<Tensor>& params, double max_abs) {
-    if (!(max_abs > 0)) argument_error("clip_grad_value", "the limit must be > 0, got " + to_string(max_abs));
+    if (!(max_abs > 0))
+        argument_error("clip_grad_value", "the limit must be > 0, got " + to_string(max_abs));
     for (const Tensor& p : params)
         for (real& g : p.grad()) g = real(std::clamp(double(g), -max_abs, max_abs));
 }
@@ -2471,7 +2628,8 @@ bool detect_anomaly() { return anomaly_mode; }
 
 // What usually makes an op produce inf or NaN.
 static std::string likely_cause(const std::string& op) {
-    if (op == "log" || op == "log_softmax" || op == "cross_entropy") return "log of 0 (a probability that underflowed)";
+    if (op == "log" || op == "log_softmax" || op == "cross_entropy")
+        return "log of 0 (a probability that underflowed)";
     if (op == "exp" || op == "softmax") return "overflow in exp: its input is too large";
     if (op == "/" || op == "division a/b") return "division by 0 or by a tiny number";
     if (op == "pow" || op == "sqrt") return "a power of 0 or of a negative number";
@@ -2504,9 +2662,11 @@ void anomaly_tensor_inputs(const char* op, const std::vector<Tensor>& inputs) {
     for (const Tensor& t : inputs) {
         if (all_finite(*t.node(), false)) continue;
         const TensorNode& n = *t.node();
-        const std::string producer = n.op[0] ? "'" + std::string(n.op) + "'" : "a leaf tensor (input data or a parameter)";
-        anomaly(producer + " produced NaN/Inf in its output " + shape_str(n.shape) + " (inputs: " +
-                    describe_inputs(n) + "), found when '" + op + "' read it", n.op);
+        const std::string producer =
+            n.op[0] ? "'" + std::string(n.op) + "'" : "a leaf tensor (input data or a parameter)";
+        anomaly(producer + " produced NaN/Inf in its output " + shape_str(n.shape) +
+                    " (inputs: " + describe_inputs(n) + "), found when '" + op + "' read it",
+                n.op);
     }
 }
 
@@ -2514,23 +2674,27 @@ void anomaly_tensor_backward(const TensorNode& n) {
     for (int k = 0; k < n.n_inputs(); ++k)
         if (!all_finite(*n.input(k), true))
             anomaly("the backward of '" + std::string(n.op) + "' (output " + shape_str(n.shape) +
-                        ", inputs: " + describe_inputs(n) + ") produced NaN/Inf in the gradient of input " +
-                        std::to_string(k), n.op);
+                        ", inputs: " + describe_inputs(n) +
+                        ") produced NaN/Inf in the gradient of input " + std::to_string(k),
+                    n.op);
 }
 
 void anomaly_scalar_forward(const Node& n) {
-    if (std::isfinite(n.data) && std::isfinite(n.local_grad[0]) && std::isfinite(n.local_grad[1])) return;
+    if (std::isfinite(n.data) && std::isfinite(n.local_grad[0]) && std::isfinite(n.local_grad[1]))
+        return;
     std::string inputs = to_string(n.parents[0]->data);
     if (n.n_parents > 1) inputs += ", " + to_string(n.parents[1]->data);
-    anomaly("'" + std::string(n.op) + "' produced " + to_string(n.data) + " (or a non-finite slope) from inputs " +
-                inputs, n.op);
+    anomaly("'" + std::string(n.op) + "' produced " + to_string(n.data) +
+                " (or a non-finite slope) from inputs " + inputs,
+            n.op);
 }
 
 void anomaly_scalar_backward(const Node& n) {
     for (int i = 0; i < n.n_parents; ++i)
         if (!std::isfinite(n.parents[i]->grad))
             anomaly("the backward of '" + std::string(n.op) + "' produced a non-finite gradient " +
-                        to_string(n.parents[i]->grad) + " for input " + std::to_string(i), n.op);
+                        to_string(n.parents[i]->grad) + " for input " + std::to_string(i),
+                    n.op);
 }
 
 // =============================================================================================
@@ -2551,7 +2715,8 @@ static std::vector<unsigned char> read_file(const std::string& path, const char*
         throw std::runtime_error(std::string(what) + ": " + path + " is a directory, not a file");
     std::ifstream f(path, std::ios::binary);
     if (!f) throw std::runtime_error(std::string(what) + ": cannot open " + path);
-    return std::vector<unsigned char>(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+    return std::vector<unsigned char>(std::istreambuf_iterator<char>(f),
+                                      std::istreambuf_iterator<char>());
 }
 
 [[noreturn]] static void idx_error(const std::string& path, const std::string& what) {
@@ -2562,45 +2727,60 @@ IdxArray read_idx(const std::string& path) {
     const std::vector<unsigned char> file = read_file(path, "read_idx");
     if (file.size() >= 2 && file[0] == 0x1f && file[1] == 0x8b)
         idx_error(path, "this is a gzip file; unpack it first (gunzip, or `make data`)");
-    if (file.size() < 4) idx_error(path, "too short for an IDX header (" + std::to_string(file.size()) + " bytes)");
-    if (file[0] != 0 || file[1] != 0) idx_error(path, "bad magic number (an IDX file starts with two zero bytes)");
+    if (file.size() < 4)
+        idx_error(path, "too short for an IDX header (" + std::to_string(file.size()) + " bytes)");
+    if (file[0] != 0 || file[1] != 0)
+        idx_error(path, "bad magic number (an IDX file starts with two zero bytes)");
     if (file[2] != 0x08) {
         char code[8];
         std::snprintf(code, sizeof code, "0x%02X", file[2]);
-        idx_error(path, std::string("element type ") + code + " is not supported (only 0x08, unsigned bytes)");
+        idx_error(path, std::string("element type ") + code +
+                            " is not supported (only 0x08, unsigned bytes)");
     }
     const int rank = file[3];
     if (rank < 1 || rank > 4) idx_error(path, "rank " + std::to_string(rank) + " is not in 1..4");
     const std::size_t header = 4 + 4 * std::size_t(rank);
-    if (file.size() < header) idx_error(path, "truncated header: " + std::to_string(rank) + " sizes announced");
+    if (file.size() < header)
+        idx_error(path, "truncated header: " + std::to_string(rank) + " sizes announced");
     IdxArray a;
     std::size_t count = 1;
     for (int d = 0; d < rank; ++d) {
         const unsigned char* p = file.data() + 4 + 4 * d;
-        const std::uint32_t size = std::uint32_t(p[0]) << 24 | std::uint32_t(p[1]) << 16 | std::uint32_t(p[2]) << 8 | p[3];
-        if (size == 0 || size > (1u << 30)) idx_error(path, "dimension " + std::to_string(d) + " has size " + std::to_string(size));
+        const std::uint32_t size =
+            std::uint32_t(p[0]) << 24 | std::uint32_t(p[1]) << 16 | std::uint32_t(p[2]) << 8 | p[3];
+        if (size == 0 || size > (1u << 30))
+            idx_error(path, "dimension " + std::to_string(d) + " has size " + std::to_string(size));
         a.dims.push_back(int(size));
         if (count > (std::size_t(1) << 34) / size)   // checked before multiplying: no wrap-around
             idx_error(path, "the sizes multiply to more than 16 GiB");
         count *= size;
     }
     const std::size_t have = file.size() - header;
-    if (have < count) idx_error(path, "truncated: the header promises " + std::to_string(count) + " bytes of data, the file has " + std::to_string(have));
-    if (have > count) idx_error(path, std::to_string(have - count) + " unexpected bytes after the data");
+    if (have < count)
+        idx_error(path, "truncated: the header promises " + std::to_string(count) +
+                            " bytes of data, the file has " + std::to_string(have));
+    if (have > count)
+        idx_error(path, std::to_string(have - count) + " unexpected bytes after the data");
     a.bytes.assign(file.begin() + header, file.end());
     return a;
 }
 
 Dataset load_idx_dataset(const std::string& images_path, const std::string& labels_path) {
     const IdxArray images = read_idx(images_path), labels = read_idx(labels_path);
-    if (images.dims.size() != 3) idx_error(images_path, "expected images [count, rows, cols], got rank " + std::to_string(images.dims.size()));
-    if (labels.dims.size() != 1) idx_error(labels_path, "expected labels [count], got rank " + std::to_string(labels.dims.size()));
+    if (images.dims.size() != 3)
+        idx_error(images_path, "expected images [count, rows, cols], got rank " +
+                                   std::to_string(images.dims.size()));
+    if (labels.dims.size() != 1)
+        idx_error(labels_path,
+                  "expected labels [count], got rank " + std::to_string(labels.dims.size()));
     if (images.dims[0] != labels.dims[0])
-        throw std::runtime_error("load_idx_dataset: " + images_path + " has " + std::to_string(images.dims[0]) +
-                                 " images but " + labels_path + " has " + std::to_string(labels.dims[0]) + " labels");
+        throw std::runtime_error("load_idx_dataset: " + images_path + " has " +
+                                 std::to_string(images.dims[0]) + " images but " + labels_path +
+                                 " has " + std::to_string(labels.dims[0]) + " labels");
     const std::size_t pixels = std::size_t(images.dims[1]) * std::size_t(images.dims[2]);
     if (pixels > std::size_t(std::numeric_limits<int>::max()))
-        idx_error(images_path, "images of " + std::to_string(pixels) + " pixels are more than a shape holds");
+        idx_error(images_path,
+                  "images of " + std::to_string(pixels) + " pixels are more than a shape holds");
     Dataset d;
     const int n = images.dims[0];
     d.images = Tensor({n, int(pixels)});
@@ -2614,13 +2794,16 @@ Dataset load_idx_dataset(const std::string& images_path, const std::string& labe
 }
 
 Tensor gather_rows(const Tensor& images, const std::vector<int>& rows) {
-    if (images.rank() != 2) argument_error("gather_rows", "needs [N, D], got " + shape_str(images.shape()));
+    if (images.rank() != 2)
+        argument_error("gather_rows", "needs [N, D], got " + shape_str(images.shape()));
     const int N = images.dim(0), D = images.dim(1);
     Tensor batch({int(rows.size()), D});
     for (std::size_t k = 0; k < rows.size(); ++k) {
         if (rows[k] < 0 || rows[k] >= N)
-            argument_error("gather_rows", "row " + std::to_string(rows[k]) + " outside [0, " + std::to_string(N) + ")");
-        std::copy_n(images.values().data() + std::size_t(rows[k]) * D, D, batch.values().data() + k * D);
+            argument_error("gather_rows", "row " + std::to_string(rows[k]) + " outside [0, " +
+                                              std::to_string(N) + ")");
+        std::copy_n(images.values().data() + std::size_t(rows[k]) * D, D,
+                    batch.values().data() + k * D);
     }
     return batch;
 }
@@ -2652,9 +2835,15 @@ static std::uint64_t fnv1a(const unsigned char* p, std::size_t n) {
 
 struct ByteWriter {
     std::vector<unsigned char> bytes;
-    void u64(std::uint64_t v) { for (int i = 0; i < 8; ++i) bytes.push_back((v >> (8 * i)) & 0xff); }
-    void u32(std::uint32_t v) { for (int i = 0; i < 4; ++i) bytes.push_back((v >> (8 * i)) & 0xff); }
-    void str(const std::string& s) { u32(std::uint32_t(s.size())), bytes.insert(bytes.end(), s.begin(), s.end()); }
+    void u64(std::uint64_t v) {
+        for (int i = 0; i < 8; ++i) bytes.push_back((v >> (8 * i)) & 0xff);
+    }
+    void u32(std::uint32_t v) {
+        for (int i = 0; i < 4; ++i) bytes.push_back((v >> (8 * i)) & 0xff);
+    }
+    void str(const std::string& s) {
+        u32(std::uint32_t(s.size())), bytes.insert(bytes.end(), s.begin(), s.end());
+    }
     void reals(const real* v, std::size_t n) {
         const auto* p = reinterpret_cast<const unsigned char*>(v);   // (little-endian hosts)
         bytes.insert(bytes.end(), p, p + n * sizeof(real));
@@ -2667,7 +2856,8 @@ struct ByteReader {
     std::size_t pos;
     const std::string& path;
     void need(std::size_t n) {
-        if (bytes.size() - pos < n) throw std::runtime_error("load_checkpoint: " + path + ": truncated");
+        if (bytes.size() - pos < n)
+            throw std::runtime_error("load_checkpoint: " + path + ": truncated");
     }
     std::uint64_t u64() {
         need(8);
@@ -2700,8 +2890,9 @@ struct ByteReader {
 static void require_cpu_run(const TrainingState& state, const char* what) {
     for (const auto& [name, t] : state.params)
         if (t.device() != Device::CPU)
-            throw std::runtime_error(std::string(what) + ": tensor '" + name + "' is on " + device_name(t.device()) +
-                                     "; checkpoints of a run on the device are not supported yet (train on the cpu)");
+            throw std::runtime_error(
+                std::string(what) + ": tensor '" + name + "' is on " + device_name(t.device()) +
+                "; checkpoints of a run on the device are not supported yet (train on the cpu)");
 }
 
 void save_checkpoint(const std::string& path, const TrainingState& state) {
@@ -2755,10 +2946,12 @@ void load_checkpoint(const std::string& path, TrainingState& state) {
     };
     if (file.size() < 16 || !std::equal(checkpoint_magic, checkpoint_magic + 6, file.begin()))
         fail("not a checkpoint (bad magic)");
-    if (!std::equal(checkpoint_magic, checkpoint_magic + 8, file.begin())) fail("unsupported version");
+    if (!std::equal(checkpoint_magic, checkpoint_magic + 8, file.begin()))
+        fail("unsupported version");
     std::uint64_t stored_sum = 0;
     for (int i = 0; i < 8; ++i) stored_sum |= std::uint64_t(file[file.size() - 8 + i]) << (8 * i);
-    if (fnv1a(file.data(), file.size() - 8) != stored_sum) fail("checksum mismatch: the file is damaged");
+    if (fnv1a(file.data(), file.size() - 8) != stored_sum)
+        fail("checksum mismatch: the file is damaged");
 
     // Parse everything into locals first; `state` changes only after every check has passed.
     ByteReader r{file, 8, path};
@@ -2766,17 +2959,20 @@ void load_checkpoint(const std::string& path, TrainingState& state) {
     if (r.u32() != sizeof(real)) fail("saved with another element type (float vs double build)");
     const std::uint32_t n_tensors = r.u32();
     if (n_tensors != state.params.size())
-        fail("has " + std::to_string(n_tensors) + " tensors, the model has " + std::to_string(state.params.size()));
+        fail("has " + std::to_string(n_tensors) + " tensors, the model has " +
+             std::to_string(state.params.size()));
     std::vector<std::vector<real>> values;
     for (const auto& [name, t] : state.params) {
         const std::string saved_name = r.str();
-        if (saved_name != name) fail("tensor '" + saved_name + "' where the model has '" + name + "'");
+        if (saved_name != name)
+            fail("tensor '" + saved_name + "' where the model has '" + name + "'");
         const std::uint32_t rank = r.u32();
         if (rank > 8) fail("tensor '" + name + "' has a corrupt rank");
         Shape shape(rank);
         for (int& d : shape) d = int(r.u32());
         if (shape != t.shape())
-            fail("tensor '" + name + "' has shape " + shape_str(shape) + ", the model's is " + shape_str(t.shape()));
+            fail("tensor '" + name + "' has shape " + shape_str(shape) + ", the model's is " +
+                 shape_str(t.shape()));
         values.push_back(r.reals(t.numel()));
     }
     const std::string opt_name = r.str();
@@ -2786,16 +2982,19 @@ void load_checkpoint(const std::string& path, TrainingState& state) {
     if (opt_name != (opt ? opt->name() : ""))
         fail("optimizer '" + opt_name + "' where the run has '" + (opt ? opt->name() : "") + "'");
     std::vector<std::vector<std::vector<real>>> opt_state(n_params);
-    if (n_params != 0 && (!opt || n_params != opt->params().size() || int(slots) != opt->state_per_param()))
+    if (n_params != 0 &&
+        (!opt || n_params != opt->params().size() || int(slots) != opt->state_per_param()))
         fail("the optimizer state does not match this run's parameters");
     for (std::uint32_t k = 0; k < n_params; ++k)
-        for (std::uint32_t s = 0; s < slots; ++s) opt_state[k].push_back(r.reals(opt->params()[k].numel()));
+        for (std::uint32_t s = 0; s < slots; ++s)
+            opt_state[k].push_back(r.reals(opt->params()[k].numel()));
     if (r.u32() != state.rngs.size()) fail("the number of random generators differs");
     std::vector<std::uint64_t> rng_states;
     for (std::size_t k = 0; k < state.rngs.size(); ++k) rng_states.push_back(r.u64());
     if (r.pos != file.size() - 8) fail("unexpected bytes before the checksum");
 
-    for (std::size_t k = 0; k < values.size(); ++k) state.params[k].second.values() = std::move(values[k]);
+    for (std::size_t k = 0; k < values.size(); ++k)
+        state.params[k].second.values() = std::move(values[k]);
     if (opt) {
         opt->state() = std::move(opt_state);
         opt->step_count = opt_steps;
@@ -2833,8 +3032,8 @@ void count_flops(std::int64_t flops) { flops_counted += flops; }
 static std::int64_t bytes_now = 0, bytes_peak = 0;   // signed: a missed change cannot wrap around
 
 static std::int64_t storage_bytes(const TensorNode& n) {   // host and device (Part 5)
-    return std::int64_t((n.data.capacity() + n.grad.capacity()) * sizeof(real) + n.cuda_data.bytes() +
-                        n.cuda_grad.bytes());
+    return std::int64_t((n.data.capacity() + n.grad.capacity()) * sizeof(real) +
+                        n.cuda_data.bytes() + n.cuda_grad.bytes());
 }
 
 static void storage_changed(std::int64_t change) {
@@ -2845,7 +3044,9 @@ static void storage_changed(std::int64_t change) {
 TensorStorageWatch::TensorStorageWatch(const TensorNode* node)
     : node_(node), bytes_before_(storage_bytes(*node)) {}
 
-TensorStorageWatch::~TensorStorageWatch() { storage_changed(storage_bytes(*node_) - bytes_before_); }
+TensorStorageWatch::~TensorStorageWatch() {
+    storage_changed(storage_bytes(*node_) - bytes_before_);
+}
 
 void tensor_storage_freed(const TensorNode& node) { storage_changed(-storage_bytes(node)); }
 
@@ -2870,15 +3071,19 @@ void reset_peak_tensor_bytes() { bytes_now = bytes_peak = std::int64_t(tensor_by
 // ---------------------------------------------------------------------------------------------
 
 Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, real eps) {
-    if (x.rank() != 2) argument_error("batch_norm", "x must be [batch, features], got " + shape_str(x.shape()));
+    if (x.rank() != 2)
+        argument_error("batch_norm", "x must be [batch, features], got " + shape_str(x.shape()));
     const int N = x.dim(0), C = x.dim(1);
     if (N < 2)
-        argument_error("batch_norm", "training needs at least 2 examples per feature, got x " + shape_str(x.shape()) +
-                                      " (with one example x = mean, so every output would be beta; use eval mode)");
+        argument_error(
+            "batch_norm",
+            "training needs at least 2 examples per feature, got x " + shape_str(x.shape()) +
+                " (with one example x = mean, so every output would be beta; use eval mode)");
     if (gamma.shape() != Shape{C} || beta.shape() != Shape{C})
-        argument_error("batch_norm", "gamma and beta must have shape [" + std::to_string(C) + "] for x " +
-                                      shape_str(x.shape()) + ", got " + shape_str(gamma.shape()) + " and " +
-                                      shape_str(beta.shape()));
+        argument_error("batch_norm", "gamma and beta must have shape [" + std::to_string(C) +
+                                         "] for x " + shape_str(x.shape()) + ", got " +
+                                         shape_str(gamma.shape()) + " and " +
+                                         shape_str(beta.shape()));
     if (!(eps >= 0)) argument_error("batch_norm", "eps must be >= 0, got " + to_string(eps));
     std::vector<real> xhat(x.numel()), rstd(C);   // kept for the backward
     Tensor out = Tensor::from_op(x.shape(), "batch_norm", {x, gamma, beta});
@@ -2892,7 +3097,8 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, real
         for (int n = 0; n < N; ++n) var += (in[at(n)] - mu) * (in[at(n)] - mu);
         var /= N;
         if (!(var + eps > 0))
-            throw std::domain_error("batch_norm: feature " + std::to_string(c) + " is constant over the batch " +
+            throw std::domain_error("batch_norm: feature " + std::to_string(c) +
+                                    " is constant over the batch " +
                                     "and eps = 0, so x_hat = 0/0; use eps > 0");
         rstd[c] = real(1 / std::sqrt(var + eps));
         for (int n = 0; n < N; ++n) {
@@ -2911,11 +3117,13 @@ Tensor batch_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, real
                 if (pb->requires_grad) grad_of(pb)[c] += real(sum_g);        // dβ
                 if (pg->requires_grad) grad_of(pg)[c] += real(sum_g_xhat);   // dγ
                 if (!px->requires_grad) continue;
-                const double gain = pg->data[c];   // ĝ = g·γ, so mean(ĝ) = γ·Σg/N, mean(ĝ·x̂) = γ·Σg·x̂/N
+                const double gain =
+                    pg->data[c];   // ĝ = g·γ, so mean(ĝ) = γ·Σg/N, mean(ĝ·x̂) = γ·Σg·x̂/N
                 const double mean_gh = gain * sum_g / N, mean_gh_xhat = gain * sum_g_xhat / N;
                 real* gx = grad_of(px).data();
                 for (int n = 0; n < N; ++n)
-                    gx[at(n)] += real(rstd[c] * (g[at(n)] * gain - mean_gh - xhat[at(n)] * mean_gh_xhat));
+                    gx[at(n)] +=
+                        real(rstd[c] * (g[at(n)] * gain - mean_gh - xhat[at(n)] * mean_gh_xhat));
             }
         };
     }
@@ -2927,17 +3135,20 @@ namespace nn {
 BatchNorm::BatchNorm(int features, real momentum_, real eps_)
     : gamma(Tensor::full({features}, 1)), beta(Tensor({features})), running_mean(features, real(0)),
       running_var(features, real(1)), momentum(momentum_), eps(eps_) {
-    if (features <= 0) argument_error("nn::BatchNorm", "needs features > 0, got " + std::to_string(features));
-    if (!(momentum >= 0 && momentum <= 1)) argument_error("nn::BatchNorm", "momentum must be in [0, 1], got " + to_string(momentum));
+    if (features <= 0)
+        argument_error("nn::BatchNorm", "needs features > 0, got " + std::to_string(features));
+    if (!(momentum >= 0 && momentum <= 1))
+        argument_error("nn::BatchNorm", "momentum must be in [0, 1], got " + to_string(momentum));
     gamma.requires_grad_();
     beta.requires_grad_();
 }
 
 static int batch_norm_features(const Tensor& gamma, const Tensor& beta) {
     if (!gamma.defined() || !beta.defined() || gamma.rank() != 1 || beta.shape() != gamma.shape())
-        argument_error("nn::BatchNorm", "gamma and beta must both be [features]; got " +
-                                         (gamma.defined() ? shape_str(gamma.shape()) : "(empty)") + " and " +
-                                         (beta.defined() ? shape_str(beta.shape()) : "(empty)"));
+        argument_error("nn::BatchNorm",
+                       "gamma and beta must both be [features]; got " +
+                           (gamma.defined() ? shape_str(gamma.shape()) : "(empty)") + " and " +
+                           (beta.defined() ? shape_str(beta.shape()) : "(empty)"));
     return gamma.dim(0);
 }
 
@@ -2949,12 +3160,16 @@ BatchNorm::BatchNorm(Tensor gamma_, Tensor beta_, real momentum_, real eps_)
 
 Tensor BatchNorm::operator()(const Tensor& x) {
     const int C = gamma.dim(0);
-    if (beta.shape() != gamma.shape() || int(running_mean.size()) != C || int(running_var.size()) != C)
-        argument_error("nn::BatchNorm", "gamma " + shape_str(gamma.shape()) + ", beta " + shape_str(beta.shape()) +
-                                         ", running_mean [" + std::to_string(running_mean.size()) + "] and running_var [" +
-                                         std::to_string(running_var.size()) + "] must all have one entry per feature");
+    if (beta.shape() != gamma.shape() || int(running_mean.size()) != C ||
+        int(running_var.size()) != C)
+        argument_error("nn::BatchNorm",
+                       "gamma " + shape_str(gamma.shape()) + ", beta " + shape_str(beta.shape()) +
+                           ", running_mean [" + std::to_string(running_mean.size()) +
+                           "] and running_var [" + std::to_string(running_var.size()) +
+                           "] must all have one entry per feature");
     if (x.rank() != 2 || x.dim(1) != C)
-        argument_error("nn::BatchNorm", "expected x [batch, " + std::to_string(C) + "], got " + shape_str(x.shape()));
+        argument_error("nn::BatchNorm", "expected x [batch, " + std::to_string(C) + "], got " +
+                                            shape_str(x.shape()));
     if (!training) {   // y = γ·(x − running mean)/√(running var + ε) + β, by plain ops
         std::vector<real> inv_std(C);
         for (int c = 0; c < C; ++c) inv_std[c] = real(1 / std::sqrt(double(running_var[c]) + eps));
@@ -2972,12 +3187,13 @@ Tensor BatchNorm::operator()(const Tensor& x) {
             square += d * d;
         }
         running_mean[c] = real((1 - momentum) * running_mean[c] + momentum * mu);
-        running_var[c] = real((1 - momentum) * running_var[c] + momentum * square / (N - 1));   // unbiased
+        running_var[c] =
+            real((1 - momentum) * running_var[c] + momentum * square / (N - 1));   // unbiased
     }
     return y;
 }
 
-}  // namespace nn
+}   // namespace nn
 
 // ---------------------------------------------------------------------------------------------
 // 4.3 Attention: composed from ops, and fused with a hand-written backward
@@ -3016,24 +3232,29 @@ struct AttentionShape {
     int batch, T, S, d, dv;
     bool causal;
     int keys_of(int i) const { return causal ? i + 1 : S; }   // keys 0 .. keys_of(i) − 1
-    std::int64_t pairs() const {                                // (query, key) pairs scored
+    std::int64_t pairs() const {                              // (query, key) pairs scored
         return std::int64_t(batch) * (causal ? std::int64_t(T) * (T + 1) / 2 : std::int64_t(T) * S);
     }
 };
 
-static AttentionShape check_attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
-                                      const char* op) {
-    const std::string shapes = "q " + shape_str(q.shape()) + ", k " + shape_str(k.shape()) + ", v " +
-                               shape_str(v.shape());
+static AttentionShape check_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                                      bool causal, const char* op) {
+    const std::string shapes =
+        "q " + shape_str(q.shape()) + ", k " + shape_str(k.shape()) + ", v " + shape_str(v.shape());
     const int r = q.rank();
     if ((r != 2 && r != 3) || k.rank() != r || v.rank() != r)
         argument_error(op, "needs q, k, v all [T, d] or all [B, T, d]; got " + shapes);
-    if (r == 3 && (k.dim(0) != q.dim(0) || v.dim(0) != q.dim(0))) argument_error(op, "batch sizes differ: " + shapes);
-    if (k.dim(-1) != q.dim(-1)) argument_error(op, "q and k need the same feature size d: " + shapes);
-    if (v.dim(-2) != k.dim(-2)) argument_error(op, "k and v need the same number of rows: " + shapes);
-    const AttentionShape a{r == 3 ? q.dim(0) : 1, q.dim(-2), k.dim(-2), q.dim(-1), v.dim(-1), causal};
+    if (r == 3 && (k.dim(0) != q.dim(0) || v.dim(0) != q.dim(0)))
+        argument_error(op, "batch sizes differ: " + shapes);
+    if (k.dim(-1) != q.dim(-1))
+        argument_error(op, "q and k need the same feature size d: " + shapes);
+    if (v.dim(-2) != k.dim(-2))
+        argument_error(op, "k and v need the same number of rows: " + shapes);
+    const AttentionShape a{
+        r == 3 ? q.dim(0) : 1, q.dim(-2), k.dim(-2), q.dim(-1), v.dim(-1), causal};
     if (a.T == 0 || a.S == 0 || a.d == 0 || a.dv == 0) argument_error(op, "empty input: " + shapes);
-    if (causal && a.T != a.S) argument_error(op, "causal attention needs as many queries as keys: " + shapes);
+    if (causal && a.T != a.S)
+        argument_error(op, "causal attention needs as many queries as keys: " + shapes);
     return a;
 }
 
@@ -3046,13 +3267,14 @@ Tensor attention_composed(const Tensor& q, const Tensor& k, const Tensor& v, boo
 
 // Row i of P for one batch element: p[j] = softmax_j(s·q_i·k_j) over the keys query i may see.
 // Returns the row's log-sum-exp (the maximum subtracted first, §2.6).
-static double probability_row(const AttentionShape& a, int i, const real* Q, const real* K, double scale,
-                              double* p) {
+static double probability_row(const AttentionShape& a, int i, const real* Q, const real* K,
+                              double scale, double* p) {
     const int keys = a.keys_of(i);
     double largest = -std::numeric_limits<double>::infinity();
     for (int j = 0; j < keys; ++j) {   // s_ij = s·q_i·k_j
         double dot = 0;
-        for (int c = 0; c < a.d; ++c) dot += double(Q[std::size_t(i) * a.d + c]) * K[std::size_t(j) * a.d + c];
+        for (int c = 0; c < a.d; ++c)
+            dot += double(Q[std::size_t(i) * a.d + c]) * K[std::size_t(j) * a.d + c];
         p[j] = dot * scale;
         largest = std::max(largest, p[j]);
     }
@@ -3063,8 +3285,9 @@ static double probability_row(const AttentionShape& a, int i, const real* Q, con
 }
 
 // The five steps above, one batch element at a time; dS overwrites dP.
-static void attention_backward(const AttentionShape& a, double scale, bool saved_p, const Tensor& saved,
-                               TensorNode* pq, TensorNode* pk, TensorNode* pv, const TensorNode* po) {
+static void attention_backward(const AttentionShape& a, double scale, bool saved_p,
+                               const Tensor& saved, TensorNode* pq, TensorNode* pk, TensorNode* pv,
+                               const TensorNode* po) {
     const bool need_dv = pv->requires_grad, need_ds = pq->requires_grad || pk->requires_grad;
     const int T = a.T, S = a.S, d = a.d, dv = a.dv;
     std::vector<double> P(std::size_t(T) * S), dS(std::size_t(T) * S);
@@ -3083,7 +3306,8 @@ static void attention_backward(const AttentionShape& a, double scale, bool saved
                     continue;
                 }
                 double dot = 0;
-                for (int c = 0; c < d; ++c) dot += double(Q[std::size_t(i) * d + c]) * K[std::size_t(j) * d + c];
+                for (int c = 0; c < d; ++c)
+                    dot += double(Q[std::size_t(i) * d + c]) * K[std::size_t(j) * d + c];
                 P[ij(i, j)] = std::exp(scale * dot - kept[std::size_t(b) * T + i]);
             }
         // 1. dV = Pᵀ·dO:  dv_j += Σ_i P_ij·dO_i
@@ -3092,21 +3316,24 @@ static void attention_backward(const AttentionShape& a, double scale, bool saved
             for (int i = 0; i < T; ++i)
                 for (int j = 0; j < a.keys_of(i); ++j)
                     for (int c = 0; c < dv; ++c)
-                        dV[std::size_t(j) * dv + c] += real(P[ij(i, j)] * dO[std::size_t(i) * dv + c]);
+                        dV[std::size_t(j) * dv + c] +=
+                            real(P[ij(i, j)] * dO[std::size_t(i) * dv + c]);
         }
         if (!need_ds) continue;
         // 2. dP = dO·Vᵀ:  dP_ij = dO_i·v_j
         for (int i = 0; i < T; ++i)
             for (int j = 0; j < a.keys_of(i); ++j) {
                 double dot = 0;
-                for (int c = 0; c < dv; ++c) dot += double(dO[std::size_t(i) * dv + c]) * V[std::size_t(j) * dv + c];
+                for (int c = 0; c < dv; ++c)
+                    dot += double(dO[std::size_t(i) * dv + c]) * V[std::size_t(j) * dv + c];
                 dS[ij(i, j)] = dot;
             }
         // 3. dS = P ∘ (dP − rowsum(dP ∘ P)), overwriting dP
         for (int i = 0; i < T; ++i) {
             double row = 0;
             for (int j = 0; j < a.keys_of(i); ++j) row += dS[ij(i, j)] * P[ij(i, j)];
-            for (int j = 0; j < a.keys_of(i); ++j) dS[ij(i, j)] = P[ij(i, j)] * (dS[ij(i, j)] - row);
+            for (int j = 0; j < a.keys_of(i); ++j)
+                dS[ij(i, j)] = P[ij(i, j)] * (dS[ij(i, j)] - row);
         }
         // 4. dQ = s·dS·K:  dq_i += s·Σ_j dS_ij·k_j
         if (pq->requires_grad) {
@@ -3114,7 +3341,8 @@ static void attention_backward(const AttentionShape& a, double scale, bool saved
             for (int i = 0; i < T; ++i)
                 for (int c = 0; c < d; ++c) {
                     double sum = 0;
-                    for (int j = 0; j < a.keys_of(i); ++j) sum += dS[ij(i, j)] * K[std::size_t(j) * d + c];
+                    for (int j = 0; j < a.keys_of(i); ++j)
+                        sum += dS[ij(i, j)] * K[std::size_t(j) * d + c];
                     dQ[std::size_t(i) * d + c] += real(scale * sum);
                 }
         }
@@ -3124,18 +3352,22 @@ static void attention_backward(const AttentionShape& a, double scale, bool saved
             for (int i = 0; i < T; ++i)
                 for (int j = 0; j < a.keys_of(i); ++j)
                     for (int c = 0; c < d; ++c)
-                        dK[std::size_t(j) * d + c] += real(scale * dS[ij(i, j)] * Q[std::size_t(i) * d + c]);
+                        dK[std::size_t(j) * d + c] +=
+                            real(scale * dS[ij(i, j)] * Q[std::size_t(i) * d + c]);
         }
     }
     const std::int64_t pairs = a.pairs();
-    count_flops((saved_p ? 0 : 2 * pairs * d) + (need_dv ? 2 * pairs * dv : 0) + (need_ds ? 2 * pairs * dv : 0) +
-                (pq->requires_grad ? 2 * pairs * d : 0) + (pk->requires_grad ? 2 * pairs * d : 0));
+    count_flops((saved_p ? 0 : 2 * pairs * d) + (need_dv ? 2 * pairs * dv : 0) +
+                (need_ds ? 2 * pairs * dv : 0) + (pq->requires_grad ? 2 * pairs * d : 0) +
+                (pk->requires_grad ? 2 * pairs * d : 0));
 }
 
-Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, AttentionSaves saves) {
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
+                 AttentionSaves saves) {
     const AttentionShape a = check_attention(q, k, v, causal, "attention");
     const double scale = 1 / std::sqrt(double(a.d));
-    Tensor out = Tensor::from_op(q.rank() == 3 ? Shape{a.batch, a.T, a.dv} : Shape{a.T, a.dv}, "attention", {q, k, v});
+    Tensor out = Tensor::from_op(q.rank() == 3 ? Shape{a.batch, a.T, a.dv} : Shape{a.T, a.dv},
+                                 "attention", {q, k, v});
     const bool save_p = saves == AttentionSaves::probabilities;
     Tensor saved;   // for the backward, besides Q, K, V: P [B, T, S], or lse [B, T]
     if (out.requires_grad()) saved = save_p ? Tensor({a.batch, a.T, a.S}) : Tensor({a.batch, a.T});
@@ -3153,7 +3385,9 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
                 O[std::size_t(i) * a.dv + c] = real(o);
             }
             if (!saved.defined()) continue;
-            if (save_p) std::copy_n(p.data(), a.keys_of(i), saved.values().data() + (std::size_t(b) * a.T + i) * a.S);
+            if (save_p)
+                std::copy_n(p.data(), a.keys_of(i),
+                            saved.values().data() + (std::size_t(b) * a.T + i) * a.S);
             else saved.values()[std::size_t(b) * a.T + i] = real(lse);
         }
     }
@@ -3179,23 +3413,27 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
 Tensor multi_head_attention(const Tensor& x, const Tensor& Wq, const Tensor& Wk, const Tensor& Wv,
                             const Tensor& Wo, int heads, bool causal, AttentionKernel kernel) {
     const char* op = "multi_head_attention";
-    if (x.rank() != 2 && x.rank() != 3) argument_error(op, "x must be [T, D] or [B, T, D], got " + shape_str(x.shape()));
+    if (x.rank() != 2 && x.rank() != 3)
+        argument_error(op, "x must be [T, D] or [B, T, D], got " + shape_str(x.shape()));
     const int D = x.dim(-1);
     for (const Tensor* W : {&Wq, &Wk, &Wv, &Wo})
         if (W->shape() != Shape{D, D})
-            argument_error(op, "every weight must be [" + std::to_string(D) + ", " + std::to_string(D) + "] for x " +
-                                shape_str(x.shape()) + ", got " + shape_str(W->shape()));
+            argument_error(op, "every weight must be [" + std::to_string(D) + ", " +
+                                   std::to_string(D) + "] for x " + shape_str(x.shape()) +
+                                   ", got " + shape_str(W->shape()));
     if (heads <= 0 || D % heads != 0)
-        argument_error(op, std::to_string(heads) + " heads do not divide the " + std::to_string(D) + " features of x " +
-                            shape_str(x.shape()));
+        argument_error(op, std::to_string(heads) + " heads do not divide the " + std::to_string(D) +
+                               " features of x " + shape_str(x.shape()));
     const int width = D / heads;
     const Tensor q = matmul(x, Wq), k = matmul(x, Wk), v = matmul(x, Wv);
     std::vector<Tensor> outputs;
     for (int h = 0; h < heads; ++h) {
         const int from = h * width, to = from + width;   // this head's features
-        const Tensor qh = slice(q, -1, from, to), kh = slice(k, -1, from, to), vh = slice(v, -1, from, to);
-        outputs.push_back(kernel == AttentionKernel::fused ? attention(qh, kh, vh, causal)
-                                                           : attention_composed(qh, kh, vh, causal));
+        const Tensor qh = slice(q, -1, from, to), kh = slice(k, -1, from, to),
+                     vh = slice(v, -1, from, to);
+        outputs.push_back(kernel == AttentionKernel::fused
+                              ? attention(qh, kh, vh, causal)
+                              : attention_composed(qh, kh, vh, causal));
     }
     return matmul(concat(outputs, -1), Wo);
 }
@@ -3225,7 +3463,8 @@ static float float_from_bits(std::uint32_t bits) {
 
 // value / 2^shift rounded to the nearest integer, ties to the even one (0 < shift < 32).
 static std::uint32_t shift_right_rounding_to_even(std::uint32_t value, int shift) {
-    const std::uint32_t kept = value >> shift, rest = value & ((1u << shift) - 1), half = 1u << (shift - 1);
+    const std::uint32_t kept = value >> shift, rest = value & ((1u << shift) - 1),
+                        half = 1u << (shift - 1);
     return kept + ((rest > half || (rest == half && (kept & 1))) ? 1 : 0);
 }
 
@@ -3243,7 +3482,8 @@ std::uint16_t float_to_half(float x) {
     if (half_exponent >= 31) return std::uint16_t(sign | 0x7c00);   // |x| >= 2^16: overflow to inf
     if (half_exponent >= 1)   // normal: drop 13 of the 23 fraction bits, rounding. A carry out of
                               // the fraction bumps the exponent, and past 65504 gives 0x7c00 = inf.
-        return std::uint16_t(sign | shift_right_rounding_to_even(std::uint32_t(half_exponent) << 23 | fraction, 13));
+        return std::uint16_t(
+            sign | shift_right_rounding_to_even(std::uint32_t(half_exponent) << 23 | fraction, 13));
     // Subnormal or zero: count in units of the smallest subnormal, 2^−24. With the implicit 1,
     // |x| = (2^23 + fraction)·2^(exponent − 150) = (2^23 + fraction) / 2^(126 − exponent) units.
     if (exponent < 102) return std::uint16_t(sign);   // |x| < 2^−25, half a unit: rounds to ±0
@@ -3276,18 +3516,24 @@ float bfloat16_to_float(std::uint16_t b) { return float_from_bits(std::uint32_t(
 
 const char* precision_name(Precision p) {
     switch (p) {
-        case Precision::fp16: return "fp16";
-        case Precision::bf16: return "bf16";
-        case Precision::fp32: break;
+    case Precision::fp16:
+        return "fp16";
+    case Precision::bf16:
+        return "bf16";
+    case Precision::fp32:
+        break;
     }
     return "fp32";
 }
 
 float round_to_precision(float x, Precision p) {
     switch (p) {
-        case Precision::fp16: return half_to_float(float_to_half(x));
-        case Precision::bf16: return bfloat16_to_float(float_to_bfloat16(x));
-        case Precision::fp32: break;
+    case Precision::fp16:
+        return half_to_float(float_to_half(x));
+    case Precision::bf16:
+        return bfloat16_to_float(float_to_bfloat16(x));
+    case Precision::fp32:
+        break;
     }
     return x;
 }
@@ -3315,7 +3561,8 @@ Tensor cast(const Tensor& x, Precision p) {
         TensorNode *px = x.node(), *po = out.node();
         po->backward = [px, po, p] {   // dx = round_p(dy): straight through, stored in format p
             std::vector<real>& gx = grad_of(px);
-            for (std::size_t i = 0; i < gx.size(); ++i) gx[i] += real(round_to_precision(float(po->grad[i]), p));
+            for (std::size_t i = 0; i < gx.size(); ++i)
+                gx[i] += real(round_to_precision(float(po->grad[i]), p));
         };
     }
     return out;
@@ -3323,9 +3570,11 @@ Tensor cast(const Tensor& x, Precision p) {
 
 // The product of two 16-bit values is exact in float (11 + 11 = 22 significant bits fit in 24),
 // so the only roundings are the inputs' and the accumulator's.
-Tensor matmul_in_precision(const Tensor& a, const Tensor& b, Precision inputs, Precision accumulator) {
+Tensor matmul_in_precision(const Tensor& a, const Tensor& b, Precision inputs,
+                           Precision accumulator) {
     if (a.rank() != 2 || b.rank() != 2 || a.dim(1) != b.dim(0))
-        argument_error("matmul_in_precision", "needs [M, K]·[K, N], got " + shape_str(a.shape()) + " · " + shape_str(b.shape()));
+        argument_error("matmul_in_precision", "needs [M, K]·[K, N], got " + shape_str(a.shape()) +
+                                                  " · " + shape_str(b.shape()));
     const int M = a.dim(0), K = a.dim(1), N = b.dim(1);
     std::vector<float> A(a.numel()), B(b.numel());
     const real *pa = a.values().data(), *pb = b.values().data();
@@ -3337,22 +3586,25 @@ Tensor matmul_in_precision(const Tensor& a, const Tensor& b, Precision inputs, P
         for (int j = 0; j < N; ++j) {
             float sum = 0;
             for (int k = 0; k < K; ++k)
-                sum = round_to_precision(sum + A[std::size_t(i) * K + k] * B[std::size_t(k) * N + j], accumulator);
+                sum = round_to_precision(
+                    sum + A[std::size_t(i) * K + k] * B[std::size_t(k) * N + j], accumulator);
             o[std::size_t(i) * N + j] = real(sum);
         }
     count_flops(2 * std::int64_t(M) * K * N);
     return out;
 }
 
-DynamicLossScaler::DynamicLossScaler(double initial_scale, int growth_interval, double growth_factor,
-                                     double backoff_factor)
+DynamicLossScaler::DynamicLossScaler(double initial_scale, int growth_interval,
+                                     double growth_factor, double backoff_factor)
     : scale_(initial_scale), growth_factor_(growth_factor), backoff_factor_(backoff_factor),
       growth_interval_(growth_interval) {
-    if (!(initial_scale > 0) || growth_interval < 1 || !(growth_factor > 1) || !(backoff_factor > 0 && backoff_factor < 1))
-        argument_error("DynamicLossScaler", "needs initial_scale > 0, growth_interval >= 1, growth_factor > 1 and "
-                                         "0 < backoff_factor < 1; got " + to_string(initial_scale) + ", " +
-                                         std::to_string(growth_interval) + ", " + to_string(growth_factor) + ", " +
-                                         to_string(backoff_factor));
+    if (!(initial_scale > 0) || growth_interval < 1 || !(growth_factor > 1) ||
+        !(backoff_factor > 0 && backoff_factor < 1))
+        argument_error("DynamicLossScaler",
+                       "needs initial_scale > 0, growth_interval >= 1, growth_factor > 1 and "
+                       "0 < backoff_factor < 1; got " +
+                           to_string(initial_scale) + ", " + std::to_string(growth_interval) +
+                           ", " + to_string(growth_factor) + ", " + to_string(backoff_factor));
 }
 
 Tensor DynamicLossScaler::scale_loss(const Tensor& loss) const { return loss * real(scale_); }
@@ -3389,10 +3641,12 @@ void DynamicLossScaler::update(bool gradients_were_finite) {
 // fresh dropout mask).
 // ---------------------------------------------------------------------------------------------
 
-Tensor activation_checkpoint(const Segment& segment, const Tensor& x, const std::vector<Tensor>& params) {
+Tensor activation_checkpoint(const Segment& segment, const Tensor& x,
+                             const std::vector<Tensor>& params) {
     for (std::size_t k = 0; k < params.size(); ++k)
         if (!params[k].defined() || !params[k].requires_grad())
-            argument_error("activation_checkpoint", "parameter " + std::to_string(k) + " does not require grad");
+            argument_error("activation_checkpoint",
+                           "parameter " + std::to_string(k) + " does not require grad");
     std::vector<Tensor> inputs = {x};
     inputs.insert(inputs.end(), params.begin(), params.end());
     Tensor out;
@@ -3480,7 +3734,8 @@ Tensor Tensor::zeros(Shape shape, Device device) {
 
 // A copy on d: a new leaf, detached from the graph, that does not require grad.
 Tensor Tensor::to(Device d) const {
-    if (device() == Device::CUDA && d == Device::CUDA) {   // device to device: no trip through the host
+    if (device() == Device::CUDA &&
+        d == Device::CUDA) {   // device to device: no trip through the host
         Tensor out = zeros(shape(), d);
         cuda_copy_on_device(device_data(out), device_data(*this), node_->cuda_data.bytes());
         return out;
@@ -3492,8 +3747,8 @@ Tensor Tensor::to(Device d) const {
 // A leaf's storage changes device; the node, and so every handle to it, stays the same.
 Tensor& Tensor::move_to(Device d) {
     if (!checked("move_to()").parents.empty())
-        argument_error("move_to", "only a leaf tensor moves in place; this one was computed by '" + std::string(op()) +
-                                   "': use .to(...) for a copy");
+        argument_error("move_to", "only a leaf tensor moves in place; this one was computed by '" +
+                                      std::string(op()) + "': use .to(...) for a copy");
     if (d == device()) return *this;
     TensorNode& n = *node_;
     const TensorStorageWatch watch(&n);   // §4.1
@@ -3529,7 +3784,7 @@ void MLP::to(Device device) {
     for (Linear& layer : layers) layer.to(device);
 }
 
-}  // namespace nn
+}   // namespace nn
 
 // ---------------------------------------------------------------------------------------------
 // 5.2 The ops on the device, forward and backward
@@ -3548,7 +3803,9 @@ static float* grad_on_device(TensorNode* n) {
 }
 
 // into += g: the add kernel in place (each thread touches only its own element).
-static void accumulate(float* into, const float* g, int n) { cuda_add_forward(into, g, into, n, n); }
+static void accumulate(float* into, const float* g, int n) {
+    cuda_add_forward(into, g, into, n, n);
+}
 
 void clear_grad_on_device(TensorNode* n) { cuda_zero(grad_on_device(n), n->cuda_grad.bytes()); }
 
@@ -3564,7 +3821,8 @@ Tensor unary_on_device(const Tensor& x, const char* op, DeviceForward f, DeviceB
     if (out.requires_grad()) {
         TensorNode *px = x.node(), *po = out.node();
         po->backward = [=] {
-            df(px->cuda_data.data(), po->cuda_data.data(), po->cuda_grad.data(), grad_on_device(px), n);
+            df(px->cuda_data.data(), po->cuda_data.data(), po->cuda_grad.data(), grad_on_device(px),
+               n);
         };
     }
     return out;
@@ -3575,8 +3833,9 @@ Tensor unary_on_device(const Tensor& x, const char* op, DeviceForward f, DeviceB
 Tensor add_on_device(const Tensor& a, const Tensor& b) {
     if (a.numel() < b.numel()) return add_on_device(b, a);   // + commutes: the row goes second
     if (!(a.shape() == b.shape() || (b.rank() == 1 && a.rank() >= 1 && b.dim(0) == a.dim(-1))))
-        argument_error("+", "on cuda, adds tensors of one shape, or a row [N] to every row of [..., N]; got " +
-                             shape_str(a.shape()) + " and " + shape_str(b.shape()));
+        argument_error(
+            "+", "on cuda, adds tensors of one shape, or a row [N] to every row of [..., N]; got " +
+                     shape_str(a.shape()) + " and " + shape_str(b.shape()));
     Tensor out = Tensor::from_op(a.shape(), "+", {a, b}, Device::CUDA);
     const int n = int(a.numel()), nb = int(b.numel());
     cuda_add_forward(device_data(a), device_data(b), device_data(out), n, nb);
@@ -3596,8 +3855,8 @@ Tensor add_on_device(const Tensor& a, const Tensor& b) {
 // CPU). Forward: matmul_v3, the fastest of kernels.cu §2. Backward: dX += dZ·Wᵀ, dW += Xᵀ·dZ.
 Tensor matmul_on_device(const Tensor& a, const Tensor& b) {
     if (a.rank() != 2 || b.rank() != 2 || a.dim(1) != b.dim(0))
-        argument_error("matmul", "on cuda, multiplies [M,K]·[K,N] only; got " + shape_str(a.shape()) + " · " +
-                                  shape_str(b.shape()));
+        argument_error("matmul", "on cuda, multiplies [M,K]·[K,N] only; got " +
+                                     shape_str(a.shape()) + " · " + shape_str(b.shape()));
     const int M = a.dim(0), K = a.dim(1), N = b.dim(1);
     Tensor out = Tensor::from_op({M, N}, "matmul", {a, b}, Device::CUDA);
     cuda_matmul_v3(device_data(a), device_data(b), device_data(out), M, K, N);
@@ -3623,30 +3882,37 @@ Tensor matmul_on_device(const Tensor& a, const Tensor& b) {
 // x·W + b: no fused kernel, so the product, then the bias add (db = Σ_rows dY).
 Tensor linear_on_device(const Tensor& x, const Tensor& W, const Tensor& b) {
     check_devices("linear", {x, W, b}, Device::CUDA);
-    if (!(x.rank() == 2 && W.rank() == 2 && b.rank() == 1 && x.dim(1) == W.dim(0) && b.dim(0) == W.dim(1)))
-        argument_error("linear", "on cuda, needs x [M, K], W [K, N] and b [N]; got " + shape_str(x.shape()) + ", " +
-                                  shape_str(W.shape()) + ", " + shape_str(b.shape()));
+    if (!(x.rank() == 2 && W.rank() == 2 && b.rank() == 1 && x.dim(1) == W.dim(0) &&
+          b.dim(0) == W.dim(1)))
+        argument_error("linear", "on cuda, needs x [M, K], W [K, N] and b [N]; got " +
+                                     shape_str(x.shape()) + ", " + shape_str(W.shape()) + ", " +
+                                     shape_str(b.shape()));
     return add_on_device(matmul_on_device(x, W), b);
 }
 
 // The fused softmax + cross-entropy of §2.6, by kernels.cu §4. The forward keeps p = softmax(z)
 // on the device for the backward, dz += g·(p − onehot)/B. The labels travel with every batch.
-Tensor cross_entropy_on_device(const Tensor& logits, const std::vector<int>& labels, real label_smoothing) {
+Tensor cross_entropy_on_device(const Tensor& logits, const std::vector<int>& labels,
+                               real label_smoothing) {
     if (label_smoothing != 0)
-        argument_error("cross_entropy", "label smoothing has no CUDA kernel (the fused kernel's target is one-hot); "
-                                     "use label_smoothing = 0 on cuda, or move the logits with .to(Device::CPU)");
+        argument_error("cross_entropy",
+                       "label smoothing has no CUDA kernel (the fused kernel's target is one-hot); "
+                       "use label_smoothing = 0 on cuda, or move the logits with .to(Device::CPU)");
     const int B = logits.dim(0), C = logits.dim(1);
     Tensor out = Tensor::from_op({1}, "cross_entropy", {logits}, Device::CUDA);
-    const Tensor probs = Tensor::zeros({B, C}, Device::CUDA);   // a live tensor: tensor_bytes sees it
+    const Tensor probs =
+        Tensor::zeros({B, C}, Device::CUDA);   // a live tensor: tensor_bytes sees it
     const auto y = std::make_shared<DeviceBuffer<int>>(labels.size());
     cuda_copy_to_device(y->data(), labels.data(), y->bytes());
-    cuda_softmax_cross_entropy_forward(device_data(logits), y->data(), device_data(probs), device_data(out), B, C);
+    cuda_softmax_cross_entropy_forward(device_data(logits), y->data(), device_data(probs),
+                                       device_data(out), B, C);
     if (out.requires_grad()) {
         TensorNode *pz = logits.node(), *po = out.node();
         po->backward = [=] {
             float g = 0;   // dL/d(loss): the kernel takes it as a number
             cuda_copy_to_host(&g, po->cuda_grad.data(), sizeof g);
-            cuda_softmax_cross_entropy_backward(device_data(probs), y->data(), grad_on_device(pz), g, B, C);
+            cuda_softmax_cross_entropy_backward(device_data(probs), y->data(), grad_on_device(pz),
+                                                g, B, C);
         };
     }
     return out;
@@ -3678,8 +3944,10 @@ double clip_grad_norm_on_device(const std::vector<Tensor>& params, double max_no
 void Optimizer::step_on_device() {
     check_devices(name_, params_, Device::CUDA);
     if (!state_.empty())
-        argument_error(name_, "the parameters moved to cuda after this optimizer's state was made on the cpu; its "
-                           "state does not move with them: create the optimizer after moving the model");
+        argument_error(
+            name_,
+            "the parameters moved to cuda after this optimizer's state was made on the cpu; its "
+            "state does not move with them: create the optimizer after moving the model");
     if (device_state_.empty())   // first step: the state, all zeros, on the device
         for (const Tensor& p : params_) {
             device_state_.emplace_back();
@@ -3690,20 +3958,26 @@ void Optimizer::step_on_device() {
     for (std::size_t k = 0; k < params_.size(); ++k) {
         TensorNode& n = *params_[k].node();
         if (!n.cuda_grad.empty()) {   // a parameter the loss did not reach is left alone
-            update_on_device(n.cuda_data.data(), n.cuda_grad.data(), device_state_[k], int(n.cuda_data.size()));
-            ++n.version;             // an in-place write (§2.1)
+            update_on_device(n.cuda_data.data(), n.cuda_grad.data(), device_state_[k],
+                             int(n.cuda_data.size()));
+            ++n.version;   // an in-place write (§2.1)
         }
     }
 }
 
 void Optimizer::update_on_device(float*, const float*, std::vector<DeviceBuffer<float>>&, int) {
-    argument_error(name_, "no CUDA kernel for this update (kernels.cu has AdamW's; Adam without weight decay uses "
-                       "it too); train on the cpu");
+    argument_error(
+        name_,
+        "no CUDA kernel for this update (kernels.cu has AdamW's; Adam without weight decay uses "
+        "it too); train on the cpu");
 }
 
 // AdamW's fused kernel (kernels.cu §6): the update of Adam::update, in float. Adam without weight
 // decay is the same update. Adam's own decay (L2: λw added to g before the moments) is not.
-void Adam::update_on_device(float* w, const float* g, std::vector<DeviceBuffer<float>>& state, int n) {
-    if (!decoupled_ && weight_decay != 0) return Optimizer::update_on_device(w, g, state, n);   // throws
-    cuda_adamw_update(w, g, state[0].data(), state[1].data(), n, lr, beta1, beta2, eps, weight_decay, step_count);
+void Adam::update_on_device(float* w, const float* g, std::vector<DeviceBuffer<float>>& state,
+                            int n) {
+    if (!decoupled_ && weight_decay != 0)
+        return Optimizer::update_on_device(w, g, state, n);   // throws
+    cuda_adamw_update(w, g, state[0].data(), state[1].data(), n, lr, beta1, beta2, eps,
+                      weight_decay, step_count);
 }

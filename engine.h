@@ -20,7 +20,8 @@
 // ---------------------------------------------------------------------------------------------
 struct not_implemented : std::logic_error {
     explicit not_implemented(const std::string& exercise, const char* file = __builtin_FILE(),
-                             int line = __builtin_LINE(), const char* function = __builtin_FUNCTION())
+                             int line = __builtin_LINE(),
+                             const char* function = __builtin_FUNCTION())
         : std::logic_error("exercise " + exercise + " is yours to write: " + file + ":" +
                            std::to_string(line) + ", in " + function + "()") {}
 };
@@ -50,18 +51,18 @@ struct Node {
     double data = 0.0;                       // the number computed in the forward pass
     double grad = 0.0;                       // dL/d(this node), filled in by backward()
     Node* parents[2] = {nullptr, nullptr};   // the op's inputs (none for a leaf); each is owned
-    double local_grad[2] = {0.0, 0.0};       // ∂(this)/∂(parent i), recorded by the op in forward
+    double local_grad[2] = {0.0, 0.0};   // ∂(this)/∂(parent i), recorded by the op in forward
     int n_parents = 0;
-    int refs = 0;                            // Values and nodes pointing here (engine.cpp §1.6)
-    std::uint32_t visit_stamp = 0;           // used by the topological sort (engine.cpp §1.4)
-    int pending_consumers = 0;               // likewise
-    const char* op = "";                     // "+", "*", "tanh", ... ("" for a leaf)
-    std::string label;                       // optional name, for printing graphs
+    int refs = 0;                    // Values and nodes pointing here (engine.cpp §1.6)
+    std::uint32_t visit_stamp = 0;   // used by the topological sort (engine.cpp §1.4)
+    int pending_consumers = 0;       // likewise
+    const char* op = "";             // "+", "*", "tanh", ... ("" for a leaf)
+    std::string label;               // optional name, for printing graphs
 
     int n_inputs() const { return n_parents; }
     Node* input(int k) const { return parents[k]; }
 
-    static std::int64_t live_count;       // nodes alive now: lets tests prove graphs get freed
+    static std::int64_t live_count;   // nodes alive now: lets tests prove graphs get freed
     Node() { ++live_count; }
     ~Node() { --live_count; }
     Node(const Node&) = delete;
@@ -83,7 +84,9 @@ public:
         std::swap(node_, other.node_);
         return *this;
     }
-    ~Value() { if (node_) release(node_); }
+    ~Value() {
+        if (node_) release(node_);
+    }
 
     double& data() const { return node_->data; }   // handle semantics: `p.data() -= lr * p.grad()`
     double& grad() const { return node_->grad; }
@@ -101,7 +104,8 @@ public:
 
 private:
     explicit Value(Node* node) : node_(node) { ++node_->refs; }
-    static Value link(double data, const char* op, const Value& a, double da, const Value* b, double db);
+    static Value link(double data, const char* op, const Value& a, double da, const Value* b,
+                      double db);
     static void release(Node* node);   // drop one reference; free what nobody points to
     Node* node_;
 };
@@ -192,7 +196,8 @@ Dual gelu(const Dual& x);   // the tanh form, as Value's gelu
 using DualFunction = std::function<Dual(const std::vector<Dual>&)>;
 // f'(x)·u: the derivative of f at x along the direction u, in one forward pass (a Jacobian-
 // vector product: for f: ℝⁿ → ℝ, the gradient dotted with u).
-double jvp(const DualFunction& f, const std::vector<double>& x, const std::vector<double>& direction);
+double jvp(const DualFunction& f, const std::vector<double>& x,
+           const std::vector<double>& direction);
 // Every ∂f/∂xᵢ by forward mode: n passes, one per input direction eᵢ.
 std::vector<double> forward_mode_gradient(const DualFunction& f, const std::vector<double>& x);
 
@@ -205,10 +210,10 @@ class Rng {
 public:
     explicit Rng(std::uint64_t seed) : state_(seed) {}
     std::uint64_t next_u64();
-    double uniform();                   // [0, 1)
+    double uniform();   // [0, 1)
     double uniform(double lo, double hi);
-    double normal();                    // N(0, 1)
-    std::size_t below(std::size_t n);   // an integer in [0, n)
+    double normal();                                 // N(0, 1)
+    std::size_t below(std::size_t n);                // an integer in [0, n)
     std::uint64_t state() const { return state_; }   // Rng(r.state()) continues r exactly
 private:
     std::uint64_t state_;
@@ -300,11 +305,14 @@ public:
         std::swap(n_, other.n_);
         return *this;
     }
-    ~DeviceBuffer() { if (p_) cuda_free(p_); }   // (a CPU-only program never calls CUDA)
+    ~DeviceBuffer() {
+        if (p_) cuda_free(p_);
+    }   // (a CPU-only program never calls CUDA)
     T* data() const { return p_; }
     std::size_t size() const { return n_; }
     std::size_t bytes() const { return n_ * sizeof(T); }
     bool empty() const { return n_ == 0; }
+
 private:
     T* p_ = nullptr;
     std::size_t n_ = 0;
@@ -315,29 +323,29 @@ private:
 // node's grad, it adds grad·∂(this)/∂(input) into each input's grad. (engine.cpp §2.1)
 struct TensorNode {
     Shape shape;
-    std::vector<real> data;                   // row-major, contiguous
-    std::vector<real> grad;                   // empty until backward() reaches this node
-    Device device = Device::CPU;              // CUDA: data and grad stay empty; the numbers are
-    DeviceBuffer<float> cuda_data, cuda_grad; // here, in device memory, as fp32 (Part 5)
-    bool requires_grad = false;               // a parameter, or computed from one
-    const char* op = "";                      // "matmul", "+", ... ("" for a leaf)
+    std::vector<real> data;                     // row-major, contiguous
+    std::vector<real> grad;                     // empty until backward() reaches this node
+    Device device = Device::CPU;                // CUDA: data and grad stay empty; the numbers are
+    DeviceBuffer<float> cuda_data, cuda_grad;   // here, in device memory, as fp32 (Part 5)
+    bool requires_grad = false;                 // a parameter, or computed from one
+    const char* op = "";                        // "matmul", "+", ... ("" for a leaf)
     std::vector<std::shared_ptr<TensorNode>> parents;
-    std::function<void()> backward;           // the vector-Jacobian product of `op`
-    std::uint32_t version = 0;                // in-place writes so far (engine.cpp §2.1)
+    std::function<void()> backward;               // the vector-Jacobian product of `op`
+    std::uint32_t version = 0;                    // in-place writes so far (engine.cpp §2.1)
     std::vector<std::uint32_t> parent_versions;   // each parent's version when this op read it
-    std::uint32_t visit_stamp = 0;            // for topological_order
+    std::uint32_t visit_stamp = 0;                // for topological_order
     int pending_consumers = 0;
 
     int n_inputs() const { return int(parents.size()); }
     TensorNode* input(int k) const { return parents[k].get(); }
 
-    static std::int64_t live_count;           // tensor nodes alive now
-    TensorNode* prev_live = nullptr;          // every live node is on one list, so that
-    TensorNode* next_live = nullptr;          // tensor_bytes() can add up their storage
+    static std::int64_t live_count;    // tensor nodes alive now
+    TensorNode* prev_live = nullptr;   // every live node is on one list, so that
+    TensorNode* next_live = nullptr;   // tensor_bytes() can add up their storage
     TensorNode();
     TensorNode(const TensorNode&) = delete;
     TensorNode& operator=(const TensorNode&) = delete;
-    ~TensorNode();                            // frees long chains without recursion
+    ~TensorNode();   // frees long chains without recursion
 };
 
 // The numbers of a CPU tensor, or of its gradient, row-major: a view that reads and writes each
@@ -348,7 +356,8 @@ struct TensorNode {
 // keeps the node alive: `auto v = model(x).values();` stays valid after the temporary is gone.
 class ValuesView {
 public:
-    ValuesView(std::shared_ptr<TensorNode> node, bool of_grad) : node_(std::move(node)), of_grad_(of_grad) {}
+    ValuesView(std::shared_ptr<TensorNode> node, bool of_grad)
+        : node_(std::move(node)), of_grad_(of_grad) {}
     ValuesView(const ValuesView&) = default;          // another view of the same numbers
     ValuesView& operator=(const ValuesView& other);   // copies other's numbers into these
     ValuesView& operator=(const std::vector<real>& numbers);
@@ -359,6 +368,7 @@ public:
     real* begin() const { return data(); }
     real* end() const { return data() + size(); }
     operator std::vector<real>() const { return numbers(); }
+
 private:
     std::vector<real>& numbers() const { return of_grad_ ? node_->grad : node_->data; }
     std::shared_ptr<TensorNode> node_;
@@ -368,26 +378,29 @@ private:
 // A handle to a TensorNode; copies share it (like Value, and like torch.Tensor).
 class Tensor {
 public:
-    Tensor() = default;                                 // an empty handle
-    explicit Tensor(Shape shape);                       // zeros
+    Tensor() = default;                                       // an empty handle
+    explicit Tensor(Shape shape);                             // zeros
     explicit Tensor(Shape shape, std::vector<real> values);   // values.size() must match shape
     static Tensor full(Shape shape, real value);
-    static Tensor scalar(real value);                   // shape [1]
-    static Tensor zeros(Shape shape, Device device);    // on either device
+    static Tensor scalar(real value);                  // shape [1]
+    static Tensor zeros(Shape shape, Device device);   // on either device
 
     bool defined() const { return node_ != nullptr; }
     const Shape& shape() const { return checked("shape()").shape; }
     int rank() const { return int(checked("rank()").shape.size()); }
-    int dim(int axis) const;                            // negative counts from the end
-    std::size_t numel() const { return checked("numel()").device == Device::CPU ? node_->data.size() : ::numel(node_->shape); }
+    int dim(int axis) const;   // negative counts from the end
+    std::size_t numel() const {
+        return checked("numel()").device == Device::CPU ? node_->data.size()
+                                                        : ::numel(node_->shape);
+    }
     // The numbers of a CPU tensor. A CUDA tensor's are in device memory: these throw, and
     // .to(Device::CPU) gives a copy to read.
     ValuesView values() const { return {on_cpu("values()"), false}; }
     ValuesView grad() const { return {on_cpu("grad()"), true}; }
-    real item() const;                                  // the value of a 1-element tensor (from any device)
-    real& at(const std::vector<int>& index) const;      // bounds-checked element access
+    real item() const;   // the value of a 1-element tensor (from any device)
+    real& at(const std::vector<int>& index) const;   // bounds-checked element access
     bool requires_grad() const { return checked("requires_grad()").requires_grad; }
-    Tensor& requires_grad_(bool on = true);             // make it a parameter (PyTorch's name)
+    Tensor& requires_grad_(bool on = true);   // make it a parameter (PyTorch's name)
     const char* op() const { return checked("op()").op; }
     TensorNode* node() const { return node_.get(); }   // null for an empty handle
 
@@ -405,12 +418,13 @@ public:
     void backward() const;
     void backward(const Tensor& seed) const;
     void zero_grad() const;
-    Tensor detach() const;                              // same values, cut from the graph
-    std::string str(int max_values = 6) const;          // "Tensor[2, 3] = [1, 2, 3, 4, 5, 6]"
+    Tensor detach() const;                       // same values, cut from the graph
+    std::string str(int max_values = 6) const;   // "Tensor[2, 3] = [1, 2, 3, 4, 5, 6]"
 
     // Used by the ops: an output of `shape` computed from `inputs`; it joins the graph only if
     // some input requires grad. Every input must be on `device`, where the output is made.
-    static Tensor from_op(Shape shape, const char* op, std::vector<Tensor> inputs, Device device = Device::CPU);
+    static Tensor from_op(Shape shape, const char* op, std::vector<Tensor> inputs,
+                          Device device = Device::CPU);
 
 private:
     const std::shared_ptr<TensorNode>& on_cpu(const char* what) const;   // the node, or throws
@@ -459,17 +473,19 @@ struct MatrixView {
     real operator()(int r, int c) const { return data[r * row_stride + c * col_stride]; }
 };
 inline MatrixView row_major(const real* data, int cols) { return {data, cols, 1}; }
-inline MatrixView transposed(const real* data, int cols) { return {data, 1, cols}; }   // of row-major [rows, cols]
-void matmul_naive(int M, int N, int K, MatrixView A, MatrixView B, real* C);    // the oracle
+inline MatrixView transposed(const real* data, int cols) {
+    return {data, 1, cols};
+}   // of row-major [rows, cols]
+void matmul_naive(int M, int N, int K, MatrixView A, MatrixView B, real* C);     // the oracle
 void matmul_ikj(int M, int N, int K, const real* A, const real* B, real* C);     // row-major only
-void matmul_blocked(int M, int N, int K, MatrixView A, MatrixView B, real* C);  // what matmul uses
+void matmul_blocked(int M, int N, int K, MatrixView A, MatrixView B, real* C);   // what matmul uses
 
 // Threads for the loops that use OpenMP (matmul_blocked); 1 when built without it (NO_OMP=1).
 void set_num_threads(int n);
 int num_threads();
-Tensor transpose(const Tensor& x);                 // swaps the last two axes
-Tensor reshape(const Tensor& x, Shape shape);      // one axis may be -1 (inferred)
-Tensor sum(const Tensor& x);                       // of everything: shape [1]
+Tensor transpose(const Tensor& x);              // swaps the last two axes
+Tensor reshape(const Tensor& x, Shape shape);   // one axis may be -1 (inferred)
+Tensor sum(const Tensor& x);                    // of everything: shape [1]
 Tensor sum(const Tensor& x, int axis, bool keepdim = false);
 Tensor mean(const Tensor& x);
 Tensor mean(const Tensor& x, int axis, bool keepdim = false);
@@ -480,8 +496,8 @@ Tensor sqrt(const Tensor& x);
 Tensor pow(const Tensor& x, real k);
 Tensor relu(const Tensor& x);
 Tensor leaky_relu(const Tensor& x, real slope = real(0.01));
-Tensor gelu(const Tensor& x);                              // the tanh form, as GPT-2
-Tensor gelu(const Tensor& x, Approximate approximate);     // Approximate::none: exact, x·Φ(x)
+Tensor gelu(const Tensor& x);                            // the tanh form, as GPT-2
+Tensor gelu(const Tensor& x, Approximate approximate);   // Approximate::none: exact, x·Φ(x)
 Tensor sigmoid(const Tensor& x);
 Tensor tanh(const Tensor& x);
 
@@ -490,13 +506,20 @@ Tensor tanh(const Tensor& x);
 template <class X>
 X activate(const X& x, Activation act) {
     switch (act) {
-        case Activation::relu: return relu(x);
-        case Activation::tanh: return tanh(x);
-        case Activation::sigmoid: return sigmoid(x);
-        case Activation::gelu: return gelu(x);
-        case Activation::gelu_exact: return gelu(x, Approximate::none);
-        case Activation::leaky_relu: return leaky_relu(x);
-        case Activation::linear: break;
+    case Activation::relu:
+        return relu(x);
+    case Activation::tanh:
+        return tanh(x);
+    case Activation::sigmoid:
+        return sigmoid(x);
+    case Activation::gelu:
+        return gelu(x);
+    case Activation::gelu_exact:
+        return gelu(x, Approximate::none);
+    case Activation::leaky_relu:
+        return leaky_relu(x);
+    case Activation::linear:
+        break;
     }
     return x;
 }
@@ -568,7 +591,7 @@ struct MLP {
     void to(Device device);   // moves every parameter in place (engine.cpp Part 5)
 };
 
-}  // namespace nn
+}   // namespace nn
 
 // ---------------------------------------------------------------------------------------------
 // Optimizers (engine.cpp §2.9), with PyTorch's update rules and defaults.
@@ -577,15 +600,15 @@ class Optimizer {
 public:
     Optimizer(std::vector<Tensor> params, double lr, const char* name);
     virtual ~Optimizer() = default;
-    void step();                                  // one update of every parameter with a grad
+    void step();   // one update of every parameter with a grad
     void zero_grad();
-    double lr;                                    // may be changed every step by a schedule
+    double lr;   // may be changed every step by a schedule
     long step_count = 0;
     const std::vector<Tensor>& params() const { return params_; }
-    virtual int state_per_param() const = 0;      // numbers of state per parameter element
+    virtual int state_per_param() const = 0;   // numbers of state per parameter element
     // Throws, naming the setting, unless every setting is in range; step() calls it each time.
     virtual void check_settings() const;
-    std::size_t state_bytes() const;              // their total size in bytes
+    std::size_t state_bytes() const;   // their total size in bytes
     const char* name() const { return name_; }
     // The state itself, [param][slot][element] (empty before the first step): for checkpoints.
     // Throws when the state is in device memory (parameters on CUDA, engine.cpp Part 5).
@@ -597,10 +620,12 @@ protected:
                         std::vector<std::vector<real>>& state) = 0;
     // The same for a parameter on the CUDA device: w, g and each state slot hold n floats there.
     // Optimizers with a kernel override it; this one throws.
-    virtual void update_on_device(float* w, const float* g, std::vector<DeviceBuffer<float>>& state, int n);
+    virtual void update_on_device(float* w, const float* g, std::vector<DeviceBuffer<float>>& state,
+                                  int n);
     std::vector<Tensor> params_;
     std::vector<std::vector<std::vector<real>>> state_;   // [param][slot][element]
-    std::vector<std::vector<DeviceBuffer<float>>> device_state_;   // [param][slot], for CUDA parameters
+    std::vector<std::vector<DeviceBuffer<float>>>
+        device_state_;   // [param][slot], for CUDA parameters
     const char* name_;
 
 private:
@@ -615,8 +640,10 @@ public:
     void check_settings() const override;
     double momentum, weight_decay;
     bool nesterov;
+
 protected:
-    void update(std::vector<real>&, const std::vector<real>&, std::vector<std::vector<real>>&) override;
+    void update(std::vector<real>&, const std::vector<real>&,
+                std::vector<std::vector<real>>&) override;
 };
 
 class RMSProp : public Optimizer {
@@ -626,8 +653,10 @@ public:
     int state_per_param() const override { return 1; }
     void check_settings() const override;
     double alpha, eps, weight_decay;
+
 protected:
-    void update(std::vector<real>&, const std::vector<real>&, std::vector<std::vector<real>>&) override;
+    void update(std::vector<real>&, const std::vector<real>&,
+                std::vector<std::vector<real>>&) override;
 };
 
 // Adam's weight_decay is L2 added to the gradient; AdamW's is decoupled: w ← w − lr·λ·w.
@@ -638,10 +667,12 @@ public:
     int state_per_param() const override { return 2; }
     void check_settings() const override;
     double beta1, beta2, eps, weight_decay;
+
 protected:
     Adam(std::vector<Tensor> params, double lr, double beta1, double beta2, double eps,
          double weight_decay, bool decoupled, const char* name);
-    void update(std::vector<real>&, const std::vector<real>&, std::vector<std::vector<real>>&) override;
+    void update(std::vector<real>&, const std::vector<real>&,
+                std::vector<std::vector<real>>&) override;
     void update_on_device(float*, const float*, std::vector<DeviceBuffer<float>>&, int) override;
     bool decoupled_ = false;
 };
@@ -659,8 +690,10 @@ public:
     int state_per_param() const override { return 1; }
     void check_settings() const override;
     double beta1, beta2, weight_decay;
+
 protected:
-    void update(std::vector<real>&, const std::vector<real>&, std::vector<std::vector<real>>&) override;
+    void update(std::vector<real>&, const std::vector<real>&,
+                std::vector<std::vector<real>>&) override;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -691,8 +724,8 @@ void clip_grad_value(const std::vector<Tensor>& params, double max_abs);
 // and rank big-endian 32-bit sizes, then the bytes. Everything is checked before it is
 // trusted; any problem throws std::runtime_error naming the file and what is wrong.
 struct IdxArray {
-    std::vector<int> dims;               // e.g. {60000, 28, 28}
-    std::vector<unsigned char> bytes;    // product of dims values
+    std::vector<int> dims;              // e.g. {60000, 28, 28}
+    std::vector<unsigned char> bytes;   // product of dims values
 };
 IdxArray read_idx(const std::string& path);
 
@@ -709,9 +742,9 @@ Tensor gather_rows(const Tensor& images, const std::vector<int>& rows);
 // Everything a run needs to continue exactly where it stopped.
 struct TrainingState {
     std::vector<std::pair<std::string, Tensor>> params;   // name → parameter (values)
-    Optimizer* optimizer = nullptr;                        // its moments and step count
-    std::vector<Rng*> rngs;                                // data order, dropout, ...
-    std::int64_t step = 0;                                 // the training loop's own counter
+    Optimizer* optimizer = nullptr;                       // its moments and step count
+    std::vector<Rng*> rngs;                               // data order, dropout, ...
+    std::int64_t step = 0;                                // the training loop's own counter
 };
 // Writes path.tmp, then renames it over path: a failed save leaves the old file intact.
 void save_checkpoint(const std::string& path, const TrainingState& state);
@@ -749,6 +782,7 @@ public:
     ~TensorStorageWatch();
     TensorStorageWatch(const TensorStorageWatch&) = delete;
     TensorStorageWatch& operator=(const TensorStorageWatch&) = delete;
+
 private:
     const TensorNode* node_;
     std::int64_t bytes_before_;
@@ -781,7 +815,7 @@ struct BatchNorm {
     void eval() { training = false; }
 };
 
-}  // namespace nn
+}   // namespace nn
 
 // ---------------------------------------------------------------------------------------------
 // Attention (engine.cpp §4.3–4.4)
@@ -824,7 +858,8 @@ float round_to_precision(float x, Precision p);   // x → that format → float
 Tensor cast(const Tensor& x, Precision p);
 // A·B for [M, K]·[K, N] with the inputs rounded to `inputs` and the running sum rounded to
 // `accumulator` after every addition. Values only: no gradient flows through it.
-Tensor matmul_in_precision(const Tensor& a, const Tensor& b, Precision inputs, Precision accumulator);
+Tensor matmul_in_precision(const Tensor& a, const Tensor& b, Precision inputs,
+                           Precision accumulator);
 
 // Dynamic loss scaling, PyTorch's GradScaler rules. Each step:
 //     scaler.scale_loss(loss).backward();                    gradients are S times too big
@@ -842,6 +877,7 @@ public:
     void update(bool gradients_were_finite);
     long skipped_steps() const { return skipped_; }
     int good_steps_in_a_row() const { return good_in_a_row_; }
+
 private:
     double scale_, growth_factor_, backoff_factor_;
     int growth_interval_, good_in_a_row_ = 0;
@@ -855,7 +891,8 @@ private:
 // and backpropagates through the copy. `params` are the parameters the segment uses (they get
 // their gradients). The segment must compute the same thing twice (no fresh dropout masks).
 using Segment = std::function<Tensor(const Tensor&)>;
-Tensor activation_checkpoint(const Segment& segment, const Tensor& x, const std::vector<Tensor>& params);
+Tensor activation_checkpoint(const Segment& segment, const Tensor& x,
+                             const std::vector<Tensor>& params);
 
 // =============================================================================================
 // CUDA kernels (kernels.cu): the wrappers that launch them. Every pointer is device memory
@@ -864,11 +901,13 @@ Tensor activation_checkpoint(const Segment& segment, const Tensor& x, const std:
 // cuda_emu.h; `make cuda` compiles it for real GPUs with nvcc. (Its memory functions, cuda_malloc
 // and the copies, are declared with Device in Part 2.)
 // =============================================================================================
-void cuda_add_forward(const float* A, const float* B, float* Y, int n, int nb);   // B: [n] or a bias row [nb]
+void cuda_add_forward(const float* A, const float* B, float* Y, int n,
+                      int nb);   // B: [n] or a bias row [nb]
 void cuda_add_backward(const float* dY, float* dA, float* dB, int n, int nb);
-void cuda_bias_grad(const float* dY, float* db, int M, int N);                    // db += Σ_rows dY
+void cuda_bias_grad(const float* dY, float* db, int M, int N);   // db += Σ_rows dY
 void cuda_mul_forward(const float* A, const float* B, float* Y, int n);
-void cuda_mul_backward(const float* A, const float* B, const float* dY, float* dA, float* dB, int n);
+void cuda_mul_backward(const float* A, const float* B, const float* dY, float* dA, float* dB,
+                       int n);
 void cuda_relu_forward(const float* X, float* Y, int n);
 void cuda_gelu_forward(const float* X, float* Y, int n);
 void cuda_gelu_exact_forward(const float* X, float* Y, int n);
@@ -879,23 +918,32 @@ void cuda_gelu_backward(const float* X, const float* Y, const float* dY, float* 
 void cuda_gelu_exact_backward(const float* X, const float* Y, const float* dY, float* dX, int n);
 void cuda_sigmoid_backward(const float* X, const float* Y, const float* dY, float* dX, int n);
 void cuda_tanh_backward(const float* X, const float* Y, const float* dY, float* dX, int n);
-void cuda_matmul_v1(const float* A, const float* B, float* C, int M, int K, int N);   // one thread per output
-void cuda_matmul_v2(const float* A, const float* B, float* C, int M, int K, int N);   // shared-memory tiles
-void cuda_matmul_v3(const float* A, const float* B, float* C, int M, int K, int N);   // register blocking
-void cuda_matmul_backward_dx(const float* dY, const float* W, float* dX, int M, int K, int N);   // dX += dY·Wᵀ
-void cuda_matmul_backward_dw(const float* X, const float* dY, float* dW, int M, int K, int N);   // dW += Xᵀ·dY
+void cuda_matmul_v1(const float* A, const float* B, float* C, int M, int K,
+                    int N);   // one thread per output
+void cuda_matmul_v2(const float* A, const float* B, float* C, int M, int K,
+                    int N);   // shared-memory tiles
+void cuda_matmul_v3(const float* A, const float* B, float* C, int M, int K,
+                    int N);   // register blocking
+void cuda_matmul_backward_dx(const float* dY, const float* W, float* dX, int M, int K,
+                             int N);   // dX += dY·Wᵀ
+void cuda_matmul_backward_dw(const float* X, const float* dY, float* dW, int M, int K,
+                             int N);        // dW += Xᵀ·dY
 float cuda_sum_v1(const float* X, int n);   // a tree in shared memory
 float cuda_sum_v2(const float* X, int n);   // warp shuffles
-void cuda_softmax_cross_entropy_forward(const float* logits, const int* labels, float* probs, float* loss, int B, int C);
-void cuda_softmax_cross_entropy_backward(const float* probs, const int* labels, float* dlogits, float dloss, int B, int C);
-void cuda_layer_norm_forward(const float* X, const float* gain, const float* bias, float* Y, float* mean, float* rstd,
-                             int rows, int D, float eps);
-void cuda_layer_norm_backward(const float* X, const float* gain, const float* mean, const float* rstd, const float* dY,
-                              float* dX, float* dgain, float* dbias, int rows, int D);
-void cuda_adamw_update(float* W, const float* G, float* m, float* v, int n, double lr, double beta1, double beta2,
-                       double eps, double weight_decay, long step);
+void cuda_softmax_cross_entropy_forward(const float* logits, const int* labels, float* probs,
+                                        float* loss, int B, int C);
+void cuda_softmax_cross_entropy_backward(const float* probs, const int* labels, float* dlogits,
+                                         float dloss, int B, int C);
+void cuda_layer_norm_forward(const float* X, const float* gain, const float* bias, float* Y,
+                             float* mean, float* rstd, int rows, int D, float eps);
+void cuda_layer_norm_backward(const float* X, const float* gain, const float* mean,
+                              const float* rstd, const float* dY, float* dX, float* dgain,
+                              float* dbias, int rows, int D);
+void cuda_adamw_update(float* W, const float* G, float* m, float* v, int n, double lr, double beta1,
+                       double beta2, double eps, double weight_decay, long step);
 float cuda_grad_norm(const std::vector<const float*>& grads, const std::vector<int>& sizes);
-float cuda_clip_grad_norm(const std::vector<float*>& grads, const std::vector<int>& sizes, float max_norm);
+float cuda_clip_grad_norm(const std::vector<float*>& grads, const std::vector<int>& sizes,
+                          float max_norm);
 // Milliseconds per call of `launch` (the kernels it starts), timed with CUDA events after one
 // warm-up call (kernels.cu §9). On the emulator it times the CPU running them.
 double cuda_time_ms(const std::function<void()>& launch, int repeats);
@@ -903,7 +951,8 @@ bool cuda_is_emulated();   // true unless kernels.cu was compiled by nvcc
 
 // The device side of Part 2's ops (engine.cpp Part 5). An op with a CUDA kernel calls its
 // *_on_device version when its inputs live on the GPU; a program calls the op itself.
-std::vector<real> host_values(const DeviceBuffer<float>& numbers);   // device floats as real, on the CPU
+std::vector<real>
+host_values(const DeviceBuffer<float>& numbers);   // device floats as real, on the CPU
 void clear_grad_on_device(TensorNode* n);
 void add_to_grad_on_device(TensorNode* n, const Tensor& g);
 using DeviceForward = void (*)(const float* x, float* y, int n);
@@ -912,6 +961,7 @@ Tensor unary_on_device(const Tensor& x, const char* op, DeviceForward f, DeviceB
 Tensor add_on_device(const Tensor& a, const Tensor& b);
 Tensor matmul_on_device(const Tensor& a, const Tensor& b);
 Tensor linear_on_device(const Tensor& x, const Tensor& W, const Tensor& b);
-Tensor cross_entropy_on_device(const Tensor& logits, const std::vector<int>& labels, real label_smoothing);
+Tensor cross_entropy_on_device(const Tensor& logits, const std::vector<int>& labels,
+                               real label_smoothing);
 double grad_norm_on_device(const Tensor& p);
 double clip_grad_norm_on_device(const std::vector<Tensor>& params, double max_norm);

@@ -154,8 +154,8 @@ static __global__ void mul_forward_kernel(const float* A, const float* B, float*
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) Y[i] = A[i] * B[i];
 }
-static __global__ void mul_backward_kernel(const float* A, const float* B, const float* dY, float* dA,
-                                           float* dB, int n) {
+static __global__ void mul_backward_kernel(const float* A, const float* B, const float* dY,
+                                           float* dA, float* dB, int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     dA[i] += dY[i] * B[i];
@@ -171,12 +171,14 @@ struct Relu {   // max(0, x); f' = 1 where x > 0, else 0 (written so that a NaN 
     static __device__ float f(float x) { return x < 0 ? 0.0f : x; }
     static __device__ float df(float x, float) { return x > 0 ? 1.0f : 0.0f; }
 };
-struct Gelu {   // ½x(1 + tanh u), u = √(2/π)(x + 0.044715x³); f' = ½(1 + tanh u) + ½x(1 − tanh²u)·du/dx
+struct
+    Gelu {   // ½x(1 + tanh u), u = √(2/π)(x + 0.044715x³); f' = ½(1 + tanh u) + ½x(1 − tanh²u)·du/dx
     static __device__ float u(float x) { return 0.7978845608f * (x + 0.044715f * x * x * x); }
     static __device__ float f(float x) { return 0.5f * x * (1 + tanhf(u(x))); }
     static __device__ float df(float x, float) {
         const float t = tanhf(u(x));
-        return 0.5f * (1 + t) + 0.5f * x * (1 - t * t) * 0.7978845608f * (1 + 3 * 0.044715f * x * x);
+        return 0.5f * (1 + t) +
+               0.5f * x * (1 - t * t) * 0.7978845608f * (1 + 3 * 0.044715f * x * x);
     }
 };
 struct GeluExact {   // x·Φ(x) = ½x(1 + erf(x/√2)); f' = Φ(x) + x·φ(x), φ(x) = e^(−x²/2)/√(2π)
@@ -186,7 +188,9 @@ struct GeluExact {   // x·Φ(x) = ½x(1 + erf(x/√2)); f' = Φ(x) + x·φ(x), 
     }
 };
 struct Sigmoid {   // 1/(1 + e⁻ˣ), with no overflow for large |x|; f' = y(1 − y)
-    static __device__ float f(float x) { return x >= 0 ? 1 / (1 + expf(-x)) : expf(x) / (1 + expf(x)); }
+    static __device__ float f(float x) {
+        return x >= 0 ? 1 / (1 + expf(-x)) : expf(x) / (1 + expf(x));
+    }
     static __device__ float df(float, float y) { return y * (1 - y); }
 };
 struct Tanh {   // tanh x; f' = 1 − y²
@@ -200,8 +204,8 @@ static __global__ void activation_forward_kernel(const float* X, float* Y, int n
     if (i < n) Y[i] = Act::f(X[i]);
 }
 template <class Act>
-static __global__ void activation_backward_kernel(const float* X, const float* Y, const float* dY, float* dX,
-                                                  int n) {
+static __global__ void activation_backward_kernel(const float* X, const float* Y, const float* dY,
+                                                  float* dX, int n) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) dX[i] += dY[i] * Act::df(X[i], Y[i]);
 }
@@ -218,7 +222,8 @@ void cuda_add_forward(const float* A, const float* B, float* Y, int n, int nb) {
 void cuda_bias_grad(const float* dY, float* db, int M, int N) {
     check_arguments(M >= 0 && N >= 0, "bias_grad: sizes must be >= 0");
     if (N == 0) return;
-    LAUNCH(bias_grad_kernel, blocks_for(N, strip_width), dim3(strip_width, strip_rows))(dY, db, M, N);
+    LAUNCH(bias_grad_kernel, blocks_for(N, strip_width), dim3(strip_width, strip_rows))
+    (dY, db, M, N);
     CUDA_CHECK(cudaGetLastError());
 }
 
@@ -241,27 +246,33 @@ void cuda_mul_forward(const float* A, const float* B, float* Y, int n) {
     LAUNCH(mul_forward_kernel, blocks_for(n, elementwise_block), elementwise_block)(A, B, Y, n);
     CUDA_CHECK(cudaGetLastError());
 }
-void cuda_mul_backward(const float* A, const float* B, const float* dY, float* dA, float* dB, int n) {
+void cuda_mul_backward(const float* A, const float* B, const float* dY, float* dA, float* dB,
+                       int n) {
     if (n <= 0) return;
-    LAUNCH(mul_backward_kernel, blocks_for(n, elementwise_block), elementwise_block)(A, B, dY, dA, dB, n);
+    LAUNCH(mul_backward_kernel, blocks_for(n, elementwise_block), elementwise_block)
+    (A, B, dY, dA, dB, n);
     CUDA_CHECK(cudaGetLastError());
 }
 
 template <class Act>
 static void activation_forward(const float* X, float* Y, int n) {
     if (n <= 0) return;
-    LAUNCH(activation_forward_kernel<Act>, blocks_for(n, elementwise_block), elementwise_block)(X, Y, n);
+    LAUNCH(activation_forward_kernel<Act>, blocks_for(n, elementwise_block), elementwise_block)
+    (X, Y, n);
     CUDA_CHECK(cudaGetLastError());
 }
 template <class Act>
 static void activation_backward(const float* X, const float* Y, const float* dY, float* dX, int n) {
     if (n <= 0) return;
-    LAUNCH(activation_backward_kernel<Act>, blocks_for(n, elementwise_block), elementwise_block)(X, Y, dY, dX, n);
+    LAUNCH(activation_backward_kernel<Act>, blocks_for(n, elementwise_block), elementwise_block)
+    (X, Y, dY, dX, n);
     CUDA_CHECK(cudaGetLastError());
 }
 void cuda_relu_forward(const float* X, float* Y, int n) { activation_forward<Relu>(X, Y, n); }
 void cuda_gelu_forward(const float* X, float* Y, int n) { activation_forward<Gelu>(X, Y, n); }
-void cuda_gelu_exact_forward(const float* X, float* Y, int n) { activation_forward<GeluExact>(X, Y, n); }
+void cuda_gelu_exact_forward(const float* X, float* Y, int n) {
+    activation_forward<GeluExact>(X, Y, n);
+}
 void cuda_sigmoid_forward(const float* X, float* Y, int n) { activation_forward<Sigmoid>(X, Y, n); }
 void cuda_tanh_forward(const float* X, float* Y, int n) { activation_forward<Tanh>(X, Y, n); }
 void cuda_relu_backward(const float* X, const float* Y, const float* dY, float* dX, int n) {
@@ -298,8 +309,10 @@ constexpr int tile = 16;   // v1, v2 and the backward products: blocks of 16 × 
 // B[k][col] (coalesced) and the same A[row][k] (one value, broadcast).
 // Cost: each thread reads a row of A and a column of B: 2MNK loads in all, 8MNK bytes requested
 // for 2MNK FLOPs. That is ¼ FLOP per byte, unless the caches catch the repeats.
-static __global__ void matmul_v1_kernel(const float* A, const float* B, float* C, int M, int K, int N) {
-    const int row = blockIdx.y * blockDim.y + threadIdx.y, col = blockIdx.x * blockDim.x + threadIdx.x;
+static __global__ void matmul_v1_kernel(const float* A, const float* B, float* C, int M, int K,
+                                        int N) {
+    const int row = blockIdx.y * blockDim.y + threadIdx.y,
+              col = blockIdx.x * blockDim.x + threadIdx.x;
     if (row >= M || col >= N) return;
     float s = 0;
     for (int k = 0; k < K; ++k) s += A[row * K + k] * B[k * N + col];
@@ -314,7 +327,8 @@ static __global__ void matmul_v1_kernel(const float* A, const float* B, float* C
 // reach both barriers: a __syncthreads() must be reached by every thread of the block.
 // Grid: ⌈N/16⌉ × ⌈M/16⌉ blocks of 16 × 16 threads.
 // Cost: global loads 2MNK/16 floats (16 times fewer than v1). Shared loads: 2 per multiply-add.
-static __global__ void matmul_v2_kernel(const float* A, const float* B, float* C, int M, int K, int N) {
+static __global__ void matmul_v2_kernel(const float* A, const float* B, float* C, int M, int K,
+                                        int N) {
     __shared__ float As[tile][tile], Bs[tile][tile];
     const int tx = threadIdx.x, ty = threadIdx.y;
     const int row = blockIdx.y * tile + ty, col = blockIdx.x * tile + tx;
@@ -342,7 +356,8 @@ static __global__ void matmul_v2_kernel(const float* A, const float* B, float* C
 // Cost: global loads MNK(1/64 + 1/64) = MNK/32 floats, 4 times fewer than v2. Shared loads:
 // 8 per 16 multiply-adds, i.e. ½ per multiply-add instead of 2.
 constexpr int BM = 64, BN = 64, BK = 8, TM = 4, TN = 4;   // block tile, K step, outputs per thread
-static __global__ void matmul_v3_kernel(const float* A, const float* B, float* C, int M, int K, int N) {
+static __global__ void matmul_v3_kernel(const float* A, const float* B, float* C, int M, int K,
+                                        int N) {
     __shared__ float As[BK][BM + 4], Bs[BK][BN];
     const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * 16 + tx;
     const int row0 = blockIdx.y * BM, col0 = blockIdx.x * BN;
@@ -383,10 +398,12 @@ static __global__ void matmul_v3_kernel(const float* A, const float* B, float* C
 // puts those 16 reads in 16 different banks. Unpadded, they would fall on only 2 banks (a stride of
 // 16 floats), an 8-way bank conflict.
 // Grid: ⌈K/16⌉ × ⌈M/16⌉ blocks of 16 × 16. Cost: 2MNK FLOPs, global loads 2MNK/16 floats.
-static __global__ void matmul_backward_dx_kernel(const float* dY, const float* W, float* dX, int M, int K, int N) {
+static __global__ void matmul_backward_dx_kernel(const float* dY, const float* W, float* dX, int M,
+                                                 int K, int N) {
     __shared__ float Gs[tile][tile], Ws[tile][tile + 1];
     const int tx = threadIdx.x, ty = threadIdx.y;
-    const int i = blockIdx.y * tile + ty, k = blockIdx.x * tile + tx, w_row = blockIdx.x * tile + ty;
+    const int i = blockIdx.y * tile + ty, k = blockIdx.x * tile + tx,
+              w_row = blockIdx.x * tile + ty;
     float s = 0;
     for (int j0 = 0; j0 < N; j0 += tile) {
         Gs[ty][tx] = i < M && j0 + tx < N ? dY[i * N + j0 + tx] : 0.0f;
@@ -403,10 +420,12 @@ static __global__ void matmul_backward_dx_kernel(const float* dY, const float* W
 // i of both X and dY. Thread (tx, ty) computes dW[by·16 + ty][bx·16 + tx]. Xs[i][ty] is one value per row of threads (a broadcast),
 // and Gs[i][tx] is 16 neighbours, so neither needs padding.
 // Grid: ⌈N/16⌉ × ⌈K/16⌉ blocks of 16 × 16. Cost: 2MNK FLOPs, global loads 2MNK/16 floats.
-static __global__ void matmul_backward_dw_kernel(const float* X, const float* dY, float* dW, int M, int K, int N) {
+static __global__ void matmul_backward_dw_kernel(const float* X, const float* dY, float* dW, int M,
+                                                 int K, int N) {
     __shared__ float Xs[tile][tile], Gs[tile][tile];
     const int tx = threadIdx.x, ty = threadIdx.y;
-    const int k = blockIdx.y * tile + ty, j = blockIdx.x * tile + tx, x_col = blockIdx.y * tile + tx;
+    const int k = blockIdx.y * tile + ty, j = blockIdx.x * tile + tx,
+              x_col = blockIdx.y * tile + tx;
     float s = 0;
     for (int i0 = 0; i0 < M; i0 += tile) {
         Xs[ty][tx] = i0 + ty < M && x_col < K ? X[(i0 + ty) * K + x_col] : 0.0f;
@@ -423,33 +442,40 @@ static __global__ void matmul_backward_dw_kernel(const float* X, const float* dY
 void cuda_matmul_v1(const float* A, const float* B, float* C, int M, int K, int N) {
     check_arguments(M >= 0 && K >= 0 && N >= 0, "matmul: sizes must be >= 0");
     if (M == 0 || N == 0) return;
-    LAUNCH(matmul_v1_kernel, dim3(blocks_for(N, tile), blocks_for(M, tile)), dim3(tile, tile))(A, B, C, M, K, N);
+    LAUNCH(matmul_v1_kernel, dim3(blocks_for(N, tile), blocks_for(M, tile)), dim3(tile, tile))
+    (A, B, C, M, K, N);
     CUDA_CHECK(cudaGetLastError());
 }
 void cuda_matmul_v2(const float* A, const float* B, float* C, int M, int K, int N) {
     check_arguments(M >= 0 && K >= 0 && N >= 0, "matmul: sizes must be >= 0");
     if (M == 0 || N == 0) return;
-    LAUNCH(matmul_v2_kernel, dim3(blocks_for(N, tile), blocks_for(M, tile)), dim3(tile, tile))(A, B, C, M, K, N);
+    LAUNCH(matmul_v2_kernel, dim3(blocks_for(N, tile), blocks_for(M, tile)), dim3(tile, tile))
+    (A, B, C, M, K, N);
     CUDA_CHECK(cudaGetLastError());
 }
 void cuda_matmul_v3(const float* A, const float* B, float* C, int M, int K, int N) {
     check_arguments(M >= 0 && K >= 0 && N >= 0, "matmul: sizes must be >= 0");
     if (M == 0 || N == 0) return;
-    LAUNCH(matmul_v3_kernel, dim3(blocks_for(N, BN), blocks_for(M, BM)), dim3(16, 16))(A, B, C, M, K, N);
+    LAUNCH(matmul_v3_kernel, dim3(blocks_for(N, BN), blocks_for(M, BM)), dim3(16, 16))
+    (A, B, C, M, K, N);
     CUDA_CHECK(cudaGetLastError());
 }
 // dX[M, K] += dY[M, N]·Wᵀ, with W [K, N]
 void cuda_matmul_backward_dx(const float* dY, const float* W, float* dX, int M, int K, int N) {
     check_arguments(M >= 0 && K >= 0 && N >= 0, "matmul backward: sizes must be >= 0");
     if (M == 0 || K == 0) return;
-    LAUNCH(matmul_backward_dx_kernel, dim3(blocks_for(K, tile), blocks_for(M, tile)), dim3(tile, tile))(dY, W, dX, M, K, N);
+    LAUNCH(matmul_backward_dx_kernel, dim3(blocks_for(K, tile), blocks_for(M, tile)),
+           dim3(tile, tile))
+    (dY, W, dX, M, K, N);
     CUDA_CHECK(cudaGetLastError());
 }
 // dW[K, N] += Xᵀ·dY, with X [M, K], dY [M, N]
 void cuda_matmul_backward_dw(const float* X, const float* dY, float* dW, int M, int K, int N) {
     check_arguments(M >= 0 && K >= 0 && N >= 0, "matmul backward: sizes must be >= 0");
     if (K == 0 || N == 0) return;
-    LAUNCH(matmul_backward_dw_kernel, dim3(blocks_for(N, tile), blocks_for(K, tile)), dim3(tile, tile))(X, dY, dW, M, K, N);
+    LAUNCH(matmul_backward_dw_kernel, dim3(blocks_for(N, tile), blocks_for(K, tile)),
+           dim3(tile, tile))
+    (X, dY, dW, M, K, N);
     CUDA_CHECK(cudaGetLastError());
 }
 
@@ -500,7 +526,8 @@ static __device__ float warp_sum(float v) {
 // v1: X[n] → partial[gridDim.x], one sum per block, by the tree.
 static __global__ void sum_v1_kernel(const float* X, float* partial, int n) {
     float s = 0;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) s += X[i];
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+        s += X[i];
     s = block_sum_tree(s);
     if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
@@ -511,7 +538,8 @@ static __global__ void sum_v2_kernel(const float* X, float* partial, int n) {
     __shared__ float warp_sums[32];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     float s = 0;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) s += X[i];
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+        s += X[i];
     s = warp_sum(s);
     if (lane == 0) warp_sums[warp] = s;
     __syncthreads();
@@ -528,7 +556,9 @@ static __global__ void sum_v2_kernel(const float* X, float* partial, int n) {
 // memory; then every warp reduces those (at most 32) results again, so all threads end with the
 // total. blockDim.x must be a multiple of 32.
 enum class Reduce { sum, max };
-static __device__ float combine(float a, float b, Reduce op) { return op == Reduce::sum ? a + b : fmaxf(a, b); }
+static __device__ float combine(float a, float b, Reduce op) {
+    return op == Reduce::sum ? a + b : fmaxf(a, b);
+}
 static __device__ float warp_all_reduce(float v, Reduce op) {
     for (int d = 16; d > 0; d /= 2) v = combine(v, __shfl_xor_sync(0xffffffffu, v, d), op);
     return v;
@@ -587,8 +617,9 @@ float cuda_sum_v2(const float* X, int n) { return sum_two_stage(X, n, true); }
 
 constexpr int row_block = 128;   // threads per row: 4 warps
 
-static __global__ void softmax_cross_entropy_forward_kernel(const float* logits, const int* labels, float* probs,
-                                                            float* loss, int B, int C) {
+static __global__ void softmax_cross_entropy_forward_kernel(const float* logits, const int* labels,
+                                                            float* probs, float* loss, int B,
+                                                            int C) {
     const int b = blockIdx.x;
     const float* z = logits + b * C;
     float* p = probs + b * C;
@@ -601,15 +632,17 @@ static __global__ void softmax_cross_entropy_forward_kernel(const float* logits,
         s += p[c];
     }
     s = block_all_reduce(s, Reduce::sum);
-    for (int c = threadIdx.x; c < C; c += blockDim.x) p[c] /= s;   // this thread wrote these p[c] itself
+    for (int c = threadIdx.x; c < C; c += blockDim.x)
+        p[c] /= s;   // this thread wrote these p[c] itself
     // The rows finish in any order, and float addition is not associative, so the last bits of
     // the mean loss can differ from run to run on a GPU.
     if (threadIdx.x == 0) atomicAdd(loss, (logf(s) + m - z[labels[b]]) / B);
 }
 
 // dz[b][c] += dloss·(p[b][c] − [c = label_b])/B, one block per row as in the forward.
-static __global__ void softmax_cross_entropy_backward_kernel(const float* probs, const int* labels, float* dlogits,
-                                                             float dloss, int B, int C) {
+static __global__ void softmax_cross_entropy_backward_kernel(const float* probs, const int* labels,
+                                                             float* dlogits, float dloss, int B,
+                                                             int C) {
     const int b = blockIdx.x, y = labels[b];
     const float scale = dloss / B;
     for (int c = threadIdx.x; c < C; c += blockDim.x)
@@ -618,7 +651,8 @@ static __global__ void softmax_cross_entropy_backward_kernel(const float* probs,
 
 // logits [B, C], labels [B] (device ints) → probs [B, C] (kept for the backward) and *loss (one
 // device float) = the mean loss. Grid: B blocks of 128 threads.
-void cuda_softmax_cross_entropy_forward(const float* logits, const int* labels, float* probs, float* loss, int B, int C) {
+void cuda_softmax_cross_entropy_forward(const float* logits, const int* labels, float* probs,
+                                        float* loss, int B, int C) {
     check_arguments(B >= 0 && C > 0, "softmax_cross_entropy: needs B >= 0 and C > 0");
     CUDA_CHECK(cudaMemset(loss, 0, sizeof(float)));
     if (B == 0) return;
@@ -627,10 +661,12 @@ void cuda_softmax_cross_entropy_forward(const float* logits, const int* labels, 
 }
 // dlogits [B, C] += dloss·(probs − onehot)/B, where dloss is the upstream gradient (1 for the
 // loss itself). Grid: B blocks of 128 threads.
-void cuda_softmax_cross_entropy_backward(const float* probs, const int* labels, float* dlogits, float dloss, int B, int C) {
+void cuda_softmax_cross_entropy_backward(const float* probs, const int* labels, float* dlogits,
+                                         float dloss, int B, int C) {
     check_arguments(B >= 0 && C > 0, "softmax_cross_entropy: needs B >= 0 and C > 0");
     if (B == 0) return;
-    LAUNCH(softmax_cross_entropy_backward_kernel, B, row_block)(probs, labels, dlogits, dloss, B, C);
+    LAUNCH(softmax_cross_entropy_backward_kernel, B, row_block)
+    (probs, labels, dlogits, dloss, B, C);
     CUDA_CHECK(cudaGetLastError());
 }
 
@@ -651,17 +687,20 @@ void cuda_softmax_cross_entropy_backward(const float* probs, const int* labels, 
 // =============================================================================================
 
 // Grid: one block of 128 threads per row.
-static __global__ void layer_norm_forward_kernel(const float* X, const float* gain, const float* bias, float* Y,
-                                                 float* mean, float* rstd, int D, float eps) {
+static __global__ void layer_norm_forward_kernel(const float* X, const float* gain,
+                                                 const float* bias, float* Y, float* mean,
+                                                 float* rstd, int D, float eps) {
     const int r = blockIdx.x;
     const float* x = X + r * D;
     float s = 0;
     for (int j = threadIdx.x; j < D; j += blockDim.x) s += x[j];
     const float mu = block_all_reduce(s, Reduce::sum) / D;
-    float v = 0;   // the variance from the deviations, as on the CPU: no cancellation as in E[x²] − μ²
+    float v =
+        0;   // the variance from the deviations, as on the CPU: no cancellation as in E[x²] − μ²
     for (int j = threadIdx.x; j < D; j += blockDim.x) v += (x[j] - mu) * (x[j] - mu);
     const float rs = rsqrtf(block_all_reduce(v, Reduce::sum) / D + eps);
-    for (int j = threadIdx.x; j < D; j += blockDim.x) Y[r * D + j] = gain[j] * (x[j] - mu) * rs + bias[j];
+    for (int j = threadIdx.x; j < D; j += blockDim.x)
+        Y[r * D + j] = gain[j] * (x[j] - mu) * rs + bias[j];
     if (threadIdx.x == 0) {
         mean[r] = mu;
         rstd[r] = rs;
@@ -669,8 +708,9 @@ static __global__ void layer_norm_forward_kernel(const float* X, const float* ga
 }
 
 // dx, one block of 128 threads per row.
-static __global__ void layer_norm_backward_dx_kernel(const float* X, const float* gain, const float* mean,
-                                                     const float* rstd, const float* dY, float* dX, int D) {
+static __global__ void layer_norm_backward_dx_kernel(const float* X, const float* gain,
+                                                     const float* mean, const float* rstd,
+                                                     const float* dY, float* dX, int D) {
     const int r = blockIdx.x;
     const float mu = mean[r], rs = rstd[r];
     float a = 0, b = 0;   // Σ ĝ and Σ ĝ·x̂ over this thread's columns
@@ -679,7 +719,8 @@ static __global__ void layer_norm_backward_dx_kernel(const float* X, const float
         a += gh;
         b += gh * xh;
     }
-    const float mean_gh = block_all_reduce(a, Reduce::sum) / D, mean_gh_xh = block_all_reduce(b, Reduce::sum) / D;
+    const float mean_gh = block_all_reduce(a, Reduce::sum) / D,
+                mean_gh_xh = block_all_reduce(b, Reduce::sum) / D;
     for (int j = threadIdx.x; j < D; j += blockDim.x) {
         const float gh = dY[r * D + j] * gain[j], xh = (X[r * D + j] - mu) * rs;
         dX[r * D + j] += rs * (gh - mean_gh - xh * mean_gh_xh);
@@ -688,8 +729,10 @@ static __global__ void layer_norm_backward_dx_kernel(const float* X, const float
 
 // dγ and dβ: column sums over the rows, with the strip layout of bias_grad_kernel: 32 × 8 threads
 // per strip of 32 columns, ⌈D/32⌉ blocks.
-static __global__ void layer_norm_backward_params_kernel(const float* X, const float* mean, const float* rstd,
-                                                         const float* dY, float* dgain, float* dbias, int rows, int D) {
+static __global__ void layer_norm_backward_params_kernel(const float* X, const float* mean,
+                                                         const float* rstd, const float* dY,
+                                                         float* dgain, float* dbias, int rows,
+                                                         int D) {
     __shared__ float partial_gain[strip_rows][strip_width], partial_bias[strip_rows][strip_width];
     const int x = threadIdx.x, y = threadIdx.y, j = blockIdx.x * strip_width + x;
     float sg = 0, sb = 0;
@@ -713,22 +756,24 @@ static __global__ void layer_norm_backward_params_kernel(const float* X, const f
 }
 
 // X [rows, D], gain and bias [D] → Y [rows, D], and mean, rstd [rows] for the backward.
-void cuda_layer_norm_forward(const float* X, const float* gain, const float* bias, float* Y, float* mean, float* rstd,
-                             int rows, int D, float eps) {
+void cuda_layer_norm_forward(const float* X, const float* gain, const float* bias, float* Y,
+                             float* mean, float* rstd, int rows, int D, float eps) {
     check_arguments(rows >= 0 && D > 0, "layer_norm: needs rows >= 0 and D > 0");
     if (rows == 0) return;
     LAUNCH(layer_norm_forward_kernel, rows, row_block)(X, gain, bias, Y, mean, rstd, D, eps);
     CUDA_CHECK(cudaGetLastError());
 }
 // dX [rows, D] += ..., dgain and dbias [D] += ...
-void cuda_layer_norm_backward(const float* X, const float* gain, const float* mean, const float* rstd, const float* dY,
-                              float* dX, float* dgain, float* dbias, int rows, int D) {
+void cuda_layer_norm_backward(const float* X, const float* gain, const float* mean,
+                              const float* rstd, const float* dY, float* dX, float* dgain,
+                              float* dbias, int rows, int D) {
     check_arguments(rows >= 0 && D > 0, "layer_norm: needs rows >= 0 and D > 0");
     if (rows == 0) return;
     LAUNCH(layer_norm_backward_dx_kernel, rows, row_block)(X, gain, mean, rstd, dY, dX, D);
     CUDA_CHECK(cudaGetLastError());
-    LAUNCH(layer_norm_backward_params_kernel, blocks_for(D, strip_width), dim3(strip_width, strip_rows))(
-        X, mean, rstd, dY, dgain, dbias, rows, D);
+    LAUNCH(layer_norm_backward_params_kernel, blocks_for(D, strip_width),
+           dim3(strip_width, strip_rows))
+    (X, mean, rstd, dY, dgain, dbias, rows, D);
     CUDA_CHECK(cudaGetLastError());
 }
 
@@ -752,7 +797,8 @@ struct AdamWConstants {
     float b1, b2, one_minus_b1, one_minus_b2, inv_c1, inv_c2, rate, decay, epsilon;
 };
 
-static __global__ void adamw_kernel(float* W, const float* G, float* m, float* v, int n, AdamWConstants k) {
+static __global__ void adamw_kernel(float* W, const float* G, float* m, float* v, int n,
+                                    AdamWConstants k) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     const float g = G[i];
@@ -764,8 +810,8 @@ static __global__ void adamw_kernel(float* W, const float* G, float* m, float* v
 }
 
 // One step (step = 1, 2, ...) for W, m, v [n] with gradient G [n].
-void cuda_adamw_update(float* W, const float* G, float* m, float* v, int n, double lr, double beta1, double beta2,
-                       double eps, double weight_decay, long step) {
+void cuda_adamw_update(float* W, const float* G, float* m, float* v, int n, double lr, double beta1,
+                       double beta2, double eps, double weight_decay, long step) {
     check_arguments(n >= 0 && step >= 1, "adamw: needs n >= 0 and step >= 1");
     if (n == 0) return;
     const AdamWConstants k = {float(beta1),
@@ -798,13 +844,15 @@ void cuda_adamw_update(float* W, const float* G, float* m, float* v, int n, doub
 // Stage 1, for one tensor: partial[blockIdx.x] += Σ of this block's share of g².
 static __global__ void sum_squares_kernel(const float* G, int n, float* partial) {
     float s = 0;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) s += G[i] * G[i];
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+        s += G[i] * G[i];
     s = block_all_reduce(s, Reduce::sum);
     if (threadIdx.x == 0) partial[blockIdx.x] += s;
 }
 
 // Stage 2, one block: out[0] = ‖g‖ = √(Σ partial); out[1] = the scale, max_norm/‖g‖ if ‖g‖ > max_norm, else 1.
-static __global__ void norm_and_clip_scale_kernel(const float* partial, int count, float max_norm, float* out) {
+static __global__ void norm_and_clip_scale_kernel(const float* partial, int count, float max_norm,
+                                                  float* out) {
     float s = 0;
     for (int i = threadIdx.x; i < count; i += blockDim.x) s += partial[i];
     s = block_all_reduce(s, Reduce::sum);
@@ -822,18 +870,20 @@ static __global__ void scale_kernel(float* G, int n, const float* scale) {
 }
 
 // Both stages into out[0] (the norm) and out[1] (the clip scale for max_norm).
-static void grad_norm_on_device(const std::vector<const float*>& grads, const std::vector<int>& sizes,
-                                float max_norm, float* out) {
+static void grad_norm_on_device(const std::vector<const float*>& grads,
+                                const std::vector<int>& sizes, float max_norm, float* out) {
     check_arguments(grads.size() == sizes.size(), "grad_norm: one size per gradient");
     DeviceScratch partial(reduce_max_blocks);
     CUDA_CHECK(cudaMemset(partial.p, 0, sizeof(float) * reduce_max_blocks));   // 0 bytes are 0.0f
     for (std::size_t k = 0; k < grads.size(); ++k) {
         check_arguments(sizes[k] >= 0, "grad_norm: sizes must be >= 0");
         if (sizes[k] == 0) continue;
-        LAUNCH(sum_squares_kernel, reduce_blocks(sizes[k]), reduce_block)(grads[k], sizes[k], partial.p);
+        LAUNCH(sum_squares_kernel, reduce_blocks(sizes[k]), reduce_block)
+        (grads[k], sizes[k], partial.p);
         CUDA_CHECK(cudaGetLastError());
     }
-    LAUNCH(norm_and_clip_scale_kernel, 1, reduce_block)(partial.p, reduce_max_blocks, max_norm, out);
+    LAUNCH(norm_and_clip_scale_kernel, 1, reduce_block)
+    (partial.p, reduce_max_blocks, max_norm, out);
     CUDA_CHECK(cudaGetLastError());
 }
 
@@ -847,13 +897,16 @@ float cuda_grad_norm(const std::vector<const float*>& grads, const std::vector<i
 }
 
 // Scales every gradient by max_norm/‖g‖ when ‖g‖ > max_norm; returns ‖g‖ before clipping.
-float cuda_clip_grad_norm(const std::vector<float*>& grads, const std::vector<int>& sizes, float max_norm) {
+float cuda_clip_grad_norm(const std::vector<float*>& grads, const std::vector<int>& sizes,
+                          float max_norm) {
     check_arguments(max_norm > 0, "clip_grad_norm: max_norm must be > 0");
     DeviceScratch out(2);
-    grad_norm_on_device(std::vector<const float*>(grads.begin(), grads.end()), sizes, max_norm, out.p);
+    grad_norm_on_device(std::vector<const float*>(grads.begin(), grads.end()), sizes, max_norm,
+                        out.p);
     for (std::size_t k = 0; k < grads.size(); ++k) {
         if (sizes[k] == 0) continue;
-        LAUNCH(scale_kernel, blocks_for(sizes[k], elementwise_block), elementwise_block)(grads[k], sizes[k], out.p + 1);
+        LAUNCH(scale_kernel, blocks_for(sizes[k], elementwise_block), elementwise_block)
+        (grads[k], sizes[k], out.p + 1);
         CUDA_CHECK(cudaGetLastError());
     }
     float norm = 0;
@@ -881,7 +934,8 @@ void* cuda_malloc(std::size_t bytes) {
 void cuda_free(void* p) {
     const cudaError_t status = p ? cudaFree(p) : cudaSuccess;
     if (status == cudaSuccess) return;
-    std::fprintf(stderr, "%s:%d: cudaFree(p) failed: %s\n", __FILE__, __LINE__, cudaGetErrorString(status));
+    std::fprintf(stderr, "%s:%d: cudaFree(p) failed: %s\n", __FILE__, __LINE__,
+                 cudaGetErrorString(status));
     std::abort();
 }
 
@@ -911,14 +965,18 @@ namespace {
 struct Event {   // created and destroyed with checks, also when a launch throws
     cudaEvent_t e;
     Event() { CUDA_CHECK(cudaEventCreate(&e)); }
-    ~Event() { cudaEventDestroy(e); }   // unchecked, as in DeviceScratch: a destructor must not throw
+    ~Event() {
+        cudaEventDestroy(e);
+    }   // unchecked, as in DeviceScratch: a destructor must not throw
     Event(const Event&) = delete;
     Event& operator=(const Event&) = delete;
 };
-}  // namespace
+}   // namespace
 
 double cuda_time_ms(const std::function<void()>& launch, int repeats) {
-    if (repeats < 1) throw std::invalid_argument("cuda_time_ms: needs repeats >= 1, got " + std::to_string(repeats));
+    if (repeats < 1)
+        throw std::invalid_argument("cuda_time_ms: needs repeats >= 1, got " +
+                                    std::to_string(repeats));
     Event start, stop;
     launch();
     CUDA_CHECK(cudaEventRecord(start.e));

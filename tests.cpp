@@ -14,29 +14,29 @@
 // The output is one line per test that did not pass, a table per group, and last
 // `N passed, M failed` (then the TODO and SKIP counts when there are any).
 
-#include "engine.h"
 #include "cuda_emu.h"   // kernels.cu runs on the CPU in these tests
+#include "engine.h"
 #include "lessons/lesson.h"   // the lessons' plots: their ticks are tested (group "plots")
 
 #include <algorithm>
 #include <array>
 #include <cctype>
 #include <cerrno>
-#include <csignal>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <dirent.h>
 #include <fstream>
+#include <iterator>
+#include <limits>
 #include <map>
 #include <set>
 #include <sstream>
-#include <unordered_map>
-#include <iterator>
-#include <limits>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <unordered_map>
 
 // =============================================================================================
 // The harness
@@ -78,10 +78,10 @@ struct RegisterTest {
 
 #define TEST_JOIN2(a, b) a##b
 #define TEST_JOIN(a, b) TEST_JOIN2(a, b)
-#define REGISTER_TEST(group, name, kind)                                                     \
-    static void TEST_JOIN(test_body_, __LINE__)();                                           \
-    static RegisterTest TEST_JOIN(test_register_, __LINE__)(group, name,                     \
-                                                            TEST_JOIN(test_body_, __LINE__), kind); \
+#define REGISTER_TEST(group, name, kind)                                                           \
+    static void TEST_JOIN(test_body_, __LINE__)();                                                 \
+    static RegisterTest TEST_JOIN(test_register_,                                                  \
+                                  __LINE__)(group, name, TEST_JOIN(test_body_, __LINE__), kind);   \
     static void TEST_JOIN(test_body_, __LINE__)()
 #define TEST(group, name) REGISTER_TEST(group, name, Kind::quick)
 #define TEST_OF_OTHER_BUILD(group, name) REGISTER_TEST(group, name, Kind::other_builds)
@@ -102,8 +102,9 @@ static std::string show(const T& v) {
 static void expect_near_at(const char* file, int line, const char* expr, double got,
                            double expected, double tolerance) {
     if (std::fabs(got - expected) <= tolerance) return;   // false for NaN: a NaN always fails
-    fail_at(file, line, std::string(expr) + ": expected " + show(expected) + ", got " + show(got) +
-                            " (tolerance " + show(tolerance) + ")");
+    fail_at(file, line,
+            std::string(expr) + ": expected " + show(expected) + ", got " + show(got) +
+                " (tolerance " + show(tolerance) + ")");
 }
 
 template <class A, class B>
@@ -115,25 +116,26 @@ static void expect_eq_at(const char* file, int line, const char* expr, const A& 
 
 #define EXPECT_NEAR(got, expected, tol) expect_near_at(__FILE__, __LINE__, #got, got, expected, tol)
 #define EXPECT_EQ(got, expected) expect_eq_at(__FILE__, __LINE__, #got, got, expected)
-#define EXPECT_TRUE(cond) \
-    ((cond) ? (void)0 : fail_at(__FILE__, __LINE__, "expected true: " #cond))
+#define EXPECT_TRUE(cond) ((cond) ? (void)0 : fail_at(__FILE__, __LINE__, "expected true: " #cond))
 // The statement must throw std::exception whose message contains `fragment` (the op's name, the
 // bad value): an error a learner can act on. A stub's not_implemented passes through as TODO.
-#define EXPECT_THROWS(statement, fragment)                                                     \
-    do {                                                                                       \
-        std::string caught_;                                                                   \
-        try {                                                                                  \
-            statement;                                                                         \
-        } catch (const not_implemented&) {                                                     \
-            throw;                                                                             \
-        } catch (const std::exception& e_) {                                                   \
-            caught_ = e_.what();                                                               \
-            if (caught_.empty()) caught_ = "(empty message)";                                  \
-        }                                                                                      \
-        if (caught_.empty()) fail_at(__FILE__, __LINE__, "expected an exception from: " #statement); \
-        if (caught_.find(fragment) == std::string::npos)                                       \
-            fail_at(__FILE__, __LINE__, "the message \"" + caught_ + "\" should mention \"" +  \
-                                            std::string(fragment) + "\"");                     \
+#define EXPECT_THROWS(statement, fragment)                                                         \
+    do {                                                                                           \
+        std::string caught_;                                                                       \
+        try {                                                                                      \
+            statement;                                                                             \
+        } catch (const not_implemented&) {                                                         \
+            throw;                                                                                 \
+        } catch (const std::exception& e_) {                                                       \
+            caught_ = e_.what();                                                                   \
+            if (caught_.empty()) caught_ = "(empty message)";                                      \
+        }                                                                                          \
+        if (caught_.empty())                                                                       \
+            fail_at(__FILE__, __LINE__, "expected an exception from: " #statement);                \
+        if (caught_.find(fragment) == std::string::npos)                                           \
+            fail_at(__FILE__, __LINE__,                                                            \
+                    "the message \"" + caught_ + "\" should mention \"" + std::string(fragment) +  \
+                        "\"");                                                                     \
     } while (0)
 #define SKIP(reason) throw TestSkipped(reason)
 
@@ -157,7 +159,8 @@ static Outcome run_body(const TestCase& t, std::string& detail) {
         detail = std::string("an exception escaped the test: ") + e.what();
         return Outcome::fail;
     } catch (...) {
-        detail = "an exception that is not a std::exception escaped the test (throw of a plain value?)";
+        detail =
+            "an exception that is not a std::exception escaped the test (throw of a plain value?)";
         return Outcome::fail;
     }
 }
@@ -168,10 +171,10 @@ static Outcome run_body(const TestCase& t, std::string& detail) {
 // stack overflow the test's stack has no room left for it.
 namespace crash {
 
-int verdict_fd = -1;                       // where the child reports to the parent
-std::uintptr_t stack_top = 0;              // roughly where the main stack starts
-std::uintptr_t stack_limit = 0;            // its size (ulimit -s); 0 if unlimited
-char hint[512];                            // what the running test says a crash would mean
+int verdict_fd = -1;              // where the child reports to the parent
+std::uintptr_t stack_top = 0;     // roughly where the main stack starts
+std::uintptr_t stack_limit = 0;   // its size (ulimit -s); 0 if unlimited
+char hint[512];                   // what the running test says a crash would mean
 char message[1024];
 std::size_t length = 0;
 
@@ -199,26 +202,31 @@ void on_fatal_signal(int signal, siginfo_t* info, void*) {
     append("C");   // the record's tag: a crash (see judge, below)
     const std::uintptr_t address = reinterpret_cast<std::uintptr_t>(info->si_addr);
     switch (signal) {
-        case SIGSEGV:
-            if (is_stack_overflow(address)) {
-                append("crashed with SIGSEGV: stack overflow: deep recursion?");
-            } else {
-                append("crashed with SIGSEGV at address ");
-                append_hex(address);
-                append(address < 4096 ? ": a null pointer read or written (an empty handle?)"
-                                      : ": memory read or written out of bounds, or after it was freed");
-            }
-            break;
-        case SIGBUS: append("crashed with SIGBUS: a misaligned or unmapped memory access"); break;
-        case SIGFPE: append("crashed with SIGFPE: an integer division by zero?"); break;
-        case SIGILL:
-            append("crashed with SIGILL: an illegal instruction (a build for another CPU? "
-                   "a function that returns nothing where a value is due?)");
-            break;
-        case SIGABRT:
-            append("crashed with SIGABRT: abort(), from an assert, or std::terminate (an exception "
-                   "thrown through a noexcept function or a destructor)");
-            break;
+    case SIGSEGV:
+        if (is_stack_overflow(address)) {
+            append("crashed with SIGSEGV: stack overflow: deep recursion?");
+        } else {
+            append("crashed with SIGSEGV at address ");
+            append_hex(address);
+            append(address < 4096
+                       ? ": a null pointer read or written (an empty handle?)"
+                       : ": memory read or written out of bounds, or after it was freed");
+        }
+        break;
+    case SIGBUS:
+        append("crashed with SIGBUS: a misaligned or unmapped memory access");
+        break;
+    case SIGFPE:
+        append("crashed with SIGFPE: an integer division by zero?");
+        break;
+    case SIGILL:
+        append("crashed with SIGILL: an illegal instruction (a build for another CPU? "
+               "a function that returns nothing where a value is due?)");
+        break;
+    case SIGABRT:
+        append("crashed with SIGABRT: abort(), from an assert, or std::terminate (an exception "
+               "thrown through a noexcept function or a destructor)");
+        break;
     }
     if (hint[0]) {
         append(" ");
@@ -226,7 +234,7 @@ void on_fatal_signal(int signal, siginfo_t* info, void*) {
     }
     message[length++] = 0;
     if (write(verdict_fd, message, length) < 0) {}   // nothing more can be done if this fails
-    ::signal(signal, SIG_DFL);                       // then die of it, so the parent sees the signal
+    ::signal(signal, SIG_DFL);   // then die of it, so the parent sees the signal
     ::raise(signal);
 }
 
@@ -235,19 +243,21 @@ void install(int fd) {
     char here = 0;
     stack_top = reinterpret_cast<std::uintptr_t>(&here);
     rlimit limit{};
-    if (getrlimit(RLIMIT_STACK, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY) stack_limit = limit.rlim_cur;
+    if (getrlimit(RLIMIT_STACK, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY)
+        stack_limit = limit.rlim_cur;
     static char handler_stack[1 << 16];
     stack_t alternate{};
     alternate.ss_sp = handler_stack;
     alternate.ss_size = sizeof handler_stack;
     sigaltstack(&alternate, nullptr);
-    struct sigaction action{};
+    struct sigaction action {};
     action.sa_sigaction = on_fatal_signal;
     action.sa_flags = SA_SIGINFO | SA_ONSTACK;
-    for (int signal : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT}) sigaction(signal, &action, nullptr);
+    for (int signal : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT})
+        sigaction(signal, &action, nullptr);
 }
 
-}  // namespace crash
+}   // namespace crash
 
 // A test says what a crash inside it would most likely mean; the report adds it.
 static void crash_hint(const char* text) {
@@ -286,20 +296,29 @@ static std::string excerpt(const std::string& output) {
 
 static std::string signal_name(int signal) {
     switch (signal) {
-        case SIGSEGV: return "SIGSEGV";
-        case SIGBUS: return "SIGBUS";
-        case SIGFPE: return "SIGFPE";
-        case SIGILL: return "SIGILL";
-        case SIGABRT: return "SIGABRT";
-        case SIGKILL: return "SIGKILL";
-        case SIGALRM: return "SIGALRM";
-        default: return "signal " + std::to_string(signal);
+    case SIGSEGV:
+        return "SIGSEGV";
+    case SIGBUS:
+        return "SIGBUS";
+    case SIGFPE:
+        return "SIGFPE";
+    case SIGILL:
+        return "SIGILL";
+    case SIGABRT:
+        return "SIGABRT";
+    case SIGKILL:
+        return "SIGKILL";
+    case SIGALRM:
+        return "SIGALRM";
+    default:
+        return "signal " + std::to_string(signal);
     }
 }
 
 // The child's records, each a tag letter, a text and a 0 byte: its verdict (P, F, T or S), and a
 // crash report (C) if it crashed, even after its verdict (in a destructor run at exit).
-static Verdict judge(int status, const std::string& records, const std::string& output, int time_limit) {
+static Verdict judge(int status, const std::string& records, const std::string& output,
+                     int time_limit) {
     std::string verdict, crash_report;
     std::istringstream in(records);
     for (std::string record; std::getline(in, record, '\0');) {
@@ -311,26 +330,29 @@ static Verdict judge(int status, const std::string& records, const std::string& 
     if (WIFSIGNALED(status)) {
         const int signal = WTERMSIG(status);
         if (signal == SIGALRM)
-            v.detail = "ran past the time limit of " + std::to_string(time_limit) +
-                       " s and was stopped: an endless loop? (TEST_TIME_LIMIT=seconds sets the limit)";
-        else if (!crash_report.empty())
-            v.detail = crash_report.substr(1);
-        else if (signal == SIGKILL)
-            v.detail = "killed with SIGKILL: out of memory?";
-        else
-            v.detail = "crashed with " + signal_name(signal);
-        if (!verdict.empty() && verdict[0] == 'P') v.detail += " (after the test itself passed, at exit)";
+            v.detail =
+                "ran past the time limit of " + std::to_string(time_limit) +
+                " s and was stopped: an endless loop? (TEST_TIME_LIMIT=seconds sets the limit)";
+        else if (!crash_report.empty()) v.detail = crash_report.substr(1);
+        else if (signal == SIGKILL) v.detail = "killed with SIGKILL: out of memory?";
+        else v.detail = "crashed with " + signal_name(signal);
+        if (!verdict.empty() && verdict[0] == 'P')
+            v.detail += " (after the test itself passed, at exit)";
     } else if (verdict.empty()) {
         v.detail = "the process exited with code " + std::to_string(WEXITSTATUS(status)) +
                    " before the test ended (exit() called, or a sanitizer's report, below)";
     } else {
-        v.outcome = verdict[0] == 'P' ? Outcome::pass : verdict[0] == 'T' ? Outcome::todo
-                  : verdict[0] == 'S' ? Outcome::skip : Outcome::fail;
+        v.outcome = verdict[0] == 'P'   ? Outcome::pass
+                    : verdict[0] == 'T' ? Outcome::todo
+                    : verdict[0] == 'S' ? Outcome::skip
+                                        : Outcome::fail;
         v.detail = verdict.substr(1);
         if (WEXITSTATUS(status) != 0) {
             v.outcome = Outcome::fail;
-            v.detail += (v.detail.empty() ? "" : "; ") + std::string("the test ended, then its process exited with code ") +
-                        std::to_string(WEXITSTATUS(status)) + " (a leak or memory error found at exit? below)";
+            v.detail += (v.detail.empty() ? "" : "; ") +
+                        std::string("the test ended, then its process exited with code ") +
+                        std::to_string(WEXITSTATUS(status)) +
+                        " (a leak or memory error found at exit? below)";
         }
     }
     if (v.outcome == Outcome::fail && !output.empty()) {
@@ -365,7 +387,8 @@ static Verdict run_in_child(const TestCase& t, int time_limit, bool show_output)
     }
     int status = 0;
     while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
-    const Verdict v = judge(status, read_all(fileno(records)), read_all(fileno(output)), time_limit);
+    const Verdict v =
+        judge(status, read_all(fileno(records)), read_all(fileno(output)), time_limit);
     std::fclose(records);
     std::fclose(output);
     return v;
@@ -390,7 +413,8 @@ int main(int argc, char** argv) {
             std::printf("%s", training_losses().c_str());
             return 0;
         }
-        if (arg == "--anomaly-mode") {   // for the anomaly test: what ENGINE_DETECT_ANOMALY switched on
+        if (arg ==
+            "--anomaly-mode") {   // for the anomaly test: what ENGINE_DETECT_ANOMALY switched on
             std::printf("%s\n", detect_anomaly() ? "on" : "off");
             return 0;
         }
@@ -401,7 +425,8 @@ int main(int argc, char** argv) {
     }
     register_homework_tests();
     if (argc > 1 && std::string(argv[1]) == "--list") {
-        for (const TestCase& t : registry()) std::printf("%s/%s\n", t.group.c_str(), t.name.c_str());
+        for (const TestCase& t : registry())
+            std::printf("%s/%s\n", t.group.c_str(), t.name.c_str());
         return 0;
     }
     const int time_limit = time_limit_seconds();
@@ -432,7 +457,8 @@ int main(int argc, char** argv) {
     }
     if (left_for_test_all)
         std::printf("tests left to `make test-all` (they run other builds: stubs, lesson variants, "
-                    "-O0, bench): %d\n", left_for_test_all);
+                    "-O0, bench): %d\n",
+                    left_for_test_all);
     std::printf("%d passed, %d failed", total[0], total[1]);
     if (total[2]) std::printf(", %d todo", total[2]);
     if (total[3]) std::printf(", %d skipped", total[3]);
@@ -486,9 +512,10 @@ static void expect_gradcheck_at(const char* file, int line, const ScalarFunction
     const GradcheckResult r = gradcheck(f, inputs);
     if (r.worst_error <= 1e-7) return;
     const std::size_t i = r.worst_input;
-    fail_at(file, line, "gradient of input " + std::to_string(i) + " at x = " + show(inputs[i]) +
-                            ": backward gave " + show(r.analytic[i]) +
-                            ", central difference gave " + show(r.numeric[i]));
+    fail_at(file, line,
+            "gradient of input " + std::to_string(i) + " at x = " + show(inputs[i]) +
+                ": backward gave " + show(r.analytic[i]) + ", central difference gave " +
+                show(r.numeric[i]));
 }
 #define EXPECT_GRADCHECK(f, ...) expect_gradcheck_at(__FILE__, __LINE__, f, __VA_ARGS__)
 
@@ -496,9 +523,11 @@ static void expect_gradcheck_at(const char* file, int line, const ScalarFunction
 static void expect_unary_gradcheck_at(const char* file, int line, Value (*op)(const Value&),
                                       const std::vector<double>& points) {
     for (double x : points)
-        expect_gradcheck_at(file, line, [op](const std::vector<Value>& v) { return op(v[0]); }, {x});
+        expect_gradcheck_at(file, line, [op](const std::vector<Value>& v) { return op(v[0]); },
+                            {x});
 }
-#define EXPECT_UNARY_GRADCHECK(op, ...) expect_unary_gradcheck_at(__FILE__, __LINE__, op, __VA_ARGS__)
+#define EXPECT_UNARY_GRADCHECK(op, ...)                                                            \
+    expect_unary_gradcheck_at(__FILE__, __LINE__, op, __VA_ARGS__)
 
 // =============================================================================================
 // harness: a crash is a FAIL with a name and a cause, and the run goes on
@@ -509,15 +538,15 @@ static void expect_unary_gradcheck_at(const char* file, int line, Value (*op)(co
 // =============================================================================================
 
 namespace crash_demos {
-volatile int never = 0;                                       // read at run time: no compiler can
-int recurse(int depth) {                                      // prove the recursion endless
+volatile int never = 0;    // read at run time: no compiler can
+int recurse(int depth) {   // prove the recursion endless
     volatile char frame[256];
     frame[0] = char(depth);
     return depth == never - 1 ? 0 : recurse(depth + 1) + frame[0];
 }
 void throws_from_noexcept() noexcept(false) { throw std::runtime_error("escaped"); }
-void calls_it() noexcept { throws_from_noexcept(); }          // std::terminate, then abort()
-}  // namespace crash_demos
+void calls_it() noexcept { throws_from_noexcept(); }   // std::terminate, then abort()
+}   // namespace crash_demos
 
 CRASH_DEMO("segfault") {
     volatile std::uintptr_t address = 64;   // volatile: the compiler cannot see where it points
@@ -541,18 +570,23 @@ TEST("harness", "a crashing test is a FAIL with its name and cause; the other te
         if (r.output.find(text) == std::string::npos)
             fail_at(__FILE__, __LINE__, "no \"" + text + "\" in the report:\n" + r.output);
     };
-    expect_in_output("FAIL  crash demo/segfault\n      crashed with SIGSEGV at address 0x0000000000000040: a null pointer");
-    expect_in_output("FAIL  crash demo/stack overflow\n      crashed with SIGSEGV: stack overflow: deep recursion? "
+    expect_in_output("FAIL  crash demo/segfault\n      crashed with SIGSEGV at address "
+                     "0x0000000000000040: a null pointer");
+    expect_in_output("FAIL  crash demo/stack overflow\n      crashed with SIGSEGV: stack overflow: "
+                     "deep recursion? "
                      "a graph of 10⁶ nodes needs an iterative topological sort, engine.cpp §1.4");
     expect_in_output("FAIL  crash demo/abort\n      crashed with SIGABRT: abort()");
-    expect_in_output("FAIL  crash demo/noexcept\n      crashed with SIGABRT: abort(), from an assert, or std::terminate");
-    expect_in_output("terminate called after throwing an instance of 'std::runtime_error'");   // what it printed
+    expect_in_output("FAIL  crash demo/noexcept\n      crashed with SIGABRT: abort(), from an "
+                     "assert, or std::terminate");
+    expect_in_output(
+        "terminate called after throwing an instance of 'std::runtime_error'");   // what it printed
     expect_in_output("FAIL  crash demo/hang\n      ran past the time limit of 1 s");
     expect_in_output("FAIL  crash demo/throw 42\n      an exception that is not a std::exception");
     EXPECT_EQ(r.exit_code, 1);
     const std::string last_line = "1 passed, 6 failed\n";
     EXPECT_TRUE(r.output.size() >= last_line.size() &&
-                r.output.compare(r.output.size() - last_line.size(), last_line.size(), last_line) == 0);
+                r.output.compare(r.output.size() - last_line.size(), last_line.size(), last_line) ==
+                    0);
 }
 
 // =============================================================================================
@@ -610,7 +644,8 @@ TEST("01 derivatives", "gradcheck catches a wrong derivative and names the input
     EXPECT_NEAR(r.error[0], 0.0, 1e-9);
 }
 
-TEST("01 derivatives", "forward difference of x^3 at 2 with h = 1e-5 is 12.000060 (a text prints 12.000030)") {
+TEST("01 derivatives",
+     "forward difference of x^3 at 2 with h = 1e-5 is 12.000060 (a text prints 12.000030)") {
     // ((x + h)³ − x³)/h = 3x² + 3xh + h² exactly: 12 + 6e-5 + 1e-10. A course text prints
     // 12.000030, half the excess; its central difference, 12.000000, is right.
     const double fwd = forward_difference(cube, 2.0, 1e-5);
@@ -625,12 +660,14 @@ TEST("01 derivatives", "product rule: (x^2 sin x)' = 2x sin x + x^2 cos x at 0.5
     const double xs[4] = {0.5, 1.0, 1.5, 2.0};
     const double slopes[4] = {0.6988211791, 2.2232442755, 3.1516436636, 1.9726023611};
     for (int i = 0; i < 4; ++i) {
-        EXPECT_NEAR(2 * xs[i] * std::sin(xs[i]) + xs[i] * xs[i] * std::cos(xs[i]), slopes[i], 1e-10);
+        EXPECT_NEAR(2 * xs[i] * std::sin(xs[i]) + xs[i] * xs[i] * std::cos(xs[i]), slopes[i],
+                    1e-10);
         const Value x(xs[i]);
         const Value sine = Value::from_op(std::sin(x.data()), "sin", x, std::cos(x.data()));
         (x * x * sine).backward();
         EXPECT_NEAR(x.grad(), slopes[i], 1e-10);
-        const double numeric = central_difference([](double t) { return t * t * std::sin(t); }, xs[i], 1e-5);
+        const double numeric =
+            central_difference([](double t) { return t * t * std::sin(t); }, xs[i], 1e-5);
         EXPECT_NEAR(numeric, slopes[i], 1e-8);   // the course text's tolerance
     }
 }
@@ -666,10 +703,12 @@ TEST("ops", "unary minus has slope -1") {
 }
 
 TEST("ops", "plain doubles mix on either side: 2*a, a+1, 1-a, 3/a, a/2") {
-    EXPECT_GRADCHECK([](const std::vector<Value>& v) {
-        const Value& a = v[0];
-        return 2 * a + (a + 1) * (1 - a) + 3 / a + a / 2;
-    }, {1.7});
+    EXPECT_GRADCHECK(
+        [](const std::vector<Value>& v) {
+            const Value& a = v[0];
+            return 2 * a + (a + 1) * (1 - a) + 3 / a + a / 2;
+        },
+        {1.7});
     const Value a(4.0);
     EXPECT_NEAR((2 * a).data(), 8.0, 0.0);
     EXPECT_NEAR((a + 1).data(), 5.0, 0.0);
@@ -724,7 +763,8 @@ TEST("ops", "sigmoid of -800 and +800 is 0 and 1 without overflow or NaN") {
 
 TEST("ops", "relu and leaky_relu away from the kink; slope 0 (or the leak) at x <= 0") {
     EXPECT_UNARY_GRADCHECK(relu, {-1.5, -0.1, 0.2, 2.0});
-    EXPECT_UNARY_GRADCHECK([](const Value& x) { return leaky_relu(x, 0.1); }, {-1.5, -0.1, 0.2, 2.0});
+    EXPECT_UNARY_GRADCHECK([](const Value& x) { return leaky_relu(x, 0.1); },
+                           {-1.5, -0.1, 0.2, 2.0});
     Value z(0.0);
     relu(z).backward();
     EXPECT_NEAR(z.grad(), 0.0, 0.0);   // PyTorch's choice of subgradient at exactly 0
@@ -738,16 +778,19 @@ TEST("ops", "relu and leaky_relu away from the kink; slope 0 (or the leak) at x 
 // Exact GELU beside the tanh form (which the engine exercise `gelu` is): the numbers are
 // ½·x·(1 + erf(x/√2)) from another implementation of erf (Python's math.erf; PyTorch's
 // F.gelu(x) prints the same).
-TEST("ops", "gelu exact: x·Φ(x) at ±1 is 0.8413447 and -0.1586553, slope Φ(x) + x·φ(x), finite differences") {
+TEST("ops", "gelu exact: x·Φ(x) at ±1 is 0.8413447 and -0.1586553, slope Φ(x) + x·φ(x), finite "
+            "differences") {
     EXPECT_NEAR(gelu(Value(1.0), Approximate::none).data(), 0.8413447460685429, 1e-15);
     EXPECT_NEAR(gelu(Value(-1.0), Approximate::none).data(), -0.15865525393145707, 1e-15);
     Value x(1.0);
     gelu(x, Approximate::none).backward();
     EXPECT_NEAR(x.grad(), 1.0833154705876864, 1e-15);
     for (double at : {-3.0, -1.0, -0.2, 0.0, 0.4, 1.0, 2.5})
-        EXPECT_GRADCHECK([](const std::vector<Value>& v) { return gelu(v[0], Approximate::none); }, {at});
+        EXPECT_GRADCHECK([](const std::vector<Value>& v) { return gelu(v[0], Approximate::none); },
+                         {at});
     for (double at : {-2.7, 0.5, 2.7})   // the tanh form stays within 4.7e-4 of it
-        EXPECT_NEAR(gelu(Value(at), Approximate::tanh).data(), gelu(Value(at), Approximate::none).data(), 4.74e-4);
+        EXPECT_NEAR(gelu(Value(at), Approximate::tanh).data(),
+                    gelu(Value(at), Approximate::none).data(), 4.74e-4);
 }
 
 TEST("ops", "bad inputs throw errors naming the op and the value") {
@@ -770,7 +813,8 @@ TEST("gelu", "gelu matches finite differences on both sides of 0") {
 TEST("gelu", "gelu(1) = 0.8411920, gelu(-1) = -0.1588080, gelu(0) = 0, gelu'(0) = 0.5") {
     // Closed form of the tanh approximation, evaluated independently here.
     auto closed = [](double x) {
-        return 0.5 * x * (1 + std::tanh(std::sqrt(2 / 3.141592653589793) * (x + 0.044715 * x * x * x)));
+        return 0.5 * x *
+               (1 + std::tanh(std::sqrt(2 / 3.141592653589793) * (x + 0.044715 * x * x * x)));
     };
     EXPECT_NEAR(gelu(Value(1.0)).data(), closed(1.0), 1e-15);
     EXPECT_NEAR(gelu(Value(1.0)).data(), 0.841192, 1e-6);
@@ -827,9 +871,11 @@ TEST("02 chain rule", "one-hidden-unit ReLU net, target 4: L = 0.25, dL/dw1 = -3
     EXPECT_NEAR(w1.grad(), -3.0, 0.0);   // 2(y−t) · w2 · 1 · x = −1 · 3 · 1 · 1
     EXPECT_NEAR(w2.grad(), -1.0, 0.0);   // 2(y−t) · a
     EXPECT_NEAR(b2.grad(), -1.0, 0.0);
-    EXPECT_GRADCHECK([x, target](const std::vector<Value>& p) {
-        return pow(p[2] * relu(p[0] * x + p[1]) + p[3] - target, 2);
-    }, {2.0, -1.0, 3.0, 0.5});
+    EXPECT_GRADCHECK(
+        [x, target](const std::vector<Value>& p) {
+            return pow(p[2] * relu(p[0] * x + p[1]) + p[3] - target, 2);
+        },
+        {2.0, -1.0, 3.0, 0.5});
 }
 
 TEST("02 chain rule", "dead ReLU chain w1=2, w2=-3, w3=4, x=1: y = 0 and dy/dw1 = 0") {
@@ -923,7 +969,9 @@ TEST("02 chain rule", "y = x^2 + 1, z = 3y at x = 2: y = 5, dz/dx = 3 * 2x = 12"
     z.backward();
     EXPECT_NEAR(y.data(), 5.0, 0.0);
     EXPECT_NEAR(x.grad(), 12.0, 0.0);
-    EXPECT_NEAR(jvp([](const std::vector<Dual>& v) { return 3.0 * (v[0] * v[0] + 1.0); }, {2.0}, {1.0}), 12.0, 0.0);
+    EXPECT_NEAR(
+        jvp([](const std::vector<Dual>& v) { return 3.0 * (v[0] * v[0] + 1.0); }, {2.0}, {1.0}),
+        12.0, 0.0);
 }
 
 TEST("02 chain rule", "L = (a + b)^2 at a = 2, b = 3: L = 25, dL/da = dL/db = 2s = 10") {
@@ -950,7 +998,8 @@ TEST("02 chain rule", "the gradient of a gradient: f = x^3 at 2, f' = 3x^2 = 12,
     slope.backward();
     EXPECT_NEAR(slope.data(), 12.0, 0.0);
     EXPECT_NEAR(x.grad(), 12.0, 0.0);
-    EXPECT_NEAR(central_difference(cube_slope_at, 2.0, 1e-5), 12.0, 1e-8);   // of backward()'s result
+    EXPECT_NEAR(central_difference(cube_slope_at, 2.0, 1e-5), 12.0,
+                1e-8);   // of backward()'s result
 }
 
 // gelu'(x) from reverse mode (a Value and backward()), to compare with the dual-number tangent.
@@ -964,22 +1013,30 @@ TEST("forward mode", "each dual-number rule gives its op's derivative (product, 
     const double x = 1.3;
     auto tangent = [x](Dual (*f)(const Dual&)) { return f(Dual(x, 1.0)).tangent; };
     auto numeric = [x](double (*f)(double)) { return central_difference(f, x, 1e-6); };
-    EXPECT_NEAR((Dual(x, 1) * Dual(x, 1)).tangent, 2 * x, 1e-15);                    // (x·x)' = 2x
-    EXPECT_NEAR((Dual(1.0) / Dual(x, 1)).tangent, -1 / (x * x), 1e-15);              // (1/x)' = −1/x²
-    EXPECT_NEAR((Dual(x, 1) * Dual(2.0, 0)).tangent, 2.0, 0.0);                      // a constant's tangent is 0
-    EXPECT_NEAR(tangent([](const Dual& v) { return exp(v); }), numeric([](double v) { return std::exp(v); }), 1e-9);
-    EXPECT_NEAR(tangent([](const Dual& v) { return log(v); }), numeric([](double v) { return std::log(v); }), 1e-9);
-    EXPECT_NEAR(tangent([](const Dual& v) { return tanh(v); }), numeric([](double v) { return std::tanh(v); }), 1e-9);
-    EXPECT_NEAR(tangent([](const Dual& v) { return sigmoid(v); }), numeric([](double v) { return 1 / (1 + std::exp(-v)); }), 1e-9);
-    EXPECT_NEAR(tangent([](const Dual& v) { return pow(v, 2.5); }), numeric([](double v) { return std::pow(v, 2.5); }), 1e-9);
-    EXPECT_NEAR(tangent([](const Dual& v) { return exp(tanh(v) * v); }),               // the chain rule through three ops
+    EXPECT_NEAR((Dual(x, 1) * Dual(x, 1)).tangent, 2 * x, 1e-15);         // (x·x)' = 2x
+    EXPECT_NEAR((Dual(1.0) / Dual(x, 1)).tangent, -1 / (x * x), 1e-15);   // (1/x)' = −1/x²
+    EXPECT_NEAR((Dual(x, 1) * Dual(2.0, 0)).tangent, 2.0, 0.0);   // a constant's tangent is 0
+    EXPECT_NEAR(tangent([](const Dual& v) { return exp(v); }),
+                numeric([](double v) { return std::exp(v); }), 1e-9);
+    EXPECT_NEAR(tangent([](const Dual& v) { return log(v); }),
+                numeric([](double v) { return std::log(v); }), 1e-9);
+    EXPECT_NEAR(tangent([](const Dual& v) { return tanh(v); }),
+                numeric([](double v) { return std::tanh(v); }), 1e-9);
+    EXPECT_NEAR(tangent([](const Dual& v) { return sigmoid(v); }),
+                numeric([](double v) { return 1 / (1 + std::exp(-v)); }), 1e-9);
+    EXPECT_NEAR(tangent([](const Dual& v) { return pow(v, 2.5); }),
+                numeric([](double v) { return std::pow(v, 2.5); }), 1e-9);
+    EXPECT_NEAR(tangent([](const Dual& v) {
+                    return exp(tanh(v) * v);
+                }),   // the chain rule through three ops
                 numeric([](double v) { return std::exp(std::tanh(v) * v); }), 1e-9);
     EXPECT_NEAR(tangent([](const Dual& v) { return gelu(v); }), gelu_grad_by_backward(x), 0.0);
     EXPECT_THROWS(log(Dual(-1.0, 1.0)), "log(x): x must be > 0");
     EXPECT_THROWS(Dual(1.0) / Dual(0.0), "division a/b");
 }
 
-TEST("forward mode", "jvp is the gradient dotted with the direction; a full gradient takes one pass per input") {
+TEST("forward mode",
+     "jvp is the gradient dotted with the direction; a full gradient takes one pass per input") {
     int passes = 0;
     const DualFunction f = [&passes](const std::vector<Dual>& v) {   // f = x₀²·x₁ + e^(x₁)·x₂
         ++passes;
@@ -1008,7 +1065,8 @@ static std::string describe(const Node* n) {
     };
     std::string text = name(n);
     for (int i = 0; i < n->n_parents; ++i)
-        text += (i == 0 ? " (inputs: " : ", ") + name(n->parents[i]) + (i + 1 == n->n_parents ? ")" : "");
+        text += (i == 0 ? " (inputs: " : ", ") + name(n->parents[i]) +
+                (i + 1 == n->n_parents ? ")" : "");
     return text;
 }
 
@@ -1018,24 +1076,29 @@ static void expect_topological_order(const std::vector<Node*>& order, const Node
     std::unordered_map<const Node*, std::size_t> position;
     for (std::size_t i = 0; i < order.size(); ++i)
         if (!position.emplace(order[i], i).second)
-            fail_at(__FILE__, __LINE__, "node " + describe(order[i]) + " is listed twice, at positions " +
-                                            show(position[order[i]]) + " and " + show(i));
+            fail_at(__FILE__, __LINE__,
+                    "node " + describe(order[i]) + " is listed twice, at positions " +
+                        show(position[order[i]]) + " and " + show(i));
     for (std::size_t i = 0; i < order.size(); ++i)
         for (int k = 0; k < order[i]->n_parents; ++k) {
             const Node* input = order[i]->parents[k];
             const auto at = position.find(input);
             if (at == position.end())
-                fail_at(__FILE__, __LINE__, "position " + show(i) + ": node " + describe(order[i]) +
-                                                ": its input " + describe(input) + " is not listed at all");
+                fail_at(__FILE__, __LINE__,
+                        "position " + show(i) + ": node " + describe(order[i]) + ": its input " +
+                            describe(input) + " is not listed at all");
             if (at->second > i)
-                fail_at(__FILE__, __LINE__, "position " + show(i) + ": node " + describe(order[i]) +
-                                                " comes before its input " + describe(input) + ", listed at " +
-                                                show(at->second) + ": every node must come after its inputs");
+                fail_at(__FILE__, __LINE__,
+                        "position " + show(i) + ": node " + describe(order[i]) +
+                            " comes before its input " + describe(input) + ", listed at " +
+                            show(at->second) + ": every node must come after its inputs");
         }
     if (order.empty() || order.back() != root)
-        fail_at(__FILE__, __LINE__, "the root " + describe(root) + " must come last, and it is " +
-                                        (position.count(root) ? "at position " + show(position[root]) : std::string("missing")) +
-                                        " of " + show(order.size()));
+        fail_at(__FILE__, __LINE__,
+                "the root " + describe(root) + " must come last, and it is " +
+                    (position.count(root) ? "at position " + show(position[root])
+                                          : std::string("missing")) +
+                    " of " + show(order.size()));
 }
 
 TEST("topo_sort", "every node comes after its inputs, each exactly once (diamond graph)") {
@@ -1044,7 +1107,7 @@ TEST("topo_sort", "every node comes after its inputs, each exactly once (diamond
     const Value top = left * right + left;   // `left` is reached on two paths
     const std::vector<Node*> order = topological_order(top.node());
     expect_topological_order(order, top.node());
-    EXPECT_EQ(order.size(), std::size_t(6));    // x, the constant 2, left, right, left·right, top
+    EXPECT_EQ(order.size(), std::size_t(6));   // x, the constant 2, left, right, left·right, top
 }
 
 TEST("topo_sort", "diamond graph gradient: d/dx (2x·e^x + 2x) = 2e^x(1 + x) + 2") {
@@ -1263,7 +1326,8 @@ TEST("03 first network", "micrograd's demo: MLP(2,{16,16,1}) fits 100 moons to 1
     EXPECT_EQ(correct, 100);
 }
 
-TEST("03 first network", "two-layer ReLU MLP by hand: L = 0.001849, dW1 = [[-.043, -.086], [-.0516, -.1032]]") {
+TEST("03 first network",
+     "two-layer ReLU MLP by hand: L = 0.001849, dW1 = [[-.043, -.086], [-.0516, -.1032]]") {
     // The course texts' worked example: x = (1, 2), y = 1, W1 = [[.1, .2], [.3, .4]],
     // b1 = (.01, .02), W2 = (.5, .6), b2 = .03, L = (z2 − y)², through the engine's MLP.
     Rng rng(0);
@@ -1284,11 +1348,13 @@ TEST("03 first network", "two-layer ReLU MLP by hand: L = 0.001849, dW1 = [[-.04
     EXPECT_NEAR(L.data(), 0.001849, 1e-15);
     // parameters(): W1 row 0, b1[0], W1 row 1, b1[1], W2, b2.
     const std::vector<Value> p = model.parameters();
-    const double expected[9] = {-0.043, -0.086, -0.043, -0.0516, -0.1032, -0.0516, -0.04386, -0.09632, -0.086};
+    const double expected[9] = {-0.043,  -0.086,   -0.043,   -0.0516, -0.1032,
+                                -0.0516, -0.04386, -0.09632, -0.086};
     for (int i = 0; i < 9; ++i) EXPECT_NEAR(p[i].grad(), expected[i], 1e-15);
 }
 
-TEST("03 first network", "descent on (w - 3)^2 from 0, lr 0.1: 2.01696, 2.67788, 2.96541 at steps 5, 10, 20") {
+TEST("03 first network",
+     "descent on (w - 3)^2 from 0, lr 0.1: 2.01696, 2.67788, 2.96541 at steps 5, 10, 20") {
     // A course text tabulates 1.9221, 2.6510, 2.9575; each step multiplies w − 3 by 0.8, so
     // w_k = 3 − 3·0.8^k.
     Value w(0.0);
@@ -1308,7 +1374,8 @@ TEST("03 first network", "descent on (w - 3)^2 from 0, lr 0.1: 2.01696, 2.67788,
 // Part 2: tensors. The engine is built here with real = double (make: -DENGINE_DOUBLE).
 // =============================================================================================
 
-static_assert(sizeof(real) == sizeof(double), "tests.cpp needs the engine built with -DENGINE_DOUBLE");
+static_assert(sizeof(real) == sizeof(double),
+              "tests.cpp needs the engine built with -DENGINE_DOUBLE");
 
 using TensorFunction = std::function<Tensor(const std::vector<Tensor>&)>;
 
@@ -1335,13 +1402,15 @@ static void expect_tensor_gradcheck_at(const char* file, int line, const TensorF
             x[i] = saved;
             const double numeric = (up - down) / (2 * h), analytic = inputs[k].grad()[i];
             if (gradient_error(analytic, numeric) > 1e-6)
-                fail_at(file, line, "input " + std::to_string(k) + " " + shape_str(inputs[k].shape()) +
-                                        " element " + std::to_string(i) + ": backward gave " +
-                                        show(analytic) + ", central difference gave " + show(numeric));
+                fail_at(file, line,
+                        "input " + std::to_string(k) + " " + shape_str(inputs[k].shape()) +
+                            " element " + std::to_string(i) + ": backward gave " + show(analytic) +
+                            ", central difference gave " + show(numeric));
         }
     }
 }
-#define EXPECT_TENSOR_GRADCHECK(f, ...) expect_tensor_gradcheck_at(__FILE__, __LINE__, f, __VA_ARGS__)
+#define EXPECT_TENSOR_GRADCHECK(f, ...)                                                            \
+    expect_tensor_gradcheck_at(__FILE__, __LINE__, f, __VA_ARGS__)
 
 // Random values in ±[0.2, 1.5]: away from 0, where relu, leaky_relu and |x| have kinks.
 static Tensor away_from_zero(Shape shape, Rng& rng) {
@@ -1353,11 +1422,13 @@ static Tensor away_from_zero(Shape shape, Rng& rng) {
 static void expect_values_at(const char* file, int line, const Tensor& t,
                              const std::vector<double>& expected, double tol) {
     if (t.numel() != expected.size())
-        fail_at(file, line, "expected " + std::to_string(expected.size()) + " values, got " + t.str());
+        fail_at(file, line,
+                "expected " + std::to_string(expected.size()) + " values, got " + t.str());
     for (std::size_t i = 0; i < expected.size(); ++i)
         if (!(std::fabs(t.values()[i] - expected[i]) <= tol))
-            fail_at(file, line, "element " + std::to_string(i) + ": expected " + show(expected[i]) +
-                                    ", got " + show(t.values()[i]) + " in " + t.str(12));
+            fail_at(file, line,
+                    "element " + std::to_string(i) + ": expected " + show(expected[i]) + ", got " +
+                        show(t.values()[i]) + " in " + t.str(12));
 }
 #define EXPECT_VALUES(t, ...) expect_values_at(__FILE__, __LINE__, t, __VA_ARGS__)
 
@@ -1376,9 +1447,9 @@ TEST("04 tensors", "matmul worked example: X[2x3]·W[3x2] = [[4, 5], [10, 11]]")
     const Tensor Z = matmul(X, W);
     EXPECT_TRUE(Z.shape() == Shape({2, 2}));
     EXPECT_VALUES(Z, {4, 5, 10, 11}, 0.0);
-    Z.backward(Tensor::full({2, 2}, 1));   // dZ = ones
-    EXPECT_GRAD(X, {1, 1, 2, 1, 1, 2}, 0.0);      // dX = dZ·Wᵀ
-    EXPECT_GRAD(W, {5, 5, 7, 7, 9, 9}, 0.0);      // dW = Xᵀ·dZ
+    Z.backward(Tensor::full({2, 2}, 1));       // dZ = ones
+    EXPECT_GRAD(X, {1, 1, 2, 1, 1, 2}, 0.0);   // dX = dZ·Wᵀ
+    EXPECT_GRAD(W, {5, 5, 7, 7, 9, 9}, 0.0);   // dW = Xᵀ·dZ
 }
 
 TEST("04 tensors", "matmul 2-D, batched 3-D and 3-D x 2-D match finite differences") {
@@ -1402,9 +1473,11 @@ TEST("04 tensors", "matmul equals the naive triple loop on odd shapes") {
         }
 }
 
-TEST("04 tensors", "linear(x, W, b) equals matmul(x, W) + b and matches finite differences, 2-D and 3-D") {
+TEST("04 tensors",
+     "linear(x, W, b) equals matmul(x, W) + b and matches finite differences, 2-D and 3-D") {
     Rng rng(5);
-    const Tensor x = randn({7, 5}, rng), x3 = randn({2, 3, 5}, rng), W = randn({5, 4}, rng), b = randn({4}, rng);
+    const Tensor x = randn({7, 5}, rng), x3 = randn({2, 3, 5}, rng), W = randn({5, 4}, rng),
+                 b = randn({4}, rng);
     EXPECT_NEAR(max_difference(linear(x, W, b).values(), (matmul(x, W) + b).values()), 0, 1e-12);
     EXPECT_NEAR(max_difference(linear(x3, W, b).values(), (matmul(x3, W) + b).values()), 0, 1e-12);
     EXPECT_TRUE(linear(x3, W, b).shape() == Shape({2, 3, 4}));
@@ -1412,28 +1485,34 @@ TEST("04 tensors", "linear(x, W, b) equals matmul(x, W) + b and matches finite d
                             {randn({3, 5}, rng), randn({5, 2}, rng), randn({2}, rng)});
     EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& t) { return linear(t[0], t[1], t[2]); },
                             {randn({2, 3, 4}, rng), randn({4, 3}, rng), randn({3}, rng)});
-    EXPECT_THROWS(linear(x, W, randn({5}, rng)), "linear: needs x [M, K] or [B, M, K], W [K, N] and b [N]; got [7, 5], [5, 4], [5]");
+    EXPECT_THROWS(
+        linear(x, W, randn({5}, rng)),
+        "linear: needs x [M, K] or [B, M, K], W [K, N] and b [N]; got [7, 5], [5, 4], [5]");
 }
 
 // ---- the fast matmul loops (§2.4) against the naive oracle --------------------------------------
 
-TEST("04 tensors", "matmul_naive: the worked example [[1,2,3],[4,5,6]]·[[1,0],[0,1],[1,1]] = [[4,5],[10,11]]") {
+TEST("04 tensors",
+     "matmul_naive: the worked example [[1,2,3],[4,5,6]]·[[1,0],[0,1],[1,1]] = [[4,5],[10,11]]") {
     const std::vector<real> A = {1, 2, 3, 4, 5, 6}, B = {1, 0, 0, 1, 1, 1};
     std::vector<real> C(4, 0);
     matmul_naive(2, 2, 3, row_major(A.data(), 3), row_major(B.data(), 2), C.data());
     EXPECT_TRUE(C == std::vector<real>({4, 5, 10, 11}));
 }
 
-
-struct Product { int M, N, K; };
+struct Product {
+    int M, N, K;
+};
 // Odd sizes (not multiples of the 6×16 tile), one whole tile, sizes past the MC = 144 and
 // KC = 256 blocks, and empty ones.
-static const std::vector<Product> odd_products = {{1, 1, 1}, {7, 3, 5}, {13, 19, 17}, {6, 16, 256}, {145, 33, 300},
-                                                  {150, 70, 520}, {0, 3, 4}, {3, 0, 4}, {3, 4, 0}};
+static const std::vector<Product> odd_products = {{1, 1, 1},    {7, 3, 5},      {13, 19, 17},
+                                                  {6, 16, 256}, {145, 33, 300}, {150, 70, 520},
+                                                  {0, 3, 4},    {3, 0, 4},      {3, 4, 0}};
 
 // C starts random, so the += of every loop is checked too.
 static std::vector<real> product_into_random(Product s, MatrixView A, MatrixView B,
-                                             void (*loop)(int, int, int, MatrixView, MatrixView, real*)) {
+                                             void (*loop)(int, int, int, MatrixView, MatrixView,
+                                                          real*)) {
     Rng rng(11);
     std::vector<real> C = randn({std::max(s.M * s.N, 1)}, rng).values();
     C.resize(std::size_t(s.M) * s.N);
@@ -1441,25 +1520,33 @@ static std::vector<real> product_into_random(Product s, MatrixView A, MatrixView
     return C;
 }
 
-TEST("04 tensors", "matmul_blocked and matmul_ikj equal matmul_naive: odd sizes, past the cache blocks, empty") {
+TEST("04 tensors",
+     "matmul_blocked and matmul_ikj equal matmul_naive: odd sizes, past the cache blocks, empty") {
     Rng rng(12);
     for (const Product s : odd_products) {
-        const std::vector<real> A = randn({std::max(s.M * s.K, 1)}, rng).values(), B = randn({std::max(s.K * s.N, 1)}, rng).values();
-        const std::vector<real> want = product_into_random(s, row_major(A.data(), s.K), row_major(B.data(), s.N), matmul_naive);
-        const std::vector<real> blocked = product_into_random(s, row_major(A.data(), s.K), row_major(B.data(), s.N), matmul_blocked);
-        std::vector<real> ikj = product_into_random(s, row_major(A.data(), s.K), row_major(B.data(), s.N),
-                                                    [](int M, int N, int K, MatrixView a, MatrixView b, real* C) {
-                                                        matmul_ikj(M, N, K, a.data, b.data, C);
-                                                    });
-        EXPECT_NEAR(max_difference(blocked, want), 0, 1e-12);   // double: only the sum's order differs
+        const std::vector<real> A = randn({std::max(s.M * s.K, 1)}, rng).values(),
+                                B = randn({std::max(s.K * s.N, 1)}, rng).values();
+        const std::vector<real> want = product_into_random(s, row_major(A.data(), s.K),
+                                                           row_major(B.data(), s.N), matmul_naive);
+        const std::vector<real> blocked = product_into_random(
+            s, row_major(A.data(), s.K), row_major(B.data(), s.N), matmul_blocked);
+        std::vector<real> ikj =
+            product_into_random(s, row_major(A.data(), s.K), row_major(B.data(), s.N),
+                                [](int M, int N, int K, MatrixView a, MatrixView b, real* C) {
+                                    matmul_ikj(M, N, K, a.data, b.data, C);
+                                });
+        EXPECT_NEAR(max_difference(blocked, want), 0,
+                    1e-12);   // double: only the sum's order differs
         EXPECT_NEAR(max_difference(ikj, want), 0, 1e-12);
     }
 }
 
-TEST("04 tensors", "matmul_blocked with transposed views: dX = dZ·Wᵀ and dW = Xᵀ·dZ equal the naive loop") {
+TEST("04 tensors",
+     "matmul_blocked with transposed views: dX = dZ·Wᵀ and dW = Xᵀ·dZ equal the naive loop") {
     Rng rng(13);
     for (const Product s : odd_products) {   // X [M, K], W [K, N], dZ [M, N]
-        const std::vector<real> X = randn({std::max(s.M * s.K, 1)}, rng).values(), W = randn({std::max(s.K * s.N, 1)}, rng).values(),
+        const std::vector<real> X = randn({std::max(s.M * s.K, 1)}, rng).values(),
+                                W = randn({std::max(s.K * s.N, 1)}, rng).values(),
                                 dZ = randn({std::max(s.M * s.N, 1)}, rng).values();
         const Product dx{s.M, s.K, s.N}, dw{s.K, s.N, s.M};
         const MatrixView dz = row_major(dZ.data(), s.N);
@@ -1481,11 +1568,14 @@ TEST("04 tensors", "matmul_blocked gives the same bits with 1 and 2 threads") {
     const int threads_before = num_threads();
     Rng rng(14);
     const Product s{300, 70, 530};
-    const std::vector<real> A = randn({s.M * s.K}, rng).values(), B = randn({s.K * s.N}, rng).values();
+    const std::vector<real> A = randn({s.M * s.K}, rng).values(),
+                            B = randn({s.K * s.N}, rng).values();
     set_num_threads(1);
-    const std::vector<real> one = product_into_random(s, row_major(A.data(), s.K), row_major(B.data(), s.N), matmul_blocked);
+    const std::vector<real> one =
+        product_into_random(s, row_major(A.data(), s.K), row_major(B.data(), s.N), matmul_blocked);
     set_num_threads(2);
-    const std::vector<real> two = product_into_random(s, row_major(A.data(), s.K), row_major(B.data(), s.N), matmul_blocked);
+    const std::vector<real> two =
+        product_into_random(s, row_major(A.data(), s.K), row_major(B.data(), s.N), matmul_blocked);
     set_num_threads(threads_before);
     EXPECT_TRUE(one == two);
 }
@@ -1493,8 +1583,8 @@ TEST("04 tensors", "matmul_blocked gives the same bits with 1 and 2 threads") {
 TEST("04 tensors", "+ - * / broadcast: same shape, scalar, row vector, column vector, 3-D") {
     Rng rng(3);
     const std::vector<std::pair<Shape, Shape>> shapes = {
-        {{3, 5}, {3, 5}}, {{3, 5}, {1}}, {{3, 5}, {5}}, {{3, 5}, {3, 1}}, {{1}, {2, 3}},
-        {{2, 3, 4}, {4}}, {{2, 3, 4}, {3, 1}}, {{2, 1, 4}, {3, 1}}};
+        {{3, 5}, {3, 5}}, {{3, 5}, {1}},    {{3, 5}, {5}},       {{3, 5}, {3, 1}},
+        {{1}, {2, 3}},    {{2, 3, 4}, {4}}, {{2, 3, 4}, {3, 1}}, {{2, 1, 4}, {3, 1}}};
     for (const auto& [sa, sb] : shapes) {
         const Tensor a = away_from_zero(sa, rng), b = away_from_zero(sb, rng);
         EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& x) { return x[0] + x[1]; }, {a, b});
@@ -1515,21 +1605,29 @@ TEST("04 tensors", "bias gradient is the sum over rows: db = sum_rows dY") {
 
 TEST("04 tensors", "scalar operands on either side: 2*x, x+1, 1-x, 3/x, x/2, -x") {
     Rng rng(4);
-    EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& x) {
-        return 2.0 * x[0] + (x[0] + 1.0) * (1.0 - x[0]) + 3.0 / x[0] + x[0] / 2.0 - x[0];
-    }, {away_from_zero({2, 3}, rng)});
+    EXPECT_TENSOR_GRADCHECK(
+        [](const std::vector<Tensor>& x) {
+            return 2.0 * x[0] + (x[0] + 1.0) * (1.0 - x[0]) + 3.0 / x[0] + x[0] / 2.0 - x[0];
+        },
+        {away_from_zero({2, 3}, rng)});
 }
 
 TEST("04 tensors", "transpose, reshape (with -1), sum and mean over all or one axis") {
     Rng rng(5);
     const Tensor x = randn({2, 3, 4}, rng);
     EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& v) { return transpose(v[0]); }, {x});
-    EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& v) { return reshape(v[0], {4, -1}); }, {x});
+    EXPECT_TENSOR_GRADCHECK(
+        [](const std::vector<Tensor>& v) {
+            return reshape(v[0], {4, -1});
+        },
+        {x});
     EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& v) { return sum(v[0]); }, {x});
     EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& v) { return mean(v[0]); }, {x});
     for (int axis : {0, 1, 2, -1}) {
-        EXPECT_TENSOR_GRADCHECK([axis](const std::vector<Tensor>& v) { return sum(v[0], axis); }, {x});
-        EXPECT_TENSOR_GRADCHECK([axis](const std::vector<Tensor>& v) { return mean(v[0], axis, true); }, {x});
+        EXPECT_TENSOR_GRADCHECK([axis](const std::vector<Tensor>& v) { return sum(v[0], axis); },
+                                {x});
+        EXPECT_TENSOR_GRADCHECK(
+            [axis](const std::vector<Tensor>& v) { return mean(v[0], axis, true); }, {x});
     }
     const Tensor m({2, 3}, {1, 2, 3, 4, 5, 6});
     EXPECT_VALUES(transpose(m), {1, 4, 2, 5, 3, 6}, 0.0);
@@ -1543,19 +1641,26 @@ TEST("04 tensors", "exp, log, sqrt, pow, relu, leaky_relu, gelu (both forms), si
     Rng rng(6);
     const Tensor any = away_from_zero({3, 4}, rng), positive = uniform({3, 4}, rng, 0.2, 2.0);
     Tensor (*const gelu_tanh)(const Tensor&) = gelu;
-    Tensor (*const gelu_exact)(const Tensor&) = [](const Tensor& x) { return gelu(x, Approximate::none); };
+    Tensor (*const gelu_exact)(const Tensor&) = [](const Tensor& x) {
+        return gelu(x, Approximate::none);
+    };
     const std::vector<std::pair<const char*, Tensor (*)(const Tensor&)>> ops = {
-        {"exp", exp}, {"relu", relu}, {"gelu", gelu_tanh}, {"gelu exact", gelu_exact}, {"sigmoid", sigmoid}, {"tanh", tanh}};
+        {"exp", exp},         {"relu", relu}, {"gelu", gelu_tanh}, {"gelu exact", gelu_exact},
+        {"sigmoid", sigmoid}, {"tanh", tanh}};
     for (const auto& [name, op] : ops)
-        EXPECT_TENSOR_GRADCHECK([op = op](const std::vector<Tensor>& x) { return op(x[0]); }, {any});
-    EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& x) { return leaky_relu(x[0], 0.1); }, {any});
+        EXPECT_TENSOR_GRADCHECK([op = op](const std::vector<Tensor>& x) { return op(x[0]); },
+                                {any});
+    EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& x) { return leaky_relu(x[0], 0.1); },
+                            {any});
     EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& x) { return log(x[0]); }, {positive});
     EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& x) { return sqrt(x[0]); }, {positive});
     for (double k : {2.0, 3.0, 0.5, -1.5})
-        EXPECT_TENSOR_GRADCHECK([k](const std::vector<Tensor>& x) { return pow(x[0], k); }, {positive});
+        EXPECT_TENSOR_GRADCHECK([k](const std::vector<Tensor>& x) { return pow(x[0], k); },
+                                {positive});
     // The tensor ops agree with the scalar engine of Part 1 on values.
     EXPECT_NEAR(gelu(Tensor::scalar(1.0)).item(), gelu(Value(1.0)).data(), 1e-15);
-    EXPECT_NEAR(gelu(Tensor::scalar(1.0), Approximate::none).item(), gelu(Value(1.0), Approximate::none).data(), 1e-15);
+    EXPECT_NEAR(gelu(Tensor::scalar(1.0), Approximate::none).item(),
+                gelu(Value(1.0), Approximate::none).data(), 1e-15);
     EXPECT_NEAR(sigmoid(Tensor::scalar(-800)).item(), 0.0, 1e-300);
 }
 
@@ -1564,10 +1669,11 @@ TEST("04 tensors", "values() and grad() are views: elements change, their count 
     t.values()[0] = 10;
     EXPECT_VALUES(t, {10, 2, 3, 4}, 0.0);
     t.values() = {5, 6, 7, 8};
-    EXPECT_THROWS(t.values() = std::vector<real>({1, 2, 3}), "values(): the tensor has shape [2, 2] (4 numbers); cannot assign 3");
+    EXPECT_THROWS(t.values() = std::vector<real>({1, 2, 3}),
+                  "values(): the tensor has shape [2, 2] (4 numbers); cannot assign 3");
     EXPECT_VALUES(t, {5, 6, 7, 8}, 0.0);   // a refused assignment changes nothing
     const Tensor u({2, 2});
-    u.values() = t.values();               // copies the numbers; u stays its own tensor
+    u.values() = t.values();   // copies the numbers; u stays its own tensor
     t.values()[0] = 0;
     EXPECT_VALUES(u, {5, 6, 7, 8}, 0.0);
     EXPECT_THROWS(Tensor({3}).values() = t.values(), "cannot assign 4");
@@ -1575,7 +1681,7 @@ TEST("04 tensors", "values() and grad() are views: elements change, their count 
     copy[1] = 99;
     EXPECT_EQ(t.values()[1], real(6));
     const Tensor p = Tensor({2}).requires_grad_();
-    EXPECT_TRUE(p.grad().empty());          // no gradient until backward() or an assignment
+    EXPECT_TRUE(p.grad().empty());   // no gradient until backward() or an assignment
     p.grad() = {1, 2};
     EXPECT_GRAD(p, {1, 2}, 0.0);
     EXPECT_THROWS(p.grad() = {1}, "grad(): the tensor has shape [2] (2 numbers); cannot assign 1");
@@ -1583,8 +1689,11 @@ TEST("04 tensors", "values() and grad() are views: elements change, their count 
 
 TEST("04 tensors", "concat and slice along an inner axis") {
     Rng rng(7);
-    EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& x) { return concat({x[0], x[1]}, 1); },
-                            {randn({2, 3, 2}, rng), randn({2, 1, 2}, rng)});
+    EXPECT_TENSOR_GRADCHECK(
+        [](const std::vector<Tensor>& x) {
+            return concat({x[0], x[1]}, 1);
+        },
+        {randn({2, 3, 2}, rng), randn({2, 1, 2}, rng)});
     EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& x) { return slice(x[0], 1, 1, 3); },
                             {randn({2, 4, 3}, rng)});
     const Tensor m({2, 3}, {1, 2, 3, 4, 5, 6});
@@ -1596,10 +1705,13 @@ TEST("04 tensors", "shape errors name the op and both shapes") {
     const Tensor a({2, 3}), b({4}), c({3, 2});
     EXPECT_THROWS(a + b, "+: shapes [2, 3] and [4] do not broadcast");
     EXPECT_THROWS(a - b, "-: shapes [2, 3] and [4] do not broadcast");
-    EXPECT_THROWS(a * Tensor({3, 3}), "*: shapes [2, 3] and [3, 3] do not broadcast (axis 0: 2 vs 3)");
+    EXPECT_THROWS(a * Tensor({3, 3}),
+                  "*: shapes [2, 3] and [3, 3] do not broadcast (axis 0: 2 vs 3)");
     EXPECT_THROWS(a / c, "/: shapes [2, 3] and [3, 2] do not broadcast");
     EXPECT_THROWS(matmul(a, a), "matmul: inner dimensions differ: [2, 3] · [2, 3]");
-    EXPECT_THROWS(matmul(b, c), "matmul: supports [M,K]·[K,N], [B,M,K]·[B,K,N] and [B,M,K]·[K,N]; got [4] · [3, 2]");
+    EXPECT_THROWS(
+        matmul(b, c),
+        "matmul: supports [M,K]·[K,N], [B,M,K]·[B,K,N] and [B,M,K]·[K,N]; got [4] · [3, 2]");
     EXPECT_THROWS(exp(Tensor({1}, {1000})), "exp(x): e^x overflows");
     EXPECT_THROWS(matmul(Tensor({2, 2, 3}), Tensor({3, 2, 2})), "batch sizes differ");
     EXPECT_THROWS(reshape(a, {4, 2}), "cannot reshape [2, 3] (6 elements) to [4, 2]");
@@ -1623,17 +1735,20 @@ TEST("04 tensors", "backward needs a scalar or a seed, and a finite loss") {
 
 // In-place writes (engine.cpp §2.1): a tensor that an op's backward reads must not change between
 // the forward pass and backward(); each tensor counts its writes, and backward() checks.
-TEST("04 tensors", "in-place: writing a tensor that backward reads makes backward() throw, naming the op") {
+TEST("04 tensors",
+     "in-place: writing a tensor that backward reads makes backward() throw, naming the op") {
     const Tensor x = Tensor({2}, {1, 2}).requires_grad_(), w = Tensor({2}, {3, 4}).requires_grad_();
     const Tensor loss = sum(x * w);
     w.values() = {30, 40};   // dL/dx = w: the backward of * would read the new w
-    EXPECT_THROWS(loss.backward(), "backward: input 1 [2] of '*' was written in place after the forward pass");
+    EXPECT_THROWS(loss.backward(),
+                  "backward: input 1 [2] of '*' was written in place after the forward pass");
     EXPECT_TRUE(x.grad().empty() && w.grad().empty());   // refused before anything changed
-    sum(x * w).backward();                              // a new forward pass reads the new w
+    sum(x * w).backward();                               // a new forward pass reads the new w
     EXPECT_GRAD(x, {30, 40}, 0.0);
 }
 
-TEST("04 tensors", "in-place: an optimizer step makes the old graph stale; a write nobody reads is allowed") {
+TEST("04 tensors",
+     "in-place: an optimizer step makes the old graph stale; a write nobody reads is allowed") {
     nn::Linear layer(Tensor({2, 1}, {0.5, -1}), Tensor({1}, {0}));
     SGD opt(layer.parameters(), 0.1);
     const Tensor x({3, 2}, {1, 2, 3, 4, 5, 6});
@@ -1701,11 +1816,14 @@ TEST("05 losses", "softmax, log_softmax, cross_entropy (with smoothing) match fi
     const Tensor z = randn({4, 5}, rng, 2.0);
     EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& x) { return softmax(x[0]); }, {z});
     EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& x) { return log_softmax(x[0]); }, {z});
-    EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& x) { return softmax(x[0]); }, {randn({2, 3, 4}, rng)});
+    EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& x) { return softmax(x[0]); },
+                            {randn({2, 3, 4}, rng)});
     for (double smoothing : {0.0, 0.1})
-        EXPECT_TENSOR_GRADCHECK([smoothing](const std::vector<Tensor>& x) {
-            return cross_entropy(x[0], {1, 0, 4, 2}, smoothing);
-        }, {z});
+        EXPECT_TENSOR_GRADCHECK(
+            [smoothing](const std::vector<Tensor>& x) {
+                return cross_entropy(x[0], {1, 0, 4, 2}, smoothing);
+            },
+            {z});
 }
 
 TEST("05 losses", "cross_entropy equals -mean(log_softmax at the label); smoothing formula") {
@@ -1731,10 +1849,12 @@ TEST("05 losses", "softmax of [1000, 999] is stable: [0.731, 0.269], no inf or N
 TEST("05 losses", "mse_loss and bce_with_logits: values and finite differences") {
     Rng rng(10);
     const Tensor p = randn({3, 2}, rng), t = randn({3, 2}, rng);
-    EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& x) { return mse_loss(x[0], x[1]); }, {p, t});
+    EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& x) { return mse_loss(x[0], x[1]); },
+                            {p, t});
     const Tensor targets = uniform({3, 2}, rng, 0.0, 1.0);
-    EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& x) { return bce_with_logits(x[0], x[1]); },
-                            {away_from_zero({3, 2}, rng), targets});
+    EXPECT_TENSOR_GRADCHECK(
+        [](const std::vector<Tensor>& x) { return bce_with_logits(x[0], x[1]); },
+        {away_from_zero({3, 2}, rng), targets});
     EXPECT_NEAR(mse_loss(Tensor({2}, {1, 3}), Tensor({2}, {0, 1})).item(), (1.0 + 4.0) / 2, 0.0);
     // z = 0, t = 1: −log σ(0) = ln 2;  z = 800, t = 0: 800 (no overflow)
     EXPECT_NEAR(bce_with_logits(Tensor({1}, {0}), Tensor({1}, {1})).item(), std::log(2.0), 1e-15);
@@ -1755,11 +1875,13 @@ TEST("05 losses", "bad labels and targets give clear errors") {
 TEST("layers", "layer_norm and rms_norm match finite differences (x, gain, bias)") {
     Rng rng(11);
     const Tensor x = randn({3, 5}, rng), gain = uniform({5}, rng, 0.5, 1.5), bias = randn({5}, rng);
-    EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& v) { return layer_norm(v[0], v[1], v[2]); },
-                            {x, gain, bias});
-    EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& v) { return rms_norm(v[0], v[1]); }, {x, gain});
-    EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& v) { return layer_norm(v[0], v[1], v[2]); },
-                            {randn({2, 2, 4}, rng), uniform({4}, rng, 0.5, 1.5), randn({4}, rng)});
+    EXPECT_TENSOR_GRADCHECK(
+        [](const std::vector<Tensor>& v) { return layer_norm(v[0], v[1], v[2]); }, {x, gain, bias});
+    EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& v) { return rms_norm(v[0], v[1]); },
+                            {x, gain});
+    EXPECT_TENSOR_GRADCHECK(
+        [](const std::vector<Tensor>& v) { return layer_norm(v[0], v[1], v[2]); },
+        {randn({2, 2, 4}, rng), uniform({4}, rng, 0.5, 1.5), randn({4}, rng)});
 }
 
 TEST("layers", "layer_norm rows have mean 0, variance 1; rms_norm of [3, 4] = [0.8485, 1.1314]") {
@@ -1785,8 +1907,11 @@ TEST("layers", "embedding picks rows; a repeated id gets both gradients") {
     e.backward(Tensor({3, 2}, {1, 1, 2, 2, 3, 3}));
     EXPECT_GRAD(table, {2, 2, 0, 0, 1 + 3, 1 + 3}, 0.0);
     Rng rng(13);
-    EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& v) { return embedding(v[0], {1, 1, 0}); },
-                            {randn({2, 3}, rng)});
+    EXPECT_TENSOR_GRADCHECK(
+        [](const std::vector<Tensor>& v) {
+            return embedding(v[0], {1, 1, 0});
+        },
+        {randn({2, 3}, rng)});
     EXPECT_THROWS(embedding(table, {0, 3}), "id 3 at position 1 is outside [0, 3)");
 }
 
@@ -1828,12 +1953,17 @@ TEST("08 init", "He, Xavier and GPT-2 initializers have the standard deviations 
     };
     const int fan_in = 256, fan_out = 128;
     const Shape shape = {fan_in, fan_out};   // 32,768 samples: relative error of a std ≈ 0.4%
-    EXPECT_NEAR(stddev(init_weight(shape, fan_in, fan_out, Init::he_normal, rng)), std::sqrt(2.0 / 256), 0.02 * std::sqrt(2.0 / 256));
-    EXPECT_NEAR(stddev(init_weight(shape, fan_in, fan_out, Init::he_uniform, rng)), std::sqrt(2.0 / 256), 0.02 * std::sqrt(2.0 / 256));
-    EXPECT_NEAR(stddev(init_weight(shape, fan_in, fan_out, Init::xavier_normal, rng)), std::sqrt(2.0 / 384), 0.02 * std::sqrt(2.0 / 384));
-    EXPECT_NEAR(stddev(init_weight(shape, fan_in, fan_out, Init::xavier_uniform, rng)), std::sqrt(2.0 / 384), 0.02 * std::sqrt(2.0 / 384));
+    EXPECT_NEAR(stddev(init_weight(shape, fan_in, fan_out, Init::he_normal, rng)),
+                std::sqrt(2.0 / 256), 0.02 * std::sqrt(2.0 / 256));
+    EXPECT_NEAR(stddev(init_weight(shape, fan_in, fan_out, Init::he_uniform, rng)),
+                std::sqrt(2.0 / 256), 0.02 * std::sqrt(2.0 / 256));
+    EXPECT_NEAR(stddev(init_weight(shape, fan_in, fan_out, Init::xavier_normal, rng)),
+                std::sqrt(2.0 / 384), 0.02 * std::sqrt(2.0 / 384));
+    EXPECT_NEAR(stddev(init_weight(shape, fan_in, fan_out, Init::xavier_uniform, rng)),
+                std::sqrt(2.0 / 384), 0.02 * std::sqrt(2.0 / 384));
     EXPECT_NEAR(stddev(init_weight(shape, fan_in, fan_out, Init::gpt2, rng)), 0.02, 0.0004);
-    EXPECT_NEAR(stddev(gpt2_residual_weight(shape, 12, rng)), 0.02 / std::sqrt(24.0), 0.02 * 0.02 / std::sqrt(24.0));
+    EXPECT_NEAR(stddev(gpt2_residual_weight(shape, 12, rng)), 0.02 / std::sqrt(24.0),
+                0.02 * 0.02 / std::sqrt(24.0));
     const Tensor he_u = init_weight(shape, fan_in, fan_out, Init::he_uniform, rng);
     const real bound = *std::max_element(he_u.values().begin(), he_u.values().end());
     EXPECT_TRUE(bound <= std::sqrt(6.0 / 256) && bound > 0.99 * std::sqrt(6.0 / 256));
@@ -1841,22 +1971,26 @@ TEST("08 init", "He, Xavier and GPT-2 initializers have the standard deviations 
     for (real v : zeros.values()) EXPECT_EQ(v, 0.0);
 }
 
-TEST("08 init", "nn::Linear: Y = X·W + b with W [in, out], b = 0; gradients by finite differences") {
+TEST("08 init",
+     "nn::Linear: Y = X·W + b with W [in, out], b = 0; gradients by finite differences") {
     Rng rng(16);
     nn::Linear layer(4, 3, rng);
     EXPECT_TRUE(layer.W.shape() == Shape({4, 3}) && layer.b.shape() == Shape({3}));
     for (real v : layer.b.values()) EXPECT_EQ(v, 0.0);
-    EXPECT_TENSOR_GRADCHECK([&layer](const std::vector<Tensor>& v) {
-        nn::Linear l = layer;   // the same parameters, now given by the checker
-        l.W = v[0];
-        l.b = v[1];
-        return l(v[2]);
-    }, {layer.W.detach(), randn({3}, rng), randn({5, 4}, rng)});
+    EXPECT_TENSOR_GRADCHECK(
+        [&layer](const std::vector<Tensor>& v) {
+            nn::Linear l = layer;   // the same parameters, now given by the checker
+            l.W = v[0];
+            l.b = v[1];
+            return l(v[2]);
+        },
+        {layer.W.detach(), randn({3}, rng), randn({5, 4}, rng)});
 }
 
 TEST("08 init", "nn::MLP: same seed, same network; dropout only in training") {
     Rng r1(17), r2(17);
-    nn::MLP a({4, 8, 3}, r1, Activation::relu, Init::he_normal, 0.5), b({4, 8, 3}, r2, Activation::relu, Init::he_normal, 0.5);
+    nn::MLP a({4, 8, 3}, r1, Activation::relu, Init::he_normal, 0.5),
+        b({4, 8, 3}, r2, Activation::relu, Init::he_normal, 0.5);
     EXPECT_EQ(a.parameters().size(), std::size_t(4));
     const Tensor x = Tensor::full({2, 4}, 0.5);
     a.eval();
@@ -1865,19 +1999,24 @@ TEST("08 init", "nn::MLP: same seed, same network; dropout only in training") {
     EXPECT_TRUE(from_a == from_b);
     EXPECT_TRUE(from_a == again);
     a.train();
-    EXPECT_TRUE(std::vector<real>(a(x).values()) != std::vector<real>(a(x).values()));   // a fresh dropout mask each call
+    EXPECT_TRUE(std::vector<real>(a(x).values()) !=
+                std::vector<real>(a(x).values()));   // a fresh dropout mask each call
 }
 
 TEST("08 init", "modules from given tensors: nn::Linear, nn::MLP, nn::BatchNorm; shapes checked") {
     const Tensor W({2, 3}, {1, 2, 3, 4, 5, 6}), b({3}, {0.5, -0.5, 1});
     const nn::Linear layer(W, b);
-    EXPECT_TRUE(layer.W.node() == W.node() && W.requires_grad() && b.requires_grad());   // now parameters
+    EXPECT_TRUE(layer.W.node() == W.node() && W.requires_grad() &&
+                b.requires_grad());   // now parameters
     EXPECT_VALUES(layer(Tensor({1, 2}, {1, -1})), {1 - 4 + 0.5, 2 - 5 - 0.5, 3 - 6 + 1}, 0.0);
-    EXPECT_VALUES(nn::Linear(Tensor({2, 3}, {1, 2, 3, 4, 5, 6}))(Tensor({1, 2}, {1, -1})), {-3, -3, -3}, 0.0);
-    EXPECT_THROWS(nn::Linear(Tensor({3}), Tensor({3})), "nn::Linear: needs W [in, out] and b [out] (or no b); got W [3] and b [3]");
+    EXPECT_VALUES(nn::Linear(Tensor({2, 3}, {1, 2, 3, 4, 5, 6}))(Tensor({1, 2}, {1, -1})),
+                  {-3, -3, -3}, 0.0);
+    EXPECT_THROWS(nn::Linear(Tensor({3}), Tensor({3})),
+                  "nn::Linear: needs W [in, out] and b [out] (or no b); got W [3] and b [3]");
     EXPECT_THROWS(nn::Linear(Tensor({2, 3}), Tensor({2})), "got W [2, 3] and b [2]");
     EXPECT_THROWS(nn::Linear{Tensor()}, "got W (empty) and b (none)");
-    EXPECT_THROWS(nn::Linear(transpose(Tensor({3, 2}).requires_grad_())), "only a leaf tensor can be made a parameter");
+    EXPECT_THROWS(nn::Linear(transpose(Tensor({3, 2}).requires_grad_())),
+                  "only a leaf tensor can be made a parameter");
 
     const nn::Linear sum_layer(Tensor({3, 1}, {1, 1, 1}));
     nn::MLP mlp({layer, sum_layer}, Activation::relu);   // relu([5.5, 6.5, 10]) summed
@@ -1889,10 +2028,13 @@ TEST("08 init", "modules from given tensors: nn::Linear, nn::MLP, nn::BatchNorm;
 
     nn::BatchNorm bn(Tensor({2}, {2, 0.5}), Tensor({2}, {0.1, -1}));
     bn.eval();   // running mean 0, variance 1: y = γ·x/√(1 + ε) + β
-    EXPECT_VALUES(bn(Tensor({1, 2}, {1, 2})), {2 / std::sqrt(1 + 1e-5) + 0.1, 1 / std::sqrt(1 + 1e-5) - 1}, 1e-12);
+    EXPECT_VALUES(bn(Tensor({1, 2}, {1, 2})),
+                  {2 / std::sqrt(1 + 1e-5) + 0.1, 1 / std::sqrt(1 + 1e-5) - 1}, 1e-12);
     bn.running_mean = {1, 2, 3};
-    EXPECT_THROWS(bn(Tensor({1, 2})), "running_mean [3] and running_var [2] must all have one entry per feature");
-    EXPECT_THROWS(nn::BatchNorm(Tensor({2}), Tensor({3})), "nn::BatchNorm: gamma and beta must both be [features]; got [2] and [3]");
+    EXPECT_THROWS(bn(Tensor({1, 2})),
+                  "running_mean [3] and running_var [2] must all have one entry per feature");
+    EXPECT_THROWS(nn::BatchNorm(Tensor({2}), Tensor({3})),
+                  "nn::BatchNorm: gamma and beta must both be [features]; got [2] and [3]");
 }
 
 // ---- 06 optimizers ---------------------------------------------------------------------------
@@ -1934,7 +2076,8 @@ static double quad_grad(int i, double w) { return 2 * quad_a[i] * w + quad_b[i];
 // Runs `opt` for 6 steps through the engine (forward, backward, step) and compares each step
 // with `rule`, which updates plain doubles with the optimizer's formula written out here.
 template <class Rule>
-static void expect_trajectory_at(const char* file, int line, Optimizer& opt, const Tensor& w, Rule rule) {
+static void expect_trajectory_at(const char* file, int line, Optimizer& opt, const Tensor& w,
+                                 Rule rule) {
     const Tensor a({3}, {real(quad_a[0]), real(quad_a[1]), real(quad_a[2])});
     const Tensor b({3}, {real(quad_b[0]), real(quad_b[1]), real(quad_b[2])});
     double expected[3] = {quad_w0[0], quad_w0[1], quad_w0[2]};
@@ -1945,14 +2088,17 @@ static void expect_trajectory_at(const char* file, int line, Optimizer& opt, con
         for (int i = 0; i < 3; ++i) {
             rule(i, t, expected[i], quad_grad(i, expected[i]));
             if (std::fabs(w.values()[i] - expected[i]) > 1e-12)
-                fail_at(file, line, "step " + std::to_string(t) + ", w[" + std::to_string(i) +
-                                        "]: expected " + show(expected[i]) + ", got " + show(w.values()[i]));
+                fail_at(file, line,
+                        "step " + std::to_string(t) + ", w[" + std::to_string(i) + "]: expected " +
+                            show(expected[i]) + ", got " + show(w.values()[i]));
         }
     }
 }
 #define EXPECT_TRAJECTORY(opt, w, ...) expect_trajectory_at(__FILE__, __LINE__, opt, w, __VA_ARGS__)
 
-static Tensor quad_start() { return Tensor({3}, {real(quad_w0[0]), real(quad_w0[1]), real(quad_w0[2])}).requires_grad_(); }
+static Tensor quad_start() {
+    return Tensor({3}, {real(quad_w0[0]), real(quad_w0[1]), real(quad_w0[2])}).requires_grad_();
+}
 
 TEST("06 optimizers", "SGD, momentum, Nesterov and weight decay follow their update rules") {
     {
@@ -1986,7 +2132,8 @@ TEST("06 optimizers", "Adam (L2 decay) and AdamW (decoupled decay) follow their 
     for (bool decoupled : {false, true}) {
         const Tensor w = quad_start();
         std::unique_ptr<Optimizer> opt;
-        if (decoupled) opt = std::make_unique<AdamW>(std::vector<Tensor>{w}, 0.05, 0.9, 0.95, 1e-8, 0.1);
+        if (decoupled)
+            opt = std::make_unique<AdamW>(std::vector<Tensor>{w}, 0.05, 0.9, 0.95, 1e-8, 0.1);
         else opt = std::make_unique<Adam>(std::vector<Tensor>{w}, 0.05, 0.9, 0.95, 1e-8, 0.1);
         double m[3] = {0, 0, 0}, v[3] = {0, 0, 0};
         EXPECT_TRAJECTORY(*opt, w, [&](int i, int t, double& x, double g) {
@@ -1994,7 +2141,8 @@ TEST("06 optimizers", "Adam (L2 decay) and AdamW (decoupled decay) follow their 
             else g += 0.1 * x;
             m[i] = 0.9 * m[i] + 0.1 * g;
             v[i] = 0.95 * v[i] + 0.05 * g * g;
-            const double m_hat = m[i] / (1 - std::pow(0.9, t)), v_hat = v[i] / (1 - std::pow(0.95, t));
+            const double m_hat = m[i] / (1 - std::pow(0.9, t)),
+                         v_hat = v[i] / (1 - std::pow(0.95, t));
             x -= 0.05 * m_hat / (std::sqrt(v_hat) + 1e-8);
         });
     }
@@ -2021,13 +2169,15 @@ TEST("06 optimizers", "state bytes per parameter; bad construction is refused") 
     EXPECT_THROWS(Adam({w}, -1.0), "Adam: the learning rate must be finite and >= 0, got -1");
     EXPECT_THROWS(SGD({Tensor({2})}, 0.1), "parameter 0 does not require grad");
     SGD sgd({w}, 0.1);
-    EXPECT_THROWS(w.grad() = {1.0}, "grad(): the tensor has shape [10] (10 numbers); cannot assign 1");
+    EXPECT_THROWS(w.grad() = {1.0},
+                  "grad(): the tensor has shape [10] (10 numbers); cannot assign 1");
     w.node()->grad = {1.0};   // past the checked view, straight into the node
     EXPECT_THROWS(sgd.step(), "SGD: parameter 0 has 10 values but a gradient of 1");
     EXPECT_EQ(sgd.step_count, 0L);
 }
 
-TEST("06 optimizers", "momentum's EMA form with lr/(1 - beta) walks PyTorch's path; with lr 0.1 it gives 0.995") {
+TEST("06 optimizers",
+     "momentum's EMA form with lr/(1 - beta) walks PyTorch's path; with lr 0.1 it gives 0.995") {
     // EMA form: v ← βv + (1 − β)g, w ← w − lr·v. Homework 06.1 and the engine use PyTorch's
     // v ← βv + g; the EMA form with the same lr 0.1 moves 1.0 to 0.995 instead of 0.95.
     const Tensor w = scalar_param(1.0);
@@ -2060,11 +2210,12 @@ TEST("06 optimizers", "Adam on gradients 4, -2, 6: m3 = 0.744, m_hat3 = 2.745, v
     EXPECT_NEAR(v, 0.055964016, 1e-12);
     EXPECT_NEAR(m / (1 - std::pow(0.9, 3)), 2.745, 5e-4);
     EXPECT_NEAR(v / (1 - std::pow(0.999, 3)), 18.67, 5e-3);
-    EXPECT_NEAR(1 / (1 - std::pow(0.9, 3)), 3.69, 5e-3);      // the text's correction factors
+    EXPECT_NEAR(1 / (1 - std::pow(0.9, 3)), 3.69, 5e-3);   // the text's correction factors
     EXPECT_NEAR(1 / (1 - std::pow(0.999, 3)), 333.7, 5e-2);
 }
 
-TEST("06 optimizers", "Adam without bias correction: the first step is 3.16 lr, too big (a text says underscaled)") {
+TEST("06 optimizers",
+     "Adam without bias correction: the first step is 3.16 lr, too big (a text says underscaled)") {
     // m₁ = (1 − β₁)g, v₁ = (1 − β₂)g²: m₁/√v₁ = (1 − β₁)/√(1 − β₂) = 0.1/0.0316, whatever g.
     for (double g : {0.4, -3.0, 1e-3}) {
         const double m1 = 0.1 * g, v1 = 0.001 * g * g;
@@ -2097,7 +2248,8 @@ static int steps_to_forget_spike(double beta2, bool engine) {
         } else {
             m = 0.9 * m + 0.1 * g;
             v = beta2 * v + (1 - beta2) * g * g;
-            const double m_hat = m / (1 - std::pow(0.9, t + 1)), v_hat = v / (1 - std::pow(beta2, t + 1));
+            const double m_hat = m / (1 - std::pow(0.9, t + 1)),
+                         v_hat = v / (1 - std::pow(beta2, t + 1));
             x -= lr * m_hat / (std::sqrt(v_hat) + 1e-8);
         }
         const double after = engine ? double(w.item()) : x;
@@ -2106,7 +2258,8 @@ static int steps_to_forget_spike(double beta2, bool engine) {
     return recovered;
 }
 
-TEST("06 optimizers", "beta2 = 0.95 forgets a gradient spike in 150 steps, 0.999 in 3753 (half-lives 13.5, 692.8)") {
+TEST("06 optimizers",
+     "beta2 = 0.95 forgets a gradient spike in 150 steps, 0.999 in 3753 (half-lives 13.5, 692.8)") {
     EXPECT_NEAR(std::log(2.0) / -std::log(0.95), 13.5134, 1e-4);
     EXPECT_NEAR(std::log(2.0) / -std::log(0.999), 692.8005, 1e-4);
     const int fast = steps_to_forget_spike(0.95, true), slow = steps_to_forget_spike(0.999, true);
@@ -2116,7 +2269,8 @@ TEST("06 optimizers", "beta2 = 0.95 forgets a gradient spike in 150 steps, 0.999
     EXPECT_NEAR(slow, 3753, 5);
 }
 
-TEST("06 optimizers", "AdaFactor: row and column sums rebuild a rank-1 g^2 exactly; 4096 x 11008 keeps 15104 numbers") {
+TEST("06 optimizers", "AdaFactor: row and column sums rebuild a rank-1 g^2 exactly; 4096 x 11008 "
+                      "keeps 15104 numbers") {
     // v̂_ij = R_i·C_j/ΣR with R, C the row and column sums of g². A course text gives the state
     // as ~2/rank of W per parameter; it is (n + m)/(n·m), whatever the rank.
     const double a[3] = {1.0, -2.0, 0.5}, b[4] = {0.4, -1.0, 2.0, 0.1};
@@ -2148,7 +2302,8 @@ TEST("07 schedules", "warmup-cosine: 0 at step 0, 7.5e-5 at 500, peak, midpoint 
     EXPECT_NEAR(lr(10000), 3e-5, 1e-18);
     EXPECT_NEAR(lr(20000), 3e-5, 1e-18);
     for (long s = 2000; s < 10000; s += 500) EXPECT_TRUE(lr(s + 500) < lr(s));
-    EXPECT_THROWS(warmup_cosine_lr(0, 200, 100, 1e-3, 0), "needs 0 <= warmup <= total, got warmup 200 and total 100");
+    EXPECT_THROWS(warmup_cosine_lr(0, 200, 100, 1e-3, 0),
+                  "needs 0 <= warmup <= total, got warmup 200 and total 100");
 }
 
 TEST("07 schedules", "inverse square root, step decay and constant") {
@@ -2160,7 +2315,8 @@ TEST("07 schedules", "inverse square root, step decay and constant") {
     EXPECT_THROWS(step_decay_lr(1, 0.1, 0, 0.5), "step_size must be > 0");
 }
 
-TEST("07 schedules", "cosine decay: 20.5% of it within 10% of the peak, half above peak/2, steepest at the midpoint") {
+TEST("07 schedules", "cosine decay: 20.5% of it within 10% of the peak, half above peak/2, "
+                     "steepest at the midpoint") {
     // A course text says the cosine spends most of training near the peak. Peak 3e-4, warmup
     // 500, 10000 steps, floor 0 (that text's setup): lr ≥ 0.9·peak only for p ≤ acos(0.8)/π.
     long near_peak = 0, above_half = 0, steepest = 0;
@@ -2189,11 +2345,15 @@ static std::vector<std::string> tick_labels(double lo, double hi, bool log, bool
 }
 
 TEST("plots", "linear ticks step by 1, 2 or 5 times a power of ten, and the axis ends on a tick") {
-    EXPECT_TRUE(tick_labels(0, 199, false, true) == std::vector<std::string>({"0", "50", "100", "150", "200"}));
-    EXPECT_TRUE(tick_labels(-1, 1, false, false) == std::vector<std::string>({"-1", "-0.5", "0", "0.5", "1"}));
-    EXPECT_TRUE(tick_labels(-8, 0.5, false, false) == std::vector<std::string>({"-8", "-6", "-4", "-2", "0", "2"}));
-    EXPECT_TRUE(tick_labels(0, 3e-4, false, false) ==
-                std::vector<std::string>({"0", "5e-5", "1e-4", "1.5e-4", "2e-4", "2.5e-4", "3e-4"}));
+    EXPECT_TRUE(tick_labels(0, 199, false, true) ==
+                std::vector<std::string>({"0", "50", "100", "150", "200"}));
+    EXPECT_TRUE(tick_labels(-1, 1, false, false) ==
+                std::vector<std::string>({"-1", "-0.5", "0", "0.5", "1"}));
+    EXPECT_TRUE(tick_labels(-8, 0.5, false, false) ==
+                std::vector<std::string>({"-8", "-6", "-4", "-2", "0", "2"}));
+    EXPECT_TRUE(
+        tick_labels(0, 3e-4, false, false) ==
+        std::vector<std::string>({"0", "5e-5", "1e-4", "1.5e-4", "2e-4", "2.5e-4", "3e-4"}));
     EXPECT_TRUE(tick_labels(0.36, 1.02, false, false).front() == "0.3");
     EXPECT_TRUE(tick_labels(0, 3, false, false) ==
                 std::vector<std::string>({"0", "0.5", "1", "1.5", "2", "2.5", "3"}));
@@ -2215,9 +2375,12 @@ TEST("plots", "whole-number data (steps, layers) get whole-number ticks: no 'lay
     }
 }
 
-TEST("plots", "log ticks are powers of ten (1-2-5 inside a short range); equal_axes matches the scales") {
-    for (const std::string& s : tick_labels(-13, -1, true, false)) EXPECT_TRUE(s.substr(0, 2) == "1e" || s == "0.01");
-    EXPECT_TRUE(tick_labels(0, std::log10(3000.0), true, true) == std::vector<std::string>({"1", "10", "100", "1000"}));
+TEST("plots",
+     "log ticks are powers of ten (1-2-5 inside a short range); equal_axes matches the scales") {
+    for (const std::string& s : tick_labels(-13, -1, true, false))
+        EXPECT_TRUE(s.substr(0, 2) == "1e" || s == "0.01");
+    EXPECT_TRUE(tick_labels(0, std::log10(3000.0), true, true) ==
+                std::vector<std::string>({"1", "10", "100", "1000"}));
     EXPECT_TRUE(tick_labels(std::log10(0.02), std::log10(1.1), true, false) ==
                 std::vector<std::string>({"0.02", "0.05", "0.1", "0.2", "0.5", "1"}));
     Plot path("t", "x", "y");
@@ -2274,7 +2437,8 @@ TEST("09 clipping", "gradient accumulation: 4 micro-batches of loss/4 equal one 
     }
     const std::vector<Tensor> params = model.parameters();
     for (std::size_t k = 0; k < params.size(); ++k)
-        for (std::size_t i = 0; i < full[k].size(); ++i) EXPECT_NEAR(params[k].grad()[i], full[k][i], 1e-14);
+        for (std::size_t i = 0; i < full[k].size(); ++i)
+            EXPECT_NEAR(params[k].grad()[i], full[k][i], 1e-14);
 }
 
 TEST("09 clipping", "an MLP trains on a toy problem; its tensor graphs do not pile up") {
@@ -2315,19 +2479,23 @@ struct TempDir {
 };
 
 static void write_bytes(const std::string& path, const std::vector<unsigned char>& bytes) {
-    std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
+    std::ofstream(path, std::ios::binary)
+        .write(reinterpret_cast<const char*>(bytes.data()), std::streamsize(bytes.size()));
 }
 
 static std::vector<unsigned char> read_bytes(const std::string& path) {
     std::ifstream f(path, std::ios::binary);
-    return std::vector<unsigned char>(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+    return std::vector<unsigned char>(std::istreambuf_iterator<char>(f),
+                                      std::istreambuf_iterator<char>());
 }
 
 // An IDX file of unsigned bytes, written byte by byte from the format's definition.
-static std::vector<unsigned char> idx_bytes(const std::vector<int>& dims, const std::vector<unsigned char>& data) {
+static std::vector<unsigned char> idx_bytes(const std::vector<int>& dims,
+                                            const std::vector<unsigned char>& data) {
     std::vector<unsigned char> b = {0, 0, 0x08, static_cast<unsigned char>(dims.size())};
     for (int d : dims)
-        for (int shift : {24, 16, 8, 0}) b.push_back(static_cast<unsigned char>((unsigned(d) >> shift) & 0xff));
+        for (int shift : {24, 16, 8, 0})
+            b.push_back(static_cast<unsigned char>((unsigned(d) >> shift) & 0xff));
     b.insert(b.end(), data.begin(), data.end());
     return b;
 }
@@ -2346,7 +2514,10 @@ TEST("10 data", "IDX round trip: dims and bytes come back; images scale to [0, 1
     EXPECT_NEAR(d.images.at({2, 3}), 220 / 255.0, 1e-15);
     EXPECT_TRUE(d.labels == std::vector<int>({2, 0, 1}));
     EXPECT_EQ(d.classes, 3);
-    EXPECT_VALUES(gather_rows(d.images, {2, 0}), {160 / 255.0, 180 / 255.0, 200 / 255.0, 220 / 255.0, 0, 20 / 255.0, 40 / 255.0, 60 / 255.0}, 1e-15);
+    EXPECT_VALUES(
+        gather_rows(d.images, {2, 0}),
+        {160 / 255.0, 180 / 255.0, 200 / 255.0, 220 / 255.0, 0, 20 / 255.0, 40 / 255.0, 60 / 255.0},
+        1e-15);
 }
 
 TEST("10 data", "every kind of corrupt IDX file is rejected with its own message") {
@@ -2369,7 +2540,8 @@ TEST("10 data", "every kind of corrupt IDX file is rejected with its own message
     b[3] = 7;
     rejects(b, "rank 7 is not in 1..4");
     rejects(std::vector<unsigned char>(good.begin(), good.begin() + 9), "truncated header");
-    rejects(std::vector<unsigned char>(good.begin(), good.end() - 3), "truncated: the header promises 8 bytes of data, the file has 5");
+    rejects(std::vector<unsigned char>(good.begin(), good.end() - 3),
+            "truncated: the header promises 8 bytes of data, the file has 5");
     b = good;
     b.push_back(0);
     rejects(b, "1 unexpected bytes after the data");
@@ -2377,7 +2549,8 @@ TEST("10 data", "every kind of corrupt IDX file is rejected with its own message
     write_bytes(dir.file("images"), good);
     write_bytes(dir.file("labels"), idx_bytes({3}, {0, 1, 2}));
     EXPECT_THROWS(load_idx_dataset(dir.file("images"), dir.file("labels")), "has 2 images but");
-    EXPECT_THROWS(load_idx_dataset(dir.file("labels"), dir.file("labels")), "expected images [count, rows, cols]");
+    EXPECT_THROWS(load_idx_dataset(dir.file("labels"), dir.file("labels")),
+                  "expected images [count, rows, cols]");
 }
 
 // A small training run whose every random choice comes from `data_rng`, so that a checkpoint
@@ -2439,21 +2612,25 @@ TEST("10 data", "a damaged or mismatched checkpoint is rejected and changes noth
         write_bytes(dir.file("bad.ckpt"), bytes);
         TrainingState s = other.state();
         EXPECT_THROWS(load_checkpoint(dir.file("bad.ckpt"), s), message);
-        EXPECT_TRUE(std::vector<real>(other.model.layers[0].W.values()) == before);   // nothing changed
+        EXPECT_TRUE(std::vector<real>(other.model.layers[0].W.values()) ==
+                    before);   // nothing changed
         EXPECT_EQ(other.opt.step_count, 0L);
     };
     std::vector<unsigned char> flipped = good;
     flipped[good.size() / 2] ^= 0x10;
     rejects(flipped, "checksum mismatch: the file is damaged");
-    rejects(std::vector<unsigned char>(good.begin(), good.begin() + good.size() / 2), "checksum mismatch");
-    rejects({'h', 'e', 'l', 'l', 'o', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, "not a checkpoint (bad magic)");
+    rejects(std::vector<unsigned char>(good.begin(), good.begin() + good.size() / 2),
+            "checksum mismatch");
+    rejects({'h', 'e', 'l', 'l', 'o', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+            "not a checkpoint (bad magic)");
     rejects({}, "not a checkpoint");
 
     Rng rng(5);   // another model: the shapes differ
     nn::MLP wider({3, 9, 4}, rng, Activation::tanh);
     AdamW opt(wider.parameters());
     TrainingState s{wider.named_parameters(), &opt, {&run.data_rng}, 0};
-    EXPECT_THROWS(load_checkpoint(path, s), "tensor 'layers.0.W' has shape [3, 8], the model's is [3, 9]");
+    EXPECT_THROWS(load_checkpoint(path, s),
+                  "tensor 'layers.0.W' has shape [3, 8], the model's is [3, 9]");
     SGD sgd(run.model.parameters(), 0.1);
     TrainingState t{run.model.named_parameters(), &sgd, {&run.data_rng}, 0};
     EXPECT_THROWS(load_checkpoint(path, t), "optimizer 'AdamW' where the run has 'SGD'");
@@ -2476,7 +2653,8 @@ TEST("10 data", "a save that fails leaves the previous checkpoint intact") {
 
 // ---- memory stays flat -----------------------------------------------------------------------
 
-TEST("memory", "training for 20,000 steps: live tensors and bytes return to the same value every step") {
+TEST("memory",
+     "training for 20,000 steps: live tensors and bytes return to the same value every step") {
     Rng rng(23);
     nn::MLP model({4, 16, 16, 3}, rng);
     AdamW opt(model.parameters(), 0.01);
@@ -2495,9 +2673,10 @@ TEST("memory", "training for 20,000 steps: live tensors and bytes return to the 
     for (int i = 0; i < 20000; ++i) {
         step();
         if (TensorNode::live_count != count || tensor_bytes() != bytes)
-            fail_at(__FILE__, __LINE__, "step " + std::to_string(i) + ": " + std::to_string(TensorNode::live_count) +
-                                            " tensors / " + std::to_string(tensor_bytes()) + " bytes, expected " +
-                                            std::to_string(count) + " / " + std::to_string(bytes));
+            fail_at(__FILE__, __LINE__,
+                    "step " + std::to_string(i) + ": " + std::to_string(TensorNode::live_count) +
+                        " tensors / " + std::to_string(tensor_bytes()) + " bytes, expected " +
+                        std::to_string(count) + " / " + std::to_string(bytes));
     }
     EXPECT_EQ(count, std::int64_t(6 + 1));   // 6 parameters and x
     EXPECT_TRUE(bytes > 0);
@@ -2517,7 +2696,8 @@ static std::string training_losses() {
     for (int step = 0; step < 30; ++step) {
         opt.lr = warmup_cosine_lr(step, 5, 30, 0.01, 0.001);
         opt.zero_grad();
-        const Tensor loss = cross_entropy(layer_norm(model(x), Tensor::full({4}, 1), Tensor({4})), labels, 0.1);
+        const Tensor loss =
+            cross_entropy(layer_norm(model(x), Tensor::full({4}, 1), Tensor({4})), labels, 0.1);
         loss.backward();
         clip_grad_norm(model.parameters(), 1.0);
         opt.step();
@@ -2537,7 +2717,8 @@ TEST_OF_OTHER_BUILD("determinism", "the same seed gives bit-identical losses at 
     require_binary(build_dir + "/O0/tests");
     const CommandResult r = run_command(build_dir + "/O0/tests --losses");
     if (r.exit_code != 0 || r.output != first)
-        fail_at(__FILE__, __LINE__, "the -O0 build's losses differ:\n" + r.output + "\nthis build's:\n" + first);
+        fail_at(__FILE__, __LINE__,
+                "the -O0 build's losses differ:\n" + r.output + "\nthis build's:\n" + first);
 }
 
 // ---- anomaly mode -----------------------------------------------------------------------------
@@ -2559,17 +2740,22 @@ TEST("anomaly", "forward: names the op that made the Inf, its shapes, and a like
     AnomalyModeOn on;
     Tensor w = Tensor({2, 2}, {1e200, 1, 1, 1}).requires_grad_();
     const Tensor square = w * w;   // 1e400 → inf, found when the next op reads it
-    EXPECT_THROWS(sum(square), "anomaly: '*' produced NaN/Inf in its output [2, 2] (inputs: [2, 2], [2, 2]), found when 'sum' read it; likely cause: values too large");
+    EXPECT_THROWS(sum(square),
+                  "anomaly: '*' produced NaN/Inf in its output [2, 2] (inputs: [2, 2], [2, 2]), "
+                  "found when 'sum' read it; likely cause: values too large");
     EXPECT_THROWS(sum(square).backward(), "'*' produced NaN/Inf");
     const Value big(1e200);
-    EXPECT_THROWS(big * big, "anomaly: '*' produced inf (or a non-finite slope) from inputs 1e+200, 1e+200");
+    EXPECT_THROWS(big * big,
+                  "anomaly: '*' produced inf (or a non-finite slope) from inputs 1e+200, 1e+200");
 }
 
 TEST("anomaly", "backward: names the op whose gradient overflowed") {
     AnomalyModeOn on;
     Tensor x = Tensor({1}, {1e-200}).requires_grad_();
     const Tensor y = 1.0 / x;   // 1e200: finite; its slope −1/x² = −1e400 is not
-    EXPECT_THROWS(sum(y).backward(), "anomaly: the backward of '/' (output [1], inputs: [1], [1]) produced NaN/Inf in the gradient of input 1; likely cause: division by 0 or by a tiny number");
+    EXPECT_THROWS(sum(y).backward(),
+                  "anomaly: the backward of '/' (output [1], inputs: [1], [1]) produced NaN/Inf in "
+                  "the gradient of input 1; likely cause: division by 0 or by a tiny number");
     Value v(1e-200);
     EXPECT_THROWS((1.0 / v).backward(), "anomaly: '/' produced 1e+200 (or a non-finite slope)");
 }
@@ -2603,7 +2789,9 @@ static bool scalar_op_ok(const std::string& op, double a, double b, double k) {
     if (op == "log") return a > 0.2;
     if (op == "exp") return std::fabs(a) < 4;
     if (op == "relu" || op == "leaky_relu") return std::fabs(a) > 0.05;
-    if (op == "pow") return (k == std::floor(k) && std::fabs(a) < 10 && (k > 0 || std::fabs(a) > 0.2)) || a > 0.2;
+    if (op == "pow")
+        return (k == std::floor(k) && std::fabs(a) < 10 && (k > 0 || std::fabs(a) > 0.2)) ||
+               a > 0.2;
     return std::fabs(a) < 1e3 && std::fabs(b) < 1e3;
 }
 
@@ -2629,7 +2817,9 @@ struct ScalarProgram {
     std::vector<FuzzStep> steps;
 
     // Values 0..n_inputs-1 are the inputs; value n_inputs + j is step j's output.
-    std::vector<Value> run(const std::vector<double>& x) const { return run_as<Value>({x.begin(), x.end()}); }
+    std::vector<Value> run(const std::vector<double>& x) const {
+        return run_as<Value>({x.begin(), x.end()});
+    }
     template <class X>
     std::vector<X> run_as(std::vector<X> v) const {
         for (const FuzzStep& s : steps) v.push_back(scalar_apply(s.op, v[s.a], v[s.b], s.k));
@@ -2638,11 +2828,13 @@ struct ScalarProgram {
 };
 
 static ScalarProgram random_scalar_program(Rng& rng) {
-    static const char* ops[] = {"+", "-", "*", "/", "neg", "pow", "exp", "log", "tanh", "sigmoid", "relu", "leaky_relu", "gelu"};
+    static const char* ops[] = {"+",   "-",    "*",       "/",    "neg",        "pow", "exp",
+                                "log", "tanh", "sigmoid", "relu", "leaky_relu", "gelu"};
     static const double powers[] = {2, 3, 0.5, -1, 1.5};
     ScalarProgram p;
     const int n_inputs = 1 + int(rng.below(3)), n_steps = 2 + int(rng.below(12));
-    for (int i = 0; i < n_inputs; ++i) p.inputs.push_back(rng.uniform(0.1, 2.0) * (rng.uniform() < 0.5 ? -1 : 1));
+    for (int i = 0; i < n_inputs; ++i)
+        p.inputs.push_back(rng.uniform(0.1, 2.0) * (rng.uniform() < 0.5 ? -1 : 1));
     std::vector<double> v = p.inputs;
     for (int s = 0; s < n_steps; ++s) {
         for (int attempt = 0; attempt < 50; ++attempt) {
@@ -2688,7 +2880,8 @@ static double scalar_program_error(const ScalarProgram& p, std::size_t root) {
             return p.run(x)[root].data();
         };
         const double analytic = v[i].grad(), numeric = central_difference(f, p.inputs[i], h);
-        const double scale = std::max({1.0, std::fabs(analytic), std::fabs(numeric)});   // as gradient_error's
+        const double scale =
+            std::max({1.0, std::fabs(analytic), std::fabs(numeric)});   // as gradient_error's
         worst = std::max(worst, gradient_error(analytic, numeric) - noise / scale);
     }
     return worst;
@@ -2717,7 +2910,8 @@ static std::string describe_subgraph(const Program& p, std::size_t root) {
         else {
             const FuzzStep& s = p.steps[j - n_inputs];
             text += "  v" + std::to_string(j) + " = " + s.op + "(v" + std::to_string(s.a) +
-                    (is_binary(s.op) ? ", v" + std::to_string(s.b) : "") + ", k=" + show(s.k) + ")\n";
+                    (is_binary(s.op) ? ", v" + std::to_string(s.b) : "") + ", k=" + show(s.k) +
+                    ")\n";
         }
     }
     return text;
@@ -2751,7 +2945,9 @@ static Tensor tensor_apply(const std::string& op, const Tensor& a, const Tensor&
     if (op == "gelu") return gelu(a);
     if (op == "softmax") return softmax(a);
     if (op == "log_softmax") return log_softmax(a);
-    if (op == "layer_norm") return layer_norm(a, Tensor::full({a.dim(-1)}, real(1.5)), Tensor::full({a.dim(-1)}, real(0.1)));
+    if (op == "layer_norm")
+        return layer_norm(a, Tensor::full({a.dim(-1)}, real(1.5)),
+                          Tensor::full({a.dim(-1)}, real(0.1)));
     if (op == "rms_norm") return rms_norm(a, Tensor::full({a.dim(-1)}, real(0.7)));
     return concat({a, b}, int(k));
 }
@@ -2764,7 +2960,8 @@ static double min_row_std(const Tensor& a) {
     for (std::size_t r = 0; r < a.numel() / n; ++r) {
         double m = 0, v = 0;
         for (std::size_t j = 0; j < n; ++j) m += a.values()[r * n + j] / n;
-        for (std::size_t j = 0; j < n; ++j) v += (a.values()[r * n + j] - m) * (a.values()[r * n + j] - m) / n;
+        for (std::size_t j = 0; j < n; ++j)
+            v += (a.values()[r * n + j] - m) * (a.values()[r * n + j] - m) / n;
         smallest = std::min(smallest, std::sqrt(v));
     }
     return smallest;
@@ -2793,7 +2990,9 @@ static bool tensor_op_ok(const std::string& op, const Tensor& a, const Tensor& b
     if (op == "relu" && !all_elements(a, off_kink)) return false;
     if (op == "/" && !all_elements(b, nonzero)) return false;
     if ((op == "sum" || op == "mean" || op == "concat") && int(k) >= a.rank()) return false;
-    if ((op == "layer_norm" || op == "rms_norm" || op == "softmax" || op == "log_softmax") && a.dim(-1) < 2) return false;
+    if ((op == "layer_norm" || op == "rms_norm" || op == "softmax" || op == "log_softmax") &&
+        a.dim(-1) < 2)
+        return false;
     if (op == "layer_norm" && min_row_std(a) < 0.1) return false;   // curvature grows like 1/σ³
     if (op == "rms_norm" && min_row_rms(a) < 0.1) return false;
     try {
@@ -2816,7 +3015,10 @@ struct TensorProgram {
 };
 
 static TensorProgram random_tensor_program(Rng& rng) {
-    static const char* ops[] = {"+", "-", "*", "/", "matmul", "transpose", "reshape", "sum", "mean", "exp", "log", "sqrt", "pow", "tanh", "sigmoid", "relu", "gelu", "softmax", "log_softmax", "layer_norm", "rms_norm", "concat"};
+    static const char* ops[] = {
+        "+",    "-",       "*",           "/",          "matmul",   "transpose", "reshape", "sum",
+        "mean", "exp",     "log",         "sqrt",       "pow",      "tanh",      "sigmoid", "relu",
+        "gelu", "softmax", "log_softmax", "layer_norm", "rms_norm", "concat"};
     const int m = 1 + int(rng.below(4)), n = 1 + int(rng.below(4)), p = 1 + int(rng.below(3));
     const std::vector<Shape> shapes = {{m, n}, {n}, {m, 1}, {1}, {n, p}, {2, m, n}};
     TensorProgram prog;
@@ -2830,7 +3032,8 @@ static TensorProgram random_tensor_program(Rng& rng) {
     for (int s = 0; s < n_steps; ++s) {
         for (int attempt = 0; attempt < 60; ++attempt) {
             const int count = int(v.size());
-            const int a = rng.uniform() < 0.6 ? count - 1 : int(rng.below(count)), b = int(rng.below(count));
+            const int a = rng.uniform() < 0.6 ? count - 1 : int(rng.below(count)),
+                      b = int(rng.below(count));
             const std::string op = ops[rng.below(22)];
             const double k = op == "pow" ? 2.0 : double(rng.below(3));
             if (!tensor_op_ok(op, v[a], v[b], k)) continue;
@@ -2876,20 +3079,22 @@ static void fuzz_one(std::uint64_t seed) {
     Rng rng(seed);
     const bool tensors = seed % 4 == 3;
     auto fail = [&](const std::string& graph, double error) {
-        throw TestFailure("graph with seed " + std::to_string(seed) + " (replay: SEED=" +
-                          std::to_string(seed) + " make fuzz): gradient error " + show(error) +
-                          " > 1e-6 in\n" + graph);
+        throw TestFailure("graph with seed " + std::to_string(seed) +
+                          " (replay: SEED=" + std::to_string(seed) +
+                          " make fuzz): gradient error " + show(error) + " > 1e-6 in\n" + graph);
     };
     if (tensors) {
         const TensorProgram p = random_tensor_program(rng);
         const std::size_t n = p.inputs.size() + p.steps.size();
         for (std::size_t root = p.inputs.size(); root < n; ++root)   // the smallest failing root
-            if (const double e = tensor_program_error(p, root); e > 1e-6) fail(describe_subgraph(p, root), e);
+            if (const double e = tensor_program_error(p, root); e > 1e-6)
+                fail(describe_subgraph(p, root), e);
     } else {
         const ScalarProgram p = random_scalar_program(rng);
         const std::size_t n = p.inputs.size() + p.steps.size();
         for (std::size_t root = p.inputs.size(); root < n; ++root)
-            if (const double e = scalar_program_error(p, root); e > 1e-6) fail(describe_subgraph(p, root), e);
+            if (const double e = scalar_program_error(p, root); e > 1e-6)
+                fail(describe_subgraph(p, root), e);
     }
 }
 
@@ -2923,7 +3128,8 @@ static bool small(const Shape& s) {   // else it holds 2⁶⁰ numbers or more, 
 }
 
 static double random_setting(Rng& rng) {
-    static const double settings[] = {std::nan(""), INFINITY, -INFINITY, -1, 0, 1e-3, 0.5, 0.9, 1, 2};
+    static const double settings[] = {std::nan(""), INFINITY, -INFINITY, -1, 0,
+                                      1e-3,         0.5,      0.9,       1,  2};
     return settings[rng.below(10)];
 }
 
@@ -2939,7 +3145,8 @@ static Tensor random_tensor(Rng& rng, const Shape& shape) {
     const bool special = rng.uniform() < 0.1;
     for (real& v : t.values()) v = real(rng.uniform(-2, 2));
     if (special && t.numel() > 0) {
-        static const real specials[] = {std::numeric_limits<real>::quiet_NaN(), std::numeric_limits<real>::infinity(),
+        static const real specials[] = {std::numeric_limits<real>::quiet_NaN(),
+                                        std::numeric_limits<real>::infinity(),
                                         -std::numeric_limits<real>::infinity()};
         t.values()[rng.below(t.numel())] = specials[rng.below(3)];
     }
@@ -2948,18 +3155,20 @@ static Tensor random_tensor(Rng& rng, const Shape& shape) {
 
 // The outcome of one call: ok, or a description of the bug.
 struct Call {
-    std::string op;           // the name the op's errors must carry
+    std::string op;   // the name the op's errors must carry
     std::function<Tensor()> run;
-    bool inputs_finite;       // then the result must be finite
+    bool inputs_finite;   // then the result must be finite
 };
 
 // With finite inputs, the backward must run too, and give finite gradients (`params` are the
 // inputs that require grad).
-static std::string judge_call(const Call& c, const Shape* expected_shape, const std::vector<Tensor>& params) {
+static std::string judge_call(const Call& c, const Shape* expected_shape,
+                              const std::vector<Tensor>& params) {
     try {
         const Tensor out = c.run();
         if (expected_shape && out.shape() != *expected_shape)
-            return c.op + " returned shape " + shape_str(out.shape()) + ", expected " + shape_str(*expected_shape);
+            return c.op + " returned shape " + shape_str(out.shape()) + ", expected " +
+                   shape_str(*expected_shape);
         if (!c.inputs_finite) return "";
         if (!all_finite(out)) return c.op + " returned NaN or inf from finite inputs";
         if (!out.requires_grad() || out.numel() == 0) return "";
@@ -2968,11 +3177,14 @@ static std::string judge_call(const Call& c, const Shape* expected_shape, const 
             if (!p.grad().empty() && !all_finite(Tensor(p.shape(), p.grad())))
                 return c.op + "'s backward gave NaN or inf gradients from finite inputs";
     } catch (const std::invalid_argument& e) {
-        if (std::string(e.what()).find(c.op) == std::string::npos) return "the error \"" + std::string(e.what()) + "\" does not name " + c.op;
+        if (std::string(e.what()).find(c.op) == std::string::npos)
+            return "the error \"" + std::string(e.what()) + "\" does not name " + c.op;
     } catch (const std::domain_error& e) {
-        if (std::string(e.what()).find(c.op) == std::string::npos) return "the error \"" + std::string(e.what()) + "\" does not name " + c.op;
+        if (std::string(e.what()).find(c.op) == std::string::npos)
+            return "the error \"" + std::string(e.what()) + "\" does not name " + c.op;
     } catch (const std::exception& e) {
-        return c.op + " threw an exception that is neither invalid_argument nor domain_error: " + e.what();
+        return c.op +
+               " threw an exception that is neither invalid_argument nor domain_error: " + e.what();
     }
     return "";
 }
@@ -2982,7 +3194,8 @@ static bool broadcast(const Shape& a, const Shape& b, Shape& out) {
     const std::size_t r = std::max(a.size(), b.size());
     out.assign(r, 0);
     for (std::size_t k = 0; k < r; ++k) {
-        const int da = k < a.size() ? a[a.size() - 1 - k] : 1, db = k < b.size() ? b[b.size() - 1 - k] : 1;
+        const int da = k < a.size() ? a[a.size() - 1 - k] : 1,
+                  db = k < b.size() ? b[b.size() - 1 - k] : 1;
         if (da != db && da != 1 && db != 1) return false;
         out[r - 1 - k] = da == 1 ? db : da;
     }
@@ -2992,7 +3205,8 @@ static bool broadcast(const Shape& a, const Shape& b, Shape& out) {
 // One random call of one random op; "" when it behaved.
 static std::string one_call(std::uint64_t seed) {
     Rng rng(seed);
-    Shape sa = random_shape(rng, 1 + int(rng.below(3))), sb = random_shape(rng, 1 + int(rng.below(3)));
+    Shape sa = random_shape(rng, 1 + int(rng.below(3))),
+          sb = random_shape(rng, 1 + int(rng.below(3)));
     if (rng.uniform() < 0.4) sb = sa;   // often the same shape, so that the op gets past its checks
     if (rng.uniform() < 0.3 && sa.size() >= 1) sb = {sa.back()};
     if (!small(sa) || !small(sb)) {   // the constructor alone: it must refuse, naming the shape
@@ -3001,7 +3215,9 @@ static std::string one_call(std::uint64_t seed) {
             Tensor t(huge_one);
             return "Tensor(" + shape_str(huge_one) + ") was made";
         } catch (const std::invalid_argument& e) {
-            return std::string(e.what()).find(shape_str(huge_one)) == std::string::npos ? "the error \"" + std::string(e.what()) + "\" does not name the shape" : "";
+            return std::string(e.what()).find(shape_str(huge_one)) == std::string::npos
+                       ? "the error \"" + std::string(e.what()) + "\" does not name the shape"
+                       : "";
         }
     }
     Tensor a = random_tensor(rng, sa), b = random_tensor(rng, sb);
@@ -3010,8 +3226,9 @@ static std::string one_call(std::uint64_t seed) {
     if (rng.uniform() < 0.5) b.requires_grad_();
     const double setting = random_setting(rng);
     const int axis = int(rng.below(5)) - 2, k = int(rng.below(4));
-    std::vector<int> labels(a.rank() >= 1 ? std::size_t(std::min(a.dim(0), 5)) : 0);   // (a [2³⁰, 0] holds no
-                                                                                    // numbers: 5 labels, wrong)
+    std::vector<int> labels(a.rank() >= 1 ? std::size_t(std::min(a.dim(0), 5))
+                                          : 0);        // (a [2³⁰, 0] holds no
+                                                       // numbers: 5 labels, wrong)
     for (int& l : labels) l = int(rng.below(5)) - 1;   // now and then out of range
     Shape same = sa, joined;
     const Shape* broadcast_shape = broadcast(sa, sb, joined) ? &joined : nullptr;
@@ -3035,7 +3252,11 @@ static std::string one_call(std::uint64_t seed) {
         {"rms_norm", [&] { return rms_norm(a, b, real(setting)); }, finite},
         {"reshape", [&] { return reshape(a, random_shape(rng, 1 + k % 3)); }, finite},
         {"slice", [&] { return slice(a, axis, k - 1, k + 1); }, finite},
-        {"concat", [&] { return concat({a, b}, axis); }, finite},
+        {"concat",
+         [&] {
+             return concat({a, b}, axis);
+         },
+         finite},
         {"embedding", [&] { return embedding(a, labels); }, finite},
         {"dropout", [&] { return dropout(a, real(setting), drop, true); }, finite},
         {"exp", [&] { return exp(a); }, finite},
@@ -3050,15 +3271,21 @@ static std::string one_call(std::uint64_t seed) {
         {"attention", [&] { return attention(a, b, b, k % 2 == 0); }, finite},
         {"batch_norm", [&] { return batch_norm(a, b, b, real(setting)); }, finite},
         {"gather_rows", [&] { return gather_rows(a, labels); }, finite},
-        {"cast", [&] { return cast(a, k % 2 ? Precision::fp16 : Precision::bf16); }, false},   // 65504 is fp16's top
-        {"matmul_in_precision", [&] { return matmul_in_precision(a, b, Precision::bf16, Precision::fp32); }, finite},
+        {"cast", [&] { return cast(a, k % 2 ? Precision::fp16 : Precision::bf16); },
+         false},   // 65504 is fp16's top
+        {"matmul_in_precision",
+         [&] { return matmul_in_precision(a, b, Precision::bf16, Precision::fp32); }, finite},
         {"randn", [&] { return randn(sa, drop, real(setting)); }, true},
-        {"uniform", [&] { return uniform(sa, drop, real(setting), real(random_setting(rng))); }, true},
-        {"init_weight", [&] { return init_weight(sa, k - 1, int(labels.size()), Init::xavier_uniform, drop); }, true},
+        {"uniform", [&] { return uniform(sa, drop, real(setting), real(random_setting(rng))); },
+         true},
+        {"init_weight",
+         [&] { return init_weight(sa, k - 1, int(labels.size()), Init::xavier_uniform, drop); },
+         true},
     };
     const std::size_t pick = rng.below(calls.size());
     const Call& c = calls[pick];
-    const bool elementwise = pick <= 2, keeps_shape = pick == 9 || pick == 10 || (pick >= 20 && pick <= 29);
+    const bool elementwise = pick <= 2,
+               keeps_shape = pick == 9 || pick == 10 || (pick >= 20 && pick <= 29);
     return judge_call(c, elementwise ? broadcast_shape : keeps_shape ? &same : nullptr, {a, b});
 }
 
@@ -3067,7 +3294,8 @@ static std::string one_call(std::uint64_t seed) {
 static std::string one_setting(std::uint64_t seed) {
     Rng rng(seed);
     Tensor w = random_tensor(rng, {3});
-    for (real& v : w.values()) v = std::isfinite(v) ? v : 1;   // finite weights; the gradient may not be
+    for (real& v : w.values())
+        v = std::isfinite(v) ? v : 1;   // finite weights; the gradient may not be
     w.requires_grad_();
     w.grad() = std::vector<real>(random_tensor(rng, {3}).values());
     const std::vector<real> before = w.values();
@@ -3083,37 +3311,48 @@ static std::string one_setting(std::uint64_t seed) {
         if (which == 2) opt = std::make_unique<Adam>(params, s1, s2, 0.999, s3);
         if (which == 3) opt = std::make_unique<AdamW>(params, s1, 0.9, s2, 1e-8, s3);
         if (which == 4) opt = std::make_unique<Lion>(params, s1, s2, s3);
-        if (which == 5) {   // the norm after clipping is the smaller of the norm before and max_norm
+        if (which ==
+            5) {   // the norm after clipping is the smaller of the norm before and max_norm
             const double norm = clip_grad_norm(params, s1), want = std::min(norm, s1);
             double now = 0;
             for (real g : w.grad()) now += double(g) * g;
             if (!(std::fabs(std::sqrt(now) - want) <= 1e-9 * (1 + want)))
-                return "clip_grad_norm left the norm " + show(std::sqrt(now)) + ", expected " + show(want);
+                return "clip_grad_norm left the norm " + show(std::sqrt(now)) + ", expected " +
+                       show(want);
             return "";
         }
         if (rng.uniform() < 0.5) opt->lr = random_setting(rng);   // changed after construction
         opt->step();
         if (!all_finite(w)) return std::string(name) + " stepped to non-finite weights";
     } catch (const std::invalid_argument& e) {
-        if (std::string(e.what()).find(name) == std::string::npos) return "the error \"" + std::string(e.what()) + "\" does not name " + name;
-        if (std::vector<real>(w.values()) != before) return std::string(name) + " refused, but changed the weights";
+        if (std::string(e.what()).find(name) == std::string::npos)
+            return "the error \"" + std::string(e.what()) + "\" does not name " + name;
+        if (std::vector<real>(w.values()) != before)
+            return std::string(name) + " refused, but changed the weights";
     } catch (const std::domain_error& e) {
-        if (std::string(e.what()).find(name) == std::string::npos) return "the error \"" + std::string(e.what()) + "\" does not name " + name;
-        if (std::vector<real>(w.values()) != before) return std::string(name) + " refused, but changed the weights";
+        if (std::string(e.what()).find(name) == std::string::npos)
+            return "the error \"" + std::string(e.what()) + "\" does not name " + name;
+        if (std::vector<real>(w.values()) != before)
+            return std::string(name) + " refused, but changed the weights";
     } catch (const std::exception& e) {
-        return std::string(name) + " threw an exception that is neither invalid_argument nor domain_error: " + e.what();
+        return std::string(name) +
+               " threw an exception that is neither invalid_argument nor domain_error: " + e.what();
     }
-    const long step = long(rng.below(2000)) - 100, warmup = long(rng.below(300)) - 10, total = long(rng.below(2000)) - 10;
+    const long step = long(rng.below(2000)) - 100, warmup = long(rng.below(300)) - 10,
+               total = long(rng.below(2000)) - 10;
     try {
-        const double lr = rng.below(2) ? warmup_cosine_lr(step, warmup, total, s1, s2) : step_decay_lr(step, s1, warmup, s2);
-        if (!(lr >= 0 && std::isfinite(lr))) return "a schedule returned the learning rate " + show(lr);
+        const double lr = rng.below(2) ? warmup_cosine_lr(step, warmup, total, s1, s2)
+                                       : step_decay_lr(step, s1, warmup, s2);
+        if (!(lr >= 0 && std::isfinite(lr)))
+            return "a schedule returned the learning rate " + show(lr);
     } catch (const std::invalid_argument& e) {
-        if (std::string(e.what()).find("_lr") == std::string::npos) return "the error \"" + std::string(e.what()) + "\" does not name the schedule";
+        if (std::string(e.what()).find("_lr") == std::string::npos)
+            return "the error \"" + std::string(e.what()) + "\" does not name the schedule";
     }
     return "";
 }
 
-}  // namespace api_fuzz
+}   // namespace api_fuzz
 
 static std::uint64_t fuzz_count(const char* variable, std::uint64_t quick) {
     const char* count = std::getenv(variable);
@@ -3129,16 +3368,18 @@ TEST("fuzz", "random API calls: hostile shapes and settings give a right answer 
         const std::uint64_t s = first + i;
         std::string bug = s % 4 == 3 ? api_fuzz::one_setting(s) : api_fuzz::one_call(s);
         if (!bug.empty())
-            throw TestFailure("call with seed " + std::to_string(s) + " (replay: SEED=" + std::to_string(s) +
-                              " make fuzz): " + bug);
-        if (n > 100000 && (i + 1) % 100000 == 0) std::fprintf(stderr, "fuzz: %llu calls passed\n", (unsigned long long)(i + 1));
+            throw TestFailure("call with seed " + std::to_string(s) +
+                              " (replay: SEED=" + std::to_string(s) + " make fuzz): " + bug);
+        if (n > 100000 && (i + 1) % 100000 == 0)
+            std::fprintf(stderr, "fuzz: %llu calls passed\n", (unsigned long long)(i + 1));
     }
 }
 
 // Forward mode against reverse mode: on every random scalar graph, for every value and every
 // input, the tangent of a forward pass seeded with eᵢ equals that value's ∂/∂xᵢ from backward().
 // Both are exact up to rounding (no h), so they must agree to 1e-10.
-TEST("forward mode", "forward mode equals reverse mode on 2,000 random scalar graphs, every node and input") {
+TEST("forward mode",
+     "forward mode equals reverse mode on 2,000 random scalar graphs, every node and input") {
     for (std::uint64_t seed = 0; seed < 2000; ++seed) {
         Rng rng(seed);
         const ScalarProgram p = random_scalar_program(rng);
@@ -3151,9 +3392,11 @@ TEST("forward mode", "forward mode equals reverse mode on 2,000 random scalar gr
                 x[i].tangent = 1.0;
                 const double forward = p.run_as<Dual>(x)[root].tangent, reverse = v[i].grad();
                 if (gradient_error(forward, reverse) > 1e-10)
-                    fail_at(__FILE__, __LINE__, "graph " + std::to_string(seed) + ", node " + std::to_string(root) +
-                                                    ", input " + std::to_string(i) + ": forward mode " + show(forward) +
-                                                    ", reverse mode " + show(reverse) + "\n" + describe_subgraph(p, root));
+                    fail_at(__FILE__, __LINE__,
+                            "graph " + std::to_string(seed) + ", node " + std::to_string(root) +
+                                ", input " + std::to_string(i) + ": forward mode " + show(forward) +
+                                ", reverse mode " + show(reverse) + "\n" +
+                                describe_subgraph(p, root));
             }
         }
     }
@@ -3168,7 +3411,8 @@ TEST("fuzz", "random scalar and tensor graphs match finite differences") {
     const std::uint64_t n = fuzz_count("FUZZ_GRAPHS", 1300);
     for (std::uint64_t i = 0; i < n; ++i) {
         fuzz_one(1000 + i);
-        if (n > 10000 && (i + 1) % 10000 == 0) std::fprintf(stderr, "fuzz: %llu graphs passed\n", (unsigned long long)(i + 1));
+        if (n > 10000 && (i + 1) % 10000 == 0)
+            std::fprintf(stderr, "fuzz: %llu graphs passed\n", (unsigned long long)(i + 1));
     }
 }
 
@@ -3191,15 +3435,16 @@ namespace cuda_tests {
 
 // ---- a tiny harness ---------------------------------------------------------------------------
 using Failure = TestFailure;   // a failed check is a FAIL of the test that runs it
-#define CHECK(cond, what)                                                                               \
-    do {                                                                                                \
-        if (!(cond)) throw Failure(std::string(__FILE__) + ":" + std::to_string(__LINE__) + ": " + (what)); \
+#define CHECK(cond, what)                                                                          \
+    do {                                                                                           \
+        if (!(cond))                                                                               \
+            throw Failure(std::string(__FILE__) + ":" + std::to_string(__LINE__) + ": " + (what)); \
     } while (0)
 #define CUDA_OK(call) cuda_check((call), #call, __FILE__, __LINE__)
 
 // The statement must throw, with a message that contains every fragment.
-static void expect_throw(const std::function<void()>& statement, const std::vector<std::string>& fragments,
-                         const char* file, int line) {
+static void expect_throw(const std::function<void()>& statement,
+                         const std::vector<std::string>& fragments, const char* file, int line) {
     std::string message;
     try {
         statement();
@@ -3209,9 +3454,11 @@ static void expect_throw(const std::function<void()>& statement, const std::vect
     const std::string at = std::string(file) + ":" + std::to_string(line) + ": ";
     if (message.empty()) throw Failure(at + "expected an exception");
     for (const std::string& f : fragments)
-        if (message.find(f) == std::string::npos) throw Failure(at + "the message \"" + message + "\" lacks \"" + f + "\"");
+        if (message.find(f) == std::string::npos)
+            throw Failure(at + "the message \"" + message + "\" lacks \"" + f + "\"");
 }
-#define EXPECT_THROW(statement, ...) expect_throw([&] { statement; }, {__VA_ARGS__}, __FILE__, __LINE__)
+#define EXPECT_THROW(statement, ...)                                                               \
+    expect_throw([&] { statement; }, {__VA_ARGS__}, __FILE__, __LINE__)
 
 // Reproducible random numbers (splitmix64).
 struct Random {
@@ -3222,7 +3469,9 @@ struct Random {
         z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
         return z ^ (z >> 31);
     }
-    float uniform(float lo, float hi) { return lo + (hi - lo) * float(next() >> 40) / float(1 << 24); }
+    float uniform(float lo, float hi) {
+        return lo + (hi - lo) * float(next() >> 40) / float(1 << 24);
+    }
     std::vector<float> vector(std::size_t n, float lo = -1, float hi = 1) {
         std::vector<float> v(n);
         for (float& x : v) x = uniform(lo, hi);
@@ -3232,15 +3481,19 @@ struct Random {
 
 // got[i] must be within tol·(1 + |want[i]|) of want[i] (relative for large values, absolute for
 // small ones). A NaN never passes.
-static void expect_close(const std::string& what, const std::vector<float>& got, const std::vector<double>& want,
-                         double tol) {
-    CHECK(got.size() == want.size(), what + ": size " + std::to_string(got.size()) + " vs " + std::to_string(want.size()));
+static void expect_close(const std::string& what, const std::vector<float>& got,
+                         const std::vector<double>& want, double tol) {
+    CHECK(got.size() == want.size(),
+          what + ": size " + std::to_string(got.size()) + " vs " + std::to_string(want.size()));
     for (std::size_t i = 0; i < got.size(); ++i)
         if (!(std::fabs(got[i] - want[i]) <= tol * (1 + std::fabs(want[i]))))
-            throw Failure(what + "[" + std::to_string(i) + "] = " + std::to_string(got[i]) + ", expected " +
-                          std::to_string(want[i]) + " (tolerance " + std::to_string(tol) + " relative to 1 + |expected|)");
+            throw Failure(what + "[" + std::to_string(i) + "] = " + std::to_string(got[i]) +
+                          ", expected " + std::to_string(want[i]) + " (tolerance " +
+                          std::to_string(tol) + " relative to 1 + |expected|)");
 }
-static std::vector<double> widen(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
+static std::vector<double> widen(const std::vector<float>& v) {
+    return std::vector<double>(v.begin(), v.end());
+}
 
 // =============================================================================================
 // Kernels against CPU references. Each test runs once per schedule.
@@ -3249,10 +3502,12 @@ static std::vector<double> widen(const std::vector<float>& v) { return std::vect
 static void test_add() {   // tolerance 1e-6: one float rounding
     Random rng{11};
     const int rows = 7, cols = 13, n = rows * cols;
-    const std::vector<float> a = rng.vector(n), b = rng.vector(n), bias = rng.vector(cols), g = rng.vector(n);
+    const std::vector<float> a = rng.vector(n), b = rng.vector(n), bias = rng.vector(cols),
+                             g = rng.vector(n);
     const std::vector<float> ga0 = rng.vector(n), gb0 = rng.vector(n), gbias0 = rng.vector(cols);
-    DeviceBuffer<float> A = to_device(a), B = to_device(b), Bias = to_device(bias), G = to_device(g), Y(n),
-                        dA = to_device(ga0), dB = to_device(gb0), dBias = to_device(gbias0);
+    DeviceBuffer<float> A = to_device(a), B = to_device(b), Bias = to_device(bias),
+                        G = to_device(g), Y(n), dA = to_device(ga0), dB = to_device(gb0),
+                        dBias = to_device(gbias0);
     std::vector<double> same(n), broadcast(n), want_da(n), want_db(n), want_dbias(cols);
     for (int i = 0; i < n; ++i) {
         same[i] = double(a[i]) + b[i];
@@ -3268,8 +3523,9 @@ static void test_add() {   // tolerance 1e-6: one float rounding
     expect_close("add, same shapes", to_host(Y), same, 1e-6);
     cuda_add_forward(A.data(), Bias.data(), Y.data(), n, cols);
     expect_close("add, bias [13] over [7, 13]", to_host(Y), broadcast, 1e-6);
-    cuda_add_backward(G.data(), dA.data(), dB.data(), n, n);         // dA += g, dB += g
-    cuda_add_backward(G.data(), dA.data(), dBias.data(), n, cols);   // dA += g again, dBias += column sums
+    cuda_add_backward(G.data(), dA.data(), dB.data(), n, n);   // dA += g, dB += g
+    cuda_add_backward(G.data(), dA.data(), dBias.data(), n,
+                      cols);   // dA += g again, dBias += column sums
     expect_close("add backward dA", to_host(dA), want_da, 1e-6);
     expect_close("add backward dB", to_host(dB), want_db, 1e-6);
     expect_close("add backward dBias", to_host(dBias), want_dbias, 1e-6);
@@ -3290,9 +3546,10 @@ static void test_bias_grad() {   // tolerance 1e-6: sums of 45 values in [-1, 1]
 static void test_mul() {   // tolerance 1e-6
     Random rng{13};
     const int n = 1001;
-    const std::vector<float> a = rng.vector(n), b = rng.vector(n), g = rng.vector(n), da0 = rng.vector(n), db0 = rng.vector(n);
-    DeviceBuffer<float> A = to_device(a), B = to_device(b), G = to_device(g), Y(n), dA = to_device(da0),
-                        dB = to_device(db0);
+    const std::vector<float> a = rng.vector(n), b = rng.vector(n), g = rng.vector(n),
+                             da0 = rng.vector(n), db0 = rng.vector(n);
+    DeviceBuffer<float> A = to_device(a), B = to_device(b), G = to_device(g), Y(n),
+                        dA = to_device(da0), dB = to_device(db0);
     std::vector<double> y(n), da(n), db(n);
     for (int i = 0; i < n; ++i) {
         y[i] = double(a[i]) * b[i];
@@ -3320,15 +3577,22 @@ static void test_activations() {
         {"relu", cuda_relu_forward, cuda_relu_backward, [](double x) { return x > 0 ? x : 0.0; },
          [](double x) { return x > 0 ? 1.0 : 0.0; }},
         {"gelu", cuda_gelu_forward, cuda_gelu_backward,
-         [](double x) { return 0.5 * x * (1 + std::tanh(std::sqrt(2 / M_PI) * (x + 0.044715 * x * x * x))); },
          [](double x) {
-             const double c = std::sqrt(2 / M_PI), k = 0.044715, t = std::tanh(c * (x + k * x * x * x));
+             return 0.5 * x * (1 + std::tanh(std::sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)));
+         },
+         [](double x) {
+             const double c = std::sqrt(2 / M_PI), k = 0.044715,
+                          t = std::tanh(c * (x + k * x * x * x));
              return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * k * x * x);
          }},
         {"gelu exact", cuda_gelu_exact_forward, cuda_gelu_exact_backward,
          [](double x) { return 0.5 * x * (1 + std::erf(x / std::sqrt(2.0))); },
-         [](double x) { return 0.5 * (1 + std::erf(x / std::sqrt(2.0))) + x * std::exp(-x * x / 2) / std::sqrt(2 * M_PI); }},
-        {"sigmoid", cuda_sigmoid_forward, cuda_sigmoid_backward, [](double x) { return 1 / (1 + std::exp(-x)); },
+         [](double x) {
+             return 0.5 * (1 + std::erf(x / std::sqrt(2.0))) +
+                    x * std::exp(-x * x / 2) / std::sqrt(2 * M_PI);
+         }},
+        {"sigmoid", cuda_sigmoid_forward, cuda_sigmoid_backward,
+         [](double x) { return 1 / (1 + std::exp(-x)); },
          [](double x) { return std::exp(-x) / ((1 + std::exp(-x)) * (1 + std::exp(-x))); }},
         {"tanh", cuda_tanh_forward, cuda_tanh_backward, [](double x) { return std::tanh(x); },
          [](double x) { return 1 - std::tanh(x) * std::tanh(x); }},
@@ -3357,7 +3621,8 @@ static void test_activations() {
 }
 
 // C = A·B in double. Tolerance 2e-5 relative to 1 + |C|: float sums of up to 67 products.
-static std::vector<double> matmul_reference(const std::vector<float>& A, const std::vector<float>& B, int M, int K, int N) {
+static std::vector<double> matmul_reference(const std::vector<float>& A,
+                                            const std::vector<float>& B, int M, int K, int N) {
     std::vector<double> C(std::size_t(M) * N, 0.0);
     for (int i = 0; i < M; ++i)
         for (int k = 0; k < K; ++k)
@@ -3369,16 +3634,22 @@ struct Size3 {
 };
 // 1×1×1; K = 0 (C = 0); 37×29×53 (no size a multiple of 16 or 64: partial tiles everywhere);
 // for v3 also 70×33×67 (2 × 2 blocks of 64 × 64).
-static void test_matmul(const char* name, void (*matmul)(const float*, const float*, float*, int, int, int)) {
+static void test_matmul(const char* name,
+                        void (*matmul)(const float*, const float*, float*, int, int, int)) {
     Random rng{15};
-    const std::vector<Size3> sizes = matmul == cuda_matmul_v3 ? std::vector<Size3>{{1, 1, 1}, {5, 0, 3}, {37, 29, 53}, {70, 33, 67}}
-                                                              : std::vector<Size3>{{1, 1, 1}, {5, 0, 3}, {37, 29, 53}};
+    const std::vector<Size3> sizes =
+        matmul == cuda_matmul_v3
+            ? std::vector<Size3>{{1, 1, 1}, {5, 0, 3}, {37, 29, 53}, {70, 33, 67}}
+            : std::vector<Size3>{{1, 1, 1}, {5, 0, 3}, {37, 29, 53}};
     for (const Size3& s : sizes) {
-        const std::vector<float> a = rng.vector(std::size_t(s.M) * s.K), b = rng.vector(std::size_t(s.K) * s.N);
+        const std::vector<float> a = rng.vector(std::size_t(s.M) * s.K),
+                                 b = rng.vector(std::size_t(s.K) * s.N);
         DeviceBuffer<float> A = to_device(a), B = to_device(b), C(std::size_t(s.M) * s.N);
         matmul(A.data(), B.data(), C.data(), s.M, s.K, s.N);
-        const std::string size = std::to_string(s.M) + "x" + std::to_string(s.K) + "x" + std::to_string(s.N);
-        expect_close(std::string(name) + " " + size, to_host(C), matmul_reference(a, b, s.M, s.K, s.N), 2e-5);
+        const std::string size =
+            std::to_string(s.M) + "x" + std::to_string(s.K) + "x" + std::to_string(s.N);
+        expect_close(std::string(name) + " " + size, to_host(C),
+                     matmul_reference(a, b, s.M, s.K, s.N), 2e-5);
     }
 }
 
@@ -3410,11 +3681,13 @@ static void test_matmul_rounding() {
         double from_fused = 0;
         for (std::size_t i = 0; i < c.size(); ++i) {
             CHECK(c[i] == separate[i], "output " + std::to_string(i) + ": " + std::to_string(c[i]) +
-                                           " is not the loop s = s + a*b's " + std::to_string(separate[i]));
+                                           " is not the loop s = s + a*b's " +
+                                           std::to_string(separate[i]));
             from_fused = std::max(from_fused, std::fabs(double(c[i]) - double(fused[i])));
         }
         CHECK(from_fused > 0 && from_fused < 1e-5,
-              "the fma loop should differ by a few float spacings, got " + std::to_string(from_fused));
+              "the fma loop should differ by a few float spacings, got " +
+                  std::to_string(from_fused));
     }
 }
 
@@ -3423,10 +3696,12 @@ static void test_matmul_backward() {   // tolerance 2e-5, as for the forward
     const Size3 sizes[] = {{1, 1, 1}, {5, 0, 3}, {37, 29, 53}};
     for (const Size3& s : sizes) {
         const int M = s.M, K = s.K, N = s.N;
-        const std::vector<float> x = rng.vector(std::size_t(M) * K), w = rng.vector(std::size_t(K) * N);
-        const std::vector<float> g = rng.vector(std::size_t(M) * N), dx0 = rng.vector(x.size()), dw0 = rng.vector(w.size());
-        DeviceBuffer<float> X = to_device(x), W = to_device(w), G = to_device(g), dX = to_device(dx0),
-                            dW = to_device(dw0);
+        const std::vector<float> x = rng.vector(std::size_t(M) * K),
+                                 w = rng.vector(std::size_t(K) * N);
+        const std::vector<float> g = rng.vector(std::size_t(M) * N), dx0 = rng.vector(x.size()),
+                                 dw0 = rng.vector(w.size());
+        DeviceBuffer<float> X = to_device(x), W = to_device(w), G = to_device(g),
+                            dX = to_device(dx0), dW = to_device(dw0);
         std::vector<double> dx = widen(dx0), dw = widen(dw0);
         for (int i = 0; i < M; ++i)
             for (int k = 0; k < K; ++k)
@@ -3436,7 +3711,8 @@ static void test_matmul_backward() {   // tolerance 2e-5, as for the forward
                 }
         cuda_matmul_backward_dx(G.data(), W.data(), dX.data(), M, K, N);
         cuda_matmul_backward_dw(X.data(), G.data(), dW.data(), M, K, N);
-        const std::string size = std::to_string(M) + "x" + std::to_string(K) + "x" + std::to_string(N);
+        const std::string size =
+            std::to_string(M) + "x" + std::to_string(K) + "x" + std::to_string(N);
         expect_close("matmul backward dX " + size, to_host(dX), dx, 2e-5);
         expect_close("matmul backward dW " + size, to_host(dW), dw, 2e-5);
     }
@@ -3445,7 +3721,8 @@ static void test_matmul_backward() {   // tolerance 2e-5, as for the forward
 // Tolerance 1e-6 of Σ|x|: float rounding in a tree of additions.
 static void test_sum(const char* name, float (*sum)(const float*, int)) {
     Random rng{17};
-    for (int n : {1, 31, 1000, 5001}) {   // 5001: 3 blocks of 256 threads, up to 7 elements per thread
+    for (int n :
+         {1, 31, 1000, 5001}) {   // 5001: 3 blocks of 256 threads, up to 7 elements per thread
         const std::vector<float> x = rng.vector(std::size_t(n));
         DeviceBuffer<float> X = to_device(x);
         double want = 0, scale = 0;
@@ -3455,7 +3732,8 @@ static void test_sum(const char* name, float (*sum)(const float*, int)) {
         }
         const float got = sum(X.data(), n);
         CHECK(std::fabs(got - want) <= 1e-6 * scale,
-              std::string(name) + " of " + std::to_string(n) + ": " + std::to_string(got) + " vs " + std::to_string(want));
+              std::string(name) + " of " + std::to_string(n) + ": " + std::to_string(got) + " vs " +
+                  std::to_string(want));
     }
 }
 
@@ -3465,8 +3743,10 @@ static void test_softmax_cross_entropy() {
     const std::pair<int, int> sizes[] = {{7, 19}, {3, 150}, {1, 1}};   // 150 > 128 threads per row
     for (const auto& [B, C] : sizes) {
         std::vector<float> z = rng.vector(std::size_t(B) * C, -5, 5);
-        for (int c = 0; c < C; ++c) z[c] += 100;   // row 0: e^100 overflows a float without the max subtraction
-        if (C > 128) z[std::size_t(2 * C - 1)] += 100;   // row 1: its max lies past the first 128 columns
+        for (int c = 0; c < C; ++c)
+            z[c] += 100;   // row 0: e^100 overflows a float without the max subtraction
+        if (C > 128)
+            z[std::size_t(2 * C - 1)] += 100;   // row 1: its max lies past the first 128 columns
         std::vector<int> labels(static_cast<std::size_t>(B));
         for (int& y : labels) y = int(rng.next() % std::uint64_t(C));
         const std::vector<float> dz0 = rng.vector(z.size());
@@ -3501,12 +3781,15 @@ static void test_layer_norm() {
     const std::pair<int, int> sizes[] = {{5, 37}, {3, 130}, {2, 1}};   // 130 > 128 threads per row
     for (const auto& [rows, D] : sizes) {
         const std::size_t n = std::size_t(rows) * D;
-        const std::vector<float> x = rng.vector(n, -3, 3), gain = rng.vector(std::size_t(D), 0.5f, 1.5f),
-                                 bias = rng.vector(std::size_t(D)), g = rng.vector(n), dx0 = rng.vector(n),
-                                 dgain0 = rng.vector(std::size_t(D)), dbias0 = rng.vector(std::size_t(D));
+        const std::vector<float> x = rng.vector(n, -3, 3),
+                                 gain = rng.vector(std::size_t(D), 0.5f, 1.5f),
+                                 bias = rng.vector(std::size_t(D)), g = rng.vector(n),
+                                 dx0 = rng.vector(n), dgain0 = rng.vector(std::size_t(D)),
+                                 dbias0 = rng.vector(std::size_t(D));
         DeviceBuffer<float> X = to_device(x), Gain = to_device(gain), Bias = to_device(bias), Y(n),
-                            Mean(static_cast<std::size_t>(rows)), Rstd(static_cast<std::size_t>(rows)),
-                            G = to_device(g), dX = to_device(dx0), dGain = to_device(dgain0),
+                            Mean(static_cast<std::size_t>(rows)),
+                            Rstd(static_cast<std::size_t>(rows)), G = to_device(g),
+                            dX = to_device(dx0), dGain = to_device(dgain0),
                             dBias = to_device(dbias0);
         std::vector<double> y(n), dx = widen(dx0), dgain = widen(dgain0), dbias = widen(dbias0);
         for (int r = 0; r < rows; ++r) {
@@ -3528,10 +3811,10 @@ static void test_layer_norm() {
                 dx[r * D + j] += rs * (gh - mean_gh - xh * mean_gh_xh);
             }
         }
-        cuda_layer_norm_forward(X.data(), Gain.data(), Bias.data(), Y.data(), Mean.data(), Rstd.data(), rows,
-                                D, eps);
-        cuda_layer_norm_backward(X.data(), Gain.data(), Mean.data(), Rstd.data(), G.data(), dX.data(),
-                                 dGain.data(), dBias.data(), rows, D);
+        cuda_layer_norm_forward(X.data(), Gain.data(), Bias.data(), Y.data(), Mean.data(),
+                                Rstd.data(), rows, D, eps);
+        cuda_layer_norm_backward(X.data(), Gain.data(), Mean.data(), Rstd.data(), G.data(),
+                                 dX.data(), dGain.data(), dBias.data(), rows, D);
         const std::string size = " " + std::to_string(rows) + "x" + std::to_string(D);
         expect_close("layer_norm forward" + size, to_host(Y), y, 2e-5);
         expect_close("layer_norm dX" + size, to_host(dX), dx, 2e-5);
@@ -3551,7 +3834,8 @@ static void test_adamw() {
     for (long step = 1; step <= 3; ++step) {
         const std::vector<float> g = rng.vector(std::size_t(n));
         DeviceBuffer<float> G = to_device(g);
-        cuda_adamw_update(W.data(), G.data(), M.data(), V.data(), n, lr, beta1, beta2, eps, wd, step);
+        cuda_adamw_update(W.data(), G.data(), M.data(), V.data(), n, lr, beta1, beta2, eps, wd,
+                          step);
         const double c1 = 1 - std::pow(beta1, double(step)), c2 = 1 - std::pow(beta2, double(step));
         for (int i = 0; i < n; ++i) {
             wr[i] -= lr * wd * wr[i];
@@ -3601,14 +3885,18 @@ static void test_grad_norm() {
         std::vector<float*> pointers;
         for (const std::vector<float>& h : host) {
             grads.push_back(to_device(h));
-            pointers.push_back(grads.back().data());   // a DeviceBuffer's memory stays put when it moves
+            pointers.push_back(
+                grads.back().data());   // a DeviceBuffer's memory stays put when it moves
         }
         if (max_norm < norm) {
-            const float got = cuda_grad_norm(std::vector<const float*>(pointers.begin(), pointers.end()), sizes);
-            CHECK(std::fabs(got - norm) <= 1e-5 * norm, "grad_norm " + std::to_string(got) + " vs " + std::to_string(norm));
+            const float got =
+                cuda_grad_norm(std::vector<const float*>(pointers.begin(), pointers.end()), sizes);
+            CHECK(std::fabs(got - norm) <= 1e-5 * norm,
+                  "grad_norm " + std::to_string(got) + " vs " + std::to_string(norm));
         }
         const float before = cuda_clip_grad_norm(pointers, sizes, float(max_norm));
-        CHECK(std::fabs(before - norm) <= 1e-5 * norm, "clip_grad_norm returned " + std::to_string(before));
+        CHECK(std::fabs(before - norm) <= 1e-5 * norm,
+              "clip_grad_norm returned " + std::to_string(before));
         const double scale = norm > max_norm ? max_norm / norm : 1.0;
         for (std::size_t k = 0; k < host.size(); ++k) {
             std::vector<double> want = widen(host[k]);
@@ -3641,8 +3929,10 @@ static void test_missing_barrier() {
             if (y[t] != (t > 0 ? x[t - 1] : 0.0f)) return false;   // NaN compares unequal
         return true;
     };
-    const std::pair<cuda_emu::Schedule, int> schedules[] = {{cuda_emu::Schedule::seq, 1}, {cuda_emu::Schedule::rev, 1},
-                                                            {cuda_emu::Schedule::rand, 1}, {cuda_emu::Schedule::rand, 2},
+    const std::pair<cuda_emu::Schedule, int> schedules[] = {{cuda_emu::Schedule::seq, 1},
+                                                            {cuda_emu::Schedule::rev, 1},
+                                                            {cuda_emu::Schedule::rand, 1},
+                                                            {cuda_emu::Schedule::rand, 2},
                                                             {cuda_emu::Schedule::rand, 3}};
     for (int with_barrier : {1, 0})
         for (const auto& [schedule, seed] : schedules) {
@@ -3651,9 +3941,10 @@ static void test_missing_barrier() {
             // With the barrier: right under every schedule. Without: right only when thread t − 1
             // happens to run before thread t, as under seq; rev and rand read NaN.
             const bool expect_right = with_barrier || schedule == cuda_emu::Schedule::seq;
-            CHECK(right() == expect_right, std::string(with_barrier ? "with" : "without") + " the barrier, schedule " +
-                                               std::to_string(int(schedule)) + " seed " + std::to_string(seed) +
-                                               (expect_right ? ": wrong result" : ": the missing barrier went unnoticed"));
+            CHECK(right() == expect_right,
+                  std::string(with_barrier ? "with" : "without") + " the barrier, schedule " +
+                      std::to_string(int(schedule)) + " seed " + std::to_string(seed) +
+                      (expect_right ? ": wrong result" : ": the missing barrier went unnoticed"));
         }
 }
 
@@ -3666,16 +3957,22 @@ static void test_host_pointer() {
     std::vector<float> host(100, 1.0f);
     DeviceBuffer<float> D(100);
     EXPECT_THROW(cuda_relu_forward(host.data(), D.data(), 100),
-                 "kernels.cu:", "activation_forward_kernel<Act>", "argument 1", "not device memory");
-    EXPECT_THROW(LAUNCH(copy_kernel, 1, 128)(D.data(), host.data(), 100), "copy_kernel", "argument 2",
-                 "host pointer");
+                 "kernels.cu:", "activation_forward_kernel<Act>", "argument 1",
+                 "not device memory");
+    EXPECT_THROW(LAUNCH(copy_kernel, 1, 128)(D.data(), host.data(), 100), "copy_kernel",
+                 "argument 2", "host pointer");
     // cudaMemcpy with the wrong direction, past the end, and cudaFree of a host pointer: error codes
     std::vector<float> other(100);
-    CHECK(cudaMemcpy(other.data(), host.data(), 400, cudaMemcpyHostToDevice) == cudaErrorInvalidValue, "host as device");
-    CHECK(std::string(cudaGetErrorString(cudaErrorInvalidValue)).find("destination") != std::string::npos &&
-              std::string(cudaGetErrorString(cudaErrorInvalidValue)).find("not device memory") != std::string::npos,
+    CHECK(cudaMemcpy(other.data(), host.data(), 400, cudaMemcpyHostToDevice) ==
+              cudaErrorInvalidValue,
+          "host as device");
+    CHECK(std::string(cudaGetErrorString(cudaErrorInvalidValue)).find("destination") !=
+                  std::string::npos &&
+              std::string(cudaGetErrorString(cudaErrorInvalidValue)).find("not device memory") !=
+                  std::string::npos,
           std::string("the error string: ") + cudaGetErrorString(cudaErrorInvalidValue));
-    CHECK(cudaGetLastError() == cudaErrorInvalidValue && cudaGetLastError() == cudaSuccess, "cudaGetLastError resets");
+    CHECK(cudaGetLastError() == cudaErrorInvalidValue && cudaGetLastError() == cudaSuccess,
+          "cudaGetLastError resets");
     CHECK(cudaMemcpy(D.data(), host.data(), 400, cudaMemcpyDeviceToHost) == cudaErrorInvalidValue,
           "device as host");
     CHECK(cudaMemcpy(D.data(), host.data(), 404, cudaMemcpyHostToDevice) == cudaErrorInvalidValue,
@@ -3684,20 +3981,26 @@ static void test_host_pointer() {
           "inside the allocation");
     CHECK(cudaMemset(host.data(), 0, 4) == cudaErrorInvalidValue, "cudaMemset of host memory");
     CHECK(cudaFree(host.data()) == cudaErrorInvalidDevicePointer, "cudaFree of host memory");
-    EXPECT_THROW(CUDA_OK(cudaMemcpy(other.data(), host.data(), 400, cudaMemcpyHostToDevice)), "tests.cpp:",
-                 "cudaMemcpy(other.data(), host.data(), 400, cudaMemcpyHostToDevice) failed", "invalid argument");
+    EXPECT_THROW(
+        CUDA_OK(cudaMemcpy(other.data(), host.data(), 400, cudaMemcpyHostToDevice)),
+        "tests.cpp:", "cudaMemcpy(other.data(), host.data(), 400, cudaMemcpyHostToDevice) failed",
+        "invalid argument");
     cudaGetLastError();
 }
 
 static void test_bad_launch() {
     DeviceBuffer<float> X(10), Y(10);
-    EXPECT_THROW(LAUNCH(copy_kernel, 1, 1025)(X.data(), Y.data(), 10), "invalid configuration", "1024");
-    EXPECT_THROW(LAUNCH(copy_kernel, 1, dim3(32, 32, 2))(X.data(), Y.data(), 10), "invalid configuration");
-    EXPECT_THROW(LAUNCH(copy_kernel, 1, dim3(1, 1, 65))(X.data(), Y.data(), 10), "invalid configuration");
-    EXPECT_THROW(LAUNCH(copy_kernel, 0, 32)(X.data(), Y.data(), 10), "invalid configuration", "at least 1");
+    EXPECT_THROW(LAUNCH(copy_kernel, 1, 1025)(X.data(), Y.data(), 10), "invalid configuration",
+                 "1024");
+    EXPECT_THROW(LAUNCH(copy_kernel, 1, dim3(32, 32, 2))(X.data(), Y.data(), 10),
+                 "invalid configuration");
+    EXPECT_THROW(LAUNCH(copy_kernel, 1, dim3(1, 1, 65))(X.data(), Y.data(), 10),
+                 "invalid configuration");
+    EXPECT_THROW(LAUNCH(copy_kernel, 0, 32)(X.data(), Y.data(), 10), "invalid configuration",
+                 "at least 1");
     EXPECT_THROW(LAUNCH(copy_kernel, 1, 0)(X.data(), Y.data(), 10), "invalid configuration");
-    EXPECT_THROW(LAUNCH(copy_kernel, dim3(1, 65536), 32)(X.data(), Y.data(), 10), "invalid configuration",
-                 "65535");
+    EXPECT_THROW(LAUNCH(copy_kernel, dim3(1, 65536), 32)(X.data(), Y.data(), 10),
+                 "invalid configuration", "65535");
     // A grid of -1 blocks becomes 2^32 − 1 of them: too many.
     EXPECT_THROW(LAUNCH(copy_kernel, -1, 32)(X.data(), Y.data(), 10), "invalid configuration");
     EXPECT_THROW(__syncthreads(), "outside a kernel");
@@ -3716,7 +4019,8 @@ __global__ void divergent_barriers_kernel(float* y) {
     }
     y[threadIdx.x] = 1;
 }
-__global__ void warp_sum_kernel(const float* x, float* y) {   // full-warp shuffles over every thread
+__global__ void warp_sum_kernel(const float* x,
+                                float* y) {   // full-warp shuffles over every thread
     float v = x[threadIdx.x];
     for (int d = 16; d > 0; d /= 2) v += __shfl_down_sync(0xffffffffu, v, d);
     if (threadIdx.x % 32 == 0) y[threadIdx.x / 32] = v;
@@ -3728,15 +4032,16 @@ __global__ void lane_exits_kernel(float* y) {
 
 static void test_deadlocks() {
     DeviceBuffer<float> X = to_device(std::vector<float>(64, 1.0f)), Y(64);
-    EXPECT_THROW(LAUNCH(early_exit_kernel, 2, 32)(Y.data()), "tests.cpp:", "early_exit_kernel", "block (",
-                 "deadlock", "16 threads wait at __syncthreads()", "16 exited");
-    EXPECT_THROW(LAUNCH(divergent_barriers_kernel, 1, 32)(Y.data()), "deadlock", "different __syncthreads()");
+    EXPECT_THROW(LAUNCH(early_exit_kernel, 2, 32)(Y.data()), "tests.cpp:", "early_exit_kernel",
+                 "block (", "deadlock", "16 threads wait at __syncthreads()", "16 exited");
+    EXPECT_THROW(LAUNCH(divergent_barriers_kernel, 1, 32)(Y.data()), "deadlock",
+                 "different __syncthreads()");
     LAUNCH(warp_sum_kernel, 1, 64)(X.data(), Y.data());   // two full warps: fine
     CHECK(to_host(Y)[0] == 32 && to_host(Y)[1] == 32, "warp sums of 32 ones");
     EXPECT_THROW(LAUNCH(warp_sum_kernel, 1, 20)(X.data(), Y.data()), "__shfl_down_sync", "lane 20",
                  "does not exist", "20 threads");
-    EXPECT_THROW(LAUNCH(lane_exits_kernel, 1, 32)(Y.data()), "deadlock", "__shfl_xor_sync", "lane 5",
-                 "exited");
+    EXPECT_THROW(LAUNCH(lane_exits_kernel, 1, 32)(Y.data()), "deadlock", "__shfl_xor_sync",
+                 "lane 5", "exited");
     // after an error, abandoned fibers are rebuilt and the next launches work
     LAUNCH(warp_sum_kernel, 1, 64)(X.data(), Y.data());
     CHECK(to_host(Y)[0] == 32 && to_host(Y)[1] == 32, "a launch after the deadlocks");
@@ -3752,7 +4057,8 @@ __global__ void warp_ops_kernel(int* out) {
     out[4 * 32 + lane] = __shfl_xor_sync(0xffffffffu, v, 5);
     out[5 * 32 + lane] = int(__ballot_sync(0xffffffffu, lane % 3 == 0));
     __syncwarp();
-    if (lane < 16) out[6 * 32 + lane] = __shfl_down_sync(0x0000ffffu, v, 8);   // half a warp: lanes 8..15
+    if (lane < 16)
+        out[6 * 32 + lane] = __shfl_down_sync(0x0000ffffu, v, 8);   // half a warp: lanes 8..15
     // read lanes 16..23, outside the mask: undefined in CUDA, all one bits (-1) in the emulator
 }
 
@@ -3764,12 +4070,20 @@ static void test_warp_ops() {
     unsigned ballot = 0;
     for (int lane = 0; lane < 32; lane += 3) ballot |= 1u << lane;
     for (int lane = 0; lane < 32; ++lane) {
-        const int want[7] = {103, 100 + (lane / 8) * 8 + (lane + 1) % 8, 100 + (lane >= 2 ? lane - 2 : lane),
-                             100 + (lane % 16 + 3 < 16 ? lane + 3 : lane), 100 + (lane ^ 5), int(ballot),
-                             lane < 8 ? 100 + lane + 8 : lane < 16 ? -1 : 0};
+        const int want[7] = {103,
+                             100 + (lane / 8) * 8 + (lane + 1) % 8,
+                             100 + (lane >= 2 ? lane - 2 : lane),
+                             100 + (lane % 16 + 3 < 16 ? lane + 3 : lane),
+                             100 + (lane ^ 5),
+                             int(ballot),
+                             lane < 8    ? 100 + lane + 8
+                             : lane < 16 ? -1
+                                         : 0};
         for (int k = 0; k < 7; ++k)
-            CHECK(o[std::size_t(k * 32 + lane)] == want[k], "warp op " + std::to_string(k) + ", lane " + std::to_string(lane) + ": " +
-                                                                std::to_string(o[std::size_t(k * 32 + lane)]) + " vs " + std::to_string(want[k]));
+            CHECK(o[std::size_t(k * 32 + lane)] == want[k],
+                  "warp op " + std::to_string(k) + ", lane " + std::to_string(lane) + ": " +
+                      std::to_string(o[std::size_t(k * 32 + lane)]) + " vs " +
+                      std::to_string(want[k]));
     }
 }
 
@@ -3808,27 +4122,31 @@ static void test_nan_fill_and_atomics() {
     cuda_emu::set_schedule(cuda_emu::Schedule::seq);
     LAUNCH(shared_leak_kernel, 2, 32)(Y.data());
     const std::vector<float> y = to_host(Y);
-    CHECK(y[0] == 7 && y[31] == 7 && std::isnan(y[32]) && std::isnan(y[63]), "shared memory is fresh in every block");
+    CHECK(y[0] == 7 && y[31] == 7 && std::isnan(y[32]) && std::isnan(y[63]),
+          "shared memory is fresh in every block");
     CUDA_OK(cudaMemset(counter.data(), 0, sizeof(float)));
     LAUNCH(atomic_count_kernel, 3, 300)(counter.data());
-    CHECK(to_host(counter)[0] == 900, "atomicAdd from 900 threads: " + std::to_string(to_host(counter)[0]));
+    CHECK(to_host(counter)[0] == 900,
+          "atomicAdd from 900 threads: " + std::to_string(to_host(counter)[0]));
 }
-
 
 // One whole training step of an MLP 7 → 11 → 5 (Linear, ReLU, Linear, softmax-CE, AdamW) on the
 // emulated device, kernel by kernel, against the same step of the CPU engine (built in double).
 // The kernels compute in float: the loss must agree to 1e-5 relative, each gradient and each
 // updated weight to 1e-4 of its tensor's largest magnitude.
-static std::vector<float> to_float(const std::vector<real>& v) { return std::vector<float>(v.begin(), v.end()); }
+static std::vector<float> to_float(const std::vector<real>& v) {
+    return std::vector<float>(v.begin(), v.end());
+}
 
-static void expect_close_to_scale(const std::string& what, const std::vector<float>& got, const std::vector<real>& want,
-                                  double tol) {
+static void expect_close_to_scale(const std::string& what, const std::vector<float>& got,
+                                  const std::vector<real>& want, double tol) {
     double scale = 0;
     for (real w : want) scale = std::max(scale, double(std::fabs(w)));
     for (std::size_t i = 0; i < want.size(); ++i)
         if (!(std::fabs(got[i] - want[i]) <= tol * scale))
-            throw TestFailure(what + "[" + std::to_string(i) + "]: device " + show(got[i]) + ", CPU " + show(want[i]) +
-                              " (tolerance " + show(tol) + " × " + show(scale) + ")");
+            throw TestFailure(what + "[" + std::to_string(i) + "]: device " + show(got[i]) +
+                              ", CPU " + show(want[i]) + " (tolerance " + show(tol) + " × " +
+                              show(scale) + ")");
 }
 
 static void test_training_step() {
@@ -3841,8 +4159,10 @@ static void test_training_step() {
     const std::vector<int> labels = {0, 4, 2, 1, 3, 3, 0, 2, 1};
     // Copies for the device, taken before the CPU step changes the weights.
     DeviceBuffer<float> X = to_device(to_float(x.values()));
-    DeviceBuffer<float> W1 = to_device(to_float(l1.W.values())), b1 = to_device(to_float(l1.b.values()));
-    DeviceBuffer<float> W2 = to_device(to_float(l2.W.values())), b2 = to_device(to_float(l2.b.values()));
+    DeviceBuffer<float> W1 = to_device(to_float(l1.W.values())),
+                        b1 = to_device(to_float(l1.b.values()));
+    DeviceBuffer<float> W2 = to_device(to_float(l2.W.values())),
+                        b2 = to_device(to_float(l2.b.values()));
     DeviceBuffer<int> Y = to_device(labels);
 
     const std::vector<Tensor> params = {l1.W, l1.b, l2.W, l2.b};
@@ -3854,7 +4174,8 @@ static void test_training_step() {
     opt.step();
 
     auto zeros = [](int n) { return std::vector<float>(std::size_t(n), 0.0f); };
-    DeviceBuffer<float> Z1(B * H), A1(B * H), H1(B * H), Z2(B * C), logits(B * C), probs(B * C), L(1);
+    DeviceBuffer<float> Z1(B * H), A1(B * H), H1(B * H), Z2(B * C), logits(B * C), probs(B * C),
+        L(1);
     cuda_matmul_v3(X.data(), W1.data(), Z1.data(), B, D, H);       // Z1 = X·W1
     cuda_add_forward(Z1.data(), b1.data(), A1.data(), B * H, H);   //    + b1
     cuda_relu_forward(A1.data(), H1.data(), B * H);                // H1 = relu
@@ -3899,8 +4220,10 @@ static void under_every_schedule(void (*body)()) {
         std::uint64_t seed;
         const char* name;
     };
-    const Named schedules[] = {{cuda_emu::Schedule::seq, 1, "seq"}, {cuda_emu::Schedule::rev, 1, "rev"},
-                               {cuda_emu::Schedule::rand, 1, "rand:1"}, {cuda_emu::Schedule::rand, 2, "rand:2"},
+    const Named schedules[] = {{cuda_emu::Schedule::seq, 1, "seq"},
+                               {cuda_emu::Schedule::rev, 1, "rev"},
+                               {cuda_emu::Schedule::rand, 1, "rand:1"},
+                               {cuda_emu::Schedule::rand, 2, "rand:2"},
                                {cuda_emu::Schedule::rand, 3, "rand:3"}};
     for (const Named& s : schedules) {
         cuda_emu::set_schedule(s.schedule, s.seed);
@@ -3922,35 +4245,78 @@ static void once(void (*body)()) {
     cudaGetLastError();   // this test provokes errors on purpose: leave none behind
 }
 
-}  // namespace cuda_tests
+}   // namespace cuda_tests
 
-TEST("cuda", "cuda_add: same shapes and a bias row, forward and backward") { cuda_tests::under_every_schedule(cuda_tests::test_add); }
-TEST("cuda", "cuda_bias_grad: column sums") { cuda_tests::under_every_schedule(cuda_tests::test_bias_grad); }
-TEST("cuda", "cuda_mul: forward and backward") { cuda_tests::under_every_schedule(cuda_tests::test_mul); }
-TEST("cuda", "cuda_activations: relu, gelu, gelu exact, sigmoid, tanh forward and backward") { cuda_tests::under_every_schedule(cuda_tests::test_activations); }
-TEST("cuda", "cuda_matmul_v1: one thread per output") { cuda_tests::under_every_schedule([] { cuda_tests::test_matmul("matmul_v1", cuda_matmul_v1); }); }
-TEST("cuda", "cuda_matmul_v2: shared-memory tiles") { cuda_tests::under_every_schedule([] { cuda_tests::test_matmul("matmul_v2", cuda_matmul_v2); }); }
-TEST("cuda", "cuda_matmul_v3: register blocking") { cuda_tests::under_every_schedule([] { cuda_tests::test_matmul("matmul_v3", cuda_matmul_v3); }); }
-TEST("cuda", "matmul v1, v2, v3 round as s = s + a*b in k order, bit for bit; an fma loop differs") {
+TEST("cuda", "cuda_add: same shapes and a bias row, forward and backward") {
+    cuda_tests::under_every_schedule(cuda_tests::test_add);
+}
+TEST("cuda", "cuda_bias_grad: column sums") {
+    cuda_tests::under_every_schedule(cuda_tests::test_bias_grad);
+}
+TEST("cuda", "cuda_mul: forward and backward") {
+    cuda_tests::under_every_schedule(cuda_tests::test_mul);
+}
+TEST("cuda", "cuda_activations: relu, gelu, gelu exact, sigmoid, tanh forward and backward") {
+    cuda_tests::under_every_schedule(cuda_tests::test_activations);
+}
+TEST("cuda", "cuda_matmul_v1: one thread per output") {
+    cuda_tests::under_every_schedule([] { cuda_tests::test_matmul("matmul_v1", cuda_matmul_v1); });
+}
+TEST("cuda", "cuda_matmul_v2: shared-memory tiles") {
+    cuda_tests::under_every_schedule([] { cuda_tests::test_matmul("matmul_v2", cuda_matmul_v2); });
+}
+TEST("cuda", "cuda_matmul_v3: register blocking") {
+    cuda_tests::under_every_schedule([] { cuda_tests::test_matmul("matmul_v3", cuda_matmul_v3); });
+}
+TEST("cuda",
+     "matmul v1, v2, v3 round as s = s + a*b in k order, bit for bit; an fma loop differs") {
     cuda_tests::under_every_schedule(cuda_tests::test_matmul_rounding);   // lesson 14 §3
 }
-TEST("cuda", "cuda_matmul_backward: dX = dY·Wᵀ and dW = Xᵀ·dY") { cuda_tests::under_every_schedule(cuda_tests::test_matmul_backward); }
-TEST("cuda", "cuda_sum_v1: tree in shared memory") { cuda_tests::under_every_schedule([] { cuda_tests::test_sum("sum_v1", cuda_sum_v1); }); }
-TEST("cuda", "cuda_sum_v2: warp shuffles") { cuda_tests::under_every_schedule([] { cuda_tests::test_sum("sum_v2", cuda_sum_v2); }); }
-TEST("cuda", "cuda_softmax_cross_entropy: fused forward and backward") { cuda_tests::under_every_schedule(cuda_tests::test_softmax_cross_entropy); }
-TEST("cuda", "cuda_layer_norm: forward and backward") { cuda_tests::under_every_schedule(cuda_tests::test_layer_norm); }
-TEST("cuda", "cuda_adamw: the fused update") { cuda_tests::under_every_schedule(cuda_tests::test_adamw); }
+TEST("cuda", "cuda_matmul_backward: dX = dY·Wᵀ and dW = Xᵀ·dY") {
+    cuda_tests::under_every_schedule(cuda_tests::test_matmul_backward);
+}
+TEST("cuda", "cuda_sum_v1: tree in shared memory") {
+    cuda_tests::under_every_schedule([] { cuda_tests::test_sum("sum_v1", cuda_sum_v1); });
+}
+TEST("cuda", "cuda_sum_v2: warp shuffles") {
+    cuda_tests::under_every_schedule([] { cuda_tests::test_sum("sum_v2", cuda_sum_v2); });
+}
+TEST("cuda", "cuda_softmax_cross_entropy: fused forward and backward") {
+    cuda_tests::under_every_schedule(cuda_tests::test_softmax_cross_entropy);
+}
+TEST("cuda", "cuda_layer_norm: forward and backward") {
+    cuda_tests::under_every_schedule(cuda_tests::test_layer_norm);
+}
+TEST("cuda", "cuda_adamw: the fused update") {
+    cuda_tests::under_every_schedule(cuda_tests::test_adamw);
+}
 TEST("cuda", "cuda_adamw: 1 - beta2 formed in double, so v = 0.001 g^2 after step 1") {
     cuda_tests::test_adamw_first_step_constants();
 }
-TEST("cuda", "cuda_grad_norm: two-stage reduction and the clip scale") { cuda_tests::under_every_schedule(cuda_tests::test_grad_norm); }
-TEST("cuda", "cuda_emu: a missing __syncthreads() is caught by a shuffled schedule") { cuda_tests::once(cuda_tests::test_missing_barrier); }
-TEST("cuda", "cuda_emu: host pointers and bad copies are reported") { cuda_tests::once(cuda_tests::test_host_pointer); }
-TEST("cuda", "cuda_emu: invalid launch configurations are reported") { cuda_tests::once(cuda_tests::test_bad_launch); }
-TEST("cuda", "cuda_emu: deadlocks are reported at the launch") { cuda_tests::under_every_schedule(cuda_tests::test_deadlocks); }
-TEST("cuda", "cuda_emu: warp shuffles and ballot") { cuda_tests::under_every_schedule(cuda_tests::test_warp_ops); }
-TEST("cuda", "cuda_emu: NaN-filled memory, per-block shared memory, atomicAdd") { cuda_tests::once(cuda_tests::test_nan_fill_and_atomics); }
-TEST("cuda", "cuda_emu: writes out of bounds are caught") { cuda_tests::once(cuda_tests::test_out_of_bounds); }
+TEST("cuda", "cuda_grad_norm: two-stage reduction and the clip scale") {
+    cuda_tests::under_every_schedule(cuda_tests::test_grad_norm);
+}
+TEST("cuda", "cuda_emu: a missing __syncthreads() is caught by a shuffled schedule") {
+    cuda_tests::once(cuda_tests::test_missing_barrier);
+}
+TEST("cuda", "cuda_emu: host pointers and bad copies are reported") {
+    cuda_tests::once(cuda_tests::test_host_pointer);
+}
+TEST("cuda", "cuda_emu: invalid launch configurations are reported") {
+    cuda_tests::once(cuda_tests::test_bad_launch);
+}
+TEST("cuda", "cuda_emu: deadlocks are reported at the launch") {
+    cuda_tests::under_every_schedule(cuda_tests::test_deadlocks);
+}
+TEST("cuda", "cuda_emu: warp shuffles and ballot") {
+    cuda_tests::under_every_schedule(cuda_tests::test_warp_ops);
+}
+TEST("cuda", "cuda_emu: NaN-filled memory, per-block shared memory, atomicAdd") {
+    cuda_tests::once(cuda_tests::test_nan_fill_and_atomics);
+}
+TEST("cuda", "cuda_emu: writes out of bounds are caught") {
+    cuda_tests::once(cuda_tests::test_out_of_bounds);
+}
 // CUDA events (kernels.cu §9) on the emulator, where they read the host clock: a "launch" that
 // sleeps 3 ms must measure at least 3 ms a call. And bench's GPU rows run: each checks its kernel
 // against the CPU engine (bench exits 1 on a wrong result), then times it.
@@ -3964,13 +4330,17 @@ TEST_OF_OTHER_BUILD("cuda", "cuda_event_timing: bench --gpu-only checks and time
     require_binary(build_dir + "/bench");
     const CommandResult r = run_command(build_dir + "/bench --gpu-only");
     EXPECT_EQ(r.exit_code, 0);
-    for (const char* row : {"gpu_add", "gpu_relu", "gpu_sum_v1", "gpu_sum_v2", "gpu_grad_norm", "gpu_adamw",
-                            "gpu_softmax_ce", "gpu_bias_grad", "gpu_layer_norm", "gpu_layer_norm_bw", "gpu_matmul_v1",
-                            "gpu_matmul_v2", "gpu_matmul_v3", "gpu_matmul_dx", "gpu_matmul_dw"})
-        if (r.output.find(row) == std::string::npos) fail_at(__FILE__, __LINE__, std::string("no row ") + row + " in:\n" + r.output);
+    for (const char* row :
+         {"gpu_add", "gpu_relu", "gpu_sum_v1", "gpu_sum_v2", "gpu_grad_norm", "gpu_adamw",
+          "gpu_softmax_ce", "gpu_bias_grad", "gpu_layer_norm", "gpu_layer_norm_bw", "gpu_matmul_v1",
+          "gpu_matmul_v2", "gpu_matmul_v3", "gpu_matmul_dx", "gpu_matmul_dw"})
+        if (r.output.find(row) == std::string::npos)
+            fail_at(__FILE__, __LINE__, std::string("no row ") + row + " in:\n" + r.output);
 }
 
-TEST("cuda", "cuda_training_step: forward, backward and AdamW on the device equal the CPU step") { cuda_tests::under_every_schedule(cuda_tests::test_training_step); }
+TEST("cuda", "cuda_training_step: forward, backward and AdamW on the device equal the CPU step") {
+    cuda_tests::under_every_schedule(cuda_tests::test_training_step);
+}
 
 // =============================================================================================
 // cuda, the engine on the device (engine.cpp Part 5): tensors moved with to() / move_to() run
@@ -3986,7 +4356,8 @@ struct Run {
 
 // The training loop, written once: `device` is the only difference between the two runs. It
 // moves the model and the batch there, then steps: forward, loss, backward, clip, AdamW.
-static Run train(Device device, nn::MLP& model, const Tensor& x, const std::vector<int>& labels, int steps) {
+static Run train(Device device, nn::MLP& model, const Tensor& x, const std::vector<int>& labels,
+                 int steps) {
     model.to(device);
     const Tensor batch = x.to(device);
     AdamW opt(model.parameters(), 0.01);
@@ -4005,7 +4376,8 @@ static Run train(Device device, nn::MLP& model, const Tensor& x, const std::vect
 // |a − b| <= tol·|b| (a relative tolerance), with a message that names the quantity.
 static void expect_relative(const std::string& what, double got, double want, double tol) {
     if (!(std::fabs(got - want) <= tol * std::fabs(want)))
-        throw TestFailure(what + ": cuda " + show(got) + ", cpu " + show(want) + " (relative tolerance " + show(tol) + ")");
+        throw TestFailure(what + ": cuda " + show(got) + ", cpu " + show(want) +
+                          " (relative tolerance " + show(tol) + ")");
 }
 
 // The tests build the engine in double: the CPU run computes in double, the device in float (the
@@ -4025,11 +4397,13 @@ static void test_same_training_loop() {
     nn::MLP on_cpu({D, H, C}, rng_cpu), on_cuda({D, H, C}, rng_cuda);
     const Run cpu = train(Device::CPU, on_cpu, x, labels, steps);
     const Run cuda = train(Device::CUDA, on_cuda, x, labels, steps);
-    EXPECT_TRUE(on_cuda.layers[0].W.device() == Device::CUDA && on_cpu.layers[0].W.device() == Device::CPU);
+    EXPECT_TRUE(on_cuda.layers[0].W.device() == Device::CUDA &&
+                on_cpu.layers[0].W.device() == Device::CPU);
     double largest_norm = 0;
     for (int s = 0; s < steps; ++s) {
         expect_relative("loss at step " + std::to_string(s), cuda.losses[s], cpu.losses[s], 1e-5);
-        expect_relative("gradient norm at step " + std::to_string(s), cuda.norms[s], cpu.norms[s], 1e-5);
+        expect_relative("gradient norm at step " + std::to_string(s), cuda.norms[s], cpu.norms[s],
+                        1e-5);
         largest_norm = std::max(largest_norm, cpu.norms[s]);
     }
     EXPECT_TRUE(largest_norm > 1.0);   // so clipping scaled the gradients at least once
@@ -4041,41 +4415,49 @@ static void test_same_training_loop() {
         for (real v : w) scale = std::max(scale, double(std::fabs(v)));
         for (std::size_t i = 0; i < w.size(); ++i)
             if (!(std::fabs(got[k].second.values()[i] - w[i]) <= 1e-4 * scale))
-                throw TestFailure(want[k].first + "[" + std::to_string(i) + "]: cuda " + show(got[k].second.values()[i]) +
-                                  ", cpu " + show(w[i]) + " (tolerance 1e-4 × " + show(scale) + ")");
+                throw TestFailure(want[k].first + "[" + std::to_string(i) + "]: cuda " +
+                                  show(got[k].second.values()[i]) + ", cpu " + show(w[i]) +
+                                  " (tolerance 1e-4 × " + show(scale) + ")");
     }
 }
 
-}  // namespace device_tests
+}   // namespace device_tests
 
-TEST("cuda", "cuda_device_training: the same loop on Device::CPU and Device::CUDA, losses and weights agree") {
+TEST("cuda", "cuda_device_training: the same loop on Device::CPU and Device::CUDA, losses and "
+             "weights agree") {
     cuda_tests::under_every_schedule(device_tests::test_same_training_loop);
 }
 
-TEST("cuda", "cuda_device_gelu: both forms of gelu on the device give the CPU's values and gradients") {
+TEST("cuda",
+     "cuda_device_gelu: both forms of gelu on the device give the CPU's values and gradients") {
     Rng rng(21);
     const Tensor x = randn({5, 7}, rng, 2), seed = randn({5, 7}, rng);
     for (Approximate form : {Approximate::none, Approximate::tanh}) {
-        Tensor on_cpu = x.detach().requires_grad_(), on_device = x.to(Device::CUDA).requires_grad_();
+        Tensor on_cpu = x.detach().requires_grad_(),
+               on_device = x.to(Device::CUDA).requires_grad_();
         const Tensor y_cpu = gelu(on_cpu, form), y_device = gelu(on_device, form);
         y_cpu.backward(seed);
         y_device.backward(seed.to(Device::CUDA));
         const Tensor y_back = y_device.to(Device::CPU);
         on_device.move_to(Device::CPU);
         for (std::size_t i = 0; i < x.numel(); ++i) {   // fp32 on the device: a few roundings
-            EXPECT_NEAR(y_back.values()[i], y_cpu.values()[i], 1e-6 * (1 + std::fabs(y_cpu.values()[i])));
-            EXPECT_NEAR(on_device.grad()[i], on_cpu.grad()[i], 1e-6 * (1 + std::fabs(on_cpu.grad()[i])));
+            EXPECT_NEAR(y_back.values()[i], y_cpu.values()[i],
+                        1e-6 * (1 + std::fabs(y_cpu.values()[i])));
+            EXPECT_NEAR(on_device.grad()[i], on_cpu.grad()[i],
+                        1e-6 * (1 + std::fabs(on_cpu.grad()[i])));
         }
     }
 }
 
 TEST("cuda", "cuda_device_to: a round trip keeps the values; to() copies, move_to() moves") {
-    const std::vector<real> v = {0.5, -1.25, 3, 1024, real(1.0f / 3.0f), -0.0078125};   // all floats: exact
+    const std::vector<real> v = {0.5,       -1.25, 3, 1024, real(1.0f / 3.0f),
+                                 -0.0078125};   // all floats: exact
     const Tensor t({2, 3}, v);
     const Tensor d = t.to(Device::CUDA);
     EXPECT_TRUE(d.device() == Device::CUDA && t.device() == Device::CPU && d.shape() == t.shape());
     EXPECT_TRUE(std::vector<real>(d.to(Device::CPU).values()) == v);
-    EXPECT_TRUE(std::vector<real>(d.to(Device::CUDA).to(Device::CPU).values()) == v);   // device to device
+    EXPECT_TRUE(std::vector<real>(d.to(Device::CUDA).to(Device::CPU).values()) ==
+                v);   // device to device
     EXPECT_TRUE(d.detach().device() == Device::CUDA);
     EXPECT_EQ(d.str(), t.str() + " on cuda");
     // 0.1 is not a float: the device holds the nearest one (the double build rounds on the way).
@@ -4093,31 +4475,41 @@ TEST("cuda", "cuda_device_to: a round trip keeps the values; to() copies, move_t
 
 TEST("cuda", "cuda_device_errors: mixed devices, ops without a kernel, values() on the device") {
     Rng rng(3);
-    const Tensor a = randn({2, 3}, rng).to(Device::CUDA), b = randn({3, 2}, rng), c = randn({2, 3}, rng);
-    EXPECT_THROWS(matmul(a, b), "matmul: tensors on different devices (cuda and cpu); move one with .to(...)");
+    const Tensor a = randn({2, 3}, rng).to(Device::CUDA), b = randn({3, 2}, rng),
+                 c = randn({2, 3}, rng);
+    EXPECT_THROWS(matmul(a, b),
+                  "matmul: tensors on different devices (cuda and cpu); move one with .to(...)");
     EXPECT_THROWS(c + a, "+: tensors on different devices (cpu and cuda)");
-    EXPECT_THROWS(softmax(a), "softmax: no CUDA kernel for this op (its inputs are on cuda); move them with .to(Device::CPU)");
-    EXPECT_THROWS(a.values(), "values(): this tensor is on cuda, in device memory; copy it to the host with .to(Device::CPU)");
+    EXPECT_THROWS(softmax(a), "softmax: no CUDA kernel for this op (its inputs are on cuda); move "
+                              "them with .to(Device::CPU)");
+    EXPECT_THROWS(a.values(), "values(): this tensor is on cuda, in device memory; copy it to the "
+                              "host with .to(Device::CPU)");
     EXPECT_THROWS(a.grad(), "grad(): this tensor is on cuda");
-    EXPECT_THROWS(cross_entropy(a, {0, 2}, real(0.1)), "cross_entropy: label smoothing has no CUDA kernel");
-    EXPECT_THROWS(matmul(a, a), "matmul: on cuda, multiplies [M,K]·[K,N] only; got [2, 3] · [2, 3]");
+    EXPECT_THROWS(cross_entropy(a, {0, 2}, real(0.1)),
+                  "cross_entropy: label smoothing has no CUDA kernel");
+    EXPECT_THROWS(matmul(a, a),
+                  "matmul: on cuda, multiplies [M,K]·[K,N] only; got [2, 3] · [2, 3]");
     // A leaf moved between the forward and the backward pass: caught before any gradient is read.
     Tensor w = randn({3, 2}, rng).requires_grad_();
     const Tensor loss = cross_entropy(matmul(c, w), {0, 1});
     w.move_to(Device::CUDA);
-    EXPECT_THROWS(loss.backward(), "backward: input 1 of 'matmul' moved from cpu to cuda after the forward pass");
+    EXPECT_THROWS(loss.backward(),
+                  "backward: input 1 of 'matmul' moved from cpu to cuda after the forward pass");
     // Optimizers: the state does not follow a moved parameter (its gradient does); SGD has no kernel.
     w.move_to(Device::CPU);
     cross_entropy(matmul(c, w), {0, 1}).backward();
     AdamW adamw({w});
     adamw.step();
     w.move_to(Device::CUDA);
-    EXPECT_THROWS(adamw.step(), "AdamW: the parameters moved to cuda after this optimizer's state was made on the cpu");
+    EXPECT_THROWS(
+        adamw.step(),
+        "AdamW: the parameters moved to cuda after this optimizer's state was made on the cpu");
     SGD sgd({w}, 0.1);
     EXPECT_THROWS(sgd.step(), "SGD: no CUDA kernel for this update");
     TrainingState state;
     state.params = {{"w", w}};
-    EXPECT_THROWS(save_checkpoint("build/never-written.ckpt", state), "save_checkpoint: tensor 'w' is on cuda");
+    EXPECT_THROWS(save_checkpoint("build/never-written.ckpt", state),
+                  "save_checkpoint: tensor 'w' is on cuda");
 }
 
 TEST("cuda", "cuda_device_memory: freed when the tensors die, counted by tensor_bytes") {
@@ -4132,7 +4524,8 @@ TEST("cuda", "cuda_device_memory: freed when the tensors die, counted by tensor_
         // W, b of both layers with their gradients: 2·(7·11 + 11 + 11·5 + 5) floats on the device.
         EXPECT_EQ(current_tensor_bytes(), bytes + 2 * (7 * 11 + 11 + 11 * 5 + 5) * sizeof(float));
         EXPECT_EQ(current_tensor_bytes(), tensor_bytes());
-        EXPECT_TRUE(peak_tensor_bytes() > current_tensor_bytes());   // the graph of a step was on the device too
+        EXPECT_TRUE(peak_tensor_bytes() >
+                    current_tensor_bytes());   // the graph of a step was on the device too
     }
     EXPECT_EQ(cuda_emu::state().allocations.size(), allocations);
     EXPECT_EQ(current_tensor_bytes(), bytes);
@@ -4142,9 +4535,12 @@ TEST("cuda", "cuda_device_anomaly: anomaly mode checks device tensors too") {
     const AnomalyModeOn on;
     Rng rng(4);
     nn::MLP model({7, 11, 5}, rng);
-    device_tests::train(Device::CUDA, model, randn({6, 7}, rng), {0, 1, 2, 3, 4, 0}, 1);   // finite: no complaint
+    device_tests::train(Device::CUDA, model, randn({6, 7}, rng), {0, 1, 2, 3, 4, 0},
+                        1);   // finite: no complaint
     const Tensor bad = Tensor({2}, {1, std::numeric_limits<real>::quiet_NaN()}).to(Device::CUDA);
-    EXPECT_THROWS(relu(bad), "anomaly: a leaf tensor (input data or a parameter) produced NaN/Inf in its output [2]");
+    EXPECT_THROWS(
+        relu(bad),
+        "anomaly: a leaf tensor (input data or a parameter) produced NaN/Inf in its output [2]");
 }
 
 // =============================================================================================
@@ -4157,7 +4553,8 @@ TEST("bad input", "size-0 axes: broadcast against 1, reduced, multiplied, transp
     EXPECT_TRUE((Tensor({0}) * real(2)).shape() == Shape({0}));
     EXPECT_TRUE((Tensor({0, 3}) + Tensor({1, 3})).shape() == Shape({0, 3}));   // 1 repeats 0 times
     EXPECT_TRUE((Tensor({1, 3}) - Tensor({0, 1})).shape() == Shape({0, 3}));
-    EXPECT_THROWS(Tensor({0, 3}) + Tensor({2, 3}), "+: shapes [0, 3] and [2, 3] do not broadcast (axis 0: 0 vs 2)");
+    EXPECT_THROWS(Tensor({0, 3}) + Tensor({2, 3}),
+                  "+: shapes [0, 3] and [2, 3] do not broadcast (axis 0: 0 vs 2)");
     EXPECT_TRUE(mean(Tensor({0, 3}), 1).shape() == Shape({0}));
     EXPECT_THROWS(mean(Tensor({0, 3}), 0), "mean: over an empty axis of [0, 3]");
     EXPECT_VALUES(sum(Tensor({0, 3}), 0), {0, 0, 0}, 0.0);   // a sum of nothing is 0
@@ -4165,11 +4562,13 @@ TEST("bad input", "size-0 axes: broadcast against 1, reduced, multiplied, transp
     EXPECT_TRUE(matmul(Tensor({2, 3, 0}), Tensor({2, 0, 4})).shape() == Shape({2, 3, 4}));
     EXPECT_TRUE(matmul(Tensor({2, 3, 0}), Tensor({0, 4})).shape() == Shape({2, 3, 4}));
     EXPECT_TRUE(matmul(Tensor({0, 3}), Tensor({3, 4})).shape() == Shape({0, 4}));
-    EXPECT_VALUES(linear(Tensor({2, 0}), Tensor({0, 2}), Tensor({2}, {1, -1})), {1, -1, 1, -1}, 0.0);
+    EXPECT_VALUES(linear(Tensor({2, 0}), Tensor({0, 2}), Tensor({2}, {1, -1})), {1, -1, 1, -1},
+                  0.0);
     EXPECT_TRUE(transpose(Tensor({0, 3})).shape() == Shape({3, 0}));
     EXPECT_TRUE(transpose(Tensor({2, 3, 0})).shape() == Shape({2, 0, 3}));
     // Gradients through an empty product: dW = Xᵀ·dZ sums over nothing, so it is 0.
-    const Tensor W = Tensor({0, 4}).requires_grad_(), b = Tensor({4}, {1, 2, 3, 4}).requires_grad_();
+    const Tensor W = Tensor({0, 4}).requires_grad_(),
+                 b = Tensor({4}, {1, 2, 3, 4}).requires_grad_();
     sum(linear(Tensor({3, 0}), W, b)).backward();
     EXPECT_TRUE(W.grad().empty() && b.grad().size() == 4);
     EXPECT_GRAD(b, {3, 3, 3, 3}, 0.0);
@@ -4197,18 +4596,24 @@ TEST("bad input", "an empty Tensor handle is refused by every use, naming the us
 
 TEST("bad input", "shapes too large to count or to hold are refused, naming the shape") {
     const int k = 1 << 16;   // k⁴ = 2⁶⁴: one past what a 64-bit count holds, which wraps to 0
-    EXPECT_THROWS(Tensor({k, k, k, k}), "shape [65536, 65536, 65536, 65536]: more elements than 2⁶⁴ can count");
+    EXPECT_THROWS(Tensor({k, k, k, k}),
+                  "shape [65536, 65536, 65536, 65536]: more elements than 2⁶⁴ can count");
     EXPECT_THROWS(Tensor({1 << 30, 1 << 30, 1 << 30}), "more elements than 2⁶⁴ can count");
-    EXPECT_THROWS(Tensor({k, k, k, 1 << 14}), "Tensor: shape [65536, 65536, 65536, 16384] needs");   // 2⁶² numbers
-    EXPECT_THROWS(reshape(Tensor({2}), {k, k, k, k, -1}), "reshape: shape [65536, 65536, 65536, 65536, 1]");
+    EXPECT_THROWS(Tensor({k, k, k, 1 << 14}),
+                  "Tensor: shape [65536, 65536, 65536, 16384] needs");   // 2⁶² numbers
+    EXPECT_THROWS(reshape(Tensor({2}), {k, k, k, k, -1}),
+                  "reshape: shape [65536, 65536, 65536, 65536, 1]");
     // The left operand is small: C++ may evaluate either operand of + first (g++ and clang++ differ).
-    EXPECT_THROWS(matmul(Tensor({1, 0}), Tensor({0, 1})) + Tensor({k, k, k, k}), "more elements than 2⁶⁴");
-    EXPECT_THROWS(matmul(Tensor({1 << 30, 0}), Tensor({0, 1 << 30})), "matmul: Tensor: shape [1073741824, 1073741824] needs");
+    EXPECT_THROWS(matmul(Tensor({1, 0}), Tensor({0, 1})) + Tensor({k, k, k, k}),
+                  "more elements than 2⁶⁴");
+    EXPECT_THROWS(matmul(Tensor({1 << 30, 0}), Tensor({0, 1 << 30})),
+                  "matmul: Tensor: shape [1073741824, 1073741824] needs");
 }
 
 TEST("bad input", "IDX headers whose sizes overflow, and a directory for a file, are refused") {
     TempDir dir;
-    write_bytes(dir.file("huge"), idx_bytes({1 << 16, 1 << 16, 1 << 16, 1 << 16}, {}));   // 2⁶⁴ bytes: 0 if wrapped
+    write_bytes(dir.file("huge"),
+                idx_bytes({1 << 16, 1 << 16, 1 << 16, 1 << 16}, {}));   // 2⁶⁴ bytes: 0 if wrapped
     EXPECT_THROWS(read_idx(dir.file("huge")), "the sizes multiply to more than 16 GiB");
     write_bytes(dir.file("big"), idx_bytes({1 << 30, 1 << 30}, {}));
     EXPECT_THROWS(read_idx(dir.file("big")), "the sizes multiply to more than 16 GiB");
@@ -4217,34 +4622,50 @@ TEST("bad input", "IDX headers whose sizes overflow, and a directory for a file,
 }
 
 TEST("bad input", "the loss of an empty batch is an error, not NaN") {
-    EXPECT_THROWS(cross_entropy(Tensor({0, 3}), {}), "cross_entropy: logits [0, 3]: an empty batch, or no classes, has no mean loss");
+    EXPECT_THROWS(cross_entropy(Tensor({0, 3}), {}),
+                  "cross_entropy: logits [0, 3]: an empty batch, or no classes, has no mean loss");
     EXPECT_THROWS(cross_entropy(Tensor({2, 0}), {0, 0}), "cross_entropy: logits [2, 0]");
-    EXPECT_THROWS(bce_with_logits(Tensor({0}), Tensor({0})), "bce_with_logits: an empty batch [0] has no mean loss");
-    EXPECT_THROWS(mse_loss(Tensor({0, 2}), Tensor({0, 2})), "mse_loss: an empty prediction [0, 2] has no mean");
+    EXPECT_THROWS(bce_with_logits(Tensor({0}), Tensor({0})),
+                  "bce_with_logits: an empty batch [0] has no mean loss");
+    EXPECT_THROWS(mse_loss(Tensor({0, 2}), Tensor({0, 2})),
+                  "mse_loss: an empty prediction [0, 2] has no mean");
     EXPECT_THROWS(mean(Tensor({0})), "mean: of an empty tensor [0]");
 }
 
-TEST("bad input", "NaN and inf: kept where they are the answer, refused where they would be swallowed") {
-    const real nan = std::numeric_limits<real>::quiet_NaN(), inf = std::numeric_limits<real>::infinity();
-    EXPECT_TRUE(std::isnan(relu(Tensor({2}, {nan, -1})).values()[0]));   // not 0: a NaN is not negative
+TEST("bad input",
+     "NaN and inf: kept where they are the answer, refused where they would be swallowed") {
+    const real nan = std::numeric_limits<real>::quiet_NaN(),
+               inf = std::numeric_limits<real>::infinity();
+    EXPECT_TRUE(
+        std::isnan(relu(Tensor({2}, {nan, -1})).values()[0]));   // not 0: a NaN is not negative
     EXPECT_TRUE(std::isnan(relu(Value(std::nan(""))).data()));
-    EXPECT_VALUES(softmax(Tensor({1, 2}, {-inf, 0})), {0, 1}, 0.0);      // −inf: a masked class
+    EXPECT_VALUES(softmax(Tensor({1, 2}, {-inf, 0})), {0, 1}, 0.0);   // −inf: a masked class
     EXPECT_THROWS(softmax(Tensor({1, 2}, {inf, 0})), "softmax: logit inf at row 0, column 0");
-    EXPECT_THROWS(log_softmax(Tensor({2, 2}, {0, 0, 1, nan})), "log_softmax: logit nan at row 1, column 1");
+    EXPECT_THROWS(log_softmax(Tensor({2, 2}, {0, 0, 1, nan})),
+                  "log_softmax: logit nan at row 1, column 1");
     EXPECT_THROWS(softmax(Tensor({1, 2}, {-inf, -inf})), "softmax: every logit of row 0 is -inf");
-    EXPECT_THROWS(cross_entropy(Tensor({1, 2}, {nan, 0}), {0}), "cross_entropy: logit nan at row 0, column 0");
+    EXPECT_THROWS(cross_entropy(Tensor({1, 2}, {nan, 0}), {0}),
+                  "cross_entropy: logit nan at row 0, column 0");
     EXPECT_THROWS(exp(Tensor({2}, {0, nan})), "exp(x): the input holds NaN at element 1");
     EXPECT_THROWS(log(Tensor({1}, {nan})), "log(x): the input holds NaN at element 0");
-    EXPECT_THROWS(bce_with_logits(Tensor({1}, {inf}), Tensor({1}, {1})), "bce_with_logits: a logit must be finite, got inf");
-    EXPECT_THROWS(bce_with_logits(Tensor({1}, {0}), Tensor({1}, {2})), "bce_with_logits: a target must be in [0, 1], got 2");
+    EXPECT_THROWS(bce_with_logits(Tensor({1}, {inf}), Tensor({1}, {1})),
+                  "bce_with_logits: a logit must be finite, got inf");
+    EXPECT_THROWS(bce_with_logits(Tensor({1}, {0}), Tensor({1}, {2})),
+                  "bce_with_logits: a target must be in [0, 1], got 2");
     const Value x(1.0), y = x * std::nan("");
     EXPECT_THROWS(y.backward(), "backward: the loss is nan");
-    EXPECT_TRUE(run_command("ENGINE_DETECT_ANOMALY=true " + this_program() + " --anomaly-mode").output == "on\n");
-    EXPECT_TRUE(run_command("ENGINE_DETECT_ANOMALY=0 " + this_program() + " --anomaly-mode").output == "off\n");
+    EXPECT_TRUE(
+        run_command("ENGINE_DETECT_ANOMALY=true " + this_program() + " --anomaly-mode").output ==
+        "on\n");
+    EXPECT_TRUE(
+        run_command("ENGINE_DETECT_ANOMALY=0 " + this_program() + " --anomaly-mode").output ==
+        "off\n");
 }
 
-TEST("bad input", "optimizer settings are checked at every step; nothing changes when they are refused") {
-    const real nan = std::numeric_limits<real>::quiet_NaN(), inf = std::numeric_limits<real>::infinity();
+TEST("bad input",
+     "optimizer settings are checked at every step; nothing changes when they are refused") {
+    const real nan = std::numeric_limits<real>::quiet_NaN(),
+               inf = std::numeric_limits<real>::infinity();
     const Tensor w = Tensor({2}, {1, 2}).requires_grad_();
     w.grad() = {0.5, 0.5};
     auto refuses = [&](Optimizer& opt, const char* message) {
@@ -4273,8 +4694,10 @@ TEST("bad input", "optimizer settings are checked at every step; nothing changes
     lion.beta1 = nan;
     refuses(lion, "Lion: betas must be in [0, 1], got nan and 0.99");
     EXPECT_THROWS(AdamW({w}, 1e-3, 0.9, 0.999, 0.0), "AdamW: eps must be > 0 and finite, got 0");
-    EXPECT_THROWS(AdamW({w}, 1e-3, 0.9, 0.999, 1e-8, -0.1), "AdamW: weight_decay must be >= 0 and finite, got -0.1");
-    EXPECT_THROWS(SGD({w, w}, 0.1), "SGD: parameter 1 is parameter 0 again: it would be updated twice a step");
+    EXPECT_THROWS(AdamW({w}, 1e-3, 0.9, 0.999, 1e-8, -0.1),
+                  "AdamW: weight_decay must be >= 0 and finite, got -0.1");
+    EXPECT_THROWS(SGD({w, w}, 0.1),
+                  "SGD: parameter 1 is parameter 0 again: it would be updated twice a step");
     AdamW adamw({w});
     w.grad() = {0.5, nan};
     refuses(adamw, "AdamW: the gradient of parameter 0 is nan at element 1; nothing was changed");
@@ -4282,45 +4705,66 @@ TEST("bad input", "optimizer settings are checked at every step; nothing changes
     refuses(adamw, "AdamW: the gradient of parameter 0 is -inf at element 0");
 }
 
-TEST("bad input", "clipping refuses a NaN or infinite gradient, naming where it is, and changes nothing") {
+TEST("bad input",
+     "clipping refuses a NaN or infinite gradient, naming where it is, and changes nothing") {
     const Tensor a = Tensor({2}).requires_grad_(), b = Tensor({3}).requires_grad_();
     a.grad() = {3, 4};
     b.grad() = {0, std::numeric_limits<real>::infinity(), 1};
-    EXPECT_THROWS(clip_grad_norm({a, b}, 1.0), "clip_grad_norm: the gradient of parameter 1 is inf at element 1");
+    EXPECT_THROWS(clip_grad_norm({a, b}, 1.0),
+                  "clip_grad_norm: the gradient of parameter 1 is inf at element 1");
     EXPECT_GRAD(a, {3, 4}, 0.0);
     b.grad() = {0, 0, std::numeric_limits<real>::quiet_NaN()};
     EXPECT_THROWS(clip_grad_norm({a, b}, 1.0), "the gradient of parameter 1 is nan at element 2");
-    EXPECT_THROWS(clip_grad_norm({a}, std::nan("")), "clip_grad_norm: max_norm must be > 0, got nan");
+    EXPECT_THROWS(clip_grad_norm({a}, std::nan("")),
+                  "clip_grad_norm: max_norm must be > 0, got nan");
 }
 
 TEST("bad input", "schedules refuse negative steps and rates, and step decay a gamma <= 0") {
-    EXPECT_THROWS(warmup_cosine_lr(-1, 10, 100, 1e-3, 0), "warmup_cosine_lr: step must be >= 0, got -1");
+    EXPECT_THROWS(warmup_cosine_lr(-1, 10, 100, 1e-3, 0),
+                  "warmup_cosine_lr: step must be >= 0, got -1");
     EXPECT_THROWS(constant_lr(-5, 0.1), "constant_lr: step must be >= 0, got -5");
-    EXPECT_THROWS(constant_lr(0, std::nan("")), "constant_lr: the learning rate must be finite and >= 0, got nan");
+    EXPECT_THROWS(constant_lr(0, std::nan("")),
+                  "constant_lr: the learning rate must be finite and >= 0, got nan");
     EXPECT_THROWS(inverse_sqrt_lr(-1, 10, 1e-3), "inverse_sqrt_lr: step must be >= 0");
     EXPECT_THROWS(step_decay_lr(-1, 0.1, 10, 0.5), "step_decay_lr: step must be >= 0");
-    EXPECT_THROWS(step_decay_lr(20, 0.1, 10, -0.5), "step_decay_lr: gamma must be in (0, 1] (a decay), got -0.5");
-    EXPECT_THROWS(warmup_cosine_lr(5, 10, 100, std::numeric_limits<double>::infinity(), 0), "got inf");
+    EXPECT_THROWS(step_decay_lr(20, 0.1, 10, -0.5),
+                  "step_decay_lr: gamma must be in (0, 1] (a decay), got -0.5");
+    EXPECT_THROWS(warmup_cosine_lr(5, 10, 100, std::numeric_limits<double>::infinity(), 0),
+                  "got inf");
 }
 
 TEST("bad input", "ops with no CUDA kernel name themselves when given device tensors") {
     const Tensor x = Tensor({2, 2}, {1, 2, 3, 4}).to(Device::CUDA);
     const std::vector<std::pair<std::string, std::function<Tensor()>>> ops = {
-        {"exp(x)", [&] { return exp(x); }},   {"log(x)", [&] { return log(x); }},
-        {"sqrt(x)", [&] { return sqrt(x); }}, {"pow(x, k)", [&] { return pow(x, 2); }},
-        {"/", [&] { return x / x; }},         {"-", [&] { return x - x; }},
-        {"softmax", [&] { return softmax(x); }}, {"log_softmax", [&] { return log_softmax(x); }},
-        {"sum", [&] { return sum(x); }},      {"mean", [&] { return mean(x, 0); }},
-        {"transpose", [&] { return transpose(x); }}, {"reshape", [&] { return reshape(x, {4}); }},
-        {"slice", [&] { return slice(x, 0, 0, 1); }}, {"concat", [&] { return concat({x, x}, 0); }},
-        {"leaky_relu", [&] { return leaky_relu(x); }}, {"mse_loss", [&] { return mse_loss(x, x); }},
-        {"bce_with_logits", [&] { return bce_with_logits(x, x); }}, {"embedding", [&] { return embedding(x, {0}); }},
-        {"layer_norm", [&] { return layer_norm(x, Tensor({2}).to(Device::CUDA), Tensor({2}).to(Device::CUDA)); }},
+        {"exp(x)", [&] { return exp(x); }},
+        {"log(x)", [&] { return log(x); }},
+        {"sqrt(x)", [&] { return sqrt(x); }},
+        {"pow(x, k)", [&] { return pow(x, 2); }},
+        {"/", [&] { return x / x; }},
+        {"-", [&] { return x - x; }},
+        {"softmax", [&] { return softmax(x); }},
+        {"log_softmax", [&] { return log_softmax(x); }},
+        {"sum", [&] { return sum(x); }},
+        {"mean", [&] { return mean(x, 0); }},
+        {"transpose", [&] { return transpose(x); }},
+        {"reshape", [&] { return reshape(x, {4}); }},
+        {"slice", [&] { return slice(x, 0, 0, 1); }},
+        {"concat",
+         [&] {
+             return concat({x, x}, 0);
+         }},
+        {"leaky_relu", [&] { return leaky_relu(x); }},
+        {"mse_loss", [&] { return mse_loss(x, x); }},
+        {"bce_with_logits", [&] { return bce_with_logits(x, x); }},
+        {"embedding", [&] { return embedding(x, {0}); }},
+        {"layer_norm",
+         [&] { return layer_norm(x, Tensor({2}).to(Device::CUDA), Tensor({2}).to(Device::CUDA)); }},
     };
     for (const auto& [name, op] : ops) EXPECT_THROWS(op(), name + ": no CUDA kernel for this op");
 }
 
-TEST("bad input", "a stale .tmp of a killed save is overwritten by the next save and removed by a load") {
+TEST("bad input",
+     "a stale .tmp of a killed save is overwritten by the next save and removed by a load") {
     TempDir dir;
     ToyRun run;
     const std::string path = dir.file("run.ckpt");
@@ -4335,7 +4779,9 @@ TEST("bad input", "a stale .tmp of a killed save is overwritten by the next save
 
 TEST("bad input", "make lesson and make check with a lesson that does not exist list the lessons") {
     for (const char* target : {"lesson", "check"}) {
-        const CommandResult r = run_command(std::string("env -u MAKEFLAGS -u MAKELEVEL make --no-print-directory ") + target + " N=99");
+        const CommandResult r =
+            run_command(std::string("env -u MAKEFLAGS -u MAKELEVEL make --no-print-directory ") +
+                        target + " N=99");
         EXPECT_EQ(r.exit_code, 2);
         if (r.output.find(" 99; there are: 01 02 03") == std::string::npos)
             fail_at(__FILE__, __LINE__, "make " + std::string(target) + " N=99 said:\n" + r.output);
@@ -4344,32 +4790,44 @@ TEST("bad input", "make lesson and make check with a lesson that does not exist 
 
 // Lesson 10 on MNIST-format sets that do not fit it: each run ends with one line naming the file
 // and the problem, and exit code 1 (no abort, no training on garbage).
-TEST_OF_OTHER_BUILD("bad input", "lesson 10 on data that does not fit: a one-line error and exit code 1") {
+TEST_OF_OTHER_BUILD("bad input",
+                    "lesson 10 on data that does not fit: a one-line error and exit code 1") {
     char cwd[4096];
     EXPECT_TRUE(::getcwd(cwd, sizeof cwd) != nullptr);
-    const std::string lesson = (build_dir[0] == '/' ? "" : std::string(cwd) + "/") + build_dir + "/lessons/10";
+    const std::string lesson =
+        (build_dir[0] == '/' ? "" : std::string(cwd) + "/") + build_dir + "/lessons/10";
     require_binary(lesson);
     auto run_on = [&](int train_images, unsigned char label, const std::string& extra) {
         TempDir dir;
         ::mkdir(dir.file("data").c_str(), 0755);
         const std::vector<unsigned char> pixels(std::size_t(train_images) * 784, 7);
-        write_bytes(dir.file("data/train-images-idx3-ubyte"), idx_bytes({train_images, 28, 28}, pixels));
-        write_bytes(dir.file("data/train-labels-idx1-ubyte"), idx_bytes({train_images}, std::vector<unsigned char>(std::size_t(train_images), label)));
-        write_bytes(dir.file("data/t10k-images-idx3-ubyte"), idx_bytes({2, 28, 28}, std::vector<unsigned char>(2 * 784, 7)));
+        write_bytes(dir.file("data/train-images-idx3-ubyte"),
+                    idx_bytes({train_images, 28, 28}, pixels));
+        write_bytes(dir.file("data/train-labels-idx1-ubyte"),
+                    idx_bytes({train_images},
+                              std::vector<unsigned char>(std::size_t(train_images), label)));
+        write_bytes(dir.file("data/t10k-images-idx3-ubyte"),
+                    idx_bytes({2, 28, 28}, std::vector<unsigned char>(2 * 784, 7)));
         write_bytes(dir.file("data/t10k-labels-idx1-ubyte"), idx_bytes({2}, {1, 2}));
         ::mkdir(dir.file("build").c_str(), 0755);
-        write_bytes(dir.file("build/10_checkpoint.bin"), {'n', 'o', 't', ' ', 'a', ' ', 'c', 'k', 'p', 't'});
+        write_bytes(dir.file("build/10_checkpoint.bin"),
+                    {'n', 'o', 't', ' ', 'a', ' ', 'c', 'k', 'p', 't'});
         return run_command("cd " + dir.path + " && " + lesson + " " + extra);
     };
     const auto expect_error = [](const CommandResult& r, const std::string& message) {
         if (r.exit_code != 1 || r.output.find("error: " + message) == std::string::npos)
-            fail_at(__FILE__, __LINE__, "expected exit code 1 and \"error: " + message + "\"; got " +
-                                            std::to_string(r.exit_code) + ":\n" + r.output);
+            fail_at(__FILE__, __LINE__,
+                    "expected exit code 1 and \"error: " + message + "\"; got " +
+                        std::to_string(r.exit_code) + ":\n" + r.output);
     };
-    expect_error(run_on(100, 3, ""), "data/train-images-idx3-ubyte holds 100 images; the lesson keeps the last 5000");
-    expect_error(run_on(6000, 3, ""), "1000 training images make 24 steps, fewer than the 100 steps of warmup");
-    expect_error(run_on(5100, 200, ""), "data/train-labels-idx1-ubyte: label 200 at position 0; the model has 10 classes");
-    expect_error(run_on(22000, 3, "--resume"), "cannot resume: load_checkpoint: build/10_checkpoint.bin: not a checkpoint");
+    expect_error(run_on(100, 3, ""),
+                 "data/train-images-idx3-ubyte holds 100 images; the lesson keeps the last 5000");
+    expect_error(run_on(6000, 3, ""),
+                 "1000 training images make 24 steps, fewer than the 100 steps of warmup");
+    expect_error(run_on(5100, 200, ""),
+                 "data/train-labels-idx1-ubyte: label 200 at position 0; the model has 10 classes");
+    expect_error(run_on(22000, 3, "--resume"),
+                 "cannot resume: load_checkpoint: build/10_checkpoint.bin: not a checkpoint");
 }
 
 // =============================================================================================
@@ -4437,33 +4895,42 @@ static void fail_with_output(const std::string& what, const CommandResult& r) {
 
 static void register_homework_tests() {
     for (const std::string& region : engine_regions()) {
-        registry().push_back({"homework", "engine region " + region + ": stub makes its tests TODO",
-                              [region] {
-            const std::string bin = build_dir + "/stubs/" + region + "/tests";
-            require_binary(bin);
-            const CommandResult r = run_command(bin + " " + region + "/");
-            const Counts c = parse_counts(r.output);
-            if (r.exit_code != 0 || c.passed != 0 || c.failed != 0 || c.todo <= 0)
-                fail_with_output("expected only TODO from " + bin + " " + region + "/", r);
-        }, Kind::other_builds});
+        registry().push_back(
+            {"homework", "engine region " + region + ": stub makes its tests TODO",
+             [region] {
+                 const std::string bin = build_dir + "/stubs/" + region + "/tests";
+                 require_binary(bin);
+                 const CommandResult r = run_command(bin + " " + region + "/");
+                 const Counts c = parse_counts(r.output);
+                 if (r.exit_code != 0 || c.passed != 0 || c.failed != 0 || c.todo <= 0)
+                     fail_with_output("expected only TODO from " + bin + " " + region + "/", r);
+             },
+             Kind::other_builds});
     }
     for (const std::string& lesson : lessons_with_homework()) {
-        registry().push_back({"homework", "lesson " + lesson + ": reference solutions pass", [lesson] {
-            const std::string bin = build_dir + "/lessons/" + lesson + "-solution";
-            require_binary(bin);
-            const CommandResult r = run_command(bin + " --check");
-            const Counts c = parse_counts(r.output);
-            if (r.exit_code != 0 || c.passed <= 0 || c.failed != 0 || c.todo != 0)
-                fail_with_output("expected every exercise to pass in " + bin + " --check", r);
-        }, Kind::other_builds});
-        registry().push_back({"homework", "lesson " + lesson + ": stubs report TODO", [lesson] {
-            const std::string bin = build_dir + "/lessons/" + lesson + "-stub";
-            require_binary(bin);
-            const CommandResult r = run_command(bin + " --check");
-            const Counts c = parse_counts(r.output);
-            if (r.exit_code != 0 || c.passed != 0 || c.failed != 0 || c.todo <= 0)
-                fail_with_output("expected every exercise to be TODO in " + bin + " --check", r);
-        }, Kind::other_builds});
+        registry().push_back(
+            {"homework", "lesson " + lesson + ": reference solutions pass",
+             [lesson] {
+                 const std::string bin = build_dir + "/lessons/" + lesson + "-solution";
+                 require_binary(bin);
+                 const CommandResult r = run_command(bin + " --check");
+                 const Counts c = parse_counts(r.output);
+                 if (r.exit_code != 0 || c.passed <= 0 || c.failed != 0 || c.todo != 0)
+                     fail_with_output("expected every exercise to pass in " + bin + " --check", r);
+             },
+             Kind::other_builds});
+        registry().push_back(
+            {"homework", "lesson " + lesson + ": stubs report TODO",
+             [lesson] {
+                 const std::string bin = build_dir + "/lessons/" + lesson + "-stub";
+                 require_binary(bin);
+                 const CommandResult r = run_command(bin + " --check");
+                 const Counts c = parse_counts(r.output);
+                 if (r.exit_code != 0 || c.passed != 0 || c.failed != 0 || c.todo <= 0)
+                     fail_with_output("expected every exercise to be TODO in " + bin + " --check",
+                                      r);
+             },
+             Kind::other_builds});
     }
 }
 
@@ -4497,8 +4964,10 @@ static std::vector<std::string> lines_of(const std::string& path) {
 // puts a section 3b between 3 and 4); "" if `text` does not start with one.
 static std::string leading_section_number(const std::string& text) {
     std::size_t i = 0;
-    while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.')) ++i;
-    const bool lettered = i > 0 && i < text.size() && std::isdigit(static_cast<unsigned char>(text[i - 1])) &&
+    while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.'))
+        ++i;
+    const bool lettered = i > 0 && i < text.size() &&
+                          std::isdigit(static_cast<unsigned char>(text[i - 1])) &&
                           std::islower(static_cast<unsigned char>(text[i]));
     if (lettered) ++i;
     std::string number = text.substr(0, i);
@@ -4514,7 +4983,8 @@ static std::map<std::string, std::string> section_titles(const std::string& path
     const std::vector<std::string> lines = lines_of(path);
     for (std::size_t k = 1; k < lines.size(); ++k) {
         const std::string& above = lines[k - 1];
-        const bool starts_block = above.empty() || above.rfind("// ---", 0) == 0 || above.rfind("// ===", 0) == 0;
+        const bool starts_block =
+            above.empty() || above.rfind("// ---", 0) == 0 || above.rfind("// ===", 0) == 0;
         if (!starts_block || lines[k].rfind("// ", 0) != 0) continue;
         const std::string number = leading_section_number(lines[k].substr(3));
         if (!number.empty()) titles[number] = lines[k].substr(3 + number.size());
@@ -4530,8 +5000,9 @@ static std::vector<std::string> lesson_sources() {
         if (!dir) throw TestFailure(std::string("cannot list ") + folder);
         while (const dirent* entry = ::readdir(dir)) {
             const std::string name = entry->d_name;
-            const bool numbered = name.size() > 7 && std::isdigit(static_cast<unsigned char>(name[0])) &&
-                                  std::isdigit(static_cast<unsigned char>(name[1])) && name[2] == '_';
+            const bool numbered =
+                name.size() > 7 && std::isdigit(static_cast<unsigned char>(name[0])) &&
+                std::isdigit(static_cast<unsigned char>(name[1])) && name[2] == '_';
             if (numbered && name.compare(name.size() - 4, 4, ".cpp") == 0)
                 files.push_back(std::string(folder) + "/" + name);
         }
@@ -4544,16 +5015,19 @@ static std::vector<std::string> lesson_sources() {
 // The files a reader follows, and which file a bare section number in each of them means.
 static std::vector<std::pair<std::string, std::string>> files_with_references() {
     std::vector<std::pair<std::string, std::string>> files = {
-        {"engine.h", "engine.cpp"}, {"engine.cpp", "engine.cpp"}, {"kernels.cu", "kernels.cu"},
-        {"cuda_emu.h", "engine.cpp"}, {"bench.cpp", "engine.cpp"}, {"tests.cpp", "engine.cpp"},
-        {"README.md", "engine.cpp"}, {"Makefile", "engine.cpp"}, {"lessons/lesson.h", "engine.cpp"}};
+        {"engine.h", "engine.cpp"},        {"engine.cpp", "engine.cpp"},
+        {"kernels.cu", "kernels.cu"},      {"cuda_emu.h", "engine.cpp"},
+        {"bench.cpp", "engine.cpp"},       {"tests.cpp", "engine.cpp"},
+        {"README.md", "engine.cpp"},       {"Makefile", "engine.cpp"},
+        {"lessons/lesson.h", "engine.cpp"}};
     for (const std::string& lesson : lesson_sources()) files.push_back({lesson, "engine.cpp"});
     return files;
 }
 
 // The file that a section sign at `at` in `line` refers to: the last "engine.cpp", "kernels.cu" or
 // "lesson NN" (or "Lesson NN") before it on the line, else `fallback`.
-static std::string referenced_file(const std::string& line, std::size_t at, const std::string& fallback) {
+static std::string referenced_file(const std::string& line, std::size_t at,
+                                   const std::string& fallback) {
     std::string file = fallback;
     std::size_t best = std::string::npos;
     for (const char* name : {"engine.cpp", "kernels.cu"}) {
@@ -4589,57 +5063,68 @@ static bool topic_matches(const std::string& topic, const std::string& title) {
     return false;
 }
 
-TEST("references", "every section number in the sources and the README is a heading of the file it names") {
+TEST("references",
+     "every section number in the sources and the README is a heading of the file it names") {
     std::map<std::string, std::map<std::string, std::string>> sections = {
         {"engine.cpp", section_titles("engine.cpp")}, {"kernels.cu", section_titles("kernels.cu")}};
     for (const std::string& lesson : lesson_sources())
         if (lesson.rfind("lessons/solutions/", 0) != 0)
-            sections["lesson " + lesson.substr(std::string("lessons/").size(), 2)] = section_titles(lesson);
-    EXPECT_TRUE(sections["engine.cpp"].count("2.4") == 1 && sections["kernels.cu"].count("1.2") == 1);
-    const std::string mark = "\u00a7", dash = "\u2013";   // the section sign; an en dash, as in 4.5–4.7
+            sections["lesson " + lesson.substr(std::string("lessons/").size(), 2)] =
+                section_titles(lesson);
+    EXPECT_TRUE(sections["engine.cpp"].count("2.4") == 1 &&
+                sections["kernels.cu"].count("1.2") == 1);
+    const std::string mark = "\u00a7",
+                      dash = "\u2013";   // the section sign; an en dash, as in 4.5–4.7
     int checked = 0;
     std::string wrong;   // one line per reference that points nowhere
     for (const auto& [path, fallback] : files_with_references()) {
         const std::vector<std::string> lines = lines_of(path);
         for (std::size_t k = 0; k < lines.size(); ++k) {
             const std::string& line = lines[k];
-            for (std::size_t at = line.find(mark); at != std::string::npos; at = line.find(mark, at + 1)) {
+            for (std::size_t at = line.find(mark); at != std::string::npos;
+                 at = line.find(mark, at + 1)) {
                 const std::string after = line.substr(at + mark.size()) + " ";
                 const std::string number = leading_section_number(after);
-                std::vector<std::string> numbers = {number};   // a range's last section must exist too
+                std::vector<std::string> numbers = {
+                    number};   // a range's last section must exist too
                 if (!number.empty() && after.compare(number.size(), dash.size(), dash) == 0)
-                    numbers.push_back(leading_section_number(after.substr(number.size() + dash.size())));
+                    numbers.push_back(
+                        leading_section_number(after.substr(number.size() + dash.size())));
                 const std::string file = referenced_file(line, at, fallback);
                 std::string titles;
                 for (const std::string& n : numbers) {
                     ++checked;
                     const auto heading = sections[file].find(n);
                     if (heading == sections[file].end())
-                        wrong += path + ":" + std::to_string(k + 1) + ": " + n + " is not a section of " + file +
-                                 "\n    " + line + "\n";
-                    else
-                        titles += heading->second;
+                        wrong += path + ":" + std::to_string(k + 1) + ": " + n +
+                                 " is not a section of " + file + "\n    " + line + "\n";
+                    else titles += heading->second;
                 }
                 const std::size_t open = line.find(" (");   // "// Topic (engine.cpp <section>)"
                 const bool block_start = k == 0 || lines[k - 1].rfind("//", 0) != 0 ||
-                                         lines[k - 1].rfind("// ---", 0) == 0 || lines[k - 1].rfind("// ===", 0) == 0;
-                const bool introduces_topic = path == "engine.h" && block_start && line.rfind("// ", 0) == 0 &&
+                                         lines[k - 1].rfind("// ---", 0) == 0 ||
+                                         lines[k - 1].rfind("// ===", 0) == 0;
+                const bool introduces_topic = path == "engine.h" && block_start &&
+                                              line.rfind("// ", 0) == 0 &&
                                               open != std::string::npos && line.find(mark) > open &&
                                               line.find(mark) < open + 16 && at == line.find(mark);
-                if (introduces_topic && !titles.empty() && !topic_matches(line.substr(3, open - 3), titles))
-                    wrong += path + ":" + std::to_string(k + 1) + ": \"" + line.substr(3, open - 3) +
-                             "\" points to" + titles + "\n";
+                if (introduces_topic && !titles.empty() &&
+                    !topic_matches(line.substr(3, open - 3), titles))
+                    wrong += path + ":" + std::to_string(k + 1) + ": \"" +
+                             line.substr(3, open - 3) + "\" points to" + titles + "\n";
             }
         }
     }
-    if (!wrong.empty()) throw TestFailure("references that point nowhere, or to the wrong place:\n" + wrong);
+    if (!wrong.empty())
+        throw TestFailure("references that point nowhere, or to the wrong place:\n" + wrong);
     EXPECT_TRUE(checked > 100);
 }
 
 // The names a comment says code replaces or is: "replaces X", "Replaces X", "engine.cpp's X", where
 // X is a function (followed by "()", or with '_' or "::" in it) defined or called in the engine.
 TEST("references", "every function a comment names after \"replaces\" or \"engine.cpp's\" exists") {
-    const std::string code = read_text("engine.cpp") + read_text("engine.h") + read_text("kernels.cu");
+    const std::string code =
+        read_text("engine.cpp") + read_text("engine.h") + read_text("kernels.cu");
     int checked = 0;
     std::string wrong;
     for (const auto& entry : files_with_references()) {
@@ -4647,20 +5132,23 @@ TEST("references", "every function a comment names after \"replaces\" or \"engin
         for (std::size_t k = 0; k < lines.size(); ++k)
             for (const char* lead : {"replaces ", "Replaces ", "replace ", "engine.cpp's "}) {
                 const std::string& line = lines[k];
-                for (std::size_t at = line.find(lead); at != std::string::npos; at = line.find(lead, at + 1)) {
+                for (std::size_t at = line.find(lead); at != std::string::npos;
+                     at = line.find(lead, at + 1)) {
                     std::size_t end = at + std::strlen(lead);
-                    while (end < line.size() && (std::isalnum(static_cast<unsigned char>(line[end])) ||
-                                                 line[end] == '_' || line[end] == ':'))
+                    while (end < line.size() &&
+                           (std::isalnum(static_cast<unsigned char>(line[end])) ||
+                            line[end] == '_' || line[end] == ':'))
                         ++end;
-                    const std::string name = line.substr(at + std::strlen(lead), end - at - std::strlen(lead));
+                    const std::string name =
+                        line.substr(at + std::strlen(lead), end - at - std::strlen(lead));
                     const bool is_function = line.compare(end, 2, "()") == 0 ||
                                              name.find('_') != std::string::npos ||
                                              name.find("::") != std::string::npos;
                     if (name.empty() || !is_function) continue;
                     ++checked;
                     if (code.find(name + "(") == std::string::npos)
-                        wrong += entry.first + ":" + std::to_string(k + 1) + ": " + name + " exists nowhere\n    " +
-                                 line + "\n";
+                        wrong += entry.first + ":" + std::to_string(k + 1) + ": " + name +
+                                 " exists nowhere\n    " + line + "\n";
                 }
             }
     }
@@ -4672,11 +5160,13 @@ TEST("your program", "README's example program is lessons/example.cpp, line for 
     const std::string readme = read_text("README.md");
     const std::size_t section = readme.find("\n## Write your own program\n");
     EXPECT_TRUE(section != std::string::npos);
-    const std::size_t start = readme.find("```cpp\n", section), end = readme.find("```\n", start + 7);
+    const std::size_t start = readme.find("```cpp\n", section),
+                      end = readme.find("```\n", start + 7);
     EXPECT_TRUE(start != std::string::npos && end != std::string::npos);
     const std::string in_readme = readme.substr(start + 7, end - start - 7);
     if (in_readme != read_text("lessons/example.cpp"))
-        fail_at(__FILE__, __LINE__, "README's program differs from lessons/example.cpp:\n" + in_readme);
+        fail_at(__FILE__, __LINE__,
+                "README's program differs from lessons/example.cpp:\n" + in_readme);
 }
 
 TEST_OF_OTHER_BUILD("your program", "lessons/example.cpp prints PyTorch's losses and gradients") {
@@ -4691,11 +5181,13 @@ TEST_OF_OTHER_BUILD("your program", "lessons/example.cpp prints PyTorch's losses
         std::string line;
         std::getline(lines, line);
         double got[4] = {-1, -1, -1, -1};
-        std::sscanf(line.c_str(), "step %lf loss %lf output bias gradient [%lf, %lf]", &got[0], &got[1], &got[2], &got[3]);
+        std::sscanf(line.c_str(), "step %lf loss %lf output bias gradient [%lf, %lf]", &got[0],
+                    &got[1], &got[2], &got[3]);
         for (int i = 0; i < 4; ++i)
             if (std::fabs(got[i] - want[i]) > 2e-6)
-                fail_at(__FILE__, __LINE__, "expected step " + show(want[0]) + " to print " + show(want[1]) + ", " +
-                                                show(want[2]) + ", " + show(want[3]) + "; got: " + line);
+                fail_at(__FILE__, __LINE__,
+                        "expected step " + show(want[0]) + " to print " + show(want[1]) + ", " +
+                            show(want[2]) + ", " + show(want[3]) + "; got: " + line);
     }
 }
 
@@ -4715,18 +5207,21 @@ static void require_storage_hooks() {
     const std::size_t before = current_tensor_bytes();
     const Tensor probe({1000});
     if (current_tensor_bytes() != before + 1000 * sizeof(real))
-        SKIP("the tensor byte counter does not move: Part 2 lacks the storage hooks of engine.cpp §4.1");
+        SKIP("the tensor byte counter does not move: Part 2 lacks the storage hooks of engine.cpp "
+             "§4.1");
 }
 
 static void require_matmul_flop_hook() {
     reset_counted_flops();
     matmul(Tensor({2, 3}), Tensor({3, 4}));
-    if (counted_flops() != 2 * 2 * 3 * 4) SKIP("matmul does not count its FLOPs: Part 2 lacks the hook of engine.cpp §4.1");
+    if (counted_flops() != 2 * 2 * 3 * 4)
+        SKIP("matmul does not count its FLOPs: Part 2 lacks the hook of engine.cpp §4.1");
 }
 
 // ---- 11 normalization ----------------------------------------------------------------------
 
-TEST("11 normalization", "batch_norm worked example: x = [2, 1, 3, 4], gamma 2, beta 1, eps 0 -> 0.1056 first") {
+TEST("11 normalization",
+     "batch_norm worked example: x = [2, 1, 3, 4], gamma 2, beta 1, eps 0 -> 0.1056 first") {
     const Tensor x({4, 1}, {2, 1, 3, 4}), gamma({1}, {2}), beta({1}, {1});
     const Tensor y = batch_norm(x, gamma, beta, 0);
     // μ = 2.5, σ² = (0.25 + 2.25 + 0.25 + 2.25)/4 = 1.25, y = 1 + 2·(x − 2.5)/√1.25
@@ -4735,12 +5230,17 @@ TEST("11 normalization", "batch_norm worked example: x = [2, 1, 3, 4], gamma 2, 
     EXPECT_NEAR(y.values()[0], 0.1056, 5e-5);
 }
 
-TEST("11 normalization", "batch_norm matches finite differences; dx sums to 0 down each column and is orthogonal to x_hat") {
+TEST("11 normalization", "batch_norm matches finite differences; dx sums to 0 down each column and "
+                         "is orthogonal to x_hat") {
     Rng rng(111);
-    const Tensor x = randn({5, 3}, rng, 2), gamma = uniform({3}, rng, 0.5, 2), beta = randn({3}, rng);
-    EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& v) { return batch_norm(v[0], v[1], v[2]); }, {x, gamma, beta});
-    EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& v) { return batch_norm(v[0], v[1], v[2], 0); },
-                            {randn({2, 3}, rng), gamma, beta});   // N = 2: every x̂ is ±1
+    const Tensor x = randn({5, 3}, rng, 2), gamma = uniform({3}, rng, 0.5, 2),
+                 beta = randn({3}, rng);
+    EXPECT_TENSOR_GRADCHECK(
+        [](const std::vector<Tensor>& v) { return batch_norm(v[0], v[1], v[2]); },
+        {x, gamma, beta});
+    EXPECT_TENSOR_GRADCHECK(
+        [](const std::vector<Tensor>& v) { return batch_norm(v[0], v[1], v[2], 0); },
+        {randn({2, 3}, rng), gamma, beta});   // N = 2: every x̂ is ±1
     // The two means in the backward remove every shift and scale of a column (engine.cpp §4.2);
     // exactly so with eps = 0, where Σ x̂² = N.
     Tensor xs = x.detach().requires_grad_();
@@ -4758,7 +5258,8 @@ TEST("11 normalization", "batch_norm matches finite differences; dx sums to 0 do
     }
 }
 
-TEST("11 normalization", "batch_norm is layer_norm on the transpose (gain 1, bias 0): values and gradients") {
+TEST("11 normalization",
+     "batch_norm is layer_norm on the transpose (gain 1, bias 0): values and gradients") {
     Rng rng(112);
     Tensor a = randn({6, 4}, rng), b = a.detach();
     a.requires_grad_();
@@ -4772,7 +5273,8 @@ TEST("11 normalization", "batch_norm is layer_norm on the transpose (gain 1, bia
     EXPECT_TRUE(max_difference(a.grad(), b.grad()) < 1e-12);
 }
 
-TEST("11 normalization", "nn::BatchNorm running mean 2.5, 3.0, 2.0 -> 0.25, 0.525, 0.6725; running variance unbiased") {
+TEST("11 normalization",
+     "nn::BatchNorm running mean 2.5, 3.0, 2.0 -> 0.25, 0.525, 0.6725; running variance unbiased") {
     nn::BatchNorm bn(1);   // momentum 0.1: running = 0.9·running + 0.1·batch (PyTorch)
     const std::vector<std::vector<real>> batches = {{2, 1, 3, 4}, {3, 3.5, 2.5, 3}, {1, 3, 2, 2}};
     const double expected_mean[] = {0.25, 0.525, 0.6725};
@@ -4787,13 +5289,15 @@ TEST("11 normalization", "nn::BatchNorm running mean 2.5, 3.0, 2.0 -> 0.25, 0.52
         EXPECT_NEAR(bn.running_mean[0], expected_mean[t], 1e-12);
         EXPECT_NEAR(bn.running_var[0], expected_var, 1e-12);
     }
-    EXPECT_NEAR(bn.running_var[0], 0.9 * (0.9 * (0.9 + 0.1 * 5.0 / 3) + 0.1 * (0.5 / 3)) + 0.1 * (2.0 / 3), 1e-12);
+    EXPECT_NEAR(bn.running_var[0],
+                0.9 * (0.9 * (0.9 + 0.1 * 5.0 / 3) + 0.1 * (0.5 / 3)) + 0.1 * (2.0 / 3), 1e-12);
 }
 
 // Some course notes write running = m·running + (1 − m)·batch with m = 0.1 and call it
 // PyTorch's rule: they print 2.0925 after batch means 2.5, 3.0, 2.0. That is Keras's convention
 // (m a decay, the weight of the old average); PyTorch's gives 0.6725 (lesson 11 §3).
-TEST("11 normalization", "momentum 0.1 (PyTorch) = decay 0.9 (Keras): 0.6725; decay 0.1: the notes' 2.0925") {
+TEST("11 normalization",
+     "momentum 0.1 (PyTorch) = decay 0.9 (Keras): 0.6725; decay 0.1: the notes' 2.0925") {
     nn::BatchNorm bn(1);   // PyTorch's convention
     const std::vector<std::vector<real>> batches = {{2, 1, 3, 4}, {3, 3.5, 2.5, 3}, {1, 3, 2, 2}};
     double keras_09 = 0, keras_01 = 0;
@@ -4803,13 +5307,15 @@ TEST("11 normalization", "momentum 0.1 (PyTorch) = decay 0.9 (Keras): 0.6725; de
         for (real v : batch) mu += v / 4;
         keras_09 = 0.9 * keras_09 + (1 - 0.9) * mu;
         keras_01 = 0.1 * keras_01 + (1 - 0.1) * mu;
-        EXPECT_NEAR(bn.running_mean[0], keras_09, 1e-12);   // the same average, written the other way
+        EXPECT_NEAR(bn.running_mean[0], keras_09,
+                    1e-12);   // the same average, written the other way
     }
     EXPECT_NEAR(bn.running_mean[0], 0.6725, 1e-12);
     EXPECT_NEAR(keras_01, 2.0925, 1e-12);   // the notes' value
 }
 
-TEST("11 normalization", "nn::BatchNorm: eval uses the running statistics and works for one example; training refuses it") {
+TEST("11 normalization", "nn::BatchNorm: eval uses the running statistics and works for one "
+                         "example; training refuses it") {
     Rng rng(113);
     nn::BatchNorm bn(3);
     for (int t = 0; t < 5; ++t) bn(randn({8, 3}, rng, 3));
@@ -4819,9 +5325,13 @@ TEST("11 normalization", "nn::BatchNorm: eval uses the running statistics and wo
     const Tensor one = randn({1, 3}, rng);
     const Tensor y = bn(one);
     for (int c = 0; c < 3; ++c)
-        EXPECT_NEAR(y.at({0, c}), bn.gamma.values()[c] * (one.at({0, c}) - bn.running_mean[c]) /
-                                          std::sqrt(bn.running_var[c] + 1e-5) + bn.beta.values()[c], 1e-12);
-    EXPECT_TENSOR_GRADCHECK([&bn](const std::vector<Tensor>& v) { return bn(v[0]); }, {randn({4, 3}, rng)});
+        EXPECT_NEAR(y.at({0, c}),
+                    bn.gamma.values()[c] * (one.at({0, c}) - bn.running_mean[c]) /
+                            std::sqrt(bn.running_var[c] + 1e-5) +
+                        bn.beta.values()[c],
+                    1e-12);
+    EXPECT_TENSOR_GRADCHECK([&bn](const std::vector<Tensor>& v) { return bn(v[0]); },
+                            {randn({4, 3}, rng)});
     const std::vector<real> mean_before = bn.running_mean;
     bn(randn({4, 3}, rng));
     EXPECT_TRUE(bn.running_mean == mean_before);   // evaluation leaves the statistics alone
@@ -4830,11 +5340,15 @@ TEST("11 normalization", "nn::BatchNorm: eval uses the running statistics and wo
     EXPECT_TRUE(bn.running_mean == mean_before);   // a refused batch changes nothing
 }
 
-TEST("11 normalization", "batch_norm and nn::BatchNorm reject bad shapes and a constant column with eps 0") {
+TEST("11 normalization",
+     "batch_norm and nn::BatchNorm reject bad shapes and a constant column with eps 0") {
     const Tensor g3 = Tensor::full({3}, 1), b3({3});
-    EXPECT_THROWS(batch_norm(Tensor({6}), g3, b3), "batch_norm: x must be [batch, features], got [6]");
-    EXPECT_THROWS(batch_norm(Tensor({1, 3}), g3, b3), "batch_norm: training needs at least 2 examples");
-    EXPECT_THROWS(batch_norm(Tensor({4, 3}), Tensor({2}), b3), "gamma and beta must have shape [3] for x [4, 3], got [2]");
+    EXPECT_THROWS(batch_norm(Tensor({6}), g3, b3),
+                  "batch_norm: x must be [batch, features], got [6]");
+    EXPECT_THROWS(batch_norm(Tensor({1, 3}), g3, b3),
+                  "batch_norm: training needs at least 2 examples");
+    EXPECT_THROWS(batch_norm(Tensor({4, 3}), Tensor({2}), b3),
+                  "gamma and beta must have shape [3] for x [4, 3], got [2]");
     EXPECT_THROWS(batch_norm(Tensor({4, 3}), g3, b3, -1), "eps must be >= 0");
     EXPECT_THROWS(batch_norm(Tensor({4, 3}), g3, b3, 0), "feature 0 is constant");
     nn::BatchNorm bn(3);
@@ -4842,7 +5356,8 @@ TEST("11 normalization", "batch_norm and nn::BatchNorm reject bad shapes and a c
     EXPECT_THROWS(nn::BatchNorm(0), "needs features > 0");
 }
 
-TEST("11 normalization", "batch statistics couple the examples: half-batch gradients do not add up to the full batch's") {
+TEST("11 normalization", "batch statistics couple the examples: half-batch gradients do not add up "
+                         "to the full batch's") {
     // Layer norm treats examples independently, so (loss of half 1 + loss of half 2) has the same
     // gradient as the loss of the whole batch; batch norm does not (engine.cpp §4.2).
     Rng rng(114);
@@ -4850,8 +5365,9 @@ TEST("11 normalization", "batch statistics couple the examples: half-batch gradi
     auto gradient = [&](bool batch, bool halves) {
         Tensor gamma = Tensor::full({3}, 1).requires_grad_();
         auto loss = [&](int from, int to) {
-            const Tensor part = slice(x, 0, from, to), y = batch ? batch_norm(part, gamma, Tensor({3}))
-                                                                 : layer_norm(part, gamma, Tensor({3}));
+            const Tensor part = slice(x, 0, from, to),
+                         y = batch ? batch_norm(part, gamma, Tensor({3}))
+                                   : layer_norm(part, gamma, Tensor({3}));
             return sum(y * y * slice(w, 0, from, to));
         };
         if (halves) {
@@ -4874,20 +5390,23 @@ struct AttentionCase {
 };
 
 static const std::vector<AttentionCase> attention_cases = {
-    {{4, 3}, {4, 3}, {4, 3}, false},         {{4, 3}, {4, 3}, {4, 3}, true},
-    {{3, 2}, {5, 2}, {5, 4}, false},         {{2, 5, 3}, {2, 5, 3}, {2, 5, 2}, true},
+    {{4, 3}, {4, 3}, {4, 3}, false},          {{4, 3}, {4, 3}, {4, 3}, true},
+    {{3, 2}, {5, 2}, {5, 4}, false},          {{2, 5, 3}, {2, 5, 3}, {2, 5, 2}, true},
     {{2, 3, 4}, {2, 6, 4}, {2, 6, 3}, false}, {{1, 1}, {1, 1}, {1, 1}, true},
 };
 
-TEST("12 attention", "the fused op equals the composed ops to 1e-9: output, dQ, dK, dV (both ways of saving)") {
+TEST("12 attention",
+     "the fused op equals the composed ops to 1e-9: output, dQ, dK, dV (both ways of saving)") {
     Rng rng(121);
     for (const AttentionCase& c : attention_cases)
         for (AttentionSaves saves : {AttentionSaves::probabilities, AttentionSaves::log_sum_exp}) {
             const Tensor q0 = randn(c.q, rng), k0 = randn(c.k, rng), v0 = randn(c.v, rng);
             std::vector<real> out[2], grads[2][3];
             for (int fused = 0; fused < 2; ++fused) {
-                Tensor q = q0.detach().requires_grad_(), k = k0.detach().requires_grad_(), v = v0.detach().requires_grad_();
-                const Tensor o = fused ? attention(q, k, v, c.causal, saves) : attention_composed(q, k, v, c.causal);
+                Tensor q = q0.detach().requires_grad_(), k = k0.detach().requires_grad_(),
+                       v = v0.detach().requires_grad_();
+                const Tensor o = fused ? attention(q, k, v, c.causal, saves)
+                                       : attention_composed(q, k, v, c.causal);
                 Rng seed_rng(7);
                 o.backward(randn(o.shape(), seed_rng));
                 out[fused] = o.values();
@@ -4896,28 +5415,40 @@ TEST("12 attention", "the fused op equals the composed ops to 1e-9: output, dQ, 
                 grads[fused][2] = v.grad();
             }
             EXPECT_TRUE(max_difference(out[0], out[1]) < 1e-9);
-            for (int g = 0; g < 3; ++g) EXPECT_TRUE(max_difference(grads[0][g], grads[1][g]) < 1e-9);
+            for (int g = 0; g < 3; ++g)
+                EXPECT_TRUE(max_difference(grads[0][g], grads[1][g]) < 1e-9);
         }
 }
 
-TEST("12 attention", "fused (both ways of saving) and composed attention match finite differences") {
+TEST("12 attention",
+     "fused (both ways of saving) and composed attention match finite differences") {
     Rng rng(122);
     for (const AttentionCase& c : attention_cases) {
         const std::vector<Tensor> inputs = {randn(c.q, rng), randn(c.k, rng), randn(c.v, rng)};
         const bool causal = c.causal;
-        EXPECT_TENSOR_GRADCHECK([causal](const std::vector<Tensor>& x) { return attention(x[0], x[1], x[2], causal); }, inputs);
-        EXPECT_TENSOR_GRADCHECK([causal](const std::vector<Tensor>& x) {
-            return attention(x[0], x[1], x[2], causal, AttentionSaves::log_sum_exp);
-        }, inputs);
-        EXPECT_TENSOR_GRADCHECK([causal](const std::vector<Tensor>& x) { return attention_composed(x[0], x[1], x[2], causal); }, inputs);
+        EXPECT_TENSOR_GRADCHECK(
+            [causal](const std::vector<Tensor>& x) { return attention(x[0], x[1], x[2], causal); },
+            inputs);
+        EXPECT_TENSOR_GRADCHECK(
+            [causal](const std::vector<Tensor>& x) {
+                return attention(x[0], x[1], x[2], causal, AttentionSaves::log_sum_exp);
+            },
+            inputs);
+        EXPECT_TENSOR_GRADCHECK(
+            [causal](const std::vector<Tensor>& x) {
+                return attention_composed(x[0], x[1], x[2], causal);
+            },
+            inputs);
     }
     // Only some inputs need a gradient: the others are left alone.
-    const Tensor q = randn({3, 2}, rng).requires_grad_(), k = randn({3, 2}, rng), v = randn({3, 2}, rng);
+    const Tensor q = randn({3, 2}, rng).requires_grad_(), k = randn({3, 2}, rng),
+                 v = randn({3, 2}, rng);
     attention(q, k, v, true).backward(Tensor::full({3, 2}, 1));
     EXPECT_TRUE(k.grad().empty() && v.grad().empty() && q.grad().size() == 6);
 }
 
-TEST("12 attention", "closed forms: Q = 0 gives the mean of the visible value rows; causal outputs ignore the future") {
+TEST("12 attention", "closed forms: Q = 0 gives the mean of the visible value rows; causal outputs "
+                     "ignore the future") {
     Rng rng(123);
     const Tensor v = randn({4, 2}, rng), k = randn({4, 3}, rng), zero({4, 3});
     for (bool causal : {false, true}) {
@@ -4942,7 +5473,8 @@ TEST("12 attention", "closed forms: Q = 0 gives the mean of the visible value ro
     EXPECT_VALUES(causal_mask(3), {0, -1e9, -1e9, 0, 0, -1e9, 0, 0, 0}, 0.0);
 }
 
-TEST("12 attention", "multi-head causal self-attention: fused equals composed to 1e-9; finite differences") {
+TEST("12 attention",
+     "multi-head causal self-attention: fused equals composed to 1e-9; finite differences") {
     Rng rng(124);
     for (const Shape& xs : {Shape{2, 4, 6}, Shape{5, 6}}) {
         const Tensor x = randn(xs, rng);
@@ -4952,8 +5484,9 @@ TEST("12 attention", "multi-head causal self-attention: fused equals composed to
         for (int fused = 0; fused < 2; ++fused) {
             std::vector<Tensor> p = {x.detach().requires_grad_()};
             for (const Tensor& w : W) p.push_back(w.detach().requires_grad_());
-            const Tensor y = multi_head_attention(p[0], p[1], p[2], p[3], p[4], 3, true,
-                                                  fused ? AttentionKernel::fused : AttentionKernel::composed);
+            const Tensor y =
+                multi_head_attention(p[0], p[1], p[2], p[3], p[4], 3, true,
+                                     fused ? AttentionKernel::fused : AttentionKernel::composed);
             Rng seed_rng(8);
             y.backward(randn(y.shape(), seed_rng));
             out[fused] = y.values();
@@ -4964,15 +5497,22 @@ TEST("12 attention", "multi-head causal self-attention: fused equals composed to
     }
     std::vector<Tensor> inputs = {randn({2, 3, 4}, rng)};
     for (int i = 0; i < 4; ++i) inputs.push_back(randn({4, 4}, rng, 0.5));
-    EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& p) {
-        return multi_head_attention(p[0], p[1], p[2], p[3], p[4], 2, true, AttentionKernel::fused);
-    }, inputs);
-    EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& p) {
-        return multi_head_attention(p[0], p[1], p[2], p[3], p[4], 2, false, AttentionKernel::composed);
-    }, inputs);
+    EXPECT_TENSOR_GRADCHECK(
+        [](const std::vector<Tensor>& p) {
+            return multi_head_attention(p[0], p[1], p[2], p[3], p[4], 2, true,
+                                        AttentionKernel::fused);
+        },
+        inputs);
+    EXPECT_TENSOR_GRADCHECK(
+        [](const std::vector<Tensor>& p) {
+            return multi_head_attention(p[0], p[1], p[2], p[3], p[4], 2, false,
+                                        AttentionKernel::composed);
+        },
+        inputs);
 }
 
-TEST("12 attention", "FLOPs, T = 512, d = 64: forward 67,108,864, backward 134,217,728 = 2x; 2.5x from the lse") {
+TEST("12 attention",
+     "FLOPs, T = 512, d = 64: forward 67,108,864, backward 134,217,728 = 2x; 2.5x from the lse") {
     Rng rng(125);
     auto measure = [&](Shape shape, bool causal, AttentionSaves saves) {
         Tensor q = randn(shape, rng).requires_grad_(), k = randn(shape, rng).requires_grad_(),
@@ -4985,8 +5525,8 @@ TEST("12 attention", "FLOPs, T = 512, d = 64: forward 67,108,864, backward 134,2
         return std::make_pair(forward, counted_flops());
     };
     const auto text = measure({512, 64}, false, AttentionSaves::probabilities);
-    EXPECT_EQ(text.first, std::int64_t(67108864));    // QKᵀ and PV: 2·2·512²·64
-    EXPECT_EQ(text.second, std::int64_t(134217728));  // the texts' four backward products
+    EXPECT_EQ(text.first, std::int64_t(67108864));     // QKᵀ and PV: 2·2·512²·64
+    EXPECT_EQ(text.second, std::int64_t(134217728));   // the texts' four backward products
     const auto lse = measure({2, 6, 4}, false, AttentionSaves::log_sum_exp);
     EXPECT_EQ(lse.first, std::int64_t(4 * 2 * 36 * 4));
     EXPECT_EQ(lse.second, std::int64_t(10 * 2 * 36 * 4));   // + recomputing S: 2.5x
@@ -4995,7 +5535,8 @@ TEST("12 attention", "FLOPs, T = 512, d = 64: forward 67,108,864, backward 134,2
     EXPECT_EQ(causal.second, 2 * causal.first);
 }
 
-TEST("12 attention", "composed attention's FLOPs, counted by matmul, equal the fused op's without a mask") {
+TEST("12 attention",
+     "composed attention's FLOPs, counted by matmul, equal the fused op's without a mask") {
     require_matmul_flop_hook();
     Rng rng(126);
     Tensor q = randn({2, 5, 4}, rng).requires_grad_(), k = randn({2, 7, 4}, rng).requires_grad_(),
@@ -5010,14 +5551,17 @@ TEST("12 attention", "composed attention's FLOPs, counted by matmul, equal the f
     }
 }
 
-TEST("12 attention", "saving the log-sum-exp instead of P holds B*T*S - B*T fewer numbers (measured)") {
+TEST("12 attention",
+     "saving the log-sum-exp instead of P holds B*T*S - B*T fewer numbers (measured)") {
     Rng rng(127);
     const int B = 3, T = 16, d = 4;
-    const Tensor q = randn({B, T, d}, rng).requires_grad_(), k = randn({B, T, d}, rng), v = randn({B, T, d}, rng);
+    const Tensor q = randn({B, T, d}, rng).requires_grad_(), k = randn({B, T, d}, rng),
+                 v = randn({B, T, d}, rng);
     std::size_t held[2];
     for (int i = 0; i < 2; ++i) {
         const std::size_t before = tensor_bytes();
-        const Tensor o = attention(q, k, v, true, i == 0 ? AttentionSaves::probabilities : AttentionSaves::log_sum_exp);
+        const Tensor o = attention(
+            q, k, v, true, i == 0 ? AttentionSaves::probabilities : AttentionSaves::log_sum_exp);
         held[i] = tensor_bytes() - before;   // the output and what it saved
     }
     EXPECT_EQ(held[0] - held[1], std::size_t(B * T * T - B * T) * sizeof(real));
@@ -5026,15 +5570,22 @@ TEST("12 attention", "saving the log-sum-exp instead of P holds B*T*S - B*T fewe
 
 TEST("12 attention", "attention shape errors name the op and every shape") {
     const Tensor a({4, 3}), b({5, 3}), c({4, 2});
-    EXPECT_THROWS(attention(a, c, c, false), "attention: q and k need the same feature size d: q [4, 3], k [4, 2], v [4, 2]");
+    EXPECT_THROWS(attention(a, c, c, false),
+                  "attention: q and k need the same feature size d: q [4, 3], k [4, 2], v [4, 2]");
     EXPECT_THROWS(attention(a, a, b, false), "k and v need the same number of rows");
     EXPECT_THROWS(attention(a, b, b, true), "causal attention needs as many queries as keys");
-    EXPECT_THROWS(attention_composed(a, Tensor({1, 4, 3}), a, false), "attention_composed: needs q, k, v all [T, d] or all [B, T, d]");
-    EXPECT_THROWS(attention(Tensor({2, 4, 3}), Tensor({3, 4, 3}), Tensor({3, 4, 3}), false), "batch sizes differ");
-    EXPECT_THROWS(multi_head_attention(Tensor({4, 6}), Tensor({6, 6}), Tensor({6, 6}), Tensor({6, 6}), Tensor({6, 6}), 4,
-                                       true, AttentionKernel::fused), "4 heads do not divide the 6 features of x [4, 6]");
-    EXPECT_THROWS(multi_head_attention(Tensor({4, 6}), Tensor({6, 6}), Tensor({6, 5}), Tensor({6, 6}), Tensor({6, 6}), 2,
-                                       true, AttentionKernel::fused), "every weight must be [6, 6] for x [4, 6], got [6, 5]");
+    EXPECT_THROWS(attention_composed(a, Tensor({1, 4, 3}), a, false),
+                  "attention_composed: needs q, k, v all [T, d] or all [B, T, d]");
+    EXPECT_THROWS(attention(Tensor({2, 4, 3}), Tensor({3, 4, 3}), Tensor({3, 4, 3}), false),
+                  "batch sizes differ");
+    EXPECT_THROWS(multi_head_attention(Tensor({4, 6}), Tensor({6, 6}), Tensor({6, 6}),
+                                       Tensor({6, 6}), Tensor({6, 6}), 4, true,
+                                       AttentionKernel::fused),
+                  "4 heads do not divide the 6 features of x [4, 6]");
+    EXPECT_THROWS(multi_head_attention(Tensor({4, 6}), Tensor({6, 6}), Tensor({6, 5}),
+                                       Tensor({6, 6}), Tensor({6, 6}), 2, true,
+                                       AttentionKernel::fused),
+                  "every weight must be [6, 6] for x [4, 6], got [6, 5]");
     EXPECT_THROWS(causal_mask(0), "causal_mask: needs T > 0");
 }
 
@@ -5053,19 +5604,24 @@ static double format_value(std::uint16_t bits, int exponent_bits, int fraction_b
     const int f = bits & ((1 << fraction_bits) - 1);
     const double sign = (bits & 0x8000) ? -1 : 1;
     if (e == (1 << exponent_bits) - 1) return f ? NAN : sign * INFINITY;
-    if (e == 0) return sign * std::ldexp(double(f), 1 - bias - fraction_bits);                    // subnormal
-    return sign * std::ldexp(1 + std::ldexp(double(f), -fraction_bits), e - bias);                  // normal
+    if (e == 0) return sign * std::ldexp(double(f), 1 - bias - fraction_bits);       // subnormal
+    return sign * std::ldexp(1 + std::ldexp(double(f), -fraction_bits), e - bias);   // normal
 }
 
-TEST("13 precision", "float16 and bfloat16: all 65,536 patterns convert to the formula's value and back to themselves") {
+TEST("13 precision", "float16 and bfloat16: all 65,536 patterns convert to the formula's value and "
+                     "back to themselves") {
     int wrong_value = 0, wrong_round_trip = 0;
     for (int p = 0; p < 65536; ++p) {
         const std::uint16_t h = std::uint16_t(p);
         const double want16 = format_value(h, 5, 10), want_b16 = format_value(h, 8, 7);
         const float got16 = half_to_float(h), got_b16 = bfloat16_to_float(h);
-        wrong_value += std::isnan(want16) ? !std::isnan(got16) : double(got16) != want16 || std::signbit(got16) != bool(h & 0x8000);
-        wrong_value += std::isnan(want_b16) ? !std::isnan(got_b16) : double(got_b16) != want_b16 || std::signbit(got_b16) != bool(h & 0x8000);
-        wrong_round_trip += float_to_half(got16) != h;          // NaNs keep their bits too
+        wrong_value += std::isnan(want16)
+                           ? !std::isnan(got16)
+                           : double(got16) != want16 || std::signbit(got16) != bool(h & 0x8000);
+        wrong_value += std::isnan(want_b16) ? !std::isnan(got_b16)
+                                            : double(got_b16) != want_b16 ||
+                                                  std::signbit(got_b16) != bool(h & 0x8000);
+        wrong_round_trip += float_to_half(got16) != h;   // NaNs keep their bits too
         wrong_round_trip += float_to_bfloat16(got_b16) != h;
     }
     EXPECT_EQ(wrong_value, 0);
@@ -5076,11 +5632,12 @@ TEST("13 precision", "float16 and bfloat16: all 65,536 patterns convert to the f
 // after the largest finite value is inf, which stands for the next power of two here): their
 // midpoint rounds to the even one, a hair below it to lo, a hair above to lo + 1. Negative
 // values must give the same pattern with the sign bit set.
-static int rounding_errors(std::uint16_t (*to16)(float), float (*from16)(std::uint16_t), std::uint16_t largest_finite,
-                           double next_power_of_two) {
+static int rounding_errors(std::uint16_t (*to16)(float), float (*from16)(std::uint16_t),
+                           std::uint16_t largest_finite, double next_power_of_two) {
     int errors = 0;
     for (int lo = 0; lo <= largest_finite; ++lo) {
-        const double a = from16(std::uint16_t(lo)), b = lo == largest_finite ? next_power_of_two : from16(std::uint16_t(lo + 1));
+        const double a = from16(std::uint16_t(lo)),
+                     b = lo == largest_finite ? next_power_of_two : from16(std::uint16_t(lo + 1));
         const float mid = float((a + b) / 2);   // exact: one more bit than the format has
         if (double(mid) != (a + b) / 2) return -1;
         const std::uint16_t even = std::uint16_t(lo % 2 == 0 ? lo : lo + 1);
@@ -5093,25 +5650,32 @@ static int rounding_errors(std::uint16_t (*to16)(float), float (*from16)(std::ui
     return errors;
 }
 
-TEST("13 precision", "rounding to nearest, ties to even, overflow to inf: every midpoint of float16 and bfloat16") {
+TEST("13 precision",
+     "rounding to nearest, ties to even, overflow to inf: every midpoint of float16 and bfloat16") {
     EXPECT_EQ(rounding_errors(float_to_half, half_to_float, 0x7bff, 65536.0), 0);
-    EXPECT_EQ(rounding_errors(float_to_bfloat16, bfloat16_to_float, 0x7f7f, std::ldexp(1.0, 128)), 0);
+    EXPECT_EQ(rounding_errors(float_to_bfloat16, bfloat16_to_float, 0x7f7f, std::ldexp(1.0, 128)),
+              0);
 }
 
-TEST("13 precision", "float16 edge cases: 65504, 65520 -> inf, 2^-14, 2^-24, 2^-25 -> 0, ties, NaN, inf, -0") {
+TEST("13 precision",
+     "float16 edge cases: 65504, 65520 -> inf, 2^-14, 2^-24, 2^-25 -> 0, ties, NaN, inf, -0") {
     EXPECT_EQ(float_to_half(65504.0f), std::uint16_t(0x7bff));   // the largest float16
     EXPECT_EQ(float_to_half(65519.99f), std::uint16_t(0x7bff));
-    EXPECT_EQ(float_to_half(65520.0f), std::uint16_t(0x7c00));   // halfway to 2^16: overflows to inf
+    EXPECT_EQ(float_to_half(65520.0f),
+              std::uint16_t(0x7c00));   // halfway to 2^16: overflows to inf
     EXPECT_EQ(float_to_half(1e6f), std::uint16_t(0x7c00));
     EXPECT_EQ(float_to_half(-1e6f), std::uint16_t(0xfc00));
     EXPECT_EQ(float_to_half(std::ldexp(1.0f, -14)), std::uint16_t(0x0400));   // smallest normal
-    EXPECT_EQ(float_to_half(std::ldexp(1023.0f, -24)), std::uint16_t(0x03ff)); // largest subnormal
-    EXPECT_EQ(float_to_half(std::ldexp(1.0f, -24)), std::uint16_t(0x0001));    // smallest subnormal
-    EXPECT_EQ(float_to_half(std::ldexp(1.0f, -25)), std::uint16_t(0x0000));    // a tie: to even, 0
-    EXPECT_EQ(float_to_half(std::ldexp(3.0f, -25)), std::uint16_t(0x0002));    // a tie: 1.5 units -> 2
+    EXPECT_EQ(float_to_half(std::ldexp(1023.0f, -24)),
+              std::uint16_t(0x03ff));                                         // largest subnormal
+    EXPECT_EQ(float_to_half(std::ldexp(1.0f, -24)), std::uint16_t(0x0001));   // smallest subnormal
+    EXPECT_EQ(float_to_half(std::ldexp(1.0f, -25)), std::uint16_t(0x0000));   // a tie: to even, 0
+    EXPECT_EQ(float_to_half(std::ldexp(3.0f, -25)),
+              std::uint16_t(0x0002));   // a tie: 1.5 units -> 2
     EXPECT_EQ(float_to_half(std::numeric_limits<float>::denorm_min()), std::uint16_t(0x0000));
-    EXPECT_EQ(float_to_half(1 + std::ldexp(1.0f, -11)), std::uint16_t(0x3c00));      // 1 + half a step -> 1
-    EXPECT_EQ(float_to_half(1 + std::ldexp(3.0f, -11)), std::uint16_t(0x3c02));      // -> 1 + 2 steps
+    EXPECT_EQ(float_to_half(1 + std::ldexp(1.0f, -11)),
+              std::uint16_t(0x3c00));   // 1 + half a step -> 1
+    EXPECT_EQ(float_to_half(1 + std::ldexp(3.0f, -11)), std::uint16_t(0x3c02));   // -> 1 + 2 steps
     EXPECT_NEAR(half_to_float(float_to_half(2049.0f)), 2048.0, 0.0);
     EXPECT_NEAR(half_to_float(float_to_half(2051.0f)), 2052.0, 0.0);
     EXPECT_EQ(float_to_half(INFINITY), std::uint16_t(0x7c00));
@@ -5126,12 +5690,14 @@ TEST("13 precision", "float16 edge cases: 65504, 65520 -> inf, 2^-14, 2^-24, 2^-
     EXPECT_NEAR(half_to_float(float_to_half(0.1f)), 0.0999755859375, 0.0);   // 3 digits
 }
 
-TEST("13 precision", "bfloat16 edge cases: the top half of a float, ties to even, FLT_MAX -> inf, 1e-9 kept") {
+TEST("13 precision",
+     "bfloat16 edge cases: the top half of a float, ties to even, FLT_MAX -> inf, 1e-9 kept") {
     EXPECT_EQ(float_to_bfloat16(1.0f), std::uint16_t(0x3f80));
     EXPECT_EQ(float_bits(1.0f) >> 16, 0x3f80u);
     EXPECT_EQ(float_to_bfloat16(1 + std::ldexp(1.0f, -8)), std::uint16_t(0x3f80));   // tie -> even
     EXPECT_EQ(float_to_bfloat16(1 + std::ldexp(3.0f, -8)), std::uint16_t(0x3f82));
-    EXPECT_EQ(float_to_bfloat16(std::numeric_limits<float>::max()), std::uint16_t(0x7f80));   // rounds up to inf
+    EXPECT_EQ(float_to_bfloat16(std::numeric_limits<float>::max()),
+              std::uint16_t(0x7f80));   // rounds up to inf
     EXPECT_NEAR(bfloat16_to_float(0x7f7f), 3.3895313892515355e38, 1e24);
     EXPECT_NEAR(bfloat16_to_float(float_to_bfloat16(1e-9f)), 1e-9, 1e-9 * std::ldexp(1.0, -8));
     EXPECT_EQ(float_to_bfloat16(std::numeric_limits<float>::denorm_min()), std::uint16_t(0x0000));
@@ -5145,7 +5711,8 @@ TEST("13 precision", "bfloat16 edge cases: the top half of a float, ties to even
     EXPECT_TRUE(std::string(precision_name(Precision::bf16)) == "bf16");
 }
 
-TEST("13 precision", "loss scaling: a gradient of 1e-9 is 0 in float16; scaled by 65536 it is 6.55e-5 and comes back") {
+TEST("13 precision", "loss scaling: a gradient of 1e-9 is 0 in float16; scaled by 65536 it is "
+                     "6.55e-5 and comes back") {
     EXPECT_NEAR(round_to_precision(1e-9f, Precision::fp16), 0.0, 0.0);
     const float scaled = round_to_precision(1e-9f * 65536, Precision::fp16);
     EXPECT_NEAR(scaled, 6.5536e-5, 5e-8);
@@ -5161,20 +5728,22 @@ TEST("13 precision", "loss scaling: a gradient of 1e-9 is 0 in float16; scaled b
     }
 }
 
-TEST("13 precision", "cast: values rounded to the format; the gradient passes straight through, rounded too") {
+TEST("13 precision",
+     "cast: values rounded to the format; the gradient passes straight through, rounded too") {
     Tensor x({4}, {0.1, 65520, 1e-9, -2049});
     x.requires_grad_();
     const Tensor y = cast(x, Precision::fp16);
-    EXPECT_TRUE(y.values()[0] == 0.0999755859375 && y.values()[1] == INFINITY && y.values()[2] == 0 &&
-                y.values()[3] == -2048);
+    EXPECT_TRUE(y.values()[0] == 0.0999755859375 && y.values()[1] == INFINITY &&
+                y.values()[2] == 0 && y.values()[3] == -2048);
     y.backward(Tensor({4}, {1, 0.1, 3e-8, 1e5}));   // 3e-8 is nearer to 2^-24 than to 0
-    EXPECT_TRUE(x.grad()[0] == 1 && x.grad()[1] == 0.0999755859375 && x.grad()[2] == std::ldexp(1.0, -24) &&
-                x.grad()[3] == INFINITY);
+    EXPECT_TRUE(x.grad()[0] == 1 && x.grad()[1] == 0.0999755859375 &&
+                x.grad()[2] == std::ldexp(1.0, -24) && x.grad()[3] == INFINITY);
     const Tensor z = cast(x, Precision::bf16);
     EXPECT_NEAR(z.values()[2], double(bfloat16_to_float(float_to_bfloat16(1e-9f))), 0.0);
 }
 
-TEST("13 precision", "matmul_in_precision: fp32 accumulation is exact on 16-bit inputs; float16 sums stall at 2048") {
+TEST("13 precision", "matmul_in_precision: fp32 accumulation is exact on 16-bit inputs; float16 "
+                     "sums stall at 2048") {
     Rng rng(131);
     const Tensor a = randn({5, 64}, rng), b = randn({64, 3}, rng);
     const Tensor low = matmul_in_precision(a, b, Precision::fp16, Precision::fp32);
@@ -5182,15 +5751,21 @@ TEST("13 precision", "matmul_in_precision: fp32 accumulation is exact on 16-bit 
     for (real& v : a16.values()) v = round_to_precision(float(v), Precision::fp16);
     for (real& v : b16.values()) v = round_to_precision(float(v), Precision::fp16);
     const Tensor exact = matmul(a16, b16);
-    for (std::size_t i = 0; i < low.numel(); ++i) EXPECT_NEAR(low.values()[i], exact.values()[i], 64 * 1e-6);
+    for (std::size_t i = 0; i < low.numel(); ++i)
+        EXPECT_NEAR(low.values()[i], exact.values()[i], 64 * 1e-6);
     const Tensor ones_row = Tensor::full({1, 4096}, 1), ones_column = Tensor::full({4096, 1}, 1);
-    EXPECT_NEAR(matmul_in_precision(ones_row, ones_column, Precision::fp16, Precision::fp32).item(), 4096.0, 0.0);
-    EXPECT_NEAR(matmul_in_precision(ones_row, ones_column, Precision::fp16, Precision::fp16).item(), 2048.0, 0.0);
-    EXPECT_NEAR(matmul_in_precision(ones_row, ones_column, Precision::bf16, Precision::bf16).item(), 256.0, 0.0);
-    EXPECT_THROWS(matmul_in_precision(a, a, Precision::fp16, Precision::fp32), "matmul_in_precision: needs [M, K]·[K, N]");
+    EXPECT_NEAR(matmul_in_precision(ones_row, ones_column, Precision::fp16, Precision::fp32).item(),
+                4096.0, 0.0);
+    EXPECT_NEAR(matmul_in_precision(ones_row, ones_column, Precision::fp16, Precision::fp16).item(),
+                2048.0, 0.0);
+    EXPECT_NEAR(matmul_in_precision(ones_row, ones_column, Precision::bf16, Precision::bf16).item(),
+                256.0, 0.0);
+    EXPECT_THROWS(matmul_in_precision(a, a, Precision::fp16, Precision::fp32),
+                  "matmul_in_precision: needs [M, K]·[K, N]");
 }
 
-TEST("13 precision", "DynamicLossScaler: inf/NaN skips the step and halves; N good steps double; unscale divides") {
+TEST("13 precision",
+     "DynamicLossScaler: inf/NaN skips the step and halves; N good steps double; unscale divides") {
     DynamicLossScaler scaler(1024, 3);
     Tensor w({2}, {1, 1});
     w.requires_grad_();
@@ -5219,7 +5794,8 @@ TEST("13 precision", "DynamicLossScaler: inf/NaN skips the step and halves; N go
     EXPECT_THROWS(DynamicLossScaler(1, 10, 2, 1.5), "0 < backoff_factor < 1");
 }
 
-TEST("13 precision", "updates of 1e-4 vanish in a float16 weight and add up in an fp32 master weight") {
+TEST("13 precision",
+     "updates of 1e-4 vanish in a float16 weight and add up in an fp32 master weight") {
     float in_fp16 = 1, in_fp32 = 1;
     for (int step = 0; step < 10000; ++step) {
         in_fp16 = round_to_precision(in_fp16 + 1e-4f, Precision::fp16);   // 1.0001 -> 1
@@ -5247,7 +5823,8 @@ static double norm_of(const std::vector<real>& g) {
 
 // The two orders of a step's last stages, on the gradient c: unscale then clip (right), or clip
 // then unscale (wrong). Returns the gradient the optimizer would get.
-static std::vector<real> clipped_in_order(const std::vector<real>& c, double S, bool unscale_first) {
+static std::vector<real> clipped_in_order(const std::vector<real>& c, double S,
+                                          bool unscale_first) {
     const DynamicLossScaler scaler(S);
     const Tensor w = scaled_fp16_gradient(c, scaler);
     if (unscale_first) {
@@ -5261,7 +5838,8 @@ static std::vector<real> clipped_in_order(const std::vector<real>& c, double S, 
 }
 
 // The texts' clipping example: norm 5, max_norm 1, factor 1/5, a gradient of 2.0 becomes 0.4.
-TEST("13 precision", "mixed precision: unscale before clip gives the fp32 clipped gradient; clip before unscale is S times too small") {
+TEST("13 precision", "mixed precision: unscale before clip gives the fp32 clipped gradient; clip "
+                     "before unscale is S times too small") {
     const double S = 1024;
     const std::vector<real> g = {2, -4, 1, 2};   // ‖g‖ = √(4 + 16 + 1 + 4) = 5
     Tensor fp32({4});
@@ -5271,11 +5849,12 @@ TEST("13 precision", "mixed precision: unscale before clip gives the fp32 clippe
     EXPECT_GRAD(fp32, {0.4, -0.8, 0.2, 0.4}, 1e-12);   // g·1/5
     const DynamicLossScaler scaler(S);
     const Tensor w = scaled_fp16_gradient(g, scaler);
-    EXPECT_GRAD(w, {2048, -4096, 1024, 2048}, 0.0);    // S·g, exact in float16
+    EXPECT_GRAD(w, {2048, -4096, 1024, 2048}, 0.0);       // S·g, exact in float16
     EXPECT_NEAR(clip_grad_norm({w}, 1.0), 5 * S, 1e-9);   // the wrong order sees S·‖g‖
     EXPECT_TRUE(scaler.unscale_gradients({w}));
     EXPECT_GRAD(w, {0.4 / S, -0.8 / S, 0.2 / S, 0.4 / S}, 1e-15);   // S times too small
-    EXPECT_TRUE(clipped_in_order(g, S, true) == std::vector<real>(fp32.grad()));   // right order: bitwise
+    EXPECT_TRUE(clipped_in_order(g, S, true) ==
+                std::vector<real>(fp32.grad()));   // right order: bitwise
     // Every norm 5·2^k: right gives min(‖g‖, 1), wrong gives min(‖g‖, 1/S). (k = 4 would make
     // S·4·2^k = 65536, beyond float16.)
     for (int k = -16; k <= 3; ++k) {
@@ -5287,7 +5866,8 @@ TEST("13 precision", "mixed precision: unscale before clip gives the fp32 clippe
     }
 }
 
-TEST("13 precision", "mixed precision: an overflowed scaled gradient skips the step; S halves until 4·S fits in float16") {
+TEST("13 precision", "mixed precision: an overflowed scaled gradient skips the step; S halves "
+                     "until 4·S fits in float16") {
     const std::vector<real> g = {2, -4, 1, 2};
     DynamicLossScaler scaler(65536);
     const Tensor w = scaled_fp16_gradient(g, scaler);
@@ -5308,7 +5888,8 @@ TEST("13 precision", "mixed precision: an overflowed scaled gradient skips the s
 
 // ---- 13 memory -------------------------------------------------------------------------------
 
-TEST("13 memory", "the byte counter equals tensor_bytes() through forward, backward and freeing; the peak is exact") {
+TEST("13 memory", "the byte counter equals tensor_bytes() through forward, backward and freeing; "
+                  "the peak is exact") {
     require_storage_hooks();
     const std::size_t base = current_tensor_bytes(), r = sizeof(real);
     EXPECT_EQ(base, tensor_bytes());
@@ -5331,7 +5912,8 @@ TEST("13 memory", "the byte counter equals tensor_bytes() through forward, backw
         EXPECT_EQ(current_tensor_bytes(), tensor_bytes());
         EXPECT_TRUE(peak_tensor_bytes() >= current_tensor_bytes());
     }
-    EXPECT_EQ(current_tensor_bytes(), tensor_bytes());   // the graph is gone, parameter gradients stay
+    EXPECT_EQ(current_tensor_bytes(),
+              tensor_bytes());   // the graph is gone, parameter gradients stay
     for (int step = 0; step < 3; ++step) {
         AdamW opt(model.parameters());
         opt.zero_grad();
@@ -5360,7 +5942,8 @@ struct CheckpointNet {
             std::vector<Tensor> params;
             for (int l = from; l < to; ++l)
                 for (const Tensor& p : layers[l].parameters()) params.push_back(p);
-            h = activation_checkpoint([this, from, to](const Tensor& in) { return run(in, from, to); }, h, params);
+            h = activation_checkpoint(
+                [this, from, to](const Tensor& in) { return run(in, from, to); }, h, params);
         }
         return h;
     }
@@ -5372,7 +5955,8 @@ struct CheckpointNet {
     }
 };
 
-TEST("13 memory", "checkpointed segments give exactly the plain network's gradients; finite differences") {
+TEST("13 memory",
+     "checkpointed segments give exactly the plain network's gradients; finite differences") {
     Rng rng(133);
     const CheckpointNet net(6, 5, rng);
     const Tensor x = randn({4, 5}, rng).requires_grad_();
@@ -5386,20 +5970,27 @@ TEST("13 memory", "checkpointed segments give exactly the plain network's gradie
         for (const Tensor& p : net.parameters()) grads.push_back(p.grad());
         if (segments == 0) plain = grads;
         else
-            for (std::size_t i = 0; i < grads.size(); ++i) EXPECT_TRUE(grads[i] == plain[i]);   // bit for bit
+            for (std::size_t i = 0; i < grads.size(); ++i)
+                EXPECT_TRUE(grads[i] == plain[i]);   // bit for bit
     }
-    EXPECT_TENSOR_GRADCHECK([&net](const std::vector<Tensor>& v) { return net(v[0], 2); }, {randn({3, 5}, rng)});
+    EXPECT_TENSOR_GRADCHECK([&net](const std::vector<Tensor>& v) { return net(v[0], 2); },
+                            {randn({3, 5}, rng)});
     // The parameters' gradients through a checkpoint, against finite differences.
     const Tensor W = randn({5, 5}, rng, 0.5), b = randn({5}, rng);
-    EXPECT_TENSOR_GRADCHECK([](const std::vector<Tensor>& v) {
-        const Tensor w = v[1], bias = v[2];
-        return activation_checkpoint([w, bias](const Tensor& in) { return tanh(matmul(in, w) + bias); }, v[0], {w, bias});
-    }, {randn({3, 5}, rng), W, b});
+    EXPECT_TENSOR_GRADCHECK(
+        [](const std::vector<Tensor>& v) {
+            const Tensor w = v[1], bias = v[2];
+            return activation_checkpoint(
+                [w, bias](const Tensor& in) { return tanh(matmul(in, w) + bias); }, v[0],
+                {w, bias});
+        },
+        {randn({3, 5}, rng), W, b});
     EXPECT_THROWS(activation_checkpoint([](const Tensor& in) { return in; }, x, {Tensor({2})}),
                   "activation_checkpoint: parameter 0 does not require grad");
 }
 
-TEST("13 memory", "checkpointing lowers the measured peak of a training step; the step costs one more forward pass") {
+TEST("13 memory", "checkpointing lowers the measured peak of a training step; the step costs one "
+                  "more forward pass") {
     require_storage_hooks();
     Rng rng(134);
     const CheckpointNet net(16, 32, rng);
@@ -5431,7 +6022,8 @@ TEST("13 memory", "checkpointing lowers the measured peak of a training step; th
     EXPECT_EQ(flops[1], 4 * forward - product);   // + the recomputation
 }
 
-TEST("13 memory", "gradient accumulation: 4 micro-batches give the batch's gradients with a lower measured peak") {
+TEST("13 memory", "gradient accumulation: 4 micro-batches give the batch's gradients with a lower "
+                  "measured peak") {
     Rng rng(135);
     nn::MLP model({8, 64, 64, 4}, rng);
     const Tensor x = randn({64, 8}, rng);
@@ -5439,7 +6031,8 @@ TEST("13 memory", "gradient accumulation: 4 micro-batches give the batch's gradi
     for (int i = 0; i < 64; ++i) labels.push_back(i % 4);
     std::vector<std::vector<real>> grads[2];
     std::size_t peak[2];
-    cross_entropy(model(x), labels).backward();   // allocate the parameters' gradients before measuring
+    cross_entropy(model(x), labels)
+        .backward();   // allocate the parameters' gradients before measuring
     for (int micro = 0; micro < 2; ++micro) {
         for (const Tensor& p : model.parameters()) p.zero_grad();
         reset_peak_tensor_bytes();
@@ -5447,7 +6040,8 @@ TEST("13 memory", "gradient accumulation: 4 micro-batches give the batch's gradi
         const int parts = micro ? 4 : 1, rows = 64 / parts;
         for (int k = 0; k < parts; ++k) {   // mean over each part, divided by the number of parts
             const std::vector<int> part(labels.begin() + k * rows, labels.begin() + (k + 1) * rows);
-            (cross_entropy(model(slice(x, 0, k * rows, (k + 1) * rows)), part) / real(parts)).backward();
+            (cross_entropy(model(slice(x, 0, k * rows, (k + 1) * rows)), part) / real(parts))
+                .backward();
         }
         peak[micro] = peak_tensor_bytes() - start;
         for (const Tensor& p : model.parameters()) grads[micro].push_back(p.grad());
@@ -5461,7 +6055,8 @@ TEST("13 memory", "gradient accumulation: 4 micro-batches give the batch's gradi
 TEST("13 memory", "matmul counts 2*M*K*N FLOPs forward and twice that backward") {
     require_matmul_flop_hook();
     Rng rng(136);
-    const Tensor a = randn({3, 5, 7}, rng).requires_grad_(), b = randn({7, 2}, rng).requires_grad_();
+    const Tensor a = randn({3, 5, 7}, rng).requires_grad_(),
+                 b = randn({7, 2}, rng).requires_grad_();
     reset_counted_flops();
     const Tensor c = matmul(a, b);
     EXPECT_EQ(counted_flops(), std::int64_t(2 * 3 * 5 * 7 * 2));
@@ -5481,7 +6076,8 @@ static double zero_bytes_per_device(int stage, double psi, double n) {
     return (2 + 2 + K) * psi / n;
 }
 
-TEST("13 memory", "ZeRO stages: bytes per device for 7B and 70B on 8 and 64 devices; what fits in 80 GB") {
+TEST("13 memory",
+     "ZeRO stages: bytes per device for 7B and 70B on 8 and 64 devices; what fits in 80 GB") {
     const double GB = 1e9, capacity = 80 * GB;
     // By hand, 7B on 8: 16·7 = 112; 4·7 + 12·7/8 = 38.5; 2·7 + 14·7/8 = 26.25; 16·7/8 = 14 GB.
     const double on_8[2][4] = {{112, 38.5, 26.25, 14}, {1120, 385, 262.5, 140}};
@@ -5507,34 +6103,37 @@ TEST("13 memory", "ZeRO stages: bytes per device for 7B and 70B on 8 and 64 devi
 
 // The texts' worked example: N = 125M parameters, D = 10B tokens, 8 A100s at 150 TFLOP/s
 // effective each, $2.50 per GPU-hour; they print 7.5e18 FLOPs, 1.74 hours and ~$35.
-TEST("13 memory", "run planning: 6·N·D FLOPs -> 1.74 h and $35 for 125M parameters, 10B tokens, 8 A100s at 150 TFLOP/s") {
+TEST("13 memory", "run planning: 6·N·D FLOPs -> 1.74 h and $35 for 125M parameters, 10B tokens, 8 "
+                  "A100s at 150 TFLOP/s") {
     const double N = 125e6, D = 10e9, gpus = 8, per_gpu = 150e12, price = 2.50;
     const double flops = 6 * N * D;
     EXPECT_NEAR(flops / 7.5e18, 1.0, 1e-15);
     const double seconds = flops / (gpus * per_gpu);   // 7.5e18 / 1.2e15
     EXPECT_NEAR(seconds, 6250.0, 1e-9);
     const double hours = seconds / 3600;
-    EXPECT_NEAR(hours, 1.74, 0.005);                   // the texts' two decimals
-    EXPECT_NEAR(hours * gpus * price, 35.0, 0.5);      // $34.72
-    EXPECT_NEAR(gpus * 1.74 * price, 34.8, 1e-12);     // the texts' route, from the rounded hours
-    EXPECT_NEAR(per_gpu / 312e12, 0.48, 0.005);        // 48% of the A100's bf16 dense peak
+    EXPECT_NEAR(hours, 1.74, 0.005);                 // the texts' two decimals
+    EXPECT_NEAR(hours * gpus * price, 35.0, 0.5);    // $34.72
+    EXPECT_NEAR(gpus * 1.74 * price, 34.8, 1e-12);   // the texts' route, from the rounded hours
+    EXPECT_NEAR(per_gpu / 312e12, 0.48, 0.005);      // 48% of the A100's bf16 dense peak
     // 512 sequences of 1024 tokens a step: the texts' ~19K steps.
     EXPECT_NEAR(D / (512 * 1024), 19073.5, 0.1);
     // Their larger runs at the same throughput and price.
     const auto gpu_hours = [&](double n, double d) { return 6 * n * d / per_gpu / 3600; };
     EXPECT_NEAR(gpu_hours(7e9, 1e12) * price / 200e3, 1.0, 0.03);   // $194K, the texts' ~$200K
-    EXPECT_TRUE(gpu_hours(405e9, 15e12) * price > 100e6);          // $169M, the texts' $100M+
+    EXPECT_TRUE(gpu_hours(405e9, 15e12) * price > 100e6);           // $169M, the texts' $100M+
     // The notes' ~30 million GPU-hours for 70B on 15T tokens do not follow from 6·N·D at 150
     // TFLOP/s (11.7 million); they would take 6.3e24 / (30e6 · 3600) = 58 TFLOP/s per GPU.
     EXPECT_NEAR(gpu_hours(70e9, 15e12) / 1e6, 11.67, 0.01);
     EXPECT_NEAR(6 * 70e9 * 15e12 / (30e6 * 3600) / 1e12, 58.3, 0.1);
 }
 
-TEST("13 memory", "run planning: the 6 in 6·N·D is matmul's counted 2 FLOPs per weight per token forward, 4 backward") {
+TEST("13 memory", "run planning: the 6 in 6·N·D is matmul's counted 2 FLOPs per weight per token "
+                  "forward, 4 backward") {
     require_matmul_flop_hook();
     Rng rng(137);
     const int tokens = 64, in = 128, out = 96;
-    const Tensor x = randn({tokens, in}, rng).requires_grad_(), W = randn({in, out}, rng).requires_grad_();
+    const Tensor x = randn({tokens, in}, rng).requires_grad_(),
+                 W = randn({in, out}, rng).requires_grad_();
     reset_counted_flops();
     const Tensor y = sum(matmul(x, W));
     EXPECT_EQ(counted_flops(), std::int64_t(2) * tokens * in * out);

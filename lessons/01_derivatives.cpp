@@ -57,7 +57,7 @@ static void two_formulas() {
         double exact;   // f'(2), by hand
     };
     const Case cases[] = {
-        {"x^3", cube, 3 * x * x},                                  // 3x² = 12
+        {"x^3", cube, 3 * x * x},                                       // 3x² = 12
         {"sin x", [](double t) { return std::sin(t); }, std::cos(x)},   // cos 2 = −0.416147
     };
     std::printf("%-6s  %12s  %14s  %14s  %12s  %12s\n", "f", "exact f'(2)", "forward", "central",
@@ -69,8 +69,9 @@ static void two_formulas() {
                     std::fabs(fwd - c.exact), std::fabs(ctr - c.exact));
     }
     // For x³ at 2: f'' = 12 and f''' = 6, so the predictions are 1e-5·12/2 and (1e-5)²·6/6.
-    std::printf("\nTaylor predicts for x^3: forward error h*f''/2 = %.1e, central h^2*f'''/6 = %.1e\n",
-                h * 12 / 2, h * h * 6 / 6);
+    std::printf(
+        "\nTaylor predicts for x^3: forward error h*f''/2 = %.1e, central h^2*f'''/6 = %.1e\n",
+        h * 12 / 2, h * h * 6 / 6);
 
     // A course text prints 12.000030 for this forward difference. For a cubic the expansion is
     // exact: ((x + h)³ − x³)/h = 3x² + 3xh + h², so the excess at x = 2 is 6h + h², not 3h.
@@ -91,8 +92,8 @@ static void two_formulas() {
 // ---------------------------------------------------------------------------------------------
 static void error_against_h() {
     heading("3. Error of each formula for x^3 at x = 2 as h shrinks (exact f'(2) = 12)");
-    std::printf("%8s  %12s  %12s  %12s  %12s  %12s\n", "h", "forward err", "h*f''/2",
-                "central err", "h^2*f'''/6", "eps*|f|/h");
+    std::printf("%8s  %12s  %12s  %12s  %12s  %12s\n", "h", "forward err", "h*f''/2", "central err",
+                "h^2*f'''/6", "eps*|f|/h");
     for (int k = 1; k <= 13; ++k) {
         const double h = std::pow(10.0, -k);
         const double fwd = std::fabs(forward_difference(cube, 2.0, h) - 12.0);
@@ -165,9 +166,11 @@ static void product_rule() {
         std::printf("%5g  %11.7f  %11.7f  %12.7f  %13.7f  %13.7f  %11.1e\n", x0, f_prime_g,
                     f_g_prime, by_rule, numeric, x.grad(), worst);
     }
-    std::printf("\nThe three agree to about 1e-10, the central difference's own error at h = 1e-5.\n"
-                "Both terms matter: at x = 2 the second one, x^2 cos x = %.4f, is negative and\n"
-                "almost as large as the total.\n", 4 * std::cos(2.0));
+    std::printf(
+        "\nThe three agree to about 1e-10, the central difference's own error at h = 1e-5.\n"
+        "Both terms matter: at x = 2 the second one, x^2 cos x = %.4f, is negative and\n"
+        "almost as large as the total.\n",
+        4 * std::cos(2.0));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -197,7 +200,8 @@ static void partial_derivatives() {
     for (double deg : {0.0, 45.0, grad_angle, 90.0, 180.0, 180.0 + grad_angle, 270.0}) {
         const double rad = deg * pi / 180;
         const double rise = f_xy(x + 0.01 * std::cos(rad), y + 0.01 * std::sin(rad)) - f_xy(x, y);
-        const double predicted = 0.01 * std::hypot(gx, gy) * std::cos((deg - grad_angle) * pi / 180);
+        const double predicted =
+            0.01 * std::hypot(gx, gy) * std::cos((deg - grad_angle) * pi / 180);
         std::printf("%6.1f deg  %14.6f  %22.6f\n", deg, rise, predicted);
     }
     std::printf("Uphill fastest along the gradient, downhill fastest against it: gradient\n"
@@ -221,7 +225,8 @@ static void sigmoid_slope() {
     std::printf("%4s  %16s  %10s\n", "L", "sigmoid 0.25^L", "ReLU 1^L");
     for (int L : {1, 2, 5, 10, 20, 50})
         std::printf("%4d  %16.3e  %10.1f\n", L, std::pow(0.25, L), 1.0);
-    std::printf("Ten sigmoid layers already shrink the signal a million times (0.25^10 = 9.5e-7).\n");
+    std::printf(
+        "Ten sigmoid layers already shrink the signal a million times (0.25^10 = 9.5e-7).\n");
 }
 
 static void lesson() {
@@ -315,7 +320,8 @@ static int check_homework() {
                      double best_h = 0, best_e = INFINITY;
                      for (int j = 0; j <= 20000; ++j) {   // h from 1e-12 to 1e-1
                          const double h = std::pow(10.0, -12.0 + 11.0 * j / 20000);
-                         const double e = h * h * std::fabs(f3) / 6 + DBL_EPSILON * std::fabs(f) / h;
+                         const double e =
+                             h * h * std::fabs(f3) / 6 + DBL_EPSILON * std::fabs(f) / h;
                          if (e < best_e) {
                              best_e = e;
                              best_h = h;
@@ -325,9 +331,8 @@ static int check_homework() {
                  };
                  // x³ at x = 2 (f = 8, f''' = 6); sin at 1 (f''' = −cos 1, a negative slope);
                  // eˣ at 3.
-                 const double cases[][2] = {{8.0, 6.0},
-                                            {std::sin(1.0), -std::cos(1.0)},
-                                            {std::exp(3.0), std::exp(3.0)}};
+                 const double cases[][2] = {
+                     {8.0, 6.0}, {std::sin(1.0), -std::cos(1.0)}, {std::exp(3.0), std::exp(3.0)}};
                  for (const auto& c : cases) {
                      const double truth = scan(c[0], c[1]);
                      expect_near("best h (relative to a grid search)",

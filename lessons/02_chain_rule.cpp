@@ -64,7 +64,8 @@ static void one_chain() {
     f.backward();
     print_graph(f);
     std::printf("\nRead it from the bottom up: f's grad is the seed 1; u gets 1 * 10 (the local\n"
-                "slope 2u); the product 3x gets 10 * 1; x gets 10 * 3 = %g.\n", x.grad());
+                "slope 2u); the product 3x gets 10 * 1; x gets 10 * 3 = %g.\n",
+                x.grad());
     // The constants 3 and 2 are leaves too, and receive gradients (10 each) that nobody uses.
 }
 
@@ -86,7 +87,8 @@ static void sum_squared_example() {
     L.set_label("L=s^2");
     L.backward();
     print_graph(L);
-    std::printf("L = %g; dL/ds = 2s = %g; dL/da = %g, dL/db = %g\n\n", L.data(), s_node.grad(), a.grad(), b.grad());
+    std::printf("L = %g; dL/ds = 2s = %g; dL/da = %g, dL/db = %g\n\n", L.data(), s_node.grad(),
+                a.grad(), b.grad());
 }
 
 static void abc_example() {
@@ -177,7 +179,8 @@ static void relu_network_example() {
     compare_row("dL/dw2", -1 * 1, w2.grad(), check.numeric[2]);           // dL/dy·h
     compare_row("dL/db2", -1, b2.grad(), check.numeric[3]);               // dL/dy
     std::printf("L = %g. Every gradient is negative: y = 3.5 is below the target, and each of\n"
-                "these parameters, raised, raises y.\n", L.data());
+                "these parameters, raised, raises y.\n",
+                L.data());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -289,7 +292,8 @@ static double median_ms(F run) {
 
 struct Costs {
     long evaluations = 0, forward_passes = 0, backward_passes = 0;
-    double worst_forward = 0, worst_reverse = 0, worst_numeric = 0;   // errors against the closed form
+    double worst_forward = 0, worst_reverse = 0,
+           worst_numeric = 0;   // errors against the closed form
 };
 
 // The gradient of the ring three ways; counts the passes and compares each with x₍ᵢ₋₁₎ + x₍ᵢ₊₁₎.
@@ -321,10 +325,12 @@ static Costs ring_gradients(const std::vector<double>& x) {
 }
 
 static void three_ways_many_inputs() {
-    std::printf("f(x) = sum x_i * x_(i+1): n inputs, 1 output. Passes counted, times the median of 5 runs.\n");
-    std::printf("%7s | %-22s | %-22s | %-22s\n", "", "finite differences", "forward mode (dual)", "reverse mode");
-    std::printf("%7s | %10s %11s | %10s %11s | %10s %11s\n", "n", "evaluations", "ms", "passes", "ms", "passes",
-                "ms");
+    std::printf("f(x) = sum x_i * x_(i+1): n inputs, 1 output. Passes counted, times the median of "
+                "5 runs.\n");
+    std::printf("%7s | %-22s | %-22s | %-22s\n", "", "finite differences", "forward mode (dual)",
+                "reverse mode");
+    std::printf("%7s | %10s %11s | %10s %11s | %10s %11s\n", "n", "evaluations", "ms", "passes",
+                "ms", "passes", "ms");
     for (int n : {1, 10, 100, 1000}) {
         std::vector<double> x;
         for (int i = 0; i < n; ++i) x.push_back(std::sin(0.1 * i));
@@ -338,26 +344,30 @@ static void three_ways_many_inputs() {
                 (void)slope;
             }
         });
-        const double forward_ms = median_ms([&] { forward_mode_gradient([](const std::vector<Dual>& v) { return ring(v); }, x); });
+        const double forward_ms = median_ms(
+            [&] { forward_mode_gradient([](const std::vector<Dual>& v) { return ring(v); }, x); });
         const double reverse_ms = median_ms([&] {
             std::vector<Value> v(x.begin(), x.end());
             ring(v).backward();
         });
-        std::printf("%7d | %10ld %11.3f | %10ld %11.3f | %10s %11.3f\n", n, c.evaluations, fd_ms, c.forward_passes,
-                    forward_ms, "1 + 1", reverse_ms);
+        std::printf("%7d | %10ld %11.3f | %10ld %11.3f | %10s %11.3f\n", n, c.evaluations, fd_ms,
+                    c.forward_passes, forward_ms, "1 + 1", reverse_ms);
         if (n == 100)
-            std::printf("%7s   (n = 100, worst error against x_(i-1) + x_(i+1): finite differences %.0e, forward "
-                        "%.0e, reverse %.0e)\n", "", c.worst_numeric, c.worst_forward, c.worst_reverse);
+            std::printf("%7s   (n = 100, worst error against x_(i-1) + x_(i+1): finite differences "
+                        "%.0e, forward %.0e, reverse %.0e)\n",
+                        "", c.worst_numeric, c.worst_forward, c.worst_reverse);
     }
-    std::printf("Forward mode and finite differences grow with n; reverse mode stays at one forward\n"
-                "and one backward pass. A network has millions of inputs (its weights) and one output\n"
-                "(the loss): that is why every framework trains with reverse mode.\n");
+    std::printf(
+        "Forward mode and finite differences grow with n; reverse mode stays at one forward\n"
+        "and one backward pass. A network has millions of inputs (its weights) and one output\n"
+        "(the loss): that is why every framework trains with reverse mode.\n");
 }
 
 static void three_ways_many_outputs() {
     const int m = 1000;
     const double t0 = 0.7;
-    std::printf("\ng_j(t) = tanh(t * j/m) for j = 1..%d: 1 input, %d outputs, at t = %g.\n", m, m, t0);
+    std::printf("\ng_j(t) = tanh(t * j/m) for j = 1..%d: 1 input, %d outputs, at t = %g.\n", m, m,
+                t0);
     // Forward mode: one pass, and every output carries its own tangent dg_j/dt.
     long forward_passes = 0;
     std::vector<Dual> forward;
@@ -381,13 +391,17 @@ static void three_ways_many_outputs() {
     double worst = 0;
     for (int j = 0; j < m; ++j) {
         const double exact = (j + 1.0) / m * (1 - std::pow(std::tanh(t0 * (j + 1.0) / m), 2));
-        worst = std::max({worst, std::fabs(forward[j].tangent - exact), std::fabs(reverse[j] - exact)});
+        worst =
+            std::max({worst, std::fabs(forward[j].tangent - exact), std::fabs(reverse[j] - exact)});
     }
     std::printf("  forward mode: %ld pass per run, %8.3f ms\n", forward_passes / 5, forward_ms);
-    std::printf("  reverse mode: %ld backward passes per run, %8.3f ms\n", backward_passes / 5, reverse_ms);
+    std::printf("  reverse mode: %ld backward passes per run, %8.3f ms\n", backward_passes / 5,
+                reverse_ms);
     std::printf("  (both exact: worst error against (j/m)(1 - g_j^2) is %.0e)\n", worst);
-    std::printf("Here forward mode wins: one input and many outputs is its shape. Frameworks offer\n"
-                "both, as jvp (forward) and vjp (reverse), and a Jacobian [m, n] costs min(m, n) passes.\n");
+    std::printf(
+        "Here forward mode wins: one input and many outputs is its shape. Frameworks offer\n"
+        "both, as jvp (forward) and vjp (reverse), and a Jacobian [m, n] costs min(m, n) "
+        "passes.\n");
 }
 
 static void three_ways() {
@@ -420,8 +434,10 @@ static void gradient_of_gradient() {
     Value x(2.0);
     const Value f_prime = 3.0 * x * x;   // f' written as ops, so that it has a graph
     f_prime.backward();
-    std::printf("f''(2) = 6x = 12: through a graph of f' built by hand: %g; as a finite difference\n"
-                "of backward()'s result: %.6f.\n", x.grad(), central_difference(slope_of_cube, 2.0, 1e-4));
+    std::printf(
+        "f''(2) = 6x = 12: through a graph of f' built by hand: %g; as a finite difference\n"
+        "of backward()'s result: %.6f.\n",
+        x.grad(), central_difference(slope_of_cube, 2.0, 1e-4));
     std::printf("A framework that differentiates backward() itself records the backward pass as a\n"
                 "second graph: twice the memory and compute of one gradient.\n");
 }
@@ -485,58 +501,61 @@ Dual dual_sin(const Dual& x) {
 static int check_homework() {
     Homework hw("02");
 
-    hw.check("02.1", "backward of L = (sigmoid(w*x + b) - y)^2 by hand",
-             "chain rule node by node, ∂L/∂(input) = ∂L/∂(node)·∂(node)/∂(input), back through L = r², "
-             "r = p − y, p = σ(z), z = w·x + b; σ'(z) = σ(z)(1 − σ(z))",
-             [] {
-                 const double points[][4] = {{0.5, 2.0, 0.1, 1.0},     // w, x, b, y
-                                             {-1.2, 0.7, 0.3, 0.0},
-                                             {2.0, -1.5, -0.4, 0.25}};
-                 for (const auto& q : points) {
-                     const double w = q[0], x = q[1], b = q[2], y = q[3];
-                     auto L = [&](double w_, double b_) {
-                         const double p = 1.0 / (1.0 + std::exp(-(w_ * x + b_)));
-                         return (p - y) * (p - y);
-                     };
-                     // Truth: central differences in w and in b.
-                     const double dw = central_difference([&](double t) { return L(t, b); }, w, 1e-6);
-                     const double db = central_difference([&](double t) { return L(w, t); }, b, 1e-6);
-                     const std::array<double, 2> g = sigmoid_square_loss_backward(w, x, b, y);
-                     expect_near("dL/dw", g[0], dw, 1e-8);
-                     expect_near("dL/db", g[1], db, 1e-8);
-                 }
-             });
+    hw.check(
+        "02.1", "backward of L = (sigmoid(w*x + b) - y)^2 by hand",
+        "chain rule node by node, ∂L/∂(input) = ∂L/∂(node)·∂(node)/∂(input), back through L = r², "
+        "r = p − y, p = σ(z), z = w·x + b; σ'(z) = σ(z)(1 − σ(z))",
+        [] {
+            const double points[][4] = {{0.5, 2.0, 0.1, 1.0},   // w, x, b, y
+                                        {-1.2, 0.7, 0.3, 0.0},
+                                        {2.0, -1.5, -0.4, 0.25}};
+            for (const auto& q : points) {
+                const double w = q[0], x = q[1], b = q[2], y = q[3];
+                auto L = [&](double w_, double b_) {
+                    const double p = 1.0 / (1.0 + std::exp(-(w_ * x + b_)));
+                    return (p - y) * (p - y);
+                };
+                // Truth: central differences in w and in b.
+                const double dw = central_difference([&](double t) { return L(t, b); }, w, 1e-6);
+                const double db = central_difference([&](double t) { return L(w, t); }, b, 1e-6);
+                const std::array<double, 2> g = sigmoid_square_loss_backward(w, x, b, y);
+                expect_near("dL/dw", g[0], dw, 1e-8);
+                expect_near("dL/db", g[1], db, 1e-8);
+            }
+        });
 
-    hw.check("02.2", "derivative of a composition f_n(...f_2(f_1(x))...)",
-             "store x, f1(x), f2(f1(x)), ...; multiply df_k evaluated at the INPUT of link k", [] {
-                 const Link affine{[](double x) { return 3 * x + 2; }, [](double) { return 3.0; }};
-                 const Link square{[](double u) { return u * u; }, [](double u) { return 2 * u; }};
-                 expect_near("(3x + 2)^2 at x = 1", chain_derivative({affine, square}, 1.0), 30.0,
-                             1e-12);
-                 expect_near("empty chain (identity)", chain_derivative({}, 0.7), 1.0, 0.0);
+    hw.check(
+        "02.2", "derivative of a composition f_n(...f_2(f_1(x))...)",
+        "store x, f1(x), f2(f1(x)), ...; multiply df_k evaluated at the INPUT of link k", [] {
+            const Link affine{[](double x) { return 3 * x + 2; }, [](double) { return 3.0; }};
+            const Link square{[](double u) { return u * u; }, [](double u) { return 2 * u; }};
+            expect_near("(3x + 2)^2 at x = 1", chain_derivative({affine, square}, 1.0), 30.0,
+                        1e-12);
+            expect_near("empty chain (identity)", chain_derivative({}, 0.7), 1.0, 0.0);
 
-                 // e^(sin(x²)): by hand 2x · cos(x²) · e^(sin(x²)).
-                 const Link sin_link{[](double u) { return std::sin(u); },
-                                     [](double u) { return std::cos(u); }};
-                 const Link exp_link{[](double u) { return std::exp(u); },
-                                     [](double u) { return std::exp(u); }};
-                 for (double x : {-1.3, 0.4, 0.9, 2.0}) {
-                     const double by_hand = 2 * x * std::cos(x * x) * std::exp(std::sin(x * x));
-                     expect_near("d/dx e^(sin(x^2))", chain_derivative({square, sin_link, exp_link}, x),
-                                 by_hand, 1e-12 * std::max(1.0, std::fabs(by_hand)));
-                 }
+            // e^(sin(x²)): by hand 2x · cos(x²) · e^(sin(x²)).
+            const Link sin_link{[](double u) { return std::sin(u); },
+                                [](double u) { return std::cos(u); }};
+            const Link exp_link{[](double u) { return std::exp(u); },
+                                [](double u) { return std::exp(u); }};
+            for (double x : {-1.3, 0.4, 0.9, 2.0}) {
+                const double by_hand = 2 * x * std::cos(x * x) * std::exp(std::sin(x * x));
+                expect_near("d/dx e^(sin(x^2))", chain_derivative({square, sin_link, exp_link}, x),
+                            by_hand, 1e-12 * std::max(1.0, std::fabs(by_hand)));
+            }
 
-                 // Four sigmoids in a row, against a central difference of the composition.
-                 auto s = [](double u) { return 1.0 / (1.0 + std::exp(-u)); };
-                 const Link sig{s, [s](double u) { return s(u) * (1 - s(u)); }};
-                 auto four = [s](double u) { return s(s(s(s(u)))); };
-                 expect_near("four sigmoids at x = 0.3", chain_derivative({sig, sig, sig, sig}, 0.3),
-                             central_difference(four, 0.3, 1e-5), 1e-9);
-             });
+            // Four sigmoids in a row, against a central difference of the composition.
+            auto s = [](double u) { return 1.0 / (1.0 + std::exp(-u)); };
+            const Link sig{s, [s](double u) { return s(u) * (1 - s(u)); }};
+            auto four = [s](double u) { return s(s(s(s(u)))); };
+            expect_near("four sigmoids at x = 0.3", chain_derivative({sig, sig, sig, sig}, 0.3),
+                        central_difference(four, 0.3, 1e-5), 1e-9);
+        });
 
     hw.check("02.3", "backward of f(a, b) = (a + b)(a - b) by hand",
              "a variable that feeds two nodes adds both paths: ∂f/∂a = ∂f/∂s·∂s/∂a + ∂f/∂d·∂d/∂a; "
-             "the same for b, where ∂d/∂b = −1", [] {
+             "the same for b, where ∂d/∂b = −1",
+             [] {
                  // Truth: f = a² − b², so ∂f/∂a = 2a and ∂f/∂b = −2b.
                  const double points[][2] = {{3.0, 2.0}, {-1.5, 0.5}, {0.0, -4.0}, {2.5, 2.5}};
                  for (const auto& q : points) {
@@ -547,14 +566,17 @@ static int check_homework() {
              });
 
     hw.check("02.4", "the dual-number rule of sin, and h = x^2 * sin(x) through it",
-             "one op's forward-mode rule is f(a)' = f'(a)·a': the value is sin a, the tangent (d sin a/da)·a'; "
-             "the product rule then gives h' = 2x·sin x + x²·cos x", [] {
+             "one op's forward-mode rule is f(a)' = f'(a)·a': the value is sin a, the tangent (d "
+             "sin a/da)·a'; the product rule then gives h' = 2x·sin x + x²·cos x",
+             [] {
                  for (double x : {-2.0, 0.0, 0.5, 1.3}) {
                      const Dual y = dual_sin(Dual(x, 1.0));
                      expect_near("value: sin x", y.value, std::sin(x), 1e-15);
                      expect_near("tangent: d sin x / dx", y.tangent,
-                                 central_difference([](double t) { return std::sin(t); }, x, 1e-6), 1e-9);
-                     expect_near("a tangent of 3 scales it", dual_sin(Dual(x, 3.0)).tangent, 3 * std::cos(x), 1e-9);
+                                 central_difference([](double t) { return std::sin(t); }, x, 1e-6),
+                                 1e-9);
+                     expect_near("a tangent of 3 scales it", dual_sin(Dual(x, 3.0)).tangent,
+                                 3 * std::cos(x), 1e-9);
                      const Dual xd(x, 1.0);
                      const Dual h = xd * xd * dual_sin(xd);   // the product rule from the engine
                      expect_near("h'(x) = 2x sin x + x^2 cos x", h.tangent,

@@ -60,9 +60,9 @@ static std::vector<double> train_gate_neuron(const char* gate, const double targ
         if (step % 100 == 0)
             std::printf("%6d  %10.6f  %8.3f  %8.3f  %8.3f\n", step, loss.data(), neuron.w1.data(),
                         neuron.w2.data(), neuron.b.data());
-        if (step == 500) break;                                 // report the final loss, no update
-        zero_grad(params);                                      // forget the last step's gradients
-        loss.backward();                                        // dloss/dθ into every θ.grad()
+        if (step == 500) break;   // report the final loss, no update
+        zero_grad(params);        // forget the last step's gradients
+        loss.backward();          // dloss/dθ into every θ.grad()
         for (const Value& p : params) p.data() -= lr * p.grad();   // step downhill
     }
     std::printf("%8s  %8s  %8s\n", "x1 x2", "target", "p");
@@ -77,9 +77,10 @@ static void one_neuron() {
     const std::vector<double> and_curve = train_gate_neuron("AND", and_targets);
     std::printf("\n");
     const std::vector<double> xor_curve = train_gate_neuron("XOR", xor_targets);
-    std::printf("\nAND is learned. On XOR the neuron ends at loss %.4f with every answer 0.5:\n"
-                "no straight line puts (0,1) and (1,0) on one side and (0,0), (1,1) on the other.\n",
-                xor_curve.back());
+    std::printf(
+        "\nAND is learned. On XOR the neuron ends at loss %.4f with every answer 0.5:\n"
+        "no straight line puts (0,1) and (1,0) on one side and (0,0), (1,1) on the other.\n",
+        xor_curve.back());
 
     Plot plot("One neuron: AND is learnable, XOR is not", "step", "loss", Scale::log_y);
     plot.add("AND", and_curve);
@@ -135,8 +136,9 @@ static std::vector<double> two_layer_by_hand() {
     std::printf("           dL/dW1 = dL/dz1 x^T = [[%.4f, %.4f], [%.4f, %.4f]]\n",
                 dz1[0] * hand_x[0], dz1[0] * hand_x[1], dz1[1] * hand_x[0], dz1[1] * hand_x[1]);
     std::printf("           dL/db1 = dL/dz1 = (%.4f, %.4f)\n", dz1[0], dz1[1]);
-    return {dz1[0] * hand_x[0], dz1[0] * hand_x[1], dz1[0], dz1[1] * hand_x[0], dz1[1] * hand_x[1],
-            dz1[1], dz2 * a[0], dz2 * a[1], dz2};
+    return {dz1[0] * hand_x[0], dz1[0] * hand_x[1], dz1[0],
+            dz1[1] * hand_x[0], dz1[1] * hand_x[1], dz1[1],
+            dz2 * a[0],         dz2 * a[1],         dz2};
 }
 
 // The engine's MLP(2, {2, 1}) (ReLU hidden layer, linear output) with the worked weights.
@@ -165,8 +167,8 @@ static void two_layer_worked() {
     const Value L = pow(z2 - hand_y, 2);
     L.backward();
     const std::vector<Value> params = model.parameters();
-    const char* names[] = {"W1[0][0]", "W1[0][1]", "b1[0]", "W1[1][0]", "W1[1][1]", "b1[1]",
-                           "W2[0]", "W2[1]", "b2"};
+    const char* names[] = {"W1[0][0]", "W1[0][1]", "b1[0]", "W1[1][0]", "W1[1][1]",
+                           "b1[1]",    "W2[0]",    "W2[1]", "b2"};
     std::printf("\nThe engine: MLP(2, {2, 1}) with these weights, L = %.6f, then backward():\n",
                 L.data());
     std::printf("%-9s  %11s  %11s  %10s\n", "dL/d", "by hand", "backward()", "difference");
@@ -176,10 +178,11 @@ static void two_layer_worked() {
         worst = std::max(worst, std::fabs(diff));
         std::printf("%-9s  %11.6f  %11.6f  %10.1e\n", names[i], hand[i], params[i].grad(), diff);
     }
-    std::printf("Largest difference %.1e: backward() does the same multiplications, in the same\n"
-                "double precision. Each first-layer weight gets its unit's dL/dz1 times the input\n"
-                "it multiplies, so with x = (1, 2) the second column of dL/dW1 is twice the first.\n",
-                worst);
+    std::printf(
+        "Largest difference %.1e: backward() does the same multiplications, in the same\n"
+        "double precision. Each first-layer weight gets its unit's dL/dz1 times the input\n"
+        "it multiplies, so with x = (1, 2) the second column of dL/dW1 is twice the first.\n",
+        worst);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -226,7 +229,8 @@ static void xor_mlp() {
                 model.parameters().size());
     const std::vector<double> curve = train_xor(true, model);
     std::printf("%6s  %12s\n", "step", "loss");
-    for (int step = 0; step <= xor_steps; step += 25) std::printf("%6d  %12.6f\n", step, curve[step]);
+    for (int step = 0; step <= xor_steps; step += 25)
+        std::printf("%6d  %12.6f\n", step, curve[step]);
 
     std::printf("\n%8s  %8s  %10s\n", "x1 x2", "target", "y");
     for (int i = 0; i < 4; ++i) {
@@ -301,12 +305,12 @@ static void moons_mlp() {
                 positives, long(moons.x.size()) - positives, params.size());
 
     std::vector<double> losses, errors;
-    std::printf("%6s  %7s  %10s  %10s  %10s  %9s\n", "step", "lr", "data loss", "reg loss",
-                "total", "accuracy");
+    std::printf("%6s  %7s  %10s  %10s  %10s  %9s\n", "step", "lr", "data loss", "reg loss", "total",
+                "accuracy");
     for (int k = 0; k < 100; ++k) {
         const MoonsLoss loss = moons_loss(model, moons);   // forward
         zero_grad(params);
-        loss.total.backward();                              // backward
+        loss.total.backward();   // backward
         const double lr = 1.0 - 0.9 * k / 100;
         for (const Value& p : params) p.data() -= lr * p.grad();   // update
         const double accuracy = double(loss.correct) / moons.x.size();
@@ -356,8 +360,8 @@ static void without_zero_grad() {
 
     // 5b. Gradient descent on (w − 3)², with and without zeroing.
     std::printf("\nMinimising (w - 3)^2 from w = 0 with lr = 0.1:\n");
-    std::printf("%5s  %10s  %12s  %10s  %18s\n", "step", "w (zeroed)", "3 - 3*0.8^k",
-                "w (forgot)", "its w.grad() so far");
+    std::printf("%5s  %10s  %12s  %10s  %18s\n", "step", "w (zeroed)", "3 - 3*0.8^k", "w (forgot)",
+                "its w.grad() so far");
     Value good(0.0), bad(0.0);
     std::vector<double> good_w;   // w of the zeroed run after k steps
     for (int k = 0; k <= 40; ++k) {
@@ -374,15 +378,17 @@ static void without_zero_grad() {
         bad_loss.backward();   // no zero_grad: adds to whatever the last steps left there
         bad.data() -= 0.1 * bad.grad();
     }
-    std::printf("The zeroed run converges; the other overshoots, turns back, and overshoots again.\n");
+    std::printf(
+        "The zeroed run converges; the other overshoots, turns back, and overshoots again.\n");
 
     // A course text tabulates the zeroed run as 1.9221, 2.6510, 2.9575 at steps 5, 10, 20, with
     // losses that are not (w − 3)² of its own w: typed, not run.
-    std::printf("\nSome course notes print w = 1.9221, 2.6510, 2.9575 after steps 5, 10, 20 of this\n"
-                "run; the correct values are %.5f, %.5f, %.5f, because every step multiplies\n"
-                "w - 3 by exactly 1 - 0.1*2 = 0.8, so w_k = 3 - 3*0.8^k. The notes' rows do not even\n"
-                "agree with themselves: their loss at step 5 is 1.168928, but (1.9221 - 3)^2 = %.6f.\n",
-                good_w[5], good_w[10], good_w[20], (1.9221 - 3) * (1.9221 - 3));
+    std::printf(
+        "\nSome course notes print w = 1.9221, 2.6510, 2.9575 after steps 5, 10, 20 of this\n"
+        "run; the correct values are %.5f, %.5f, %.5f, because every step multiplies\n"
+        "w - 3 by exactly 1 - 0.1*2 = 0.8, so w_k = 3 - 3*0.8^k. The notes' rows do not even\n"
+        "agree with themselves: their loss at step 5 is 1.168928, but (1.9221 - 3)^2 = %.6f.\n",
+        good_w[5], good_w[10], good_w[20], (1.9221 - 3) * (1.9221 - 3));
 
     // 5c. The XOR network of section 3, trained both ways from the same initial weights.
     Rng rng_a(42), rng_b(42);
@@ -467,14 +473,17 @@ static int check_homework() {
                  expect_near("dL/dpred[1] = 2(-1 - 0)/3", pred[1].grad(), -2.0 / 3, 1e-12);
                  expect_near("dL/dpred[2] = 2(2 - 2.5)/3", pred[2].grad(), -1.0 / 3, 1e-12);
                  expect_true("lengths 1 and 2 throw std::invalid_argument",
-                             throws_invalid_argument([] { mse_loss({Value(1.0)}, {1.0, 2.0}); }));
+                             throws_invalid_argument([] {
+                                 mse_loss({Value(1.0)}, {1.0, 2.0});
+                             }));
                  expect_true("empty input throws std::invalid_argument",
                              throws_invalid_argument([] { mse_loss(std::vector<Value>{}, {}); }));
              });
 
     hw.check("03.2", "one SGD step: data -= lr * grad, then zero the grad",
-             "gradient descent moves each parameter against its gradient, θ ← θ − lr·∂L/∂θ; backward() adds "
-             "into .grad, so reset it to 0 after the step", [] {
+             "gradient descent moves each parameter against its gradient, θ ← θ − lr·∂L/∂θ; "
+             "backward() adds into .grad, so reset it to 0 after the step",
+             [] {
                  Value a(1.0), b(-2.0);
                  a.grad() = 0.5;
                  b.grad() = -4.0;
@@ -497,7 +506,8 @@ static int check_homework() {
 
     hw.check("03.3", "accuracy of a classifier on a dataset",
              "accuracy = #{i : ŷ_i = y_i} / n with ŷ_i = sign(score_i), "
-             "a score of exactly 0 counting as −1", [] {
+             "a score of exactly 0 counting as −1",
+             [] {
                  // One linear neuron with weights set by hand: score = x0 − 0.5.
                  Rng rng(1);
                  MLP model(2, {1}, rng);
@@ -517,8 +527,9 @@ static int check_homework() {
              });
 
     hw.check("03.4", "binary cross-entropy on logits, and its gradient p - t",
-             "L = −(1/n)·Σ_i [t_i·log σ(s_i) + (1 − t_i)·log(1 − σ(s_i))] from Value operations; backward() "
-             "should then give ∂L/∂s_i = (σ(s_i) − t_i)/n", [] {
+             "L = −(1/n)·Σ_i [t_i·log σ(s_i) + (1 − t_i)·log(1 − σ(s_i))] from Value operations; "
+             "backward() should then give ∂L/∂s_i = (σ(s_i) − t_i)/n",
+             [] {
                  const std::vector<double> s = {-2.0, 0.5, 3.0, 0.0}, t = {0.0, 1.0, 1.0, 0.3};
                  std::vector<Value> scores(s.begin(), s.end());
                  const Value L = bce_with_logits(scores, t);
@@ -534,8 +545,9 @@ static int check_homework() {
                                  (p - t[i]) / s.size(), 1e-12);
                  }
                  expect_true("lengths 2 and 1 throw std::invalid_argument",
-                             throws_invalid_argument(
-                                 [] { bce_with_logits({Value(1.0), Value(2.0)}, {1.0}); }));
+                             throws_invalid_argument([] {
+                                 bce_with_logits({Value(1.0), Value(2.0)}, {1.0});
+                             }));
              });
 
     return hw.finish();

@@ -33,7 +33,8 @@
 static void print_matrix(const char* name, const std::vector<real>& v, int rows, int cols) {
     for (int i = 0; i < rows; ++i) {
         std::printf("  %-12s [", i == 0 ? name : "");
-        for (int j = 0; j < cols; ++j) std::printf("%s%7.3g", j ? " " : "", double(v[i * cols + j]));
+        for (int j = 0; j < cols; ++j)
+            std::printf("%s%7.3g", j ? " " : "", double(v[i * cols + j]));
         std::printf(" ]\n");
     }
 }
@@ -118,7 +119,8 @@ static void forward_example() {
         }
     std::printf("\n");
     print_matrix("A = ReLU(Z)", A);
-    std::printf("Every Z is positive, so the ReLU passes everything: its mask 1[Z > 0] is all ones.\n");
+    std::printf(
+        "Every Z is positive, so the ReLU passes everything: its mask 1[Z > 0] is all ones.\n");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -249,9 +251,10 @@ static void gradient_shapes() {
 
     // What backward needs to keep: dW = Xᵀ·dY needs the layer's input X.
     const double bytes = 32.0 * 512 * 768 * 4;
-    std::printf("\nTo compute dW = X^T*dY later, the forward pass must keep X. For batch 32 of\n"
-                "512 tokens, X is [16384, 768] floats: %.0f bytes = %.1f MB (%.0f MiB), per layer.\n",
-                bytes, bytes / 1e6, bytes / (1 << 20));
+    std::printf(
+        "\nTo compute dW = X^T*dY later, the forward pass must keep X. For batch 32 of\n"
+        "512 tokens, X is [16384, 768] floats: %.0f bytes = %.1f MB (%.0f MiB), per layer.\n",
+        bytes, bytes / 1e6, bytes / (1 << 20));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -274,7 +277,8 @@ static void flop_count() {
                 ++adds;
             }
     std::printf("The worked example [2,3]*[3,2], counted in a loop: %ld multiplies + %ld adds = %ld"
-                " = 2*2*3*2\n\n", multiplies, adds, multiplies + adds);
+                " = 2*2*3*2\n\n",
+                multiplies, adds, multiplies + adds);
 
     struct Case {
         const char* name;
@@ -291,8 +295,10 @@ static void flop_count() {
     }
     // The 6-flops rule scaled up: N parameters trained on D tokens cost about 6·N·D flops.
     const double params = 125e6, tokens = 10e9;
-    std::printf("\nSo training costs about 6 flops per parameter per token: a 125M-parameter model\n"
-                "on 10B tokens needs 6 * 125e6 * 10e9 = %.2g flops.\n", 6 * params * tokens);
+    std::printf(
+        "\nSo training costs about 6 flops per parameter per token: a 125M-parameter model\n"
+        "on 10B tokens needs 6 * 125e6 * 10e9 = %.2g flops.\n",
+        6 * params * tokens);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -322,15 +328,17 @@ static void float_differences() {
         rounding.push_back(eps * std::fabs(L.item()) / h);
     }
     std::printf("dL/dW[0][0] for L = sum(G * tanh(X*W)), random X [4,5], W [5,3]: backward() says "
-                "%.6f\n\n", exact);
+                "%.6f\n\n",
+                exact);
     std::printf("%10s  %14s  %16s\n", "h", "|error|", "eps_float*|L|/h");
     for (std::size_t k = 0; k < hs.size(); k += 4)
         std::printf("%10.0e  %14.3e  %16.3e\n", hs[k], errors[k], rounding[k]);
     std::size_t best = 0;
     for (std::size_t k = 1; k < hs.size(); ++k)
         if (errors[k] < errors[best]) best = k;
-    std::printf("Smallest error %.1e at h = %.1e. Below that, rounding (the eps/h line) dominates.\n",
-                errors[best], hs[best]);
+    std::printf(
+        "Smallest error %.1e at h = %.1e. Below that, rounding (the eps/h line) dominates.\n",
+        errors[best], hs[best]);
 
     Plot plot("Central difference of a matmul gradient, in float", "step h", "|error|",
               Scale::log_log);
@@ -356,7 +364,8 @@ static void in_place_writes() {
     std::printf("L = sum(x * w) = %g with x = [1, 2], w = [3, 4]; the right dL/dx is w = [3, 4].\n",
                 loss.item());
     w.values() = {30, 40};
-    std::printf("Now w.values() = {30, 40}, in place. The backward of * would read w = [30, 40].\n");
+    std::printf(
+        "Now w.values() = {30, 40}, in place. The backward of * would read w = [30, 40].\n");
     try {
         loss.backward();
         std::printf("backward() ran: dL/dx = [%g, %g]\n", x.grad()[0], x.grad()[1]);
@@ -368,7 +377,8 @@ static void in_place_writes() {
     a.values() = {10, 20};
     s.backward(Tensor({2}, {1, 1}));
     std::printf("s = a + b, then a written in place: backward() runs, dL/da = [%g, %g]: the sum's\n"
-                "backward reads no input, so nothing it needs has changed.\n", a.grad()[0], a.grad()[1]);
+                "backward reads no input, so nothing it needs has changed.\n",
+                a.grad()[0], a.grad()[1]);
 }
 
 static void lesson() {
@@ -438,104 +448,111 @@ void sgd_step_seen_by_autograd(const std::vector<Tensor>& params, double lr) {
 static int check_homework() {
     Homework hw("04");
 
-    hw.check("04.1", "a matrix product with three loops",
-             "C_ij = Σ_k A_ik·B_kj; row-major, entry (r, c) of a matrix with n columns is at offset r·n + c; "
-             "the inner sizes must agree",
-             [] {
-                 expect_tensor_near("worked example X*W", matmul_loops(example_X(), example_W()),
-                                    Tensor({2, 2}, {4, 5, 10, 11}), 0);
-                 // Random shapes, against the engine's matmul.
-                 Rng rng(41);
-                 const int shapes[][3] = {{3, 4, 5}, {1, 7, 1}, {6, 1, 3}, {5, 8, 2}};
-                 for (const auto& s : shapes) {
-                     const Tensor A = randn({s[0], s[1]}, rng), B = randn({s[1], s[2]}, rng);
-                     expect_tensor_near("random product vs engine matmul", matmul_loops(A, B),
-                                        matmul(A, B), 1e-5);
-                 }
-                 expect_true("[2,3]*[2,3] throws std::invalid_argument",
-                             throws_invalid_argument(
-                                 [] { matmul_loops(Tensor({2, 3}), Tensor({2, 3})); }));
-                 expect_true("a 1-D operand throws std::invalid_argument",
-                             throws_invalid_argument(
-                                 [] { matmul_loops(Tensor({3}), Tensor({3, 2})); }));
-             });
+    hw.check(
+        "04.1", "a matrix product with three loops",
+        "C_ij = Σ_k A_ik·B_kj; row-major, entry (r, c) of a matrix with n columns is at offset r·n "
+        "+ c; the inner sizes must agree",
+        [] {
+            expect_tensor_near("worked example X*W", matmul_loops(example_X(), example_W()),
+                               Tensor({2, 2}, {4, 5, 10, 11}), 0);
+            // Random shapes, against the engine's matmul.
+            Rng rng(41);
+            const int shapes[][3] = {{3, 4, 5}, {1, 7, 1}, {6, 1, 3}, {5, 8, 2}};
+            for (const auto& s : shapes) {
+                const Tensor A = randn({s[0], s[1]}, rng), B = randn({s[1], s[2]}, rng);
+                expect_tensor_near("random product vs engine matmul", matmul_loops(A, B),
+                                   matmul(A, B), 1e-5);
+            }
+            expect_true("[2,3]*[2,3] throws std::invalid_argument", throws_invalid_argument([] {
+                            matmul_loops(Tensor({2, 3}), Tensor({2, 3}));
+                        }));
+            expect_true("a 1-D operand throws std::invalid_argument", throws_invalid_argument([] {
+                            matmul_loops(Tensor({3}), Tensor({3, 2}));
+                        }));
+        });
 
-    hw.check("04.2", "dX = dZ*W^T and dW = X^T*dZ with loops",
-             "dX has X's shape [M,K], dW has W's shape [K,N]; each element is a sum over the "
-             "axis that the other two share",
-             [] {
-                 // The worked numbers of section 3 (the ReLU mask there is all ones).
-                 const MatmulGrads g = matmul_backward(example_X(), example_W(), example_upstream());
-                 expect_tensor_near("worked dX", g.dX, Tensor({2, 3}, {1, -1, 0, 0.5, 2, 2.5}), 1e-6);
-                 expect_tensor_near("worked dW", g.dW, Tensor({3, 2}, {3, 7, 4.5, 8, 6, 9}), 1e-6);
+    hw.check(
+        "04.2", "dX = dZ*W^T and dW = X^T*dZ with loops",
+        "dX has X's shape [M,K], dW has W's shape [K,N]; each element is a sum over the "
+        "axis that the other two share",
+        [] {
+            // The worked numbers of section 3 (the ReLU mask there is all ones).
+            const MatmulGrads g = matmul_backward(example_X(), example_W(), example_upstream());
+            expect_tensor_near("worked dX", g.dX, Tensor({2, 3}, {1, -1, 0, 0.5, 2, 2.5}), 1e-6);
+            expect_tensor_near("worked dW", g.dW, Tensor({3, 2}, {3, 7, 4.5, 8, 6, 9}), 1e-6);
 
-                 // Random shapes: against backward() and against central differences of
-                 // L = Σ dZ ⊙ (X·W), whose gradient with respect to X·W is dZ.
-                 Rng rng(42);
-                 const int shapes[][3] = {{3, 4, 2}, {1, 5, 3}, {4, 2, 1}};
-                 for (const auto& s : shapes) {
-                     Tensor X = randn({s[0], s[1]}, rng), W = randn({s[1], s[2]}, rng);
-                     const Tensor dZ = randn({s[0], s[2]}, rng);
-                     const MatmulGrads mine = matmul_backward(X, W, dZ);
-                     X.requires_grad_();
-                     W.requires_grad_();
-                     matmul(X, W).backward(dZ);
-                     expect_tensor_near("dX vs backward()", mine.dX, Tensor(X.shape(), X.grad()), 1e-5);
-                     expect_tensor_near("dW vs backward()", mine.dW, Tensor(W.shape(), W.grad()), 1e-5);
-                     auto loss = [&] { return double(sum(dZ * matmul(X, W)).item()); };
-                     for (std::size_t i = 0; i < X.numel(); ++i)
-                         expect_near("dX vs central difference", mine.dX.values()[i],
-                                     central_difference_at(X, i, loss, 1e-2), 2e-3);
-                     for (std::size_t i = 0; i < W.numel(); ++i)
-                         expect_near("dW vs central difference", mine.dW.values()[i],
-                                     central_difference_at(W, i, loss, 1e-2), 2e-3);
-                 }
-             });
+            // Random shapes: against backward() and against central differences of
+            // L = Σ dZ ⊙ (X·W), whose gradient with respect to X·W is dZ.
+            Rng rng(42);
+            const int shapes[][3] = {{3, 4, 2}, {1, 5, 3}, {4, 2, 1}};
+            for (const auto& s : shapes) {
+                Tensor X = randn({s[0], s[1]}, rng), W = randn({s[1], s[2]}, rng);
+                const Tensor dZ = randn({s[0], s[2]}, rng);
+                const MatmulGrads mine = matmul_backward(X, W, dZ);
+                X.requires_grad_();
+                W.requires_grad_();
+                matmul(X, W).backward(dZ);
+                expect_tensor_near("dX vs backward()", mine.dX, Tensor(X.shape(), X.grad()), 1e-5);
+                expect_tensor_near("dW vs backward()", mine.dW, Tensor(W.shape(), W.grad()), 1e-5);
+                auto loss = [&] { return double(sum(dZ * matmul(X, W)).item()); };
+                for (std::size_t i = 0; i < X.numel(); ++i)
+                    expect_near("dX vs central difference", mine.dX.values()[i],
+                                central_difference_at(X, i, loss, 1e-2), 2e-3);
+                for (std::size_t i = 0; i < W.numel(); ++i)
+                    expect_near("dW vs central difference", mine.dW.values()[i],
+                                central_difference_at(W, i, loss, 1e-2), 2e-3);
+            }
+        });
 
-    hw.check("04.3", "the bias gradient: a sum over the batch rows",
-             "b is added to every row, so every row sends its gradient back to it: db_j = Σ_i dY_ij "
-             "(a sum over the batch, not a mean)",
-             [] {
-                 expect_tensor_near("worked db", bias_grad(example_upstream()),
-                                    Tensor({2}, {1.5, 1}), 1e-6);
-                 // Random batches: against backward() through the broadcast, and against central
-                 // differences of L = Σ dY ⊙ (X·W + b).
-                 Rng rng(43);
-                 const int shapes[][3] = {{5, 3, 4}, {1, 2, 3}, {8, 4, 1}};
-                 for (const auto& s : shapes) {
-                     const Tensor X = randn({s[0], s[1]}, rng), W = randn({s[1], s[2]}, rng);
-                     const Tensor dY = randn({s[0], s[2]}, rng);
-                     Tensor b = randn({s[2]}, rng);
-                     const Tensor mine = bias_grad(dY);
-                     b.requires_grad_();
-                     (matmul(X, W) + b).backward(dY);
-                     expect_tensor_near("db vs backward()", mine, Tensor(b.shape(), b.grad()), 1e-5);
-                     auto loss = [&] { return double(sum(dY * (matmul(X, W) + b)).item()); };
-                     for (std::size_t j = 0; j < b.numel(); ++j)
-                         expect_near("db vs central difference", mine.values()[j],
-                                     central_difference_at(b, j, loss, 1e-2), 2e-3);
-                 }
-             });
+    hw.check(
+        "04.3", "the bias gradient: a sum over the batch rows",
+        "b is added to every row, so every row sends its gradient back to it: db_j = Σ_i dY_ij "
+        "(a sum over the batch, not a mean)",
+        [] {
+            expect_tensor_near("worked db", bias_grad(example_upstream()), Tensor({2}, {1.5, 1}),
+                               1e-6);
+            // Random batches: against backward() through the broadcast, and against central
+            // differences of L = Σ dY ⊙ (X·W + b).
+            Rng rng(43);
+            const int shapes[][3] = {{5, 3, 4}, {1, 2, 3}, {8, 4, 1}};
+            for (const auto& s : shapes) {
+                const Tensor X = randn({s[0], s[1]}, rng), W = randn({s[1], s[2]}, rng);
+                const Tensor dY = randn({s[0], s[2]}, rng);
+                Tensor b = randn({s[2]}, rng);
+                const Tensor mine = bias_grad(dY);
+                b.requires_grad_();
+                (matmul(X, W) + b).backward(dY);
+                expect_tensor_near("db vs backward()", mine, Tensor(b.shape(), b.grad()), 1e-5);
+                auto loss = [&] { return double(sum(dY * (matmul(X, W) + b)).item()); };
+                for (std::size_t j = 0; j < b.numel(); ++j)
+                    expect_near("db vs central difference", mine.values()[j],
+                                central_difference_at(b, j, loss, 1e-2), 2e-3);
+            }
+        });
 
-    hw.check("04.4", "an SGD step that the in-place check sees",
-             "θ ← θ − lr·∂L/∂θ, built in a new vector and assigned to the tensor whole; only a whole "
-             "assignment counts as an in-place write", [] {
-                 const Tensor w = Tensor({2, 1}, {0.5, -1}).requires_grad_(), b = Tensor({1}, {0.25}).requires_grad_();
-                 const Tensor unused = Tensor({3}, {7, 8, 9}).requires_grad_();
-                 const Tensor x({3, 2}, {1, 2, 3, 4, 5, 6});
-                 const Tensor loss = mean(linear(x, w, b));   // dL/dw = column means of x = [3, 4]; dL/db = 1
-                 loss.backward();
-                 sgd_step_seen_by_autograd({w, b, unused}, 0.1);
-                 expect_near("w[0] = 0.5 - 0.1 * 3", w.values()[0], 0.2, 1e-6);
-                 expect_near("w[1] = -1 - 0.1 * 4", w.values()[1], -1.4, 1e-6);
-                 expect_near("b = 0.25 - 0.1 * 1", b.values()[0], 0.15, 1e-6);
-                 expect_near("a parameter without a gradient is unchanged", unused.values()[2], 9, 0);
-                 expect_true("backward() on the old loss is refused (the write was seen)",
-                             throws_invalid_argument([&] { loss.backward(); }));
-                 w.zero_grad();
-                 mean(linear(x, w, b)).backward();   // a fresh forward pass is fine
-                 expect_near("a new backward() works: dL/dw[0]", w.grad()[0], 3, 1e-6);
-             });
+    hw.check(
+        "04.4", "an SGD step that the in-place check sees",
+        "θ ← θ − lr·∂L/∂θ, built in a new vector and assigned to the tensor whole; only a whole "
+        "assignment counts as an in-place write",
+        [] {
+            const Tensor w = Tensor({2, 1}, {0.5, -1}).requires_grad_(),
+                         b = Tensor({1}, {0.25}).requires_grad_();
+            const Tensor unused = Tensor({3}, {7, 8, 9}).requires_grad_();
+            const Tensor x({3, 2}, {1, 2, 3, 4, 5, 6});
+            const Tensor loss =
+                mean(linear(x, w, b));   // dL/dw = column means of x = [3, 4]; dL/db = 1
+            loss.backward();
+            sgd_step_seen_by_autograd({w, b, unused}, 0.1);
+            expect_near("w[0] = 0.5 - 0.1 * 3", w.values()[0], 0.2, 1e-6);
+            expect_near("w[1] = -1 - 0.1 * 4", w.values()[1], -1.4, 1e-6);
+            expect_near("b = 0.25 - 0.1 * 1", b.values()[0], 0.15, 1e-6);
+            expect_near("a parameter without a gradient is unchanged", unused.values()[2], 9, 0);
+            expect_true("backward() on the old loss is refused (the write was seen)",
+                        throws_invalid_argument([&] { loss.backward(); }));
+            w.zero_grad();
+            mean(linear(x, w, b)).backward();   // a fresh forward pass is fine
+            expect_near("a new backward() works: dL/dw[0]", w.grad()[0], 3, 1e-6);
+        });
 
     return hw.finish();
 }

@@ -34,7 +34,8 @@ static Tensor row_tensor(const std::vector<double>& z) {
 // The loss in double precision, written straight from the definition. Fine for logits of
 // moderate size (section 4 shows what goes wrong for large ones); our reference for finite
 // differences. target is a probability vector (onehot, or smoothed in section 7).
-static double cross_entropy_double(const std::vector<double>& z, const std::vector<double>& target) {
+static double cross_entropy_double(const std::vector<double>& z,
+                                   const std::vector<double>& target) {
     double sum_exp = 0;
     for (double v : z) sum_exp += std::exp(v);
     double loss = 0;
@@ -72,7 +73,8 @@ static void forward() {
     const Tensor p = softmax(z);
     double sum_exp = 0;
     for (double v : worked_logits) sum_exp += std::exp(v);
-    std::printf("%3s  %6s  %10s  %12s  %14s\n", "i", "z_i", "e^z_i", "p_i by hand", "engine softmax");
+    std::printf("%3s  %6s  %10s  %12s  %14s\n", "i", "z_i", "e^z_i", "p_i by hand",
+                "engine softmax");
     for (int i = 0; i < 3; ++i)
         std::printf("%3d  %6.1f  %10.4f  %12.6f  %14.6f\n", i, worked_logits[i],
                     std::exp(worked_logits[i]), std::exp(worked_logits[i]) / sum_exp,
@@ -116,9 +118,10 @@ static void gradient() {
     Tensor batch({2, 3}, {2.0, 1.0, 0.1, 2.0, 1.0, 0.1});
     batch.requires_grad_();
     cross_entropy(batch, {0, 0}).backward();
-    std::printf("\nThe same row twice in a batch of B = 2: row 0's gradient is now [%.6f, %.6f, %.6f],"
-                "\nhalf of the above, because cross_entropy averages over the batch.\n",
-                double(batch.grad()[0]), double(batch.grad()[1]), double(batch.grad()[2]));
+    std::printf(
+        "\nThe same row twice in a batch of B = 2: row 0's gradient is now [%.6f, %.6f, %.6f],"
+        "\nhalf of the above, because cross_entropy averages over the batch.\n",
+        double(batch.grad()[0]), double(batch.grad()[1]), double(batch.grad()[2]));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -167,7 +170,7 @@ static void jacobian() {
 //     p_i = e^{z_i − m} / Σ_j e^{z_j − m},     log Σ_j e^{z_j} = m + log Σ_j e^{z_j − m}
 // The second line is log-sum-exp (LSE); the loss is L = LSE(z) − z_y.
 // ---------------------------------------------------------------------------------------------
-template <class T>   // float or double
+template <class T>                                             // float or double
 static double naive_softmax0(const std::vector<double>& z) {   // p_0 straight from the formula
     T sum = 0;
     for (double v : z) sum += std::exp(T(v));
@@ -192,7 +195,8 @@ static void overflow() {
     const Tensor zt = row_tensor(big);
     const Tensor p = softmax(zt);
     std::printf("  engine:  softmax = [%.6f, %.6f], cross_entropy(z, {0}) = LSE - z_0 = %.6f\n",
-                double(p.values()[0]), double(p.values()[1]), double(cross_entropy(zt, {0}).item()));
+                double(p.values()[0]), double(p.values()[1]),
+                double(cross_entropy(zt, {0}).item()));
     try {
         const Tensor e = exp(zt);   // the naive formula with the engine's ops
         std::printf("  exp(z) with the engine: %s\n", e.str().c_str());
@@ -208,12 +212,14 @@ static void overflow() {
         std::vector<double> z = worked_logits;
         for (double& v : z) v += c;
         std::printf("%7g  %13.6f  %13.6f  %13.6f\n", c, plain_nan(naive_softmax0<double>(z)),
-                    plain_nan(naive_softmax0<float>(z)), double(softmax(row_tensor(z)).values()[0]));
+                    plain_nan(naive_softmax0<float>(z)),
+                    double(softmax(row_tensor(z)).values()[0]));
     }
-    std::printf("Float breaks first: e^89 is already beyond its largest number, 3.4e38; and at\n"
-                "c = -100, e^-98 is so small that float keeps only a few digits of it. The engine's\n"
-                "last digit moves at |c| >= 700 for another reason: a float near 700 is stored in\n"
-                "steps of 6e-5, so the shifted logits themselves are rounded.\n");
+    std::printf(
+        "Float breaks first: e^89 is already beyond its largest number, 3.4e38; and at\n"
+        "c = -100, e^-98 is so small that float keeps only a few digits of it. The engine's\n"
+        "last digit moves at |c| >= 700 for another reason: a float near 700 is stored in\n"
+        "steps of 6e-5, so the shifted logits themselves are rounded.\n");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -264,7 +270,8 @@ static void softmax_first() {
     std::printf("The wrong version reports almost twice the loss and pushes about half as hard.\n");
 
     const int steps = 300;
-    const std::vector<double> good = train_logits(false, 0, steps), bad = train_logits(true, 0, steps);
+    const std::vector<double> good = train_logits(false, 0, steps),
+                              bad = train_logits(true, 0, steps);
     std::printf("\nTraining the three logits of this one example from z = 0, gradient descent, "
                 "lr = 1:\n");
     std::printf("%6s  %16s  %26s\n", "step", "cross_entropy(z)", "cross_entropy(softmax(z))");
@@ -298,8 +305,10 @@ static void perplexity() {
     heading("6. Perplexity = e^L");
     std::printf("%-34s  %10s  %12s\n", "", "loss L", "e^L");
     const double worked = cross_entropy(row_tensor(worked_logits), {0}).item();
-    std::printf("%-34s  %10.4f  %12.4f\n", "worked example (p_y = 0.659)", worked, std::exp(worked));
-    std::printf("%-34s  %10.4f  %12.4f\n", "a language model at 2.5 nats/token", 2.5, std::exp(2.5));
+    std::printf("%-34s  %10.4f  %12.4f\n", "worked example (p_y = 0.659)", worked,
+                std::exp(worked));
+    std::printf("%-34s  %10.4f  %12.4f\n", "a language model at 2.5 nats/token", 2.5,
+                std::exp(2.5));
     for (int C : {3, 10, 50000}) {
         const Tensor uniform_logits({1, C});   // all zero: every class gets 1/C
         const double L = cross_entropy(uniform_logits, {0}).item();
@@ -342,15 +351,17 @@ static void label_smoothing() {
     std::vector<double> gap_plain, gap_smooth;
     const std::vector<double> plain = train_logits(false, 0, steps, &gap_plain);
     const std::vector<double> smooth = train_logits(false, real(eps), steps, &gap_smooth);
-    std::printf("\nTraining from z = 0 (gradient descent, lr = 1): the gap z_0 - z_1 and the loss\n");
-    std::printf("%6s  %12s  %12s  %14s  %14s\n", "step", "gap, eps=0", "loss, eps=0", "gap, eps=0.1",
-                "loss, eps=0.1");
+    std::printf(
+        "\nTraining from z = 0 (gradient descent, lr = 1): the gap z_0 - z_1 and the loss\n");
+    std::printf("%6s  %12s  %12s  %14s  %14s\n", "step", "gap, eps=0", "loss, eps=0",
+                "gap, eps=0.1", "loss, eps=0.1");
     for (int step : {0, 10, 50, 100, 200, 500, 1000})
         std::printf("%6d  %12.4f  %12.6f  %14.4f  %14.6f\n", step, gap_plain[step], plain[step],
                     gap_smooth[step], smooth[step]);
-    std::printf("Without smoothing the gap keeps growing (like log of the step count); with it, the\n"
-                "gap settles at log 28 = %.4f and the loss at the target's entropy %.4f.\n",
-                std::log(28.0), cross_entropy_double({std::log(28.0), 0, 0}, target));
+    std::printf(
+        "Without smoothing the gap keeps growing (like log of the step count); with it, the\n"
+        "gap settles at log 28 = %.4f and the loss at the target's entropy %.4f.\n",
+        std::log(28.0), cross_entropy_double({std::log(28.0), 0, 0}, target));
 
     Plot plot("Logit gap z_0 - z_1 while training one example", "step", "z_0 - z_1");
     plot.add("no smoothing", gap_plain);
@@ -410,39 +421,42 @@ static std::vector<double> softmax_double(const std::vector<double>& z) {
 static int check_homework() {
     Homework hw("05");
 
-    hw.check("05.1", "log-sum-exp, stable for large and small logits",
-             "factor out the largest term: log Σ_i e^(z_i) = m + log Σ_i e^(z_i − m), m = max_i z_i, "
-             "so no exponent is positive", [] {
-                 // Small logits: straight from the definition.
-                 const double direct = std::log(std::exp(2.0) + std::exp(1.0) + std::exp(0.1));
-                 expect_near("LSE([2, 1, 0.1])", log_sum_exp(worked_logits), direct, 1e-12);
-                 // log(e^1000 + e^999) = 1000 + log(1 + e^−1), by factoring out e^1000.
-                 expect_near("LSE([1000, 999])", log_sum_exp({1000, 999}),
-                             1000 + std::log1p(std::exp(-1.0)), 1e-9);
-                 expect_near("LSE([-1000, -1001])", log_sum_exp({-1000, -1001}),
-                             -1000 + std::log1p(std::exp(-1.0)), 1e-9);
-                 expect_near("LSE of one logit is the logit", log_sum_exp({-3.5}), -3.5, 1e-12);
-                 expect_near("LSE of 50000 zeros is log 50000",
-                             log_sum_exp(std::vector<double>(50000, 0.0)), std::log(50000.0), 1e-9);
-                 // Shift rule: LSE(z + c) = LSE(z) + c.
-                 Rng rng(51);
-                 std::vector<double> z(6);
-                 for (double& v : z) v = rng.normal();
-                 double sum_of_exps = 0;
-                 for (double v : z) sum_of_exps += std::exp(v);
-                 const double base = std::log(sum_of_exps);
-                 for (double c : {750.0, -2000.0}) {
-                     std::vector<double> shifted = z;
-                     for (double& v : shifted) v += c;
-                     expect_near("LSE(z + c) = LSE(z) + c", log_sum_exp(shifted), base + c, 1e-9);
-                 }
-                 expect_true("empty z throws std::invalid_argument",
-                             throws_invalid_argument([] { log_sum_exp({}); }));
-             });
+    hw.check(
+        "05.1", "log-sum-exp, stable for large and small logits",
+        "factor out the largest term: log Σ_i e^(z_i) = m + log Σ_i e^(z_i − m), m = max_i z_i, "
+        "so no exponent is positive",
+        [] {
+            // Small logits: straight from the definition.
+            const double direct = std::log(std::exp(2.0) + std::exp(1.0) + std::exp(0.1));
+            expect_near("LSE([2, 1, 0.1])", log_sum_exp(worked_logits), direct, 1e-12);
+            // log(e^1000 + e^999) = 1000 + log(1 + e^−1), by factoring out e^1000.
+            expect_near("LSE([1000, 999])", log_sum_exp({1000, 999}),
+                        1000 + std::log1p(std::exp(-1.0)), 1e-9);
+            expect_near("LSE([-1000, -1001])", log_sum_exp({-1000, -1001}),
+                        -1000 + std::log1p(std::exp(-1.0)), 1e-9);
+            expect_near("LSE of one logit is the logit", log_sum_exp({-3.5}), -3.5, 1e-12);
+            expect_near("LSE of 50000 zeros is log 50000",
+                        log_sum_exp(std::vector<double>(50000, 0.0)), std::log(50000.0), 1e-9);
+            // Shift rule: LSE(z + c) = LSE(z) + c.
+            Rng rng(51);
+            std::vector<double> z(6);
+            for (double& v : z) v = rng.normal();
+            double sum_of_exps = 0;
+            for (double v : z) sum_of_exps += std::exp(v);
+            const double base = std::log(sum_of_exps);
+            for (double c : {750.0, -2000.0}) {
+                std::vector<double> shifted = z;
+                for (double& v : shifted) v += c;
+                expect_near("LSE(z + c) = LSE(z) + c", log_sum_exp(shifted), base + c, 1e-9);
+            }
+            expect_true("empty z throws std::invalid_argument",
+                        throws_invalid_argument([] { log_sum_exp({}); }));
+        });
 
     hw.check("05.2", "the cross-entropy gradient p - t for one row",
              "∂L/∂z_i = p_i − t_i with t_i = ε/C + (1 − ε)·[i = label], and p = softmax(z − max z) "
-             "so that large logits stay finite", [] {
+             "so that large logits stay finite",
+             [] {
                  // The course's worked numbers, to their 3 printed digits.
                  const std::vector<double> g = cross_entropy_grad(worked_logits, 0, 0.0);
                  expect_true("one entry per class", g.size() == 3);
@@ -470,14 +484,18 @@ static int check_homework() {
                  expect_near("large logits, dL/dz_1", big[1], -1.0, 1e-12);
                  expect_near("large logits, dL/dz_2", big[2], 0.0, 1e-12);
                  expect_true("label 3 of 3 classes throws std::invalid_argument",
-                             throws_invalid_argument([] { cross_entropy_grad({1, 2, 3}, 3, 0.0); }));
-                 expect_true("label -1 throws std::invalid_argument",
-                             throws_invalid_argument([] { cross_entropy_grad({1, 2}, -1, 0.0); }));
+                             throws_invalid_argument([] {
+                                 cross_entropy_grad({1, 2, 3}, 3, 0.0);
+                             }));
+                 expect_true("label -1 throws std::invalid_argument", throws_invalid_argument([] {
+                                 cross_entropy_grad({1, 2}, -1, 0.0);
+                             }));
              });
 
     hw.check("05.3", "the softmax Jacobian diag(p) - p p^T",
              "∂p_i/∂z_j = p_i·(δ_ij − p_j), δ_ij = 1 on the diagonal and 0 elsewhere; "
-             "take p = softmax(z − max z) so that large logits stay finite", [] {
+             "take p = softmax(z − max z) so that large logits stay finite",
+             [] {
                  const std::vector<std::vector<double>> J = softmax_jacobian(worked_logits);
                  expect_true("3 rows of 3", J.size() == 3 && J[0].size() == 3 && J[2].size() == 3);
                  // p_0(1 − p_0) with p_0 = e²/(e² + e + e^0.1).
@@ -494,7 +512,8 @@ static int check_homework() {
                          std::vector<double> up = z, down = z;
                          up[j] += 1e-6;
                          down[j] -= 1e-6;
-                         const std::vector<double> pu = softmax_double(up), pd = softmax_double(down);
+                         const std::vector<double> pu = softmax_double(up),
+                                                   pd = softmax_double(down);
                          for (int i = 0; i < n; ++i)
                              expect_near("dp_i/dz_j vs central difference", Jz[i][j],
                                          (pu[i] - pd[i]) / 2e-6, 1e-8);

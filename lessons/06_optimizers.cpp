@@ -100,20 +100,23 @@ static void valley() {
     for (int step : {0, 1, 2, 3, 10, 25, 50, 100, 150, 200})
         std::printf("%6d  %14.4e  %14.4e  %20.4e  %14.4e\n", step, sgd.loss_at(step),
                     too_big.loss_at(step), momentum.loss_at(step), adam.loss_at(step));
-    std::printf("SGD at lr 0.041 > 2/50 diverges along y (y is multiplied by 1 - 50*0.041 = -1.05\n"
-                "each step). Below the limit, SGD's pace along x is set by the *steep* y axis.\n"
-                "Momentum overshoots and spirals in (see the paths plot) but still wins by 1000x.\n");
+    std::printf(
+        "SGD at lr 0.041 > 2/50 diverges along y (y is multiplied by 1 - 50*0.041 = -1.05\n"
+        "each step). Below the limit, SGD's pace along x is set by the *steep* y axis.\n"
+        "Momentum overshoots and spirals in (see the paths plot) but still wins by 1000x.\n");
 
     std::printf("\nThe first steps of y (the steep coordinate):\n%6s  %12s  %12s  %12s\n", "step",
                 "SGD", "momentum", "Adam");
     for (int step = 0; step <= 6; ++step)
-        std::printf("%6d  %12.5f  %12.5f  %12.5f\n", step, sgd.y[step], momentum.y[step], adam.y[step]);
+        std::printf("%6d  %12.5f  %12.5f  %12.5f\n", step, sgd.y[step], momentum.y[step],
+                    adam.y[step]);
 
     // Adam does not care about the scale of the loss: multiplying f by 100 multiplies every
     // gradient by 100, and m̂/√v̂ is unchanged. SGD's limit on lr moves down 100×.
     const Run sgd100 = run_valley([](const Tensor& w) { return make_sgd(w, 0.035); }, 100, steps);
     const Run adam100 = run_valley(make_adam, 100, steps);
-    std::printf("\nThe same problem scaled to 100*f (final loss divided by 100, to compare with f):\n");
+    std::printf(
+        "\nThe same problem scaled to 100*f (final loss divided by 100, to compare with f):\n");
     std::printf("%-12s  %14s  %14s\n", "", "on f", "on 100*f");
     std::printf("%-12s  %14.4e  %14.4e\n", "SGD lr 0.035", sgd.loss_at(steps),
                 sgd100.loss_at(steps) / 100);
@@ -121,7 +124,8 @@ static void valley() {
                 adam100.loss_at(steps) / 100);
     std::printf("SGD on 100*f overflowed to inf after %zu steps (y grows 174x per step).\n",
                 sgd100.loss.size() - 1);
-    std::printf("SGD would need a new learning rate; Adam follows the same path (up to rounding).\n");
+    std::printf(
+        "SGD would need a new learning rate; Adam follows the same path (up to rounding).\n");
 
     Plot paths("Paths through the valley (x^2 + 50 y^2)/2", "x", "y");
     paths.equal_axes = true;   // one unit of y as long as one of x: the valley as it really is
@@ -164,7 +168,8 @@ static void momentum_forms() {
     std::printf("\nThe two momentum forms, beta = 0.9 (gradients 3 and 4 are ours):\n");
     std::printf("%3s  %6s  %20s  %20s  %20s\n", "t", "g", "PyTorch, lr 0.1", "EMA, lr 0.1/(1-b)",
                 "EMA, lr 0.1");
-    std::printf("%3s  %6s  %20s  %20s  %20s\n", "", "", "(engine SGD)", "= 1.0, by hand", "by hand");
+    std::printf("%3s  %6s  %20s  %20s  %20s\n", "", "", "(engine SGD)", "= 1.0, by hand",
+                "by hand");
     for (int t = 1; t <= 4; ++t) {
         const double g = grads[t - 1];
         set_grad(w, {g});
@@ -175,9 +180,10 @@ static void momentum_forms() {
         w_same -= 0.1 * v_same;
         std::printf("%3d  %6.2f  %20.6f  %20.6f  %20.6f\n", t, g, double(w.item()), w_ema, w_same);
     }
-    std::printf("Same path when lr_ema = lr/(1 - beta). Homework 06.1 asks for PyTorch's form and\n"
-                "expects 0.95 after the first step; the EMA form with the same lr 0.1 gives %.3f.\n",
-                1.0 - 0.1 * (1 - beta) * grads[0]);
+    std::printf(
+        "Same path when lr_ema = lr/(1 - beta). Homework 06.1 asks for PyTorch's form and\n"
+        "expects 0.95 after the first step; the EMA form with the same lr 0.1 gives %.3f.\n",
+        1.0 - 0.1 * (1 - beta) * grads[0]);
 }
 
 static void worked_examples() {
@@ -202,8 +208,9 @@ static void worked_examples() {
     Adam adam({u}, 0.01);
     const double adam_grads[] = {0.4, -0.2};
     double m = 0, s = 0, u_hand = 1.0;
-    std::printf("\nAdam, lr = 0.01, betas 0.9 and 0.999:\n%3s  %6s  %9s  %11s  %9s  %9s  %10s  %10s\n",
-                "t", "g", "m", "v", "m_hat", "v_hat", "w by hand", "w engine");
+    std::printf(
+        "\nAdam, lr = 0.01, betas 0.9 and 0.999:\n%3s  %6s  %9s  %11s  %9s  %9s  %10s  %10s\n", "t",
+        "g", "m", "v", "m_hat", "v_hat", "w by hand", "w engine");
     for (int t = 1; t <= 2; ++t) {
         const double g = adam_grads[t - 1];
         set_grad(u, {g});
@@ -253,14 +260,16 @@ static void three_gradients() {
                     v_engine, m / (1 - std::pow(b1, t)), v / (1 - std::pow(b2, t)));
     }
     const double c1 = 1 - std::pow(b1, 3), c2 = 1 - std::pow(b2, 3);
-    std::printf("m_hat_3 = %.4f / %.3f = %.3f (m_3 alone is %.2fx too small); v_hat_3 = %.6f / %.6f\n"
-                "= %.2f (%.1fx). With beta2 this close to 1, v_hat_3 is nearly the plain mean of g^2,\n"
-                "(16 + 4 + 36)/3 = %.2f; m_hat_3 leans toward the latest gradients (plain mean %.3f).\n\n",
-                m, c1, m / c1, 1 / c1, v, c2, v / c2, 1 / c2, (16.0 + 4 + 36) / 3, (4.0 - 2 + 6) / 3);
+    std::printf(
+        "m_hat_3 = %.4f / %.3f = %.3f (m_3 alone is %.2fx too small); v_hat_3 = %.6f / %.6f\n"
+        "= %.2f (%.1fx). With beta2 this close to 1, v_hat_3 is nearly the plain mean of g^2,\n"
+        "(16 + 4 + 36)/3 = %.2f; m_hat_3 leans toward the latest gradients (plain mean %.3f).\n\n",
+        m, c1, m / c1, 1 / c1, v, c2, v / c2, 1 / c2, (16.0 + 4 + 36) / 3, (4.0 - 2 + 6) / 3);
 }
 
 static void bias_correction() {
-    heading("3. Adam's bias correction: m_hat and v_hat, and the step size for a constant gradient");
+    heading(
+        "3. Adam's bias correction: m_hat and v_hat, and the step size for a constant gradient");
     three_gradients();
     const double b1 = 0.9, b2 = 0.999;
     // The engine's Adam (bias-corrected) on g = 1 for 3000 steps: record every step's length.
@@ -273,8 +282,8 @@ static void bias_correction() {
         adam.step();
         engine_step.push_back((before - double(w.item())) / 1e-3);
     }
-    std::printf("%6s  %12s  %12s  %14s  %14s  %14s\n", "t", "engine Adam", "corrected",
-                "neither", "only m corr.", "only v corr.");
+    std::printf("%6s  %12s  %12s  %14s  %14s  %14s\n", "t", "engine Adam", "corrected", "neither",
+                "only m corr.", "only v corr.");
     std::vector<double> ts, neither, only_m, only_v, corrected;
     for (int t = 1; t <= 3000; ++t) {
         const double c1 = 1 - std::pow(b1, t), c2 = 1 - std::pow(b2, t);
@@ -288,12 +297,13 @@ static void bias_correction() {
         std::printf("%6d  %12.4f  %12.4f  %14.4f  %14.4f  %14.4f\n", t, engine_step[t - 1],
                     corrected[t - 1], neither[t - 1], only_m[t - 1], only_v[t - 1]);
     std::printf("(The engine's steps are measured on w in float, hence the 4th-digit noise.)\n");
-    std::printf("\nSome course notes say Adam without bias correction takes 'severely underscaled'\n"
-                "first steps (below lr); the correct first step is %.2f lr, too big, because\n"
-                "m_1 = (1 - beta1) g and v_1 = (1 - beta2) g^2 make the uncorrected m_1/sqrt(v_1)\n"
-                "= (1 - beta1)/sqrt(1 - beta2) sign(g) = 0.1/%.4f. The first steps are too small\n"
-                "only when m alone goes uncorrected (%.2f lr at t = 1).\n",
-                neither[0], std::sqrt(1 - b2), only_v[0]);
+    std::printf(
+        "\nSome course notes say Adam without bias correction takes 'severely underscaled'\n"
+        "first steps (below lr); the correct first step is %.2f lr, too big, because\n"
+        "m_1 = (1 - beta1) g and v_1 = (1 - beta2) g^2 make the uncorrected m_1/sqrt(v_1)\n"
+        "= (1 - beta1)/sqrt(1 - beta2) sign(g) = 0.1/%.4f. The first steps are too small\n"
+        "only when m alone goes uncorrected (%.2f lr at t = 1).\n",
+        neither[0], std::sqrt(1 - b2), only_v[0]);
 
     // The worked example's first step without any correction: m₁ = 0.04, v₁ = 0.00016.
     std::printf("\nThe worked example's first step: corrected 0.01 * 0.4/sqrt(0.16) = 0.0100;\n"
@@ -414,8 +424,8 @@ static void llm_recipe() {
     heading("5. The LLM recipe: AdamW(beta2 = 0.95, lambda = 0.1), clip at 1.0; why beta2 = 0.95");
     const double betas[] = {0.999, 0.95};
     const SpikeRun runs[] = {spike_run(betas[0]), spike_run(betas[1])};
-    std::printf("%-40s  %13s  %13s\n", "Adam on one weight, g = 0.01, one spike 1.0", "beta2 = 0.999",
-                "beta2 = 0.95");
+    std::printf("%-40s  %13s  %13s\n", "Adam on one weight, g = 0.01, one spike 1.0",
+                "beta2 = 0.999", "beta2 = 0.95");
     std::printf("%-40s  %13.1f  %13.1f\n", "half-life of v, ln 2/(-ln beta2), steps",
                 std::log(2.0) / -std::log(betas[0]), std::log(2.0) / -std::log(betas[1]));
     std::printf("%-40s  %13.3f  %13.3f\n", "step / lr just before the spike", runs[0].before,
@@ -425,17 +435,18 @@ static void llm_recipe() {
     for (int k : {10, 100, 1000, 3000}) {
         char row[48];
         std::snprintf(row, sizeof row, "step / lr %d steps after the spike", k);
-        std::printf("%-40s  %13.3f  %13.3f\n", row, runs[0].step_over_lr[k], runs[1].step_over_lr[k]);
+        std::printf("%-40s  %13.3f  %13.3f\n", row, runs[0].step_over_lr[k],
+                    runs[1].step_over_lr[k]);
     }
     std::printf("%-40s  %13d  %13d\n", "steps until it stays within 10% of lr", runs[0].recovered,
                 runs[1].recovered);
-    std::printf("\nWith beta2 = 0.999, v hardly moves at the spike: m jumps, so the spike itself\n"
-                "gets a %.1fx step; then v stays inflated, and the steps more than 10%% short, for\n"
-                "%d steps after the spike has passed. With 0.95, v takes the spike in at once (a\n"
-                "%.2fx step) and has forgotten it %d steps later: the second moment describes the\n"
-                "gradients of now, not of a thousand steps ago.\n",
-                runs[0].step_over_lr[0], runs[0].recovered, runs[1].step_over_lr[0],
-                runs[1].recovered);
+    std::printf(
+        "\nWith beta2 = 0.999, v hardly moves at the spike: m jumps, so the spike itself\n"
+        "gets a %.1fx step; then v stays inflated, and the steps more than 10%% short, for\n"
+        "%d steps after the spike has passed. With 0.95, v takes the spike in at once (a\n"
+        "%.2fx step) and has forgotten it %d steps later: the second moment describes the\n"
+        "gradients of now, not of a thousand steps ago.\n",
+        runs[0].step_over_lr[0], runs[0].recovered, runs[1].step_over_lr[0], runs[1].recovered);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -481,20 +492,24 @@ static void print_matrix(const char* name, const Matrix& a) {
 static double largest_gap(const Matrix& a, const Matrix& b) {
     double worst = 0;
     for (std::size_t i = 0; i < a.size(); ++i)
-        for (std::size_t j = 0; j < a[i].size(); ++j) worst = std::max(worst, std::fabs(a[i][j] - b[i][j]));
+        for (std::size_t j = 0; j < a[i].size(); ++j)
+            worst = std::max(worst, std::fabs(a[i][j] - b[i][j]));
     return worst;
 }
 
 static void adafactor() {
     const double n = 4096, m = 11008;   // LLaMA-7B's MLP matrices are 4096 x 11008
     std::printf("\nAdaFactor's factored second moment, for one 4096 x 11008 matrix in float32:\n");
-    std::printf("  Adam's v: n*m = %.0f numbers = %.1f MB;  row + column sums: n + m = %.0f numbers\n"
-                "  = %.1f KB, %.0fx fewer.\n", n * m, n * m * 4 / 1e6, n + m, (n + m) * 4 / 1e3,
-                n * m / (n + m));
-    std::printf("Some course notes give AdaFactor's state as ~2/rank of W per parameter; the correct\n"
-                "count is (n + m)/(n*m) = 1/n + 1/m = %.3g here, because it keeps one number per row\n"
-                "and one per column whatever the rank (2/rank matches only a full-rank square\n"
-                "matrix; here it would be at least 2/4096 = %.3g).\n", (n + m) / (n * m), 2 / 4096.0);
+    std::printf(
+        "  Adam's v: n*m = %.0f numbers = %.1f MB;  row + column sums: n + m = %.0f numbers\n"
+        "  = %.1f KB, %.0fx fewer.\n",
+        n * m, n * m * 4 / 1e6, n + m, (n + m) * 4 / 1e3, n * m / (n + m));
+    std::printf(
+        "Some course notes give AdaFactor's state as ~2/rank of W per parameter; the correct\n"
+        "count is (n + m)/(n*m) = 1/n + 1/m = %.3g here, because it keeps one number per row\n"
+        "and one per column whatever the rank (2/rank matches only a full-rank square\n"
+        "matrix; here it would be at least 2/4096 = %.3g).\n",
+        (n + m) / (n * m), 2 / 4096.0);
 
     // g = a_i·b_j, so g² = a_i²·b_j²: rank 1.
     const double a[3] = {1.0, -2.0, 0.5}, b[4] = {0.4, -1.0, 2.0, 0.1};
@@ -542,15 +557,16 @@ static void state_memory() {
                 "x weight bytes", "at 7B params (GB)");
     for (const Entry& e : entries) {
         const std::size_t bytes = e.opt->state_bytes();
-        std::printf("%-16s  %10d  %14zu  %16.1f  %18.0f\n", e.name, e.opt->state_per_param(),
-                    bytes, double(bytes) / double(count * sizeof(real)),
+        std::printf("%-16s  %10d  %14zu  %16.1f  %18.0f\n", e.name, e.opt->state_per_param(), bytes,
+                    double(bytes) / double(count * sizeof(real)),
                     billion * e.opt->state_per_param() * 4 / 1e9);
     }
-    std::printf("\nA 7B model in float32: weights %.0f GB, gradients %.0f GB, Adam's m and v %.0f GB:\n"
-                "%.0f GB to train (16 bytes per parameter), against %.0f GB of 16-bit weights to\n"
-                "serve it. Lion's single state saves a quarter of that.\n",
-                billion * 4 / 1e9, billion * 4 / 1e9, billion * 8 / 1e9, billion * 16 / 1e9,
-                billion * 2 / 1e9);
+    std::printf(
+        "\nA 7B model in float32: weights %.0f GB, gradients %.0f GB, Adam's m and v %.0f GB:\n"
+        "%.0f GB to train (16 bytes per parameter), against %.0f GB of 16-bit weights to\n"
+        "serve it. Lion's single state saves a quarter of that.\n",
+        billion * 4 / 1e9, billion * 4 / 1e9, billion * 8 / 1e9, billion * 16 / 1e9,
+        billion * 2 / 1e9);
     adafactor();
 }
 
@@ -602,7 +618,8 @@ static int check_homework() {
 
     hw.check("06.1", "one step of SGD with momentum",
              "PyTorch's momentum adds the whole gradient, v ← β·v + g (no (1 − β) factor), "
-             "then steps with the new v: w ← w − lr·v", [] {
+             "then steps with the new v: w ← w − lr·v",
+             [] {
                  // The worked example.
                  double w = 1.0, v = 0.0;
                  momentum_step(w, v, 0.5, 0.1, 0.9);
@@ -675,38 +692,40 @@ static int check_homework() {
                  expect_near("w after 50 random steps vs the engine's Adam", w, p.item(), 1e-5);
              });
 
-    hw.check("06.3", "AdamW: decay the weight, then the Adam step",
-             "decoupled decay: shrink the weight first, w ← w − lr·λ·w, then the Adam step of 06.2; "
-             "m and v see only the raw g, never λ·w", [] {
-                 // One step of the worked example with λ = 0.1: w·(1 − 0.001) − 0.01 = 0.989.
-                 double w = 1.0, m = 0.0, v = 0.0;
-                 adamw_step(w, m, v, 0.4, 1, 0.01, 0.9, 0.999, 1e-8, 0.1);
-                 expect_near("w after one step", w, 0.989, 1e-9);
-                 expect_near("m holds the raw gradient's share only", m, 0.04, 1e-12);
-                 // No gradient at all: m = v = 0 and the Adam part is 0, so each step is
-                 // w ← w(1 − lr·λ) and after T steps w = w₀(1 − lr·λ)ᵀ.
-                 w = 2.0;
-                 m = 0.0;
-                 v = 0.0;
-                 for (long t = 1; t <= 300; ++t)
-                     adamw_step(w, m, v, 0.0, t, 0.05, 0.9, 0.999, 1e-8, 0.2);
-                 expect_near("w after 300 gradient-free steps", w, 2.0 * std::pow(1 - 0.05 * 0.2, 300),
-                             1e-12);
-                 // Random gradients, against the engine's AdamW.
-                 Rng rng(63);
-                 const Tensor p = scalar_parameter(1.5);
-                 AdamW adamw({p}, 0.02, 0.9, 0.999, 1e-8, 0.1);
-                 w = 1.5;
-                 m = 0.0;
-                 v = 0.0;
-                 for (long t = 1; t <= 50; ++t) {
-                     const double g = 3 * rng.normal();
-                     set_grad(p, {g});
-                     adamw.step();
-                     adamw_step(w, m, v, g, t, 0.02, 0.9, 0.999, 1e-8, 0.1);
-                 }
-                 expect_near("w after 50 random steps vs the engine's AdamW", w, p.item(), 1e-5);
-             });
+    hw.check(
+        "06.3", "AdamW: decay the weight, then the Adam step",
+        "decoupled decay: shrink the weight first, w ← w − lr·λ·w, then the Adam step of 06.2; "
+        "m and v see only the raw g, never λ·w",
+        [] {
+            // One step of the worked example with λ = 0.1: w·(1 − 0.001) − 0.01 = 0.989.
+            double w = 1.0, m = 0.0, v = 0.0;
+            adamw_step(w, m, v, 0.4, 1, 0.01, 0.9, 0.999, 1e-8, 0.1);
+            expect_near("w after one step", w, 0.989, 1e-9);
+            expect_near("m holds the raw gradient's share only", m, 0.04, 1e-12);
+            // No gradient at all: m = v = 0 and the Adam part is 0, so each step is
+            // w ← w(1 − lr·λ) and after T steps w = w₀(1 − lr·λ)ᵀ.
+            w = 2.0;
+            m = 0.0;
+            v = 0.0;
+            for (long t = 1; t <= 300; ++t)
+                adamw_step(w, m, v, 0.0, t, 0.05, 0.9, 0.999, 1e-8, 0.2);
+            expect_near("w after 300 gradient-free steps", w, 2.0 * std::pow(1 - 0.05 * 0.2, 300),
+                        1e-12);
+            // Random gradients, against the engine's AdamW.
+            Rng rng(63);
+            const Tensor p = scalar_parameter(1.5);
+            AdamW adamw({p}, 0.02, 0.9, 0.999, 1e-8, 0.1);
+            w = 1.5;
+            m = 0.0;
+            v = 0.0;
+            for (long t = 1; t <= 50; ++t) {
+                const double g = 3 * rng.normal();
+                set_grad(p, {g});
+                adamw.step();
+                adamw_step(w, m, v, g, t, 0.02, 0.9, 0.999, 1e-8, 0.1);
+            }
+            expect_near("w after 50 random steps vs the engine's AdamW", w, p.item(), 1e-5);
+        });
 
     return hw.finish();
 }

@@ -117,16 +117,20 @@ static void cosine_near_peak() {
         }
     }
     const double decay_steps = double(total - warmup);
-    std::printf("\nThe cosine on peak 3e-4, warmup 500, 10000 steps, floor 0: of the %ld decay steps,\n"
-                "%.1f%% have lr >= 0.9 peak and %.1f%% have lr > peak/2; the steepest fall is from\n"
-                "step %ld to %ld, the midpoint.\n", total - warmup, 100 * near_peak / decay_steps,
-                100 * above_half / decay_steps, steepest, steepest + 1);
-    std::printf("Some course notes say the cosine spends most of training near the peak and decays\n"
-                "sharply only at the end; the correct share of the decay within 10%% of the peak\n"
-                "is %.1f%%, because 1 + cos(pi p) stays above 1.8 only for p < acos(0.8)/pi = %.3f;\n"
-                "the lr spends as long below half the peak as above it, and falls fastest at the\n"
-                "midpoint. (Against a linear decay, cosine is higher in the first half of the run\n"
-                "and lower in the second.)\n", 100 * near_peak / decay_steps, std::acos(0.8) / pi);
+    std::printf(
+        "\nThe cosine on peak 3e-4, warmup 500, 10000 steps, floor 0: of the %ld decay steps,\n"
+        "%.1f%% have lr >= 0.9 peak and %.1f%% have lr > peak/2; the steepest fall is from\n"
+        "step %ld to %ld, the midpoint.\n",
+        total - warmup, 100 * near_peak / decay_steps, 100 * above_half / decay_steps, steepest,
+        steepest + 1);
+    std::printf(
+        "Some course notes say the cosine spends most of training near the peak and decays\n"
+        "sharply only at the end; the correct share of the decay within 10%% of the peak\n"
+        "is %.1f%%, because 1 + cos(pi p) stays above 1.8 only for p < acos(0.8)/pi = %.3f;\n"
+        "the lr spends as long below half the peak as above it, and falls fastest at the\n"
+        "midpoint. (Against a linear decay, cosine is higher in the first half of the run\n"
+        "and lower in the second.)\n",
+        100 * near_peak / decay_steps, std::acos(0.8) / pi);
 }
 
 static void four_schedules_compared() {
@@ -269,9 +273,9 @@ static Curve train_spirals(const Spirals& data, const std::function<double(long)
             continue;
         }
         opt.zero_grad();
-        loss.backward();                                                      // backward
+        loss.backward();   // backward
         opt.lr = schedule(step);
-        opt.step();                                                           // update
+        opt.step();   // update
     }
     return curve;
 }
@@ -332,22 +336,26 @@ static double lr_sweep(const Spirals& data) {
 // best lr, with a constant lr and with the schedule.
 static void explain_schedule_rows(const double constant[3], const double cosine[3]) {
     if (cosine[0] > constant[0])
-        std::printf("\nAt the best lr the schedule ends a little behind (%.5f against %.5f): its average\n"
-                    "lr is about half the peak, and this short run needs all the movement it can get.\n",
+        std::printf(
+            "\nAt the best lr the schedule ends a little behind (%.5f against %.5f): its average\n"
+            "lr is about half the peak, and this short run needs all the movement it can get.\n",
+            cosine[0], constant[0]);
+    else
+        std::printf("\nAt the best lr the schedule ends level or ahead (%.5f against %.5f).\n",
                     cosine[0], constant[0]);
-    else
-        std::printf("\nAt the best lr the schedule ends level or ahead (%.5f against %.5f).\n", cosine[0],
-                    constant[0]);
     if (constant[1] > cosine[1] && constant[2] > cosine[2])
-        std::printf("Above it the constant lr ends %.1fx (at sqrt(10)x) and %.1fx (at 10x) higher than the\n"
-                    "schedule: the warmup keeps the first steps small while Adam's statistics settle,\n"
-                    "and the decay lets the last steps stop bouncing. A schedule buys room for error in\n"
-                    "the one number that matters most.\n",
-                    constant[1] / cosine[1], constant[2] / cosine[2]);
+        std::printf(
+            "Above it the constant lr ends %.1fx (at sqrt(10)x) and %.1fx (at 10x) higher than "
+            "the\n"
+            "schedule: the warmup keeps the first steps small while Adam's statistics settle,\n"
+            "and the decay lets the last steps stop bouncing. A schedule buys room for error in\n"
+            "the one number that matters most.\n",
+            constant[1] / cosine[1], constant[2] / cosine[2]);
     else
-        std::printf("Above it the schedule did not end lower at both peaks on this run: %.5f against\n"
-                    "%.5f at sqrt(10)x, %.5f against %.5f at 10x.\n", cosine[1], constant[1], cosine[2],
-                    constant[2]);
+        std::printf(
+            "Above it the schedule did not end lower at both peaks on this run: %.5f against\n"
+            "%.5f at sqrt(10)x, %.5f against %.5f at 10x.\n",
+            cosine[1], constant[1], cosine[2], constant[2]);
 }
 
 static void schedule_in_training(const Spirals& data, double best_lr) {
@@ -422,7 +430,8 @@ static int check_homework() {
 
     hw.check("07.1", "warmup + cosine learning rate",
              "a linear ramp lr_max·step/warmup, then lr_min + ½(lr_max − lr_min)(1 + cos πp) with "
-             "p = (step − warmup)/(total − warmup) as a real number, not integer division; lr_min past total",
+             "p = (step − warmup)/(total − warmup) as a real number, not integer division; lr_min "
+             "past total",
              [] {
                  auto lr = [](long s) { return my_warmup_cosine(s, 2000, 10000, 3e-4, 3e-5); };
                  // The worked numbers of the course texts.
@@ -446,33 +455,33 @@ static int check_homework() {
                              my_warmup_cosine(550, 100, 1000, 3e-4, 3e-5), 1.65e-4, 1e-12);
              });
 
-    hw.check("07.2", "inverse square root schedule with linear warmup",
-             "a linear ramp lr_max·step/warmup up to warmup, then lr_max·√(warmup/step); "
-             "divide as reals (warmup/step on integers truncates)", [] {
-                 expect_near("step 0", my_inverse_sqrt(0, 4000, 1e-3), 0.0, 1e-15);
-                 expect_near("a quarter of warmup", my_inverse_sqrt(1000, 4000, 1e-3), 2.5e-4,
-                             1e-12);
-                 expect_near("end of warmup: the peak", my_inverse_sqrt(4000, 4000, 1e-3), 1e-3,
-                             1e-12);
-                 expect_near("4 x warmup: half the peak", my_inverse_sqrt(16000, 4000, 1e-3),
-                             5e-4, 1e-12);
-                 expect_near("100 x warmup: a tenth of the peak",
-                             my_inverse_sqrt(400000, 4000, 1e-3), 1e-4, 1e-12);
-                 // "Attention is all you need" writes it as d^-0.5 · min(step^-0.5, step·w^-1.5)
-                 // with d = 512, w = 4000; its peak is d^-0.5 · w^-0.5 = 7.0e-4.
-                 const double d = 512, w = 4000, peak = 1 / std::sqrt(d * w);
-                 for (long s : {1L, 100L, 2000L, 3999L, 4000L, 4001L, 10000L, 100000L}) {
-                     const double t = double(s);
-                     const double paper =
-                         std::pow(d, -0.5) * std::min(std::pow(t, -0.5), t * std::pow(w, -1.5));
-                     expect_near("the Transformer paper's formula", my_inverse_sqrt(s, 4000, peak),
-                                 paper, 1e-12);
-                 }
-             });
+    hw.check(
+        "07.2", "inverse square root schedule with linear warmup",
+        "a linear ramp lr_max·step/warmup up to warmup, then lr_max·√(warmup/step); "
+        "divide as reals (warmup/step on integers truncates)",
+        [] {
+            expect_near("step 0", my_inverse_sqrt(0, 4000, 1e-3), 0.0, 1e-15);
+            expect_near("a quarter of warmup", my_inverse_sqrt(1000, 4000, 1e-3), 2.5e-4, 1e-12);
+            expect_near("end of warmup: the peak", my_inverse_sqrt(4000, 4000, 1e-3), 1e-3, 1e-12);
+            expect_near("4 x warmup: half the peak", my_inverse_sqrt(16000, 4000, 1e-3), 5e-4,
+                        1e-12);
+            expect_near("100 x warmup: a tenth of the peak", my_inverse_sqrt(400000, 4000, 1e-3),
+                        1e-4, 1e-12);
+            // "Attention is all you need" writes it as d^-0.5 · min(step^-0.5, step·w^-1.5)
+            // with d = 512, w = 4000; its peak is d^-0.5 · w^-0.5 = 7.0e-4.
+            const double d = 512, w = 4000, peak = 1 / std::sqrt(d * w);
+            for (long s : {1L, 100L, 2000L, 3999L, 4000L, 4001L, 10000L, 100000L}) {
+                const double t = double(s);
+                const double paper =
+                    std::pow(d, -0.5) * std::min(std::pow(t, -0.5), t * std::pow(w, -1.5));
+                expect_near("the Transformer paper's formula", my_inverse_sqrt(s, 4000, peak),
+                            paper, 1e-12);
+            }
+        });
 
     hw.check("07.3", "pick the best lr from a sweep, skipping diverged runs",
-             "the argmin over finite losses only: NaN compares false with everything and −inf beats every "
-             "real loss, so rule out both first; if none is finite, throw",
+             "the argmin over finite losses only: NaN compares false with everything and −inf "
+             "beats every real loss, so rule out both first; if none is finite, throw",
              [] {
                  const std::vector<double> lrs = {1e-1, 1e-2, 1e-3, 1e-4, 1e-5};
                  expect_near("a plain U: the minimum is at 1e-3",
@@ -484,13 +493,15 @@ static int check_homework() {
                  expect_near("the minimum may be at the end of the sweep",
                              best_learning_rate(lrs, {NAN, INFINITY, 0.9, 0.5, 0.1}), 1e-5, 0);
                  expect_true("lengths 5 and 4 throw std::invalid_argument",
-                             throws_invalid_argument(
-                                 [&] { best_learning_rate(lrs, {0.1, 0.2, 0.3, 0.4}); }));
+                             throws_invalid_argument([&] {
+                                 best_learning_rate(lrs, {0.1, 0.2, 0.3, 0.4});
+                             }));
                  expect_true("an empty sweep throws std::invalid_argument",
                              throws_invalid_argument([] { best_learning_rate({}, {}); }));
                  expect_true("a sweep where every run diverged throws std::invalid_argument",
-                             throws_invalid_argument(
-                                 [] { best_learning_rate({1.0, 0.1}, {NAN, INFINITY}); }));
+                             throws_invalid_argument([] {
+                                 best_learning_rate({1.0, 0.1}, {NAN, INFINITY});
+                             }));
              });
 
     return hw.finish();

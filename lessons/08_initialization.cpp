@@ -145,12 +145,10 @@ static void deep_stack_statistics() {
         const char* name;
         Activation act;
     };
-    const Act acts[] = {{"sigmoid", Activation::sigmoid},
-                        {"tanh", Activation::tanh},
-                        {"relu", Activation::relu}};
+    const Act acts[] = {
+        {"sigmoid", Activation::sigmoid}, {"tanh", Activation::tanh}, {"relu", Activation::relu}};
     Plot act_plot("Activation std per layer (width 256)", "layer", "std of h", Scale::log_y);
-    Plot back_plot("Backward signal per layer (width 256)", "layer", "std of dL/dh",
-                   Scale::log_y);
+    Plot back_plot("Backward signal per layer (width 256)", "layer", "std of dL/dh", Scale::log_y);
     Plot weight_plot("Weight-gradient std per layer (width 256)", "layer", "std of dL/dW",
                      Scale::log_y);
     for (const Act& a : acts) {
@@ -228,8 +226,8 @@ static void weight_scale() {
               "fraction of values");
     const char* labels[] = {"s = 0.01", "s = 0.0625 (Xavier)", "s = 1"};
     for (int i = 0; i < 3; ++i)
-        plot.series.push_back(histogram(labels[i], to_double(stats[i].activations[4].values()),
-                                        50, -1.0, 1.0));
+        plot.series.push_back(
+            histogram(labels[i], to_double(stats[i].activations[4].values()), 50, -1.0, 1.0));
     plot.save("08_tanh_histograms");
 }
 
@@ -307,8 +305,7 @@ static void train_symmetry(const char* name, double fill, const Moons01& data) {
     }
     const Tensor logits = model(data.x);
     print_unit_columns("after 300, W1 columns", W1);
-    std::printf("  largest difference between two units' weights during training: %.3g\n",
-                spread);
+    std::printf("  largest difference between two units' weights during training: %.3g\n", spread);
     std::printf("  final loss %.4f, accuracy %.0f%%\n\n", bce_with_logits(logits, data.t).item(),
                 100 * accuracy(logits, data.t));
 }
@@ -389,7 +386,7 @@ static void dead_relus() {
     const std::vector<bool> dead = dead_units(first(data.x));
     double dead_grad = 0, live_grad = 0;
     for (int j = 0; j < first.W.dim(1); ++j) {
-        const double g = std::fabs(first.W.grad()[j]) +                   // dL/dW1[0][j]
+        const double g = std::fabs(first.W.grad()[j]) +                    // dL/dW1[0][j]
                          std::fabs(first.W.grad()[first.W.dim(1) + j]) +   // dL/dW1[1][j]
                          std::fabs(first.b.grad()[j]);                     // dL/db1[j]
         if (dead[j]) dead_grad += g;
@@ -498,23 +495,24 @@ static int check_homework() {
 
     hw.check("08.1", "He normal standard deviation",
              "Var(w) = 2/fan_in, so σ = √(2/fan_in); on ints, 2/fan_in divides as integers", [] {
-        expect_near("fan_in 2", he_std(2), 1.0, 1e-15);
-        expect_near("fan_in 8", he_std(8), 0.5, 1e-15);
-        expect_near("fan_in 512", he_std(512), 0.0625, 1e-15);
-        expect_near("fan_in 256", he_std(256), 0.08838834764831845, 1e-15);
-        for (int n : {1, 3, 100, 768, 4096})
-            expect_near("fan_in * sigma^2 = 2 (the factor that offsets ReLU's halving)",
-                        n * he_std(n) * he_std(n), 2.0, 1e-12);
-        // The spread of 65536 weights drawn by the engine's He init.
-        Rng rng(8);
-        const Tensor W = init_weight({256, 256}, 256, 256, Init::he_normal, rng);
-        expect_near("std of init_weight(he_normal) samples / he_std(256)",
-                    stddev(W.values()) / he_std(256), 1.0, 0.02);
-    });
+                 expect_near("fan_in 2", he_std(2), 1.0, 1e-15);
+                 expect_near("fan_in 8", he_std(8), 0.5, 1e-15);
+                 expect_near("fan_in 512", he_std(512), 0.0625, 1e-15);
+                 expect_near("fan_in 256", he_std(256), 0.08838834764831845, 1e-15);
+                 for (int n : {1, 3, 100, 768, 4096})
+                     expect_near("fan_in * sigma^2 = 2 (the factor that offsets ReLU's halving)",
+                                 n * he_std(n) * he_std(n), 2.0, 1e-12);
+                 // The spread of 65536 weights drawn by the engine's He init.
+                 Rng rng(8);
+                 const Tensor W = init_weight({256, 256}, 256, 256, Init::he_normal, rng);
+                 expect_near("std of init_weight(he_normal) samples / he_std(256)",
+                             stddev(W.values()) / he_std(256), 1.0, 0.02);
+             });
 
     hw.check("08.2", "Xavier uniform bound",
              "match the variances: a²/3 = 2/(fan_in + fan_out) gives a = √(6/(fan_in + fan_out)); "
-             "divide as reals, not ints", [] {
+             "divide as reals, not ints",
+             [] {
                  expect_near("fan_in 3, fan_out 3", xavier_uniform_bound(3, 3), 1.0, 1e-15);
                  expect_near("fan_in 100, fan_out 50", xavier_uniform_bound(100, 50), 0.2, 1e-15);
                  expect_near("fan_in 256, fan_out 256", xavier_uniform_bound(256, 256),

@@ -222,8 +222,7 @@ static void exploding_run() {
                     "that a larger step. Logged, the norm would have raised the alarm at step 1.\n",
                     too_high_lr, wild.loss.back(), wild.diverged_at, wild.norm.front(),
                     wild.norm.back());
-    else
-        std::printf("\nThe run without clipping did not diverge at this learning rate.\n");
+    else std::printf("\nThe run without clipping did not diverge at this learning rate.\n");
     double smallest_norm = clipped.norm[0];
     for (double n : clipped.norm) smallest_norm = std::min(smallest_norm, n);
     std::printf("With clipping the same lr ran all %d steps. Its norm never fell below %.2f, so\n"
@@ -308,7 +307,8 @@ static int check_homework() {
 
     hw.check("09.1", "global gradient norm over several tensors",
              "one norm for all parameters together, ‖g‖ = √(Σ_tensors Σ_elements g²), "
-             "not a sum of per-tensor norms; an empty grad adds 0", [] {
+             "not a sum of per-tensor norms; an empty grad adds 0",
+             [] {
                  // The worked example: sqrt(0.09 + 0.16 + 0.25 + 0.01 + 0.04) = sqrt(0.55).
                  const double worked = 0.7416198487095663;
                  expect_near("[0.3, -0.4, 0.5, -0.1, 0.2] as one tensor",
@@ -324,52 +324,52 @@ static int check_homework() {
                              global_grad_norm({param_with_grad({3, 4}), untouched}), 5.0, 1e-6);
              });
 
-    hw.check("09.2", "clip by global norm",
-             "when ‖g‖ > max_norm, scale every element of every gradient by one factor, max_norm/‖g‖ "
-             "(direction kept, new norm max_norm); return ‖g‖ as it was before",
-             [] {
-                 // Norm 5 clipped to 1: factor 0.2, and a gradient of 2.0 becomes 0.4.
-                 const std::vector<Tensor> ps = {param_with_grad({2, 4}), param_with_grad({1, 2})};
-                 expect_near("returns the norm before clipping", clip_by_global_norm(ps, 1.0), 5.0,
-                             1e-6);
-                 expect_near("2.0 becomes 0.4", ps[0].grad()[0], 0.4, 1e-6);
-                 expect_near("4.0 becomes 0.8", ps[0].grad()[1], 0.8, 1e-6);
-                 expect_near("1.0 becomes 0.2 (second tensor)", ps[1].grad()[0], 0.2, 1e-6);
-                 expect_near("2.0 becomes 0.4 (second tensor)", ps[1].grad()[1], 0.4, 1e-6);
-                 // Below the threshold nothing moves.
-                 const std::vector<Tensor> small = {
-                     param_with_grad({0.3f, -0.4f, 0.5f, -0.1f, 0.2f})};
-                 expect_near("norm sqrt(0.55) returned", clip_by_global_norm(small, 1.0),
-                             std::sqrt(0.55), 1e-6);
-                 expect_near("a norm below max_norm leaves -0.4 alone", small[0].grad()[1], -0.4,
-                             1e-7);
-                 // Clipping to 2: the result has norm exactly 2, along the same direction.
-                 const std::vector<Tensor> g = {param_with_grad({6, -8})};   // norm 10
-                 clip_by_global_norm(g, 2.0);
-                 expect_near("[6, -8] clipped to norm 2: first", g[0].grad()[0], 1.2, 1e-6);
-                 expect_near("[6, -8] clipped to norm 2: second", g[0].grad()[1], -1.6, 1e-6);
-             });
+    hw.check(
+        "09.2", "clip by global norm",
+        "when ‖g‖ > max_norm, scale every element of every gradient by one factor, max_norm/‖g‖ "
+        "(direction kept, new norm max_norm); return ‖g‖ as it was before",
+        [] {
+            // Norm 5 clipped to 1: factor 0.2, and a gradient of 2.0 becomes 0.4.
+            const std::vector<Tensor> ps = {param_with_grad({2, 4}), param_with_grad({1, 2})};
+            expect_near("returns the norm before clipping", clip_by_global_norm(ps, 1.0), 5.0,
+                        1e-6);
+            expect_near("2.0 becomes 0.4", ps[0].grad()[0], 0.4, 1e-6);
+            expect_near("4.0 becomes 0.8", ps[0].grad()[1], 0.8, 1e-6);
+            expect_near("1.0 becomes 0.2 (second tensor)", ps[1].grad()[0], 0.2, 1e-6);
+            expect_near("2.0 becomes 0.4 (second tensor)", ps[1].grad()[1], 0.4, 1e-6);
+            // Below the threshold nothing moves.
+            const std::vector<Tensor> small = {param_with_grad({0.3f, -0.4f, 0.5f, -0.1f, 0.2f})};
+            expect_near("norm sqrt(0.55) returned", clip_by_global_norm(small, 1.0),
+                        std::sqrt(0.55), 1e-6);
+            expect_near("a norm below max_norm leaves -0.4 alone", small[0].grad()[1], -0.4, 1e-7);
+            // Clipping to 2: the result has norm exactly 2, along the same direction.
+            const std::vector<Tensor> g = {param_with_grad({6, -8})};   // norm 10
+            clip_by_global_norm(g, 2.0);
+            expect_near("[6, -8] clipped to norm 2: first", g[0].grad()[0], 1.2, 1e-6);
+            expect_near("[6, -8] clipped to norm 2: second", g[0].grad()[1], -1.6, 1e-6);
+        });
 
-    hw.check("09.3", "cosine between a gradient and its value-clipped version",
-             "clip each component alone, h_i = g_i limited to [−c, c]; cos θ = (g·h)/(‖g‖·‖h‖); "
-             "an empty or zero g has no direction", [] {
-                 const std::vector<double> g = {3, -4, 5, -1, 2};
-                 // c = 1: h = [1, -1, 1, -1, 1], cos = 15/(sqrt 55 · sqrt 5) = 15/sqrt 275.
-                 expect_near("c = 1", value_clip_cosine(g, 1.0), 15 / std::sqrt(275.0), 1e-12);
-                 // c = 4: only the 5 is cut: h = [3, -4, 4, -1, 2], g·h = 50, |h|² = 46.
-                 expect_near("c = 4", value_clip_cosine(g, 4.0), 50 / std::sqrt(55.0 * 46.0),
-                             1e-12);
-                 expect_near("c = 10 clips nothing: cos = 1", value_clip_cosine(g, 10.0), 1.0,
-                             1e-12);
-                 expect_near("equal magnitudes are all cut alike: the direction survives",
-                             value_clip_cosine({2, -2, 2}, 1.0), 1.0, 1e-12);
-                 expect_true("an empty gradient throws std::invalid_argument",
-                             throws_invalid_argument([] { value_clip_cosine({}, 1.0); }));
-                 expect_true("a zero gradient throws std::invalid_argument",
-                             throws_invalid_argument([] { value_clip_cosine({0, 0}, 1.0); }));
-                 expect_true("c = 0 throws std::invalid_argument",
-                             throws_invalid_argument([&] { value_clip_cosine(g, 0.0); }));
-             });
+    hw.check(
+        "09.3", "cosine between a gradient and its value-clipped version",
+        "clip each component alone, h_i = g_i limited to [−c, c]; cos θ = (g·h)/(‖g‖·‖h‖); "
+        "an empty or zero g has no direction",
+        [] {
+            const std::vector<double> g = {3, -4, 5, -1, 2};
+            // c = 1: h = [1, -1, 1, -1, 1], cos = 15/(sqrt 55 · sqrt 5) = 15/sqrt 275.
+            expect_near("c = 1", value_clip_cosine(g, 1.0), 15 / std::sqrt(275.0), 1e-12);
+            // c = 4: only the 5 is cut: h = [3, -4, 4, -1, 2], g·h = 50, |h|² = 46.
+            expect_near("c = 4", value_clip_cosine(g, 4.0), 50 / std::sqrt(55.0 * 46.0), 1e-12);
+            expect_near("c = 10 clips nothing: cos = 1", value_clip_cosine(g, 10.0), 1.0, 1e-12);
+            expect_near("equal magnitudes are all cut alike: the direction survives",
+                        value_clip_cosine({2, -2, 2}, 1.0), 1.0, 1e-12);
+            expect_true("an empty gradient throws std::invalid_argument",
+                        throws_invalid_argument([] { value_clip_cosine({}, 1.0); }));
+            expect_true("a zero gradient throws std::invalid_argument", throws_invalid_argument([] {
+                            value_clip_cosine({0, 0}, 1.0);
+                        }));
+            expect_true("c = 0 throws std::invalid_argument",
+                        throws_invalid_argument([&] { value_clip_cosine(g, 0.0); }));
+        });
 
     return hw.finish();
 }

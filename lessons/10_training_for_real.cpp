@@ -53,7 +53,7 @@
 struct Options {
     std::string experiment;   // empty: the main run
     bool resume = false;
-    int stop_after = 0;       // 0: train every epoch
+    int stop_after = 0;   // 0: train every epoch
 };
 static Options options;
 
@@ -77,8 +77,9 @@ struct Data {
 // Rows [begin, end) of a dataset, as a dataset of their own.
 static Dataset rows_of(const Dataset& d, int begin, int end) {
     if (begin < 0 || begin > end || std::size_t(end) > d.labels.size())
-        throw std::runtime_error("this part of the lesson needs images " + std::to_string(begin) + " to " +
-                                 std::to_string(end) + ", and the data has " + std::to_string(d.labels.size()));
+        throw std::runtime_error("this part of the lesson needs images " + std::to_string(begin) +
+                                 " to " + std::to_string(end) + ", and the data has " +
+                                 std::to_string(d.labels.size()));
     std::vector<int> rows(std::size_t(end - begin));
     std::iota(rows.begin(), rows.end(), begin);
     return {gather_rows(d.images, rows),
@@ -124,19 +125,22 @@ static void standardize(Data& data) {
     for (Dataset* d : {&data.train, &data.val, &data.test})
         for (real& v : d->images.values()) v = real((v - mean) / sd);
     std::printf("Pixels standardized with the training set's mean %.4f and standard deviation "
-                "%.4f.\n", mean, sd);
+                "%.4f.\n",
+                mean, sd);
 }
 
 // Any MNIST-format set will do if it fits the model: images of 28×28 pixels for its 784 inputs,
 // labels 0–9 for its 10 outputs. Checked here, with the file named, rather than deep in training.
-static void check_fits_the_model(const Dataset& d, const std::string& images, const std::string& labels) {
+static void check_fits_the_model(const Dataset& d, const std::string& images,
+                                 const std::string& labels) {
     if (d.images.dim(1) != 784)
         throw std::runtime_error(images + ": images of " + std::to_string(d.images.dim(1)) +
                                  " pixels; the model takes 28x28 = 784");
     for (std::size_t i = 0; i < d.labels.size(); ++i)
         if (d.labels[i] > 9)
-            throw std::runtime_error(labels + ": label " + std::to_string(d.labels[i]) + " at position " +
-                                     std::to_string(i) + "; the model has 10 classes, 0 to 9");
+            throw std::runtime_error(labels + ": label " + std::to_string(d.labels[i]) +
+                                     " at position " + std::to_string(i) +
+                                     "; the model has 10 classes, 0 to 9");
 }
 
 // False (after saying what to do) when data/ is missing: the lesson then ends quietly, so that
@@ -159,16 +163,17 @@ static bool load_data(Data& data) {
     check_fits_the_model(data.test, dir + "t10k-images-idx3-ubyte", dir + "t10k-labels-idx1-ubyte");
     const int n = int(all.labels.size());
     if (n <= validation_size)
-        throw std::runtime_error(dir + "train-images-idx3-ubyte holds " + std::to_string(n) + " images; the lesson "
-                                 "keeps the last " + std::to_string(validation_size) + " for validation and needs "
-                                 "more to train on");
+        throw std::runtime_error(dir + "train-images-idx3-ubyte holds " + std::to_string(n) +
+                                 " images; the lesson keeps the last " +
+                                 std::to_string(validation_size) +
+                                 " for validation and needs more to train on");
     data.train = rows_of(all, 0, n - validation_size);
     data.val = rows_of(all, n - validation_size, n);
     name_the_dataset(data);
     std::printf("Data: %s from data/ (loaded in %.1f s): %zu training, %zu validation and %zu test "
-                "images of %d pixels, %d classes.\n", data.name.c_str(), seconds_since(start),
-                data.train.labels.size(), data.val.labels.size(), data.test.labels.size(),
-                all.images.dim(1), all.classes);
+                "images of %d pixels, %d classes.\n",
+                data.name.c_str(), seconds_since(start), data.train.labels.size(),
+                data.val.labels.size(), data.test.labels.size(), all.images.dim(1), all.classes);
     standardize(data);
     return true;
 }
@@ -205,7 +210,7 @@ struct Plan {
     long total_steps = 1;   // the length of the schedule
     long warmup = 0;
     double lr_max = 1e-3, lr_min = 1e-3;
-    double clip = 0;        // clip the global gradient norm to this; 0: no clipping
+    double clip = 0;   // clip the global gradient norm to this; 0: no clipping
 };
 
 // ⌈n/B⌉ batches: the last one may be smaller.
@@ -251,15 +256,15 @@ static StepLog train_step(Run& run, const Plan& plan, const Tensor& x, const std
     StepLog log;
     log.lr = warmup_cosine_lr(run.step, plan.warmup, plan.total_steps, plan.lr_max, plan.lr_min);
     log.batch = int(y.size());
-    run.opt->lr = log.lr;                    // 1. the schedule sets this step's learning rate
-    run.opt->zero_grad();                    // 2. forget the previous batch's gradients
-    const Tensor logits = run.model(x);      // 3. forward: the mean cross-entropy of the batch
+    run.opt->lr = log.lr;                 // 1. the schedule sets this step's learning rate
+    run.opt->zero_grad();                 // 2. forget the previous batch's gradients
+    const Tensor logits = run.model(x);   // 3. forward: the mean cross-entropy of the batch
     const Tensor loss = cross_entropy(logits, y);
     log.loss = loss.item();
     log.correct = count_correct(logits, y);
     ++run.step;
     if (!std::isfinite(log.loss)) return log;   // diverged (backward() refuses NaN and inf)
-    loss.backward();                         // 4. dL/dθ for every parameter
+    loss.backward();                            // 4. dL/dθ for every parameter
     const std::vector<Tensor>& params = run.opt->params();
     log.grad_norm = plan.clip > 0 ? clip_grad_norm(params, plan.clip) : grad_norm(params);
     if (std::isfinite(log.grad_norm)) run.opt->step();   // 5. θ ← θ − update(g)
@@ -345,8 +350,9 @@ struct Progress {
         const double elapsed = seconds_since(start), per_step = elapsed / double(step - first_step);
         const double eta = per_step * double(total_steps - step);
         std::printf("%sepoch %d/%d  step %4ld/%ld  loss %.4f  lr %.2e  |g| %6.3f  %5.0f img/s  "
-                    "ETA %2d:%02d%s", terminal ? "\r" : "  ", epoch, epochs, step, total_steps,
-                    s.loss, s.lr, s.grad_norm, batch / per_step, int(eta) / 60, int(eta) % 60,
+                    "ETA %2d:%02d%s",
+                    terminal ? "\r" : "  ", epoch, epochs, step, total_steps, s.loss, s.lr,
+                    s.grad_norm, batch / per_step, int(eta) / 60, int(eta) % 60,
                     terminal ? "" : "\n");
         std::fflush(stdout);
         line_open = terminal;
@@ -390,8 +396,8 @@ static Plan main_plan(std::size_t train_size) {
 struct Logbook {
     std::vector<double> step, loss;                                // every step
     std::vector<double> eval_step, val_loss, val_acc, train_acc;   // every evaluation
-    int recent_correct = 0, recent_seen = 0;    // training batches since the last evaluation
-    double epoch_loss = 0;                      // sums over the current epoch
+    int recent_correct = 0, recent_seen = 0;   // training batches since the last evaluation
+    double epoch_loss = 0;                     // sums over the current epoch
     int epoch_steps = 0, epoch_correct = 0, epoch_seen = 0;
     Progress progress;
     std::FILE* csv = nullptr;
@@ -405,7 +411,8 @@ static std::FILE* open_log(bool append) {
     ::mkdir("build/plots", 0755);
     std::FILE* f = std::fopen(log_path, append ? "a" : "w");
     if (!f) throw std::runtime_error(std::string("cannot write ") + log_path);
-    if (!append) std::fprintf(f, "step,epoch,loss,lr,grad_norm,train_acc_recent,val_loss,val_acc\n");
+    if (!append)
+        std::fprintf(f, "step,epoch,loss,lr,grad_norm,train_acc_recent,val_loss,val_acc\n");
     return f;
 }
 
@@ -422,7 +429,8 @@ static void record_step(Logbook& book, Run& run, const Data& data, int epoch, co
     book.epoch_correct += s.correct;
     book.epoch_seen += s.batch;
     book.progress.show(epoch + 1, main_epochs, run.step, s);
-    std::fprintf(book.csv, "%ld,%d,%.6f,%.6e,%.6f,", run.step, epoch + 1, s.loss, s.lr, s.grad_norm);
+    std::fprintf(book.csv, "%ld,%d,%.6f,%.6e,%.6f,", run.step, epoch + 1, s.loss, s.lr,
+                 s.grad_norm);
     if (!evaluate_now) {
         std::fprintf(book.csv, ",,\n");
         return;
@@ -442,7 +450,8 @@ static void record_step(Logbook& book, Run& run, const Data& data, int epoch, co
 static void end_epoch(Logbook& book, Run& run, int epoch) {
     book.progress.end_line();
     std::printf("epoch %d: train loss %.4f, accuracy %.4f (during the epoch); validation loss "
-                "%.4f, accuracy %.4f\n", epoch + 1, book.epoch_loss / book.epoch_steps,
+                "%.4f, accuracy %.4f\n",
+                epoch + 1, book.epoch_loss / book.epoch_steps,
                 double(book.epoch_correct) / book.epoch_seen, book.val_loss.back(),
                 book.val_acc.back());
     book.epoch_loss = 0;
@@ -488,8 +497,8 @@ static void check_initial_loss(Run& run, const Data& data) {
     const double s = logit_spread(run.model, data.val);
     std::printf("Before training: validation loss %.4f, accuracy %.4f. The logits' spread is "
                 "s = %.2f, so expect\na little under ln 10 + s^2/2 = %.2f. A loss far from that, "
-                "or NaN, is a bug to fix first.\n", before.loss, before.accuracy, s,
-                std::log(10.0) + s * s / 2);
+                "or NaN, is a bug to fix first.\n",
+                before.loss, before.accuracy, s, std::log(10.0) + s * s / 2);
 }
 
 // Loads the main run's checkpoint into `run`: weights, AdamW's moments and step count, the
@@ -500,7 +509,8 @@ static void resume_from_checkpoint(Run& run) {
     try {
         load_checkpoint(checkpoint_path, state);
     } catch (const std::runtime_error& e) {   // ends the lesson, with exit code 1
-        throw std::runtime_error(std::string("cannot resume: ") + e.what() + "\n(Run without --resume first; "
+        throw std::runtime_error(std::string("cannot resume: ") + e.what() +
+                                 "\n(Run without --resume first; "
                                  "it writes a checkpoint after every epoch.)");
     }
     run.step = state.step;
@@ -513,12 +523,13 @@ static void main_run(const Data& data) {
     Run run(main_seed, make_adamw);
     heading("The main run: MLP 784-256-256-10, AdamW, warmup + cosine, clip 1.0");
     std::printf("%d epochs of %ld steps (batch %d), lr up to %g over %ld steps then cosine down to "
-                "%g, weight decay 0.01.\n", main_epochs, per_epoch, plan.batch, plan.lr_max,
-                plan.warmup, plan.lr_min);
+                "%g, weight decay 0.01.\n",
+                main_epochs, per_epoch, plan.batch, plan.lr_max, plan.warmup, plan.lr_min);
     if (plan.total_steps < plan.warmup)
-        throw std::runtime_error(std::to_string(data.train.labels.size()) + " training images make " +
-                                 std::to_string(plan.total_steps) + " steps, fewer than the " +
-                                 std::to_string(plan.warmup) + " steps of warmup: the main run needs more data");
+        throw std::runtime_error(std::to_string(data.train.labels.size()) +
+                                 " training images make " + std::to_string(plan.total_steps) +
+                                 " steps, fewer than the " + std::to_string(plan.warmup) +
+                                 " steps of warmup: the main run needs more data");
     if (options.resume) {
         resume_from_checkpoint(run);
         std::printf("Resumed from %s at step %ld (the end of epoch %ld).\n", checkpoint_path,
@@ -548,9 +559,10 @@ static void main_run(const Data& data) {
         end_epoch(book, run, epoch);
         if (options.stop_after == epoch + 1 && epoch + 1 < main_epochs) {
             std::fclose(book.csv);
-            std::printf("\nStopped after epoch %d as asked. `./build/lessons/10 --resume` finishes "
-                        "the run, with the same\nresult as an uninterrupted one, to the last digit.\n",
-                        epoch + 1);
+            std::printf(
+                "\nStopped after epoch %d as asked. `./build/lessons/10 --resume` finishes "
+                "the run, with the same\nresult as an uninterrupted one, to the last digit.\n",
+                epoch + 1);
             return;
         }
     }
@@ -656,7 +668,8 @@ static void experiment_resume(const Data& data) {
     train_epoch(weights_only, train, plan, record(c));
 
     std::printf("The checkpoint after epoch 1 (step %ld): %ld bytes.\nLosses of epoch 2:\n",
-                first_half.step, long(std::ifstream(path, std::ios::binary | std::ios::ate).tellg()));
+                first_half.step,
+                long(std::ifstream(path, std::ios::binary | std::ios::ate).tellg()));
     std::printf("%5s  %12s  %12s  %14s\n", "step", "A unbroken", "B resumed", "C weights only");
     int equal = 0;
     for (std::size_t i = 0; i < a.size(); ++i) {
@@ -664,9 +677,11 @@ static void experiment_resume(const Data& data) {
         std::printf("%5zu  %12.8f  %12.8f  %14.8f\n", std::size_t(first_half.step) + i + 1, a[i],
                     b[i], c[i]);
     }
-    std::printf("B equals A bit for bit at %d of %zu steps. C differs from the first step: AdamW's\n"
-                "moments restarted (its first steps have length about lr, lesson 06) and the data\n"
-                "came in another order.\n", equal, a.size());
+    std::printf(
+        "B equals A bit for bit at %d of %zu steps. C differs from the first step: AdamW's\n"
+        "moments restarted (its first steps have length about lr, lesson 06) and the data\n"
+        "came in another order.\n",
+        equal, a.size());
 }
 
 // 4b. Overfit one batch. Before a long run, train on a single batch of 128 images again and
@@ -729,7 +744,8 @@ static void experiment_lr_sweep(const Data& data) {
     }
     const auto best = std::min_element(val_losses.begin(), val_losses.end()) - val_losses.begin();
     std::printf("(Final train loss: the mean of the last 10 batches.) Lowest validation loss at lr "
-                "%g.\n", lrs[std::size_t(best)]);
+                "%g.\n",
+                lrs[std::size_t(best)]);
     Plot plot("Loss after one epoch against the learning rate", "learning rate", "loss",
               Scale::log_log);
     plot.add("training", lrs, finals);
@@ -767,8 +783,8 @@ static void experiment_optimizers(const Data& data) {
     };
     Plot plot("Training loss by optimizer (mean of 10 batches)", "step", "cross-entropy",
               Scale::log_y);
-    std::printf("%-26s  %16s  %15s  %12s  %8s\n", "optimizer", "final train loss", "validation loss",
-                "val accuracy", "time");
+    std::printf("%-26s  %16s  %15s  %12s  %8s\n", "optimizer", "final train loss",
+                "validation loss", "val accuracy", "time");
     for (const Entry& e : entries) {
         Plan plan;
         plan.warmup = 20;
@@ -811,18 +827,19 @@ static void experiment_clipping(const Data& data) {
         if (i >= 10 && i % 10 != 0 && i + 1 != clipped.loss.size() && !near_end) continue;
         if (i < wild.loss.size())
             std::printf("%5zu  %12.4g  %12.4g", i + 1, wild.loss[i], wild.grad_norm[i]);
-        else
-            std::printf("%5zu  %12s  %12s", i + 1, "-", "-");
+        else std::printf("%5zu  %12s  %12s", i + 1, "-", "-");
         std::printf("  %12.4f  %12.4f\n", clipped.loss[i], clipped.grad_norm[i]);
     }
     if (wild.diverged_at >= 0)
         std::printf("Without clipping the loss or norm became non-finite at step %ld; the run "
-                    "stopped there.\n", wild.diverged_at + 1);
+                    "stopped there.\n",
+                    wild.diverged_at + 1);
     else
         std::printf("Without clipping this run did not diverge (validation accuracy %.4f).\n",
                     wild.val.accuracy);
     std::printf("With clipping: validation accuracy %.4f after %zu steps (lr 0.1 without clipping: "
-                "%.4f).\n", clipped.val.accuracy, clipped.loss.size(), sensible.val.accuracy);
+                "%.4f).\n",
+                clipped.val.accuracy, clipped.loss.size(), sensible.val.accuracy);
     Plot plot("Plain SGD, too high a learning rate", "step", "cross-entropy (batch)", Scale::log_y);
     plot.add("lr 1.5", wild.loss);
     plot.add("lr 1.5, clip at 1.0", clipped.loss);
@@ -840,7 +857,7 @@ struct Experiment {
     void (*run)(const Data&);
 };
 static const Experiment experiments[] = {
-    {"resume", experiment_resume},   {"overfit", experiment_overfit},
+    {"resume", experiment_resume},     {"overfit", experiment_overfit},
     {"lr-sweep", experiment_lr_sweep}, {"optimizers", experiment_optimizers},
     {"clipping", experiment_clipping},
 };
@@ -909,8 +926,8 @@ static int check_homework() {
                  // Hand-made: row 0 predicts 2, row 1 ties classes 0 and 3 (→ 0), row 2 predicts 1.
                  const Tensor logits({3, 4}, {0.1f, -1, 2.5f, 0, 3, 1, 2, 3, -2, 5, 4, 4.5f});
                  expect_near("labels {2, 0, 1}: all right", accuracy(logits, {2, 0, 1}), 1.0, 0);
-                 expect_near("labels {2, 3, 1}: the tie goes to class 0", accuracy(logits, {2, 3, 1}),
-                             2.0 / 3, 1e-12);
+                 expect_near("labels {2, 3, 1}: the tie goes to class 0",
+                             accuracy(logits, {2, 3, 1}), 2.0 / 3, 1e-12);
                  expect_near("labels {0, 1, 3}: none right", accuracy(logits, {0, 1, 3}), 0.0, 0);
                  // Random rows with a planted maximum: row i's largest logit is at class
                  // planted[i] by construction, and the label equals it for every third row.
@@ -920,21 +937,27 @@ static int check_homework() {
                  std::vector<int> labels;
                  for (int i = 0; i < B; ++i) {
                      const int planted = int(rng.below(C));
-                     for (int c = 0; c < C; ++c) z[std::size_t(i * C + c)] = real(rng.uniform(-3, 3));
+                     for (int c = 0; c < C; ++c)
+                         z[std::size_t(i * C + c)] = real(rng.uniform(-3, 3));
                      z[std::size_t(i * C + planted)] = 4;   // above every other value in the row
                      labels.push_back(i % 3 == 0 ? planted : (planted + 1 + i % (C - 1)) % C);
                  }
                  expect_near("300 random rows, 100 right", accuracy(Tensor({B, C}, z), labels),
                              100.0 / 300, 1e-12);
                  expect_true("3 rows and 2 labels throw std::invalid_argument",
-                             throws_invalid_argument([&] { accuracy(logits, {0, 1}); }));
+                             throws_invalid_argument([&] {
+                                 accuracy(logits, {0, 1});
+                             }));
                  expect_true("rank-1 logits throw std::invalid_argument",
-                             throws_invalid_argument([] { accuracy(Tensor({3}), {0, 1, 2}); }));
+                             throws_invalid_argument([] {
+                                 accuracy(Tensor({3}), {0, 1, 2});
+                             }));
              });
 
     hw.check("10.2", "examples per second and time left over a window of steps",
-             "seconds per step s = (t_n − t_(n−w)) / w, w = min(window, n), t_k = end of step k, t_0 = 0; "
-             "examples/s = batch_size/s, time left = (total − n)·s", [] {
+             "seconds per step s = (t_n − t_(n−w)) / w, w = min(window, n), t_k = end of step k, "
+             "t_0 = 0; examples/s = batch_size/s, time left = (total − n)·s",
+             [] {
                  // A steady 0.05 s per step: 40 of 100 steps done, batch 128.
                  std::vector<double> t;
                  for (int k = 1; k <= 40; ++k) t.push_back(0.05 * k);
@@ -962,57 +985,56 @@ static int check_homework() {
                              throws_invalid_argument([] { throughput({1.0}, 128, 10, 0); }));
              });
 
-    hw.check("10.3", "early stopping with patience and min_delta",
-             "epoch e improves iff L_e < best − min_delta, best = the loss of the last improving epoch "
-             "(not the previous one); stop at the first e with e − best_epoch = patience",
-             [] {
-                 const std::vector<double> curve = {1.0,  0.8,  0.7,  0.71, 0.72,
-                                                    0.69, 0.75, 0.76, 0.77};
-                 EarlyStop s = early_stopping(curve, 2, 0);
-                 expect_near("patience 2: epochs 3 and 4 fail, stop after 4", s.stop_epoch, 4, 0);
-                 expect_near("patience 2: keep epoch 2", s.best_epoch, 2, 0);
-                 s = early_stopping(curve, 3, 0);
-                 expect_near("patience 3: epoch 5 improves, 6-8 fail, stop after 8", s.stop_epoch,
-                             8, 0);
-                 expect_near("patience 3: keep epoch 5", s.best_epoch, 5, 0);
-                 s = early_stopping(curve, 4, 0);
-                 expect_near("patience 4: never stops", s.stop_epoch, -1, 0);
-                 expect_near("patience 4: keep epoch 5", s.best_epoch, 5, 0);
-                 // min_delta: 0.89 and 0.885 are lower than 0.9, but not by more than 0.02.
-                 s = early_stopping({1.0, 0.9, 0.89, 0.885, 0.7}, 2, 0.02);
-                 expect_near("min_delta 0.02: stop after epoch 3", s.stop_epoch, 3, 0);
-                 expect_near("min_delta 0.02: keep epoch 1", s.best_epoch, 1, 0);
-                 // An epoch lower by less than min_delta does not become the best: 0.87 is
-                 // measured against 0.9 (an improvement of 0.03), not against 0.885.
-                 s = early_stopping({1.0, 0.9, 0.885, 0.87}, 3, 0.02);
-                 expect_near("min_delta 0.02: 0.87 improves on 0.9", s.best_epoch, 3, 0);
-                 expect_near("min_delta 0.02, patience 3: no stop", s.stop_epoch, -1, 0);
-                 s = early_stopping({1.0, 0.9, 0.89, 0.885, 0.7}, 2, 0);
-                 expect_near("min_delta 0: every epoch improves", s.stop_epoch, -1, 0);
-                 expect_near("min_delta 0: keep the last epoch", s.best_epoch, 4, 0);
-                 // With min_delta = 0, a direct definition: the best epoch up to e is the first
-                 // position of the minimum of val_loss[0..e], and training stops at the first e
-                 // that is `patience` or more epochs past it.
-                 Rng rng(103);
-                 for (int trial = 0; trial < 200; ++trial) {
-                     std::vector<double> v;
-                     for (int e = 0; e < 25; ++e)   // a falling curve with noise
-                         v.push_back(1.0 / (1 + e) + 0.1 * double(rng.below(4)));
-                     const int patience = 1 + int(rng.below(5));
-                     int stop = -1, best = 0;
-                     for (int e = 0; e < 25 && stop < 0; ++e) {
-                         best = int(std::min_element(v.begin(), v.begin() + e + 1) - v.begin());
-                         if (e - best >= patience) stop = e;
-                     }
-                     s = early_stopping(v, patience, 0);
-                     expect_near("random curve: stop epoch", s.stop_epoch, stop, 0);
-                     expect_near("random curve: best epoch", s.best_epoch, best, 0);
-                 }
-                 expect_true("an empty curve throws std::invalid_argument",
-                             throws_invalid_argument([] { early_stopping({}, 2, 0); }));
-                 expect_true("patience 0 throws std::invalid_argument",
-                             throws_invalid_argument([] { early_stopping({1.0}, 0, 0); }));
-             });
+    hw.check(
+        "10.3", "early stopping with patience and min_delta",
+        "epoch e improves iff L_e < best − min_delta, best = the loss of the last improving epoch "
+        "(not the previous one); stop at the first e with e − best_epoch = patience",
+        [] {
+            const std::vector<double> curve = {1.0, 0.8, 0.7, 0.71, 0.72, 0.69, 0.75, 0.76, 0.77};
+            EarlyStop s = early_stopping(curve, 2, 0);
+            expect_near("patience 2: epochs 3 and 4 fail, stop after 4", s.stop_epoch, 4, 0);
+            expect_near("patience 2: keep epoch 2", s.best_epoch, 2, 0);
+            s = early_stopping(curve, 3, 0);
+            expect_near("patience 3: epoch 5 improves, 6-8 fail, stop after 8", s.stop_epoch, 8, 0);
+            expect_near("patience 3: keep epoch 5", s.best_epoch, 5, 0);
+            s = early_stopping(curve, 4, 0);
+            expect_near("patience 4: never stops", s.stop_epoch, -1, 0);
+            expect_near("patience 4: keep epoch 5", s.best_epoch, 5, 0);
+            // min_delta: 0.89 and 0.885 are lower than 0.9, but not by more than 0.02.
+            s = early_stopping({1.0, 0.9, 0.89, 0.885, 0.7}, 2, 0.02);
+            expect_near("min_delta 0.02: stop after epoch 3", s.stop_epoch, 3, 0);
+            expect_near("min_delta 0.02: keep epoch 1", s.best_epoch, 1, 0);
+            // An epoch lower by less than min_delta does not become the best: 0.87 is
+            // measured against 0.9 (an improvement of 0.03), not against 0.885.
+            s = early_stopping({1.0, 0.9, 0.885, 0.87}, 3, 0.02);
+            expect_near("min_delta 0.02: 0.87 improves on 0.9", s.best_epoch, 3, 0);
+            expect_near("min_delta 0.02, patience 3: no stop", s.stop_epoch, -1, 0);
+            s = early_stopping({1.0, 0.9, 0.89, 0.885, 0.7}, 2, 0);
+            expect_near("min_delta 0: every epoch improves", s.stop_epoch, -1, 0);
+            expect_near("min_delta 0: keep the last epoch", s.best_epoch, 4, 0);
+            // With min_delta = 0, a direct definition: the best epoch up to e is the first
+            // position of the minimum of val_loss[0..e], and training stops at the first e
+            // that is `patience` or more epochs past it.
+            Rng rng(103);
+            for (int trial = 0; trial < 200; ++trial) {
+                std::vector<double> v;
+                for (int e = 0; e < 25; ++e)   // a falling curve with noise
+                    v.push_back(1.0 / (1 + e) + 0.1 * double(rng.below(4)));
+                const int patience = 1 + int(rng.below(5));
+                int stop = -1, best = 0;
+                for (int e = 0; e < 25 && stop < 0; ++e) {
+                    best = int(std::min_element(v.begin(), v.begin() + e + 1) - v.begin());
+                    if (e - best >= patience) stop = e;
+                }
+                s = early_stopping(v, patience, 0);
+                expect_near("random curve: stop epoch", s.stop_epoch, stop, 0);
+                expect_near("random curve: best epoch", s.best_epoch, best, 0);
+            }
+            expect_true("an empty curve throws std::invalid_argument",
+                        throws_invalid_argument([] { early_stopping({}, 2, 0); }));
+            expect_true("patience 0 throws std::invalid_argument",
+                        throws_invalid_argument([] { early_stopping({1.0}, 0, 0); }));
+        });
 
     return hw.finish();
 }
@@ -1020,16 +1042,18 @@ static int check_homework() {
 // ---- The command line ------------------------------------------------------------------------
 
 static void print_usage() {
-    std::printf("usage: ./build/lessons/10 [--stop-after N] [--resume]  |  --experiment NAME  |  --check\n"
-                "  (no flags)               the main run: 3 epochs of Fashion-MNIST, about 5 s\n"
-                "  --stop-after N           stop the main run after epoch N (try --resume next)\n"
-                "  --resume                 continue the main run from %s\n"
-                "  --experiment resume      resuming from a checkpoint is bit-identical\n"
-                "  --experiment overfit     the model must memorize one batch\n"
-                "  --experiment lr-sweep    final loss against learning rate (a U)\n"
-                "  --experiment optimizers  AdamW vs Adam + L2 vs SGD + momentum\n"
-                "  --experiment clipping    too high a learning rate, with and without clipping\n"
-                "  --check                  grade the homework\n", checkpoint_path);
+    std::printf(
+        "usage: ./build/lessons/10 [--stop-after N] [--resume]  |  --experiment NAME  |  --check\n"
+        "  (no flags)               the main run: 3 epochs of Fashion-MNIST, about 5 s\n"
+        "  --stop-after N           stop the main run after epoch N (try --resume next)\n"
+        "  --resume                 continue the main run from %s\n"
+        "  --experiment resume      resuming from a checkpoint is bit-identical\n"
+        "  --experiment overfit     the model must memorize one batch\n"
+        "  --experiment lr-sweep    final loss against learning rate (a U)\n"
+        "  --experiment optimizers  AdamW vs Adam + L2 vs SGD + momentum\n"
+        "  --experiment clipping    too high a learning rate, with and without clipping\n"
+        "  --check                  grade the homework\n",
+        checkpoint_path);
 }
 
 // Fills `options`; returns −1 to go on, or the exit status (0 after --help, 2 on a bad flag).

@@ -59,8 +59,9 @@ static void worked_example() {
     print_row("y by hand", y);
     const Tensor engine = batch_norm(Tensor({4, 1}, x), Tensor({1}, {2}), Tensor({1}, {1}), 0);
     print_row("y = batch_norm", engine.values());
-    std::printf("\nx_hat has mean 0 and variance 1; gamma and beta then give y mean 1 and standard\n"
-                "deviation 2. Whatever scale the layer below produces, the layer above sees this.\n");
+    std::printf(
+        "\nx_hat has mean 0 and variance 1; gamma and beta then give y mean 1 and standard\n"
+        "deviation 2. Whatever scale the layer below produces, the layer above sees this.\n");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -99,26 +100,35 @@ static double gradcheck_error(const TensorFunction& f, std::vector<Tensor> input
 static void backward_checks() {
     heading("2. Backward: every gradient against central differences (float, h = 0.01)");
     Rng rng(2);
-    const Tensor x = randn({6, 4}, rng, 2), gain = uniform({4}, rng, 0.5, 2), bias = randn({4}, rng);
-    std::printf("  %-40s  %s\n", "layer (inputs x [6, 4], gain, bias)", "largest |backward - central difference|");
-    std::printf("  %-40s  %.1e\n", "batch_norm(x, gamma, beta)",
-                gradcheck_error([](const std::vector<Tensor>& v) { return batch_norm(v[0], v[1], v[2]); }, {x, gain, bias}));
-    std::printf("  %-40s  %.1e\n", "layer_norm(x, gain, bias)",
-                gradcheck_error([](const std::vector<Tensor>& v) { return layer_norm(v[0], v[1], v[2]); }, {x, gain, bias}));
+    const Tensor x = randn({6, 4}, rng, 2), gain = uniform({4}, rng, 0.5, 2),
+                 bias = randn({4}, rng);
+    std::printf("  %-40s  %s\n", "layer (inputs x [6, 4], gain, bias)",
+                "largest |backward - central difference|");
+    std::printf(
+        "  %-40s  %.1e\n", "batch_norm(x, gamma, beta)",
+        gradcheck_error([](const std::vector<Tensor>& v) { return batch_norm(v[0], v[1], v[2]); },
+                        {x, gain, bias}));
+    std::printf(
+        "  %-40s  %.1e\n", "layer_norm(x, gain, bias)",
+        gradcheck_error([](const std::vector<Tensor>& v) { return layer_norm(v[0], v[1], v[2]); },
+                        {x, gain, bias}));
     std::printf("  %-40s  %.1e\n", "rms_norm(x, gain)",
-                gradcheck_error([](const std::vector<Tensor>& v) { return rms_norm(v[0], v[1]); }, {x, gain}));
+                gradcheck_error([](const std::vector<Tensor>& v) { return rms_norm(v[0], v[1]); },
+                                {x, gain}));
 
     Tensor xs = x.detach().requires_grad_();
     batch_norm(xs, gain, bias).backward(randn({6, 4}, rng));
-    std::printf("\nThe gradient dL/dx of batch_norm, summed down each column (a random upstream g):\n ");
+    std::printf(
+        "\nThe gradient dL/dx of batch_norm, summed down each column (a random upstream g):\n ");
     for (int c = 0; c < 4; ++c) {
         double total = 0;
         for (int n = 0; n < 6; ++n) total += xs.grad()[n * 4 + c];
         std::printf("  %10.2e", total);
     }
-    std::printf("\nZero up to float rounding: adding a constant to a column changes no output, so no\n"
-                "gradient can point that way. (The errors above are the O(h^2) of the central\n"
-                "difference and float rounding, not the backward.)\n");
+    std::printf(
+        "\nZero up to float rounding: adding a constant to a column changes no output, so no\n"
+        "gradient can point that way. (The errors above are the O(h^2) of the central\n"
+        "difference and float rounding, not the backward.)\n");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -150,8 +160,8 @@ static void running_statistics() {
     nn::BatchNorm bn(1);
     const std::vector<std::vector<real>> batches = {{2, 1, 3, 4}, {3, 3.5, 2.5, 3}, {1, 3, 2, 2}};
     double pytorch = 0, keras_09 = 0, keras_01 = 0, mu = 0;
-    std::printf("%6s  %6s  %14s  %12s  %14s  %14s  %14s\n", "batch", "mean", "nn::BatchNorm", "running var",
-                "PyTorch m 0.1", "Keras d 0.9", "Keras d 0.1");
+    std::printf("%6s  %6s  %14s  %12s  %14s  %14s  %14s\n", "batch", "mean", "nn::BatchNorm",
+                "running var", "PyTorch m 0.1", "Keras d 0.9", "Keras d 0.1");
     for (std::size_t t = 0; t < batches.size(); ++t) {
         bn(Tensor({4, 1}, batches[t]));
         mu = 0;
@@ -160,16 +170,19 @@ static void running_statistics() {
         keras_09 = keras_update(keras_09, mu, 0.9);
         keras_01 = keras_update(keras_01, mu, 0.1);
         std::printf("%6zu  %6.2f  %14.4f  %12.4f  %14.4f  %14.4f  %14.4f\n", t + 1, mu,
-                    double(bn.running_mean[0]), double(bn.running_var[0]), pytorch, keras_09, keras_01);
+                    double(bn.running_mean[0]), double(bn.running_var[0]), pytorch, keras_09,
+                    keras_01);
     }
-    std::printf("\nSome course notes print %.4f here, from running = 0.1*running + 0.9*batch mean, and call\n"
-                "it PyTorch's rule. PyTorch's convention (and nn::BatchNorm's) gives %.4f, because its\n"
-                "momentum 0.1 is the weight of the new batch: running = 0.9*running + 0.1*batch mean.\n"
-                "The notes' formula is Keras's convention, where momentum is a decay, the weight of the\n"
-                "old average; there PyTorch's 0.1 is written 0.9 (the column Keras d 0.9: %.4f again).\n"
-                "With 0.1 read as a decay the average keeps 10%% of the past and mostly follows the\n"
-                "last batch (mean %.1f). Check which convention a library uses before copying a value.\n",
-                keras_01, pytorch, keras_09, mu);
+    std::printf(
+        "\nSome course notes print %.4f here, from running = 0.1*running + 0.9*batch mean, and "
+        "call\n"
+        "it PyTorch's rule. PyTorch's convention (and nn::BatchNorm's) gives %.4f, because its\n"
+        "momentum 0.1 is the weight of the new batch: running = 0.9*running + 0.1*batch mean.\n"
+        "The notes' formula is Keras's convention, where momentum is a decay, the weight of the\n"
+        "old average; there PyTorch's 0.1 is written 0.9 (the column Keras d 0.9: %.4f again).\n"
+        "With 0.1 read as a decay the average keeps 10%% of the past and mostly follows the\n"
+        "last batch (mean %.1f). Check which convention a library uses before copying a value.\n",
+        keras_01, pytorch, keras_09, mu);
 
     // Many batches from one distribution: the running statistics find its mean and variance.
     Rng rng(3);
@@ -185,23 +198,27 @@ static void running_statistics() {
         means.push_back(layer.running_mean[0]);
         variances.push_back(layer.running_var[0]);
     }
-    std::printf("\nAfter 100 batches of 16 from N(3, 2^2) and N(-1, 0.5^2): running means %.3f and %.3f,\n"
-                "running variances %.3f and %.3f (the true values 3, -1, 4 and 0.25, up to sampling noise).\n",
-                double(layer.running_mean[0]), double(layer.running_mean[1]), double(layer.running_var[0]),
-                double(layer.running_var[1]));
+    std::printf(
+        "\nAfter 100 batches of 16 from N(3, 2^2) and N(-1, 0.5^2): running means %.3f and %.3f,\n"
+        "running variances %.3f and %.3f (the true values 3, -1, 4 and 0.25, up to sampling "
+        "noise).\n",
+        double(layer.running_mean[0]), double(layer.running_mean[1]), double(layer.running_var[0]),
+        double(layer.running_var[1]));
 
     const Tensor probe({2, 2}, {3, -1, 5, -0.5});
     const Tensor in_training = batch_norm(probe, layer.gamma, layer.beta);
     layer.eval();
     const Tensor in_eval = layer(probe);
-    std::printf("\nThe batch [[3, -1], [5, -0.5]] in training mode (its own statistics) and in eval mode:\n");
+    std::printf("\nThe batch [[3, -1], [5, -0.5]] in training mode (its own statistics) and in "
+                "eval mode:\n");
     print_row("training", in_training.values());
     print_row("eval", in_eval.values());
-    std::printf("In eval the first feature is (x - %.3f)/sqrt(%.3f): 3 -> %.2f and 5 -> %.2f, as for any\n"
-                "batch. In training the two rows become -1 and +1 whatever they hold. Forgetting eval()\n"
-                "at test time is a classic bug: predictions then depend on the batch.\n",
-                double(layer.running_mean[0]), double(layer.running_var[0]), double(in_eval.values()[0]),
-                double(in_eval.values()[2]));
+    std::printf(
+        "In eval the first feature is (x - %.3f)/sqrt(%.3f): 3 -> %.2f and 5 -> %.2f, as for any\n"
+        "batch. In training the two rows become -1 and +1 whatever they hold. Forgetting eval()\n"
+        "at test time is a classic bug: predictions then depend on the batch.\n",
+        double(layer.running_mean[0]), double(layer.running_var[0]), double(in_eval.values()[0]),
+        double(in_eval.values()[2]));
 
     Plot plot("BatchNorm running statistics, momentum 0.1", "batch", "value");
     plot.add("running mean (true 3)", means);
@@ -235,7 +252,8 @@ static void batch_of_one() {
     const Tensor two({2, 3}, {1, 100, -3, 2, -50, -3.5});
     print_row("two examples", two.values());
     print_row("batch_norm", batch_norm(two, gamma, beta).values());
-    std::printf("  Every column becomes -1 and +1 (times sqrt(var/(var + eps))): only the order is left.\n\n");
+    std::printf("  Every column becomes -1 and +1 (times sqrt(var/(var + eps))): only the order is "
+                "left.\n\n");
 
     print_row("layer_norm of x", layer_norm(one, gamma, beta).values());
     std::printf("LayerNorm uses the example's own three features: fine for a batch of one.\n");
@@ -254,7 +272,8 @@ static void layer_and_rms_norm() {
     heading("5. LayerNorm and RMSNorm: RMSNorm of [3, 4]");
     const Tensor x({1, 2}, {3, 4});
     print_row("rms_norm([3, 4])", rms_norm(x, Tensor::full({2}, 1)).values());
-    std::printf("  by hand: 3/sqrt(12.5) = %.4f, 4/sqrt(12.5) = %.4f\n", 3 / std::sqrt(12.5), 4 / std::sqrt(12.5));
+    std::printf("  by hand: 3/sqrt(12.5) = %.4f, 4/sqrt(12.5) = %.4f\n", 3 / std::sqrt(12.5),
+                4 / std::sqrt(12.5));
     print_row("layer_norm([3, 4])", layer_norm(x, Tensor::full({2}, 1), Tensor({2})).values());
     std::printf("  by hand: (3 - 3.5)/sqrt(0.25 + 1e-5) = %.4f (eps keeps it just short of -1)\n\n",
                 -0.5 / std::sqrt(0.25 + 1e-5));
@@ -290,11 +309,16 @@ enum class Block { plain, batch_norm, layer_norm, residual, residual_layer_norm 
 
 static const char* block_name(Block b) {
     switch (b) {
-        case Block::plain: return "plain";
-        case Block::batch_norm: return "BatchNorm";
-        case Block::layer_norm: return "LayerNorm";
-        case Block::residual: return "residual";
-        case Block::residual_layer_norm: return "residual + LN";
+    case Block::plain:
+        return "plain";
+    case Block::batch_norm:
+        return "BatchNorm";
+    case Block::layer_norm:
+        return "LayerNorm";
+    case Block::residual:
+        return "residual";
+    case Block::residual_layer_norm:
+        return "residual + LN";
     }
     return "";
 }
@@ -329,11 +353,21 @@ struct DeepMLP {
         Tensor h = relu(input(x));
         for (std::size_t l = 0; l < hidden.size(); ++l) {
             switch (block) {
-                case Block::plain: h = relu(hidden[l](h)); break;
-                case Block::batch_norm: h = relu(batch_norms[l](hidden[l](h))); break;
-                case Block::layer_norm: h = relu(layer_norm(hidden[l](h), ln_gain[l], ln_bias[l])); break;
-                case Block::residual: h = h + relu(hidden[l](h)); break;
-                case Block::residual_layer_norm: h = h + relu(hidden[l](layer_norm(h, ln_gain[l], ln_bias[l]))); break;
+            case Block::plain:
+                h = relu(hidden[l](h));
+                break;
+            case Block::batch_norm:
+                h = relu(batch_norms[l](hidden[l](h)));
+                break;
+            case Block::layer_norm:
+                h = relu(layer_norm(hidden[l](h), ln_gain[l], ln_bias[l]));
+                break;
+            case Block::residual:
+                h = h + relu(hidden[l](h));
+                break;
+            case Block::residual_layer_norm:
+                h = h + relu(hidden[l](layer_norm(h, ln_gain[l], ln_bias[l])));
+                break;
             }
         }
         return output(h);
@@ -391,13 +425,15 @@ static DeepRun train_deep(Block block, const MoonsBatch& data) {
         if (!std::isfinite(run.loss.back())) break;   // diverged
         loss.backward();
         if (step == 0)
-            for (const nn::Linear& layer : model.hidden) run.grad_norm_per_layer.push_back(grad_norm({layer.W}));
+            for (const nn::Linear& layer : model.hidden)
+                run.grad_norm_per_layer.push_back(grad_norm({layer.W}));
         opt.step();
     }
     for (nn::BatchNorm& bn : model.batch_norms) bn.eval();
     const Tensor logits = model(data.x);
     int correct = 0;
-    for (int i = 0; i < logits.dim(0); ++i) correct += (logits.at({i, 1}) > logits.at({i, 0})) == (data.labels[i] == 1);
+    for (int i = 0; i < logits.dim(0); ++i)
+        correct += (logits.at({i, 1}) > logits.at({i, 0})) == (data.labels[i] == 1);
     run.accuracy = double(correct) / logits.dim(0);
     return run;
 }
@@ -418,16 +454,17 @@ static void deep_network() {
         for (const DeepRun& r : runs) std::printf("  %13.2e", r.grad_norm_per_layer[l]);
         std::printf("\n");
     }
-    std::printf("\n%-14s  %12s  %12s  %12s  %9s\n", "", "loss step 0", "step 50", "step 150", "accuracy");
+    std::printf("\n%-14s  %12s  %12s  %12s  %9s\n", "", "loss step 0", "step 50", "step 150",
+                "accuracy");
     for (std::size_t k = 0; k < runs.size(); ++k) {
         const DeepRun& r = runs[k];
-        std::printf("%-14s  %12.4f  %12.4f  %12.4f  %8.0f%%\n", block_name(blocks[k]), r.loss[0], r.loss[50],
-                    r.loss.back(), 100 * r.accuracy);
+        std::printf("%-14s  %12.4f  %12.4f  %12.4f  %8.0f%%\n", block_name(blocks[k]), r.loss[0],
+                    r.loss[50], r.loss.back(), 100 * r.accuracy);
     }
     const std::vector<double>& plain = runs[0].grad_norm_per_layer;
     std::printf(
-        "\nplain: the gradient vanishes on its way down, from %.1e at layer 16 to %.1e at layer 1:\n"
-        "  every layer shrinks the backward signal as it shrinks the forward one. The input\n"
+        "\nplain: the gradient vanishes on its way down, from %.1e at layer 16 to %.1e at layer "
+        "1:\n  every layer shrinks the backward signal as it shrinks the forward one. The input\n"
         "  barely reaches the logits, the loss stays at ln 2 = 0.6931 and the accuracy at 50%%.\n"
         "BatchNorm and LayerNorm restore the scale at every layer: gradients of order 1 all the\n"
         "  way down, and the network learns. (BatchNorm's grow toward the bottom. LayerNorm,\n"
@@ -439,10 +476,12 @@ static void deep_network() {
         "  size, would rescue even the plain network; plain SGD shows the problem as it is.)\n",
         plain.back(), plain.front(), runs[2].loss.back(), 100 * runs[2].accuracy, runs[3].loss[0]);
 
-    Plot grads("Gradient norm per layer at step 0 (16-layer MLP)", "hidden layer", "||dL/dW||", Scale::log_y);
+    Plot grads("Gradient norm per layer at step 0 (16-layer MLP)", "hidden layer", "||dL/dW||",
+               Scale::log_y);
     std::vector<double> layers;
     for (int l = 1; l <= 16; ++l) layers.push_back(l);
-    for (std::size_t k = 0; k < runs.size(); ++k) grads.add(block_name(blocks[k]), layers, runs[k].grad_norm_per_layer);
+    for (std::size_t k = 0; k < runs.size(); ++k)
+        grads.add(block_name(blocks[k]), layers, runs[k].grad_norm_per_layer);
     grads.save("11_gradient_norm_per_layer");
     Plot losses("Training loss, 16-layer MLP, SGD lr 0.01", "step", "loss", Scale::log_y);
     for (std::size_t k = 0; k < runs.size(); ++k) losses.add(block_name(blocks[k]), runs[k].loss);
@@ -463,7 +502,8 @@ static void lesson() {
 
 // 11.1  BatchNorm (training mode) of one feature over a batch: with μ and σ² the mean and the
 // biased variance (÷ N) of x, return  γ·(x − μ)/√(σ² + ε) + β  for every value.
-std::vector<double> batch_norm_feature(const std::vector<double>& x, double gamma, double beta, double eps) {
+std::vector<double> batch_norm_feature(const std::vector<double>& x, double gamma, double beta,
+                                       double eps) {
     // BEGIN EXERCISE 11.1
     throw not_implemented("11.1");
     // END EXERCISE
@@ -472,8 +512,8 @@ std::vector<double> batch_norm_feature(const std::vector<double>& x, double gamm
 // 11.2  One update of the running statistics, PyTorch's rule, from a batch of one feature:
 //     mean ← (1 − momentum)·mean + momentum·μ_B
 //     var  ← (1 − momentum)·var + momentum·(Σ (x − μ_B)²)/(N − 1)
-void update_running_statistics(double& running_mean, double& running_var, const std::vector<double>& batch,
-                               double momentum) {
+void update_running_statistics(double& running_mean, double& running_var,
+                               const std::vector<double>& batch, double momentum) {
     // BEGIN EXERCISE 11.2
     throw not_implemented("11.2");
     // END EXERCISE
@@ -482,20 +522,23 @@ void update_running_statistics(double& running_mean, double& running_var, const 
 // 11.3  The backward pass of 11.1 with respect to x: given dy = dL/dy for every value, return
 // dL/dx. With x̂ = (x − μ)/√(σ² + ε), ĝ = dy·γ and r = 1/√(σ² + ε):
 //     dx = r·(ĝ − mean(ĝ) − x̂·mean(ĝ·x̂))
-std::vector<double> batch_norm_feature_backward(const std::vector<double>& x, const std::vector<double>& dy,
-                                                double gamma, double eps) {
+std::vector<double> batch_norm_feature_backward(const std::vector<double>& x,
+                                                const std::vector<double>& dy, double gamma,
+                                                double eps) {
     // BEGIN EXERCISE 11.3
     throw not_implemented("11.3");
     // END EXERCISE
 }
 
 // The engine's batch_norm on one feature column, for comparison: values, and dL/dx for dy.
-static std::vector<double> engine_column(const std::vector<double>& x, double gamma, double beta, double eps,
-                                         const std::vector<double>& dy, std::vector<double>* dx) {
+static std::vector<double> engine_column(const std::vector<double>& x, double gamma, double beta,
+                                         double eps, const std::vector<double>& dy,
+                                         std::vector<double>* dx) {
     const int n = int(x.size());
     Tensor xt({n, 1}, std::vector<real>(x.begin(), x.end()));
     xt.requires_grad_();
-    const Tensor y = batch_norm(xt, Tensor({1}, {real(gamma)}), Tensor({1}, {real(beta)}), real(eps));
+    const Tensor y =
+        batch_norm(xt, Tensor({1}, {real(gamma)}), Tensor({1}, {real(beta)}), real(eps));
     if (dx) {
         y.backward(Tensor({n, 1}, std::vector<real>(dy.begin(), dy.end())));
         dx->assign(xt.grad().begin(), xt.grad().end());
@@ -512,32 +555,38 @@ static std::vector<double> random_values(Rng& rng, int n, double scale, double s
 static int check_homework() {
     Homework hw("11");
 
-    hw.check("11.1", "BatchNorm of one feature", "mean and variance with / N; then gamma*(x - mean)/sqrt(var + eps) + beta",
-             [] {
-                 const std::vector<double> y = batch_norm_feature({2, 1, 3, 4}, 2, 1, 0);
-                 expect_true("four outputs", y.size() == 4);
-                 expect_near("y for x = 2 (the text: 0.1056)", y[0], 1 - 1 / std::sqrt(1.25), 1e-12);
-                 expect_near("y for x = 4", y[3], 1 + 3 / std::sqrt(1.25), 1e-12);
-                 Rng rng(111);
-                 for (int n : {2, 5, 33}) {
-                     const std::vector<double> x = random_values(rng, n, 3, 1);
-                     const std::vector<double> mine = batch_norm_feature(x, 0.7, -0.2, 1e-5);
-                     const std::vector<double> engine = engine_column(x, 0.7, -0.2, 1e-5, {}, nullptr);
-                     for (int i = 0; i < n; ++i) expect_near("against the engine's batch_norm", mine[i], engine[i], 1e-5);
-                 }
-             });
+    hw.check(
+        "11.1", "BatchNorm of one feature",
+        "mean and variance with / N; then gamma*(x - mean)/sqrt(var + eps) + beta", [] {
+            const std::vector<double> y = batch_norm_feature({2, 1, 3, 4}, 2, 1, 0);
+            expect_true("four outputs", y.size() == 4);
+            expect_near("y for x = 2 (the text: 0.1056)", y[0], 1 - 1 / std::sqrt(1.25), 1e-12);
+            expect_near("y for x = 4", y[3], 1 + 3 / std::sqrt(1.25), 1e-12);
+            Rng rng(111);
+            for (int n : {2, 5, 33}) {
+                const std::vector<double> x = random_values(rng, n, 3, 1);
+                const std::vector<double> mine = batch_norm_feature(x, 0.7, -0.2, 1e-5);
+                const std::vector<double> engine = engine_column(x, 0.7, -0.2, 1e-5, {}, nullptr);
+                for (int i = 0; i < n; ++i)
+                    expect_near("against the engine's batch_norm", mine[i], engine[i], 1e-5);
+            }
+        });
 
-    hw.check("11.2", "running statistics, PyTorch's momentum", "mean: keep (1 - momentum) of the old value; var: divide by N - 1",
-             [] {
+    hw.check("11.2", "running statistics, PyTorch's momentum",
+             "mean: keep (1 - momentum) of the old value; var: divide by N - 1", [] {
                  double mean = 0, var = 1;
-                 const std::vector<std::vector<double>> batches = {{2, 1, 3, 4}, {3, 3.5, 2.5, 3}, {1, 3, 2, 2}};
+                 const std::vector<std::vector<double>> batches = {
+                     {2, 1, 3, 4}, {3, 3.5, 2.5, 3}, {1, 3, 2, 2}};
                  const double expected[] = {0.25, 0.525, 0.6725};
                  for (int t = 0; t < 3; ++t) {
                      update_running_statistics(mean, var, batches[t], 0.1);
-                     expect_near("running mean after batches of mean 2.5, 3.0, 2.0", mean, expected[t], 1e-12);
+                     expect_near("running mean after batches of mean 2.5, 3.0, 2.0", mean,
+                                 expected[t], 1e-12);
                  }
                  expect_near("running variance (unbiased batch variances 5/3, 1/6, 2/3)", var,
-                             0.9 * (0.9 * (0.9 + 0.1 * 5.0 / 3) + 0.1 * (0.5 / 3)) + 0.1 * (2.0 / 3), 1e-12);
+                             0.9 * (0.9 * (0.9 + 0.1 * 5.0 / 3) + 0.1 * (0.5 / 3)) +
+                                 0.1 * (2.0 / 3),
+                             1e-12);
                  Rng rng(112);
                  nn::BatchNorm bn(1, real(0.3));
                  mean = 0;
@@ -547,15 +596,17 @@ static int check_homework() {
                      bn(Tensor({8, 1}, std::vector<real>(x.begin(), x.end())));
                      update_running_statistics(mean, var, x, 0.3);
                  }
-                 expect_near("mean against nn::BatchNorm (momentum 0.3, 20 batches)", mean, bn.running_mean[0], 1e-5);
+                 expect_near("mean against nn::BatchNorm (momentum 0.3, 20 batches)", mean,
+                             bn.running_mean[0], 1e-5);
                  expect_near("variance against nn::BatchNorm", var, bn.running_var[0], 1e-5);
              });
 
-    hw.check("11.3", "BatchNorm backward for one feature", "the two means remove the shift and the scale; multiply by r last",
-             [] {
+    hw.check("11.3", "BatchNorm backward for one feature",
+             "the two means remove the shift and the scale; multiply by r last", [] {
                  Rng rng(113);
                  for (int n : {2, 4, 17}) {
-                     const std::vector<double> x = random_values(rng, n, 2, 0.5), dy = random_values(rng, n, 1, 0);
+                     const std::vector<double> x = random_values(rng, n, 2, 0.5),
+                                               dy = random_values(rng, n, 1, 0);
                      const std::vector<double> mine = batch_norm_feature_backward(x, dy, 1.5, 1e-5);
                      std::vector<double> engine;
                      engine_column(x, 1.5, 0, 1e-5, dy, &engine);
@@ -568,7 +619,8 @@ static int check_homework() {
                      expect_near("the gradient sums to 0 over the batch", total, 0.0, 1e-9);
                  }
                  // A constant upstream gradient: y shifts as a whole, which x_hat cannot do.
-                 const std::vector<double> flat = batch_norm_feature_backward({1, 5, 2}, {3, 3, 3}, 2, 0);
+                 const std::vector<double> flat =
+                     batch_norm_feature_backward({1, 5, 2}, {3, 3, 3}, 2, 0);
                  for (double g : flat) expect_near("dy constant -> dx = 0", g, 0.0, 1e-12);
              });
 

@@ -28,7 +28,8 @@ static void print_matrix(const char* name, const Tensor& m) {
     const int rows = m.dim(-2), cols = m.dim(-1);
     for (int i = 0; i < rows; ++i) {
         std::printf("  %-4s", i == 0 ? name : "");
-        for (int j = 0; j < cols; ++j) std::printf(" %8.4f", double(m.values()[std::size_t(i) * cols + j]));
+        for (int j = 0; j < cols; ++j)
+            std::printf(" %8.4f", double(m.values()[std::size_t(i) * cols + j]));
         std::printf("\n");
     }
 }
@@ -60,9 +61,12 @@ static void single_head() {
     print_matrix("S", S);
     print_matrix("P", P);
     print_matrix("O", matmul(P, e.V));
-    const Tensor composed = attention_composed(e.Q, e.K, e.V, false), fused = attention(e.Q, e.K, e.V, false);
-    std::printf("\nQuery 1 = (0, 1) matches key 1 = (0, 2) best (score 2/1.414 = 1.414), so row 1 of P\n"
-                "puts %.3f on token 1 and O's row 1 leans toward v_1 = (3, 4).\n", double(P.at({1, 1})));
+    const Tensor composed = attention_composed(e.Q, e.K, e.V, false),
+                 fused = attention(e.Q, e.K, e.V, false);
+    std::printf(
+        "\nQuery 1 = (0, 1) matches key 1 = (0, 2) best (score 2/1.414 = 1.414), so row 1 of P\n"
+        "puts %.3f on token 1 and O's row 1 leans toward v_1 = (3, 4).\n",
+        double(P.at({1, 1})));
     std::printf("attention_composed and the fused attention differ by at most %.1e.\n",
                 max_difference(composed.values(), fused.values()));
 }
@@ -85,11 +89,11 @@ static void backward_steps() {
     const Tensor dO({3, 2}, {1, 0, 0, 1, 0.5, -0.5});   // an upstream gradient, chosen by hand
     const Tensor P = softmax(matmul(e.Q, transpose(e.K)) * s);
 
-    const Tensor dV = matmul(transpose(P), dO);                          // 1
-    const Tensor dP = matmul(dO, transpose(e.V));                        // 2
-    const Tensor dS = P * (dP - sum(dP * P, -1, true));                  // 3
-    const Tensor dQ = matmul(dS, e.K) * s;                               // 4
-    const Tensor dK = matmul(transpose(dS), e.Q) * s;                    // 5
+    const Tensor dV = matmul(transpose(P), dO);           // 1
+    const Tensor dP = matmul(dO, transpose(e.V));         // 2
+    const Tensor dS = P * (dP - sum(dP * P, -1, true));   // 3
+    const Tensor dQ = matmul(dS, e.K) * s;                // 4
+    const Tensor dK = matmul(transpose(dS), e.Q) * s;     // 5
     print_matrix("dO", dO);
     std::printf("\n");
     print_matrix("dV", dV);
@@ -97,28 +101,34 @@ static void backward_steps() {
     print_matrix("dS", dS);
     print_matrix("dQ", dQ);
     print_matrix("dK", dK);
-    std::printf("\nEach row of dS sums to 0 (softmax's outputs always sum to 1, so no gradient can\n"
-                "raise them all): %.1e, %.1e, %.1e. Row 2 is 0 everywhere: dO's row 2 = (0.5, -0.5)\n"
-                "meets V's rows, whose two entries differ by 1 in every row, so dP's row 2 is a constant,\n"
-                "and adding a constant to a softmax's scores changes nothing.\n",
-                double(sum(slice(dS, 0, 0, 1)).item()), double(sum(slice(dS, 0, 1, 2)).item()),
-                double(sum(slice(dS, 0, 2, 3)).item()));
+    std::printf(
+        "\nEach row of dS sums to 0 (softmax's outputs always sum to 1, so no gradient can\n"
+        "raise them all): %.1e, %.1e, %.1e. Row 2 is 0 everywhere: dO's row 2 = (0.5, -0.5)\n"
+        "meets V's rows, whose two entries differ by 1 in every row, so dP's row 2 is a constant,\n"
+        "and adding a constant to a softmax's scores changes nothing.\n",
+        double(sum(slice(dS, 0, 0, 1)).item()), double(sum(slice(dS, 0, 1, 2)).item()),
+        double(sum(slice(dS, 0, 2, 3)).item()));
 
     std::printf("\n%-34s  %9s  %9s  %9s\n", "largest difference from the steps", "dQ", "dK", "dV");
     for (int fused = 0; fused < 2; ++fused)
         for (AttentionSaves saves : {AttentionSaves::probabilities, AttentionSaves::log_sum_exp}) {
             if (!fused && saves == AttentionSaves::log_sum_exp) continue;
-            Tensor q = e.Q.detach().requires_grad_(), k = e.K.detach().requires_grad_(), v = e.V.detach().requires_grad_();
-            const Tensor o = fused ? attention(q, k, v, false, saves) : attention_composed(q, k, v, false);
+            Tensor q = e.Q.detach().requires_grad_(), k = e.K.detach().requires_grad_(),
+                   v = e.V.detach().requires_grad_();
+            const Tensor o =
+                fused ? attention(q, k, v, false, saves) : attention_composed(q, k, v, false);
             o.backward(dO);
             const char* name = !fused ? "backward() through the composed ops"
-                               : saves == AttentionSaves::probabilities ? "fused op, P saved"
-                                                                        : "fused op, log-sum-exp saved";
+                               : saves == AttentionSaves::probabilities
+                                   ? "fused op, P saved"
+                                   : "fused op, log-sum-exp saved";
             std::printf("%-34s  %9.1e  %9.1e  %9.1e\n", name, max_difference(q.grad(), dQ.values()),
-                        max_difference(k.grad(), dK.values()), max_difference(v.grad(), dV.values()));
+                        max_difference(k.grad(), dK.values()),
+                        max_difference(v.grad(), dV.values()));
         }
-    std::printf("(float rounding only; the tests compare fused and composed in double to 1e-9, and\n"
-                "both against finite differences to 1e-6.)\n");
+    std::printf(
+        "(float rounding only; the tests compare fused and composed in double to 1e-9, and\n"
+        "both against finite differences to 1e-6.)\n");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -141,8 +151,9 @@ static void causal() {
     const Tensor P = softmax(matmul(q, transpose(k)) * real(1 / std::sqrt(3.0)) + causal_mask(4));
     print_matrix("P", P);
     const Tensor o = attention(q, k, v, true);
-    std::printf("\nO's row 0 = (%.4f, %.4f) = v_0 = (%.4f, %.4f). Changing token 3's key and value\n",
-                double(o.at({0, 0})), double(o.at({0, 1})), double(v.at({0, 0})), double(v.at({0, 1})));
+    std::printf(
+        "\nO's row 0 = (%.4f, %.4f) = v_0 = (%.4f, %.4f). Changing token 3's key and value\n",
+        double(o.at({0, 0})), double(o.at({0, 1})), double(v.at({0, 0})), double(v.at({0, 1})));
     Tensor k2 = k.detach(), v2 = v.detach();
     k2.at({3, 0}) += 10;
     v2.at({3, 1}) += 10;
@@ -170,8 +181,9 @@ struct MultiHeadInputs {
 static Tensor multi_head_step(const MultiHeadInputs& in, bool fused, std::vector<Tensor>& p) {
     p = {in.x.detach().requires_grad_()};
     for (const Tensor& w : in.W) p.push_back(w.detach().requires_grad_());
-    const Tensor y = multi_head_attention(p[0], p[1], p[2], p[3], p[4], 8, true,
-                                          fused ? AttentionKernel::fused : AttentionKernel::composed);
+    const Tensor y =
+        multi_head_attention(p[0], p[1], p[2], p[3], p[4], 8, true,
+                             fused ? AttentionKernel::fused : AttentionKernel::composed);
     mean(y * y).backward();
     return y;
 }
@@ -194,7 +206,8 @@ static void multi_head() {
     heading("4. Multi-head causal self-attention, B = 4, T = 64, D = 64, 8 heads");
     Rng rng(4);
     MultiHeadInputs in{randn({4, 64, 64}, rng), {}};
-    for (int i = 0; i < 4; ++i) in.W.push_back(init_weight({64, 64}, 64, 64, Init::xavier_normal, rng));
+    for (int i = 0; i < 4; ++i)
+        in.W.push_back(init_weight({64, 64}, 64, 64, Init::xavier_normal, rng));
     std::vector<real> out[2], grads[2][5];
     for (int fused = 0; fused < 2; ++fused) {
         std::vector<Tensor> p;
@@ -203,31 +216,36 @@ static void multi_head() {
     }
     const char* names[] = {"dx", "dWq", "dWk", "dWv", "dWo"};
     std::printf("largest |fused - composed|: output %.1e", max_difference(out[0], out[1]));
-    for (int i = 0; i < 5; ++i) std::printf(", %s %.1e", names[i], max_difference(grads[0][i], grads[1][i]));
+    for (int i = 0; i < 5; ++i)
+        std::printf(", %s %.1e", names[i], max_difference(grads[0][i], grads[1][i]));
 
     const StepCost composed = multi_head_cost(in, false), fused = multi_head_cost(in, true);
     std::vector<Tensor> scratch;
     const std::vector<double> ms = median_ms_one_thread(
-        {[&] { multi_head_step(in, false, scratch); }, [&] { multi_head_step(in, true, scratch); }}, 9);
+        {[&] { multi_head_step(in, false, scratch); }, [&] { multi_head_step(in, true, scratch); }},
+        9);
     std::printf("\n\nforward + backward   %14s  %16s  %22s\n", "FLOPs (counted)", "peak bytes",
                 "median of 9, 1 thread");
     std::printf("composed            %14lld  %16zu  %19.2f ms\n", (long long)composed.flops,
                 composed.peak_bytes, ms[0]);
-    std::printf("fused               %14lld  %16zu  %19.2f ms\n", (long long)fused.flops, fused.peak_bytes,
-                ms[1]);
+    std::printf("fused               %14lld  %16zu  %19.2f ms\n", (long long)fused.flops,
+                fused.peak_bytes, ms[1]);
     // The four products [256, 64]·[64, 64], forward and their two backward products each.
     const long long projections = 3LL * 4 * 2 * 4 * 64 * 64 * 64;
-    std::printf("The fused op does %.0f%% of the composed FLOPs: it skips the masked half of each head's\n"
-                "scores, and the four projections (%lld FLOPs with their backward) are the same in both.\n"
-                "It peaks at %.1fx fewer bytes: per head it keeps one [T, T] tensor, P, where the composed\n"
-                "ops keep four (Q*K^T, scaled, masked, P) and the mask, and then a gradient for each.\n",
-                100.0 * double(fused.flops) / double(composed.flops), projections,
-                double(composed.peak_bytes) / double(fused.peak_bytes));
+    std::printf(
+        "The fused op does %.0f%% of the composed FLOPs: it skips the masked half of each head's\n"
+        "scores, and the four projections (%lld FLOPs with their backward) are the same in both.\n"
+        "It peaks at %.1fx fewer bytes: per head it keeps one [T, T] tensor, P, where the "
+        "composed\n"
+        "ops keep four (Q*K^T, scaled, masked, P) and the mask, and then a gradient for each.\n",
+        100.0 * double(fused.flops) / double(composed.flops), projections,
+        double(composed.peak_bytes) / double(fused.peak_bytes));
     if (ms[1] < ms[0])
         std::printf("On one thread its step also took %.1fx less time.\n", ms[0] / ms[1]);
     else
-        std::printf("On one thread its step was not faster on this run (%.1fx the composed time).\n",
-                    ms[1] / ms[0]);
+        std::printf(
+            "On one thread its step was not faster on this run (%.1fx the composed time).\n",
+            ms[1] / ms[0]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -246,7 +264,8 @@ static Flops measure(int T, int d, bool causal, bool fused, AttentionSaves saves
     Tensor q = randn({T, d}, rng).requires_grad_(), k = randn({T, d}, rng).requires_grad_(),
            v = randn({T, d}, rng).requires_grad_();
     reset_counted_flops();
-    const Tensor o = fused ? attention(q, k, v, causal, saves) : attention_composed(q, k, v, causal);
+    const Tensor o =
+        fused ? attention(q, k, v, causal, saves) : attention_composed(q, k, v, causal);
     const std::int64_t forward = counted_flops();
     reset_counted_flops();
     o.backward(Tensor::full(o.shape(), 1));
@@ -270,11 +289,13 @@ static void flops() {
     for (const Row& r : rows) {
         const Flops f = measure(512, 64, r.causal, r.fused, r.saves);
         if (f.forward == 0) {
-            std::printf("%-36s  (engine.cpp's matmul does not count FLOPs: the §4.1 hook is missing)\n", r.name);
+            std::printf(
+                "%-36s  (engine.cpp's matmul does not count FLOPs: the §4.1 hook is missing)\n",
+                r.name);
             continue;
         }
-        std::printf("%-36s  %14lld  %14lld  %7.2f\n", r.name, (long long)f.forward, (long long)f.backward,
-                    double(f.backward) / double(f.forward));
+        std::printf("%-36s  %14lld  %14lld  %7.2f\n", r.name, (long long)f.forward,
+                    (long long)f.backward, double(f.backward) / double(f.forward));
     }
     std::printf("\nBy formula: forward 2 x 2*512^2*64 = %lld; backward 4 x 2*512^2*64 = %lld.\n"
                 "Causal: 512*513/2 = 131,328 pairs instead of 262,144: 50.1%% of the work.\n",
@@ -310,7 +331,8 @@ static void flops() {
 // ---------------------------------------------------------------------------------------------
 static void memory() {
     heading("6. Memory held for the backward: P or one log-sum-exp per row");
-    std::printf("%6s  %22s  %22s  %9s\n", "T", "bytes held, P saved", "bytes held, lse saved", "ratio");
+    std::printf("%6s  %22s  %22s  %9s\n", "T", "bytes held, P saved", "bytes held, lse saved",
+                "ratio");
     Rng rng(6);
     std::vector<double> lengths, with_p, with_lse;
     for (int T : {64, 128, 256, 512}) {
@@ -320,21 +342,26 @@ static void memory() {
         std::size_t held[2];
         for (int i = 0; i < 2; ++i) {
             const std::size_t before = tensor_bytes();
-            const Tensor o = attention(q, k, v, true, i ? AttentionSaves::log_sum_exp : AttentionSaves::probabilities);
+            const Tensor o = attention(
+                q, k, v, true, i ? AttentionSaves::log_sum_exp : AttentionSaves::probabilities);
             held[i] = tensor_bytes() - before;   // O itself, and what the op saved
         }
-        std::printf("%6d  %22zu  %22zu  %8.1fx\n", T, held[0], held[1], double(held[0]) / double(held[1]));
+        std::printf("%6d  %22zu  %22zu  %8.1fx\n", T, held[0], held[1],
+                    double(held[0]) / double(held[1]));
         lengths.push_back(T);
         with_p.push_back(double(held[0]));
         with_lse.push_back(double(held[1]));
     }
     std::printf("(Both include the output O, 8*T*64 floats; P adds 8*T^2, the log-sum-exp 8*T.)\n");
     const double gib = 1024.0 * 1024 * 1024, mib = 1024.0 * 1024;
-    const double p_bytes = 32.0 * 4096 * 4096 * 2, flash_bytes = 32.0 * 4096 * 128 * 2 + 32.0 * 4096 * 2;
-    std::printf("\nThe texts' example in fp16 (32 heads, T = 4096, d = 128): P %.2f GiB, O and the\n"
-                "log-sum-exp %.2f MiB: %.2f times less. Per layer, per sequence.\n",
-                p_bytes / gib, flash_bytes / mib, p_bytes / flash_bytes);
-    Plot plot("Bytes kept for attention's backward (8 heads, d = 64)", "T", "bytes", Scale::log_log);
+    const double p_bytes = 32.0 * 4096 * 4096 * 2,
+                 flash_bytes = 32.0 * 4096 * 128 * 2 + 32.0 * 4096 * 2;
+    std::printf(
+        "\nThe texts' example in fp16 (32 heads, T = 4096, d = 128): P %.2f GiB, O and the\n"
+        "log-sum-exp %.2f MiB: %.2f times less. Per layer, per sequence.\n",
+        p_bytes / gib, flash_bytes / mib, p_bytes / flash_bytes);
+    Plot plot("Bytes kept for attention's backward (8 heads, d = 64)", "T", "bytes",
+              Scale::log_log);
     plot.add("P saved", lengths, with_p);
     plot.add("log-sum-exp saved", lengths, with_lse);
     plot.save("12_attention_memory");
@@ -367,7 +394,8 @@ AttentionFlops attention_flops(int T, int S, int d, int dv, bool causal) {
 
 // 12.2  Softmax's backward for one row: given the row p = softmax(s) and dp = dL/dp, return
 // ds = dL/ds (step 3 of the attention backward).
-std::vector<double> softmax_backward_row(const std::vector<double>& p, const std::vector<double>& dp) {
+std::vector<double> softmax_backward_row(const std::vector<double>& p,
+                                         const std::vector<double>& dp) {
     // BEGIN EXERCISE 12.2
     throw not_implemented("12.2");
     // END EXERCISE
@@ -383,8 +411,8 @@ struct Matrix {
     double at(int i, int j) const { return v[std::size_t(i) * cols + j]; }
 };
 
-void attention_backward_by_hand(const Matrix& Q, const Matrix& K, const Matrix& V, const Matrix& dO, bool causal,
-                                Matrix& dQ, Matrix& dK, Matrix& dV) {
+void attention_backward_by_hand(const Matrix& Q, const Matrix& K, const Matrix& V, const Matrix& dO,
+                                bool causal, Matrix& dQ, Matrix& dK, Matrix& dV) {
     // BEGIN EXERCISE 12.3
     throw not_implemented("12.3");
     // END EXERCISE
@@ -403,28 +431,36 @@ static Tensor to_tensor(const Matrix& m) {
 static int check_homework() {
     Homework hw("12");
 
-    hw.check("12.1", "attention FLOPs, forward and backward",
-             "count the scored pairs (T·S, or T(T+1)/2 under the causal mask); a multiply-add is 2 FLOPs, "
-             "d per pair in Q·Kᵀ, dv in P·V; the backward does two such products per forward one", [] {
-                 const AttentionFlops text = attention_flops(512, 512, 64, 64, false);
-                 expect_near("forward, T = 512, d = 64", double(text.forward), 67108864, 0);
-                 expect_near("backward (the texts' 134,217,728)", double(text.backward), 134217728, 0);
-                 const struct { int T, S, d, dv; bool causal; } cases[] = {
-                     {7, 7, 3, 5, true}, {4, 9, 2, 6, false}, {16, 16, 8, 8, true}, {1, 1, 1, 1, true}};
-                 for (const auto& c : cases) {
-                     Rng rng(121);
-                     Tensor q = randn({c.T, c.d}, rng).requires_grad_(), k = randn({c.S, c.d}, rng).requires_grad_(),
-                            v = randn({c.S, c.dv}, rng).requires_grad_();
-                     reset_counted_flops();
-                     const Tensor o = attention(q, k, v, c.causal);
-                     const std::int64_t forward = counted_flops();
-                     reset_counted_flops();
-                     o.backward(Tensor::full(o.shape(), 1));
-                     const AttentionFlops mine = attention_flops(c.T, c.S, c.d, c.dv, c.causal);
-                     expect_near("forward against the engine's count", double(mine.forward), double(forward), 0);
-                     expect_near("backward against the engine's count", double(mine.backward), double(counted_flops()), 0);
-                 }
-             });
+    hw.check(
+        "12.1", "attention FLOPs, forward and backward",
+        "count the scored pairs (T·S, or T(T+1)/2 under the causal mask); a multiply-add is 2 "
+        "FLOPs, d per pair in Q·Kᵀ, dv in P·V; the backward does two such products per forward one",
+        [] {
+            const AttentionFlops text = attention_flops(512, 512, 64, 64, false);
+            expect_near("forward, T = 512, d = 64", double(text.forward), 67108864, 0);
+            expect_near("backward (the texts' 134,217,728)", double(text.backward), 134217728, 0);
+            const struct {
+                int T, S, d, dv;
+                bool causal;
+            } cases[] = {
+                {7, 7, 3, 5, true}, {4, 9, 2, 6, false}, {16, 16, 8, 8, true}, {1, 1, 1, 1, true}};
+            for (const auto& c : cases) {
+                Rng rng(121);
+                Tensor q = randn({c.T, c.d}, rng).requires_grad_(),
+                       k = randn({c.S, c.d}, rng).requires_grad_(),
+                       v = randn({c.S, c.dv}, rng).requires_grad_();
+                reset_counted_flops();
+                const Tensor o = attention(q, k, v, c.causal);
+                const std::int64_t forward = counted_flops();
+                reset_counted_flops();
+                o.backward(Tensor::full(o.shape(), 1));
+                const AttentionFlops mine = attention_flops(c.T, c.S, c.d, c.dv, c.causal);
+                expect_near("forward against the engine's count", double(mine.forward),
+                            double(forward), 0);
+                expect_near("backward against the engine's count", double(mine.backward),
+                            double(counted_flops()), 0);
+            }
+        });
 
     hw.check("12.2", "softmax backward for one row", "ds_j = p_j * (dp_j - sum_i dp_i * p_i)", [] {
         const std::vector<double> uniform_p = {0.25, 0.25, 0.25, 0.25};
@@ -432,7 +468,8 @@ static int check_homework() {
         expect_near("uniform p, dp = e_0: ds_0 = 0.25 * (1 - 0.25)", ds[0], 0.1875, 1e-15);
         expect_near("ds_1 = 0.25 * (0 - 0.25)", ds[1], -0.0625, 1e-15);
         const std::vector<double> same = softmax_backward_row({0.7, 0.2, 0.1}, {3, 3, 3});
-        for (double g : same) expect_near("dp constant -> ds = 0 (a shift of s changes nothing)", g, 0.0, 1e-15);
+        for (double g : same)
+            expect_near("dp constant -> ds = 0 (a shift of s changes nothing)", g, 0.0, 1e-15);
         Rng rng(122);
         for (int n : {2, 5, 11}) {
             Tensor s = randn({n}, rng).requires_grad_();
@@ -451,8 +488,8 @@ static int check_homework() {
     });
 
     hw.check("12.3", "attention backward by hand: dV, dP, dS, dQ, dK",
-             "recompute P = softmax(Q·Kᵀ/√d), masked; for each product C = A·B, dA = dC·Bᵀ and dB = Aᵀ·dC; "
-             "the softmax rows as in 12.2; the 1/√d scale carries into dQ and dK",
+             "recompute P = softmax(Q·Kᵀ/√d), masked; for each product C = A·B, dA = dC·Bᵀ and dB "
+             "= Aᵀ·dC; the softmax rows as in 12.2; the 1/√d scale carries into dQ and dK",
              [] {
                  Rng rng(123);
                  for (bool causal : {false, true})
@@ -460,10 +497,11 @@ static int check_homework() {
                          const int d = 4, dv = 3;
                          const Matrix Q = random_matrix(T, d, rng), K = random_matrix(T, d, rng),
                                       V = random_matrix(T, dv, rng), dO = random_matrix(T, dv, rng);
-                         Matrix dQ{T, d, std::vector<double>(std::size_t(T) * d)}, dK = dQ,
-                                dV{T, dv, std::vector<double>(std::size_t(T) * dv)};
+                         Matrix dQ{T, d, std::vector<double>(std::size_t(T) * d)},
+                             dK = dQ, dV{T, dv, std::vector<double>(std::size_t(T) * dv)};
                          attention_backward_by_hand(Q, K, V, dO, causal, dQ, dK, dV);
-                         Tensor q = to_tensor(Q).requires_grad_(), k = to_tensor(K).requires_grad_(),
+                         Tensor q = to_tensor(Q).requires_grad_(),
+                                k = to_tensor(K).requires_grad_(),
                                 v = to_tensor(V).requires_grad_();
                          attention(q, k, v, causal).backward(to_tensor(dO));
                          for (std::size_t i = 0; i < dQ.v.size(); ++i) {

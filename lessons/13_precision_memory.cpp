@@ -64,30 +64,34 @@ static std::string megabytes(double bytes) {
 // ---------------------------------------------------------------------------------------------
 static void formats() {
     heading("1. float32, float16, bfloat16");
-    std::printf("%-6s  %12s  %14s  %18s  %14s\n", "format", "largest", "smallest normal", "smallest subnormal",
-                "spacing at 1");
-    std::printf("%-6s  %12.5g  %14.5g  %18.5g  %14.5g\n", "fp32", double(std::numeric_limits<float>::max()),
-                double(std::numeric_limits<float>::min()), double(std::numeric_limits<float>::denorm_min()),
-                double(std::numeric_limits<float>::epsilon()));
+    std::printf("%-6s  %12s  %14s  %18s  %14s\n", "format", "largest", "smallest normal",
+                "smallest subnormal", "spacing at 1");
+    std::printf(
+        "%-6s  %12.5g  %14.5g  %18.5g  %14.5g\n", "fp32", double(std::numeric_limits<float>::max()),
+        double(std::numeric_limits<float>::min()), double(std::numeric_limits<float>::denorm_min()),
+        double(std::numeric_limits<float>::epsilon()));
     std::printf("%-6s  %12.5g  %14.5g  %18.5g  %14.5g\n", "fp16", double(half_to_float(0x7bff)),
-                double(half_to_float(0x0400)), double(half_to_float(0x0001)), double(half_to_float(0x3c01)) - 1);
+                double(half_to_float(0x0400)), double(half_to_float(0x0001)),
+                double(half_to_float(0x3c01)) - 1);
     std::printf("%-6s  %12.5g  %14.5g  %18.5g  %14.5g\n", "bf16", double(bfloat16_to_float(0x7f7f)),
                 double(bfloat16_to_float(0x0080)), double(bfloat16_to_float(0x0001)),
                 double(bfloat16_to_float(0x3f81)) - 1);
 
-    std::printf("\n%12s  %6s  %14s  %9s    %6s  %14s  %9s\n", "x", "fp16", "value", "rel. err", "bf16", "value",
-                "rel. err");
-    for (float x : {0.1f, 1.0f / 3, 3.14159265f, 2049.0f, 2051.0f, 65504.0f, 65520.0f, 1e5f, 1e-5f, 1e-8f, 1e-9f}) {
+    std::printf("\n%12s  %6s  %14s  %9s    %6s  %14s  %9s\n", "x", "fp16", "value", "rel. err",
+                "bf16", "value", "rel. err");
+    for (float x : {0.1f, 1.0f / 3, 3.14159265f, 2049.0f, 2051.0f, 65504.0f, 65520.0f, 1e5f, 1e-5f,
+                    1e-8f, 1e-9f}) {
         const std::uint16_t h = float_to_half(x), b = float_to_bfloat16(x);
         const double vh = half_to_float(h), vb = bfloat16_to_float(b);
         std::printf("%12.6g  0x%04x  %14.8g  %9.1e    0x%04x  %14.8g  %9.1e\n", double(x), h, vh,
                     std::fabs(vh - x) / x, b, vb, std::fabs(vb - x) / x);
     }
-    std::printf("65520 is halfway between 65504 and the next step, 65536, which float16 cannot hold:\n"
-                "it overflows to inf. 1e-5 is a float16 subnormal (fewer digits: relative error\n"
-                "above 1e-4); 1e-8 is below half the smallest subnormal and becomes 0. bfloat16 keeps\n"
-                "every one of them, to 2-3 digits. (The tests check every one of the 65,536 patterns\n"
-                "of both formats, and every rounding tie.)\n");
+    std::printf(
+        "65520 is halfway between 65504 and the next step, 65536, which float16 cannot hold:\n"
+        "it overflows to inf. 1e-5 is a float16 subnormal (fewer digits: relative error\n"
+        "above 1e-4); 1e-8 is below half the smallest subnormal and becomes 0. bfloat16 keeps\n"
+        "every one of them, to 2-3 digits. (The tests check every one of the 65,536 patterns\n"
+        "of both formats, and every rounding tie.)\n");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -111,7 +115,8 @@ static void low_precision_products() {
     std::printf("%6s", "K");
     for (const Config& c : configs) std::printf("  %18s", c.name);
     std::printf("\n");
-    Plot plot("Relative error of a product with 16-bit inputs", "K", "largest relative error", Scale::log_log);
+    Plot plot("Relative error of a product with 16-bit inputs", "K", "largest relative error",
+              Scale::log_log);
     std::vector<double> ks;
     std::vector<std::vector<double>> errors(5);
     Rng rng(2);
@@ -120,13 +125,15 @@ static void low_precision_products() {
         std::vector<double> exact(256, 0.0);
         for (int i = 0; i < 16; ++i)
             for (int j = 0; j < 16; ++j)
-                for (int k = 0; k < K; ++k) exact[i * 16 + j] += double(a.at({i, k})) * double(b.at({k, j}));
+                for (int k = 0; k < K; ++k)
+                    exact[i * 16 + j] += double(a.at({i, k})) * double(b.at({k, j}));
         std::printf("%6d", K);
         ks.push_back(K);
         for (int c = 0; c < 5; ++c) {
             const Tensor out = matmul_in_precision(a, b, configs[c].inputs, configs[c].accumulator);
             double worst = 0;
-            for (int i = 0; i < 256; ++i) worst = std::max(worst, std::fabs(out.values()[i] - exact[i]) / exact[i]);
+            for (int i = 0; i < 256; ++i)
+                worst = std::max(worst, std::fabs(out.values()[i] - exact[i]) / exact[i]);
             std::printf("  %18.1e", worst);
             errors[c].push_back(worst);
         }
@@ -135,12 +142,14 @@ static void low_precision_products() {
     for (int c = 0; c < 5; ++c) plot.add(configs[c].name, ks, errors[c]);
     plot.save("13_matmul_precision");
     const Tensor ones_row = Tensor::full({1, 4096}, 1), ones_column = Tensor::full({4096, 1}, 1);
-    std::printf("\nWith an fp32 sum, 16-bit inputs cost only their own rounding (about 2^-11 for fp16,\n"
-                "2^-8 for bf16), whatever K is. With a 16-bit sum the error grows with K until the sum\n"
-                "stops moving: 4096 ones add up to %g in fp16 and %g in bf16. That is why tensor cores\n"
-                "take 16-bit inputs but accumulate in fp32.\n",
-                double(matmul_in_precision(ones_row, ones_column, Precision::fp16, Precision::fp16).item()),
-                double(matmul_in_precision(ones_row, ones_column, Precision::bf16, Precision::bf16).item()));
+    std::printf(
+        "\nWith an fp32 sum, 16-bit inputs cost only their own rounding (about 2^-11 for fp16,\n"
+        "2^-8 for bf16), whatever K is. With a 16-bit sum the error grows with K until the sum\n"
+        "stops moving: 4096 ones add up to %g in fp16 and %g in bf16. That is why tensor cores\n"
+        "take 16-bit inputs but accumulate in fp32.\n",
+        double(matmul_in_precision(ones_row, ones_column, Precision::fp16, Precision::fp16).item()),
+        double(
+            matmul_in_precision(ones_row, ones_column, Precision::bf16, Precision::bf16).item()));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -156,13 +165,14 @@ static void loss_scaling() {
     const float plain = round_to_precision(g, Precision::fp16);
     const float scaled = round_to_precision(g * S, Precision::fp16);
     std::printf("  1e-9 stored in fp16:                 %g\n", double(plain));
-    std::printf("  1e-9 x 65536 = %.6g stored in fp16: %.6g (bits 0x%04x, a normal number)\n", double(g * S),
-                double(scaled), float_to_half(g * S));
-    std::printf("  divided by 65536 in fp32:            %.6g (relative error %.1e)\n", double(scaled / S),
-                std::fabs(scaled / S - g) / g);
+    std::printf("  1e-9 x 65536 = %.6g stored in fp16: %.6g (bits 0x%04x, a normal number)\n",
+                double(g * S), double(scaled), float_to_half(g * S));
+    std::printf("  divided by 65536 in fp32:            %.6g (relative error %.1e)\n",
+                double(scaled / S), std::fabs(scaled / S - g) / g);
     std::printf("  1e-9 stored in bf16, unscaled:       %.6g\n",
                 double(round_to_precision(g, Precision::bf16)));
-    std::printf("bfloat16 has float's exponent range, so it needs no scaling; only float16 does.\n");
+    std::printf(
+        "bfloat16 has float's exponent range, so it needs no scaling; only float16 does.\n");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -273,7 +283,8 @@ struct ClipRow {
 };
 
 static ClipRow clip_both_ways(const std::vector<real>& c, double S, double max_norm) {
-    const std::vector<real> reference = fp32_clipped(c, max_norm), right = unscale_then_clip(c, S, max_norm),
+    const std::vector<real> reference = fp32_clipped(c, max_norm),
+                            right = unscale_then_clip(c, S, max_norm),
                             wrong = clip_then_unscale(c, S, max_norm);
     return {norm_of(c), norm_of(reference), norm_of(right), norm_of(wrong), right == reference};
 }
@@ -282,8 +293,9 @@ static void print_clip_rows(const std::vector<ClipRow>& rows, double S) {
     std::printf("%10s  %9s  %13s  %14s  %8s  %14s  %12s\n", "true norm", "S x norm", "fp32 clipped",
                 "unscale, clip", "= fp32?", "clip, unscale", "fp32 / wrong");
     for (const ClipRow& r : rows)
-        std::printf("%10.4g  %9.4g  %13.4g  %14.4g  %8s  %14.4g  %11.4gx\n", r.norm, S * r.norm, r.reference,
-                    r.right, r.right_is_reference ? "bitwise" : "NO", r.wrong, r.reference / r.wrong);
+        std::printf("%10.4g  %9.4g  %13.4g  %14.4g  %8s  %14.4g  %11.4gx\n", r.norm, S * r.norm,
+                    r.reference, r.right, r.right_is_reference ? "bitwise" : "NO", r.wrong,
+                    r.reference / r.wrong);
 }
 
 // What the table's rows show, said from their numbers: rows[0] has a true norm above max_norm,
@@ -292,34 +304,38 @@ static void explain_clip_rows(const std::vector<ClipRow>& rows, double S, double
     bool all_bitwise = true;
     for (const ClipRow& r : rows) all_bitwise = all_bitwise && r.right_is_reference;
     std::printf("Unscaling first gives the fp32 run's clipped gradient %s.\n",
-                all_bitwise ? "bit for bit in every row\n(S is a power of two)" : "only up to rounding");
-    std::printf("Clipping first cuts the scaled norm to %g, which is %.3g once unscaled. At norm %g\n"
-                "the step comes out %gx too small (S = %g); at norm %g, which should pass whole,\n"
-                "it is cut %gx; at norm %.3g, below max_norm/S = %.3g, it is left alone (%gx).\n",
-                max_norm, max_norm / S, rows[0].norm, rows[0].reference / rows[0].wrong, S, rows[1].norm,
-                rows[1].reference / rows[1].wrong, rows[2].norm, max_norm / S,
-                rows[2].reference / rows[2].wrong);
+                all_bitwise ? "bit for bit in every row\n(S is a power of two)"
+                            : "only up to rounding");
+    std::printf(
+        "Clipping first cuts the scaled norm to %g, which is %.3g once unscaled. At norm %g\n"
+        "the step comes out %gx too small (S = %g); at norm %g, which should pass whole,\n"
+        "it is cut %gx; at norm %.3g, below max_norm/S = %.3g, it is left alone (%gx).\n",
+        max_norm, max_norm / S, rows[0].norm, rows[0].reference / rows[0].wrong, S, rows[1].norm,
+        rows[1].reference / rows[1].wrong, rows[2].norm, max_norm / S,
+        rows[2].reference / rows[2].wrong);
 }
 
 static void overflow_skips_the_step(const std::vector<real>& c, double S, double max_norm) {
     DynamicLossScaler scaler(S);
     const long skipped = skipped_until_finite(c, scaler);
     const double largest = double(largest_entry(c)), fp16_max = double(half_to_float(0x7bff));
-    std::printf("\nOverflow: with S = %g the entry %g becomes %g, beyond float16's %g: inf.\n"
-                "unscale_gradients finds it and returns false, and the step is skipped: no clipping, no\n"
-                "update.\nGiven those gradients, clip_grad_norm %s.\n"
-                "The dynamic scaler skips %ld steps, halving S each time, down to %g, where %g x %g = %g\n"
-                "fits; that step's clipped gradient is %s, the fp32 one.\n",
-                S, largest, largest * S, fp16_max, clipping_an_overflow(c, S).c_str(), skipped,
-                scaler.scale(), largest, scaler.scale(), largest * scaler.scale(),
-                vector_text(unscale_then_clip(c, scaler.scale(), max_norm)).c_str());
+    std::printf(
+        "\nOverflow: with S = %g the entry %g becomes %g, beyond float16's %g: inf.\n"
+        "unscale_gradients finds it and returns false, and the step is skipped: no clipping, no\n"
+        "update.\nGiven those gradients, clip_grad_norm %s.\n"
+        "The dynamic scaler skips %ld steps, halving S each time, down to %g, where %g x %g = %g\n"
+        "fits; that step's clipped gradient is %s, the fp32 one.\n",
+        S, largest, largest * S, fp16_max, clipping_an_overflow(c, S).c_str(), skipped,
+        scaler.scale(), largest, scaler.scale(), largest * scaler.scale(),
+        vector_text(unscale_then_clip(c, scaler.scale(), max_norm)).c_str());
 }
 
 static void clip_after_unscaling() {
     const double S = 1024, max_norm = 1;
     char title[96];
     std::snprintf(title, sizeof title,
-                  "3b. The order of a step: scale the loss, backward, unscale, clip, step (S = %g)", S);
+                  "3b. The order of a step: scale the loss, backward, unscale, clip, step (S = %g)",
+                  S);
     heading(title);
     const std::vector<real> direction = {2, -4, 1, 2};   // norm 5
     std::vector<ClipRow> rows;
@@ -328,12 +344,11 @@ static void clip_after_unscaling() {
         for (real d : direction) c.push_back(real(std::ldexp(double(d), k)));
         rows.push_back(clip_both_ways(c, S, max_norm));
     }
-    std::printf("Clipped at max_norm = %g; the columns are gradient norms after unscaling.\n", max_norm);
+    std::printf("Clipped at max_norm = %g; the columns are gradient norms after unscaling.\n",
+                max_norm);
     print_clip_rows(rows, S);
-    std::printf("\nThe texts' gradient, norm 5:\n"
-                "  fp32, clipped:               %s\n"
-                "  scaled, unscaled, clipped:   %s\n"
-                "  scaled, clipped, unscaled:   %s\n",
+    std::printf("\nThe texts' gradient, norm 5:\n  fp32, clipped:               %s\n"
+                "  scaled, unscaled, clipped:   %s\n  scaled, clipped, unscaled:   %s\n",
                 vector_text(fp32_clipped(direction, max_norm)).c_str(),
                 vector_text(unscale_then_clip(direction, S, max_norm)).c_str(),
                 vector_text(clip_then_unscale(direction, S, max_norm)).c_str());
@@ -392,9 +407,9 @@ static Tensor forward_in(const nn::MLP& model, const Tensor& x, Precision p) {
 struct Recipe {
     const char* name;
     Precision precision;
-    double scale;            // the loss scale to start with (1: none)
-    bool dynamic;            // a DynamicLossScaler adapts it
-    bool fp32_master;        // false: the weights are rounded to `precision` after every step
+    double scale;       // the loss scale to start with (1: none)
+    bool dynamic;       // a DynamicLossScaler adapts it
+    bool fp32_master;   // false: the weights are rounded to `precision` after every step
 };
 
 struct MixedRun {
@@ -414,7 +429,9 @@ static MixedRun train_mixed(const Recipe& recipe, const Moons2& data, double lr)
     MixedRun run;
     for (int step = 0; step < 150; ++step) {
         opt.zero_grad();
-        const Tensor loss = cross_entropy(forward_in(model, data.x, recipe.precision), data.labels) * real(loss_factor);
+        const Tensor loss =
+            cross_entropy(forward_in(model, data.x, recipe.precision), data.labels) *
+            real(loss_factor);
         run.loss.push_back(loss.item() / loss_factor);
         scaler.scale_loss(loss).backward();
         const bool finite = scaler.unscale_gradients(params);
@@ -440,8 +457,8 @@ static MixedRun train_mixed(const Recipe& recipe, const Moons2& data, double lr)
 }
 
 static void print_run(const char* name, const MixedRun& run, double scale) {
-    std::printf("%-26s  %11.1f%%  %9.4f  %9.4f  %9.4f  %8ld  %8s\n", name, 100 * run.zero_gradients, run.loss[0],
-                run.loss[50], run.loss.back(), run.skipped,
+    std::printf("%-26s  %11.1f%%  %9.4f  %9.4f  %9.4f  %8ld  %8s\n", name, 100 * run.zero_gradients,
+                run.loss[0], run.loss[50], run.loss.back(), run.skipped,
                 scale == 1 ? "-" : ("2^" + std::to_string(int(run.log2_scale.back()))).c_str());
 }
 
@@ -455,8 +472,8 @@ static void mixed_precision_training() {
         {"fp16, dynamic S", Precision::fp16, std::ldexp(1.0, 40), true, true},
         {"bf16, no scaling", Precision::bf16, 1, false, true},
     };
-    std::printf("%-26s  %12s  %9s  %9s  %9s  %8s  %8s\n", "recipe (lr 0.05)", "zero grads", "loss 0", "loss 50",
-                "loss 149", "skipped", "final S");
+    std::printf("%-26s  %12s  %9s  %9s  %9s  %8s  %8s\n", "recipe (lr 0.05)", "zero grads",
+                "loss 0", "loss 50", "loss 149", "skipped", "final S");
     Plot losses("Mixed-precision training (gradients x 2^-18)", "step", "loss", Scale::log_y);
     std::vector<MixedRun> runs;
     for (const Recipe& r : recipes) {
@@ -469,11 +486,12 @@ static void mixed_precision_training() {
     scale.add("fp16, dynamic S", runs[3].log2_scale);
     scale.save("13_dynamic_loss_scale");
     std::printf(
-        "\n(zero grads: gradient numbers exactly 0 at the first step that did not overflow; in fp32\n"
-        "these are ReLU units that no example activates.)\n"
-        "fp16 without scaling: %.0f%% of the gradients underflow to 0, and the loss does not move.\n"
-        "A fixed S = 65536 lifts them into float16's normal range: the run follows fp32.\n"
-        "The dynamic scaler starts far too high, at 2^40: its first %ld steps overflow, are skipped\n"
+        "\n(zero grads: gradient numbers exactly 0 at the first step that did not overflow; in "
+        "fp32\nthese are ReLU units that no example activates.)\n"
+        "fp16 without scaling: %.0f%% of the gradients underflow to 0, and the loss does not "
+        "move.\nA fixed S = 65536 lifts them into float16's normal range: the run follows fp32.\n"
+        "The dynamic scaler starts far too high, at 2^40: its first %ld steps overflow, are "
+        "skipped\n"
         "  and halve S. After that it doubles S after every 25 good steps in a row and halves it\n"
         "  when a step overflows: S climbs as training makes the gradients smaller (the plot).\n"
         "bfloat16 needs no scaling (its range is float's); it rounds more coarsely, and trains.\n",
@@ -482,9 +500,10 @@ static void mixed_precision_training() {
     // fp32 master weights. A small learning rate makes small updates, as late in training.
     const Recipe master = {"fp16, S = 65536, master", Precision::fp16, 65536, false, true};
     const Recipe no_master = {"fp16, S = 65536, fp16 w", Precision::fp16, 65536, false, false};
-    std::printf("\n%-26s  %12s  %9s  %9s  %9s  %8s  %8s\n", "recipe (lr 0.0001)", "zero grads", "loss 0", "loss 50",
-                "loss 149", "skipped", "final S");
-    const MixedRun with_master = train_mixed(master, data, 0.0001), without = train_mixed(no_master, data, 0.0001);
+    std::printf("\n%-26s  %12s  %9s  %9s  %9s  %8s  %8s\n", "recipe (lr 0.0001)", "zero grads",
+                "loss 0", "loss 50", "loss 149", "skipped", "final S");
+    const MixedRun with_master = train_mixed(master, data, 0.0001),
+                   without = train_mixed(no_master, data, 0.0001);
     print_run("fp32 master weights", with_master, 65536);
     print_run("fp16 weights, no master", without, 65536);
     float in_fp16 = 1, in_bf16 = 1, in_fp32 = 1;
@@ -493,12 +512,14 @@ static void mixed_precision_training() {
         in_bf16 = round_to_precision(in_bf16 + 1e-4f, Precision::bf16);
         in_fp32 += 1e-4f;
     }
-    std::printf("With the weights themselves in fp16 the run falls behind (loss %.4f against %.4f): an\n"
-                "update smaller than half the spacing between neighbouring float16 values is rounded\n"
-                "away, and here that hits the larger weights. The extreme case, 10,000 updates of +1e-4\n"
-                "to a weight of 1: fp32 %.4f, fp16 %.4f, bf16 %.4f (near 1 the fp16 spacing is\n"
-                "2^-10 = 0.00098, so 1.0001 rounds back to 1 every time). Hence the fp32 master copy.\n",
-                without.loss.back(), with_master.loss.back(), double(in_fp32), double(in_fp16), double(in_bf16));
+    std::printf(
+        "With the weights themselves in fp16 the run falls behind (loss %.4f against %.4f): an\n"
+        "update smaller than half the spacing between neighbouring float16 values is rounded\n"
+        "away, and here that hits the larger weights. The extreme case, 10,000 updates of +1e-4\n"
+        "to a weight of 1: fp32 %.4f, fp16 %.4f, bf16 %.4f (near 1 the fp16 spacing is\n"
+        "2^-10 = 0.00098, so 1.0001 rounds back to 1 every time). Hence the fp32 master copy.\n",
+        without.loss.back(), with_master.loss.back(), double(in_fp32), double(in_fp16),
+        double(in_bf16));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -519,9 +540,9 @@ static void mixed_precision_training() {
 // Bytes per parameter of Adam training, the numbers in the comment above.
 namespace adam_bytes {
 const int fp32 = 4, fp16 = 2;
-const int fp32_training = fp32 + fp32 + fp32 + fp32;   // weight, gradient, m, v
-const int weight = fp16, gradient = fp16;              // mixed precision's 16-bit copies
-const int optimizer_state = fp32 + fp32 + fp32;        // fp32 master weight, m, v: ZeRO's K = 12
+const int fp32_training = fp32 + fp32 + fp32 + fp32;     // weight, gradient, m, v
+const int weight = fp16, gradient = fp16;                // mixed precision's 16-bit copies
+const int optimizer_state = fp32 + fp32 + fp32;          // fp32 master weight, m, v: ZeRO's K = 12
 const int mixed = weight + gradient + optimizer_state;   // 16
 }   // namespace adam_bytes
 
@@ -539,7 +560,8 @@ static void print_7b_row(const char* what, int bytes) {
 //     stage 0: 16Ψ     stage 1: 4Ψ + 12Ψ/N     stage 2: 2Ψ + 14Ψ/N     stage 3: 16Ψ/N
 // Not counted: activations, and the buffers into which stage 3 gathers a layer's weights.
 static int sharded_bytes(int stage) {   // per parameter, split over the devices
-    const int sharded_in_order[] = {adam_bytes::optimizer_state, adam_bytes::gradient, adam_bytes::weight};
+    const int sharded_in_order[] = {adam_bytes::optimizer_state, adam_bytes::gradient,
+                                    adam_bytes::weight};
     int bytes = 0;
     for (int s = 0; s < stage; ++s) bytes += sharded_in_order[s];
     return bytes;
@@ -585,7 +607,8 @@ static std::string fewest_text(double params, int stage, double capacity) {
 // Some course notes: a 7B model needs at least 2 GPUs with ZeRO stage 2. Checked against the
 // table's count (the notes count 14 bytes, without the gradient; 16 only makes fitting harder).
 static void explain_seven_b_claim(double capacity) {
-    const double GB = 1e9, stage1 = bytes_per_device(7e9, 1, 2), stage2 = bytes_per_device(7e9, 2, 2);
+    const double GB = 1e9, stage1 = bytes_per_device(7e9, 1, 2),
+                 stage2 = bytes_per_device(7e9, 2, 2);
     std::printf("Some course notes say a 7B model needs at least 2 GPUs with ZeRO stage 2.\n");
     if (fewest_devices(7e9, 2, capacity) == 2) std::printf("Two is right. ");
     if (stage1 <= capacity)
@@ -593,8 +616,10 @@ static void explain_seven_b_claim(double capacity) {
                     "(stage 2: %.1f GB, leaving %.1f).\n",
                     stage1 / GB, (capacity - stage1) / GB, stage2 / GB, (capacity - stage2) / GB);
     else
-        std::printf("Stage 1 on 2 devices needs %.1f GB, more than %.0f: stage 2 (%.1f GB) is the lowest\n"
-                    "that fits.\n", stage1 / GB, capacity / GB, stage2 / GB);
+        std::printf(
+            "Stage 1 on 2 devices needs %.1f GB, more than %.0f: stage 2 (%.1f GB) is the lowest\n"
+            "that fits.\n",
+            stage1 / GB, capacity / GB, stage2 / GB);
 }
 
 static void zero_sharding() {
@@ -602,15 +627,17 @@ static void zero_sharding() {
     const int devices[] = {8, 64};
     const char* stages[] = {"0 plain data parallel", "1 + optimizer state", "2 + gradients",
                             "3 + weights (FSDP)"};
-    std::printf("\nZeRO / FSDP: GB per device with the %d bytes above sharded over N devices (P\n"
-                "parameters; activations not included; * fits in %.0f GB; fewest: the fewest devices on\n"
-                "which it fits):\n",
-                adam_bytes::mixed, capacity / GB);
+    std::printf(
+        "\nZeRO / FSDP: GB per device with the %d bytes above sharded over N devices (P\n"
+        "parameters; activations not included; * fits in %.0f GB; fewest: the fewest devices on\n"
+        "which it fits):\n",
+        adam_bytes::mixed, capacity / GB);
     std::printf("%-22s  %-11s", "stage, shards also", "per device");
     for (double params : models) {
         for (int n : devices) {
             char column[32];
-            if (n == devices[0]) std::snprintf(column, sizeof column, "%.0fB, N=%d", params / 1e9, n);
+            if (n == devices[0])
+                std::snprintf(column, sizeof column, "%.0fB, N=%d", params / 1e9, n);
             else std::snprintf(column, sizeof column, "N=%d", n);
             std::printf("  %9s", column);
         }
@@ -633,8 +660,9 @@ static void zero_sharding() {
         const int stage = lowest_stage_that_fits(params, capacity);
         if (stage == 4) std::printf("%.0fB parameters: no stage fits.\n", params / 1e9);
         else
-            std::printf("%.0fB parameters: the lowest stage that fits is %d, on %ld devices or more.\n",
-                        params / 1e9, stage, fewest_devices(params, stage, capacity));
+            std::printf(
+                "%.0fB parameters: the lowest stage that fits is %d, on %ld devices or more.\n",
+                params / 1e9, stage, fewest_devices(params, stage, capacity));
     }
 }
 
@@ -649,12 +677,14 @@ static void memory_per_parameter() {
     print_7b_row("inference: fp16 weights", weight);
     zero_sharding();
     const double layer_numbers = 4.0 * 32 * 2048 * 4096, GiB = 1024.0 * 1024 * 1024;
-    std::printf("\nActivations of one transformer layer, batch 32 x 2048 tokens x d = 4096, about 4 tensors\n"
-                "of [B*T, d] (the texts' estimate): %.2e numbers, %.0f GiB in fp32, %.0f GiB in fp16: 16-bit\n"
-                "activations save %.0f GiB per layer, %.0f GiB over 32 layers. Activations, not weights, are\n"
-                "what limits the batch and the sequence length.\n",
-                layer_numbers, layer_numbers * 4 / GiB, layer_numbers * 2 / GiB, layer_numbers * 2 / GiB,
-                32 * layer_numbers * 2 / GiB);
+    std::printf("\nActivations of one transformer layer, batch 32 x 2048 tokens x d = 4096, about "
+                "4 tensors\n"
+                "of [B*T, d] (the texts' estimate): %.2e numbers, %.0f GiB in fp32, %.0f GiB in "
+                "fp16: 16-bit\n"
+                "activations save %.0f GiB per layer, %.0f GiB over 32 layers. Activations, not "
+                "weights, are\nwhat limits the batch and the sequence length.\n",
+                layer_numbers, layer_numbers * 4 / GiB, layer_numbers * 2 / GiB,
+                layer_numbers * 2 / GiB, 32 * layer_numbers * 2 / GiB);
 
     const bool counted = bytes_are_counted();
     Rng rng(5);
@@ -674,7 +704,8 @@ static void memory_per_parameter() {
     std::size_t n_params = 0;
     for (const Tensor& p : model.parameters()) n_params += p.numel();
     const std::size_t r = sizeof(real);
-    const std::size_t activations = std::size_t(B) * (3 * 256 + 3 * 256 + 2 * 10) * r + r;   // + the loss
+    const std::size_t activations =
+        std::size_t(B) * (3 * 256 + 3 * 256 + 2 * 10) * r + r;   // + the loss
     reset_peak_tensor_bytes();
     const std::size_t start = current_tensor_bytes(), held_before = tensor_bytes();
     std::size_t held_after_forward = 0;
@@ -701,19 +732,24 @@ static void memory_per_parameter() {
     std::printf("\nMLP 784-256-256-10, %zu parameters, batch %d, Adam, fp32:\n", n_params, B);
     std::printf("  %-44s  %12s\n", "weights (4 bytes each)", megabytes(4.0 * n_params).c_str());
     std::printf("  %-44s  %12s\n", "gradients", megabytes(4.0 * n_params).c_str());
-    std::printf("  %-44s  %12s  (state_bytes(): %s)\n", "Adam's m and v", megabytes(8.0 * n_params).c_str(),
-                megabytes(double(opt.state_bytes())).c_str());
+    std::printf("  %-44s  %12s  (state_bytes(): %s)\n", "Adam's m and v",
+                megabytes(8.0 * n_params).c_str(), megabytes(double(opt.state_bytes())).c_str());
     std::printf("  %-44s  %12s  (measured: %s)\n", "activations after the forward pass, estimated",
-                megabytes(double(activations)).c_str(), megabytes(double(held_after_forward)).c_str());
+                megabytes(double(activations)).c_str(),
+                megabytes(double(held_after_forward)).c_str());
     std::printf("  %-44s  %12s  (measured peak: %s)\n", "... with their gradients during backward",
-                megabytes(2.0 * activations).c_str(), counted ? megabytes(double(peak)).c_str() : "n/a");
-    std::printf("  %-44s  %12s  (measured peak: %s)\n", "inference, no graph: about 2 layers at a time",
+                megabytes(2.0 * activations).c_str(),
+                counted ? megabytes(double(peak)).c_str() : "n/a");
+    std::printf("  %-44s  %12s  (measured peak: %s)\n",
+                "inference, no graph: about 2 layers at a time",
                 megabytes(double(B) * (2 * 256 + 256) * r).c_str(),
                 counted ? megabytes(double(inference_peak)).c_str() : "n/a");
-    std::printf("The measured peaks count what a step adds to the tensors already held (weights, their\n"
-                "gradients, the input; Adam's state is kept outside the tensors). At batch %d a training\n"
-                "step's activations and their gradients already outweigh the weights; they grow with the\n"
-                "batch, while weights, gradients and Adam's state do not.\n", B);
+    std::printf(
+        "The measured peaks count what a step adds to the tensors already held (weights, their\n"
+        "gradients, the input; Adam's state is kept outside the tensors). At batch %d a training\n"
+        "step's activations and their gradients already outweigh the weights; they grow with the\n"
+        "batch, while weights, gradients and Adam's state do not.\n",
+        B);
     if (!counted) std::printf("(n/a: this engine.cpp lacks the byte-counting hooks of §4.1.)\n");
 }
 
@@ -744,7 +780,8 @@ static void gradient_accumulation() {
         const int parts = micro ? 8 : 1, rows = 512 / parts;
         for (int k = 0; k < parts; ++k) {
             const std::vector<int> part(labels.begin() + k * rows, labels.begin() + (k + 1) * rows);
-            (cross_entropy(model(slice(x, 0, k * rows, (k + 1) * rows)), part) / real(parts)).backward();
+            (cross_entropy(model(slice(x, 0, k * rows, (k + 1) * rows)), part) / real(parts))
+                .backward();
         }
         peak[micro] = peak_tensor_bytes() - start;
         for (const Tensor& p : model.parameters()) grads[micro].push_back(p.grad());
@@ -754,12 +791,15 @@ static void gradient_accumulation() {
         worst = std::max(worst, max_difference(grads[0][i], grads[1][i]));
         for (real g : grads[0][i]) largest = std::max(largest, double(std::fabs(g)));
     }
-    std::printf("largest |difference| between the two gradients: %.1e (the largest gradient is %.1e).\n",
-                worst, largest);
+    std::printf(
+        "largest |difference| between the two gradients: %.1e (the largest gradient is %.1e).\n",
+        worst, largest);
     if (worst == 0)
-        std::printf("Equal to the last bit: the batch's mean divides by 512, each micro-batch's by 64 and\n"
-                    "then by 8 (powers of two: exact), and matmul's backward adds the rows into the\n"
-                    "gradient one by one, in the same order either way. In general expect float rounding.\n");
+        std::printf(
+            "Equal to the last bit: the batch's mean divides by 512, each micro-batch's by 64 and\n"
+            "then by 8 (powers of two: exact), and matmul's backward adds the rows into the\n"
+            "gradient one by one, in the same order either way. In general expect float "
+            "rounding.\n");
     if (counted)
         std::printf("measured peak of the step: %s at once, %s in 8 micro-batches (%.1fx less)\n",
                     megabytes(double(peak[0])).c_str(), megabytes(double(peak[1])).c_str(),
@@ -794,7 +834,8 @@ struct DeepTanh {
             std::vector<Tensor> params;
             for (int l = from; l < to; ++l)
                 for (const Tensor& p : layers[l].parameters()) params.push_back(p);
-            h = activation_checkpoint([this, from, to](const Tensor& in) { return run(in, from, to); }, h, params);
+            h = activation_checkpoint(
+                [this, from, to](const Tensor& in) { return run(in, from, to); }, h, params);
         }
         return h;
     }
@@ -809,17 +850,22 @@ struct DeepTanh {
 // The time column, said from its numbers: the checkpointed steps' time relative to the plain
 // one's lies between `fewest` and `most`.
 static void explain_checkpoint_times(double fewest, double most) {
-    std::printf("Time (median of 7 steps on one thread): the checkpointed steps took %.2f-%.2fx the\n"
-                "plain one's.", fewest, most);
+    std::printf(
+        "Time (median of 7 steps on one thread): the checkpointed steps took %.2f-%.2fx the\n"
+        "plain one's.",
+        fewest, most);
     if (fewest > 4.0 / 3)
-        std::printf(" More than the FLOPs say: they count only the matrix products, and the\n"
-                    "recomputed forward pass also redoes every tanh and bias add and allocates its\n"
-                    "tensors again.\n");
+        std::printf(
+            " More than the FLOPs say: they count only the matrix products, and the\n"
+            "recomputed forward pass also redoes every tanh and bias add and allocates its\n"
+            "tensors again.\n");
     else if (fewest > 1)
-        std::printf(" Every one is slower than the plain step, as the extra forward pass predicts.\n");
+        std::printf(
+            " Every one is slower than the plain step, as the extra forward pass predicts.\n");
     else
-        std::printf(" Some came out no slower than the plain step on this run: at this\n"
-                    "size timings on a busy machine still overlap. The FLOPs are the dependable count.\n");
+        std::printf(
+            " Some came out no slower than the plain step on this run: at this\n"
+            "size timings on a busy machine still overlap. The FLOPs are the dependable count.\n");
 }
 
 static void activation_checkpointing() {
@@ -836,8 +882,8 @@ static void activation_checkpointing() {
     for (int segments : settings)
         steps.push_back([&net, &x, segments] { mean(net(x, segments)).backward(); });
     const std::vector<double> ms = median_ms_one_thread(steps, 7);
-    std::printf("%9s  %14s  %18s  %9s  %14s  %9s\n", "segments", "measured peak", "FLOPs of the step", "vs plain",
-                "time (median)", "vs plain");
+    std::printf("%9s  %14s  %18s  %9s  %14s  %9s\n", "segments", "measured peak",
+                "FLOPs of the step", "vs plain", "time (median)", "vs plain");
     std::vector<real> plain_grad;
     double plain_flops = 0, fewest = 1e300, most = 0;
     std::vector<double> xs, peaks;
@@ -869,16 +915,19 @@ static void activation_checkpointing() {
             std::snprintf(ratio_text, sizeof ratio_text, "%.2fx", flops / plain_flops);
         }
         std::printf("%9s  %14s  %18s  %9s  %11.2f ms  %8.2fx\n", name,
-                    counted ? megabytes(double(peak)).c_str() : "n/a", flops_text, ratio_text, ms[i], ms[i] / ms[0]);
+                    counted ? megabytes(double(peak)).c_str() : "n/a", flops_text, ratio_text,
+                    ms[i], ms[i] / ms[0]);
     }
     std::printf("\nThe first layer's weight gradient is %s with every number of segments: the\n"
                 "recomputation runs the same ops on the same numbers.\n",
                 identical ? "bit-for-bit the same" : "NOT the same");
-    if (!flops_counted) std::printf("(FLOPs: this engine.cpp's matmul does not count them; see §4.1.)\n");
+    if (!flops_counted)
+        std::printf("(FLOPs: this engine.cpp's matmul does not count them; see §4.1.)\n");
     if (!counted) std::printf("(peaks: this engine.cpp lacks the byte-counting hooks of §4.1.)\n");
-    std::printf("One segment saves nothing (it is recomputed whole); a segment per layer keeps all 24\n"
-                "inputs. The step costs 4/3 of a plain one in FLOPs: one more forward pass (the first\n"
-                "segment's input needs no gradient, hence slightly less).\n");
+    std::printf(
+        "One segment saves nothing (it is recomputed whole); a segment per layer keeps all 24\n"
+        "inputs. The step costs 4/3 of a plain one in FLOPs: one more forward pass (the first\n"
+        "segment's input needs no gradient, hence slightly less).\n");
     explain_checkpoint_times(fewest, most);
     if (counted) {
         Plot plot("Peak memory of a step against checkpointed segments (24 layers)", "segments",
@@ -907,7 +956,9 @@ struct RunPlan {
 };
 
 static double run_flops(const RunPlan& r) { return 6 * r.parameters * r.tokens; }   // 6·N·D
-static double run_flops_per_second(const RunPlan& r) { return r.gpus * r.peak_flops * r.utilization; }
+static double run_flops_per_second(const RunPlan& r) {
+    return r.gpus * r.peak_flops * r.utilization;
+}
 static double run_hours(const RunPlan& r) { return run_flops(r) / run_flops_per_second(r) / 3600; }
 static double run_gpu_hours(const RunPlan& r) { return run_hours(r) * r.gpus; }
 static double run_dollars(const RunPlan& r) { return run_gpu_hours(r) * r.dollars_per_gpu_hour; }
@@ -928,7 +979,8 @@ static const double a100_peak = 312e12;   // FLOP/s, bf16 tensor cores, dense (d
 static double counted_flops_per_weight_per_token(int tokens, int in, int out) {
     if (!matmul_flops_are_counted()) return 0;
     Rng rng(8);
-    const Tensor x = randn({tokens, in}, rng).requires_grad_(), W = randn({in, out}, rng).requires_grad_();
+    const Tensor x = randn({tokens, in}, rng).requires_grad_(),
+                 W = randn({in, out}, rng).requires_grad_();
     reset_counted_flops();
     sum(matmul(x, W)).backward();
     return double(counted_flops()) / (double(tokens) * in * out);
@@ -936,10 +988,11 @@ static double counted_flops_per_weight_per_token(int tokens, int in, int out) {
 
 static void print_derivation(const RunPlan& r) {
     std::printf("N = %.4g parameters, D = %.4g tokens\n", r.parameters, r.tokens);
-    std::printf("FLOPs   = 6 x N x D = 6 x %.4g x %.4g = %.4g   (the texts: 7.5e18)\n", r.parameters,
-                r.tokens, run_flops(r));
-    std::printf("per GPU = %.0f TFLOP/s peak x %.1f%% utilization = %.0f TFLOP/s   (the texts: 150)\n",
-                r.peak_flops / 1e12, 100 * r.utilization, r.peak_flops * r.utilization / 1e12);
+    std::printf("FLOPs   = 6 x N x D = 6 x %.4g x %.4g = %.4g   (the texts: 7.5e18)\n",
+                r.parameters, r.tokens, run_flops(r));
+    std::printf(
+        "per GPU = %.0f TFLOP/s peak x %.1f%% utilization = %.0f TFLOP/s   (the texts: 150)\n",
+        r.peak_flops / 1e12, 100 * r.utilization, r.peak_flops * r.utilization / 1e12);
     std::printf("%d GPUs  = %.4g FLOP/s\n", r.gpus, run_flops_per_second(r));
     std::printf("time    = %.4g / %.4g = %.0f s = %.3f hours   (the texts: 1.74 h)\n", run_flops(r),
                 run_flops_per_second(r), run_hours(r) * 3600, run_hours(r));
@@ -947,9 +1000,10 @@ static void print_derivation(const RunPlan& r) {
                 run_hours(r), r.gpus, run_gpu_hours(r), r.dollars_per_gpu_hour, run_dollars(r));
     const double rounded_hours = std::round(run_hours(r) * 100) / 100;   // the texts' 1.74
     const double rounded_dollars = r.gpus * rounded_hours * r.dollars_per_gpu_hour;
-    std::printf("          (from the rounded %.2f h: %d x %.2f x $%.2f = $%.2f; both round to $%.0f)\n",
-                rounded_hours, r.gpus, rounded_hours, r.dollars_per_gpu_hour, rounded_dollars,
-                std::round(run_dollars(r)));
+    std::printf(
+        "          (from the rounded %.2f h: %d x %.2f x $%.2f = $%.2f; both round to $%.0f)\n",
+        rounded_hours, r.gpus, rounded_hours, r.dollars_per_gpu_hour, rounded_dollars,
+        std::round(run_dollars(r)));
 }
 
 // The texts' larger runs, at the worked example's GPU, utilization and price.
@@ -963,8 +1017,8 @@ static void print_scaled_runs(const RunPlan& base) {
                         {"7B, 1T tokens", 7e9, 1e12, "~$200K"},
                         {"LLaMA 3 70B, 15T tokens", 70e9, 15e12, "~30 million GPU-hours"},
                         {"LLaMA 3 405B, 15T tokens", 405e9, 15e12, "$100M+"}};
-    std::printf("\n%-26s  %10s  %10s  %10s  %s\n", "150 TFLOP/s/GPU, $2.50/h", "6ND FLOPs", "GPU-hours",
-                "dollars", "the texts");
+    std::printf("\n%-26s  %10s  %10s  %10s  %s\n", "150 TFLOP/s/GPU, $2.50/h", "6ND FLOPs",
+                "GPU-hours", "dollars", "the texts");
     for (const Run& run : runs) {
         RunPlan r = base;
         r.parameters = run.parameters;
@@ -978,28 +1032,33 @@ static void print_scaled_runs(const RunPlan& base) {
     llama70.parameters = runs[2].parameters;
     llama70.tokens = runs[2].tokens;
     const double quoted_gpu_hours = 30e6, implied = run_flops(llama70) / (quoted_gpu_hours * 3600);
-    std::printf("Some course notes quote ~30 million GPU-hours for the 70B model on 15T tokens; 6·N·D\n"
-                "at their own 150 TFLOP/s per GPU gives %.3g million. 30 million would mean %.0f TFLOP/s\n"
-                "per GPU, %.0f%% of an A100's peak: the estimate is only as good as the utilization put\n"
-                "into it.\n",
-                run_gpu_hours(llama70) / 1e6, implied / 1e12, 100 * implied / a100_peak);
+    std::printf(
+        "Some course notes quote ~30 million GPU-hours for the 70B model on 15T tokens; 6·N·D\n"
+        "at their own 150 TFLOP/s per GPU gives %.3g million. 30 million would mean %.0f TFLOP/s\n"
+        "per GPU, %.0f%% of an A100's peak: the estimate is only as good as the utilization put\n"
+        "into it.\n",
+        run_gpu_hours(llama70) / 1e6, implied / 1e12, 100 * implied / a100_peak);
 }
 
 static void run_planning() {
     heading("8. Planning a run: 6·N·D FLOPs, hours and dollars");
     const double per_token = counted_flops_per_weight_per_token(64, 128, 96);
     if (per_token > 0)
-        std::printf("Counted by matmul: one layer's forward and backward take %.2f FLOPs per weight per\n"
-                    "token.\n\n", per_token);
+        std::printf(
+            "Counted by matmul: one layer's forward and backward take %.2f FLOPs per weight per\n"
+            "token.\n\n",
+            per_token);
     const RunPlan plan = {125e6, 10e9, 8, a100_peak, 150e12 / a100_peak, 2.50};
     print_derivation(plan);
-    const double tokens_per_step = 512.0 * 1024, gigabytes = plan.parameters * adam_bytes::mixed / 1e9;
-    std::printf("Steps at 512 sequences of 1024 tokens: %.0f tokens per step, %.4g / %.0f = %.0f steps.\n"
-                "Memory: %.4g x %d bytes = %.2f GB of weights, gradients and Adam state on each GPU\n"
-                "(plain data parallel), %.1f%% of an 80 GB GPU: the %d GPUs are there for speed, not\n"
-                "memory.\n",
-                tokens_per_step, plan.tokens, tokens_per_step, plan.tokens / tokens_per_step, plan.parameters,
-                adam_bytes::mixed, gigabytes, 100 * gigabytes / 80, plan.gpus);
+    const double tokens_per_step = 512.0 * 1024,
+                 gigabytes = plan.parameters * adam_bytes::mixed / 1e9;
+    std::printf(
+        "Steps at 512 sequences of 1024 tokens: %.0f tokens per step, %.4g / %.0f = %.0f steps.\n"
+        "Memory: %.4g x %d bytes = %.2f GB of weights, gradients and Adam state on each GPU\n"
+        "(plain data parallel), %.1f%% of an 80 GB GPU: the %d GPUs are there for speed, not\n"
+        "memory.\n",
+        tokens_per_step, plan.tokens, tokens_per_step, plan.tokens / tokens_per_step,
+        plan.parameters, adam_bytes::mixed, gigabytes, 100 * gigabytes / 80, plan.gpus);
     print_scaled_runs(plan);
 }
 
@@ -1067,88 +1126,105 @@ std::size_t mlp_activation_bytes(const std::vector<int>& sizes, int batch) {
 static int check_homework() {
     Homework hw("13");
 
-    hw.check("13.1", "float to bfloat16 by hand",
-             "round to nearest, ties to even, on the bits: keep the top 16, round up if the low 16 "
-             "are > 0x8000, or = 0x8000 with an odd top half; a NaN must not come out as inf",
-             [] {
-                 expect_true("1.0 -> 0x3f80", to_bfloat16(1.0f) == 0x3f80);
-                 expect_true("1 + 2^-8 (a tie) -> 0x3f80 (even)", to_bfloat16(1 + std::ldexp(1.0f, -8)) == 0x3f80);
-                 expect_true("1 + 3*2^-8 (a tie) -> 0x3f82 (even)", to_bfloat16(1 + std::ldexp(3.0f, -8)) == 0x3f82);
-                 expect_true("the largest float rounds up to inf, 0x7f80",
-                             to_bfloat16(std::numeric_limits<float>::max()) == 0x7f80);
-                 expect_true("-inf -> 0xff80", to_bfloat16(-INFINITY) == 0xff80);
-                 std::uint32_t bits = 0x7f800001;   // a NaN whose payload is only in the low half
-                 float nan_low;
-                 std::memcpy(&nan_low, &bits, sizeof nan_low);
-                 expect_true("a NaN stays a NaN", std::isnan(bfloat16_to_float(to_bfloat16(nan_low))));
-                 for (int p = 0; p < 65536; ++p) {   // every bfloat16 converts back to itself
-                     const float f = bfloat16_to_float(std::uint16_t(p));
-                     if (to_bfloat16(f) != p) expect_true("every bfloat16 value converts back to its own bits", false);
-                 }
-                 Rng rng(131);
-                 for (int i = 0; i < 200000; ++i) {   // random bit patterns, against the engine
-                     const std::uint32_t random = std::uint32_t(rng.next_u64());
-                     float f;
-                     std::memcpy(&f, &random, sizeof f);
-                     if (!std::isnan(f) && to_bfloat16(f) != float_to_bfloat16(f))
-                         expect_true("200,000 random floats: the same bits as the engine's float_to_bfloat16", false);
-                 }
-             });
+    hw.check(
+        "13.1", "float to bfloat16 by hand",
+        "round to nearest, ties to even, on the bits: keep the top 16, round up if the low 16 "
+        "are > 0x8000, or = 0x8000 with an odd top half; a NaN must not come out as inf",
+        [] {
+            expect_true("1.0 -> 0x3f80", to_bfloat16(1.0f) == 0x3f80);
+            expect_true("1 + 2^-8 (a tie) -> 0x3f80 (even)",
+                        to_bfloat16(1 + std::ldexp(1.0f, -8)) == 0x3f80);
+            expect_true("1 + 3*2^-8 (a tie) -> 0x3f82 (even)",
+                        to_bfloat16(1 + std::ldexp(3.0f, -8)) == 0x3f82);
+            expect_true("the largest float rounds up to inf, 0x7f80",
+                        to_bfloat16(std::numeric_limits<float>::max()) == 0x7f80);
+            expect_true("-inf -> 0xff80", to_bfloat16(-INFINITY) == 0xff80);
+            std::uint32_t bits = 0x7f800001;   // a NaN whose payload is only in the low half
+            float nan_low;
+            std::memcpy(&nan_low, &bits, sizeof nan_low);
+            expect_true("a NaN stays a NaN", std::isnan(bfloat16_to_float(to_bfloat16(nan_low))));
+            for (int p = 0; p < 65536; ++p) {   // every bfloat16 converts back to itself
+                const float f = bfloat16_to_float(std::uint16_t(p));
+                if (to_bfloat16(f) != p)
+                    expect_true("every bfloat16 value converts back to its own bits", false);
+            }
+            Rng rng(131);
+            for (int i = 0; i < 200000; ++i) {   // random bit patterns, against the engine
+                const std::uint32_t random = std::uint32_t(rng.next_u64());
+                float f;
+                std::memcpy(&f, &random, sizeof f);
+                if (!std::isnan(f) && to_bfloat16(f) != float_to_bfloat16(f))
+                    expect_true(
+                        "200,000 random floats: the same bits as the engine's float_to_bfloat16",
+                        false);
+            }
+        });
 
-    hw.check("13.2", "the dynamic loss scale", "on overflow halve and restart the count; count good steps, double at growth_interval",
-             [] {
-                 double scale = 65536;
-                 int good = 0;
-                 update_loss_scale(scale, good, false, 3);
-                 expect_near("an overflow halves the scale", scale, 32768, 0);
-                 for (int i = 1; i <= 3; ++i) update_loss_scale(scale, good, true, 3);
-                 expect_near("3 good steps in a row double it", scale, 65536, 0);
-                 expect_near("and restart the count", good, 0, 0);
-                 Rng rng(132);
-                 DynamicLossScaler engine(1024, 5);
-                 scale = 1024;
-                 good = 0;
-                 for (int step = 0; step < 500; ++step) {
-                     const bool finite = rng.uniform() > 0.1;
-                     engine.update(finite);
-                     update_loss_scale(scale, good, finite, 5);
-                     expect_near("500 random steps: the scale, against DynamicLossScaler", scale, engine.scale(), 0);
-                     expect_near("and the count of good steps", good, engine.good_steps_in_a_row(), 0);
-                 }
-             });
+    hw.check(
+        "13.2", "the dynamic loss scale",
+        "on overflow halve and restart the count; count good steps, double at growth_interval", [] {
+            double scale = 65536;
+            int good = 0;
+            update_loss_scale(scale, good, false, 3);
+            expect_near("an overflow halves the scale", scale, 32768, 0);
+            for (int i = 1; i <= 3; ++i) update_loss_scale(scale, good, true, 3);
+            expect_near("3 good steps in a row double it", scale, 65536, 0);
+            expect_near("and restart the count", good, 0, 0);
+            Rng rng(132);
+            DynamicLossScaler engine(1024, 5);
+            scale = 1024;
+            good = 0;
+            for (int step = 0; step < 500; ++step) {
+                const bool finite = rng.uniform() > 0.1;
+                engine.update(finite);
+                update_loss_scale(scale, good, finite, 5);
+                expect_near("500 random steps: the scale, against DynamicLossScaler", scale,
+                            engine.scale(), 0);
+                expect_near("and the count of good steps", good, engine.good_steps_in_a_row(), 0);
+            }
+        });
 
-    hw.check("13.3", "training memory per parameter",
-             "total = weight + gradient + master copy + optimizer state; fp32 is 4 bytes, 16-bit is 2; "
-             "the state stays fp32 in both modes, the master copy exists only in mixed precision",
-             [] {
-                 const BytesPerParameter adam32 = training_bytes(false, 2), mixed = training_bytes(true, 2);
-                 expect_near("fp32 Adam: 16 bytes per parameter", adam32.total(), 16, 0);
-                 expect_near("mixed Adam without the 16-bit gradient: the texts' 14 bytes",
-                             mixed.total() - mixed.gradient, 14, 0);
-                 expect_near("mixed Adam, gradient included", mixed.total(), 16, 0);
-                 expect_near("a 7B model's Adam state in GB (the texts: 56)", 7e9 * mixed.optimizer / 1e9, 56, 1e-9);
-                 expect_near("fp32 SGD without momentum: 8 bytes", training_bytes(false, 0).total(), 8, 0);
-                 expect_near("mixed SGD with momentum: 12 bytes", training_bytes(true, 1).total(), 12, 0);
-                 expect_near("no master copy in fp32", training_bytes(false, 2).master, 0, 0);
-             });
+    hw.check(
+        "13.3", "training memory per parameter",
+        "total = weight + gradient + master copy + optimizer state; fp32 is 4 bytes, 16-bit is 2; "
+        "the state stays fp32 in both modes, the master copy exists only in mixed precision",
+        [] {
+            const BytesPerParameter adam32 = training_bytes(false, 2),
+                                    mixed = training_bytes(true, 2);
+            expect_near("fp32 Adam: 16 bytes per parameter", adam32.total(), 16, 0);
+            expect_near("mixed Adam without the 16-bit gradient: the texts' 14 bytes",
+                        mixed.total() - mixed.gradient, 14, 0);
+            expect_near("mixed Adam, gradient included", mixed.total(), 16, 0);
+            expect_near("a 7B model's Adam state in GB (the texts: 56)",
+                        7e9 * mixed.optimizer / 1e9, 56, 1e-9);
+            expect_near("fp32 SGD without momentum: 8 bytes", training_bytes(false, 0).total(), 8,
+                        0);
+            expect_near("mixed SGD with momentum: 12 bytes", training_bytes(true, 1).total(), 12,
+                        0);
+            expect_near("no master copy in fp32", training_bytes(false, 2).master, 0, 0);
+        });
 
-    hw.check("13.4", "activation bytes of an MLP's forward pass",
-             "bytes = (bytes of one real)·(1 + Σ_l k_l·batch·out_l): the 1 is the loss; "
-             "k_l = 2 for a hidden layer (x·W + b, then its activation), 1 for the output layer",
-             [] {
-                 const std::vector<std::vector<int>> shapes = {{4, 8, 3}, {784, 256, 256, 10}, {2, 5}, {3, 16, 16, 16, 2}};
-                 for (const std::vector<int>& sizes : shapes)
-                     for (int batch : {1, 7, 32}) {
-                         Rng rng(133);
-                         nn::MLP model(sizes, rng);
-                         const Tensor x = randn({batch, sizes[0]}, rng);
-                         std::vector<int> labels(batch, 0);
-                         const std::size_t before = tensor_bytes();
-                         const Tensor loss = cross_entropy(model(x), labels);
-                         expect_near("against the bytes the engine holds after the forward pass (tensor_bytes)",
-                                     double(mlp_activation_bytes(sizes, batch)), double(tensor_bytes() - before), 0);
-                     }
-             });
+    hw.check(
+        "13.4", "activation bytes of an MLP's forward pass",
+        "bytes = (bytes of one real)·(1 + Σ_l k_l·batch·out_l): the 1 is the loss; "
+        "k_l = 2 for a hidden layer (x·W + b, then its activation), 1 for the output layer",
+        [] {
+            const std::vector<std::vector<int>> shapes = {
+                {4, 8, 3}, {784, 256, 256, 10}, {2, 5}, {3, 16, 16, 16, 2}};
+            for (const std::vector<int>& sizes : shapes)
+                for (int batch : {1, 7, 32}) {
+                    Rng rng(133);
+                    nn::MLP model(sizes, rng);
+                    const Tensor x = randn({batch, sizes[0]}, rng);
+                    std::vector<int> labels(batch, 0);
+                    const std::size_t before = tensor_bytes();
+                    const Tensor loss = cross_entropy(model(x), labels);
+                    expect_near(
+                        "against the bytes the engine holds after the forward pass (tensor_bytes)",
+                        double(mlp_activation_bytes(sizes, batch)), double(tensor_bytes() - before),
+                        0);
+                }
+        });
 
     return hw.finish();
 }

@@ -56,11 +56,14 @@ constexpr double h100_flops_per_s = 67e12;     // FP32, CUDA cores (no tensor co
 // with 0xFF bytes), so a value nobody wrote shows up.
 
 // A tensor's numbers as floats (the kernels compute in float; so does this lesson's engine).
-static std::vector<float> floats(const std::vector<real>& v) { return std::vector<float>(v.begin(), v.end()); }
+static std::vector<float> floats(const std::vector<real>& v) {
+    return std::vector<float>(v.begin(), v.end());
+}
 
 static double max_abs_diff(const std::vector<float>& a, const std::vector<real>& b) {
     double worst = 0;
-    for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::fabs(double(a[i]) - double(b[i])));
+    for (std::size_t i = 0; i < a.size(); ++i)
+        worst = std::max(worst, std::fabs(double(a[i]) - double(b[i])));
     return worst;
 }
 static double max_abs(const std::vector<real>& v) {
@@ -126,10 +129,11 @@ static void thread_indexing() {
     LAUNCH(whoami_kernel, grid, block)(blocks.data(), threads.data(), X.data(), Y.data(), n);
     const std::vector<int> b = to_host(blocks), t = to_host(threads);
     const std::vector<float> y = to_host(Y);
-    std::printf("n = %d elements, blocks of %d threads: grid = ceil(%d/%d) = %d blocks, %d threads\n\n", n, block,
-                n, block, grid, grid * block);
-    std::printf("  %10s  %11s  %22s  %8s  %8s\n", "blockIdx.x", "threadIdx.x", "i = blockIdx*4 + thread",
-                "x[i]", "y[i]");
+    std::printf(
+        "n = %d elements, blocks of %d threads: grid = ceil(%d/%d) = %d blocks, %d threads\n\n", n,
+        block, n, block, grid, grid * block);
+    std::printf("  %10s  %11s  %22s  %8s  %8s\n", "blockIdx.x", "threadIdx.x",
+                "i = blockIdx*4 + thread", "x[i]", "y[i]");
     for (int i = 0; i < grid * block; ++i) {
         if (i < n)
             std::printf("  %10d  %11d  %22d  %8g  %8g\n", b[std::size_t(i)], t[std::size_t(i)], i,
@@ -143,7 +147,8 @@ static void thread_indexing() {
     // cuda_emu guards each allocation with NaN bytes and reports a write there after the launch.
     std::printf("\nThe same kernel without `if (i < n)`:\n");
     if (cuda_emu::guard_bytes == 0) {
-        std::printf("  (skipped: built with AddressSanitizer, whose redzones would stop the program here)\n");
+        std::printf("  (skipped: built with AddressSanitizer, whose redzones would stop the "
+                    "program here)\n");
     } else {
         try {
             LAUNCH(relu_unchecked_kernel, grid, block)(X.data(), Y.data(), n);
@@ -152,31 +157,40 @@ static void thread_indexing() {
             std::printf("  %s\n", without_addresses(e.what()).c_str());
         }
     }
-    std::printf("A GPU often does not complain at all: the bytes past y may belong to another tensor.\n"
-                "(On a GPU, NVIDIA's compute-sanitizer finds such writes.)\n");
+    std::printf(
+        "A GPU often does not complain at all: the bytes past y may belong to another tensor.\n"
+        "(On a GPU, NVIDIA's compute-sanitizer finds such writes.)\n");
 
     // The real thing: kernels.cu's relu and gelu on an odd size, against the engine's CPU loops.
     const int big = 100003, blocks_needed = (big + 255) / 256;
     Rng rng(14);
     const Tensor xt = randn({big}, rng, 3);
     DeviceBuffer<float> Xb = to_device(floats(xt.values())), Yb(static_cast<std::size_t>(big));
-    std::printf("\nkernels.cu on n = %d: %d blocks of 256 threads; the last block has %d threads with\n"
-                "work and %d idle.\n", big, blocks_needed, big - (blocks_needed - 1) * 256,
-                blocks_needed * 256 - big);
+    std::printf(
+        "\nkernels.cu on n = %d: %d blocks of 256 threads; the last block has %d threads with\n"
+        "work and %d idle.\n",
+        big, blocks_needed, big - (blocks_needed - 1) * 256, blocks_needed * 256 - big);
     cuda_relu_forward(Xb.data(), Yb.data(), big);
     const double relu_difference = max_abs_diff(to_host(Yb), relu(xt).values());
-    std::printf("  cuda_relu_forward vs the engine's relu():  max |difference| = %.3g\n", relu_difference);
+    std::printf("  cuda_relu_forward vs the engine's relu():  max |difference| = %.3g\n",
+                relu_difference);
     cuda_gelu_forward(Xb.data(), Yb.data(), big);
     const double gelu_difference = max_abs_diff(to_host(Yb), gelu(xt).values());
-    std::printf("  cuda_gelu_forward vs the engine's gelu():  max |difference| = %.3g\n", gelu_difference);
+    std::printf("  cuda_gelu_forward vs the engine's gelu():  max |difference| = %.3g\n",
+                gelu_difference);
     if (relu_difference == 0 && gelu_difference == 0)
-        std::printf("Both 0: the kernel does the CPU loop's float operations in the same order. (On a GPU,\n"
-                    "nvcc's tanhf and its fused multiply-adds would change the last bits of gelu.)\n");
+        std::printf(
+            "Both 0: the kernel does the CPU loop's float operations in the same order. (On a "
+            "GPU,\n"
+            "nvcc's tanhf and its fused multiply-adds would change the last bits of gelu.)\n");
     else
-        std::printf("Not 0: this build rounds the kernel's float operations unlike the CPU loop.\n");
-    std::printf("Cost of relu: it reads 4 bytes and writes 4 per element, for 1 FLOP: 1/8 FLOP per byte.\n"
-                "On an H100 (paper): n = 1e8 moves 800 MB, 800e6 / 3.35e12 = %.0f us; the FLOPs alone\n"
-                "would take %.1f us. Memory decides.\n", 8e8 / h100_bytes_per_s * 1e6, 1e8 / h100_flops_per_s * 1e6);
+        std::printf(
+            "Not 0: this build rounds the kernel's float operations unlike the CPU loop.\n");
+    std::printf(
+        "Cost of relu: it reads 4 bytes and writes 4 per element, for 1 FLOP: 1/8 FLOP per byte.\n"
+        "On an H100 (paper): n = 1e8 moves 800 MB, 800e6 / 3.35e12 = %.0f us; the FLOPs alone\n"
+        "would take %.1f us. Memory decides.\n",
+        8e8 / h100_bytes_per_s * 1e6, 1e8 / h100_flops_per_s * 1e6);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -204,7 +218,8 @@ static __global__ void copy_traced_kernel(const float* x, float* y, int* offset,
 
 // Row sums with one thread per row: the obvious port of `for r: for j: s += X[r][j]`. At each j,
 // lane r reads X[r][j]: neighbouring lanes are a whole row (cols floats) apart. Offsets at j = 0.
-static __global__ void row_sums_traced_kernel(const float* X, float* sums, int* offset, int rows, int cols) {
+static __global__ void row_sums_traced_kernel(const float* X, float* sums, int* offset, int rows,
+                                              int cols) {
     const int r = blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= rows) return;
     offset[r] = byte_offset(&X[r * cols], X);
@@ -215,7 +230,8 @@ static __global__ void row_sums_traced_kernel(const float* X, float* sums, int* 
 
 // Column sums with one thread per column (the bias gradient, kernels.cu §1.2): at each row i,
 // lane j reads X[i][j], neighbouring floats of one row. Offsets at i = 0.
-static __global__ void column_sums_traced_kernel(const float* X, float* sums, int* offset, int rows, int cols) {
+static __global__ void column_sums_traced_kernel(const float* X, float* sums, int* offset, int rows,
+                                                 int cols) {
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= cols) return;
     offset[j] = byte_offset(&X[j], X);
@@ -227,11 +243,13 @@ static __global__ void column_sums_traced_kernel(const float* X, float* sums, in
 // matmul v1's two loads at k = 0, for blocks of 16 × 16 threads (kernels.cu §2): thread
 // (tx, ty) reads A[row][0] and B[0][col]. Its number in the block is ty·16 + tx, so warp 0 is
 // the rows ty = 0 and ty = 1 of the block.
-static __global__ void matmul_v1_traced_kernel(const float* A, const float* B, int* a_offset, int* b_offset, int M,
-                                               int K, int N) {
-    const int row = blockIdx.y * blockDim.y + threadIdx.y, col = blockIdx.x * blockDim.x + threadIdx.x;
+static __global__ void matmul_v1_traced_kernel(const float* A, const float* B, int* a_offset,
+                                               int* b_offset, int M, int K, int N) {
+    const int row = blockIdx.y * blockDim.y + threadIdx.y,
+              col = blockIdx.x * blockDim.x + threadIdx.x;
     const int t = threadIdx.y * blockDim.x + threadIdx.x;
-    if (blockIdx.x != 0 || blockIdx.y != 0 || row >= M || col >= N || K == 0) return;   // block (0, 0) only
+    if (blockIdx.x != 0 || blockIdx.y != 0 || row >= M || col >= N || K == 0)
+        return;   // block (0, 0) only
     a_offset[t] = byte_offset(&A[row * K + 0], A);
     b_offset[t] = byte_offset(&B[0 * N + col], B);
 }
@@ -244,7 +262,8 @@ static void print_warp(const char* what, const std::vector<int>& offset) {
     std::printf("  %-27s", what);
     for (int lane : {0, 1, 2, 15, 16, 31}) std::printf(" %5d", offset[std::size_t(lane)]);
     const int moved = int(sectors.size()) * 32;
-    std::printf("  %7zu  %5d  %4zu  %8.2f\n", sectors.size(), moved, floats_used.size() * 4, moved / 32.0);
+    std::printf("  %7zu  %5d  %4zu  %8.2f\n", sectors.size(), moved, floats_used.size() * 4,
+                moved / 32.0);
 }
 
 static void coalescing() {
@@ -256,8 +275,8 @@ static void coalescing() {
     DeviceBuffer<float> X = to_device(floats(xt.values())), Y(count), sums(count);
     DeviceBuffer<int> offset(count), offset_b(count);
 
-    std::printf("  %-27s %5s %5s %5s %5s %5s %5s  %7s  %5s  %4s  %8s\n", "load (warp 0 of block 0)", "lane0", "1",
-                "2", "15", "16", "31", "sectors", "moved", "used", "per load");
+    std::printf("  %-27s %5s %5s %5s %5s %5s %5s  %7s  %5s  %4s  %8s\n", "load (warp 0 of block 0)",
+                "lane0", "1", "2", "15", "16", "31", "sectors", "moved", "used", "per load");
     const int copy_blocks = (rows * cols + 255) / 256;
     LAUNCH(copy_traced_kernel, copy_blocks, 256)(X.data(), Y.data(), offset.data(), rows * cols);
     print_warp("elementwise x[i]", to_host(offset));
@@ -268,17 +287,22 @@ static void coalescing() {
     // v1 on A [64, 45] times B [45, 64]: the same numbers viewed as both.
     const dim3 grid(4, 4), block(16, 16);
     float* const x = X.data();
-    LAUNCH(matmul_v1_traced_kernel, grid, block)(x, x, offset.data(), offset_b.data(), rows, cols, rows);
+    LAUNCH(matmul_v1_traced_kernel, grid, block)
+    (x, x, offset.data(), offset_b.data(), rows, cols, rows);
     print_warp("matmul v1 A[row][k]", to_host(offset));
     print_warp("matmul v1 B[k][col]", to_host(offset_b));
-    std::printf("(moved: bytes the warp's load brings in, 32 per sector; used: bytes of the distinct floats\n"
-                "asked for; per load: moved / 32 lanes. 4 per load is a perfect stream; 32 wastes 7/8 of\n"
-                "every sector; below 4, lanes share values and one fetch serves several threads.)\n\n");
-    std::printf("Row sums with one thread per row fetch 8x the bytes they use: each lane's float sits in\n"
-                "its own sector. The column sums read the same matrix with perfect coalescing. That is\n"
-                "why kernels.cu gives each row a whole block (sections 4 and 5), whose lanes walk along\n"
-                "the row together. matmul v1's A load is a broadcast (16 lanes read one float), and its B\n"
-                "load is half a line read twice: both are cheap, and yet v1 is slow, for the next reason.\n");
+    std::printf(
+        "(moved: bytes the warp's load brings in, 32 per sector; used: bytes of the distinct "
+        "floats\n"
+        "asked for; per load: moved / 32 lanes. 4 per load is a perfect stream; 32 wastes 7/8 of\n"
+        "every sector; below 4, lanes share values and one fetch serves several threads.)\n\n");
+    std::printf(
+        "Row sums with one thread per row fetch 8x the bytes they use: each lane's float sits in\n"
+        "its own sector. The column sums read the same matrix with perfect coalescing. That is\n"
+        "why kernels.cu gives each row a whole block (sections 4 and 5), whose lanes walk along\n"
+        "the row together. matmul v1's A load is a broadcast (16 lanes read one float), and its B\n"
+        "load is half a line read twice: both are cheap, and yet v1 is slow, for the next "
+        "reason.\n");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -330,38 +354,46 @@ static References reference_products(const Tensor& a, const Tensor& b) {
 
 static double max_error(const std::vector<real>& v, const std::vector<double>& exact) {
     double worst = 0;
-    for (std::size_t i = 0; i < v.size(); ++i) worst = std::max(worst, std::fabs(double(v[i]) - exact[i]));
+    for (std::size_t i = 0; i < v.size(); ++i)
+        worst = std::max(worst, std::fabs(double(v[i]) - exact[i]));
     return worst;
 }
 
 // What the table of matmul_versions() shows, said from its numbers (a build may change which line applies:
 // `make valgrind` builds the engine with two roundings per step, engine.cpp §2.4).
 static void explain_matmul_roundings(double kernels_vs_separate, double kernels_vs_engine,
-                                     double engine_vs_separate, double engine_vs_fused, double spacing) {
+                                     double engine_vs_separate, double engine_vs_fused,
+                                     double spacing) {
     if (kernels_vs_separate == 0)
-        std::printf("\nv1, v2 and v3 give the loop s = s + a*b to the last bit: each adds an output's K\n"
-                    "products in the order k = 0, 1, 2, ... and rounds twice per step, after the multiply\n"
-                    "and after the add (the zeros that pad a partial tile add 0*0 = 0, which changes\n"
-                    "nothing). They differ in where the operands come from, not in the arithmetic.\n");
+        std::printf(
+            "\nv1, v2 and v3 give the loop s = s + a*b to the last bit: each adds an output's K\n"
+            "products in the order k = 0, 1, 2, ... and rounds twice per step, after the multiply\n"
+            "and after the add (the zeros that pad a partial tile add 0*0 = 0, which changes\n"
+            "nothing). They differ in where the operands come from, not in the arithmetic.\n");
     else
-        std::printf("\nv1, v2 and v3 differ from the loop s = s + a*b by up to %.3g: this build rounds\n"
-                    "them differently (were they compiled with fused multiply-adds?).\n",
-                    kernels_vs_separate);
+        std::printf(
+            "\nv1, v2 and v3 differ from the loop s = s + a*b by up to %.3g: this build rounds\n"
+            "them differently (were they compiled with fused multiply-adds?).\n",
+            kernels_vs_separate);
     if (kernels_vs_engine == 0)
-        std::printf("They also equal the engine's matmul(), which rounds the same way in this build.\n");
+        std::printf(
+            "They also equal the engine's matmul(), which rounds the same way in this build.\n");
     else if (engine_vs_fused == 0)
-        std::printf("The engine's matmul() differs from them by up to %.3g (%.1f float spacings at the\n"
-                    "largest |C|) because its micro-kernel (engine.cpp §2.4) does each step as std::fma:\n"
-                    "a*b + s with one rounding. It equals the fma loop bit for bit. Same order, one\n"
-                    "rounding fewer per step: that is the whole difference, and the last row shows\n"
-                    "both are about equally close to the exact product.\n",
-                    kernels_vs_engine, kernels_vs_engine / spacing);
+        std::printf(
+            "The engine's matmul() differs from them by up to %.3g (%.1f float spacings at the\n"
+            "largest |C|) because its micro-kernel (engine.cpp §2.4) does each step as std::fma:\n"
+            "a*b + s with one rounding. It equals the fma loop bit for bit. Same order, one\n"
+            "rounding fewer per step: that is the whole difference, and the last row shows\n"
+            "both are about equally close to the exact product.\n",
+            kernels_vs_engine, kernels_vs_engine / spacing);
     else
-        std::printf("The engine's matmul() differs from them by up to %.3g, and from both loops (%.3g\n"
-                    "and %.3g): this build sums in another order or rounding.\n", kernels_vs_engine,
-                    engine_vs_separate, engine_vs_fused);
-    std::printf("On a GPU, nvcc fuses a*b + s into one FMA instruction by default (its -fmad=true),\n"
-                "so compiled there the kernels would round like the fma loop instead.\n");
+        std::printf(
+            "The engine's matmul() differs from them by up to %.3g, and from both loops (%.3g\n"
+            "and %.3g): this build sums in another order or rounding.\n",
+            kernels_vs_engine, engine_vs_separate, engine_vs_fused);
+    std::printf(
+        "On a GPU, nvcc fuses a*b + s into one FMA instruction by default (its -fmad=true),\n"
+        "so compiled there the kernels would round like the fma loop instead.\n");
 }
 
 static void matmul_versions() {
@@ -372,27 +404,32 @@ static void matmul_versions() {
     const Tensor c = matmul(a, b);   // the engine's CPU matmul, engine.cpp §2.4
     const References ref = reference_products(a, b);
     const double largest = max_abs(c.values());
-    const double spacing = double(std::nextafter(float(largest), INFINITY)) - double(float(largest));
+    const double spacing =
+        double(std::nextafter(float(largest), INFINITY)) - double(float(largest));
     DeviceBuffer<float> A = to_device(floats(a.values())), B = to_device(floats(b.values())),
                         C(std::size_t(M) * N);
-    std::printf("C = A*B for A [%d, %d], B [%d, %d] (largest |C| = %.3g, where floats are %.3g apart).\n"
-                "Largest |difference| from each CPU reference:\n\n", M, K, K, N, largest, spacing);
-    std::printf("  %-18s  %16s  %16s  %16s   %s\n", "", "s = s + a*b", "s = fma(a, b, s)", "engine matmul()",
-                "launch");
+    std::printf(
+        "C = A*B for A [%d, %d], B [%d, %d] (largest |C| = %.3g, where floats are %.3g apart).\n"
+        "Largest |difference| from each CPU reference:\n\n",
+        M, K, K, N, largest, spacing);
+    std::printf("  %-18s  %16s  %16s  %16s   %s\n", "", "s = s + a*b", "s = fma(a, b, s)",
+                "engine matmul()", "launch");
     struct Version {
         const char* name;
         void (*run)(const float*, const float*, float*, int, int, int);
         const char* grid;
     };
-    const Version versions[] = {{"v1", cuda_matmul_v1, "6 x 5 blocks of 16 x 16 threads"},
-                                {"v2", cuda_matmul_v2, "6 x 5 blocks of 16 x 16 threads"},
-                                {"v3", cuda_matmul_v3, "2 x 2 blocks of 16 x 16 threads, 64 x 64 outputs each"}};
+    const Version versions[] = {
+        {"v1", cuda_matmul_v1, "6 x 5 blocks of 16 x 16 threads"},
+        {"v2", cuda_matmul_v2, "6 x 5 blocks of 16 x 16 threads"},
+        {"v3", cuda_matmul_v3, "2 x 2 blocks of 16 x 16 threads, 64 x 64 outputs each"}};
     double kernels_vs_separate = 0, kernels_vs_engine = 0;
     for (const Version& v : versions) {
         CUDA_CHECK(cudaMemset(C.data(), 0xFF, C.bytes()));   // NaN again: no stale results
         v.run(A.data(), B.data(), C.data(), M, K, N);
         const std::vector<float> out = to_host(C);
-        const double vs_separate = max_abs_diff(out, ref.separate), vs_engine = max_abs_diff(out, c.values());
+        const double vs_separate = max_abs_diff(out, ref.separate),
+                     vs_engine = max_abs_diff(out, c.values());
         kernels_vs_separate = std::max(kernels_vs_separate, vs_separate);
         kernels_vs_engine = std::max(kernels_vs_engine, vs_engine);
         std::printf("  %-18s  %16.3g  %16.3g  %16.3g   %s\n", v.name, vs_separate,
@@ -400,12 +437,13 @@ static void matmul_versions() {
     }
     const double engine_vs_separate = max_abs_diff(floats(c.values()), ref.separate);
     const double engine_vs_fused = max_abs_diff(floats(c.values()), ref.fused);
-    std::printf("  %-18s  %16.3g  %16.3g  %16s\n", "engine matmul()", engine_vs_separate, engine_vs_fused,
-                "-");
-    std::printf("  %-18s  %16.3g  %16.3g  %16.3g\n", "exact (in double)", max_error(ref.separate, ref.exact),
-                max_error(ref.fused, ref.exact), max_error(c.values(), ref.exact));
-    explain_matmul_roundings(kernels_vs_separate, kernels_vs_engine, engine_vs_separate, engine_vs_fused,
-                             spacing);
+    std::printf("  %-18s  %16.3g  %16.3g  %16s\n", "engine matmul()", engine_vs_separate,
+                engine_vs_fused, "-");
+    std::printf("  %-18s  %16.3g  %16.3g  %16.3g\n", "exact (in double)",
+                max_error(ref.separate, ref.exact), max_error(ref.fused, ref.exact),
+                max_error(c.values(), ref.exact));
+    explain_matmul_roundings(kernels_vs_separate, kernels_vs_engine, engine_vs_separate,
+                             engine_vs_fused, spacing);
 
     // The counts at a size where they matter, on paper.
     const double n = 4096, mkn = n * n * n, flops = 2 * mkn;
@@ -418,21 +456,24 @@ static void matmul_versions() {
                          {"v3", 4 * mkn / 32, 0.5},
                          {"each value once", 4 * 3 * n * n, 0}};
     std::printf("\nM = K = N = 4096: %.3g FLOPs. H100 on paper: %.2f ms of FP32 arithmetic, and\n"
-                "memory keeps up only above %.0f FLOPs per byte (67e12 / 3.35e12).\n\n", flops,
-                flops / h100_flops_per_s * 1e3, h100_flops_per_s / h100_bytes_per_s);
-    std::printf("  %-16s  %14s  %11s  %12s  %14s  %12s  %10s\n", "version", "global bytes", "bytes/FLOP",
-                "FLOPs/byte", "shared loads", "memory time", "bound");
-    std::printf("  %-16s  %14s  %11s  %12s  %14s  %12s  %10s\n", "", "", "", "", "per mult-add", "(paper)", "");
+                "memory keeps up only above %.0f FLOPs per byte (67e12 / 3.35e12).\n\n",
+                flops, flops / h100_flops_per_s * 1e3, h100_flops_per_s / h100_bytes_per_s);
+    std::printf("  %-16s  %14s  %11s  %12s  %14s  %12s  %10s\n", "version", "global bytes",
+                "bytes/FLOP", "FLOPs/byte", "shared loads", "memory time", "bound");
+    std::printf("  %-16s  %14s  %11s  %12s  %14s  %12s  %10s\n", "", "", "", "", "per mult-add",
+                "(paper)", "");
     for (const Row& r : table) {
-        const double t_memory = r.global_bytes / h100_bytes_per_s, t_compute = flops / h100_flops_per_s;
+        const double t_memory = r.global_bytes / h100_bytes_per_s,
+                     t_compute = flops / h100_flops_per_s;
         std::printf("  %-16s  %14.3g  %11.4f  %12.1f  %14.1f  %12s  %10s\n", r.name, r.global_bytes,
-                    r.global_bytes / flops, flops / r.global_bytes, r.shared_loads_per_fma, duration(t_memory).c_str(),
-                    t_memory > t_compute ? "memory" : "compute");
+                    r.global_bytes / flops, flops / r.global_bytes, r.shared_loads_per_fma,
+                    duration(t_memory).c_str(), t_memory > t_compute ? "memory" : "compute");
     }
-    std::printf("\nThe bytes are the loads each kernel issues. v1's repeats mostly hit the L1 and L2\n"
-                "caches, so a real v1 beats its line here, but it stays far behind v3. v3 at 16 FLOPs per\n"
-                "byte is close to the 20 where an H100 stops waiting on memory. Libraries such as cuBLAS\n"
-                "go further (bigger tiles, tensor cores).\n");
+    std::printf(
+        "\nThe bytes are the loads each kernel issues. v1's repeats mostly hit the L1 and L2\n"
+        "caches, so a real v1 beats its line here, but it stays far behind v3. v3 at 16 FLOPs per\n"
+        "byte is close to the 20 where an H100 stops waiting on memory. Libraries such as cuBLAS\n"
+        "go further (bigger tiles, tensor cores).\n");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -465,7 +506,8 @@ static void reductions() {
     DeviceBuffer<float> trace(5 * 32);
     LAUNCH(fold_trace_kernel, 1, 32)(trace.data());
     const std::vector<float> tr = to_host(trace);
-    std::printf("One warp, lane l holding l, folded with v += __shfl_down_sync(0xffffffff, v, d):\n\n");
+    std::printf(
+        "One warp, lane l holding l, folded with v += __shfl_down_sync(0xffffffff, v, d):\n\n");
     std::printf("  %8s", "after d");
     const int lanes[] = {0, 1, 2, 3, 7, 15, 16, 31};
     for (int lane : lanes) std::printf("  lane %-3d", lane);
@@ -475,8 +517,9 @@ static void reductions() {
         std::printf("\n  %8d", d);
         for (int lane : lanes) std::printf("  %8g", double(tr[std::size_t(step * 32 + lane)]));
     }
-    std::printf("\nLane 0 ends with 0 + 1 + ... + 31 = 496. A lane whose partner l + d is past lane 31 gets\n"
-                "its own value back; the other lanes' results are partial sums that nobody uses.\n");
+    std::printf(
+        "\nLane 0 ends with 0 + 1 + ... + 31 = 496. A lane whose partner l + d is past lane 31 "
+        "gets\nits own value back; the other lanes' results are partial sums that nobody uses.\n");
 
     const int n = 100003;
     Rng rng(4);
@@ -490,21 +533,27 @@ static void reductions() {
         running += v;
     }
     const int blocks = std::min((n + 2047) / 2048, 256);
-    std::printf("\nSum of n = %d normal numbers (stage 1: %d blocks of 256 threads; stage 2: 1 block):\n", n,
-                blocks);
+    std::printf(
+        "\nSum of n = %d normal numbers (stage 1: %d blocks of 256 threads; stage 2: 1 block):\n",
+        n, blocks);
     std::printf("  %-34s  %14s  %14s\n", "", "sum", "- exact sum");
     std::printf("  %-34s  %14.6f  %14s\n", "in double, on the host (exact-ish)", exact, "");
-    const double engine = sum(xt).item(), v1 = cuda_sum_v1(X.data(), n), v2 = cuda_sum_v2(X.data(), n);
-    std::printf("  %-34s  %14.6f  %14.3g\n", "one float running sum (CPU)", double(running), running - exact);
-    std::printf("  %-34s  %14.6f  %14.3g\n", "engine sum() (CPU, sums in double)", engine, engine - exact);
+    const double engine = sum(xt).item(), v1 = cuda_sum_v1(X.data(), n),
+                 v2 = cuda_sum_v2(X.data(), n);
+    std::printf("  %-34s  %14.6f  %14.3g\n", "one float running sum (CPU)", double(running),
+                running - exact);
+    std::printf("  %-34s  %14.6f  %14.3g\n", "engine sum() (CPU, sums in double)", engine,
+                engine - exact);
     std::printf("  %-34s  %14.6f  %14.3g\n", "cuda_sum_v1 (tree, 9 barriers)", v1, v1 - exact);
     std::printf("  %-34s  %14.6f  %14.3g\n", "cuda_sum_v2 (shuffles, 1 barrier)", v2, v2 - exact);
-    std::printf("The kernels add in float, in another order than a loop (each thread about 8 values, then\n"
-                "trees of pairs), so they round differently: here about as far off as one float running\n"
-                "sum, and %.0fx further than the engine's sum(), which accumulates in double. Cost: 4 bytes\n"
-                "and 1 FLOP per element. On an H100 (paper), n = 1e8 takes 400 MB / 3.35 TB/s = %.0f us:\n"
-                "memory-bound.\n",
-                std::fabs(v1 - exact) / std::fabs(engine - exact), 4e8 / h100_bytes_per_s * 1e6);
+    std::printf(
+        "The kernels add in float, in another order than a loop (each thread about 8 values, then\n"
+        "trees of pairs), so they round differently: here about as far off as one float running\n"
+        "sum, and %.0fx further than the engine's sum(), which accumulates in double. Cost: 4 "
+        "bytes\n"
+        "and 1 FLOP per element. On an H100 (paper), n = 1e8 takes 400 MB / 3.35 TB/s = %.0f us:\n"
+        "memory-bound.\n",
+        std::fabs(v1 - exact) / std::fabs(engine - exact), 4e8 / h100_bytes_per_s * 1e6);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -530,11 +579,13 @@ static void fused_softmax_cross_entropy() {
 
     DeviceBuffer<float> Z = to_device(floats(logits.values())), P(std::size_t(B) * C), L(1);
     DeviceBuffer<int> Y = to_device(labels);
-    DeviceBuffer<float> dZ = to_device(std::vector<float>(P.size(), 0.0f));   // backward adds into dZ
+    DeviceBuffer<float> dZ =
+        to_device(std::vector<float>(P.size(), 0.0f));   // backward adds into dZ
     cuda_softmax_cross_entropy_forward(Z.data(), Y.data(), P.data(), L.data(), B, C);
     cuda_softmax_cross_entropy_backward(P.data(), Y.data(), dZ.data(), 1.0f, B, C);
     std::printf("logits [%d, %d], %d blocks of 128 threads, against the engine's softmax() and\n"
-                "cross_entropy() with backward():\n", B, C, B);
+                "cross_entropy() with backward():\n",
+                B, C, B);
     std::printf("  probabilities  max |difference| = %.3g\n", max_abs_diff(to_host(P), p.values()));
     std::printf("  mean loss      %.6f (kernel) vs %.6f (engine), |difference| = %.3g\n",
                 double(to_host(L)[0]), double(loss.item()),
@@ -545,12 +596,16 @@ static void fused_softmax_cross_entropy() {
     // A GPT-2-sized output layer: 8 sequences of 1024 tokens, 50257 classes.
     const double rows = 8 * 1024, classes = 50257, bc = rows * classes;
     const double fused_bytes = 8 * bc, unfused_bytes = 4 * bc * (1 + 2 + 1 + 2), flops = 5 * bc;
-    std::printf("\nGPT-2's output layer, B = 8 x 1024 tokens, C = 50257 (paper numbers for an H100):\n");
-    std::printf("  fused:   reads z, writes p: 8BC = %.2f GB for 5BC = %.2f GFLOP (%.2f FLOP/byte): %.2f ms\n",
-                fused_bytes / 1e9, flops / 1e9, flops / fused_bytes, fused_bytes / h100_bytes_per_s * 1e3);
-    std::printf("  unfused: max (read), z - m and exp (read, write), sum (read), divide (read, write):\n"
-                "           24BC = %.2f GB: %.2f ms, three times the traffic for the same FLOPs.\n",
-                unfused_bytes / 1e9, unfused_bytes / h100_bytes_per_s * 1e3);
+    std::printf(
+        "\nGPT-2's output layer, B = 8 x 1024 tokens, C = 50257 (paper numbers for an H100):\n");
+    std::printf("  fused:   reads z, writes p: 8BC = %.2f GB for 5BC = %.2f GFLOP (%.2f "
+                "FLOP/byte): %.2f ms\n",
+                fused_bytes / 1e9, flops / 1e9, flops / fused_bytes,
+                fused_bytes / h100_bytes_per_s * 1e3);
+    std::printf(
+        "  unfused: max (read), z - m and exp (read, write), sum (read), divide (read, write):\n"
+        "           24BC = %.2f GB: %.2f ms, three times the traffic for the same FLOPs.\n",
+        unfused_bytes / 1e9, unfused_bytes / h100_bytes_per_s * 1e3);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -634,7 +689,8 @@ static void missing_barrier() {
             LAUNCH(shift_kernel, 1, 256)(X.data(), Y.data(), barrier);
             const std::vector<float> y = to_host(Y);
             int wrong = 0;
-            for (int t = 0; t < 256; ++t) wrong += y[std::size_t(t)] != (t > 0 ? x[std::size_t(t - 1)] : 0.0f);
+            for (int t = 0; t < 256; ++t)
+                wrong += y[std::size_t(t)] != (t > 0 ? x[std::size_t(t - 1)] : 0.0f);
             char cell[32] = "right";
             if (wrong) std::snprintf(cell, sizeof cell, "WRONG (%d)", wrong);
             std::printf("  %-11s", cell);
@@ -642,9 +698,10 @@ static void missing_barrier() {
         std::printf("\n");
     }
     cuda_emu::set_schedule(cuda_emu::Schedule::seq);
-    std::printf("(WRONG (k): k of the 256 outputs are wrong.) Neither seq nor rev alone catches both\n"
-                "bugs; rand catches both. So the tests (make test FILTER=cuda_) and this homework run every\n"
-                "kernel under seq, rev and several rand seeds.\n");
+    std::printf(
+        "(WRONG (k): k of the 256 outputs are wrong.) Neither seq nor rev alone catches both\n"
+        "bugs; rand catches both. So the tests (make test FILTER=cuda_) and this homework run "
+        "every\nkernel under seq, rev and several rand seeds.\n");
 
     // A barrier that only some threads reach is undefined behaviour on a GPU: it may hang, or seem
     // to work. The emulator reports it as a deadlock, naming the barrier and a thread that left.
@@ -669,7 +726,8 @@ static __global__ void racy_count_kernel(float* total) { *total += 1.0f; }   // 
 static void blind_spots() {
     heading("7. What the emulator cannot see");
     DeviceBuffer<float> total(1);
-    std::printf("`*total += 1` from 4 blocks of 250 threads, without atomicAdd, under each schedule:\n ");
+    std::printf(
+        "`*total += 1` from 4 blocks of 250 threads, without atomicAdd, under each schedule:\n ");
     for (const NamedSchedule& s : every_schedule) {
         cuda_emu::set_schedule(s.schedule, s.seed);
         CUDA_CHECK(cudaMemset(total.data(), 0, sizeof(float)));
@@ -678,17 +736,18 @@ static void blind_spots() {
     }
     cuda_emu::set_schedule(cuda_emu::Schedule::seq);
     std::printf("\nAll 1000 here; on a GPU, far fewer, and a different count every run.\n\n");
-    std::printf("Also invisible here, because the emulator computes right answers, not speeds:\n"
-                "  - coalescing: section 2 counted sectors from recorded addresses; the emulator itself\n"
-                "    runs strided and contiguous loads alike.\n"
-                "  - bank conflicts: the padded shared rows of kernels.cu (v3, the dX product) change\n"
-                "    speed only; without the padding the results are the same.\n"
-                "  - occupancy: how many blocks fit on a streaming multiprocessor at once, given their\n"
-                "    registers and shared memory. Here one block runs at a time.\n"
-                "  - speed: the emulator runs one thread at a time on one CPU core; how long it takes\n"
-                "    says nothing about a GPU.\n"
-                "  - float details: nvcc fuses a*b + c into one rounding (FMA) and its expf differs\n"
-                "    from the CPU's in the last bits, so GPU results differ slightly from these.\n");
+    std::printf(
+        "Also invisible here, because the emulator computes right answers, not speeds:\n"
+        "  - coalescing: section 2 counted sectors from recorded addresses; the emulator itself\n"
+        "    runs strided and contiguous loads alike.\n"
+        "  - bank conflicts: the padded shared rows of kernels.cu (v3, the dX product) change\n"
+        "    speed only; without the padding the results are the same.\n"
+        "  - occupancy: how many blocks fit on a streaming multiprocessor at once, given their\n"
+        "    registers and shared memory. Here one block runs at a time.\n"
+        "  - speed: the emulator runs one thread at a time on one CPU core; how long it takes\n"
+        "    says nothing about a GPU.\n"
+        "  - float details: nvcc fuses a*b + c into one rounding (FMA) and its expf differs\n"
+        "    from the CPU's in the last bits, so GPU results differ slightly from these.\n");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -715,20 +774,23 @@ static void roofline() {
         {"softmax + CE forward", "8192 x 50257", 5 * bc, 8 * bc},
         {"AdamW update", "124M params", 17 * params, 28 * params},
     };
-    std::printf("  %-21s  %-13s  %10s  %10s  %10s  %11s  %11s  %8s\n", "kernel", "size", "FLOPs", "bytes",
-                "FLOP/byte", "t memory", "t compute", "bound");
+    std::printf("  %-21s  %-13s  %10s  %10s  %10s  %11s  %11s  %8s\n", "kernel", "size", "FLOPs",
+                "bytes", "FLOP/byte", "t memory", "t compute", "bound");
     for (const Kernel& k : kernels) {
         const double t_memory = k.bytes / h100_bytes_per_s, t_compute = k.flops / h100_flops_per_s;
-        std::printf("  %-21s  %-13s  %10.3g  %10.3g  %10.3f  %11s  %11s  %8s\n", k.name, k.size, k.flops,
-                    k.bytes, k.flops / k.bytes, duration(t_memory).c_str(), duration(t_compute).c_str(),
-                    t_memory > t_compute ? "memory" : "compute");
+        std::printf("  %-21s  %-13s  %10.3g  %10.3g  %10.3f  %11s  %11s  %8s\n", k.name, k.size,
+                    k.flops, k.bytes, k.flops / k.bytes, duration(t_memory).c_str(),
+                    duration(t_compute).c_str(), t_memory > t_compute ? "memory" : "compute");
     }
-    std::printf("\nOnly the tiled matmuls come near the 20 FLOP/byte ridge. Every other kernel's speed is its\n"
-                "bytes divided by 3.35 TB/s, which is why fusing kernels (softmax + CE, AdamW) matters\n"
-                "more than making their arithmetic faster. Real kernels reach only part of these peaks;\n"
-                "measure on a GPU before you believe any of it: there `make bench` checks each kernel against\n"
-                "the CPU, then times it with CUDA events. These are paper numbers: this project has never\n"
-                "had a GPU to measure on.\n");
+    std::printf(
+        "\nOnly the tiled matmuls come near the 20 FLOP/byte ridge. Every other kernel's speed is "
+        "its\n"
+        "bytes divided by 3.35 TB/s, which is why fusing kernels (softmax + CE, AdamW) matters\n"
+        "more than making their arithmetic faster. Real kernels reach only part of these peaks;\n"
+        "measure on a GPU before you believe any of it: there `make bench` checks each kernel "
+        "against\n"
+        "the CPU, then times it with CUDA events. These are paper numbers: this project has never\n"
+        "had a GPU to measure on.\n");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -742,9 +804,9 @@ static std::vector<float> train_on(Device device) {
     nn::MLP model({7, 11, 5}, rng);
     const Tensor x = randn({6, 7}, rng);
     const std::vector<int> labels = {0, 4, 2, 1, 3, 2};
-    model.to(device);                          // the parameters move, in place
-    const Tensor batch = x.to(device);         // a copy of the batch
-    AdamW opt(model.parameters(), 0.01);       // made after the move: its state lives there too
+    model.to(device);                      // the parameters move, in place
+    const Tensor batch = x.to(device);     // a copy of the batch
+    AdamW opt(model.parameters(), 0.01);   // made after the move: its state lives there too
     std::vector<float> losses;
     for (int step = 0; step < 5; ++step) {
         opt.zero_grad();
@@ -761,23 +823,28 @@ static void engine_on_device() {
     heading("9. The engine's tensors on the device: one training loop, two devices");
     const std::vector<float> cpu = train_on(Device::CPU), cuda = train_on(Device::CUDA);
     std::printf("  step  loss on cpu  loss on cuda\n");
-    for (std::size_t s = 0; s < cpu.size(); ++s) std::printf("  %4zu  %11.6f  %12.6f\n", s, double(cpu[s]), double(cuda[s]));
-    std::printf("\nThe same losses up to float rounding (the kernels round each multiply and add apart,\n"
-                "as in section 3, and reduce in another order). On cuda every op ran its kernel:\n"
-                "matmul_v3, the bias add, relu, the fused softmax-CE, their backward kernels, the\n"
-                "gradient norm and AdamW. Mixing devices is an error, not a silent copy:\n");
+    for (std::size_t s = 0; s < cpu.size(); ++s)
+        std::printf("  %4zu  %11.6f  %12.6f\n", s, double(cpu[s]), double(cuda[s]));
+    std::printf(
+        "\nThe same losses up to float rounding (the kernels round each multiply and add apart,\n"
+        "as in section 3, and reduce in another order). On cuda every op ran its kernel:\n"
+        "matmul_v3, the bias add, relu, the fused softmax-CE, their backward kernels, the\n"
+        "gradient norm and AdamW. Mixing devices is an error, not a silent copy:\n");
     try {
         matmul(Tensor({1, 1}).to(Device::CUDA), Tensor({1, 1}));
     } catch (const std::exception& e) {
         std::printf("  %s\n", e.what());
     }
-    std::printf("\nOn a machine with a GPU, `make demo-gpu` trains the spirals demo this way, with its\n"
-                "kernels compiled by nvcc.\n");
+    std::printf(
+        "\nOn a machine with a GPU, `make demo-gpu` trains the spirals demo this way, with its\n"
+        "kernels compiled by nvcc.\n");
 }
 
 static void lesson() {
-    std::printf("Lesson 14: from a CPU loop to a CUDA kernel (run on the CPU by cuda_emu.h; no GPU)\n");
-    cuda_emu::set_schedule(cuda_emu::Schedule::seq);   // the same output every run, whatever CUDA_EMU_SCHEDULE says
+    std::printf(
+        "Lesson 14: from a CPU loop to a CUDA kernel (run on the CPU by cuda_emu.h; no GPU)\n");
+    cuda_emu::set_schedule(
+        cuda_emu::Schedule::seq);   // the same output every run, whatever CUDA_EMU_SCHEDULE says
     thread_indexing();
     coalescing();
     matmul_versions();
@@ -815,7 +882,8 @@ static __global__ void leaky_relu_kernel(const float* x, float* y, int n, float 
 //   - __syncthreads(): nobody still reads the tiles when the next step overwrites them.
 // Every thread, even one outside C, must load and reach both barriers.
 constexpr int hw_tile = 8;
-static __global__ void matmul_tiled_kernel(const float* A, const float* B, float* C, int M, int K, int N) {
+static __global__ void matmul_tiled_kernel(const float* A, const float* B, float* C, int M, int K,
+                                           int N) {
     const int tx = threadIdx.x, ty = threadIdx.y;
     const int row = blockIdx.y * hw_tile + ty, col = blockIdx.x * hw_tile + tx;
     float s = 0;
@@ -846,81 +914,94 @@ static const NamedSchedule homework_schedules[] = {{"seq", cuda_emu::Schedule::s
                                                    {"rand:2", cuda_emu::Schedule::rand, 2}};
 
 // "what (n = 1000, schedule rev)": the context a failure message needs.
-static std::string context(const std::string& what, const std::string& size, const NamedSchedule& s) {
+static std::string context(const std::string& what, const std::string& size,
+                           const NamedSchedule& s) {
     return what + " (" + size + ", schedule " + s.name + ")";
 }
 
 static int check_homework() {
     Homework hw("14");
 
-    hw.check("14.1", "leaky ReLU, one thread per element",
-             "global index = (blocks before this one)·(threads per block) + place in this block; "
-             "the grid overhangs n, so a thread with i ≥ n writes nothing",
-             [] {
-                 // x and y get 512 floats of slack past n: a thread without the bounds check
-                 // writes there (and is caught) instead of past the allocation.
-                 const int slack = 512;
-                 const std::pair<int, int> sizes[] = {{1, 32}, {31, 32}, {1000, 128}, {1025, 256}, {4099, 256}};
-                 Rng rng(141);
-                 for (const auto& [n, block] : sizes) {
-                     const Tensor xt = randn({n}, rng);
-                     const std::vector<real> want = leaky_relu(xt, real(0.1)).values();
-                     std::vector<float> x = floats(xt.values());
-                     x.resize(std::size_t(n + slack), 1.0f);
-                     DeviceBuffer<float> X = to_device(x), Y(static_cast<std::size_t>(n + slack));
-                     for (const NamedSchedule& s : homework_schedules)
-                         for (int extra_blocks : {0, 1}) {   // a grid with a spare block, too
-                             const unsigned grid = unsigned((n + block - 1) / block + extra_blocks);
-                             CUDA_CHECK(cudaMemset(Y.data(), 0, sizeof(float) * std::size_t(n + slack)));
-                             cuda_emu::set_schedule(s.schedule, s.seed);
-                             LAUNCH(leaky_relu_kernel, grid, block)(X.data(), Y.data(), n, 0.1f);
-                             const std::vector<float> y = to_host(Y);
-                             const std::string size = "n = " + std::to_string(n) + ", " + std::to_string(grid) +
-                                                      " blocks of " + std::to_string(block);
-                             for (int i = 0; i < n; ++i)
-                                 expect_near(context("y[" + std::to_string(i) + "]", size, s).c_str(),
-                                             y[std::size_t(i)], want[std::size_t(i)], 1e-6);
-                             for (int i = n; i < n + slack; ++i)
-                                 expect_near(context("y[" + std::to_string(i) + "], past n: threads with i >= n "
-                                                     "must not write", size, s).c_str(),
-                                             y[std::size_t(i)], 0, 0);
-                         }
-                 }
-             });
+    hw.check(
+        "14.1", "leaky ReLU, one thread per element",
+        "global index = (blocks before this one)·(threads per block) + place in this block; "
+        "the grid overhangs n, so a thread with i ≥ n writes nothing",
+        [] {
+            // x and y get 512 floats of slack past n: a thread without the bounds check
+            // writes there (and is caught) instead of past the allocation.
+            const int slack = 512;
+            const std::pair<int, int> sizes[] = {
+                {1, 32}, {31, 32}, {1000, 128}, {1025, 256}, {4099, 256}};
+            Rng rng(141);
+            for (const auto& [n, block] : sizes) {
+                const Tensor xt = randn({n}, rng);
+                const std::vector<real> want = leaky_relu(xt, real(0.1)).values();
+                std::vector<float> x = floats(xt.values());
+                x.resize(std::size_t(n + slack), 1.0f);
+                DeviceBuffer<float> X = to_device(x), Y(static_cast<std::size_t>(n + slack));
+                for (const NamedSchedule& s : homework_schedules)
+                    for (int extra_blocks : {0, 1}) {   // a grid with a spare block, too
+                        const unsigned grid = unsigned((n + block - 1) / block + extra_blocks);
+                        CUDA_CHECK(cudaMemset(Y.data(), 0, sizeof(float) * std::size_t(n + slack)));
+                        cuda_emu::set_schedule(s.schedule, s.seed);
+                        LAUNCH(leaky_relu_kernel, grid, block)(X.data(), Y.data(), n, 0.1f);
+                        const std::vector<float> y = to_host(Y);
+                        const std::string size = "n = " + std::to_string(n) + ", " +
+                                                 std::to_string(grid) + " blocks of " +
+                                                 std::to_string(block);
+                        for (int i = 0; i < n; ++i)
+                            expect_near(context("y[" + std::to_string(i) + "]", size, s).c_str(),
+                                        y[std::size_t(i)], want[std::size_t(i)], 1e-6);
+                        for (int i = n; i < n + slack; ++i)
+                            expect_near(context("y[" + std::to_string(i) +
+                                                    "], past n: threads with i >= n must not write",
+                                                size, s)
+                                            .c_str(),
+                                        y[std::size_t(i)], 0, 0);
+                    }
+            }
+        });
 
-    hw.check("14.2", "a tiled matmul: shared-memory tiles and two barriers",
-             "a barrier between writing a shared tile and reading it, another before overwriting it; "
-             "all threads reach both, loading 0 outside A or B. Fails on some schedules: a missing barrier",
-             [] {
-                 const int sizes[][3] = {{1, 1, 1}, {5, 0, 3}, {8, 8, 8}, {37, 29, 53}, {9, 40, 17}};
-                 Rng rng(142);
-                 for (const auto& sz : sizes) {
-                     const int M = sz[0], K = sz[1], N = sz[2];
-                     const Tensor a = randn({M, K}, rng), b = randn({K, N}, rng);
-                     const Tensor c = K > 0 ? matmul(a, b) : Tensor({M, N});
-                     DeviceBuffer<float> A(std::max<std::size_t>(1, a.numel())),
-                         B(std::max<std::size_t>(1, b.numel())), C(std::size_t(M) * N);
-                     if (K > 0) {
-                         copy_to_device(A, floats(a.values()));
-                         copy_to_device(B, floats(b.values()));
-                     }
-                     const dim3 grid(unsigned((N + hw_tile - 1) / hw_tile), unsigned((M + hw_tile - 1) / hw_tile));
-                     const dim3 block(hw_tile, hw_tile);
-                     const std::string size = std::to_string(M) + "x" + std::to_string(K) + "x" + std::to_string(N);
-                     for (const NamedSchedule& s : homework_schedules) {
-                         CUDA_CHECK(cudaMemset(C.data(), 0xFF, sizeof(float) * std::size_t(M) * N));   // NaN
-                         cuda_emu::set_schedule(s.schedule, s.seed);
-                         LAUNCH(matmul_tiled_kernel, grid, block)(A.data(), B.data(), C.data(), M, K, N);
-                         const std::vector<float> got = to_host(C);
-                         for (int i = 0; i < M * N; ++i) {
-                             const double want = c.values()[std::size_t(i)];
-                             expect_near(context("C[" + std::to_string(i / N) + "][" + std::to_string(i % N) + "]",
-                                                 size, s).c_str(),
-                                         got[std::size_t(i)], want, 1e-5 * (1 + std::fabs(want)));
-                         }
-                     }
-                 }
-             });
+    hw.check(
+        "14.2", "a tiled matmul: shared-memory tiles and two barriers",
+        "a barrier between writing a shared tile and reading it, another before overwriting it; "
+        "all threads reach both, loading 0 outside A or B. Fails on some schedules: a missing "
+        "barrier",
+        [] {
+            const int sizes[][3] = {{1, 1, 1}, {5, 0, 3}, {8, 8, 8}, {37, 29, 53}, {9, 40, 17}};
+            Rng rng(142);
+            for (const auto& sz : sizes) {
+                const int M = sz[0], K = sz[1], N = sz[2];
+                const Tensor a = randn({M, K}, rng), b = randn({K, N}, rng);
+                const Tensor c = K > 0 ? matmul(a, b) : Tensor({M, N});
+                DeviceBuffer<float> A(std::max<std::size_t>(1, a.numel())),
+                    B(std::max<std::size_t>(1, b.numel())), C(std::size_t(M) * N);
+                if (K > 0) {
+                    copy_to_device(A, floats(a.values()));
+                    copy_to_device(B, floats(b.values()));
+                }
+                const dim3 grid(unsigned((N + hw_tile - 1) / hw_tile),
+                                unsigned((M + hw_tile - 1) / hw_tile));
+                const dim3 block(hw_tile, hw_tile);
+                const std::string size =
+                    std::to_string(M) + "x" + std::to_string(K) + "x" + std::to_string(N);
+                for (const NamedSchedule& s : homework_schedules) {
+                    CUDA_CHECK(
+                        cudaMemset(C.data(), 0xFF, sizeof(float) * std::size_t(M) * N));   // NaN
+                    cuda_emu::set_schedule(s.schedule, s.seed);
+                    LAUNCH(matmul_tiled_kernel, grid, block)(A.data(), B.data(), C.data(), M, K, N);
+                    const std::vector<float> got = to_host(C);
+                    for (int i = 0; i < M * N; ++i) {
+                        const double want = c.values()[std::size_t(i)];
+                        expect_near(context("C[" + std::to_string(i / N) + "][" +
+                                                std::to_string(i % N) + "]",
+                                            size, s)
+                                        .c_str(),
+                                    got[std::size_t(i)], want, 1e-5 * (1 + std::fabs(want)));
+                    }
+                }
+            }
+        });
 
     hw.check("14.3", "a warp-shuffle sum that every lane receives",
              "a butterfly: each round lane ℓ adds the value of lane ℓ XOR d, d = 16, 8, 4, 2, 1, "
@@ -938,14 +1019,17 @@ static int check_homework() {
                          want[warp] += x[std::size_t(i)];
                          scale[warp] += std::fabs(x[std::size_t(i)]);
                      }
-                     const std::string size = "n = " + std::to_string(n) + ", blocks of " + std::to_string(block);
+                     const std::string size =
+                         "n = " + std::to_string(n) + ", blocks of " + std::to_string(block);
                      for (const NamedSchedule& s : homework_schedules) {
                          cuda_emu::set_schedule(s.schedule, s.seed);
                          LAUNCH(warp_sums_kernel, grid, block)(X.data(), Y.data(), n);
                          const std::vector<float> y = to_host(Y);
                          for (int i = 0; i < threads; ++i)
-                             expect_near(context("warp " + std::to_string(i / 32) + ", lane " + std::to_string(i % 32),
-                                                 size, s).c_str(),
+                             expect_near(context("warp " + std::to_string(i / 32) + ", lane " +
+                                                     std::to_string(i % 32),
+                                                 size, s)
+                                             .c_str(),
                                          y[std::size_t(i)], want[std::size_t(i / 32)],
                                          1e-6 * (1 + scale[std::size_t(i / 32)]));
                      }

@@ -20,8 +20,8 @@
 // Class k's arm: radius r from 0 to 1, angle from 4k to 4k + 4 radians plus Gaussian noise, so
 // each arm winds a bit more than half a turn and the three interleave.
 struct Spirals {
-    Tensor x;                 // [N, 2]
-    std::vector<int> labels;  // N, in {0, 1, 2}
+    Tensor x;                  // [N, 2]
+    std::vector<int> labels;   // N, in {0, 1, 2}
 };
 
 static Spirals make_spirals(int per_class, int classes, double noise, Rng& rng) {
@@ -48,7 +48,8 @@ static int argmax_row(const Tensor& logits, int row) {
 static double accuracy(nn::MLP& model, const Spirals& data) {
     const Tensor logits = model(data.x);
     int correct = 0;
-    for (std::size_t i = 0; i < data.labels.size(); ++i) correct += argmax_row(logits, int(i)) == data.labels[i];
+    for (std::size_t i = 0; i < data.labels.size(); ++i)
+        correct += argmax_row(logits, int(i)) == data.labels[i];
     return double(correct) / data.labels.size();
 }
 
@@ -67,11 +68,13 @@ static void save_decision_boundary(nn::MLP& model, const Spirals& data, const st
     const char* light[] = {"#aec7e8", "#ffbb78", "#98df8a"};
     const char* dark[] = {"#1f77b4", "#ff7f0e", "#2ca02c"};
     std::ofstream f(path);
-    f << "<svg xmlns='http://www.w3.org/2000/svg' width='" << size << "' height='" << size << "'>\n";
+    f << "<svg xmlns='http://www.w3.org/2000/svg' width='" << size << "' height='" << size
+      << "'>\n";
     for (int r = 0; r < cells; ++r)
         for (int c = 0; c < cells; ++c)
             f << "<rect x='" << c * cell << "' y='" << r * cell << "' width='" << cell + 0.5
-              << "' height='" << cell + 0.5 << "' fill='" << light[argmax_row(logits, r * cells + c)] << "'/>\n";
+              << "' height='" << cell + 0.5 << "' fill='"
+              << light[argmax_row(logits, r * cells + c)] << "'/>\n";
     for (std::size_t i = 0; i < data.labels.size(); ++i) {
         const double px = (data.x.values()[2 * i] - lo) / (hi - lo) * size;
         const double py = (hi - data.x.values()[2 * i + 1]) / (hi - lo) * size;
@@ -84,19 +87,22 @@ static void save_decision_boundary(nn::MLP& model, const Spirals& data, const st
 
 static int run(int argc, char** argv) {
     if (argc > 2 || (argc == 2 && std::strcmp(argv[1], "--cuda") != 0))
-        throw std::invalid_argument(std::string("unknown argument '") + argv[argc - 1] + "': the only one is --cuda");
+        throw std::invalid_argument(std::string("unknown argument '") + argv[argc - 1] +
+                                    "': the only one is --cuda");
     const Device device = argc == 2 ? Device::CUDA : Device::CPU;
     Rng rng(0);
     const Spirals data = make_spirals(200, 3, 0.2, rng);
     nn::MLP model({2, 64, 64, 3}, rng, Activation::relu, Init::he_normal);
-    model.to(device);   // first the model, then the optimizer: its state is made where the parameters are
+    model.to(
+        device);   // first the model, then the optimizer: its state is made where the parameters are
     const Tensor batch = data.x.to(device);
     const int steps = 1500, warmup = 100;
     const double lr_max = 1e-2, lr_min = 1e-4, max_norm = 1.0;
     AdamW opt(model.parameters(), lr_max, 0.9, 0.999, 1e-8, 1e-4);
     std::printf("3-class spirals, %zu points; MLP 2-64-64-3 (%zu parameter tensors), AdamW, "
                 "warmup %d then cosine to %g, clip at %g, %d full-batch steps, on %s%s\n",
-                data.labels.size(), model.parameters().size(), warmup, lr_min, max_norm, steps, device_name(device),
+                data.labels.size(), model.parameters().size(), warmup, lr_min, max_norm, steps,
+                device_name(device),
                 device == Device::CUDA && cuda_is_emulated() ? " (the emulator)" : "");
 
     const bool terminal = ::isatty(STDOUT_FILENO);   // redraw one line, or print every 100 steps

@@ -115,7 +115,8 @@ inline void heading(const char* title) { std::printf("\n== %s\n\n", title); }
 inline double max_difference(const std::vector<real>& a, const std::vector<real>& b) {
     if (a.size() != b.size()) return INFINITY;
     double worst = 0;
-    for (std::size_t i = 0; i < a.size(); ++i) worst = std::max(worst, double(std::fabs(a[i] - b[i])));
+    for (std::size_t i = 0; i < a.size(); ++i)
+        worst = std::max(worst, double(std::fabs(a[i] - b[i])));
     return worst;
 }
 
@@ -163,7 +164,8 @@ inline std::vector<double> median_ms_one_thread(const std::vector<std::function<
 // Copies `host` into the start of an existing buffer, which may be longer.
 template <class T>
 void copy_to_device(DeviceBuffer<T>& device, const std::vector<T>& host) {
-    if (host.size() > device.size()) throw std::invalid_argument("copy_to_device: the host vector is larger");
+    if (host.size() > device.size())
+        throw std::invalid_argument("copy_to_device: the host vector is larger");
     cuda_copy_to_device(device.data(), host.data(), host.size() * sizeof(T));
 }
 // A new buffer holding a copy of `host`: a kernel's input.
@@ -277,7 +279,7 @@ inline Axis make_axis(double lo, double hi, bool log, bool whole_numbers) {
         lo = 0;
         hi = 1;
     }
-    if (lo == hi) {      // one value: a range around it
+    if (lo == hi) {   // one value: a range around it
         lo -= 1;
         hi += 1;
     }
@@ -377,7 +379,8 @@ struct Plot {
         y_axis = make_axis(y0, y1, log_y, y_whole);
         if (!equal_axes || log_x || log_y) return;
         // Units per pixel must match: widen whichever axis has fewer of them.
-        const double per_px_x = (x_axis.hi - x_axis.lo) / plot_w, per_px_y = (y_axis.hi - y_axis.lo) / plot_h;
+        const double per_px_x = (x_axis.hi - x_axis.lo) / plot_w,
+                     per_px_y = (y_axis.hi - y_axis.lo) / plot_h;
         if (per_px_x > per_px_y) widen_axis(y_axis, per_px_x * plot_h, y_whole);
         else widen_axis(x_axis, per_px_y * plot_w, x_whole);
     }
@@ -393,19 +396,22 @@ struct Plot {
         std::snprintf(buf, sizeof buf,
                       "<svg xmlns='http://www.w3.org/2000/svg' width='%g' height='%g' "
                       "font-family='sans-serif' font-size='12'>\n<rect width='100%%' "
-                      "height='100%%' fill='white'/>\n", width, height);
+                      "height='100%%' fill='white'/>\n",
+                      width, height);
         out += buf;
         for (std::size_t k = 0; k < xa.ticks.size(); ++k) {   // grid line and label per tick
             const double px = sx(xa.ticks[k]);
-            std::snprintf(buf, sizeof buf, "<line x1='%.1f' y1='%g' x2='%.1f' y2='%g' stroke='#ddd'/>\n",
-                          px, top, px, top + plot_h);
+            std::snprintf(buf, sizeof buf,
+                          "<line x1='%.1f' y1='%g' x2='%.1f' y2='%g' stroke='#ddd'/>\n", px, top,
+                          px, top + plot_h);
             out += buf;
             out += text(px, top + plot_h + 16, xa.labels[k], "middle");
         }
         for (std::size_t k = 0; k < ya.ticks.size(); ++k) {
             const double py = sy(ya.ticks[k]);
-            std::snprintf(buf, sizeof buf, "<line x1='%g' y1='%.1f' x2='%g' y2='%.1f' stroke='#ddd'/>\n",
-                          left, py, left + plot_w, py);
+            std::snprintf(buf, sizeof buf,
+                          "<line x1='%g' y1='%.1f' x2='%g' y2='%.1f' stroke='#ddd'/>\n", left, py,
+                          left + plot_w, py);
             out += buf;
             out += text(left - 6, py + 4, ya.labels[k], "end");
         }
@@ -414,7 +420,8 @@ struct Plot {
                       left, top, plot_w, plot_h);
         out += buf;
         out += text(left + plot_w / 2, 22, title, "middle", 15);
-        out += text(left + plot_w / 2, height - 10, x_label + (log_x ? " (log scale)" : ""), "middle");
+        out +=
+            text(left + plot_w / 2, height - 10, x_label + (log_x ? " (log scale)" : ""), "middle");
         out += text(14, top - 10, y_label + (log_y ? " (log scale)" : ""), "start");
         const char* colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"};
         for (std::size_t k = 0; k < series.size(); ++k) {
@@ -443,7 +450,8 @@ struct Plot {
 
 private:
     // The picture: 640 × 410 pixels; the plot area inside the margins, the legend at the right.
-    static constexpr double width = 640, height = 410, left = 70, right = 170, top = 52, bottom = 50;
+    static constexpr double width = 640, height = 410, left = 70, right = 170, top = 52,
+                            bottom = 50;
     static constexpr double plot_w = width - left - right, plot_h = height - top - bottom;
 
     bool project(double x, double y, double& px, double& py) const {
