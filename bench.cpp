@@ -24,7 +24,7 @@ struct Timing {
 
 template <class F>
 static Timing time_ms(F&& run, int repeats) {
-    run();   // untimed: the first call also pays for waking OpenMP's threads and touching new memory
+    run();   // untimed: the first call also wakes OpenMP's threads and touches new memory
     std::vector<double> ms;
     for (int r = 0; r < repeats; ++r) {
         const auto start = std::chrono::steady_clock::now();
@@ -102,7 +102,7 @@ static void peak(Report& report, int threads) {
         rate(gflop, t).max;   // a ceiling: the best run, not the typical one
 }
 
-// 64 entries of C = A·B recomputed in double; a product more than 1e-4 (relative) off stops the bench.
+// 64 entries of C = A·B recomputed in double; one more than 1e-4 (relative) off stops the bench.
 // A and B are views (engine.h), so a product with a transposed operand is checked the same way.
 static void verify(const char* what, MatrixView A, MatrixView B, const std::vector<real>& C, int M,
                    int K, int N) {

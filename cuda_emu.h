@@ -12,7 +12,7 @@
 // reach; a warp operation waiting for a lane that does not exist, has exited or waits elsewhere).
 // An exception that the kernel's own code throws (a lesson's not_implemented stub, say) leaves
 // the launch as it was thrown, type and message unchanged, after the block is cleaned up.
-// cudaEvent* read the host clock (a launch has finished when it returns), so they time the emulator.
+// cudaEvent* read the host clock (a launch has finished when it returns): they time the emulator.
 // cudaMemcpy/cudaMemset check directions and ranges and return an error code, as CUDA does;
 // cudaGetErrorString() says what was wrong. cudaMalloc'ed and __shared__ memory start as 0xFF
 // bytes (a NaN as float), and __shared__ memory gets that fill again before every block. Without
@@ -396,7 +396,7 @@ inline void release_barrier() {
 }
 
 // The next thread to run, by the schedule: the lowest ready one (seq), the highest (rev), or any
-// (rand); -1 if none is ready. Greedy choice lets one warp run ahead of the others, as it may on a GPU.
+// (rand); -1 if none is ready. Greedy choice lets one warp run ahead of the others, as on a GPU.
 inline int pick() {
     const Wait *w = state().waits.data(), ready = Wait::ready;
     const std::size_t n = std::size_t(state().n_threads);
@@ -522,8 +522,8 @@ inline void run_grid(dim3 grid, dim3 block, const std::string& where, void (*bod
 }
 
 template <class... P>
-struct
-    Launcher {   // LAUNCH(kernel, grid, block)(args...): checks the pointer arguments, runs the grid
+// LAUNCH(kernel, grid, block)(args...): checks the pointer arguments, runs the grid.
+struct Launcher {
     void (*kernel)(P...);
     const char *name, *file;
     dim3 grid, block;
@@ -625,7 +625,7 @@ T atomicAdd(T* address, typename std::common_type<T>::type value) {
     return old;
 }
 
-// ---- the runtime API ------------------------------------------------------------------------------
+// ---- the runtime API ---------------------------------------------------------------------------
 inline cudaError_t cudaMalloc(void** p, std::size_t bytes) {
     if (!p)
         return cuda_emu::api_error(cudaErrorInvalidValue,
@@ -653,7 +653,9 @@ inline cudaError_t cudaFree(void* p) {
     if (p) std::free(static_cast<char*>(p) - cuda_emu::guard_bytes);
     return cudaSuccess;
 }
-namespace cuda_emu {   // is [p, p + bytes) where `call` expects it: in one allocation (device), or in none (host)?
+
+namespace cuda_emu {
+// Is [p, p + bytes) where `call` expects it: inside one allocation (device), or in none (host)?
 inline cudaError_t check_range(const void* p, std::size_t bytes, bool device, const char* which,
                                const char* call) {
     const auto* a = allocation_of(p);

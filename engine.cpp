@@ -1950,7 +1950,8 @@ Tensor mse_loss(const Tensor& prediction, const Tensor& target) {
 }
 
 // Binary cross-entropy on logits z with targets t ∈ [0, 1]:
-//     L = (1/N) Σ [ −t·log σ(z) − (1 − t)·log(1 − σ(z)) ] = (1/N) Σ [ max(z, 0) − z·t + log(1 + e^(−|z|)) ]
+//     L = (1/N) Σ [ −t·log σ(z) − (1 − t)·log(1 − σ(z)) ]
+//       = (1/N) Σ [ max(z, 0) − z·t + log(1 + e^(−|z|)) ]
 // The second form never exponentiates a large number. ∂L/∂z = (σ(z) − t)/N.
 Tensor bce_with_logits(const Tensor& logits, const Tensor& targets) {
     require_same_shape(logits, targets, "bce_with_logits");
@@ -3063,7 +3064,8 @@ void reset_peak_tensor_bytes() { bytes_now = bytes_peak = std::int64_t(tensor_by
 //     μ_c = (1/N) Σ_n x_nc,   σ²_c = (1/N) Σ_n (x_nc − μ_c)²,   x̂_nc = (x_nc − μ_c)/√(σ²_c + ε),
 //     y_nc = γ_c·x̂_nc + β_c
 // With g = dL/dy, ĝ = g·γ_c and r_c = 1/√(σ²_c + ε), every sum running down a column:
-//     dβ_c = Σ_n g_nc,   dγ_c = Σ_n g_nc·x̂_nc,   dx_nc = r_c·(ĝ_nc − mean_n ĝ − x̂_nc·mean_n(ĝ·x̂))
+//     dβ_c = Σ_n g_nc,   dγ_c = Σ_n g_nc·x̂_nc,
+//     dx_nc = r_c·(ĝ_nc − mean_n ĝ − x̂_nc·mean_n(ĝ·x̂))
 // The two means remove what only shifts or scales the column, which x̂ cannot see.
 // Examples depend on each other: micro-batch gradient accumulation is not exact, and a batch of
 // one gives x̂ = 0. Evaluation uses running averages (PyTorch's m = 0.1):

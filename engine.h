@@ -866,7 +866,8 @@ Tensor matmul_in_precision(const Tensor& a, const Tensor& b, Precision inputs,
 //     bool ok = scaler.unscale_gradients(params);            g ← g/S, unless some g is inf/NaN
 //     if (ok) { clip_grad_norm(...); optimizer.step(); }     an overflowed step is skipped
 //     scaler.update(ok);                                     inf/NaN: S ← S·backoff; after
-//                                                            growth_interval good steps: S ← S·growth
+//                                                            growth_interval good steps:
+//                                                            S ← S·growth
 class DynamicLossScaler {
 public:
     explicit DynamicLossScaler(double initial_scale = 65536, int growth_interval = 2000,

@@ -2,7 +2,7 @@
 // replaces (engine.cpp, Part 2). The same file runs on a GPU (built by nvcc) and on any CPU
 // (built by g++ or clang++, with cuda_emu.h standing in for CUDA); the tests use the CPU build.
 //
-//   nvcc -arch=sm_90 -c kernels.cu -o kernels.o          for an NVIDIA GPU (sm_80: A100, sm_90: H100)
+//   nvcc -arch=sm_90 -c kernels.cu -o kernels.o          for an NVIDIA GPU (sm_90: H100)
 //   g++ -std=c++17 -O2 -x c++ -c kernels.cu -o kernels.o for the CPU, through cuda_emu.h
 //
 // Contents
@@ -107,9 +107,9 @@ constexpr int elementwise_block = 256;   // threads per block: 8 warps
 
 // 1.1 add: Y = A + B, where B has A's shape (nb = n) or is one row of nb values repeated over
 // every row of A (a bias: A [n/nb, nb] + B [nb]). Replaces elementwise() with
-// for_each_broadcast() (engine.cpp §2.2) for `+`. i % nb is the broadcast: B's stride along the rows is 0.
-// Cost: reads 2n floats (a broadcast B is much smaller and stays in cache), writes n: 12n bytes
-// for n FLOPs.
+// for_each_broadcast() (engine.cpp §2.2) for `+`. i % nb is the broadcast: B's stride along the
+// rows is 0. Cost: reads 2n floats (a broadcast B is much smaller and stays in cache), writes n:
+// 12n bytes for n FLOPs.
 static __global__ void add_forward_kernel(const float* A, const float* B, float* Y, int n, int nb) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) Y[i] = A[i] + B[i % nb];
@@ -162,17 +162,17 @@ static __global__ void mul_backward_kernel(const float* A, const float* B, const
     dB[i] += dY[i] * A[i];
 }
 
-// 1.4 activations: Y = f(X), backward dX += dY·f'(X). Replaces unary() (engine.cpp §2.3) for relu, gelu,
-// sigmoid and tanh. Each activation is a struct holding f and f' side by side. As in engine.cpp,
-// f' is written with the input x and the output y = f(x), whichever is handier.
+// 1.4 activations: Y = f(X), backward dX += dY·f'(X). Replaces unary() (engine.cpp §2.3) for
+// relu, gelu, sigmoid and tanh. Each activation is a struct holding f and f' side by side. As in
+// engine.cpp, f' is written with the input x and the output y = f(x), whichever is handier.
 // Cost forward: reads n, writes n: 8n bytes. Backward: reads X, Y, dY, dX, writes dX: 20n bytes.
 // FLOPs: 1 (relu) to about 15 (gelu, counting tanh as one) per element.
 struct Relu {   // max(0, x); f' = 1 where x > 0, else 0 (written so that a NaN stays NaN)
     static __device__ float f(float x) { return x < 0 ? 0.0f : x; }
     static __device__ float df(float x, float) { return x > 0 ? 1.0f : 0.0f; }
 };
-struct
-    Gelu {   // ½x(1 + tanh u), u = √(2/π)(x + 0.044715x³); f' = ½(1 + tanh u) + ½x(1 − tanh²u)·du/dx
+// GELU: ½x(1 + tanh u), u = √(2/π)(x + 0.044715x³); f' = ½(1 + tanh u) + ½x(1 − tanh²u)·du/dx
+struct Gelu {
     static __device__ float u(float x) { return 0.7978845608f * (x + 0.044715f * x * x * x); }
     static __device__ float f(float x) { return 0.5f * x * (1 + tanhf(u(x))); }
     static __device__ float df(float x, float) {
@@ -393,8 +393,9 @@ static __global__ void matmul_v3_kernel(const float* A, const float* B, float* C
 //
 // dX[M, K] += dY[M, N]·Wᵀ, i.e. dX[i][k] += Σ_j dY[i][j]·W[k][j]. Replaces matmul_blocked with
 // a transposed W (matmul's backward). Both operands are read along rows (j is the contiguous
-// index of both), so both tile loads are coalesced. Thread (tx, ty) computes dX[by·16 + ty][bx·16 + tx]. In the inner loop, the threads
-// of a row read Ws[tx][j], 16 different rows of the tile at once. Padding each row to 17 floats
+// index of both), so both tile loads are coalesced. Thread (tx, ty) computes
+// dX[by·16 + ty][bx·16 + tx]. In the inner loop, the threads of a row read Ws[tx][j], 16 different
+// rows of the tile at once. Padding each row to 17 floats
 // puts those 16 reads in 16 different banks. Unpadded, they would fall on only 2 banks (a stride of
 // 16 floats), an 8-way bank conflict.
 // Grid: ⌈K/16⌉ × ⌈M/16⌉ blocks of 16 × 16. Cost: 2MNK FLOPs, global loads 2MNK/16 floats.
@@ -417,8 +418,8 @@ static __global__ void matmul_backward_dx_kernel(const float* dY, const float* W
 
 // dW[K, N] += Xᵀ·dY, i.e. dW[k][j] += Σ_i X[i][k]·dY[i][j]: the batch axis M is summed away.
 // Replaces matmul_blocked with a transposed X (matmul's backward). The block walks down the rows
-// i of both X and dY. Thread (tx, ty) computes dW[by·16 + ty][bx·16 + tx]. Xs[i][ty] is one value per row of threads (a broadcast),
-// and Gs[i][tx] is 16 neighbours, so neither needs padding.
+// i of both X and dY. Thread (tx, ty) computes dW[by·16 + ty][bx·16 + tx]. Xs[i][ty] is one value
+// per row of threads (a broadcast), and Gs[i][tx] is 16 neighbours, so neither needs padding.
 // Grid: ⌈N/16⌉ × ⌈K/16⌉ blocks of 16 × 16. Cost: 2MNK FLOPs, global loads 2MNK/16 floats.
 static __global__ void matmul_backward_dw_kernel(const float* X, const float* dY, float* dW, int M,
                                                  int K, int N) {
@@ -601,9 +602,10 @@ float cuda_sum_v2(const float* X, int n) { return sum_two_stage(X, n, true); }
 // =============================================================================================
 // 4. Softmax + cross-entropy, fused
 //
-// Replaces cross_entropy() (engine.cpp §2.6) without label smoothing. For the row b of logits z [B, C] and
-// its label y:
-//     m = max_c z_c,   s = Σ_c e^(z_c − m),   p_c = e^(z_c − m)/s,   loss_b = −log p_y = log s + m − z_y
+// Replaces cross_entropy() (engine.cpp §2.6) without label smoothing. For the row b of logits
+// z [B, C] and its label y:
+//     m = max_c z_c,   s = Σ_c e^(z_c − m),   p_c = e^(z_c − m)/s,
+//     loss_b = −log p_y = log s + m − z_y
 // and the loss is the mean over the rows. Subtracting the max makes every exponent ≤ 0, so
 // nothing overflows. The gradient is dL/dz_c = (p_c − [c = y])/B, times the upstream gradient.
 // Mapping: one block of 128 threads per row. Thread t handles the columns t, t + 128, ... of
@@ -830,11 +832,11 @@ void cuda_adamw_update(float* W, const float* G, float* m, float* v, int n, doub
 // =============================================================================================
 // 7. The global gradient norm, and clipping by it
 //
-// Replaces grad_norm() and clip_grad_norm() (engine.cpp §2.11): ‖g‖ = √(Σ over all parameters of Σ g²), and
-// if ‖g‖ > max_norm, every gradient is scaled by max_norm/‖g‖. It is a two-stage reduction
-// (§3) over several tensors at once. Stage 1 runs once per tensor, and its block k adds its share
-// into partial[k]: each block owns its slot, so no atomics are needed. Stage 2 is one block that
-// turns the 256 slots (the unused ones stay 0) into the norm and the clip scale. The
+// Replaces grad_norm() and clip_grad_norm() (engine.cpp §2.11): ‖g‖ = √(Σ over all parameters of
+// Σ g²), and if ‖g‖ > max_norm, every gradient is scaled by max_norm/‖g‖. It is a two-stage
+// reduction (§3) over several tensors at once. Stage 1 runs once per tensor, and its block k adds
+// its share into partial[k]: each block owns its slot, so no atomics are needed. Stage 2 is one
+// block that turns the 256 slots (the unused ones stay 0) into the norm and the clip scale. The
 // scaling kernels then read the scale from device memory, so the host need not wait between
 // computing the norm and applying it.
 // Cost: stage 1 reads every gradient once (4n bytes, 2n FLOPs); the scaling reads and writes
@@ -850,7 +852,8 @@ static __global__ void sum_squares_kernel(const float* G, int n, float* partial)
     if (threadIdx.x == 0) partial[blockIdx.x] += s;
 }
 
-// Stage 2, one block: out[0] = ‖g‖ = √(Σ partial); out[1] = the scale, max_norm/‖g‖ if ‖g‖ > max_norm, else 1.
+// Stage 2, one block: out[0] = ‖g‖ = √(Σ partial); out[1] = the scale: max_norm/‖g‖ if
+// ‖g‖ > max_norm, else 1.
 static __global__ void norm_and_clip_scale_kernel(const float* partial, int count, float max_norm,
                                                   float* out) {
     float s = 0;

@@ -2,7 +2,7 @@
 //
 //   build/tests              the quick tests (make test)
 //   build/tests --all        also the tests that run other builds (make test-all builds them)
-//   build/tests WORD         only the tests whose "group/name" contains WORD (make test FILTER=WORD)
+//   build/tests WORD         the tests whose "group/name" contains WORD (make test FILTER=WORD)
 //   build/tests --list       list the tests
 //   build/tests --show-output   let each test print where this program prints (make fuzz)
 //   TEST_TIME_LIMIT=s        stop any one test after s seconds (default 120; 0: never)
@@ -394,7 +394,7 @@ static Verdict run_in_child(const TestCase& t, int time_limit, bool show_output)
     return v;
 }
 
-// ---- main -----------------------------------------------------------------------------------------
+// ---- main --------------------------------------------------------------------------------------
 static void register_homework_tests();
 static std::string training_losses();
 
@@ -3961,7 +3961,7 @@ static void test_host_pointer() {
                  "not device memory");
     EXPECT_THROW(LAUNCH(copy_kernel, 1, 128)(D.data(), host.data(), 100), "copy_kernel",
                  "argument 2", "host pointer");
-    // cudaMemcpy with the wrong direction, past the end, and cudaFree of a host pointer: error codes
+    // cudaMemcpy in the wrong direction, past the end, cudaFree of a host pointer: error codes
     std::vector<float> other(100);
     CHECK(cudaMemcpy(other.data(), host.data(), 400, cudaMemcpyHostToDevice) ==
               cudaErrorInvalidValue,
@@ -4495,7 +4495,7 @@ TEST("cuda", "cuda_device_errors: mixed devices, ops without a kernel, values() 
     w.move_to(Device::CUDA);
     EXPECT_THROWS(loss.backward(),
                   "backward: input 1 of 'matmul' moved from cpu to cuda after the forward pass");
-    // Optimizers: the state does not follow a moved parameter (its gradient does); SGD has no kernel.
+    // Optimizers: the state does not follow a moved parameter (its gradient does); no SGD kernel.
     w.move_to(Device::CPU);
     cross_entropy(matmul(c, w), {0, 1}).backward();
     AdamW adamw({w});
@@ -4603,7 +4603,7 @@ TEST("bad input", "shapes too large to count or to hold are refused, naming the 
                   "Tensor: shape [65536, 65536, 65536, 16384] needs");   // 2⁶² numbers
     EXPECT_THROWS(reshape(Tensor({2}), {k, k, k, k, -1}),
                   "reshape: shape [65536, 65536, 65536, 65536, 1]");
-    // The left operand is small: C++ may evaluate either operand of + first (g++ and clang++ differ).
+    // The left operand is small: C++ may evaluate either side of + first (g++, clang++ differ).
     EXPECT_THROWS(matmul(Tensor({1, 0}), Tensor({0, 1})) + Tensor({k, k, k, k}),
                   "more elements than 2⁶⁴");
     EXPECT_THROWS(matmul(Tensor({1 << 30, 0}), Tensor({0, 1 << 30})),
@@ -4832,7 +4832,7 @@ TEST_OF_OTHER_BUILD("bad input",
 
 // =============================================================================================
 // homework: every exercise is proven both ways. The reference passes its check, and the stub
-// reports TODO (not FAIL, not a crash). These run the binaries `make test-all` builds beside this one.
+// reports TODO (not FAIL, not a crash). These run the binaries `make test-all` builds beside this.
 // =============================================================================================
 
 struct Counts {
@@ -4960,8 +4960,8 @@ static std::vector<std::string> lines_of(const std::string& path) {
     return out;
 }
 
-// "2.4" from "2.4 Matrix ...", "3" from "3. Reductions" or "3)", "3b" from "3b. The order" (lesson 13
-// puts a section 3b between 3 and 4); "" if `text` does not start with one.
+// "2.4" from "2.4 Matrix ...", "3" from "3. Reductions" or "3)", "3b" from "3b. The order"
+// (lesson 13 puts a section 3b between 3 and 4); "" if `text` does not start with one.
 static std::string leading_section_number(const std::string& text) {
     std::size_t i = 0;
     while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.'))
@@ -5118,6 +5118,26 @@ TEST("references",
     if (!wrong.empty())
         throw TestFailure("references that point nowhere, or to the wrong place:\n" + wrong);
     EXPECT_TRUE(checked > 100);
+}
+
+// clang-format (make format-check) keeps code within 100 columns but leaves comments as written,
+// so that no formula is re-flowed: this keeps them within 100 too. Columns are characters (UTF-8
+// code points: every byte except the continuation bytes 10xxxxxx).
+TEST("references",
+     "every line of the sources, the lessons and the header files is at most 100 characters") {
+    std::string long_lines;
+    for (const auto& entry : files_with_references()) {
+        if (entry.first == "README.md" || entry.first == "Makefile") continue;
+        const std::vector<std::string> lines = lines_of(entry.first);
+        for (std::size_t k = 0; k < lines.size(); ++k) {
+            std::size_t columns = 0;
+            for (unsigned char c : lines[k]) columns += (c & 0xC0) != 0x80;
+            if (columns > 100)
+                long_lines += entry.first + ":" + std::to_string(k + 1) + " has " +
+                              std::to_string(columns) + " characters\n";
+        }
+    }
+    if (!long_lines.empty()) throw TestFailure("lines over 100 characters:\n" + long_lines);
 }
 
 // The names a comment says code replaces or is: "replaces X", "Replaces X", "engine.cpp's X", where
@@ -6088,9 +6108,10 @@ TEST("13 memory",
             EXPECT_NEAR(zero_bytes_per_device(stage, models[m], 8) / GB, on_8[m][stage], 1e-9);
             EXPECT_NEAR(zero_bytes_per_device(stage, models[m], 64) / GB, on_64[m][stage], 1e-9);
         }
-    // Stage 0 is lesson 13's 16 bytes per parameter: 112 GB for 7B, the texts' 14 bytes + a 2-byte gradient.
+    // Stage 0 is lesson 13's 16 bytes per parameter: 112 GB for 7B (the texts' 14 bytes + a 2-byte
+    // gradient).
     EXPECT_NEAR(zero_bytes_per_device(0, 7e9, 1), (14 + 2) * 7e9, 0.0);
-    // The notes: a 7B model needs at least 2 GPUs with stage 2. Two is the fewest, and stage 1 fits too.
+    // The notes: a 7B model needs 2 GPUs or more with stage 2. Two is the fewest; stage 1 fits too.
     EXPECT_TRUE(zero_bytes_per_device(3, 7e9, 1) > capacity);
     EXPECT_NEAR(zero_bytes_per_device(1, 7e9, 2) / GB, 70.0, 1e-9);
     EXPECT_NEAR(zero_bytes_per_device(2, 7e9, 2) / GB, 63.0, 1e-9);

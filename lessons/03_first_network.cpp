@@ -533,7 +533,8 @@ static int check_homework() {
                  const std::vector<double> s = {-2.0, 0.5, 3.0, 0.0}, t = {0.0, 1.0, 1.0, 0.3};
                  std::vector<Value> scores(s.begin(), s.end());
                  const Value L = bce_with_logits(scores, t);
-                 // Closed form of each term: −[t·log σ(s) + (1 − t)·log(1 − σ(s))] = log(1 + eˢ) − t·s.
+                 // Each term in closed form:
+                 //     −[t·log σ(s) + (1 − t)·log(1 − σ(s))] = log(1 + eˢ) − t·s
                  double truth = 0;
                  for (std::size_t i = 0; i < s.size(); ++i)
                      truth += std::log1p(std::exp(s[i])) - t[i] * s[i];

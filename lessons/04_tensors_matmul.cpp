@@ -438,7 +438,7 @@ static void expect_tensor_near(const char* what, const Tensor& got, const Tensor
 // numbers to p − lr·dL/dp by assigning the whole new vector at once (p.values() = updated): a
 // whole assignment counts as an in-place write (section 8), so a graph built from the old numbers
 // can no longer be differentiated by mistake. A parameter without a gradient stays as it is.
-// (Writing p.values()[i] one element at a time would change the same numbers, behind autograd's back.)
+// (Writing p.values()[i] one element at a time changes the same numbers, behind autograd's back.)
 void sgd_step_seen_by_autograd(const std::vector<Tensor>& params, double lr) {
     // BEGIN EXERCISE 04.4
     throw not_implemented("04.4");

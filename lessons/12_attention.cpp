@@ -73,7 +73,7 @@ static void single_head() {
 
 // ---------------------------------------------------------------------------------------------
 // 2. The backward, given dO = dL/dO, in the order of the texts:
-//     1. dV = Pᵀ·dO                         [S, T]·[T, dv]   O = P·V, so V's gradient is matmul's dW
+//     1. dV = Pᵀ·dO                         [S, T]·[T, dv]   O = P·V: V's gradient is matmul's dW
 //     2. dP = dO·Vᵀ                         [T, dv]·[dv, S]  and P's is matmul's dX
 //     3. dS = P ∘ (dP − rowsum(dP ∘ P))     softmax's Jacobian diag(p) − p·pᵀ, applied row by row
 //     4. dQ = dS·K/√d                       S = Q·Kᵀ/√d

@@ -16,7 +16,7 @@
 //      they round like a loop of s = s + a·b and the engine's matmul like one of fma(a, b, s).
 //   4. Reductions: a tree in shared memory, and warp shuffles.
 //   5. Softmax + cross-entropy fused: one block per row.
-//   6. The emulator catches a missing __syncthreads(): right under one schedule, wrong under another.
+//   6. The emulator catches a missing __syncthreads(): right in one schedule, wrong in others.
 //   7. What the emulator cannot see.
 //   8. The roofline of every kernel of this lesson (paper numbers).
 //   9. The engine's tensors on the device: one training loop, run on cpu and on cuda.
@@ -359,8 +359,8 @@ static double max_error(const std::vector<real>& v, const std::vector<double>& e
     return worst;
 }
 
-// What the table of matmul_versions() shows, said from its numbers (a build may change which line applies:
-// `make valgrind` builds the engine with two roundings per step, engine.cpp §2.4).
+// What the table of matmul_versions() shows, said from its numbers (a build may change which line
+// applies: `make valgrind` builds the engine with two roundings per step, engine.cpp §2.4).
 static void explain_matmul_roundings(double kernels_vs_separate, double kernels_vs_engine,
                                      double engine_vs_separate, double engine_vs_fused,
                                      double spacing) {

@@ -93,8 +93,8 @@ static int run(int argc, char** argv) {
     Rng rng(0);
     const Spirals data = make_spirals(200, 3, 0.2, rng);
     nn::MLP model({2, 64, 64, 3}, rng, Activation::relu, Init::he_normal);
-    model.to(
-        device);   // first the model, then the optimizer: its state is made where the parameters are
+    // First the model, then the optimizer: its state is made where the parameters are.
+    model.to(device);
     const Tensor batch = data.x.to(device);
     const int steps = 1500, warmup = 100;
     const double lr_max = 1e-2, lr_min = 1e-4, max_norm = 1.0;

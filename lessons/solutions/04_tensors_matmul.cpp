@@ -27,7 +27,7 @@
         for (int k = 0; k < K; ++k)
             for (int j = 0; j < N; ++j) {
                 dx[i * K + k] += dz[i * N + j] * w[k * N + j];   // dX = dZ·Wᵀ: sum over j
-                dw[k * N + j] += x[i * K + k] * dz[i * N + j];   // dW = Xᵀ·dZ: sum over i (the batch)
+                dw[k * N + j] += x[i * K + k] * dz[i * N + j];   // dW = Xᵀ·dZ: sum over the batch
             }
     return g;
 // END EXERCISE

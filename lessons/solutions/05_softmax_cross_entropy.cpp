@@ -12,7 +12,8 @@
 
 // BEGIN EXERCISE 05.2
     const int C = int(logits.size());
-    if (label < 0 || label >= C) throw std::invalid_argument("cross_entropy_grad: label out of range");
+    if (label < 0 || label >= C)
+        throw std::invalid_argument("cross_entropy_grad: label out of range");
     const double m = *std::max_element(logits.begin(), logits.end());
     double sum = 0;
     for (double v : logits) sum += std::exp(v - m);

@@ -19,7 +19,7 @@
 
 // BEGIN EXERCISE 10.2
     if (step_end.empty() || window < 1)
-        throw std::invalid_argument("throughput: need at least one step and a window of at least 1");
+        throw std::invalid_argument("throughput: need one step or more and a window of 1 or more");
     const std::size_t n = step_end.size(), w = std::min(std::size_t(window), n);
     const double window_start = n > w ? step_end[n - 1 - w] : 0.0;   // the start of the window
     const double per_step = (step_end[n - 1] - window_start) / double(w);

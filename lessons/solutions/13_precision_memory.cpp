@@ -5,10 +5,10 @@
     std::uint32_t bits;
     std::memcpy(&bits, &x, sizeof bits);
     const std::uint32_t top = bits >> 16, low = bits & 0xffff;
-    if ((bits & 0x7fffffff) > 0x7f800000)                        // NaN: keep the top half, and a NaN
+    if ((bits & 0x7fffffff) > 0x7f800000)                       // NaN: keep the top half, a NaN
         return std::uint16_t((top & 0x7f) ? top : top | 0x40);
     const bool round_up = low > 0x8000 || (low == 0x8000 && (top & 1));
-    return std::uint16_t(top + (round_up ? 1 : 0));   // a carry runs into the exponent: right, even to inf
+    return std::uint16_t(top + (round_up ? 1 : 0));   // a carry to the exponent is right, inf too
 // END EXERCISE
 
 // BEGIN EXERCISE 13.2
