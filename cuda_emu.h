@@ -521,8 +521,15 @@ inline void run_grid(dim3 grid, dim3 block, const std::string& where, void (*bod
     check_guards(where);
 }
 
-template <class... P>
+// A kernel argument that is a pointer, to be checked; null for a number (nothing to check).
+template <class A>
+const void* pointer_or_null(const A& a) {
+    if constexpr (std::is_pointer_v<A>) return a;
+    else return nullptr;
+}
+
 // LAUNCH(kernel, grid, block)(args...): checks the pointer arguments, runs the grid.
+template <class... P>
 struct Launcher {
     void (*kernel)(P...);
     const char *name, *file;
@@ -531,17 +538,13 @@ struct Launcher {
     void operator()(P... args) const {
         const std::string where = format("%s:%d: %s<<<(%u,%u,%u), (%u,%u,%u)>>>: ", file, line,
                                          name, grid.x, grid.y, grid.z, block.x, block.y, block.z);
-        int k = 0;
-        auto check = [&](const auto& a) {
-            ++k;
-            if constexpr (std::is_pointer_v<std::decay_t<decltype(a)>>)
-                if (a != nullptr && !allocation_of(a))
-                    throw std::invalid_argument(
-                        where + format("argument %d is %p, which is not device memory from "
-                                       "cudaMalloc (a host pointer?)",
-                                       k, (const void*)a));
-        };
-        (check(args), ...);
+        const std::vector<const void*> pointers = {pointer_or_null(args)...};
+        for (std::size_t k = 0; k < pointers.size(); ++k)
+            if (pointers[k] != nullptr && !allocation_of(pointers[k]))
+                throw std::invalid_argument(where +
+                                            format("argument %d is %p, which is not device "
+                                                   "memory from cudaMalloc (a host pointer?)",
+                                                   int(k + 1), pointers[k]));
         auto call = [&] { kernel(args...); };   // each thread gets its own copies of the arguments
         run_grid(
             grid, block, where, [](void* c) { (*static_cast<decltype(call)*>(c))(); }, &call);
