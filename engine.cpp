@@ -43,6 +43,9 @@
 //     5.1  Where a tensor lives: to(), move_to(), device memory  [2nd]
 //     5.2  The ops on the device, forward and backward  [2nd]
 //     5.3  Gradients and the optimizer step on the device  [2nd]
+//   Part 6  A language model
+//     6.1  Text as tokens: bytes, and byte-pair encoding
+//     6.2  A GPT: token and position embeddings, pre-norm blocks, a tied output head
 //
 // The one idea: each op knows its local derivative; one backward sweep of the chain rule turns
 // them into dLoss/d(everything).
@@ -3983,3 +3986,18 @@ void Adam::update_on_device(float* w, const float* g, std::vector<DeviceBuffer<f
     cuda_adamw_update(w, g, state[0].data(), state[1].data(), n, lr, beta1, beta2, eps,
                       weight_decay, step_count);
 }
+
+// =============================================================================================
+// Part 6: a language model
+// =============================================================================================
+//
+// Everything above, put together to model text: bytes become tokens (6.1), and a decoder-only
+// transformer learns to predict each next token from the ones before it (6.2).
+
+// ---------------------------------------------------------------------------------------------
+// 6.1 Text as tokens: bytes, and byte-pair encoding
+// ---------------------------------------------------------------------------------------------
+
+// ---------------------------------------------------------------------------------------------
+// 6.2 A GPT: token and position embeddings, pre-norm blocks, a tied output head
+// ---------------------------------------------------------------------------------------------

@@ -896,6 +896,14 @@ Tensor activation_checkpoint(const Segment& segment, const Tensor& x,
                              const std::vector<Tensor>& params);
 
 // =============================================================================================
+// Part 6: a language model
+// =============================================================================================
+
+// Text as tokens (engine.cpp §6.1)
+
+// A GPT: embeddings, attention blocks, a tied head (engine.cpp §6.2)
+
+// =============================================================================================
 // CUDA kernels (kernels.cu): the wrappers that launch them. Every pointer is device memory
 // (cudaMalloc) holding floats; forward wrappers write their outputs, backward wrappers add (+=)
 // into gradients, as the CPU loops do. Without a GPU, kernels.cu runs on the CPU through
