@@ -4000,4 +4000,219 @@ void Adam::update_on_device(float* w, const float* g, std::vector<DeviceBuffer<f
 
 // ---------------------------------------------------------------------------------------------
 // 6.2 A GPT: token and position embeddings, pre-norm blocks, a tied output head
+//
+// A decoder-only transformer reads B sequences of T token ids and scores, at every position, each
+// of the V tokens as the next one. With width D, H heads and L blocks:
+//     x = wte[ids] + wpe[0, 1, …, T − 1]        [B, T, D]   what each token is, and where it is
+//     L times:  x = x + attention(ln1(x))       [B, T, D]   each position reads the ones before
+//               x = x + mlp(ln2(x))             [B, T, D]   each position computes on its own
+//     logits = ln_f(x)·wteᵀ                     [B·T, V]    row b·T + t scores token t + 1
+// Causal attention lets position t see positions 0..t only, never the token it must predict, so
+// one sequence of T tokens trains T predictions at once.
+//
+// Pre-norm (GPT-2): a block normalizes a copy of x and adds its result back. The residual stream
+// x is then a plain sum, and the gradient reaches every block unchanged through the +'s (§2.2);
+// the original Transformer normalized after each add, on that path, and trains less easily deep.
+//
+// Init (GPT-2, §2.8): every weight N(0, 0.02²), biases 0, norms' gains 1. The two projections per
+// block that add into the stream (attention's output, the MLP's second layer) get std
+// 0.02/√(2L): the stream sums 2L such terms, so its variance stays that of about one. Small
+// weights make the logits ≈ 0 (std about 0.02·√D), the softmax ≈ uniform: at init the loss is
+// ≈ ln V (4.74 for V = 114), the first number to check in any run.
+//
+// The tied head. logits = x·wteᵀ scores token v by how well x matches v's embedding row: one
+// matrix reads tokens in and writes them out, and V·D parameters are saved (38.6M of GPT-2
+// small's 124M). wte's gradient is then the sum of two terms, added by backward's += (§1.5): the
+// lookup's (row ids[k] gets dx_k; only rows looked up) and the head's (dwte += dlogitsᵀ·x; all).
+//
+// Parameters. wte V·D, wpe T·D. Each block: ln1 and ln2 2·D each; qkv 3·D² + 3·D; the attention
+// projection D² + D; the MLP 4·D² + 4·D and 4·D² + D. That is 12·D² weights and 13·D biases and
+// gains per block. The final norm 2·D:
+//     N = V·D + T·D + L·(12·D² + 13·D) + 2·D        816,128 for V 114, T 64, L 4, D 128
+//
+// FLOPs, as the counters of §4.1 see them: matmuls and the attention op. The embedding lookups,
+// norms, GELU, softmax and adds are not counted (O(D) per token, where the matmuls are O(D²)).
+// Forward, per token: each weight of a linear layer does one multiply-add per token, 2 FLOPs:
+// 2·12·D² per block; the head 2·V·D (the lookup of wte costs nothing, its product does). Query t
+// scores t + 1 keys and averages t + 1 value rows, 2·(t + 1)·d FLOPs each per head of width d;
+// over the H heads, and averaged over t (the mean of t + 1 is (T + 1)/2): 2·(T + 1)·D per block.
+//     F = 24·L·D² + 2·V·D + 2·L·(T + 1)·D     FLOPs per token, forward
+// Backward, every product runs twice more (dX and dW, §2.4; even the first block needs dX, to
+// reach wte), and the attention op does twice its forward's work (§4.3, with P saved). In all:
+//     3·F = 6·(12·L·D² + V·D) + 6·L·(T + 1)·D
+// 12·L·D² + V·D is the number of weights in products: N without wpe, biases and gains. So
+// training costs "6·N per token" plus attention's share. V 114, T 64, L 4, D 128:
+// 6·801,024 + 6·4·65·128 = 4,806,144 + 199,680 ≈ 5.0 MFLOP per token, 3.8 GFLOP per step of
+// 12·64 tokens. gpt_forward_flops is F times B·T; a test checks both against the counters.
 // ---------------------------------------------------------------------------------------------
+
+static std::string gpt_config_str(const GPTConfig& c) {
+    return "V = " + std::to_string(c.vocab) + ", T = " + std::to_string(c.context) +
+           ", L = " + std::to_string(c.layers) + ", H = " + std::to_string(c.heads) +
+           ", D = " + std::to_string(c.width);
+}
+
+static const GPTConfig& checked_gpt_config(const GPTConfig& c) {
+    if (c.vocab <= 0 || c.context <= 0 || c.layers <= 0 || c.heads <= 0 || c.width <= 0)
+        argument_error("nn::GPT", "every size must be positive; got " + gpt_config_str(c));
+    if (c.width % c.heads != 0)
+        argument_error("nn::GPT", std::to_string(c.heads) + " heads do not divide the width " +
+                                      std::to_string(c.width) +
+                                      " (each head takes D/H features); got " + gpt_config_str(c));
+    return c;
+}
+
+std::int64_t gpt_parameter_count(const GPTConfig& c) {
+    checked_gpt_config(c);
+    const std::int64_t V = c.vocab, T = c.context, L = c.layers, D = c.width;
+    const std::int64_t untied_head = c.tied_head ? 0 : V * D;
+    return V * D + T * D + L * (12 * D * D + 13 * D) + 2 * D + untied_head;
+}
+
+std::int64_t gpt_forward_flops(const GPTConfig& c, int B, int T) {
+    checked_gpt_config(c);
+    const std::int64_t V = c.vocab, L = c.layers, D = c.width, tokens = std::int64_t(B) * T;
+    const std::int64_t per_token = 24 * L * D * D + 2 * V * D + 2 * L * (T + 1) * D;
+    return tokens * per_token;
+}
+
+// B sequences of T ids each (token ids, or targets), every one a token of the vocabulary.
+static void check_gpt_tokens(const GPTConfig& c, const std::vector<int>& ids, int B, int T,
+                             const std::string& what) {
+    if (B <= 0 || T <= 0)
+        argument_error("nn::GPT", "needs B > 0 and T > 0, got B = " + std::to_string(B) +
+                                      ", T = " + std::to_string(T));
+    if (T > c.context)
+        argument_error("nn::GPT", "T = " + std::to_string(T) + " is longer than the context " +
+                                      std::to_string(c.context) +
+                                      " (wpe has a row for each of its positions only)");
+    if (ids.size() != std::size_t(B) * T)
+        argument_error("nn::GPT", std::to_string(ids.size()) + " " + what + " for B = " +
+                                      std::to_string(B) + ", T = " + std::to_string(T) +
+                                      ": needs B·T = " + std::to_string(std::size_t(B) * T));
+    for (std::size_t k = 0; k < ids.size(); ++k)
+        if (ids[k] < 0 || ids[k] >= c.vocab)
+            argument_error("nn::GPT", what + ": " + std::to_string(ids[k]) + " at position " +
+                                          std::to_string(k) + " is outside the vocabulary [0, " +
+                                          std::to_string(c.vocab) + ")");
+}
+
+namespace nn {
+
+LayerNorm::LayerNorm(int width, real eps_)
+    : gain(Tensor::full({width}, 1)), bias(Tensor({width})), eps(eps_) {
+    if (width <= 0)
+        argument_error("nn::LayerNorm", "needs width > 0, got " + std::to_string(width));
+    gain.requires_grad_();
+    bias.requires_grad_();
+}
+
+Tensor LayerNorm::operator()(const Tensor& x) const { return layer_norm(x, gain, bias, eps); }
+
+// A layer that adds into the residual stream: weight N(0, (0.02/√(2L))²), bias 0.
+static Linear residual_projection(int in, int out, int layers, Rng& rng) {
+    return Linear(gpt2_residual_weight({in, out}, layers, rng), Tensor({out}));
+}
+
+GPTBlock::GPTBlock(const GPTConfig& c, Rng& rng)
+    : ln1(c.width), ln2(c.width), qkv(c.width, 3 * c.width, rng, Init::gpt2),
+      attn_proj(residual_projection(c.width, c.width, c.layers, rng)),
+      mlp_up(c.width, 4 * c.width, rng, Init::gpt2),
+      mlp_down(residual_projection(4 * c.width, c.width, c.layers, rng)), heads(c.heads) {}
+
+Tensor GPTBlock::operator()(const Tensor& x) const {
+    const Tensor attended = x + self_attention(ln1(x));   // [B, T, D]
+    return attended + mlp(ln2(attended));                 // [B, T, D]
+}
+
+// Head h's features of one part of [q | k | v] [B, T, 3D] (part 0: queries, 1: keys, 2: values):
+// columns part·D + [h·d, (h + 1)·d), a [B, T, d] slice.
+static Tensor head_slice(const Tensor& q_k_v, int part, int head, int head_width) {
+    const int start = part * (q_k_v.dim(-1) / 3) + head * head_width;
+    return slice(q_k_v, -1, start, start + head_width);
+}
+
+// Causal multi-head self-attention (§4.4), with one projection for Q, K and V together:
+//     [q | k | v] = x·W_qkv + b_qkv                       [B, T, D] → [B, T, 3D]
+//     out_h = attention(q_h, k_h, v_h, causal)           [B, T, d] each, d = D/H
+//     out = concat(out_1, …, out_H)·W_proj + b_proj       [B, T, D] → [B, T, D]
+// One [D, 3D] product does the work of three [D, D] ones (the same FLOPs) in one pass over x.
+Tensor GPTBlock::self_attention(const Tensor& x) const {
+    const int head_width = x.dim(-1) / heads;
+    const Tensor q_k_v = qkv(x);   // [B, T, 3D]
+    std::vector<Tensor> head_outputs;
+    for (int h = 0; h < heads; ++h) {
+        const Tensor q = head_slice(q_k_v, 0, h, head_width),
+                     k = head_slice(q_k_v, 1, h, head_width),
+                     v = head_slice(q_k_v, 2, h, head_width);
+        head_outputs.push_back(attention(q, k, v, true));   // [B, T, d]
+    }
+    return attn_proj(concat(head_outputs, -1));   // [B, T, D]
+}
+
+// Position by position: [B, T, D] → [B, T, 4D] → GELU (the tanh form, as GPT-2, §2.3) → [B, T, D].
+Tensor GPTBlock::mlp(const Tensor& x) const { return mlp_down(gelu(mlp_up(x))); }
+
+GPT::GPT(const GPTConfig& config_, Rng& rng)
+    : config(checked_gpt_config(config_)), ln_f(config_.width) {
+    const int V = config.vocab, T = config.context, D = config.width;
+    wte = init_weight({V, D}, D, V, Init::gpt2, rng).requires_grad_();
+    wpe = init_weight({T, D}, D, T, Init::gpt2, rng).requires_grad_();
+    for (int l = 0; l < config.layers; ++l) blocks.emplace_back(config, rng);
+    if (!config.tied_head) head = init_weight({V, D}, D, V, Init::gpt2, rng).requires_grad_();
+}
+
+Tensor GPT::operator()(const std::vector<int>& ids, int B, int T) const {
+    check_gpt_tokens(config, ids, B, T, "token ids");
+    const int D = config.width;
+    std::vector<int> positions(T);
+    for (int t = 0; t < T; ++t) positions[t] = t;
+    // [B·T, D] seen as [B, T, D], plus [T, D]: the same position rows for every sequence.
+    Tensor x = reshape(embedding(wte, ids), {B, T, D}) + embedding(wpe, positions);
+    for (const GPTBlock& block : blocks) x = block(x);           // [B, T, D]
+    const Tensor features = reshape(ln_f(x), {B * T, D});        // [B·T, D]
+    const Tensor& output_head = config.tied_head ? wte : head;   // [V, D]
+    return matmul(features, transpose(output_head));             // [B·T, V]
+}
+
+// Row b·T + t of the logits predicts targets[b·T + t], the token after ids[b·T + t].
+Tensor GPT::loss(const std::vector<int>& ids, const std::vector<int>& targets, int B, int T) const {
+    check_gpt_tokens(config, targets, B, T, "targets");
+    return cross_entropy((*this)(ids, B, T), targets);
+}
+
+static void add_linear(std::vector<std::pair<std::string, Tensor>>& named, const std::string& name,
+                       const Linear& layer) {
+    named.push_back({name + ".W", layer.W});
+    named.push_back({name + ".b", layer.b});
+}
+
+static void add_norm(std::vector<std::pair<std::string, Tensor>>& named, const std::string& name,
+                     const LayerNorm& norm) {
+    named.push_back({name + ".gain", norm.gain});
+    named.push_back({name + ".bias", norm.bias});
+}
+
+std::vector<std::pair<std::string, Tensor>> GPT::named_parameters() const {
+    std::vector<std::pair<std::string, Tensor>> named = {{"wte", wte}, {"wpe", wpe}};
+    for (std::size_t l = 0; l < blocks.size(); ++l) {
+        const std::string prefix = "blocks." + std::to_string(l) + ".";
+        add_norm(named, prefix + "ln1", blocks[l].ln1);
+        add_linear(named, prefix + "qkv", blocks[l].qkv);
+        add_linear(named, prefix + "attn_proj", blocks[l].attn_proj);
+        add_norm(named, prefix + "ln2", blocks[l].ln2);
+        add_linear(named, prefix + "mlp_up", blocks[l].mlp_up);
+        add_linear(named, prefix + "mlp_down", blocks[l].mlp_down);
+    }
+    add_norm(named, "ln_f", ln_f);
+    if (!config.tied_head) named.push_back({"head", head});
+    return named;
+}
+
+std::vector<Tensor> GPT::parameters() const {
+    std::vector<Tensor> params;
+    for (const auto& named : named_parameters()) params.push_back(named.second);
+    return params;
+}
+
+}   // namespace nn

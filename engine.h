@@ -902,6 +902,66 @@ Tensor activation_checkpoint(const Segment& segment, const Tensor& x,
 // Text as tokens (engine.cpp §6.1)
 
 // A GPT: embeddings, attention blocks, a tied head (engine.cpp §6.2)
+// The sizes of a GPT: a vocabulary of V tokens, a context of T positions (the longest input), L
+// blocks, H attention heads of D/H features each, width D. GPT-2 ties the output head to the
+// token embedding; tied_head = false gives the head a [V, D] matrix of its own (an experiment).
+struct GPTConfig {
+    int vocab, context, layers, heads, width;   // V, T, L, H, D
+    bool tied_head = true;
+};
+
+// V·D + T·D + L·(12·D² + 13·D) + 2·D parameters, and V·D more for an untied head.
+std::int64_t gpt_parameter_count(const GPTConfig& config);
+// The FLOPs that count_flops records (engine.cpp §4.1) in one forward pass over B sequences of T
+// tokens: B·T·(L·(24·D² + 2·(T + 1)·D) + 2·V·D). Backward records twice as many.
+std::int64_t gpt_forward_flops(const GPTConfig& config, int B, int T);
+
+namespace nn {
+
+// y = gain·x̂ + bias over the last axis (layer_norm), with gain 1 and bias 0 at the start.
+struct LayerNorm {
+    Tensor gain, bias;
+    real eps;
+    explicit LayerNorm(int width, real eps = real(1e-5));
+    Tensor operator()(const Tensor& x) const;
+};
+
+// One pre-norm transformer block over x [B, T, D]:
+//     x = x + attention(ln1(x)),    x = x + mlp(ln2(x))
+struct GPTBlock {
+    LayerNorm ln1, ln2;
+    Linear qkv;         // [D, 3D]: the queries, keys and values of every head, side by side
+    Linear attn_proj;   // [D, D]: mixes the heads' outputs; writes into the residual stream
+    Linear mlp_up;      // [D, 4D]
+    Linear mlp_down;    // [4D, D]: writes into the residual stream
+    int heads;
+    GPTBlock(const GPTConfig& config, Rng& rng);
+    Tensor operator()(const Tensor& x) const;
+    Tensor self_attention(const Tensor& x) const;   // causal, multi-head
+    Tensor mlp(const Tensor& x) const;              // D → 4D → GELU → D
+};
+
+// A decoder-only transformer (GPT-2's design): token and position embeddings, L blocks, a final
+// LayerNorm, and logits through the token embedding (the tied head).
+struct GPT {
+    GPTConfig config;
+    Tensor wte;   // [V, D]: one row per token; also the output head when tied
+    Tensor wpe;   // [T, D]: one row per position
+    std::vector<GPTBlock> blocks;
+    LayerNorm ln_f;
+    Tensor head;   // [V, D], only when config.tied_head is false
+    GPT(const GPTConfig& config, Rng& rng);
+    // ids: B sequences of T tokens, row-major [B, T], T <= context. Returns the logits
+    // [B·T, V]: row b·T + t scores the token that follows position t of sequence b.
+    Tensor operator()(const std::vector<int>& ids, int B, int T) const;
+    // The mean cross-entropy of the B·T next-token predictions; targets are [B, T] like ids.
+    Tensor loss(const std::vector<int>& ids, const std::vector<int>& targets, int B, int T) const;
+    std::vector<Tensor> parameters() const;
+    // "wte", "wpe", "blocks.0.ln1.gain", ..., "ln_f.bias" (and "head"): a checkpoint's names.
+    std::vector<std::pair<std::string, Tensor>> named_parameters() const;
+};
+
+}   // namespace nn
 
 // =============================================================================================
 // CUDA kernels (kernels.cu): the wrappers that launch them. Every pointer is device memory

@@ -6169,3 +6169,242 @@ TEST("13 memory", "run planning: the 6 in 6·N·D is matmul's counted 2 FLOPs pe
 // ---- 15 tokens -------------------------------------------------------------------------------
 
 // ---- 15 gpt ----------------------------------------------------------------------------------
+
+// V = 7, T = 5, L = 2, H = 2, D = 8: the smallest GPT with every part (two blocks, two heads).
+static const GPTConfig tiny_gpt{7, 5, 2, 2, 8};
+
+// B random sequences of T token ids and B·T random targets: inputs for the model, not text
+// (§6.1 cuts batches from text).
+struct RandomTokens {
+    std::vector<int> ids, targets;
+};
+static RandomTokens random_tokens(int vocab, int B, int T, Rng& rng) {
+    RandomTokens tokens;
+    for (int k = 0; k < B * T; ++k) {
+        tokens.ids.push_back(int(rng.below(vocab)));
+        tokens.targets.push_back(int(rng.below(vocab)));
+    }
+    return tokens;
+}
+
+// Adds N(0, 0.4²) to every parameter: the weights leave GPT-2's small init, the gains leave 1.
+// At init, std 0.02, the attention is nearly uniform and the scores' gradient nearly 0, where a
+// wrong one would hide; here every path carries weight.
+static void perturb_parameters(const nn::GPT& model, Rng& rng) {
+    for (const Tensor& p : model.parameters())
+        for (real& v : p.values()) v += real(0.4 * rng.normal());
+}
+
+static double gpt_loss(const nn::GPT& model, const RandomTokens& tokens, int B, int T) {
+    return model.loss(tokens.ids, tokens.targets, B, T).item();
+}
+
+// Every element of every parameter: backward's gradient against a central difference. The error
+// |analytic − numeric| / max(|analytic|, |numeric|, 1e-3) is relative above 1e-3, absolute below
+// (a true 0, like the keys' bias gradient, meets finite-difference noise of about 1e-11).
+// h = 1e-5 balances the difference's truncation (h²) against rounding in the loss (1e-16/h).
+static void expect_gpt_gradcheck_at(const char* file, int line, const nn::GPT& model,
+                                    const RandomTokens& tokens, int B, int T) {
+    for (const Tensor& p : model.parameters()) p.zero_grad();
+    model.loss(tokens.ids, tokens.targets, B, T).backward();
+    const double h = 1e-5;
+    for (const auto& [name, p] : model.named_parameters()) {
+        const ValuesView x = p.values();
+        for (std::size_t i = 0; i < x.size(); ++i) {
+            const real saved = x[i];
+            x[i] = saved + h;
+            const double up = gpt_loss(model, tokens, B, T);
+            x[i] = saved - h;
+            const double down = gpt_loss(model, tokens, B, T);
+            x[i] = saved;
+            const double numeric = (up - down) / (2 * h), analytic = p.grad()[i];
+            const double scale = std::max({std::fabs(analytic), std::fabs(numeric), 1e-3});
+            if (std::fabs(analytic - numeric) / scale > 1e-6)
+                fail_at(file, line,
+                        name + " " + shape_str(p.shape()) + " element " + std::to_string(i) +
+                            ": backward gave " + show(analytic) + ", central difference gave " +
+                            show(numeric));
+        }
+    }
+}
+#define EXPECT_GPT_GRADCHECK(...) expect_gpt_gradcheck_at(__FILE__, __LINE__, __VA_ARGS__)
+
+TEST("15 gpt", "a tiny GPT (V 7, T 5, L 2, H 2, D 8, B 2): every parameter's every gradient "
+               "element matches central differences to 1e-6") {
+    Rng rng(1501);
+    const nn::GPT model(tiny_gpt, rng);
+    perturb_parameters(model, rng);
+    const RandomTokens tokens = random_tokens(tiny_gpt.vocab, 2, tiny_gpt.context, rng);
+    EXPECT_GPT_GRADCHECK(model, tokens, 2, tiny_gpt.context);
+    // Shorter than the context: only wpe's first 3 rows take part (the others get 0).
+    EXPECT_GPT_GRADCHECK(model, random_tokens(tiny_gpt.vocab, 1, 3, rng), 1, 3);
+    // Softmax ignores a constant added to a row of scores, and the keys' bias adds q_i·b to every
+    // score of row i: its gradient is 0, while the queries' bias has one.
+    const int D = tiny_gpt.width;
+    const std::vector<real> qkv_bias_grad = model.blocks[0].qkv.b.grad();
+    for (int j = D; j < 2 * D; ++j) EXPECT_NEAR(qkv_bias_grad[j], 0, 1e-15);
+    EXPECT_TRUE(max_difference(std::vector<real>(qkv_bias_grad.begin(), qkv_bias_grad.begin() + D),
+                               std::vector<real>(D, 0)) > 1e-4);
+}
+
+TEST("15 gpt", "GPT-2 init: weights of std 0.02, the residual projections 0.02/√(2L), biases 0, "
+               "gains 1") {
+    const GPTConfig config{65, 32, 2, 4, 64};
+    Rng rng(1502);
+    const nn::GPT model(config, rng);
+    auto stddev = [](const Tensor& t) {
+        double sum_squares = 0;
+        for (real v : t.values()) sum_squares += double(v) * v;
+        return std::sqrt(sum_squares / double(t.numel()));   // about the known mean 0
+    };
+    // Each has at least 2,048 samples: a std is off by about 1/√(2·2048) = 1.6% of itself.
+    const double residual = 0.02 / std::sqrt(2.0 * config.layers);
+    EXPECT_NEAR(stddev(model.wte), 0.02, 0.001);
+    EXPECT_NEAR(stddev(model.wpe), 0.02, 0.001);
+    for (const nn::GPTBlock& block : model.blocks) {
+        EXPECT_NEAR(stddev(block.qkv.W), 0.02, 0.001);
+        EXPECT_NEAR(stddev(block.mlp_up.W), 0.02, 0.001);
+        EXPECT_NEAR(stddev(block.attn_proj.W), residual, 0.0005);
+        EXPECT_NEAR(stddev(block.mlp_down.W), residual, 0.0005);
+    }
+    for (const auto& [name, p] : model.named_parameters()) {
+        const bool gain = name.size() > 5 && name.compare(name.size() - 5, 5, ".gain") == 0;
+        const bool zero_at_start = p.rank() == 1 && !gain;   // the biases of linears and norms
+        for (real v : p.values()) {
+            if (gain) EXPECT_EQ(v, 1);
+            if (zero_at_start) EXPECT_EQ(v, 0);
+        }
+    }
+}
+
+TEST("15 gpt", "at init the loss is ln V within 0.05 (V 65, D 32): logits of std about "
+               "0.02·√D = 0.11 leave the softmax nearly uniform") {
+    // Beyond ln V: about σ²/2 = 0.006 from the logits' spread, and the tied head lifts each
+    // input token's own logit by about 0.02·D/√2 = 0.45 (x̂ holds its embedding), adding about
+    // ln(1 + (e^0.45 − 1)/V) = 0.009. At D = 128 that lift is 1.8, the excess about 0.05.
+    const GPTConfig config{65, 32, 2, 4, 32};
+    Rng rng(1503);
+    const nn::GPT model(config, rng);
+    const RandomTokens tokens = random_tokens(config.vocab, 8, config.context, rng);
+    EXPECT_NEAR(gpt_loss(model, tokens, 8, config.context), std::log(65.0), 0.05);
+}
+
+TEST("15 gpt", "parameter count N = V·D + T·D + L·(12·D² + 13·D) + 2·D: 1,856 for the tiny GPT, "
+               "816,128 for lesson 15's (V 114, T 64, L 4, H 4, D 128); V·D more untied") {
+    const GPTConfig lesson_gpt{114, 64, 4, 4, 128};
+    GPTConfig untied = tiny_gpt;
+    untied.tied_head = false;
+    const std::vector<std::pair<GPTConfig, std::int64_t>> cases = {
+        {tiny_gpt, 1856}, {lesson_gpt, 816128}, {untied, 1856 + 7 * 8}};
+    for (const auto& [config, expected] : cases) {
+        Rng rng(1504);
+        const nn::GPT model(config, rng);
+        std::int64_t counted = 0;
+        for (const Tensor& p : model.parameters()) counted += std::int64_t(p.numel());
+        EXPECT_EQ(counted, expected);
+        EXPECT_EQ(gpt_parameter_count(config), expected);
+        // Names for a checkpoint: wte, wpe, 12 per block, ln_f's 2, and the untied head.
+        const std::size_t names = 2 + 12 * config.layers + 2 + (config.tied_head ? 0 : 1);
+        std::set<std::string> distinct;
+        for (const auto& named : model.named_parameters()) distinct.insert(named.first);
+        EXPECT_EQ(distinct.size(), names);
+        EXPECT_EQ(model.parameters().size(), names);
+    }
+}
+
+TEST("15 gpt", "FLOP counters: a forward pass counts B·T·(L·(24·D² + 2·(T + 1)·D) + 2·V·D), "
+               "forward and backward three times that") {
+    require_matmul_flop_hook();
+    Rng rng(1505);
+    const nn::GPT model(tiny_gpt, rng);
+    const int B = 2, T = 4;   // T below the context: the attention's share follows T
+    const RandomTokens tokens = random_tokens(tiny_gpt.vocab, B, T, rng);
+    // 8 tokens · (2·(24·64 + 2·5·8) + 2·7·8) = 8 · 3,344
+    const std::int64_t forward = 26752;
+    EXPECT_EQ(gpt_forward_flops(tiny_gpt, B, T), forward);
+    reset_counted_flops();
+    const Tensor loss = model.loss(tokens.ids, tokens.targets, B, T);
+    EXPECT_EQ(counted_flops(), forward);
+    loss.backward();
+    EXPECT_EQ(counted_flops(), 3 * forward);
+}
+
+TEST("15 gpt", "weight tying: wte's gradient is the lookup's part plus the head's, which an "
+               "untied copy (head = wte) keeps apart") {
+    GPTConfig untied_config = tiny_gpt;
+    untied_config.tied_head = false;
+    Rng rng_tied(1506), rng_untied(1506);   // the untied head is drawn last: all else is equal
+    const nn::GPT tied(tiny_gpt, rng_tied), untied(untied_config, rng_untied);
+    untied.head.values() = tied.wte.values();
+    // Tokens 0 and 1 never occur: their rows get the head's part only.
+    const RandomTokens tokens = {{2, 3, 4, 5, 6, 2, 4, 6, 3, 5}, {3, 4, 5, 6, 2, 0, 1, 2, 3, 4}};
+    const Tensor tied_loss = tied.loss(tokens.ids, tokens.targets, 2, 5),
+                 untied_loss = untied.loss(tokens.ids, tokens.targets, 2, 5);
+    EXPECT_EQ(tied_loss.item(), untied_loss.item());
+    tied_loss.backward();
+    untied_loss.backward();
+    const std::vector<real> lookup = untied.wte.grad(), head = untied.head.grad();
+    std::vector<real> both(lookup.size());
+    for (std::size_t i = 0; i < both.size(); ++i) both[i] = lookup[i] + head[i];
+    EXPECT_NEAR(max_difference(tied.wte.grad(), both), 0, 1e-15);
+    const int D = tiny_gpt.width;
+    EXPECT_EQ(max_difference(std::vector<real>(lookup.begin(), lookup.begin() + 2 * D),
+                             std::vector<real>(2 * D, 0)),
+              0.0);
+    EXPECT_TRUE(max_difference(lookup, std::vector<real>(lookup.size(), 0)) > 1e-4);
+    EXPECT_TRUE(max_difference(head, std::vector<real>(head.size(), 0)) > 1e-4);
+}
+
+TEST("15 gpt", "causal: the logits at position t do not change when the tokens after t do") {
+    Rng rng(1507);
+    const nn::GPT model(tiny_gpt, rng);
+    perturb_parameters(model, rng);
+    const std::vector<int> ids = {1, 4, 2, 6, 0}, changed = {1, 4, 2, 3, 5};   // from t = 3 on
+    const std::vector<real> before = model(ids, 1, 5).values(),
+                            after = model(changed, 1, 5).values();
+    const std::size_t first_changed = 3 * std::size_t(tiny_gpt.vocab);   // row t = 3
+    EXPECT_EQ(max_difference(std::vector<real>(before.begin(), before.begin() + first_changed),
+                             std::vector<real>(after.begin(), after.begin() + first_changed)),
+              0.0);
+    EXPECT_TRUE(max_difference(before, after) > 1e-3);
+}
+
+TEST("15 gpt", "the same loss and gradients on 1 and 2 threads, bit for bit") {
+#ifndef _OPENMP
+    SKIP("built without OpenMP (NO_OMP=1): there is only one thread");
+#endif
+    const int threads_before = num_threads();
+    const GPTConfig config{65, 32, 2, 4, 64};   // products above matmul's 10⁶ FLOPs: threaded
+    std::vector<real> results[2];               // the loss, then every gradient
+    for (int threads = 1; threads <= 2; ++threads) {
+        set_num_threads(threads);
+        Rng rng(1508);
+        const nn::GPT model(config, rng);
+        const RandomTokens tokens = random_tokens(config.vocab, 4, config.context, rng);
+        const Tensor loss = model.loss(tokens.ids, tokens.targets, 4, config.context);
+        loss.backward();
+        results[threads - 1].push_back(loss.item());
+        for (const Tensor& p : model.parameters())
+            for (real g : p.grad()) results[threads - 1].push_back(g);
+    }
+    set_num_threads(threads_before);
+    EXPECT_EQ(results[0].size(), std::size_t(1 + gpt_parameter_count(config)));
+    EXPECT_TRUE(results[0] == results[1]);
+}
+
+TEST("15 gpt", "bad configurations and inputs throw, naming the problem") {
+    Rng rng(1509);
+    EXPECT_THROWS(nn::GPT({7, 5, 2, 3, 8}, rng), "3 heads do not divide the width 8");
+    EXPECT_THROWS(nn::GPT({7, 0, 2, 2, 8}, rng), "every size must be positive");
+    EXPECT_THROWS(gpt_parameter_count({7, 5, 2, 3, 8}), "3 heads do not divide the width 8");
+    const nn::GPT model(tiny_gpt, rng);
+    const std::vector<int> ten(10, 1);
+    EXPECT_THROWS(model({1, 2, 7, 3, 4, 1, 2, 3, 4, 5}, 2, 5),
+                  "token ids: 7 at position 2 is outside the vocabulary [0, 7)");
+    EXPECT_THROWS(model.loss(ten, {1, 2, 3, 4, 5, 6, 0, -1, 2, 3}, 2, 5),
+                  "targets: -1 at position 7 is outside the vocabulary [0, 7)");
+    EXPECT_THROWS(model(ten, 3, 5), "10 token ids for B = 3, T = 5: needs B·T = 15");
+    EXPECT_THROWS(model.loss(ten, {1, 2, 3}, 2, 5), "3 targets for B = 2, T = 5: needs B·T = 10");
+    EXPECT_THROWS(model(std::vector<int>(12, 1), 2, 6), "T = 6 is longer than the context 5");
+    EXPECT_THROWS(model({}, 0, 5), "needs B > 0 and T > 0");
+}
