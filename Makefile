@@ -77,7 +77,8 @@ help:
 	@echo "make exercise-reset   restore engine.cpp (your attempt is kept in .saved/)"
 	@echo "make run FILE=f.cpp   build your own program f.cpp against the engine and run it (ARGS=...)"
 	@echo "make demo             train an MLP on 3-class spirals; plots in build/plots/"
-	@echo "make data             put Fashion-MNIST (Debian) or MNIST (download) into data/"
+	@echo "make data             put Fashion-MNIST (Debian) or MNIST (download) into data/, and"
+	@echo "                      data/fortunes.txt (Debian's fortunes package)"
 	@echo "make fuzz [N=100000]  random API calls, then random graphs against finite differences (SEED=s"
 	@echo "                      replays one)"
 	@echo "make cuda             compile kernels.cu with nvcc for sm_80 and sm_90 (when nvcc exists)"
@@ -313,7 +314,7 @@ format-check:
 	 if [ -n "$$bad" ]; then echo "not in the format of .clang-format (make format fixes them):$$bad"; exit 1; fi; \
 	 echo "every source file is formatted"
 
-# ---- real data (lesson 10) -------------------------------------------------------------------
+# ---- real data (lessons 10 and 15) -----------------------------------------------------------
 data:
 	@bash lessons/get_data.sh
 

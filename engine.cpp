@@ -3996,7 +3996,219 @@ void Adam::update_on_device(float* w, const float* g, std::vector<DeviceBuffer<f
 
 // ---------------------------------------------------------------------------------------------
 // 6.1 Text as tokens: bytes, and byte-pair encoding
+//
+// A model reads and predicts numbers, not text. A tokenizer cuts text into pieces from a fixed
+// vocabulary and numbers them (token ids); the model sees ids, and decoding turns ids back into
+// text.
+//
+// Bytes: the simplest vocabulary is the set of bytes the text uses, sorted. The fortunes use 114
+// of the 256, so V = 114 and every byte is a token. Nothing in the corpus is ever unknown, but a
+// token says little, and a context of T tokens sees only T characters.
+//
+// Byte-pair encoding (BPE; GPT-2's tokenizer works this way on bytes) learns bigger pieces:
+// start from the bytes and, N times, count every pair of adjacent tokens and merge the most
+// frequent pair into one new token, everywhere. Frequent pieces ("the", "ing ") become single
+// tokens, so a text takes fewer tokens and T tokens see more of it; the price is N more rows in
+// the embedding and the output layer, and rare words that stay in pieces. On "aaabdaaabac":
+//     aaabdaaabac   pairs: aa 4 (overlaps counted), ab 2; bd, da, ba, ac 1 each
+//     ZabdZabac     Z = aa, replaced left to right (aaa → Za)   pairs: Za 2, ab 2; others 1
+//     ZYdZYac       Y = ab: the tie goes to the smaller pair of ids, and a < Z (a new id)
+//     XdXac         X = ZY; every pair now occurs once, and a merge would only add a token: stop
+// 11 bytes became 5 tokens, from a vocabulary of 4 bytes + 3 merges. Encoding another text
+// replays the merges in the order they were learned; decoding writes out each token's bytes.
 // ---------------------------------------------------------------------------------------------
+
+std::string load_text(const std::string& path) {
+    const std::vector<unsigned char> bytes = read_file(path, "load_text");   // §3.1
+    return std::string(bytes.begin(), bytes.end());
+}
+
+// "byte 0x7E ('~')": the code always, the character when it prints.
+static std::string describe_byte(unsigned char byte) {
+    char text[24];
+    if (std::isprint(byte)) std::snprintf(text, sizeof text, "byte 0x%02X ('%c')", byte, byte);
+    else std::snprintf(text, sizeof text, "byte 0x%02X", byte);
+    return text;
+}
+
+ByteVocabulary::ByteVocabulary(const std::string& text) : id_(256, -1) {
+    std::vector<bool> seen(256, false);
+    for (unsigned char c : text) seen[c] = true;
+    for (int b = 0; b < 256; ++b)   // in increasing order, so ids sort as the bytes do
+        if (seen[b]) {
+            id_[b] = size();
+            bytes_.push_back(static_cast<unsigned char>(b));
+        }
+}
+
+unsigned char ByteVocabulary::byte(int id) const {
+    if (id < 0 || id >= size())
+        argument_error("ByteVocabulary::byte", "id " + std::to_string(id) + " is not in [0, " +
+                                                   std::to_string(size()) + ")");
+    return bytes_[id];
+}
+
+// The ids of text's bytes; op names the caller in the error.
+static std::vector<int> byte_ids(const ByteVocabulary& vocabulary, const std::string& text,
+                                 const char* op) {
+    std::vector<int> ids(text.size());
+    for (std::size_t i = 0; i < text.size(); ++i) {
+        const unsigned char c = text[i];
+        ids[i] = vocabulary.id(c);
+        if (ids[i] < 0)
+            argument_error(op, describe_byte(c) + " at position " + std::to_string(i) +
+                                   " is not in the vocabulary (the " +
+                                   std::to_string(vocabulary.size()) +
+                                   " bytes of the text it was made from)");
+    }
+    return ids;
+}
+
+std::vector<int> ByteVocabulary::encode(const std::string& text) const {
+    return byte_ids(*this, text, "ByteVocabulary::encode");
+}
+
+// A token id outside [0, size), named with its position.
+[[noreturn]] static void unknown_id(const char* op, int id, std::size_t position, int size) {
+    argument_error(op, "id " + std::to_string(id) + " at position " + std::to_string(position) +
+                           " is not in the vocabulary [0, " + std::to_string(size) + ")");
+}
+
+std::string ByteVocabulary::decode(const std::vector<int>& ids) const {
+    std::string text(ids.size(), '\0');
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+        if (ids[i] < 0 || ids[i] >= size()) unknown_id("ByteVocabulary::decode", ids[i], i, size());
+        text[i] = static_cast<char>(bytes_[ids[i]]);
+    }
+    return text;
+}
+
+// The most frequent pair of adjacent tokens, as (left, right); ties go to the smaller pair;
+// {−1, −1} when no pair occurs twice. One pass counts into a V×V table, count[left·V + right]
+// (1.5 MB at V = 626, 64 MB at 4096, train's limit): an array index instead of a hash per pair,
+// so 512 merges over the 2.3 MB training text take seconds. The scan in increasing
+// (left, right) keeps the first of equals.
+static std::pair<int, int> most_frequent_pair(const std::vector<int>& tokens, int V) {
+    std::vector<std::uint32_t> count(std::size_t(V) * V, 0);
+    for (std::size_t i = 0; i + 1 < tokens.size(); ++i)
+        ++count[std::size_t(tokens[i]) * V + tokens[i + 1]];
+    std::size_t best = 0;
+    for (std::size_t k = 1; k < count.size(); ++k)
+        if (count[k] > count[best]) best = k;
+    if (count.empty() || count[best] < 2) return {-1, -1};
+    return {int(best / V), int(best % V)};
+}
+
+// Every occurrence of pair, read left to right, replaced by the token id: aaa with aa → Z is Za.
+static std::vector<int> merge_pair(const std::vector<int>& tokens, std::pair<int, int> pair,
+                                   int id) {
+    std::vector<int> merged;
+    merged.reserve(tokens.size());
+    std::size_t i = 0;
+    while (i < tokens.size()) {
+        const bool match =
+            i + 1 < tokens.size() && tokens[i] == pair.first && tokens[i + 1] == pair.second;
+        if (match) {
+            merged.push_back(id);
+            i += 2;
+        } else {
+            merged.push_back(tokens[i]);
+            i += 1;
+        }
+    }
+    return merged;
+}
+
+std::vector<int> BytePairEncoding::train(const std::string& text, int merges) {
+    return train(text, merges, ByteVocabulary(text));
+}
+
+std::vector<int> BytePairEncoding::train(const std::string& text, int merges,
+                                         const ByteVocabulary& bytes) {
+    const char* op = "BytePairEncoding::train";
+    require_argument(merges >= 0, op, "merges must be >= 0, got " + std::to_string(merges));
+    const int max_vocabulary = 4096;   // the pair table has V² counts
+    require_argument(merges <= max_vocabulary - bytes.size(), op,
+                     "bytes + merges must be at most " + std::to_string(max_vocabulary) + ", got " +
+                         std::to_string(bytes.size()) + " + " + std::to_string(merges));
+    require_argument(text.size() <= UINT32_MAX, op, "the text must be under 4 GiB (32-bit counts)");
+    bytes_ = bytes;
+    merges_.clear();
+    pieces_.clear();
+    for (int id = 0; id < bytes_.size(); ++id) pieces_.push_back(std::string(1, bytes_.byte(id)));
+    std::vector<int> tokens = byte_ids(bytes_, text, op);
+    for (int m = 0; m < merges; ++m) {
+        const std::pair<int, int> pair = most_frequent_pair(tokens, vocab_size());
+        if (pair.first < 0) break;   // no pair occurs twice
+        const int id = vocab_size();
+        merges_.push_back(pair);
+        pieces_.push_back(pieces_[pair.first] + pieces_[pair.second]);
+        tokens = merge_pair(tokens, pair, id);
+    }
+    return tokens;
+}
+
+std::vector<int> BytePairEncoding::encode(const std::string& text) const {
+    std::vector<int> tokens = byte_ids(bytes_, text, "BytePairEncoding::encode");
+    for (std::size_t k = 0; k < merges_.size(); ++k)
+        tokens = merge_pair(tokens, merges_[k], bytes_.size() + int(k));
+    return tokens;
+}
+
+std::string BytePairEncoding::decode(const std::vector<int>& tokens) const {
+    std::string text;
+    for (std::size_t i = 0; i < tokens.size(); ++i) {
+        if (tokens[i] < 0 || tokens[i] >= vocab_size())
+            unknown_id("BytePairEncoding::decode", tokens[i], i, vocab_size());
+        text += pieces_[tokens[i]];
+    }
+    return text;
+}
+
+const std::string& BytePairEncoding::token_bytes(int id) const {
+    if (id < 0 || id >= vocab_size())
+        argument_error("BytePairEncoding::token_bytes", "id " + std::to_string(id) +
+                                                            " is not in the vocabulary [0, " +
+                                                            std::to_string(vocab_size()) + ")");
+    return pieces_[id];
+}
+
+double BytePairEncoding::bytes_per_token(const std::vector<int>& tokens) const {
+    require_argument(!tokens.empty(), "BytePairEncoding::bytes_per_token", "no tokens");
+    return double(decode(tokens).size()) / double(tokens.size());
+}
+
+// The validation text is the corpus's tail, one piece the model never trains on; random windows
+// from anywhere would put nearly every validation sentence into some training window too.
+TextSplit split_text(const std::string& text, double train_fraction) {
+    require_argument(train_fraction >= 0 && train_fraction <= 1, "split_text",
+                     "train_fraction must be in [0, 1], got " + to_string(train_fraction));
+    const std::size_t n_train = std::size_t(double(text.size()) * train_fraction);
+    return {text.substr(0, n_train), text.substr(n_train)};
+}
+
+// A window of T + 1 tokens holds T predictions: after tokens[s .. s + t] comes tokens[s + t + 1],
+// for every context length t + 1 = 1 .. T. The last window that fits starts at size − T − 1, so
+// there are size − T starts.
+TokenBatch sample_batch(const std::vector<int>& tokens, int B, int T, Rng& rng) {
+    const char* op = "sample_batch";
+    require_argument(B > 0 && T > 0, op,
+                     "B and T must be > 0, got B = " + std::to_string(B) +
+                         ", T = " + std::to_string(T));
+    if (tokens.size() < std::size_t(T) + 1)
+        argument_error(op, "a window of T + 1 = " + std::to_string(T + 1) +
+                               " tokens does not fit in " + std::to_string(tokens.size()));
+    TokenBatch batch{B, T, std::vector<int>(std::size_t(B) * T),
+                     std::vector<int>(std::size_t(B) * T)};
+    for (int b = 0; b < B; ++b) {
+        const std::size_t start = rng.below(tokens.size() - T);
+        for (int t = 0; t < T; ++t) {
+            batch.inputs[std::size_t(b) * T + t] = tokens[start + t];
+            batch.targets[std::size_t(b) * T + t] = tokens[start + t + 1];
+        }
+    }
+    return batch;
+}
 
 // ---------------------------------------------------------------------------------------------
 // 6.2 A GPT: token and position embeddings, pre-norm blocks, a tied output head

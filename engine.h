@@ -901,6 +901,71 @@ Tensor activation_checkpoint(const Segment& segment, const Tensor& x,
 
 // Text as tokens (engine.cpp §6.1)
 
+// A whole file as bytes (a std::string holds any byte, '\0' included); an error names the path.
+std::string load_text(const std::string& path);
+
+// The byte-level vocabulary: the distinct bytes of a text, sorted; a byte's id is its rank
+// (114 ids for the fortunes). A byte or an id outside the vocabulary throws, naming it.
+class ByteVocabulary {
+public:
+    explicit ByteVocabulary(const std::string& text = "");
+    int size() const { return int(bytes_.size()); }
+    unsigned char byte(int id) const;                        // the byte of an id
+    int id(unsigned char byte) const { return id_[byte]; }   // −1 for a byte the text lacks
+    std::vector<int> encode(const std::string& text) const;
+    std::string decode(const std::vector<int>& ids) const;
+
+private:
+    std::vector<unsigned char> bytes_;   // id → byte, increasing
+    std::vector<int> id_;                // byte → id, −1 for a byte the text lacks
+};
+
+// Byte-pair encoding: the byte vocabulary, then `merges` new tokens, each the most frequent
+// pair of adjacent tokens in the training text (ties to the smaller pair of ids). Token ids:
+// 0 .. bytes − 1 the bytes, as ByteVocabulary numbers them; bytes + k the k-th merge. Training
+// stops early when no pair occurs twice, so vocab_size() ≤ bytes + merges (at most 4096: the
+// pair counts are a V×V table). With 0 merges it is the byte-level tokenizer.
+class BytePairEncoding {
+public:
+    BytePairEncoding() = default;
+    BytePairEncoding(const std::string& text, int merges) { train(text, merges); }
+    // Learns from text (from scratch), and returns text's tokens: what encode(text) gives. The
+    // bytes are text's own, or a given vocabulary: the whole corpus's, when text is its training
+    // split and the validation split has a byte that training lacks (the fortunes do: 0xBC).
+    std::vector<int> train(const std::string& text, int merges);
+    std::vector<int> train(const std::string& text, int merges, const ByteVocabulary& bytes);
+    std::vector<int> encode(const std::string& text) const;   // the merges, in the order learned
+    std::string decode(const std::vector<int>& tokens) const;
+    int vocab_size() const { return int(pieces_.size()); }
+    const ByteVocabulary& bytes() const { return bytes_; }
+    const std::vector<std::pair<int, int>>& merges() const { return merges_; }
+    const std::string& token_bytes(int id) const;   // the text a token stands for
+    // Compression: bytes of text per token, Σ token_bytes(t).size() / tokens.size().
+    double bytes_per_token(const std::vector<int>& tokens) const;
+
+private:
+    ByteVocabulary bytes_;
+    std::vector<std::pair<int, int>> merges_;   // merge k: (left, right) → token bytes + k
+    std::vector<std::string> pieces_;           // token id → its bytes
+};
+
+// The corpus split: the first train_fraction of the bytes train, the rest is validation.
+struct TextSplit {
+    std::string train, validation;
+};
+TextSplit split_text(const std::string& text, double train_fraction = 0.9);
+
+// A batch for next-token prediction: B windows of T + 1 consecutive tokens; inputs are each
+// window's first T tokens, targets its last T (the inputs shifted by one: the next tokens).
+// Both [B, T], row-major: (b, t) at b·T + t.
+struct TokenBatch {
+    int B = 0, T = 0;
+    std::vector<int> inputs, targets;
+};
+// Window b starts at rng.below(tokens.size() − T): uniform over every window that fits, one
+// draw per row, in row order. Needs B, T > 0 and T + 1 ≤ tokens.size().
+TokenBatch sample_batch(const std::vector<int>& tokens, int B, int T, Rng& rng);
+
 // A GPT: embeddings, attention blocks, a tied head (engine.cpp §6.2)
 // The sizes of a GPT: a vocabulary of V tokens, a context of T positions (the longest input), L
 // blocks, H attention heads of D/H features each, width D. GPT-2 ties the output head to the

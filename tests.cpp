@@ -6168,6 +6168,232 @@ TEST("13 memory", "run planning: the 6 in 6·N·D is matmul's counted 2 FLOPs pe
 
 // ---- 15 tokens -------------------------------------------------------------------------------
 
+// Token ids as text, "6 3 6 0 2", so that a failed comparison shows both sequences.
+static std::string ids_str(const std::vector<int>& ids) {
+    std::string s;
+    for (std::size_t i = 0; i < ids.size(); ++i) s += (i ? " " : "") + std::to_string(ids[i]);
+    return s;
+}
+
+static std::string random_bytes(Rng& rng, std::size_t n, int alphabet) {
+    std::string s(n, '\0');
+    for (char& c : s) c = static_cast<char>(rng.below(std::size_t(alphabet)));
+    return s;
+}
+
+TEST("15 tokens", "the byte vocabulary is the sorted set of a text's bytes; encode and decode "
+                  "round trip") {
+    const ByteVocabulary v("hello, world");   // sorted: ' ' ',' d e h l o r w
+    EXPECT_EQ(v.size(), 9);
+    EXPECT_EQ(v.byte(0), ' ');
+    EXPECT_EQ(v.byte(1), ',');
+    EXPECT_EQ(v.byte(8), 'w');
+    EXPECT_EQ(v.id('h'), 4);
+    EXPECT_EQ(v.id('x'), -1);
+    EXPECT_EQ(ids_str(v.encode("hello")), "4 3 5 5 6");
+    EXPECT_EQ(v.decode({8, 6, 7, 5, 2}), "world");
+    EXPECT_EQ(v.decode(v.encode("hello, world")), "hello, world");
+    // Every byte, '\0' and 0xFF included, is a token of its own.
+    std::string all(256, '\0');
+    for (int b = 0; b < 256; ++b) all[b] = static_cast<char>(255 - b);
+    const ByteVocabulary every(all);
+    EXPECT_EQ(every.size(), 256);
+    EXPECT_EQ(every.id(0xFF), 255);
+    EXPECT_EQ(every.decode(every.encode(all)), all);
+    EXPECT_EQ(ByteVocabulary("").size(), 0);
+    EXPECT_EQ(ByteVocabulary("zzz").size(), 1);
+}
+
+TEST("15 tokens", "a byte or an id outside the vocabulary throws, naming the op, the byte or id, "
+                  "and its position") {
+    const ByteVocabulary v("abc");
+    EXPECT_THROWS(v.encode("abd"), "ByteVocabulary::encode: byte 0x64 ('d') at position 2");
+    EXPECT_THROWS(v.encode(std::string("a\0", 2)), "byte 0x00 at position 1");
+    EXPECT_THROWS(v.decode({0, 3}), "ByteVocabulary::decode: id 3 at position 1");
+    EXPECT_THROWS(v.decode({-1}), "id -1 at position 0");
+    EXPECT_THROWS(v.byte(3), "ByteVocabulary::byte");
+    const BytePairEncoding bpe("abcabc", 1);   // 3 bytes + ab
+    EXPECT_THROWS(bpe.encode("abz"), "BytePairEncoding::encode: byte 0x7A ('z') at position 2");
+    EXPECT_THROWS(bpe.decode({3, 4}), "BytePairEncoding::decode: id 4 at position 1");
+    EXPECT_THROWS(bpe.token_bytes(4), "BytePairEncoding::token_bytes: id 4");
+    EXPECT_THROWS(BytePairEncoding().train("abc", -1), "merges must be >= 0, got -1");
+    EXPECT_THROWS(BytePairEncoding().train("abc", 4094), "at most 4096, got 3 + 4094");
+    EXPECT_THROWS(BytePairEncoding().train("abcd", 1, v), "BytePairEncoding::train: byte 0x64");
+    EXPECT_THROWS(bpe.bytes_per_token({}), "bytes_per_token");
+}
+
+// The worked example of engine.cpp §6.1, by hand. Bytes a b c d are ids 0 1 2 3.
+//     aaabdaaabac   pairs: aa 4, ab 2, bd da ba ac 1                  merge aa → Z = 4
+//     ZabdZabac     Z a b d Z a b a c: pairs Za 2, ab 2, others 1; the tie goes to
+//                   (a, b) = (0, 1) < (Z, a) = (4, 0)                    merge ab → Y = 5
+//     ZYdZYac       ZY 2, Yd dZ Ya ac 1                                  merge ZY → X = 6
+//     XdXac         = 6 3 6 0 2: every pair occurs once, so a 4th merge is not made.
+TEST("15 tokens", "byte-pair encoding of aaabdaaabac: Z = aa, Y = ab (the smaller pair of a tie), "
+                  "X = ZY, then XdXac") {
+    const std::string text = "aaabdaaabac";
+    BytePairEncoding bpe;
+    EXPECT_EQ(ids_str(bpe.train(text, 1)), "4 0 1 3 4 0 1 0 2");   // ZabdZabac
+    EXPECT_EQ(ids_str(bpe.train(text, 2)), "4 5 3 4 5 0 2");       // ZYdZYac
+    EXPECT_EQ(ids_str(bpe.train(text, 10)), "6 3 6 0 2");          // XdXac, and it stopped there
+    EXPECT_EQ(bpe.vocab_size(), 7);
+    EXPECT_EQ(bpe.merges().size(), std::size_t(3));
+    EXPECT_TRUE((bpe.merges() == std::vector<std::pair<int, int>>{{0, 0}, {0, 1}, {4, 5}}));
+    EXPECT_EQ(bpe.token_bytes(4), "aa");
+    EXPECT_EQ(bpe.token_bytes(5), "ab");
+    EXPECT_EQ(bpe.token_bytes(6), "aaab");
+    EXPECT_EQ(ids_str(bpe.encode(text)), "6 3 6 0 2");
+    EXPECT_EQ(bpe.decode({6, 3, 6, 0, 2}), text);
+    EXPECT_NEAR(bpe.bytes_per_token(bpe.encode(text)), 11.0 / 5, 1e-12);
+    // Another text, the merges replayed in order: aaab → Zab → ZY → X; abaa → abZ → YZ.
+    EXPECT_EQ(ids_str(bpe.encode("aaab")), "6");
+    EXPECT_EQ(ids_str(bpe.encode("abaa")), "5 4");
+    EXPECT_EQ(ids_str(bpe.encode("aaaa")), "4 4");   // left to right: (aa)(aa), not a(aa)a
+    EXPECT_EQ(ids_str(bpe.encode("")), "");
+}
+
+// A plain reference: the counts in a std::map (ordered by pair), the first maximum kept; each
+// merge by erasing from a vector.
+static std::vector<std::pair<int, int>> reference_merges(std::vector<int> tokens, int V, int n) {
+    std::vector<std::pair<int, int>> merges;
+    for (int m = 0; m < n; ++m) {
+        std::map<std::pair<int, int>, int> count;
+        for (std::size_t i = 0; i + 1 < tokens.size(); ++i) ++count[{tokens[i], tokens[i + 1]}];
+        std::pair<int, int> best{-1, -1};
+        int best_count = 1;
+        for (const auto& [pair, c] : count)
+            if (c > best_count) {
+                best = pair;
+                best_count = c;
+            }
+        if (best_count < 2) break;
+        merges.push_back(best);
+        for (std::size_t i = 0; i + 1 < tokens.size(); ++i)
+            if (tokens[i] == best.first && tokens[i + 1] == best.second) {
+                tokens[i] = V + m;
+                tokens.erase(tokens.begin() + i + 1);
+            }
+    }
+    return merges;
+}
+
+TEST("15 tokens", "byte-pair encoding learns the merges of a plain std::map reference; on random "
+                  "bytes of every length, decode(encode(text)) is text") {
+    Rng rng(1515);
+    for (std::size_t n : {0, 1, 2, 3, 17, 1000, 20000}) {
+        for (int alphabet : {2, 5, 256}) {
+            const std::string text = random_bytes(rng, n, alphabet);
+            BytePairEncoding bpe;
+            const std::vector<int> tokens = bpe.train(text, 40);
+            const std::string where =
+                "n = " + std::to_string(n) + ", alphabet " + std::to_string(alphabet) + ": ";
+            EXPECT_EQ(where + ids_str(bpe.encode(text)), where + ids_str(tokens));
+            EXPECT_EQ(where + bpe.decode(tokens), where + text);
+            EXPECT_TRUE(tokens.size() <= text.size());
+            const ByteVocabulary& bytes = bpe.bytes();
+            const auto merges =
+                reference_merges(bytes.encode(text), bytes.size(), 40);   // the plain loop
+            EXPECT_TRUE(bpe.merges() == merges);
+            EXPECT_EQ(bpe.vocab_size(), bytes.size() + int(merges.size()));
+            // A new text from the same bytes: encoded with these merges, decoded back.
+            std::string other = random_bytes(rng, n / 2 + 1, alphabet);
+            for (char& c : other)
+                if (bytes.size() > 0 && bytes.id(static_cast<unsigned char>(c)) < 0)
+                    c = static_cast<char>(bytes.byte(0));
+            if (bytes.size() > 0) EXPECT_EQ(where + bpe.decode(bpe.encode(other)), where + other);
+        }
+    }
+    // Small alphabets compress: 20,000 random bits, 40 merges, well over a byte per token.
+    Rng bits(7);
+    const std::string text = random_bytes(bits, 20000, 2);
+    BytePairEncoding bpe;
+    EXPECT_TRUE(bpe.bytes_per_token(bpe.train(text, 40)) > 3);
+}
+
+TEST("15 tokens", "split_text: the first 90% of the bytes train, the rest validates") {
+    const TextSplit s = split_text("0123456789");
+    EXPECT_EQ(s.train, "012345678");
+    EXPECT_EQ(s.validation, "9");
+    EXPECT_EQ(split_text("0123456789", 0.5).validation, "56789");
+    EXPECT_EQ(split_text("abc", 1).train, "abc");
+    EXPECT_EQ(split_text("abc", 0).validation, "abc");
+    EXPECT_THROWS(split_text("abc", 1.5), "split_text: train_fraction must be in [0, 1]");
+}
+
+TEST("15 tokens", "load_text reads every byte of a file; a missing file is named") {
+    TempDir dir;
+    const std::vector<unsigned char> bytes = {'a', 0, 0xFF, '\n', 'z'};
+    write_bytes(dir.file("t.txt"), bytes);
+    EXPECT_EQ(load_text(dir.file("t.txt")), std::string("a\0\xff\nz", 5));
+    EXPECT_THROWS(load_text(dir.file("none.txt")), "load_text: cannot open " + dir.file("none"));
+    EXPECT_THROWS(load_text(dir.path), "is a directory");
+}
+
+TEST("15 tokens", "sample_batch: targets are the inputs shifted by one, every window inside the "
+                  "tokens, starts uniform, the same batch for the same seed") {
+    std::vector<int> tokens(100);
+    for (int i = 0; i < 100; ++i) tokens[i] = i;   // a token is its position: windows show
+    const int B = 6, T = 8;
+    Rng rng(42), replay(42);
+    const TokenBatch batch = sample_batch(tokens, B, T, rng);
+    EXPECT_EQ(batch.B, B);
+    EXPECT_EQ(batch.T, T);
+    EXPECT_EQ(batch.inputs.size(), std::size_t(B * T));
+    EXPECT_EQ(batch.targets.size(), std::size_t(B * T));
+    for (int b = 0; b < B; ++b) {
+        const int start = int(replay.below(100 - T));   // one draw per row, in row order
+        for (int t = 0; t < T; ++t) {
+            EXPECT_EQ(batch.inputs[b * T + t], start + t);
+            EXPECT_EQ(batch.targets[b * T + t], start + t + 1);
+        }
+    }
+    EXPECT_EQ(rng.state(), replay.state());
+    Rng again(42), other(43);
+    EXPECT_TRUE(sample_batch(tokens, B, T, again).inputs == batch.inputs);
+    EXPECT_TRUE(sample_batch(tokens, B, T, other).inputs != batch.inputs);
+    // 20 tokens, T = 5: 15 windows fit (starts 0..14); 3000 draws meet each about 200 times.
+    std::vector<int> seen(20, 0);
+    Rng many(5);
+    const TokenBatch wide =
+        sample_batch(std::vector<int>(tokens.begin(), tokens.begin() + 20), 3000, 5, many);
+    for (int b = 0; b < 3000; ++b) ++seen[wide.inputs[b * 5]];
+    for (int s = 0; s < 15; ++s) EXPECT_TRUE(seen[s] > 140 && seen[s] < 260);
+    for (int s = 15; s < 20; ++s) EXPECT_EQ(seen[s], 0);
+    // T + 1 = size: the one window there is.
+    Rng one(1);
+    EXPECT_EQ(ids_str(sample_batch({3, 1, 4}, 1, 2, one).targets), "1 4");
+    EXPECT_THROWS(sample_batch({3, 1, 4}, 1, 3, one), "sample_batch: a window of T + 1 = 4");
+    EXPECT_THROWS(sample_batch(tokens, 0, 4, one), "sample_batch: B and T must be > 0");
+    EXPECT_THROWS(sample_batch(tokens, 2, 0, one), "B and T must be > 0");
+}
+
+TEST("15 tokens", "the corpus (make data): 2,576,674 bytes, 114 distinct; the 90/10 split; BPE "
+                  "learns \"e \" first and round-trips validation") {
+    const std::string path = "data/fortunes.txt";
+    if (!std::ifstream(path)) SKIP(path + " is missing: `make data` makes it");
+    const std::string text = load_text(path);
+    EXPECT_EQ(text.size(), std::size_t(2576674));
+    const ByteVocabulary bytes(text);
+    EXPECT_EQ(bytes.size(), 114);
+    EXPECT_EQ(bytes.decode(bytes.encode(text)), text);
+    const TextSplit split = split_text(text);
+    EXPECT_EQ(split.train.size(), std::size_t(2319006));
+    EXPECT_EQ(split.validation.size(), std::size_t(257668));
+    // Training lacks one byte that validation has (0xBC, of "ü"): the vocabulary comes from the
+    // whole corpus, or validation could not be encoded.
+    const ByteVocabulary train_bytes(split.train);
+    EXPECT_EQ(train_bytes.size(), 113);
+    EXPECT_EQ(train_bytes.id(0xBC), -1);
+    BytePairEncoding bpe;
+    const std::vector<int> tokens = bpe.train(split.train, 32, bytes);
+    EXPECT_EQ(bpe.vocab_size(), 114 + 32);
+    EXPECT_EQ(bpe.token_bytes(114), "e ");
+    EXPECT_EQ(bpe.token_bytes(115), " t");
+    const std::vector<int> validation = bpe.encode(split.validation);
+    EXPECT_EQ(bpe.decode(validation), split.validation);
+    EXPECT_TRUE(bpe.bytes_per_token(tokens) > 1.3);
+    EXPECT_TRUE(bpe.bytes_per_token(validation) > 1.3);
+}
+
 // ---- 15 gpt ----------------------------------------------------------------------------------
 
 // V = 7, T = 5, L = 2, H = 2, D = 8: the smallest GPT with every part (two blocks, two heads).
