@@ -201,6 +201,37 @@ static void mlp_step(Report& report, int threads) {
     report.row("mlp_step", threads, "784-256-256-10/b128", time_ms(step, 51), "ms");
 }
 
+// One training step of lesson 15's GPT (nanoGPT's "baby GPT": V 114, T 64, L 4, H 4, D 128),
+// batch 12: forward, cross-entropy over the 768 next-token predictions, backward, clipping at
+// 1.0, AdamW with weight decay 0.1 on the 2-D matrices and none on biases and gains.
+static void gpt_step(Report& report, int threads) {
+    Rng rng(4);
+    const GPTConfig config{114, 64, 4, 4, 128};
+    const nn::GPT model(config, rng);
+    std::vector<Tensor> matrices, others;
+    for (const Tensor& p : model.parameters()) {
+        if (p.rank() == 2) matrices.push_back(p);
+        else others.push_back(p);
+    }
+    AdamW decayed(matrices, 1e-3, 0.9, 0.99, 1e-8, 0.1),
+        not_decayed(others, 1e-3, 0.9, 0.99, 1e-8, 0);
+    const int B = 12, T = 64;
+    std::vector<int> ids, targets;
+    for (int i = 0; i < B * T; ++i) {
+        ids.push_back(int(rng.below(114)));
+        targets.push_back(int(rng.below(114)));
+    }
+    auto step = [&] {
+        decayed.zero_grad();
+        not_decayed.zero_grad();
+        model.loss(ids, targets, B, T).backward();
+        clip_grad_norm(model.parameters(), 1.0);
+        decayed.step();
+        not_decayed.step();
+    };
+    report.row("gpt_step", threads, "L4 H4 D128 T64/b12", time_ms(step, 11), "ms");
+}
+
 // micrograd's demo step: MLP(2, [16, 16, 1]) on 100 two-moons points, full batch, mean
 // max-margin loss relu(1 − y·score) + 1e-4·Σ p², backward, SGD. Building, differentiating and
 // freeing the ~65,000-node graph is the whole cost, exactly as in micrograd.
@@ -480,6 +511,10 @@ static int run(int argc, char** argv) {
     for (int threads : thread_counts) {
         set_num_threads(threads);
         mlp_step(report, threads);
+    }
+    for (int threads : thread_counts) {
+        set_num_threads(threads);
+        gpt_step(report, threads);
     }
     scalar_moons(report);
     if (cuda_is_emulated()) {
