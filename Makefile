@@ -71,7 +71,7 @@ help:
 	@echo "make asan             lessons and tests under AddressSanitizer + UndefinedBehaviorSanitizer"
 	@echo "make valgrind         lessons and tests under valgrind's memcheck"
 	@echo "make lessons          build and run every lesson"
-	@echo "make lesson N=02      build and run one lesson"
+	@echo "make lesson N=02      build and run one lesson (ARGS=\"--steps 200\" passes it flags)"
 	@echo "make check N=02       grade lesson 02's homework (SOLUTIONS=1: the reference solutions)"
 	@echo "make exercise E=name  blank an engine region for you to rewrite; regions: $(REGIONS)"
 	@echo "make exercise-reset   restore engine.cpp (your attempt is kept in .saved/)"
@@ -164,10 +164,11 @@ $(B)/asan32/%.o: %.cpp engine.h $(B)/flags
 
 # Each lesson runs to its end, and then the tests; the lessons run side by side (make's -j), each
 # writing its own log, shown only when it fails. Lesson 10 trains on 55,000 images (seconds, but
-# many minutes under the sanitizers): there only its homework check runs. Everything runs many
-# times slower here than natively, so the harness's time limit per test is raised.
+# many minutes under the sanitizers) and lesson 15 trains a GPT (minutes, and hours there): there
+# only their homework checks run. Everything runs many times slower here than natively, so the
+# harness's time limit per test is raised.
 SAN_ENV := ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1
-lesson_args = $(if $(filter 10,$(1)),--check)
+lesson_args = $(if $(filter 10 15,$(1)),--check)
 
 asan: $(foreach n,$(LESSONS),asan-lesson-$(n)) asan-tests
 asan-tests: $(B)/asan/tests
@@ -227,10 +228,10 @@ lessons: $(foreach n,$(LESSONS),$(B)/lessons/$(n))
 # target" would not say which ones exist.
 known = case " $(2) " in *" $(1) "*) ;; *) echo "no $(3) $(1); there are: $(2)"; exit 2;; esac
 lesson:
-	@test -n "$(N)" || { echo "usage: make lesson N=02   (lessons: $(LESSONS))"; exit 2; }
+	@test -n "$(N)" || { echo "usage: make lesson N=02 [ARGS=\"...\"]   (lessons: $(LESSONS))"; exit 2; }
 	@$(call known,$(N),$(LESSONS),lesson)
 	@$(MAKE) --no-print-directory $(B)/lessons/$(N)
-	$(B)/lessons/$(N)
+	$(B)/lessons/$(N) $(ARGS)
 
 check:
 	@test -n "$(N)" || { echo "usage: make check N=02 [SOLUTIONS=1]   (homework: $(HOMEWORK))"; exit 2; }
