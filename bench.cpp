@@ -68,27 +68,9 @@ struct Report {
     }
 };
 
-// The machine's ceiling: 12 independent chains of 8-wide fused multiply-adds (acc = acc·m + c),
-// enough in flight to cover the FMA latency on both pipes; no memory traffic at all. The chains
-// converge to c/(1 − m), so nothing overflows however long it runs.
-static double fma_chains(long iterations) {
-    constexpr int chains = 12, lanes = 8;
-    real acc[chains][lanes] = {};
-    const real m = real(0.999), c = real(1e-3);
-    for (long it = 0; it < iterations; ++it)
-        for (int i = 0; i < chains; ++i) {
-#pragma omp simd
-            for (int j = 0; j < lanes; ++j) acc[i][j] = std::fma(acc[i][j], m, c);
-        }
-    double s = 0;
-    for (auto& chain : acc)
-        for (real v : chain) s += v;
-    return s;   // used, so the loop is not optimized away
-}
-
 static void peak(Report& report, int threads) {
     const long iterations = 20'000'000;
-    const double gflop = 2.0 * 12 * 8 * iterations * threads / 1e9;
+    const double gflop = fma_chain_flops_per_iteration * double(iterations) * threads / 1e9;
     double sink = 0;
     const Timing t = time_ms(
         [&] {

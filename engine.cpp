@@ -3033,6 +3033,24 @@ std::int64_t counted_flops() { return flops_counted; }
 void reset_counted_flops() { flops_counted = 0; }
 void count_flops(std::int64_t flops) { flops_counted += flops; }
 
+// The ceiling that achieved FLOP/s are compared with (MFU): 12 independent chains of 8-wide fused
+// multiply-adds, acc = acc·m + c, enough in flight to cover the FMA latency on both pipes, and no
+// memory traffic. The chains converge to c/(1 − m), so nothing overflows however long it runs.
+double fma_chains(long iterations) {
+    constexpr int chains = 12, lanes = 8;
+    real acc[chains][lanes] = {};
+    const real m = real(0.999), c = real(1e-3);
+    for (long it = 0; it < iterations; ++it)
+        for (int i = 0; i < chains; ++i) {
+#pragma omp simd
+            for (int j = 0; j < lanes; ++j) acc[i][j] = std::fma(acc[i][j], m, c);
+        }
+    double s = 0;
+    for (auto& chain : acc)
+        for (real v : chain) s += v;
+    return s;   // used, so the loop is not optimized away
+}
+
 static std::int64_t bytes_now = 0, bytes_peak = 0;   // signed: a missed change cannot wrap around
 
 static std::int64_t storage_bytes(const TensorNode& n) {   // host and device (Part 5)
@@ -3997,19 +4015,12 @@ void Adam::update_on_device(float* w, const float* g, std::vector<DeviceBuffer<f
 // ---------------------------------------------------------------------------------------------
 // 6.1 Text as tokens: bytes, and byte-pair encoding
 //
-// A model reads and predicts numbers, not text. A tokenizer cuts text into pieces from a fixed
-// vocabulary and numbers them (token ids); the model sees ids, and decoding turns ids back into
-// text.
-//
-// Bytes: the simplest vocabulary is the set of bytes the text uses, sorted. The fortunes use 114
-// of the 256, so V = 114 and every byte is a token. Nothing in the corpus is ever unknown, but a
-// token says little, and a context of T tokens sees only T characters.
-//
-// Byte-pair encoding (BPE; GPT-2's tokenizer works this way on bytes) learns bigger pieces:
-// start from the bytes and, N times, count every pair of adjacent tokens and merge the most
-// frequent pair into one new token, everywhere. Frequent pieces ("the", "ing ") become single
-// tokens, so a text takes fewer tokens and T tokens see more of it; the price is N more rows in
-// the embedding and the output layer, and rare words that stay in pieces. On "aaabdaaabac":
+// A model reads numbers: a tokenizer cuts text into pieces of a fixed vocabulary and numbers them.
+// Bytes: the vocabulary is the sorted set of bytes the text uses (114 for the fortunes); nothing
+// is unknown, but a context of T tokens sees only T characters.
+// Byte-pair encoding (BPE, GPT-2's tokenizer on bytes): N times, count the pairs of adjacent
+// tokens and merge the most frequent into a new token. Frequent pieces ("the") become one token,
+// so T tokens see more text, for N more rows in the embedding and the head. On "aaabdaaabac":
 //     aaabdaaabac   pairs: aa 4 (overlaps counted), ab 2; bd, da, ba, ac 1 each
 //     ZabdZabac     Z = aa, replaced left to right (aaa → Za)   pairs: Za 2, ab 2; others 1
 //     ZYdZYac       Y = ab: the tie goes to the smaller pair of ids, and a < Z (a new id)
@@ -4085,8 +4096,7 @@ std::string ByteVocabulary::decode(const std::vector<int>& ids) const {
 
 // The most frequent pair of adjacent tokens, as (left, right); ties go to the smaller pair;
 // {−1, −1} when no pair occurs twice. One pass counts into a V×V table, count[left·V + right]
-// (1.5 MB at V = 626, 64 MB at 4096, train's limit): an array index instead of a hash per pair,
-// so 512 merges over the 2.3 MB training text take seconds. The scan in increasing
+// (an index, not a hash, per pair; 64 MB at train's limit V = 4096). Scanning in increasing
 // (left, right) keeps the first of equals.
 static std::pair<int, int> most_frequent_pair(const std::vector<int>& tokens, int V) {
     std::vector<std::uint32_t> count(std::size_t(V) * V, 0);
@@ -4178,8 +4188,7 @@ double BytePairEncoding::bytes_per_token(const std::vector<int>& tokens) const {
     return double(decode(tokens).size()) / double(tokens.size());
 }
 
-// The validation text is the corpus's tail, one piece the model never trains on; random windows
-// from anywhere would put nearly every validation sentence into some training window too.
+// Validation is the corpus's tail, never trained on (random windows would leak it into training).
 TextSplit split_text(const std::string& text, double train_fraction) {
     require_argument(train_fraction >= 0 && train_fraction <= 1, "split_text",
                      "train_fraction must be in [0, 1], got " + to_string(train_fraction));
@@ -4187,9 +4196,8 @@ TextSplit split_text(const std::string& text, double train_fraction) {
     return {text.substr(0, n_train), text.substr(n_train)};
 }
 
-// A window of T + 1 tokens holds T predictions: after tokens[s .. s + t] comes tokens[s + t + 1],
-// for every context length t + 1 = 1 .. T. The last window that fits starts at size − T − 1, so
-// there are size − T starts.
+// A window of T + 1 tokens holds T predictions (targets are the inputs shifted by one); the last
+// window starts at size − T − 1.
 TokenBatch sample_batch(const std::vector<int>& tokens, int B, int T, Rng& rng) {
     const char* op = "sample_batch";
     require_argument(B > 0 && T > 0, op,
@@ -4213,49 +4221,35 @@ TokenBatch sample_batch(const std::vector<int>& tokens, int B, int T, Rng& rng) 
 // ---------------------------------------------------------------------------------------------
 // 6.2 A GPT: token and position embeddings, pre-norm blocks, a tied output head
 //
-// A decoder-only transformer reads B sequences of T token ids and scores, at every position, each
-// of the V tokens as the next one. With width D, H heads and L blocks:
+// A decoder-only transformer scores, at every position of B sequences of T ids, each of the V
+// tokens as the next one. With width D, H heads and L blocks:
 //     x = wte[ids] + wpe[0, 1, …, T − 1]        [B, T, D]   what each token is, and where it is
 //     L times:  x = x + attention(ln1(x))       [B, T, D]   each position reads the ones before
 //               x = x + mlp(ln2(x))             [B, T, D]   each position computes on its own
 //     logits = ln_f(x)·wteᵀ                     [B·T, V]    row b·T + t scores token t + 1
-// Causal attention lets position t see positions 0..t only, never the token it must predict, so
-// one sequence of T tokens trains T predictions at once.
+// Causal attention: position t sees 0..t only, so one sequence trains T predictions at once.
+// Pre-norm (GPT-2): a block adds f(norm(x)) to x, so the residual stream is a plain sum and the
+// gradient reaches every block unchanged through the +'s (§2.2).
+// Init (GPT-2, §2.8): weights N(0, 0.02²), biases 0, gains 1; the two projections per block that
+// add into the stream get std 0.02/√(2L), as the stream sums 2L of them. The logits start ≈ 0:
+// the loss at init is ≈ ln V (4.74 for V = 114), the first number to check in any run.
+// The tied head: logits = x·wteᵀ, one matrix for tokens in and out (V·D parameters saved). wte's
+// gradient sums two terms by backward's += (§1.5): the lookup's (row ids[k] gets dx_k) and the
+// head's (dwte += dlogitsᵀ·x).
 //
-// Pre-norm (GPT-2): a block normalizes a copy of x and adds its result back. The residual stream
-// x is then a plain sum, and the gradient reaches every block unchanged through the +'s (§2.2);
-// the original Transformer normalized after each add, on that path, and trains less easily deep.
-//
-// Init (GPT-2, §2.8): every weight N(0, 0.02²), biases 0, norms' gains 1. The two projections per
-// block that add into the stream (attention's output, the MLP's second layer) get std
-// 0.02/√(2L): the stream sums 2L such terms, so its variance stays that of about one. Small
-// weights make the logits ≈ 0 (std about 0.02·√D), the softmax ≈ uniform: at init the loss is
-// ≈ ln V (4.74 for V = 114), the first number to check in any run.
-//
-// The tied head. logits = x·wteᵀ scores token v by how well x matches v's embedding row: one
-// matrix reads tokens in and writes them out, and V·D parameters are saved (38.6M of GPT-2
-// small's 124M). wte's gradient is then the sum of two terms, added by backward's += (§1.5): the
-// lookup's (row ids[k] gets dx_k; only rows looked up) and the head's (dwte += dlogitsᵀ·x; all).
-//
-// Parameters. wte V·D, wpe T·D. Each block: ln1 and ln2 2·D each; qkv 3·D² + 3·D; the attention
-// projection D² + D; the MLP 4·D² + 4·D and 4·D² + D. That is 12·D² weights and 13·D biases and
-// gains per block. The final norm 2·D:
+// Parameters: wte V·D, wpe T·D; per block ln1, ln2 2·D each, qkv 3·D² + 3·D, projection D² + D,
+// MLP 4·D² + 4·D and 4·D² + D (12·D² + 13·D); the final norm 2·D:
 //     N = V·D + T·D + L·(12·D² + 13·D) + 2·D        816,128 for V 114, T 64, L 4, D 128
 //
-// FLOPs, as the counters of §4.1 see them: matmuls and the attention op. The embedding lookups,
-// norms, GELU, softmax and adds are not counted (O(D) per token, where the matmuls are O(D²)).
-// Forward, per token: each weight of a linear layer does one multiply-add per token, 2 FLOPs:
-// 2·12·D² per block; the head 2·V·D (the lookup of wte costs nothing, its product does). Query t
-// scores t + 1 keys and averages t + 1 value rows, 2·(t + 1)·d FLOPs each per head of width d;
-// over the H heads, and averaged over t (the mean of t + 1 is (T + 1)/2): 2·(T + 1)·D per block.
+// FLOPs, as the counters of §4.1 see them (matmuls and attention; the O(D) rest is not counted).
+// Forward, per token: 2 per weight of each linear, 2·12·D² per block, and the head 2·V·D. Query t
+// scores t + 1 keys and averages t + 1 values, 2·(t + 1)·d each per head; over H heads and
+// averaged over t: 2·(T + 1)·D per block.
 //     F = 24·L·D² + 2·V·D + 2·L·(T + 1)·D     FLOPs per token, forward
-// Backward, every product runs twice more (dX and dW, §2.4; even the first block needs dX, to
-// reach wte), and the attention op does twice its forward's work (§4.3, with P saved). In all:
+// Backward: every product twice more (dX and dW, §2.4), attention twice its forward (§4.3):
 //     3·F = 6·(12·L·D² + V·D) + 6·L·(T + 1)·D
-// 12·L·D² + V·D is the number of weights in products: N without wpe, biases and gains. So
-// training costs "6·N per token" plus attention's share. V 114, T 64, L 4, D 128:
-// 6·801,024 + 6·4·65·128 = 4,806,144 + 199,680 ≈ 5.0 MFLOP per token, 3.8 GFLOP per step of
-// 12·64 tokens. gpt_forward_flops is F times B·T; a test checks both against the counters.
+// that is "6·N" (N the weights in products) plus attention's share: 4,806,144 + 199,680 ≈ 5.0
+// MFLOP per token for V 114, T 64, L 4, D 128. A test checks F·B·T against the counters.
 // ---------------------------------------------------------------------------------------------
 
 static std::string gpt_config_str(const GPTConfig& c) {
@@ -4348,7 +4342,6 @@ static Tensor head_slice(const Tensor& q_k_v, int part, int head, int head_width
 //     [q | k | v] = x·W_qkv + b_qkv                       [B, T, D] → [B, T, 3D]
 //     out_h = attention(q_h, k_h, v_h, causal)           [B, T, d] each, d = D/H
 //     out = concat(out_1, …, out_H)·W_proj + b_proj       [B, T, D] → [B, T, D]
-// One [D, 3D] product does the work of three [D, D] ones (the same FLOPs) in one pass over x.
 Tensor GPTBlock::self_attention(const Tensor& x) const {
     const int head_width = x.dim(-1) / heads;
     const Tensor q_k_v = qkv(x);   // [B, T, 3D]

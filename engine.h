@@ -765,6 +765,12 @@ std::int64_t counted_flops();
 void reset_counted_flops();
 void count_flops(std::int64_t flops);
 
+// The machine's ceiling, for MFU (bench's `peak` row, lesson 15): fma_chains(n) runs 12
+// independent chains of 8-wide fused multiply-adds n times on the calling thread, with no memory
+// traffic, and returns their sum (use it, or the work may be optimized away).
+double fma_chains(long iterations);
+constexpr double fma_chain_flops_per_iteration = 2.0 * 12 * 8;   // a multiply-add is 2 FLOPs
+
 // Bytes of tensor storage (the data and gradients of every live tensor), counted where storage
 // is allocated and freed, so reading them costs nothing. current_tensor_bytes() equals
 // tensor_bytes(); the peak is the largest value since the last reset_peak_tensor_bytes(), which

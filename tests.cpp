@@ -5140,6 +5140,22 @@ TEST("references",
     if (!long_lines.empty()) throw TestFailure("lines over 100 characters:\n" + long_lines);
 }
 
+// engine.cpp is code with its math beside it, not an essay: comments (from "//" to the end of the
+// line) stay at most a quarter of its bytes. Measurements and design notes belong in the README.
+TEST("references", "comments are at most 25% of engine.cpp's bytes") {
+    std::size_t total = 0, comments = 0;
+    for (const std::string& line : lines_of("engine.cpp")) {
+        total += line.size() + 1;
+        const std::size_t at = line.find("//");
+        if (at != std::string::npos) comments += line.size() - at;
+    }
+    EXPECT_TRUE(total > 100000);
+    if (comments * 4 > total)
+        throw TestFailure("comments are " +
+                          std::to_string(100.0 * double(comments) / double(total)) +
+                          "% of engine.cpp's bytes; at most 25%");
+}
+
 // The names a comment says code replaces or is: "replaces X", "Replaces X", "engine.cpp's X", where
 // X is a function (followed by "()", or with '_' or "::" in it) defined or called in the engine.
 TEST("references", "every function a comment names after \"replaces\" or \"engine.cpp's\" exists") {

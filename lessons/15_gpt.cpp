@@ -272,26 +272,10 @@ static const double weight_decay = 0.1, max_grad_norm = 1.0;
 static const long recipe_warmup = 100;
 static const int log_every = 100, eval_every = 200;
 
-// 12 chains of 8 lanes, acc = acc·m + c: the converging chains never overflow (bench.cpp's).
-static double fma_chains(long iterations) {
-    constexpr int chains = 12, lanes = 8;
-    real acc[chains][lanes] = {};
-    const real m = real(0.999), c = real(1e-3);
-    for (long it = 0; it < iterations; ++it)
-        for (int i = 0; i < chains; ++i) {
-#pragma omp simd
-            for (int j = 0; j < lanes; ++j) acc[i][j] = std::fma(acc[i][j], m, c);
-        }
-    double s = 0;
-    for (auto& chain : acc)
-        for (real v : chain) s += v;
-    return s;   // used, so the loop is not optimized away
-}
-
 // FLOP/s of the FMA chains on `threads` threads: the best of three runs.
 static double peak_flops(int threads) {
     const long iterations = 5'000'000;
-    const double flops = 2.0 * 12 * 8 * double(iterations) * threads;   // a multiply-add is 2
+    const double flops = fma_chain_flops_per_iteration * double(iterations) * threads;
     double best = 0, sink = 0;
     for (int run = 0; run < 3; ++run) {
         const Clock::time_point start = Clock::now();

@@ -1,5 +1,7 @@
 // Reference solutions for lesson 01 (lessons/01_derivatives.cpp). Only the bodies between the
 // markers are used: `make check N=01 SOLUTIONS=1` splices them into the lesson and grades them.
+// These are fragments, not a C++ file, so the formatter leaves them as written.
+// clang-format off
 
 // BEGIN EXERCISE 01.1
     std::vector<double> g(x.size());

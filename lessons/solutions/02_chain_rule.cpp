@@ -1,5 +1,7 @@
 // Reference solutions for lesson 02 (lessons/02_chain_rule.cpp). Only the bodies between the
 // markers are used: `make check N=02 SOLUTIONS=1` splices them into the lesson and grades them.
+// These are fragments, not a C++ file, so the formatter leaves them as written.
+// clang-format off
 
 // BEGIN EXERCISE 02.1
     // Forward, keeping every intermediate.

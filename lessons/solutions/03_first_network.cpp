@@ -1,5 +1,7 @@
 // Reference solutions for lesson 03 (lessons/03_first_network.cpp). Only the bodies between the
 // markers are used: `make check N=03 SOLUTIONS=1` splices them into the lesson and grades them.
+// These are fragments, not a C++ file, so the formatter leaves them as written.
+// clang-format off
 
 // BEGIN EXERCISE 03.1
     if (pred.size() != target.size() || pred.empty())

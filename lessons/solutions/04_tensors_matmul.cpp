@@ -1,5 +1,7 @@
 // Reference solutions for lesson 04 (lessons/04_tensors_matmul.cpp). Only the bodies between the
 // markers are used: `make check N=04 SOLUTIONS=1` splices them into the lesson and grades them.
+// These are fragments, not a C++ file, so the formatter leaves them as written.
+// clang-format off
 
 // BEGIN EXERCISE 04.1
     if (A.rank() != 2 || B.rank() != 2 || A.dim(1) != B.dim(0))

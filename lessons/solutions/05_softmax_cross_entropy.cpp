@@ -1,6 +1,8 @@
 // Reference solutions for lesson 05 (lessons/05_softmax_cross_entropy.cpp). Only the bodies
 // between the markers are used: `make check N=05 SOLUTIONS=1` splices them into the lesson and
 // grades them.
+// These are fragments, not a C++ file, so the formatter leaves them as written.
+// clang-format off
 
 // BEGIN EXERCISE 05.1
     if (z.empty()) throw std::invalid_argument("log_sum_exp: no logits");

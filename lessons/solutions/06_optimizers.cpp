@@ -1,5 +1,7 @@
 // Reference solutions for lesson 06 (lessons/06_optimizers.cpp). Only the bodies between the
 // markers are used: `make check N=06 SOLUTIONS=1` splices them into the lesson and grades them.
+// These are fragments, not a C++ file, so the formatter leaves them as written.
+// clang-format off
 
 // BEGIN EXERCISE 06.1
     velocity = beta * velocity + grad;   // remember the past, add the present

@@ -1,5 +1,7 @@
 // Reference solutions for lesson 07 (lessons/07_lr_schedules.cpp). Only the bodies between the
 // markers are used: `make check N=07 SOLUTIONS=1` splices them into the lesson and grades them.
+// These are fragments, not a C++ file, so the formatter leaves them as written.
+// clang-format off
 
 // BEGIN EXERCISE 07.1
     if (step < warmup) return lr_max * double(step) / double(warmup);   // linear ramp from 0

@@ -1,5 +1,7 @@
 // Reference solutions for lesson 08 (lessons/08_initialization.cpp). Only the bodies between the
 // markers are used: `make check N=08 SOLUTIONS=1` splices them into the lesson and grades them.
+// These are fragments, not a C++ file, so the formatter leaves them as written.
+// clang-format off
 
 // BEGIN EXERCISE 08.1
     return std::sqrt(2.0 / fan_in);   // Var = 2/fan_in: ReLU keeps half, so fan_in·Var/2 = 1

@@ -1,5 +1,7 @@
 // Reference solutions for lesson 09 (lessons/09_gradient_clipping.cpp). Only the bodies between the
 // markers are used: `make check N=09 SOLUTIONS=1` splices them into the lesson and grades them.
+// These are fragments, not a C++ file, so the formatter leaves them as written.
+// clang-format off
 
 // BEGIN EXERCISE 09.1
     double squares = 0;

@@ -1,5 +1,7 @@
 // Reference solutions for lesson 10 (lessons/10_training_for_real.cpp). Only the bodies between
 // the markers are used: `make check N=10 SOLUTIONS=1` splices them into the lesson and grades them.
+// These are fragments, not a C++ file, so the formatter leaves them as written.
+// clang-format off
 
 // BEGIN EXERCISE 10.1
     if (logits.rank() != 2) throw std::invalid_argument("accuracy: logits must be [B, C]");

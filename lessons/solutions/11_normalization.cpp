@@ -1,5 +1,7 @@
 // Reference solutions for lesson 11 (lessons/11_normalization.cpp). Only the bodies between the
 // markers are used: `make check N=11 SOLUTIONS=1` splices them into the lesson and grades them.
+// These are fragments, not a C++ file, so the formatter leaves them as written.
+// clang-format off
 
 // BEGIN EXERCISE 11.1
     const double n = double(x.size());

@@ -1,5 +1,7 @@
 // Reference solutions for lesson 12 (lessons/12_attention.cpp). Only the bodies between the
 // markers are used: `make check N=12 SOLUTIONS=1` splices them into the lesson and grades them.
+// These are fragments, not a C++ file, so the formatter leaves them as written.
+// clang-format off
 
 // BEGIN EXERCISE 12.1
     const long long pairs = causal ? (long long)T * (T + 1) / 2 : (long long)T * S;

@@ -1,5 +1,7 @@
 // Reference solutions for lesson 13 (lessons/13_precision_memory.cpp). Only the bodies between
 // the markers are used: `make check N=13 SOLUTIONS=1` splices them into the lesson and grades them.
+// These are fragments, not a C++ file, so the formatter leaves them as written.
+// clang-format off
 
 // BEGIN EXERCISE 13.1
     std::uint32_t bits;

@@ -1,5 +1,7 @@
 // Reference solutions for lesson 14 (lessons/14_cuda_kernels.cpp). Only the bodies between the
 // markers are used: `make check N=14 SOLUTIONS=1` splices them into the lesson and grades them.
+// These are fragments, not a C++ file, so the formatter leaves them as written.
+// clang-format off
 
 // BEGIN EXERCISE 14.1
     const int i = blockIdx.x * blockDim.x + threadIdx.x;   // blocks before mine, then my place

@@ -1,5 +1,7 @@
 // Reference solutions for lesson 15 (lessons/15_gpt.cpp). Only the bodies between the markers
 // are used: `make check N=15 SOLUTIONS=1` splices them into the lesson and grades them.
+// These are fragments, not a C++ file, so the formatter leaves them as written.
+// clang-format off
 
 // BEGIN EXERCISE 15.1
     if (logits.empty() || k < 1)
