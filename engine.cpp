@@ -61,8 +61,12 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#ifdef __GLIBC__
+#include <malloc.h>   // mallopt (§4.1)
+#endif
 #include <sstream>
 #include <sys/stat.h>
+#include <type_traits>
 #include <unordered_map>
 #ifdef _OPENMP
 #include <omp.h>
@@ -1066,12 +1070,31 @@ static std::vector<std::size_t> broadcast_strides(const Shape& in, const Shape& 
     return strides;
 }
 
+// Loops this long are shared among threads (for shorter ones waking them costs more); one thread
+// per element, so the bits do not depend on the count.
+constexpr std::size_t parallel_min = std::size_t(1) << 15;
+
+// out[j] += Σ_r term(r·D + j), a bias's gradient: threads share columns, each summed in order.
+template <class Term>
+static void add_column_sums(std::size_t rows, std::size_t D, real* out, Term term) {
+    constexpr std::size_t block = 64;
+#pragma omp parallel for if (rows * D >= parallel_min)
+    for (std::size_t j0 = 0; j0 < D; j0 += block) {
+        const std::size_t j1 = std::min(D, j0 + block);
+        for (std::size_t r = 0; r < rows; ++r) {
+#pragma omp simd
+            for (std::size_t j = j0; j < j1; ++j) out[j] += term(r * D + j);
+        }
+    }
+}
+
 // f(i, ia, ib) for each output element i and the elements of a and b it reads; the index
 // advances like an odometer.
 template <class F>
 static void for_each_broadcast(const Shape& a, const Shape& b, const Shape& out, F f) {
     const std::size_t n = numel(out);
     if (a == out && b == out) {   // no broadcasting
+#pragma omp parallel for if (n >= parallel_min)
         for (std::size_t i = 0; i < n; ++i) f(i, i, i);
         return;
     }
@@ -1178,14 +1201,18 @@ Tensor operator/(real k, const Tensor& a) { return Tensor::scalar(k) / a; }
 template <class F, class DF>
 static Tensor unary(const Tensor& x, const char* op, F f, DF df) {
     Tensor out = Tensor::from_op(x.shape(), op, {x});
-    const ValuesView in = x.values(), o = out.values();
-    for (std::size_t i = 0; i < o.size(); ++i) o[i] = f(in[i]);
+    const std::size_t n = out.numel();
+    const real* in = x.values().data();
+    real* o = out.values().data();
+#pragma omp parallel for simd if (n >= parallel_min)
+    for (std::size_t i = 0; i < n; ++i) o[i] = f(in[i]);
     if (out.requires_grad()) {
         TensorNode *px = x.node(), *po = out.node();
-        po->backward = [px, po, df] {
+        po->backward = [px, po, df, n] {
             real* gx = grad_of(px).data();
             const real *g = po->grad.data(), *x = px->data.data(), *y = po->data.data();
-            for (std::size_t i = 0; i < po->grad.size(); ++i) gx[i] += g[i] * df(x[i], y[i]);
+#pragma omp parallel for simd if (n >= parallel_min)
+            for (std::size_t i = 0; i < n; ++i) gx[i] += g[i] * df(x[i], y[i]);
         };
     }
     return out;
@@ -1264,17 +1291,55 @@ Tensor leaky_relu(const Tensor& x, real slope) {
         [slope](real v, real) { return v > 0 ? real(1) : slope; });
 }
 
+// eˣ and tanh from + · / only, so loops vectorize (std::tanh in GELU was ¼ of a GPT step, §6.2).
+// x = n·ln 2 + r, n = round(x/ln 2), |r| ≤ 0.347:
+//     eˣ = 2ⁿ·eʳ,   eʳ = Σₖ rᵏ/k!  (Horner; rᵏ/k! < 2⁻²⁴ from k = 8, < 2⁻⁵³ from k = 14)
+// 2ⁿ is set in the exponent field; n·2839/4096 is exact, so r keeps its low digits. |x| ≤ 87.3
+// (double 708) keeps 2ⁿ normal; a NaN stays NaN.
+template <class F>
+static F exp_by_reduction(F x) {
+    using Bits = std::conditional_t<sizeof(F) == 4, std::int32_t, std::int64_t>;
+    constexpr int terms = sizeof(F) == 4 ? 8 : 14, bias = std::numeric_limits<F>::max_exponent - 1;
+    constexpr double ln2 = 0.693147180559945309, ln2_hi = 2839.0 / 4096,
+                     ln2_lo = 3.19461849453094e-5;
+    constexpr F limit = F((bias - 1) * ln2), log2e = F(1 / ln2);
+    const F clamped = x < -limit ? -limit : (x > limit ? limit : (x == x ? x : 0));
+    // + 1.5·2²³ rounds to a whole number (double: 1.5·2⁵²); − it leaves n
+    constexpr F shifter = F(1.5) * F(1ull << (std::numeric_limits<F>::digits - 1));
+    const F n = (clamped * log2e + shifter) - shifter;
+    const F r = (clamped - n * F(ln2_hi)) - n * F(ln2_lo);
+    F taylor = 1;   // 1 + r(1 + r/2(1 + r/3(…)))
+    for (int k = terms - 1; k >= 1; --k) taylor = 1 + taylor * r * F(1.0 / k);
+    const Bits exponent = (Bits(n) + bias) << (std::numeric_limits<F>::digits - 1);
+    F two_to_n;
+    std::memcpy(&two_to_n, &exponent, sizeof two_to_n);
+    return x == x ? two_to_n * taylor : x;
+}
+
+// tanh u = 1 − 2/(e²ᵘ + 1), ±1 where e²ᵘ overflows; off by a few units of 1's last place: fine
+// for GELU, which adds it to 1.
+template <class F>
+static F tanh_by_exp(F u) {
+    return 1 - 2 / (exp_by_reduction(2 * u) + 1);
+}
+
+float simd_exp(float x) { return exp_by_reduction(x); }
+double simd_exp(double x) { return exp_by_reduction(x); }
+float simd_tanh(float u) { return tanh_by_exp(u); }
+double simd_tanh(double u) { return tanh_by_exp(u); }
+
 // GELU, tanh form, as in §1.3:  ½x(1 + tanh u),  u = √(2/π)(x + 0.044715x³)
 // f' = ½(1 + tanh u) + ½x(1 − tanh²u)·√(2/π)(1 + 3·0.044715x²)
 Tensor gelu(const Tensor& x) {
     if (on_cuda(x))
         return unary_on_device(x, "gelu", cuda_gelu_forward,
-                               cuda_gelu_backward);   // device: Part 5
-    static const real c = real(std::sqrt(2.0 / pi)), k = real(0.044715);
+                               cuda_gelu_backward);                    // device: Part 5
+    constexpr real c = real(0.7978845608028654), k = real(0.044715);   // c = √(2/π)
     return unary(
-        x, "gelu", [](real v) { return real(0.5) * v * (1 + std::tanh(c * (v + k * v * v * v))); },
+        x, "gelu",
+        [](real v) { return real(0.5) * v * (1 + tanh_by_exp(c * (v + k * v * v * v))); },
         [](real v, real) {
-            const real t = std::tanh(c * (v + k * v * v * v));
+            const real t = tanh_by_exp(c * (v + k * v * v * v));
             return real(0.5) * (1 + t) + real(0.5) * v * (1 - t * t) * c * (1 + 3 * k * v * v);
         });
 }
@@ -1427,8 +1492,8 @@ static real* aligned_64(std::vector<real>& buffer, std::size_t n) {
     return static_cast<real*>(std::align(64, n * sizeof(real), start, space));
 }
 
-void matmul_blocked(int M, int N, int K, MatrixView A, MatrixView B, real* C) {
-    count_flops(2 * std::int64_t(M) * K * N);   // §4.1
+// C's rows ldc apart. Uncounted: matmul_blocked counts; causal attention (§4.4) counts its own.
+void multiply_blocks(int M, int N, int K, MatrixView A, MatrixView B, real* C, int ldc) {
     const int m_panels = (M + MR - 1) / MR, n_panels = (N + NR - 1) / NR,
               m_blocks = (M + MC - 1) / MC;
     static thread_local std::vector<real> packed_a, packed_b;
@@ -1452,10 +1517,15 @@ void matmul_blocked(int M, int N, int K, MatrixView A, MatrixView B, real* C) {
                 for (int jp = 0; jp < n_panels; ++jp)
                     for (int i = ib * MC; i < std::min(M, ib * MC + MC); i += MR)
                         micro_kernel(kc, a + std::size_t(i) * kc, b + std::size_t(jp) * NR * kc,
-                                     C + std::size_t(i) * N + jp * NR, N, std::min(MR, M - i),
+                                     C + std::size_t(i) * ldc + jp * NR, ldc, std::min(MR, M - i),
                                      std::min(NR, N - jp * NR));
         }
     }
+}
+
+void matmul_blocked(int M, int N, int K, MatrixView A, MatrixView B, real* C) {
+    count_flops(2 * std::int64_t(M) * K * N);   // §4.1
+    multiply_blocks(M, N, K, A, B, C, N);
 }
 
 void set_num_threads(int n) {
@@ -1550,9 +1620,8 @@ Tensor linear(const Tensor& x, const Tensor& W, const Tensor& b) {
             if (pw->requires_grad)
                 matmul_blocked(K, N, M, transposed(px->data.data(), K), dY, grad_of(pw).data());
             if (pb->requires_grad) {
-                real* db = grad_of(pb).data();
-                for (int i = 0; i < M; ++i)
-                    for (int j = 0; j < N; ++j) db[j] += po->grad[std::size_t(i) * N + j];
+                const real* g = po->grad.data();
+                add_column_sums(M, N, grad_of(pb).data(), [g](std::size_t i) { return g[i]; });
             }
         };
     }
@@ -2011,15 +2080,19 @@ static void check_norm_args(const Tensor& x, const Tensor& gain, real eps, const
         argument_error(op, "eps must be finite and >= 0, got " + to_string(eps));
 }
 
-// 1/√(spread + ε), refused when 1/0: a constant row (zeros, for RMS) with ε = 0.
+// A constant row (zeros, for RMS) with ε = 0 would be divided by 0: refused, named.
+[[noreturn]] static void no_spread_error(std::size_t row, const char* op) {
+    throw std::domain_error(std::string(op) + ": row " + std::to_string(row) +
+                            " has no spread and eps = 0, so "
+                            "the normalized row is 0/0; use eps > 0");
+}
+
 static real inverse_sqrt_or_throw(double spread, real eps, std::size_t row, const char* op) {
-    if (!(spread + eps > 0))
-        throw std::domain_error(std::string(op) + ": row " + std::to_string(row) +
-                                " has no spread and eps = 0, so "
-                                "the normalized row is 0/0; use eps > 0");
+    if (!(spread + eps > 0)) no_spread_error(row, op);
     return real(1 / std::sqrt(spread + eps));
 }
 
+// Threads share rows; row sums in double.
 Tensor layer_norm(const Tensor& x, const Tensor& gain, const Tensor& bias, real eps) {
     check_norm_args(x, gain, eps, "layer_norm");
     if (bias.shape() != gain.shape())
@@ -2028,41 +2101,59 @@ Tensor layer_norm(const Tensor& x, const Tensor& gain, const Tensor& bias, real 
     const std::size_t D = x.dim(-1), rows = x.numel() / D;
     std::vector<real> xhat(x.numel()), rstd(rows);   // kept for the backward
     Tensor out = Tensor::from_op(x.shape(), "layer_norm", {x, gain, bias});
-    const real *g = gain.values().data(), *b = bias.values().data();
+    const real *g = gain.values().data(), *b = bias.values().data(), *in = x.values().data();
     real* o = out.values().data();
+    std::size_t first_bad = rows;   // first row refused
+#pragma omp parallel for reduction(min : first_bad) if (rows * D >= parallel_min)
     for (std::size_t r = 0; r < rows; ++r) {
-        const real* in = x.values().data() + r * D;
+        const real* row = in + r * D;
         double mu = 0, var = 0;
-        for (std::size_t j = 0; j < D; ++j) mu += in[j];
+#pragma omp simd reduction(+ : mu)
+        for (std::size_t j = 0; j < D; ++j) mu += row[j];
         mu /= D;
-        for (std::size_t j = 0; j < D; ++j) var += (in[j] - mu) * (in[j] - mu);
-        rstd[r] = inverse_sqrt_or_throw(var / D, eps, r, "layer_norm");
+#pragma omp simd reduction(+ : var)
+        for (std::size_t j = 0; j < D; ++j) var += (row[j] - mu) * (row[j] - mu);
+        if (!(var / D + eps > 0)) {
+            first_bad = std::min(first_bad, r);
+            continue;
+        }
+        rstd[r] = real(1 / std::sqrt(var / D + eps));
+#pragma omp simd
         for (std::size_t j = 0; j < D; ++j) {
-            xhat[r * D + j] = real((in[j] - mu) * rstd[r]);
+            xhat[r * D + j] = real((row[j] - mu) * rstd[r]);
             o[r * D + j] = g[j] * xhat[r * D + j] + b[j];
         }
     }
+    if (first_bad < rows) no_spread_error(first_bad, "layer_norm");
     if (out.requires_grad()) {
         TensorNode *px = x.node(), *pg = gain.node(), *pb = bias.node(), *po = out.node();
         po->backward = [px, pg, pb, po, D, rows, xhat = std::move(xhat), rstd = std::move(rstd)] {
+            const real* g = po->grad.data();
+            const real* xh = xhat.data();
+            if (pb->requires_grad)   // dβ = Σ_rows g
+                add_column_sums(rows, D, grad_of(pb).data(), [g](std::size_t i) { return g[i]; });
+            if (pg->requires_grad)   // dγ = Σ_rows g·x̂
+                add_column_sums(rows, D, grad_of(pg).data(),
+                                [g, xh](std::size_t i) { return g[i] * xh[i]; });
+            if (!px->requires_grad) return;
+            real* gx = grad_of(px).data();
+            const real* gamma = pg->data.data();
+#pragma omp parallel for if (rows * D >= parallel_min)
             for (std::size_t r = 0; r < rows; ++r) {
-                const real *g = po->grad.data() + r * D, *xh = xhat.data() + r * D;
-                if (pb->requires_grad)
-                    for (std::size_t j = 0; j < D; ++j) grad_of(pb)[j] += g[j];
-                if (pg->requires_grad)
-                    for (std::size_t j = 0; j < D; ++j) grad_of(pg)[j] += g[j] * xh[j];
-                if (!px->requires_grad) continue;
-                double mean_gh = 0, mean_gh_xh = 0;   // mean(ĝ), mean(ĝ·x̂)
+                const real *gr = g + r * D, *xr = xh + r * D;   // row r of g and of x̂
+                double mean_gh = 0, mean_gh_xh = 0;             // mean(ĝ), mean(ĝ·x̂)
+#pragma omp simd reduction(+ : mean_gh, mean_gh_xh)
                 for (std::size_t j = 0; j < D; ++j) {
-                    const double gh = g[j] * pg->data[j];
+                    const double gh = gr[j] * gamma[j];
                     mean_gh += gh;
-                    mean_gh_xh += gh * xh[j];
+                    mean_gh_xh += gh * xr[j];
                 }
                 mean_gh /= D;
                 mean_gh_xh /= D;
-                real* gx = grad_of(px).data() + r * D;
+#pragma omp simd
                 for (std::size_t j = 0; j < D; ++j)
-                    gx[j] += real(rstd[r] * (g[j] * pg->data[j] - mean_gh - xh[j] * mean_gh_xh));
+                    gx[r * D + j] +=
+                        real(rstd[r] * (gr[j] * gamma[j] - mean_gh - xr[j] * mean_gh_xh));
             }
         };
     }
@@ -2308,8 +2399,10 @@ void Optimizer::check_settings() const {
 static void require_finite_gradients(const std::vector<Tensor>& params, const char* name) {
     for (std::size_t k = 0; k < params.size(); ++k) {
         const std::vector<real>& g = params[k].node()->grad;
-        real any_bad = 0;
-        for (real v : g) any_bad += v * 0;
+        real any_bad = 0;   // v·0 is 0 for a finite v, NaN for ±∞ or NaN
+        const real* v = g.data();
+#pragma omp simd reduction(+ : any_bad)
+        for (std::size_t i = 0; i < g.size(); ++i) any_bad += v[i] * 0;
         if (any_bad == 0) continue;
         const std::size_t i = std::size_t(
             std::find_if(g.begin(), g.end(), [](real v) { return !std::isfinite(v); }) - g.begin());
@@ -2458,7 +2551,9 @@ void Adam::update(std::vector<real>& w, const std::vector<real>& grad,
     const real rate = real(lr), epsilon = real(eps);
     real *m = state[0].data(), *v = state[1].data(), *wp = w.data();
     const real* gp = grad.data();
-    for (std::size_t i = 0; i < w.size(); ++i) {
+    const std::size_t n = w.size();
+#pragma omp parallel for simd if (n >= parallel_min)
+    for (std::size_t i = 0; i < n; ++i) {
         const real g = gp[i] + l2 * wp[i];
         m[i] = b1 * m[i] + one_minus_b1 * g;
         v[i] = b2 * v[i] + one_minus_b2 * g * g;
@@ -3077,6 +3172,15 @@ std::size_t peak_tensor_bytes() { return std::size_t(std::max<std::int64_t>(byte
 
 void reset_peak_tensor_bytes() { bytes_now = bytes_peak = std::int64_t(tensor_bytes()); }
 
+// glibc maps blocks ≥ 128 KiB from the kernel and unmaps them on free: each step re-mapped and
+// zeroed its activations (¼ of a GPT step, §6.2). Heap blocks to 32 MiB, and keep 256 MiB free.
+#ifdef __GLIBC__
+static bool keep_freed_memory() {
+    return mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, 256 << 20) == 1;
+}
+static const bool freed_memory_kept = keep_freed_memory();
+#endif
+
 // ---------------------------------------------------------------------------------------------
 // 4.2 Batch normalization
 //
@@ -3459,6 +3563,115 @@ Tensor multi_head_attention(const Tensor& x, const Tensor& Wq, const Tensor& Wk,
                               : attention_composed(qh, kh, vh, causal));
     }
     return matmul(concat(outputs, -1), Wo);
+}
+
+// All heads at once (a GPT block, §6.2): B·H attentions of T×T on d = D/H features from one
+// projection [q | k | v] [B, T, 3D]. Head h's queries are columns h·d … h·d + d − 1, its keys D
+// further, its values 2D further; its output, columns h·d … of [B, T, D]. Per sequence and
+// head, with [T, d] views Q, K, V (rows 3D apart):
+//     forward:   S = Q·Kᵀ   P = softmax(s·S) over keys j ≤ i (0 above the diagonal)   O = P·V
+//     backward:  dV = Pᵀ·dO   dP = dO·Vᵀ   dS = s·P ∘ (dP − rowsum(dP ∘ P))
+//                dQ = dS·K    dK = dSᵀ·Q
+// Each product is §2.4's kernel on strided views. It also multiplies the zeros above the
+// diagonal: skipping them by blocks of rows re-packs the inputs per block, which cost more
+// (10.5 ms a step, not 8.6). The counter gets the causal FLOPs (§4.1). Threads share the B·H
+// pairs, one thread each: the same bits on any thread count. Oracle: §4.3's attention on slices.
+
+// P = softmax(s·S) over each row's keys j ≤ i, in place; 0 for j > i.
+static void causal_softmax_rows(real* S, int T, real scale) {
+    for (int i = 0; i < T; ++i) {
+        real* row = S + std::size_t(i) * T;
+        const int keys = i + 1;
+        real largest = row[0], total = 0;   // the maximum subtracted first (§2.6)
+        for (int j = 1; j < keys; ++j) largest = std::max(largest, row[j]);
+#pragma omp simd
+        for (int j = 0; j < keys; ++j) row[j] = exp_by_reduction(scale * (row[j] - largest));
+        for (int j = 0; j < keys; ++j) total += row[j];
+        const real inverse = 1 / total;
+#pragma omp simd
+        for (int j = 0; j < keys; ++j) row[j] *= inverse;
+        std::fill(row + keys, row + T, real(0));
+    }
+}
+
+// dS = s·P ∘ (dP − rowsum(dP ∘ P)) in place: softmax's backward (§2.6), times the s of s·Q·Kᵀ.
+static void softmax_backward_rows(const real* P, real* dP, int T, real scale) {
+    for (int i = 0; i < T; ++i) {
+        const real* p = P + std::size_t(i) * T;
+        real* g = dP + std::size_t(i) * T;
+        real row = 0;
+        for (int j = 0; j <= i; ++j) row += g[j] * p[j];
+#pragma omp simd
+        for (int j = 0; j < T; ++j) g[j] = scale * p[j] * (g[j] - row);
+    }
+}
+
+// One sequence and head: q is its Q (K, V: D, 2D further; rows 3D apart), P [T, T] is 0, o its
+// output.
+static void head_forward(const real* q, int T, int D, int d, real scale, real* P, real* o) {
+    const int ld = 3 * D;
+    multiply_blocks(T, T, d, row_major(q, ld), transposed(q + D, ld), P, T);   // S = Q·Kᵀ
+    causal_softmax_rows(P, T, scale);
+    multiply_blocks(T, d, T, row_major(P, T), row_major(q + 2 * D, ld), o, D);   // O = P·V
+}
+
+// Its backward into dq (dK, dV: D, 2D further) from go, its dO; dS: [T, T] room.
+static void head_backward(const real* q, const real* P, const real* go, int T, int D, int d,
+                          real scale, real* dS, real* dq) {
+    const int ld = 3 * D;
+    multiply_blocks(T, d, T, transposed(P, T), row_major(go, D), dq + 2 * D, ld);   // dV = Pᵀ·dO
+    std::fill(dS, dS + std::size_t(T) * T, real(0));
+    multiply_blocks(T, T, d, row_major(go, D), transposed(q + 2 * D, ld), dS, T);   // dP = dO·Vᵀ
+    softmax_backward_rows(P, dS, T, scale);
+    multiply_blocks(T, d, T, row_major(dS, T), row_major(q + D, ld), dq, ld);    // dQ = dS·K
+    multiply_blocks(T, d, T, transposed(dS, T), row_major(q, ld), dq + D, ld);   // dK = dSᵀ·Q
+}
+
+Tensor causal_self_attention(const Tensor& qkv, int heads) {
+    const char* op = "causal_self_attention";
+    check_devices(op, {qkv}, Device::CPU);   // no CUDA kernel yet
+    if (qkv.rank() != 3 || qkv.dim(2) % 3 != 0 || qkv.numel() == 0)
+        argument_error(op, "needs [q | k | v] of shape [B, T, 3D], none of them 0; got " +
+                               shape_str(qkv.shape()));
+    const int B = qkv.dim(0), T = qkv.dim(1), D = qkv.dim(2) / 3;
+    if (heads <= 0 || D % heads != 0)
+        argument_error(op, std::to_string(heads) + " heads do not divide the width D = " +
+                               std::to_string(D) + " of [q | k | v] " + shape_str(qkv.shape()));
+    const int d = D / heads, units = B * heads;   // units: (sequence, head) pairs
+    const real scale = real(1 / std::sqrt(double(d)));
+    Tensor out = Tensor::from_op({B, T, D}, op, {qkv});
+    Tensor saved_p({B, heads, T, T});   // P, for backward
+    const real* x = qkv.values().data();
+    real *o = out.values().data(), *P = saved_p.values().data();
+    const double work = double(units) * T * T * d;   // under 10⁵: one thread is faster
+#pragma omp parallel for if (work > 1e5)
+    for (int u = 0; u < units; ++u) {
+        const int b = u / heads, h = u % heads;
+        head_forward(x + std::size_t(b) * T * 3 * D + h * d, T, D, d, scale,
+                     P + std::size_t(u) * T * T, o + std::size_t(b) * T * D + h * d);
+    }
+    const std::int64_t pairs = std::int64_t(units) * T * (T + 1) / 2;
+    count_flops(4 * pairs * d);   // S and O on the causal pairs, 2·pairs·d each
+    if (!out.requires_grad()) return out;
+    TensorNode *px = qkv.node(), *po = out.node();
+    po->backward = [px, po, saved_p, T, D, heads, d, units, scale, pairs, work] {
+        real* dx = grad_of(px).data();
+        const real *x = px->data.data(), *dO = po->grad.data(), *P = saved_p.values().data();
+#pragma omp parallel if (work > 1e5)
+        {
+            std::vector<real> dS(std::size_t(T) * T);
+#pragma omp for
+            for (int u = 0; u < units; ++u) {
+                const int b = u / heads, h = u % heads;
+                const std::size_t at = std::size_t(b) * T * 3 * D + h * d;
+                head_backward(x + at, P + std::size_t(u) * T * T,
+                              dO + std::size_t(b) * T * D + h * d, T, D, d, scale, dS.data(),
+                              dx + at);
+            }
+        }
+        count_flops(8 * pairs * d);   // dV, dP, dQ, dK: 2·pairs·d each
+    };
+    return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -4331,28 +4544,12 @@ Tensor GPTBlock::operator()(const Tensor& x) const {
     return attended + mlp(ln2(attended));                 // [B, T, D]
 }
 
-// Head h's features of one part of [q | k | v] [B, T, 3D] (part 0: queries, 1: keys, 2: values):
-// columns part·D + [h·d, (h + 1)·d), a [B, T, d] slice.
-static Tensor head_slice(const Tensor& q_k_v, int part, int head, int head_width) {
-    const int start = part * (q_k_v.dim(-1) / 3) + head * head_width;
-    return slice(q_k_v, -1, start, start + head_width);
-}
-
 // Causal multi-head self-attention (§4.4), with one projection for Q, K and V together:
 //     [q | k | v] = x·W_qkv + b_qkv                       [B, T, D] → [B, T, 3D]
-//     out_h = attention(q_h, k_h, v_h, causal)           [B, T, d] each, d = D/H
+//     out_h = attention(q_h, k_h, v_h, causal)           [B, T, d], d = D/H (all h: §4.4's op)
 //     out = concat(out_1, …, out_H)·W_proj + b_proj       [B, T, D] → [B, T, D]
 Tensor GPTBlock::self_attention(const Tensor& x) const {
-    const int head_width = x.dim(-1) / heads;
-    const Tensor q_k_v = qkv(x);   // [B, T, 3D]
-    std::vector<Tensor> head_outputs;
-    for (int h = 0; h < heads; ++h) {
-        const Tensor q = head_slice(q_k_v, 0, h, head_width),
-                     k = head_slice(q_k_v, 1, h, head_width),
-                     v = head_slice(q_k_v, 2, h, head_width);
-        head_outputs.push_back(attention(q, k, v, true));   // [B, T, d]
-    }
-    return attn_proj(concat(head_outputs, -1));   // [B, T, D]
+    return attn_proj(causal_self_attention(qkv(x), heads));
 }
 
 // Position by position: [B, T, D] → [B, T, 4D] → GELU (the tanh form, as GPT-2, §2.3) → [B, T, D].

@@ -479,6 +479,8 @@ inline MatrixView transposed(const real* data, int cols) {
 void matmul_naive(int M, int N, int K, MatrixView A, MatrixView B, real* C);     // the oracle
 void matmul_ikj(int M, int N, int K, const real* A, const real* B, real* C);     // row-major only
 void matmul_blocked(int M, int N, int K, MatrixView A, MatrixView B, real* C);   // what matmul uses
+// The same loops, uncounted, into C with rows ldc apart (a block of a wider matrix).
+void multiply_blocks(int M, int N, int K, MatrixView A, MatrixView B, real* C, int ldc);
 
 // Threads for the loops that use OpenMP (matmul_blocked); 1 when built without it (NO_OMP=1).
 void set_num_threads(int n);
@@ -489,6 +491,13 @@ Tensor sum(const Tensor& x);                    // of everything: shape [1]
 Tensor sum(const Tensor& x, int axis, bool keepdim = false);
 Tensor mean(const Tensor& x);
 Tensor mean(const Tensor& x, int axis, bool keepdim = false);
+
+// eˣ and tanh u on one number, written with + · / only so that loops over them vectorize
+// (engine.cpp §2.3); GELU and attention use them. Tests compare them with std::exp, std::tanh.
+float simd_exp(float x);
+double simd_exp(double x);
+float simd_tanh(float u);
+double simd_tanh(double u);
 
 Tensor exp(const Tensor& x);
 Tensor log(const Tensor& x);
@@ -843,6 +852,10 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
 enum class AttentionKernel { composed, fused };
 Tensor multi_head_attention(const Tensor& x, const Tensor& Wq, const Tensor& Wk, const Tensor& Wv,
                             const Tensor& Wo, int heads, bool causal, AttentionKernel kernel);
+// Causal self-attention over all H heads at once (engine.cpp §4.4), as a GPT block runs it:
+// [q | k | v] [B, T, 3D] → [B, T, D]; head h reads columns h·d … of q, k and v (d = D/H) and
+// writes columns h·d … of the output: attention() on those slices joined by concat, uncopied.
+Tensor causal_self_attention(const Tensor& qkv, int heads);
 
 // ---------------------------------------------------------------------------------------------
 // 16-bit floating point and mixed precision (engine.cpp §4.5–4.6)

@@ -1664,6 +1664,28 @@ TEST("04 tensors", "exp, log, sqrt, pow, relu, leaky_relu, gelu (both forms), si
     EXPECT_NEAR(sigmoid(Tensor::scalar(-800)).item(), 0.0, 1e-300);
 }
 
+TEST("04 tensors", "simd_exp within 1 ulp of std::exp and simd_tanh within 3 units of 1's last "
+                   "place of std::tanh, in float and in double; NaN stays NaN; the ends saturate") {
+    double worst_exp[2] = {0, 0}, worst_tanh[2] = {0, 0};   // [float, double], in ulps
+    for (int i = -870000; i <= 870000; ++i) {               // |x| ≤ 87, float's normal range
+        const float xf = float(i * 1e-4);
+        const double xd = i * 8.1e-4, ef = std::exp(double(xf)), ed = std::exp(xd);
+        worst_exp[0] = std::max(worst_exp[0], std::fabs(simd_exp(xf) - ef) / (ef * 0x1p-23));
+        worst_exp[1] = std::max(worst_exp[1], std::fabs(simd_exp(xd) - ed) / (ed * 0x1p-52));
+        const float uf = float(i * 3e-5);
+        const double ud = i * 3e-5;
+        worst_tanh[0] =
+            std::max(worst_tanh[0], std::fabs(simd_tanh(uf) - std::tanh(double(uf))) / 0x1p-24);
+        worst_tanh[1] = std::max(worst_tanh[1], std::fabs(simd_tanh(ud) - std::tanh(ud)) / 0x1p-53);
+    }
+    EXPECT_TRUE(worst_exp[0] <= 1 && worst_exp[1] <= 1);
+    EXPECT_TRUE(worst_tanh[0] <= 3 && worst_tanh[1] <= 3);
+    EXPECT_TRUE(std::isnan(simd_exp(NAN)) && std::isnan(simd_tanh(double(NAN))));
+    EXPECT_NEAR(simd_tanh(100.0), 1.0, 0.0);
+    EXPECT_NEAR(simd_tanh(-1e30f), -1.0, 0.0);
+    EXPECT_NEAR(simd_exp(0.0), 1.0, 0.0);
+}
+
 TEST("04 tensors", "values() and grad() are views: elements change, their count never does") {
     const Tensor t({2, 2}, {1, 2, 3, 4});
     t.values()[0] = 10;
@@ -5545,6 +5567,58 @@ TEST("12 attention",
                                         AttentionKernel::composed);
         },
         inputs);
+}
+
+// The oracle of causal_self_attention: each head's q, k, v cut from [q | k | v] by slice, the
+// fused attention of §4.3 on each, the outputs joined by concat.
+static Tensor heads_by_slices(const Tensor& qkv, int heads) {
+    const int D = qkv.dim(-1) / 3, d = D / heads;
+    std::vector<Tensor> outputs;
+    for (int h = 0; h < heads; ++h)
+        outputs.push_back(attention(slice(qkv, -1, h * d, h * d + d),
+                                    slice(qkv, -1, D + h * d, D + h * d + d),
+                                    slice(qkv, -1, 2 * D + h * d, 2 * D + h * d + d), true));
+    return concat(outputs, -1);
+}
+
+TEST("12 attention", "causal_self_attention equals attention on each head's slices, joined by "
+                     "concat: outputs and gradients to 1e-12, odd T and d; causal FLOPs counted") {
+    Rng rng(128);
+    struct Case {
+        int B, T, heads, d;
+    };
+    for (const Case& c : {Case{2, 5, 3, 2}, Case{1, 19, 2, 5}, Case{3, 33, 4, 8}}) {
+        const int D = c.heads * c.d;
+        const Tensor qkv = randn({c.B, c.T, 3 * D}, rng);
+        const Tensor seed = randn({c.B, c.T, D}, rng);
+        std::vector<real> out[2], grad[2];
+        std::int64_t flops[2][2];
+        for (int fused = 0; fused < 2; ++fused) {
+            const Tensor x = qkv.detach().requires_grad_();
+            reset_counted_flops();
+            const Tensor y =
+                fused ? causal_self_attention(x, c.heads) : heads_by_slices(x, c.heads);
+            flops[fused][0] = counted_flops();
+            reset_counted_flops();
+            y.backward(seed);
+            flops[fused][1] = counted_flops();
+            out[fused] = y.values();
+            grad[fused] = x.grad();
+        }
+        EXPECT_TRUE(max_difference(out[0], out[1]) < 1e-12);
+        EXPECT_TRUE(max_difference(grad[0], grad[1]) < 1e-12);
+        const std::int64_t pairs = std::int64_t(c.B) * c.heads * c.T * (c.T + 1) / 2;
+        EXPECT_EQ(flops[1][0], 4 * pairs * c.d);
+        EXPECT_EQ(flops[1][1], 8 * pairs * c.d);
+        EXPECT_EQ(flops[0][0], flops[1][0]);
+    }
+    EXPECT_TENSOR_GRADCHECK(
+        [](const std::vector<Tensor>& p) { return causal_self_attention(p[0], 2); },
+        {randn({2, 3, 12}, rng)});
+    EXPECT_THROWS(causal_self_attention(Tensor({2, 3, 12}), 3),
+                  "causal_self_attention: 3 heads do not divide the width D = 4");
+    EXPECT_THROWS(causal_self_attention(Tensor({2, 3, 10}), 1),
+                  "causal_self_attention: needs [q | k | v] of shape [B, T, 3D]");
 }
 
 TEST("12 attention",
