@@ -1977,16 +1977,20 @@ Tensor cross_entropy(const Tensor& logits, const std::vector<int>& labels, real 
     const real eps = label_smoothing, off = eps / C,
                on = 1 - eps + off;   // q for other / true class
     std::vector<real> probs(logits.numel());
-    double loss = 0;
+    std::vector<double> row_loss(B);   // threads share the rows; the sum below keeps one order
+    const real* logit = logits.values().data();
+#pragma omp parallel for if (std::size_t(B) * C >= parallel_min)
     for (int b = 0; b < B; ++b) {
-        const real* z = logits.values().data() + std::size_t(b) * C;
+        const real* z = logit + std::size_t(b) * C;
         const double lse = log_sum_exp(z, C);
         for (int c = 0; c < C; ++c) {
             const double log_p = z[c] - lse;
             probs[std::size_t(b) * C + c] = real(std::exp(log_p));
-            loss -= (c == labels[b] ? on : off) * log_p;
+            row_loss[b] -= (c == labels[b] ? on : off) * log_p;
         }
     }
+    double loss = 0;
+    for (double l : row_loss) loss += l;
     Tensor out = Tensor::from_op({1}, "cross_entropy", {logits});
     out.values()[0] = real(loss / B);
     if (out.requires_grad()) {
@@ -1994,6 +1998,7 @@ Tensor cross_entropy(const Tensor& logits, const std::vector<int>& labels, real 
         po->backward = [pz, po, probs = std::move(probs), labels, B, C, on, off] {
             real* gz = grad_of(pz).data();
             const real scale = po->grad[0] / B;
+#pragma omp parallel for if (std::size_t(B) * C >= parallel_min)
             for (int b = 0; b < B; ++b)
                 for (int c = 0; c < C; ++c) {
                     const std::size_t i = std::size_t(b) * C + c;
@@ -2664,12 +2669,13 @@ std::vector<double> grad_norms(const std::vector<Tensor>& params) {
         }
         // Eight running sums, one per vector lane: it vectorizes, and the order of additions
         // (so the bits) is fixed by this code, not by the compiler.
-        const ValuesView g = p.grad();
+        const real* g = p.grad().data();
+        const std::size_t n = p.grad().size();
         double lane[8] = {};
         std::size_t i = 0;
-        for (; i + 8 <= g.size(); i += 8)
+        for (; i + 8 <= n; i += 8)
             for (int j = 0; j < 8; ++j) lane[j] += double(g[i + j]) * g[i + j];
-        for (; i < g.size(); ++i) lane[0] += double(g[i]) * g[i];
+        for (; i < n; ++i) lane[0] += double(g[i]) * g[i];
         double s = 0;
         for (double l : lane) s += l;
         norms.push_back(std::sqrt(s));
