@@ -2816,19 +2816,20 @@ Tensor gather_rows(const Tensor& images, const std::vector<int>& rows) {
 // 3.2 Checkpoints: save atomically, load all or nothing
 //
 // File layout, every integer little-endian:
-//   "DLCKPT01"  magic and version
-//   u64 step, u32 sizeof(real)
+//   "DLCKPT02"  magic and version
+//   u64 step, u32 sizeof(real), the run's settings (a string)
 //   u32 tensor count; per tensor: name, u32 rank, u32 sizes..., values
-//   optimizer name, i64 step_count, u32 params, u32 slots; the slots' values
+//   u32 optimizer count; per optimizer: name, i64 step_count, u32 params, u32 slots; the values
 //   u32 rng count; u64 state each
 //   u64 FNV-1a checksum of everything before it
 // A string is a u32 length and its bytes. The checksum catches a file cut short or a flipped
-// byte; the names and shapes catch a checkpoint of another model.
+// byte; the names and shapes catch a checkpoint of another model, the settings one of another
+// recipe. Several optimizers: one per parameter group (lesson 15 decays matrices, not biases).
 // Saving writes path.tmp and renames it over path: rename() is one step, so a crash mid-save
 // leaves the old checkpoint or the new one, never half of one.
 // ---------------------------------------------------------------------------------------------
 
-static const char checkpoint_magic[] = "DLCKPT01";
+static const char checkpoint_magic[] = "DLCKPT02";
 
 // FNV-1a: any single changed byte changes the result.
 static std::uint64_t fnv1a(const unsigned char* p, std::size_t n) {
@@ -2846,7 +2847,8 @@ struct ByteWriter {
         for (int i = 0; i < 4; ++i) bytes.push_back((v >> (8 * i)) & 0xff);
     }
     void str(const std::string& s) {
-        u32(std::uint32_t(s.size())), bytes.insert(bytes.end(), s.begin(), s.end());
+        u32(std::uint32_t(s.size()));
+        bytes.insert(bytes.end(), s.begin(), s.end());
     }
     void reals(const real* v, std::size_t n) {
         const auto* p = reinterpret_cast<const unsigned char*>(v);   // (little-endian hosts)
@@ -2890,21 +2892,26 @@ struct ByteReader {
     }
 };
 
-// Checkpoints hold CPU tensors: a run on the GPU is refused before anything happens.
-static void require_cpu_run(const TrainingState& state, const char* what) {
+// Checkpoints hold CPU tensors: a run on the GPU is refused before anything happens, and so is
+// a null optimizer.
+static void require_checkpointable(const TrainingState& state, const char* what) {
     for (const auto& [name, t] : state.params)
         if (t.device() != Device::CPU)
             throw std::runtime_error(
                 std::string(what) + ": tensor '" + name + "' is on " + device_name(t.device()) +
                 "; checkpoints of a run on the device are not supported yet (train on the cpu)");
+    for (std::size_t k = 0; k < state.optimizers.size(); ++k)
+        if (!state.optimizers[k])
+            argument_error(what, "optimizer " + std::to_string(k) + " is null");
 }
 
 void save_checkpoint(const std::string& path, const TrainingState& state) {
-    require_cpu_run(state, "save_checkpoint");
+    require_checkpointable(state, "save_checkpoint");
     ByteWriter w;
     w.bytes.assign(checkpoint_magic, checkpoint_magic + 8);
     w.u64(std::uint64_t(state.step));
     w.u32(sizeof(real));
+    w.str(state.settings);
     w.u32(std::uint32_t(state.params.size()));
     for (const auto& [name, t] : state.params) {
         w.str(name);
@@ -2912,14 +2919,15 @@ void save_checkpoint(const std::string& path, const TrainingState& state) {
         for (int d : t.shape()) w.u32(std::uint32_t(d));
         w.reals(t.values().data(), t.numel());
     }
-    Optimizer* opt = state.optimizer;
-    w.str(opt ? opt->name() : "");
-    w.u64(opt ? std::uint64_t(opt->step_count) : 0);
-    w.u32(opt ? std::uint32_t(opt->state().size()) : 0);
-    w.u32(opt ? std::uint32_t(opt->state_per_param()) : 0);
-    if (opt)
+    w.u32(std::uint32_t(state.optimizers.size()));
+    for (Optimizer* opt : state.optimizers) {
+        w.str(opt->name());
+        w.u64(std::uint64_t(opt->step_count));
+        w.u32(std::uint32_t(opt->state().size()));
+        w.u32(std::uint32_t(opt->state_per_param()));
         for (const auto& slots : opt->state())
             for (const auto& slot : slots) w.reals(slot.data(), slot.size());
+    }
     w.u32(std::uint32_t(state.rngs.size()));
     for (const Rng* r : state.rngs) w.u64(r->state());
     w.u64(fnv1a(w.bytes.data(), w.bytes.size()));
@@ -2942,7 +2950,7 @@ void save_checkpoint(const std::string& path, const TrainingState& state) {
 }
 
 void load_checkpoint(const std::string& path, TrainingState& state) {
-    require_cpu_run(state, "load_checkpoint");
+    require_checkpointable(state, "load_checkpoint");
     std::remove((path + ".tmp").c_str());   // what a save killed midway left behind: never read
     const std::vector<unsigned char> file = read_file(path, "load_checkpoint");
     auto fail = [&](const std::string& what) -> void {
@@ -2951,7 +2959,8 @@ void load_checkpoint(const std::string& path, TrainingState& state) {
     if (file.size() < 16 || !std::equal(checkpoint_magic, checkpoint_magic + 6, file.begin()))
         fail("not a checkpoint (bad magic)");
     if (!std::equal(checkpoint_magic, checkpoint_magic + 8, file.begin()))
-        fail("unsupported version");
+        fail("unsupported version " + std::string(file.begin(), file.begin() + 8) +
+             " (this build reads " + checkpoint_magic + ")");
     std::uint64_t stored_sum = 0;
     for (int i = 0; i < 8; ++i) stored_sum |= std::uint64_t(file[file.size() - 8 + i]) << (8 * i);
     if (fnv1a(file.data(), file.size() - 8) != stored_sum)
@@ -2961,6 +2970,10 @@ void load_checkpoint(const std::string& path, TrainingState& state) {
     ByteReader r{file, 8, path};
     const std::int64_t step = std::int64_t(r.u64());
     if (r.u32() != sizeof(real)) fail("saved with another element type (float vs double build)");
+    const std::string settings = r.str();
+    if (settings != state.settings)
+        fail("saved by a run with settings '" + settings + "'; this run's are '" + state.settings +
+             "'");
     const std::uint32_t n_tensors = r.u32();
     if (n_tensors != state.params.size())
         fail("has " + std::to_string(n_tensors) + " tensors, the model has " +
@@ -2979,19 +2992,27 @@ void load_checkpoint(const std::string& path, TrainingState& state) {
                  shape_str(t.shape()));
         values.push_back(r.reals(t.numel()));
     }
-    const std::string opt_name = r.str();
-    const std::int64_t opt_steps = std::int64_t(r.u64());
-    const std::uint32_t n_params = r.u32(), slots = r.u32();
-    Optimizer* opt = state.optimizer;
-    if (opt_name != (opt ? opt->name() : ""))
-        fail("optimizer '" + opt_name + "' where the run has '" + (opt ? opt->name() : "") + "'");
-    std::vector<std::vector<std::vector<real>>> opt_state(n_params);
-    if (n_params != 0 &&
-        (!opt || n_params != opt->params().size() || int(slots) != opt->state_per_param()))
-        fail("the optimizer state does not match this run's parameters");
-    for (std::uint32_t k = 0; k < n_params; ++k)
-        for (std::uint32_t s = 0; s < slots; ++s)
-            opt_state[k].push_back(r.reals(opt->params()[k].numel()));
+    const std::uint32_t n_optimizers = r.u32();
+    if (n_optimizers != state.optimizers.size())
+        fail("has " + std::to_string(n_optimizers) + " optimizers, the run has " +
+             std::to_string(state.optimizers.size()));
+    std::vector<std::int64_t> opt_steps;
+    std::vector<std::vector<std::vector<std::vector<real>>>> opt_states;   // [opt][param][slot]
+    for (Optimizer* opt : state.optimizers) {
+        const std::string opt_name = r.str();
+        const std::string which = "optimizer " + std::to_string(opt_steps.size());
+        if (opt_name != opt->name())
+            fail(which + ": '" + opt_name + "' where the run has '" + opt->name() + "'");
+        opt_steps.push_back(std::int64_t(r.u64()));
+        const std::uint32_t n_params = r.u32(), slots = r.u32();
+        if (n_params != 0 &&
+            (n_params != opt->params().size() || int(slots) != opt->state_per_param()))
+            fail(which + ": its state does not match this run's parameters");
+        opt_states.emplace_back(n_params);
+        for (std::uint32_t k = 0; k < n_params; ++k)
+            for (std::uint32_t s = 0; s < slots; ++s)
+                opt_states.back()[k].push_back(r.reals(opt->params()[k].numel()));
+    }
     if (r.u32() != state.rngs.size()) fail("the number of random generators differs");
     std::vector<std::uint64_t> rng_states;
     for (std::size_t k = 0; k < state.rngs.size(); ++k) rng_states.push_back(r.u64());
@@ -2999,9 +3020,9 @@ void load_checkpoint(const std::string& path, TrainingState& state) {
 
     for (std::size_t k = 0; k < values.size(); ++k)
         state.params[k].second.values() = std::move(values[k]);
-    if (opt) {
-        opt->state() = std::move(opt_state);
-        opt->step_count = opt_steps;
+    for (std::size_t k = 0; k < state.optimizers.size(); ++k) {
+        state.optimizers[k]->state() = std::move(opt_states[k]);
+        state.optimizers[k]->step_count = opt_steps[k];
     }
     for (std::size_t k = 0; k < state.rngs.size(); ++k) *state.rngs[k] = Rng(rng_states[k]);
     state.step = step;

@@ -740,16 +740,19 @@ Dataset load_idx_dataset(const std::string& images_path, const std::string& labe
 Tensor gather_rows(const Tensor& images, const std::vector<int>& rows);
 
 // Everything a run needs to continue exactly where it stopped.
+// Several optimizers when groups of parameters train differently (lesson 15: weight decay on the
+// matrices only); saved and loaded in the order given, and a file with another count is refused.
 struct TrainingState {
     std::vector<std::pair<std::string, Tensor>> params;   // name → parameter (values)
-    Optimizer* optimizer = nullptr;                       // its moments and step count
+    std::vector<Optimizer*> optimizers;                   // their moments and step counts
     std::vector<Rng*> rngs;                               // data order, dropout, ...
     std::int64_t step = 0;                                // the training loop's own counter
+    std::string settings;   // the recipe (steps, sizes, ...): a load with other settings fails
 };
 // Writes path.tmp, then renames it over path: a failed save leaves the old file intact.
 void save_checkpoint(const std::string& path, const TrainingState& state);
-// All or nothing: the file is read and checked completely (magic, version, checksum, names,
-// shapes, optimizer) before anything in `state` changes.
+// All or nothing: the file is read and checked completely (magic, version, checksum, settings,
+// names, shapes, optimizers) before anything in `state` changes.
 void load_checkpoint(const std::string& path, TrainingState& state);
 
 // =============================================================================================

@@ -2579,7 +2579,9 @@ struct ToyRun {
         ++step;
         return loss.item();
     }
-    TrainingState state() { return {model.named_parameters(), &opt, {&data_rng}, step}; }
+    TrainingState state() {
+        return {model.named_parameters(), {&opt}, {&data_rng}, step, "toy run"};
+    }
 };
 
 TEST("10 data", "checkpoint: save, load into a fresh run, continue: the same losses bit for bit") {
@@ -2624,16 +2626,24 @@ TEST("10 data", "a damaged or mismatched checkpoint is rejected and changes noth
     rejects({'h', 'e', 'l', 'l', 'o', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
             "not a checkpoint (bad magic)");
     rejects({}, "not a checkpoint");
+    std::vector<unsigned char> version_1 = good;   // the format before several optimizers
+    version_1[7] = '1';
+    rejects(version_1, "unsupported version DLCKPT01 (this build reads DLCKPT02)");
 
     Rng rng(5);   // another model: the shapes differ
     nn::MLP wider({3, 9, 4}, rng, Activation::tanh);
     AdamW opt(wider.parameters());
-    TrainingState s{wider.named_parameters(), &opt, {&run.data_rng}, 0};
+    TrainingState s{wider.named_parameters(), {&opt}, {&run.data_rng}, 0, "toy run"};
     EXPECT_THROWS(load_checkpoint(path, s),
                   "tensor 'layers.0.W' has shape [3, 8], the model's is [3, 9]");
     SGD sgd(run.model.parameters(), 0.1);
-    TrainingState t{run.model.named_parameters(), &sgd, {&run.data_rng}, 0};
-    EXPECT_THROWS(load_checkpoint(path, t), "optimizer 'AdamW' where the run has 'SGD'");
+    TrainingState t{run.model.named_parameters(), {&sgd}, {&run.data_rng}, 0, "toy run"};
+    EXPECT_THROWS(load_checkpoint(path, t), "optimizer 0: 'AdamW' where the run has 'SGD'");
+    TrainingState u = other.state();
+    u.settings = "another recipe";
+    EXPECT_THROWS(load_checkpoint(path, u),
+                  "saved by a run with settings 'toy run'; this run's are 'another recipe'");
+    EXPECT_EQ(other.opt.step_count, 0L);
 }
 
 TEST("10 data", "a save that fails leaves the previous checkpoint intact") {
@@ -6649,4 +6659,113 @@ TEST("15 gpt", "bad configurations and inputs throw, naming the problem") {
     EXPECT_THROWS(model.loss(ten, {1, 2, 3}, 2, 5), "3 targets for B = 2, T = 5: needs B·T = 10");
     EXPECT_THROWS(model(std::vector<int>(12, 1), 2, 6), "T = 6 is longer than the context 5");
     EXPECT_THROWS(model({}, 0, 5), "needs B > 0 and T > 0");
+}
+
+// A tiny GPT trained as lesson 15 trains its GPT: AdamW in two groups (weight decay on the
+// matrices only), warmup-cosine, the global norm of all parameters clipped, batches of B = 2
+// windows drawn by a seeded Rng from a list of 300 random tokens.
+struct TinyGPTRun {
+    Rng init_rng;
+    nn::GPT model;
+    std::vector<Tensor> params;
+    AdamW decay, no_decay;
+    Rng data_rng;
+    std::vector<int> tokens;
+    std::int64_t step = 0;
+    explicit TinyGPTRun(std::uint64_t seed)
+        : init_rng(seed), model(tiny_gpt, init_rng), params(model.parameters()),
+          decay(of_rank(true), 3e-3, 0.9, 0.99, 1e-8, 0.1),
+          no_decay(of_rank(false), 3e-3, 0.9, 0.99, 1e-8, 0.0), data_rng(seed + 1) {
+        Rng text(1510);   // the same "text" for every run, whatever its seed
+        for (int k = 0; k < 300; ++k) tokens.push_back(int(text.below(tiny_gpt.vocab)));
+    }
+    std::vector<Tensor> of_rank(bool matrices) const {
+        std::vector<Tensor> group;
+        for (const Tensor& p : params)
+            if ((p.rank() >= 2) == matrices) group.push_back(p);
+        return group;
+    }
+    double train_step() {
+        const double lr = warmup_cosine_lr(step, 3, 20, 3e-3, 3e-4);
+        decay.lr = lr;
+        no_decay.lr = lr;
+        decay.zero_grad();
+        no_decay.zero_grad();
+        const TokenBatch b = sample_batch(tokens, 2, tiny_gpt.context, data_rng);
+        const Tensor loss = model.loss(b.inputs, b.targets, b.B, b.T);
+        loss.backward();
+        clip_grad_norm(params, 1.0);
+        decay.step();
+        no_decay.step();
+        ++step;
+        return loss.item();
+    }
+    TrainingState state() {
+        return {model.named_parameters(), {&decay, &no_decay}, {&data_rng}, step, "tiny GPT"};
+    }
+    std::vector<real> all_values() const {
+        std::vector<real> values;
+        for (const Tensor& p : params)
+            for (real v : p.values()) values.push_back(v);
+        return values;
+    }
+};
+
+TEST("15 gpt", "checkpoint with two optimizers: k steps, save, m more; a fresh run that loads "
+               "the file and trains m steps has the same losses and parameters, bit for bit") {
+    TempDir dir;
+    const int k = 6, m = 6;
+    TinyGPTRun first(1511);
+    for (int i = 0; i < k; ++i) first.train_step();
+    const std::string path = dir.file("gpt.ckpt");
+    save_checkpoint(path, first.state());
+    std::vector<double> expected;
+    for (int i = 0; i < m; ++i) expected.push_back(first.train_step());
+
+    TinyGPTRun resumed(1599);   // other weights and another data order, until the load
+    EXPECT_TRUE(resumed.all_values() != first.all_values());
+    TrainingState state = resumed.state();
+    load_checkpoint(path, state);
+    resumed.step = state.step;
+    EXPECT_EQ(resumed.step, std::int64_t(k));
+    EXPECT_EQ(resumed.decay.step_count, long(k));
+    EXPECT_EQ(resumed.no_decay.step_count, long(k));
+    std::vector<double> losses;
+    for (int i = 0; i < m; ++i) losses.push_back(resumed.train_step());
+    EXPECT_TRUE(losses == expected);
+    EXPECT_TRUE(resumed.all_values() == first.all_values());
+    EXPECT_TRUE(resumed.decay.state() == first.decay.state());
+    EXPECT_TRUE(resumed.no_decay.state() == first.no_decay.state());
+    EXPECT_EQ(resumed.data_rng.state(), first.data_rng.state());
+}
+
+TEST("15 gpt", "a checkpoint of two optimizers loaded into a run with one is refused, naming the "
+               "file and both counts, and changes nothing") {
+    TempDir dir;
+    TinyGPTRun run(1512);
+    for (int i = 0; i < 3; ++i) run.train_step();
+    const std::string path = dir.file("gpt.ckpt");
+    save_checkpoint(path, run.state());
+
+    TinyGPTRun other(1513);
+    AdamW everything(other.params, 3e-3);   // one group: what the checkpoint does not hold
+    const std::vector<real> before = other.all_values();
+    const std::uint64_t rng_before = other.data_rng.state();
+    TrainingState one{
+        other.model.named_parameters(), {&everything}, {&other.data_rng}, 0, "tiny GPT"};
+    EXPECT_THROWS(load_checkpoint(path, one),
+                  "load_checkpoint: " + path + ": has 2 optimizers, the run has 1");
+    TrainingState three = other.state();
+    three.optimizers.push_back(&everything);
+    EXPECT_THROWS(load_checkpoint(path, three), "has 2 optimizers, the run has 3");
+    TrainingState swapped = other.state();   // the groups' parameters differ: decay first
+    std::swap(swapped.optimizers[0], swapped.optimizers[1]);
+    EXPECT_THROWS(load_checkpoint(path, swapped),
+                  "optimizer 0: its state does not match this run's parameters");
+    EXPECT_TRUE(other.all_values() == before);
+    EXPECT_EQ(everything.step_count, 0L);
+    EXPECT_EQ(other.decay.step_count, 0L);
+    EXPECT_TRUE(other.decay.state().empty());
+    EXPECT_EQ(other.data_rng.state(), rng_before);
+    EXPECT_EQ(one.step, std::int64_t(0));
 }
