@@ -46,6 +46,7 @@
 //   Part 6  A language model
 //     6.1  Text as tokens: bytes, and byte-pair encoding
 //     6.2  A GPT: token and position embeddings, pre-norm blocks, a tied output head
+//     6.3  Generation with a KV cache: one position's work per new token
 //
 // The one idea: each op knows its local derivative; one backward sweep of the chain rule turns
 // them into dLoss/d(everything).
@@ -2824,7 +2825,7 @@ Tensor gather_rows(const Tensor& images, const std::vector<int>& rows) {
 //   u64 FNV-1a checksum of everything before it
 // A string is a u32 length and its bytes. The checksum catches a file cut short or a flipped
 // byte; the names and shapes catch a checkpoint of another model, the settings one of another
-// recipe. Several optimizers: one per parameter group (lesson 15 decays matrices, not biases).
+// recipe. One optimizer per parameter group (lesson 15 decays only the matrices).
 // Saving writes path.tmp and renames it over path: rename() is one step, so a crash mid-save
 // leaves the old checkpoint or the new one, never half of one.
 // ---------------------------------------------------------------------------------------------
@@ -4030,8 +4031,9 @@ void Adam::update_on_device(float* w, const float* g, std::vector<DeviceBuffer<f
 // Part 6: a language model
 // =============================================================================================
 //
-// Everything above, put together to model text: bytes become tokens (6.1), and a decoder-only
-// transformer learns to predict each next token from the ones before it (6.2).
+// Everything above, put together to model text: bytes become tokens (6.1), a decoder-only
+// transformer learns to predict each next token from the ones before it (6.2), and writes text
+// one token at a time, keeping what it computed for the tokens before (6.3).
 
 // ---------------------------------------------------------------------------------------------
 // 6.1 Text as tokens: bytes, and byte-pair encoding
@@ -4442,3 +4444,135 @@ std::vector<Tensor> GPT::parameters() const {
 }
 
 }   // namespace nn
+
+// ---------------------------------------------------------------------------------------------
+// 6.3 Generation with a KV cache: one position's work per new token
+//
+// Sampling asks for the next token again and again. GPT::operator() would rerun all t + 1
+// positions, though causal attention keeps positions 0..t−1 from seeing the new token: they
+// compute what they did before. The new query needs only their keys and values, so a cache keeps
+// those, per layer, and the new token alone goes through the model:
+//     x = wte[token] + wpe[t]                                          [D]
+//     per block:  [q | k | v] = ln1(x)·W_qkv + b;  k, v become row t of the cache
+//                 out_h = Σ_{s ≤ t} softmax_s(q_h·k_{s,h}/√d)·v_{s,h}   [d] per head
+//                 x += concat(out_h)·W_proj + b;   x += mlp(ln2(x))
+//     logits = ln_f(x)·wteᵀ                                             [V]
+// FLOPs at position t (§6.2's count): 24·L·D² + 2·V·D + 4·L·(t + 1)·D cached, against
+// (t + 1)·(24·L·D² + 2·V·D) + … recomputed: 1.7 against 107 MFLOP at t = 63 in lesson 15. The
+// price: 2·L·T·D numbers (256 KB in float there; 75 MB for GPT-2 small, T = 1024). The keys carry
+// their absolute position (wpe), so a full cache cannot slide: the caller starts a new one.
+// ---------------------------------------------------------------------------------------------
+
+KVCache::KVCache(const GPTConfig& config_) : config(checked_gpt_config(config_)) {
+    const std::size_t numbers = std::size_t(config.context) * config.width;   // [T, D]
+    keys.assign(config.layers, std::vector<real>(numbers));
+    values.assign(config.layers, std::vector<real>(numbers));
+    attention.assign(config.layers, std::vector<real>());
+}
+
+// y = x·W + b for one row x [in]: W [in, out], y [out], summed in double.
+static std::vector<real> row_times(const std::vector<real>& x, const nn::Linear& layer) {
+    const std::size_t in = layer.W.dim(0), out = layer.W.dim(1);
+    const real *w = layer.W.values().data(), *b = layer.b.values().data();
+    std::vector<double> sum(b, b + out);
+    for (std::size_t i = 0; i < in; ++i)
+        for (std::size_t j = 0; j < out; ++j) sum[j] += double(x[i]) * w[i * out + j];
+    return std::vector<real>(sum.begin(), sum.end());
+}
+
+// LayerNorm of one row, as layer_norm (§2.7): (x − μ)/√(σ² + eps)·gain + bias.
+static std::vector<real> norm_row(const std::vector<real>& x, const nn::LayerNorm& norm) {
+    const std::size_t D = x.size();
+    double mean = 0, var = 0;
+    for (real v : x) mean += v;
+    mean /= double(D);
+    for (real v : x) var += (v - mean) * (v - mean);
+    const double rstd = 1 / std::sqrt(var / double(D) + norm.eps);
+    const real *gain = norm.gain.values().data(), *bias = norm.bias.values().data();
+    std::vector<real> y(D);
+    for (std::size_t j = 0; j < D; ++j) y[j] = real((x[j] - mean) * rstd * gain[j] + bias[j]);
+    return y;
+}
+
+// One head's query q [d] against rows 0..t of a layer's cache (its columns first .. first + d):
+// p [t + 1] = softmax_s(q·k_s/√d), out [d] = Σ_s p_s·v_s.
+static void attend_cached(const real* q, const KVCache& cache, int layer, int t, int first, int d,
+                          real* p, real* out) {
+    const int D = cache.config.width;
+    const real *keys = cache.keys[layer].data(), *values = cache.values[layer].data();
+    std::vector<double> weight(t + 1);
+    double max_score = -INFINITY, total = 0;
+    for (int s = 0; s <= t; ++s) {
+        double dot = 0;
+        for (int i = 0; i < d; ++i) dot += double(q[i]) * keys[std::size_t(s) * D + first + i];
+        weight[s] = dot / std::sqrt(double(d));
+        max_score = std::max(max_score, weight[s]);
+    }
+    for (int s = 0; s <= t; ++s) {   // minus the max: no overflow
+        weight[s] = std::exp(weight[s] - max_score);
+        total += weight[s];
+    }
+    for (int s = 0; s <= t; ++s) weight[s] /= total;
+    for (int i = 0; i < d; ++i) {
+        double sum = 0;
+        for (int s = 0; s <= t; ++s) sum += weight[s] * values[std::size_t(s) * D + first + i];
+        out[i] = real(sum);
+    }
+    for (int s = 0; s <= t; ++s) p[s] = real(weight[s]);
+}
+
+static bool same_sizes(const GPTConfig& a, const GPTConfig& b) {
+    return a.vocab == b.vocab && a.context == b.context && a.layers == b.layers &&
+           a.heads == b.heads && a.width == b.width && a.tied_head == b.tied_head;
+}
+
+std::vector<real> gpt_next_logits(const nn::GPT& model, KVCache& cache, int token) {
+    const char* op = "gpt_next_logits";
+    const GPTConfig& c = model.config;
+    if (!same_sizes(c, cache.config))
+        argument_error(op, "the cache was made for " + gpt_config_str(cache.config) +
+                               ", the model is " + gpt_config_str(c));
+    if (token < 0 || token >= c.vocab)
+        argument_error(op, "token " + std::to_string(token) + " is outside the vocabulary [0, " +
+                               std::to_string(c.vocab) + ")");
+    const int t = cache.length;   // this token's position
+    if (t >= c.context)
+        argument_error(op, "the cache is full: all " + std::to_string(c.context) +
+                               " positions are used, and wpe has no row for position " +
+                               std::to_string(t) + "; start a new cache");
+    const int D = c.width, H = c.heads, d = D / H;
+    const std::size_t row = std::size_t(t) * D;   // row t of keys and values
+    const real *wte = model.wte.values().data(), *wpe = model.wpe.values().data();
+    std::vector<real> x(D);   // this position's residual stream
+    for (int j = 0; j < D; ++j) x[j] = wte[std::size_t(token) * D + j] + wpe[row + j];
+    for (int l = 0; l < c.layers; ++l) {
+        const nn::GPTBlock& block = model.blocks[l];
+        const std::vector<real> q_k_v = row_times(norm_row(x, block.ln1), block.qkv);   // [3D]
+        std::copy(q_k_v.begin() + D, q_k_v.begin() + 2 * D, cache.keys[l].begin() + row);
+        std::copy(q_k_v.begin() + 2 * D, q_k_v.end(), cache.values[l].begin() + row);
+        cache.attention[l].assign(std::size_t(H) * (t + 1), 0);   // [H, t + 1]
+        std::vector<real> heads(D);                               // concat(out_h)
+        for (int h = 0; h < H; ++h)
+            attend_cached(q_k_v.data() + h * d, cache, l, t, h * d, d,
+                          cache.attention[l].data() + std::size_t(h) * (t + 1),
+                          heads.data() + h * d);
+        const std::vector<real> attended = row_times(heads, block.attn_proj);
+        for (int j = 0; j < D; ++j) x[j] += attended[j];
+        std::vector<real> up = row_times(norm_row(x, block.ln2), block.mlp_up);   // [4D]
+        const double a = std::sqrt(2.0 / pi), k = 0.044715;   // GELU, tanh form (§2.3)
+        for (real& u : up) u = real(0.5 * u * (1 + std::tanh(a * (u + k * u * u * u))));
+        const std::vector<real> down = row_times(up, block.mlp_down);
+        for (int j = 0; j < D; ++j) x[j] += down[j];
+    }
+    cache.length = t + 1;
+    const std::vector<real> features = norm_row(x, model.ln_f);         // [D]
+    const Tensor& output_head = c.tied_head ? model.wte : model.head;   // [V, D]
+    const real* w = output_head.values().data();
+    std::vector<real> logits(c.vocab);
+    for (int v = 0; v < c.vocab; ++v) {
+        double sum = 0;
+        for (int j = 0; j < D; ++j) sum += double(features[j]) * w[std::size_t(v) * D + j];
+        logits[v] = real(sum);
+    }
+    return logits;
+}

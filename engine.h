@@ -1037,6 +1037,24 @@ struct GPT {
 
 }   // namespace nn
 
+// Generation with a KV cache (engine.cpp §6.3)
+// The keys and values of every position a GPT has read, per layer, so that each new token costs
+// one position's work: 2·L·T·D numbers when full. A cache belongs to one model's sizes.
+struct KVCache {
+    GPTConfig config;
+    int length = 0;   // positions read: the next token goes at position `length`
+    // [L][T·D]: row s holds position s's keys (values), the heads side by side
+    std::vector<std::vector<real>> keys, values;
+    // [L][H·length]: the last token's attention weights over positions 0 .. length − 1, by head
+    std::vector<std::vector<real>> attention;
+    explicit KVCache(const GPTConfig& config);
+};
+// Reads `token` at position cache.length (plain loops, no graph), appends its keys and values,
+// and returns the V logits of the token after it: row cache.length − 1 of GPT::operator() on
+// all the tokens read so far. Throws on a full cache (length = T), a token outside [0, V), or a
+// cache made for other sizes.
+std::vector<real> gpt_next_logits(const nn::GPT& model, KVCache& cache, int token);
+
 // =============================================================================================
 // CUDA kernels (kernels.cu): the wrappers that launch them. Every pointer is device memory
 // (cudaMalloc) holding floats; forward wrappers write their outputs, backward wrappers add (+=)

@@ -6769,3 +6769,134 @@ TEST("15 gpt", "a checkpoint of two optimizers loaded into a run with one is ref
     EXPECT_EQ(other.data_rng.state(), rng_before);
     EXPECT_EQ(one.step, std::int64_t(0));
 }
+
+// ---- 15 gpt: generation with a KV cache ------------------------------------------------------
+
+// Feeds ids to a fresh cache one at a time: the logits after each, [T, V] row by row, and each
+// layer's attention weights as [T, T] matrices per head (row t: the token at t, zeros past t).
+struct CachedPass {
+    std::vector<real> logits;
+    std::vector<std::vector<std::vector<real>>> weights;   // [layer][head][T·T]
+};
+static CachedPass cached_pass(const nn::GPT& model, const std::vector<int>& ids) {
+    const GPTConfig& c = model.config;
+    const int T = int(ids.size());
+    KVCache cache(c);
+    CachedPass pass;
+    pass.weights.assign(c.layers, std::vector<std::vector<real>>(
+                                      c.heads, std::vector<real>(std::size_t(T) * T, 0)));
+    for (int t = 0; t < T; ++t) {
+        const std::vector<real> row = gpt_next_logits(model, cache, ids[t]);
+        pass.logits.insert(pass.logits.end(), row.begin(), row.end());
+        for (int l = 0; l < c.layers; ++l)
+            for (int h = 0; h < c.heads; ++h)
+                for (int s = 0; s <= t; ++s)
+                    pass.weights[l][h][std::size_t(t) * T + s] =
+                        cache.attention[l][std::size_t(h) * (t + 1) + s];
+    }
+    return pass;
+}
+
+// max |a − b| over max |b|: the difference relative to the numbers' size.
+static double relative_difference(const std::vector<real>& a, const std::vector<real>& b) {
+    double largest = 0;
+    for (real v : b) largest = std::max(largest, double(std::fabs(v)));
+    return max_difference(a, b) / largest;
+}
+
+TEST("15 gpt", "KV cache: one token at a time gives the full forward pass's logits at every "
+               "position, and each head's weights are softmax(q·kᵀ/√d + causal mask) of the ops") {
+    GPTConfig untied = tiny_gpt;
+    untied.tied_head = false;
+    for (const GPTConfig& config : {tiny_gpt, untied, GPTConfig{11, 9, 3, 4, 16}}) {
+        Rng rng(1514);
+        const nn::GPT model(config, rng);
+        perturb_parameters(model, rng);
+        const int T = config.context, D = config.width, d = D / config.heads;
+        const RandomTokens tokens = random_tokens(config.vocab, 1, T, rng);
+        const CachedPass pass = cached_pass(model, tokens.ids);
+        // In double the two orders of summation differ in the last bits only.
+        EXPECT_NEAR(relative_difference(pass.logits, model(tokens.ids, 1, T).values()), 0, 1e-12);
+        std::vector<int> positions;
+        for (int t = 0; t < T; ++t) positions.push_back(t);
+        Tensor x = embedding(model.wte, tokens.ids) + embedding(model.wpe, positions);   // [T, D]
+        for (int l = 0; l < config.layers; ++l) {
+            const nn::GPTBlock& block = model.blocks[l];
+            const Tensor q_k_v = block.qkv(block.ln1(x));   // [T, 3D]
+            for (int h = 0; h < config.heads; ++h) {
+                const Tensor q = slice(q_k_v, -1, h * d, h * d + d),
+                             k = slice(q_k_v, -1, D + h * d, D + h * d + d);
+                const Tensor scores = matmul(q, transpose(k)) * real(1 / std::sqrt(double(d)));
+                const std::vector<real> p = softmax(scores + causal_mask(T)).values();
+                EXPECT_NEAR(max_difference(pass.weights[l][h], p), 0, 1e-12);
+            }
+            x = block(x);
+        }
+    }
+}
+
+// One draw from softmax(z): the first token whose running sum of probabilities passes u.
+static int draw_token(const std::vector<real>& z, Rng& rng) {
+    const double largest = *std::max_element(z.begin(), z.end());
+    std::vector<double> weight;
+    double total = 0;
+    for (real v : z) {
+        weight.push_back(std::exp(v - largest));
+        total += weight.back();
+    }
+    const double u = rng.uniform() * total;
+    double running = 0;
+    for (std::size_t v = 0; v < weight.size(); ++v) {
+        running += weight[v];
+        if (u < running) return int(v);
+    }
+    return int(weight.size()) - 1;
+}
+
+TEST("15 gpt", "KV cache: a seeded sample through the cache is, token for token, the sample "
+               "that recomputes the whole prefix for every token") {
+    const GPTConfig config{13, 24, 2, 2, 16};
+    Rng rng(1515);
+    const nn::GPT model(config, rng);
+    perturb_parameters(model, rng);
+    const std::vector<int> prompt = {4, 1, 7};
+    std::vector<int> recomputed = prompt, cached = prompt;
+    Rng draws_full(1516), draws_cached(1516);
+    while (int(recomputed.size()) < config.context) {   // a forward pass over the whole prefix
+        const int n = int(recomputed.size());
+        const std::vector<real> logits = model(recomputed, 1, n).values();
+        recomputed.push_back(
+            draw_token(std::vector<real>(logits.end() - config.vocab, logits.end()), draws_full));
+    }
+    KVCache cache(config);
+    std::vector<real> next;
+    for (int token : prompt) next = gpt_next_logits(model, cache, token);
+    while (int(cached.size()) < config.context) {   // one new position per token
+        cached.push_back(draw_token(next, draws_cached));
+        if (cache.length < config.context) next = gpt_next_logits(model, cache, cached.back());
+    }
+    EXPECT_TRUE(cached == recomputed);
+    EXPECT_EQ(cache.length, config.context);
+    std::set<int> distinct(cached.begin(), cached.end());
+    EXPECT_TRUE(distinct.size() >= 4);   // a real sample, not one token over and over
+}
+
+TEST("15 gpt", "KV cache: a full cache, a token outside the vocabulary, another model's cache "
+               "throw, naming the problem") {
+    Rng rng(1517);
+    const nn::GPT model(tiny_gpt, rng);
+    KVCache cache(tiny_gpt);
+    EXPECT_THROWS(gpt_next_logits(model, cache, 7),
+                  "gpt_next_logits: token 7 is outside the vocabulary [0, 7)");
+    EXPECT_THROWS(gpt_next_logits(model, cache, -1), "token -1 is outside");
+    EXPECT_EQ(cache.length, 0);
+    for (int t = 0; t < tiny_gpt.context; ++t) gpt_next_logits(model, cache, t % 7);
+    EXPECT_THROWS(gpt_next_logits(model, cache, 1),
+                  "the cache is full: all 5 positions are used, and wpe has no row for position 5");
+    GPTConfig wider = tiny_gpt;
+    wider.width = 12;
+    KVCache other(wider);
+    EXPECT_THROWS(gpt_next_logits(model, other, 1),
+                  "the cache was made for V = 7, T = 5, L = 2, H = 2, D = 12, the model is V = 7");
+    EXPECT_THROWS(KVCache(GPTConfig{7, 5, 2, 3, 8}), "3 heads do not divide the width 8");
+}
