@@ -2393,6 +2393,31 @@ TEST("plots",
     EXPECT_TRUE(x.lo <= -8 && x.hi >= 0.5 && y.lo <= -0.7 && y.hi >= 1);
 }
 
+TEST("plots", "a heat map draws rows·cols cells: 0 white, the largest dark blue, NaN grey; its "
+              "labels are escaped") {
+    HeatMap map;
+    map.rows = 2;
+    map.cols = 3;
+    map.values = {0, NAN, NAN, 0.25, 0.5, NAN};
+    map.row_labels = {"a<b", "c&d"};
+    const std::string svg = map.svg();
+    auto count = [&svg](const std::string& part) {
+        std::size_t n = 0;
+        for (std::size_t at = svg.find(part); at != std::string::npos; at = svg.find(part, at + 1))
+            ++n;
+        return n;
+    };
+    EXPECT_EQ(count("height='16.0' fill="), std::size_t(6));   // the cells (16 pixels a side)
+    EXPECT_EQ(count("fill='#e8e8e8'"), std::size_t(3));
+    EXPECT_EQ(count("height='16.0' fill='rgb(255,255,255)'"), std::size_t(1));   // the 0
+    EXPECT_EQ(count("height='16.0' fill='rgb(8,48,107)'"), std::size_t(1));      // 0.5, the largest
+    EXPECT_EQ(count("fill='" + HeatMap::colour(0.5) + "'"), std::size_t(1));     // 0.25: halfway
+    EXPECT_TRUE(svg.find(">a&lt;b</text>") != std::string::npos);
+    EXPECT_TRUE(svg.find(">c&amp;d</text>") != std::string::npos);
+    map.values.pop_back();
+    EXPECT_THROWS(map.svg(), "HeatMap: values must hold rows·cols numbers");
+}
+
 // ---- 09 clipping -----------------------------------------------------------------------------
 
 TEST("09 clipping", "global norm of [0.3, -0.4, 0.5, -0.1, 0.2] is sqrt(0.55)") {
