@@ -46,6 +46,7 @@
 //   Part 6  A language model
 //     6.1  Text as tokens: bytes, and byte-pair encoding
 //     6.2  A GPT: token and position embeddings, pre-norm blocks, a tied output head
+//     6.3  Generation with a KV cache: one position's work per new token
 //
 // The one idea: each op knows its local derivative; one backward sweep of the chain rule turns
 // them into dLoss/d(everything).
@@ -2917,19 +2918,20 @@ Tensor gather_rows(const Tensor& images, const std::vector<int>& rows) {
 // 3.2 Checkpoints: save atomically, load all or nothing
 //
 // File layout, every integer little-endian:
-//   "DLCKPT01"  magic and version
-//   u64 step, u32 sizeof(real)
+//   "DLCKPT02"  magic and version
+//   u64 step, u32 sizeof(real), the run's settings (a string)
 //   u32 tensor count; per tensor: name, u32 rank, u32 sizes..., values
-//   optimizer name, i64 step_count, u32 params, u32 slots; the slots' values
+//   u32 optimizer count; per optimizer: name, i64 step_count, u32 params, u32 slots; the values
 //   u32 rng count; u64 state each
 //   u64 FNV-1a checksum of everything before it
 // A string is a u32 length and its bytes. The checksum catches a file cut short or a flipped
-// byte; the names and shapes catch a checkpoint of another model.
+// byte; the names and shapes catch a checkpoint of another model, the settings one of another
+// recipe. One optimizer per parameter group (lesson 15 decays only the matrices).
 // Saving writes path.tmp and renames it over path: rename() is one step, so a crash mid-save
 // leaves the old checkpoint or the new one, never half of one.
 // ---------------------------------------------------------------------------------------------
 
-static const char checkpoint_magic[] = "DLCKPT01";
+static const char checkpoint_magic[] = "DLCKPT02";
 
 // FNV-1a: any single changed byte changes the result.
 static std::uint64_t fnv1a(const unsigned char* p, std::size_t n) {
@@ -2947,7 +2949,8 @@ struct ByteWriter {
         for (int i = 0; i < 4; ++i) bytes.push_back((v >> (8 * i)) & 0xff);
     }
     void str(const std::string& s) {
-        u32(std::uint32_t(s.size())), bytes.insert(bytes.end(), s.begin(), s.end());
+        u32(std::uint32_t(s.size()));
+        bytes.insert(bytes.end(), s.begin(), s.end());
     }
     void reals(const real* v, std::size_t n) {
         const auto* p = reinterpret_cast<const unsigned char*>(v);   // (little-endian hosts)
@@ -2991,21 +2994,26 @@ struct ByteReader {
     }
 };
 
-// Checkpoints hold CPU tensors: a run on the GPU is refused before anything happens.
-static void require_cpu_run(const TrainingState& state, const char* what) {
+// Checkpoints hold CPU tensors: a run on the GPU is refused before anything happens, and so is
+// a null optimizer.
+static void require_checkpointable(const TrainingState& state, const char* what) {
     for (const auto& [name, t] : state.params)
         if (t.device() != Device::CPU)
             throw std::runtime_error(
                 std::string(what) + ": tensor '" + name + "' is on " + device_name(t.device()) +
                 "; checkpoints of a run on the device are not supported yet (train on the cpu)");
+    for (std::size_t k = 0; k < state.optimizers.size(); ++k)
+        if (!state.optimizers[k])
+            argument_error(what, "optimizer " + std::to_string(k) + " is null");
 }
 
 void save_checkpoint(const std::string& path, const TrainingState& state) {
-    require_cpu_run(state, "save_checkpoint");
+    require_checkpointable(state, "save_checkpoint");
     ByteWriter w;
     w.bytes.assign(checkpoint_magic, checkpoint_magic + 8);
     w.u64(std::uint64_t(state.step));
     w.u32(sizeof(real));
+    w.str(state.settings);
     w.u32(std::uint32_t(state.params.size()));
     for (const auto& [name, t] : state.params) {
         w.str(name);
@@ -3013,14 +3021,15 @@ void save_checkpoint(const std::string& path, const TrainingState& state) {
         for (int d : t.shape()) w.u32(std::uint32_t(d));
         w.reals(t.values().data(), t.numel());
     }
-    Optimizer* opt = state.optimizer;
-    w.str(opt ? opt->name() : "");
-    w.u64(opt ? std::uint64_t(opt->step_count) : 0);
-    w.u32(opt ? std::uint32_t(opt->state().size()) : 0);
-    w.u32(opt ? std::uint32_t(opt->state_per_param()) : 0);
-    if (opt)
+    w.u32(std::uint32_t(state.optimizers.size()));
+    for (Optimizer* opt : state.optimizers) {
+        w.str(opt->name());
+        w.u64(std::uint64_t(opt->step_count));
+        w.u32(std::uint32_t(opt->state().size()));
+        w.u32(std::uint32_t(opt->state_per_param()));
         for (const auto& slots : opt->state())
             for (const auto& slot : slots) w.reals(slot.data(), slot.size());
+    }
     w.u32(std::uint32_t(state.rngs.size()));
     for (const Rng* r : state.rngs) w.u64(r->state());
     w.u64(fnv1a(w.bytes.data(), w.bytes.size()));
@@ -3043,7 +3052,7 @@ void save_checkpoint(const std::string& path, const TrainingState& state) {
 }
 
 void load_checkpoint(const std::string& path, TrainingState& state) {
-    require_cpu_run(state, "load_checkpoint");
+    require_checkpointable(state, "load_checkpoint");
     std::remove((path + ".tmp").c_str());   // what a save killed midway left behind: never read
     const std::vector<unsigned char> file = read_file(path, "load_checkpoint");
     auto fail = [&](const std::string& what) -> void {
@@ -3052,7 +3061,8 @@ void load_checkpoint(const std::string& path, TrainingState& state) {
     if (file.size() < 16 || !std::equal(checkpoint_magic, checkpoint_magic + 6, file.begin()))
         fail("not a checkpoint (bad magic)");
     if (!std::equal(checkpoint_magic, checkpoint_magic + 8, file.begin()))
-        fail("unsupported version");
+        fail("unsupported version " + std::string(file.begin(), file.begin() + 8) +
+             " (this build reads " + checkpoint_magic + ")");
     std::uint64_t stored_sum = 0;
     for (int i = 0; i < 8; ++i) stored_sum |= std::uint64_t(file[file.size() - 8 + i]) << (8 * i);
     if (fnv1a(file.data(), file.size() - 8) != stored_sum)
@@ -3062,6 +3072,10 @@ void load_checkpoint(const std::string& path, TrainingState& state) {
     ByteReader r{file, 8, path};
     const std::int64_t step = std::int64_t(r.u64());
     if (r.u32() != sizeof(real)) fail("saved with another element type (float vs double build)");
+    const std::string settings = r.str();
+    if (settings != state.settings)
+        fail("saved by a run with settings '" + settings + "'; this run's are '" + state.settings +
+             "'");
     const std::uint32_t n_tensors = r.u32();
     if (n_tensors != state.params.size())
         fail("has " + std::to_string(n_tensors) + " tensors, the model has " +
@@ -3080,19 +3094,27 @@ void load_checkpoint(const std::string& path, TrainingState& state) {
                  shape_str(t.shape()));
         values.push_back(r.reals(t.numel()));
     }
-    const std::string opt_name = r.str();
-    const std::int64_t opt_steps = std::int64_t(r.u64());
-    const std::uint32_t n_params = r.u32(), slots = r.u32();
-    Optimizer* opt = state.optimizer;
-    if (opt_name != (opt ? opt->name() : ""))
-        fail("optimizer '" + opt_name + "' where the run has '" + (opt ? opt->name() : "") + "'");
-    std::vector<std::vector<std::vector<real>>> opt_state(n_params);
-    if (n_params != 0 &&
-        (!opt || n_params != opt->params().size() || int(slots) != opt->state_per_param()))
-        fail("the optimizer state does not match this run's parameters");
-    for (std::uint32_t k = 0; k < n_params; ++k)
-        for (std::uint32_t s = 0; s < slots; ++s)
-            opt_state[k].push_back(r.reals(opt->params()[k].numel()));
+    const std::uint32_t n_optimizers = r.u32();
+    if (n_optimizers != state.optimizers.size())
+        fail("has " + std::to_string(n_optimizers) + " optimizers, the run has " +
+             std::to_string(state.optimizers.size()));
+    std::vector<std::int64_t> opt_steps;
+    std::vector<std::vector<std::vector<std::vector<real>>>> opt_states;   // [opt][param][slot]
+    for (Optimizer* opt : state.optimizers) {
+        const std::string opt_name = r.str();
+        const std::string which = "optimizer " + std::to_string(opt_steps.size());
+        if (opt_name != opt->name())
+            fail(which + ": '" + opt_name + "' where the run has '" + opt->name() + "'");
+        opt_steps.push_back(std::int64_t(r.u64()));
+        const std::uint32_t n_params = r.u32(), slots = r.u32();
+        if (n_params != 0 &&
+            (n_params != opt->params().size() || int(slots) != opt->state_per_param()))
+            fail(which + ": its state does not match this run's parameters");
+        opt_states.emplace_back(n_params);
+        for (std::uint32_t k = 0; k < n_params; ++k)
+            for (std::uint32_t s = 0; s < slots; ++s)
+                opt_states.back()[k].push_back(r.reals(opt->params()[k].numel()));
+    }
     if (r.u32() != state.rngs.size()) fail("the number of random generators differs");
     std::vector<std::uint64_t> rng_states;
     for (std::size_t k = 0; k < state.rngs.size(); ++k) rng_states.push_back(r.u64());
@@ -3100,9 +3122,9 @@ void load_checkpoint(const std::string& path, TrainingState& state) {
 
     for (std::size_t k = 0; k < values.size(); ++k)
         state.params[k].second.values() = std::move(values[k]);
-    if (opt) {
-        opt->state() = std::move(opt_state);
-        opt->step_count = opt_steps;
+    for (std::size_t k = 0; k < state.optimizers.size(); ++k) {
+        state.optimizers[k]->state() = std::move(opt_states[k]);
+        state.optimizers[k]->step_count = opt_steps[k];
     }
     for (std::size_t k = 0; k < state.rngs.size(); ++k) *state.rngs[k] = Rng(rng_states[k]);
     state.step = step;
@@ -4228,8 +4250,9 @@ void Adam::update_on_device(float* w, const float* g, std::vector<DeviceBuffer<f
 // Part 6: a language model
 // =============================================================================================
 //
-// Everything above, put together to model text: bytes become tokens (6.1), and a decoder-only
-// transformer learns to predict each next token from the ones before it (6.2).
+// Everything above, put together to model text: bytes become tokens (6.1), a decoder-only
+// transformer learns to predict each next token from the ones before it (6.2), and writes text
+// one token at a time, keeping what it computed for the tokens before (6.3).
 
 // ---------------------------------------------------------------------------------------------
 // 6.1 Text as tokens: bytes, and byte-pair encoding
@@ -4624,3 +4647,135 @@ std::vector<Tensor> GPT::parameters() const {
 }
 
 }   // namespace nn
+
+// ---------------------------------------------------------------------------------------------
+// 6.3 Generation with a KV cache: one position's work per new token
+//
+// Sampling asks for the next token again and again. GPT::operator() would rerun all t + 1
+// positions, though causal attention keeps positions 0..t−1 from seeing the new token: they
+// compute what they did before. The new query needs only their keys and values, so a cache keeps
+// those, per layer, and the new token alone goes through the model:
+//     x = wte[token] + wpe[t]                                          [D]
+//     per block:  [q | k | v] = ln1(x)·W_qkv + b;  k, v become row t of the cache
+//                 out_h = Σ_{s ≤ t} softmax_s(q_h·k_{s,h}/√d)·v_{s,h}   [d] per head
+//                 x += concat(out_h)·W_proj + b;   x += mlp(ln2(x))
+//     logits = ln_f(x)·wteᵀ                                             [V]
+// FLOPs at position t (§6.2's count): 24·L·D² + 2·V·D + 4·L·(t + 1)·D cached, against
+// (t + 1)·(24·L·D² + 2·V·D) + … recomputed: 1.7 against 107 MFLOP at t = 63 in lesson 15. The
+// price: 2·L·T·D numbers (256 KB in float there; 75 MB for GPT-2 small, T = 1024). The keys carry
+// their absolute position (wpe), so a full cache cannot slide: the caller starts a new one.
+// ---------------------------------------------------------------------------------------------
+
+KVCache::KVCache(const GPTConfig& config_) : config(checked_gpt_config(config_)) {
+    const std::size_t numbers = std::size_t(config.context) * config.width;   // [T, D]
+    keys.assign(config.layers, std::vector<real>(numbers));
+    values.assign(config.layers, std::vector<real>(numbers));
+    attention.assign(config.layers, std::vector<real>());
+}
+
+// y = x·W + b for one row x [in]: W [in, out], y [out], summed in double.
+static std::vector<real> row_times(const std::vector<real>& x, const nn::Linear& layer) {
+    const std::size_t in = layer.W.dim(0), out = layer.W.dim(1);
+    const real *w = layer.W.values().data(), *b = layer.b.values().data();
+    std::vector<double> sum(b, b + out);
+    for (std::size_t i = 0; i < in; ++i)
+        for (std::size_t j = 0; j < out; ++j) sum[j] += double(x[i]) * w[i * out + j];
+    return std::vector<real>(sum.begin(), sum.end());
+}
+
+// LayerNorm of one row, as layer_norm (§2.7): (x − μ)/√(σ² + eps)·gain + bias.
+static std::vector<real> norm_row(const std::vector<real>& x, const nn::LayerNorm& norm) {
+    const std::size_t D = x.size();
+    double mean = 0, var = 0;
+    for (real v : x) mean += v;
+    mean /= double(D);
+    for (real v : x) var += (v - mean) * (v - mean);
+    const double rstd = 1 / std::sqrt(var / double(D) + norm.eps);
+    const real *gain = norm.gain.values().data(), *bias = norm.bias.values().data();
+    std::vector<real> y(D);
+    for (std::size_t j = 0; j < D; ++j) y[j] = real((x[j] - mean) * rstd * gain[j] + bias[j]);
+    return y;
+}
+
+// One head's query q [d] against rows 0..t of a layer's cache (its columns first .. first + d):
+// p [t + 1] = softmax_s(q·k_s/√d), out [d] = Σ_s p_s·v_s.
+static void attend_cached(const real* q, const KVCache& cache, int layer, int t, int first, int d,
+                          real* p, real* out) {
+    const int D = cache.config.width;
+    const real *keys = cache.keys[layer].data(), *values = cache.values[layer].data();
+    std::vector<double> weight(t + 1);
+    double max_score = -INFINITY, total = 0;
+    for (int s = 0; s <= t; ++s) {
+        double dot = 0;
+        for (int i = 0; i < d; ++i) dot += double(q[i]) * keys[std::size_t(s) * D + first + i];
+        weight[s] = dot / std::sqrt(double(d));
+        max_score = std::max(max_score, weight[s]);
+    }
+    for (int s = 0; s <= t; ++s) {   // minus the max: no overflow
+        weight[s] = std::exp(weight[s] - max_score);
+        total += weight[s];
+    }
+    for (int s = 0; s <= t; ++s) weight[s] /= total;
+    for (int i = 0; i < d; ++i) {
+        double sum = 0;
+        for (int s = 0; s <= t; ++s) sum += weight[s] * values[std::size_t(s) * D + first + i];
+        out[i] = real(sum);
+    }
+    for (int s = 0; s <= t; ++s) p[s] = real(weight[s]);
+}
+
+static bool same_sizes(const GPTConfig& a, const GPTConfig& b) {
+    return a.vocab == b.vocab && a.context == b.context && a.layers == b.layers &&
+           a.heads == b.heads && a.width == b.width && a.tied_head == b.tied_head;
+}
+
+std::vector<real> gpt_next_logits(const nn::GPT& model, KVCache& cache, int token) {
+    const char* op = "gpt_next_logits";
+    const GPTConfig& c = model.config;
+    if (!same_sizes(c, cache.config))
+        argument_error(op, "the cache was made for " + gpt_config_str(cache.config) +
+                               ", the model is " + gpt_config_str(c));
+    if (token < 0 || token >= c.vocab)
+        argument_error(op, "token " + std::to_string(token) + " is outside the vocabulary [0, " +
+                               std::to_string(c.vocab) + ")");
+    const int t = cache.length;   // this token's position
+    if (t >= c.context)
+        argument_error(op, "the cache is full: all " + std::to_string(c.context) +
+                               " positions are used, and wpe has no row for position " +
+                               std::to_string(t) + "; start a new cache");
+    const int D = c.width, H = c.heads, d = D / H;
+    const std::size_t row = std::size_t(t) * D;   // row t of keys and values
+    const real *wte = model.wte.values().data(), *wpe = model.wpe.values().data();
+    std::vector<real> x(D);   // this position's residual stream
+    for (int j = 0; j < D; ++j) x[j] = wte[std::size_t(token) * D + j] + wpe[row + j];
+    for (int l = 0; l < c.layers; ++l) {
+        const nn::GPTBlock& block = model.blocks[l];
+        const std::vector<real> q_k_v = row_times(norm_row(x, block.ln1), block.qkv);   // [3D]
+        std::copy(q_k_v.begin() + D, q_k_v.begin() + 2 * D, cache.keys[l].begin() + row);
+        std::copy(q_k_v.begin() + 2 * D, q_k_v.end(), cache.values[l].begin() + row);
+        cache.attention[l].assign(std::size_t(H) * (t + 1), 0);   // [H, t + 1]
+        std::vector<real> heads(D);                               // concat(out_h)
+        for (int h = 0; h < H; ++h)
+            attend_cached(q_k_v.data() + h * d, cache, l, t, h * d, d,
+                          cache.attention[l].data() + std::size_t(h) * (t + 1),
+                          heads.data() + h * d);
+        const std::vector<real> attended = row_times(heads, block.attn_proj);
+        for (int j = 0; j < D; ++j) x[j] += attended[j];
+        std::vector<real> up = row_times(norm_row(x, block.ln2), block.mlp_up);   // [4D]
+        const double a = std::sqrt(2.0 / pi), k = 0.044715;   // GELU, tanh form (§2.3)
+        for (real& u : up) u = real(0.5 * u * (1 + std::tanh(a * (u + k * u * u * u))));
+        const std::vector<real> down = row_times(up, block.mlp_down);
+        for (int j = 0; j < D; ++j) x[j] += down[j];
+    }
+    cache.length = t + 1;
+    const std::vector<real> features = norm_row(x, model.ln_f);         // [D]
+    const Tensor& output_head = c.tied_head ? model.wte : model.head;   // [V, D]
+    const real* w = output_head.values().data();
+    std::vector<real> logits(c.vocab);
+    for (int v = 0; v < c.vocab; ++v) {
+        double sum = 0;
+        for (int j = 0; j < D; ++j) sum += double(features[j]) * w[std::size_t(v) * D + j];
+        logits[v] = real(sum);
+    }
+    return logits;
+}

@@ -749,16 +749,19 @@ Dataset load_idx_dataset(const std::string& images_path, const std::string& labe
 Tensor gather_rows(const Tensor& images, const std::vector<int>& rows);
 
 // Everything a run needs to continue exactly where it stopped.
+// Several optimizers when groups of parameters train differently (lesson 15: weight decay on the
+// matrices only); saved and loaded in the order given, and a file with another count is refused.
 struct TrainingState {
     std::vector<std::pair<std::string, Tensor>> params;   // name → parameter (values)
-    Optimizer* optimizer = nullptr;                       // its moments and step count
+    std::vector<Optimizer*> optimizers;                   // their moments and step counts
     std::vector<Rng*> rngs;                               // data order, dropout, ...
     std::int64_t step = 0;                                // the training loop's own counter
+    std::string settings;   // the recipe (steps, sizes, ...): a load with other settings fails
 };
 // Writes path.tmp, then renames it over path: a failed save leaves the old file intact.
 void save_checkpoint(const std::string& path, const TrainingState& state);
-// All or nothing: the file is read and checked completely (magic, version, checksum, names,
-// shapes, optimizer) before anything in `state` changes.
+// All or nothing: the file is read and checked completely (magic, version, checksum, settings,
+// names, shapes, optimizers) before anything in `state` changes.
 void load_checkpoint(const std::string& path, TrainingState& state);
 
 // =============================================================================================
@@ -1046,6 +1049,24 @@ struct GPT {
 };
 
 }   // namespace nn
+
+// Generation with a KV cache (engine.cpp §6.3)
+// The keys and values of every position a GPT has read, per layer, so that each new token costs
+// one position's work: 2·L·T·D numbers when full. A cache belongs to one model's sizes.
+struct KVCache {
+    GPTConfig config;
+    int length = 0;   // positions read: the next token goes at position `length`
+    // [L][T·D]: row s holds position s's keys (values), the heads side by side
+    std::vector<std::vector<real>> keys, values;
+    // [L][H·length]: the last token's attention weights over positions 0 .. length − 1, by head
+    std::vector<std::vector<real>> attention;
+    explicit KVCache(const GPTConfig& config);
+};
+// Reads `token` at position cache.length (plain loops, no graph), appends its keys and values,
+// and returns the V logits of the token after it: row cache.length − 1 of GPT::operator() on
+// all the tokens read so far. Throws on a full cache (length = T), a token outside [0, V), or a
+// cache made for other sizes.
+std::vector<real> gpt_next_logits(const nn::GPT& model, KVCache& cache, int token);
 
 // =============================================================================================
 // CUDA kernels (kernels.cu): the wrappers that launch them. Every pointer is device memory

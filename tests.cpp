@@ -2415,6 +2415,31 @@ TEST("plots",
     EXPECT_TRUE(x.lo <= -8 && x.hi >= 0.5 && y.lo <= -0.7 && y.hi >= 1);
 }
 
+TEST("plots", "a heat map draws rows·cols cells: 0 white, the largest dark blue, NaN grey; its "
+              "labels are escaped") {
+    HeatMap map;
+    map.rows = 2;
+    map.cols = 3;
+    map.values = {0, NAN, NAN, 0.25, 0.5, NAN};
+    map.row_labels = {"a<b", "c&d"};
+    const std::string svg = map.svg();
+    auto count = [&svg](const std::string& part) {
+        std::size_t n = 0;
+        for (std::size_t at = svg.find(part); at != std::string::npos; at = svg.find(part, at + 1))
+            ++n;
+        return n;
+    };
+    EXPECT_EQ(count("height='16.0' fill="), std::size_t(6));   // the cells (16 pixels a side)
+    EXPECT_EQ(count("fill='#e8e8e8'"), std::size_t(3));
+    EXPECT_EQ(count("height='16.0' fill='rgb(255,255,255)'"), std::size_t(1));   // the 0
+    EXPECT_EQ(count("height='16.0' fill='rgb(8,48,107)'"), std::size_t(1));      // 0.5, the largest
+    EXPECT_EQ(count("fill='" + HeatMap::colour(0.5) + "'"), std::size_t(1));     // 0.25: halfway
+    EXPECT_TRUE(svg.find(">a&lt;b</text>") != std::string::npos);
+    EXPECT_TRUE(svg.find(">c&amp;d</text>") != std::string::npos);
+    map.values.pop_back();
+    EXPECT_THROWS(map.svg(), "HeatMap: values must hold rows·cols numbers");
+}
+
 // ---- 09 clipping -----------------------------------------------------------------------------
 
 TEST("09 clipping", "global norm of [0.3, -0.4, 0.5, -0.1, 0.2] is sqrt(0.55)") {
@@ -2601,7 +2626,9 @@ struct ToyRun {
         ++step;
         return loss.item();
     }
-    TrainingState state() { return {model.named_parameters(), &opt, {&data_rng}, step}; }
+    TrainingState state() {
+        return {model.named_parameters(), {&opt}, {&data_rng}, step, "toy run"};
+    }
 };
 
 TEST("10 data", "checkpoint: save, load into a fresh run, continue: the same losses bit for bit") {
@@ -2646,16 +2673,24 @@ TEST("10 data", "a damaged or mismatched checkpoint is rejected and changes noth
     rejects({'h', 'e', 'l', 'l', 'o', 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
             "not a checkpoint (bad magic)");
     rejects({}, "not a checkpoint");
+    std::vector<unsigned char> version_1 = good;   // the format before several optimizers
+    version_1[7] = '1';
+    rejects(version_1, "unsupported version DLCKPT01 (this build reads DLCKPT02)");
 
     Rng rng(5);   // another model: the shapes differ
     nn::MLP wider({3, 9, 4}, rng, Activation::tanh);
     AdamW opt(wider.parameters());
-    TrainingState s{wider.named_parameters(), &opt, {&run.data_rng}, 0};
+    TrainingState s{wider.named_parameters(), {&opt}, {&run.data_rng}, 0, "toy run"};
     EXPECT_THROWS(load_checkpoint(path, s),
                   "tensor 'layers.0.W' has shape [3, 8], the model's is [3, 9]");
     SGD sgd(run.model.parameters(), 0.1);
-    TrainingState t{run.model.named_parameters(), &sgd, {&run.data_rng}, 0};
-    EXPECT_THROWS(load_checkpoint(path, t), "optimizer 'AdamW' where the run has 'SGD'");
+    TrainingState t{run.model.named_parameters(), {&sgd}, {&run.data_rng}, 0, "toy run"};
+    EXPECT_THROWS(load_checkpoint(path, t), "optimizer 0: 'AdamW' where the run has 'SGD'");
+    TrainingState u = other.state();
+    u.settings = "another recipe";
+    EXPECT_THROWS(load_checkpoint(path, u),
+                  "saved by a run with settings 'toy run'; this run's are 'another recipe'");
+    EXPECT_EQ(other.opt.step_count, 0L);
 }
 
 TEST("10 data", "a save that fails leaves the previous checkpoint intact") {
@@ -6723,4 +6758,244 @@ TEST("15 gpt", "bad configurations and inputs throw, naming the problem") {
     EXPECT_THROWS(model.loss(ten, {1, 2, 3}, 2, 5), "3 targets for B = 2, T = 5: needs B·T = 10");
     EXPECT_THROWS(model(std::vector<int>(12, 1), 2, 6), "T = 6 is longer than the context 5");
     EXPECT_THROWS(model({}, 0, 5), "needs B > 0 and T > 0");
+}
+
+// A tiny GPT trained as lesson 15 trains its GPT: AdamW in two groups (weight decay on the
+// matrices only), warmup-cosine, the global norm of all parameters clipped, batches of B = 2
+// windows drawn by a seeded Rng from a list of 300 random tokens.
+struct TinyGPTRun {
+    Rng init_rng;
+    nn::GPT model;
+    std::vector<Tensor> params;
+    AdamW decay, no_decay;
+    Rng data_rng;
+    std::vector<int> tokens;
+    std::int64_t step = 0;
+    explicit TinyGPTRun(std::uint64_t seed)
+        : init_rng(seed), model(tiny_gpt, init_rng), params(model.parameters()),
+          decay(of_rank(true), 3e-3, 0.9, 0.99, 1e-8, 0.1),
+          no_decay(of_rank(false), 3e-3, 0.9, 0.99, 1e-8, 0.0), data_rng(seed + 1) {
+        Rng text(1510);   // the same "text" for every run, whatever its seed
+        for (int k = 0; k < 300; ++k) tokens.push_back(int(text.below(tiny_gpt.vocab)));
+    }
+    std::vector<Tensor> of_rank(bool matrices) const {
+        std::vector<Tensor> group;
+        for (const Tensor& p : params)
+            if ((p.rank() >= 2) == matrices) group.push_back(p);
+        return group;
+    }
+    double train_step() {
+        const double lr = warmup_cosine_lr(step, 3, 20, 3e-3, 3e-4);
+        decay.lr = lr;
+        no_decay.lr = lr;
+        decay.zero_grad();
+        no_decay.zero_grad();
+        const TokenBatch b = sample_batch(tokens, 2, tiny_gpt.context, data_rng);
+        const Tensor loss = model.loss(b.inputs, b.targets, b.B, b.T);
+        loss.backward();
+        clip_grad_norm(params, 1.0);
+        decay.step();
+        no_decay.step();
+        ++step;
+        return loss.item();
+    }
+    TrainingState state() {
+        return {model.named_parameters(), {&decay, &no_decay}, {&data_rng}, step, "tiny GPT"};
+    }
+    std::vector<real> all_values() const {
+        std::vector<real> values;
+        for (const Tensor& p : params)
+            for (real v : p.values()) values.push_back(v);
+        return values;
+    }
+};
+
+TEST("15 gpt", "checkpoint with two optimizers: k steps, save, m more; a fresh run that loads "
+               "the file and trains m steps has the same losses and parameters, bit for bit") {
+    TempDir dir;
+    const int k = 6, m = 6;
+    TinyGPTRun first(1511);
+    for (int i = 0; i < k; ++i) first.train_step();
+    const std::string path = dir.file("gpt.ckpt");
+    save_checkpoint(path, first.state());
+    std::vector<double> expected;
+    for (int i = 0; i < m; ++i) expected.push_back(first.train_step());
+
+    TinyGPTRun resumed(1599);   // other weights and another data order, until the load
+    EXPECT_TRUE(resumed.all_values() != first.all_values());
+    TrainingState state = resumed.state();
+    load_checkpoint(path, state);
+    resumed.step = state.step;
+    EXPECT_EQ(resumed.step, std::int64_t(k));
+    EXPECT_EQ(resumed.decay.step_count, long(k));
+    EXPECT_EQ(resumed.no_decay.step_count, long(k));
+    std::vector<double> losses;
+    for (int i = 0; i < m; ++i) losses.push_back(resumed.train_step());
+    EXPECT_TRUE(losses == expected);
+    EXPECT_TRUE(resumed.all_values() == first.all_values());
+    EXPECT_TRUE(resumed.decay.state() == first.decay.state());
+    EXPECT_TRUE(resumed.no_decay.state() == first.no_decay.state());
+    EXPECT_EQ(resumed.data_rng.state(), first.data_rng.state());
+}
+
+TEST("15 gpt", "a checkpoint of two optimizers loaded into a run with one is refused, naming the "
+               "file and both counts, and changes nothing") {
+    TempDir dir;
+    TinyGPTRun run(1512);
+    for (int i = 0; i < 3; ++i) run.train_step();
+    const std::string path = dir.file("gpt.ckpt");
+    save_checkpoint(path, run.state());
+
+    TinyGPTRun other(1513);
+    AdamW everything(other.params, 3e-3);   // one group: what the checkpoint does not hold
+    const std::vector<real> before = other.all_values();
+    const std::uint64_t rng_before = other.data_rng.state();
+    TrainingState one{
+        other.model.named_parameters(), {&everything}, {&other.data_rng}, 0, "tiny GPT"};
+    EXPECT_THROWS(load_checkpoint(path, one),
+                  "load_checkpoint: " + path + ": has 2 optimizers, the run has 1");
+    TrainingState three = other.state();
+    three.optimizers.push_back(&everything);
+    EXPECT_THROWS(load_checkpoint(path, three), "has 2 optimizers, the run has 3");
+    TrainingState swapped = other.state();   // the groups' parameters differ: decay first
+    std::swap(swapped.optimizers[0], swapped.optimizers[1]);
+    EXPECT_THROWS(load_checkpoint(path, swapped),
+                  "optimizer 0: its state does not match this run's parameters");
+    EXPECT_TRUE(other.all_values() == before);
+    EXPECT_EQ(everything.step_count, 0L);
+    EXPECT_EQ(other.decay.step_count, 0L);
+    EXPECT_TRUE(other.decay.state().empty());
+    EXPECT_EQ(other.data_rng.state(), rng_before);
+    EXPECT_EQ(one.step, std::int64_t(0));
+}
+
+// ---- 15 gpt: generation with a KV cache ------------------------------------------------------
+
+// Feeds ids to a fresh cache one at a time: the logits after each, [T, V] row by row, and each
+// layer's attention weights as [T, T] matrices per head (row t: the token at t, zeros past t).
+struct CachedPass {
+    std::vector<real> logits;
+    std::vector<std::vector<std::vector<real>>> weights;   // [layer][head][T·T]
+};
+static CachedPass cached_pass(const nn::GPT& model, const std::vector<int>& ids) {
+    const GPTConfig& c = model.config;
+    const int T = int(ids.size());
+    KVCache cache(c);
+    CachedPass pass;
+    pass.weights.assign(c.layers, std::vector<std::vector<real>>(
+                                      c.heads, std::vector<real>(std::size_t(T) * T, 0)));
+    for (int t = 0; t < T; ++t) {
+        const std::vector<real> row = gpt_next_logits(model, cache, ids[t]);
+        pass.logits.insert(pass.logits.end(), row.begin(), row.end());
+        for (int l = 0; l < c.layers; ++l)
+            for (int h = 0; h < c.heads; ++h)
+                for (int s = 0; s <= t; ++s)
+                    pass.weights[l][h][std::size_t(t) * T + s] =
+                        cache.attention[l][std::size_t(h) * (t + 1) + s];
+    }
+    return pass;
+}
+
+// max |a − b| over max |b|: the difference relative to the numbers' size.
+static double relative_difference(const std::vector<real>& a, const std::vector<real>& b) {
+    double largest = 0;
+    for (real v : b) largest = std::max(largest, double(std::fabs(v)));
+    return max_difference(a, b) / largest;
+}
+
+TEST("15 gpt", "KV cache: one token at a time gives the full forward pass's logits at every "
+               "position, and each head's weights are softmax(q·kᵀ/√d + causal mask) of the ops") {
+    GPTConfig untied = tiny_gpt;
+    untied.tied_head = false;
+    for (const GPTConfig& config : {tiny_gpt, untied, GPTConfig{11, 9, 3, 4, 16}}) {
+        Rng rng(1514);
+        const nn::GPT model(config, rng);
+        perturb_parameters(model, rng);
+        const int T = config.context, D = config.width, d = D / config.heads;
+        const RandomTokens tokens = random_tokens(config.vocab, 1, T, rng);
+        const CachedPass pass = cached_pass(model, tokens.ids);
+        // In double the two orders of summation differ in the last bits only.
+        EXPECT_NEAR(relative_difference(pass.logits, model(tokens.ids, 1, T).values()), 0, 1e-12);
+        std::vector<int> positions;
+        for (int t = 0; t < T; ++t) positions.push_back(t);
+        Tensor x = embedding(model.wte, tokens.ids) + embedding(model.wpe, positions);   // [T, D]
+        for (int l = 0; l < config.layers; ++l) {
+            const nn::GPTBlock& block = model.blocks[l];
+            const Tensor q_k_v = block.qkv(block.ln1(x));   // [T, 3D]
+            for (int h = 0; h < config.heads; ++h) {
+                const Tensor q = slice(q_k_v, -1, h * d, h * d + d),
+                             k = slice(q_k_v, -1, D + h * d, D + h * d + d);
+                const Tensor scores = matmul(q, transpose(k)) * real(1 / std::sqrt(double(d)));
+                const std::vector<real> p = softmax(scores + causal_mask(T)).values();
+                EXPECT_NEAR(max_difference(pass.weights[l][h], p), 0, 1e-12);
+            }
+            x = block(x);
+        }
+    }
+}
+
+// One draw from softmax(z): the first token whose running sum of probabilities passes u.
+static int draw_token(const std::vector<real>& z, Rng& rng) {
+    const double largest = *std::max_element(z.begin(), z.end());
+    std::vector<double> weight;
+    double total = 0;
+    for (real v : z) {
+        weight.push_back(std::exp(v - largest));
+        total += weight.back();
+    }
+    const double u = rng.uniform() * total;
+    double running = 0;
+    for (std::size_t v = 0; v < weight.size(); ++v) {
+        running += weight[v];
+        if (u < running) return int(v);
+    }
+    return int(weight.size()) - 1;
+}
+
+TEST("15 gpt", "KV cache: a seeded sample through the cache is, token for token, the sample "
+               "that recomputes the whole prefix for every token") {
+    const GPTConfig config{13, 24, 2, 2, 16};
+    Rng rng(1515);
+    const nn::GPT model(config, rng);
+    perturb_parameters(model, rng);
+    const std::vector<int> prompt = {4, 1, 7};
+    std::vector<int> recomputed = prompt, cached = prompt;
+    Rng draws_full(1516), draws_cached(1516);
+    while (int(recomputed.size()) < config.context) {   // a forward pass over the whole prefix
+        const int n = int(recomputed.size());
+        const std::vector<real> logits = model(recomputed, 1, n).values();
+        recomputed.push_back(
+            draw_token(std::vector<real>(logits.end() - config.vocab, logits.end()), draws_full));
+    }
+    KVCache cache(config);
+    std::vector<real> next;
+    for (int token : prompt) next = gpt_next_logits(model, cache, token);
+    while (int(cached.size()) < config.context) {   // one new position per token
+        cached.push_back(draw_token(next, draws_cached));
+        if (cache.length < config.context) next = gpt_next_logits(model, cache, cached.back());
+    }
+    EXPECT_TRUE(cached == recomputed);
+    EXPECT_EQ(cache.length, config.context);
+    std::set<int> distinct(cached.begin(), cached.end());
+    EXPECT_TRUE(distinct.size() >= 4);   // a real sample, not one token over and over
+}
+
+TEST("15 gpt", "KV cache: a full cache, a token outside the vocabulary, another model's cache "
+               "throw, naming the problem") {
+    Rng rng(1517);
+    const nn::GPT model(tiny_gpt, rng);
+    KVCache cache(tiny_gpt);
+    EXPECT_THROWS(gpt_next_logits(model, cache, 7),
+                  "gpt_next_logits: token 7 is outside the vocabulary [0, 7)");
+    EXPECT_THROWS(gpt_next_logits(model, cache, -1), "token -1 is outside");
+    EXPECT_EQ(cache.length, 0);
+    for (int t = 0; t < tiny_gpt.context; ++t) gpt_next_logits(model, cache, t % 7);
+    EXPECT_THROWS(gpt_next_logits(model, cache, 1),
+                  "the cache is full: all 5 positions are used, and wpe has no row for position 5");
+    GPTConfig wider = tiny_gpt;
+    wider.width = 12;
+    KVCache other(wider);
+    EXPECT_THROWS(gpt_next_logits(model, other, 1),
+                  "the cache was made for V = 7, T = 5, L = 2, H = 2, D = 12, the model is V = 7");
+    EXPECT_THROWS(KVCache(GPTConfig{7, 5, 2, 3, 8}), "3 heads do not divide the width 8");
 }

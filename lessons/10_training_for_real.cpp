@@ -200,8 +200,10 @@ struct Run {
     Run(std::uint64_t seed, const MakeOptimizer& make_optimizer)
         : model(make_model(seed)), opt(make_optimizer(model.parameters())), shuffle_rng(seed + 1) {}
     // What save_checkpoint and load_checkpoint read and write: names → weights, the optimizer,
-    // the shuffling Rng, the step.
-    TrainingState state() { return {model.named_parameters(), opt.get(), {&shuffle_rng}, step}; }
+    // the shuffling Rng, the step, and the settings a resumed run must share ("": one recipe).
+    TrainingState state() {
+        return {model.named_parameters(), {opt.get()}, {&shuffle_rng}, step, ""};
+    }
 };
 
 // How a run trains. A constant learning rate is warmup 0 and lr_min = lr_max.

@@ -1,6 +1,6 @@
 // lesson.h: what every lesson shares, so each lesson file can stay about its topic: the homework
 // checker behind `make check N=..`, a few small helpers (headings, differences, timing, device
-// memory), and an SVG line plot.
+// memory), an SVG line plot and an SVG heat map.
 #pragma once
 
 #include "../engine.h"   // relative to this file, so tests.cpp can include it too (group "plots")
@@ -490,3 +490,119 @@ inline Series histogram(std::string label, const std::vector<double>& values, in
     }
     return s;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Heat maps: a matrix as a grid of squares, white at 0 and darkest at the largest value, with a
+// label on every row and column (lesson 15 draws attention weights: rows are queries, columns
+// keys). A NaN cell, a value that does not exist (a masked weight), is drawn light grey.
+// ---------------------------------------------------------------------------------------------
+
+// Text for an SVG element: &, < and > written as entities.
+inline std::string xml_escaped(const std::string& s) {
+    std::string out;
+    for (char c : s) {
+        if (c == '&') out += "&amp;";
+        else if (c == '<') out += "&lt;";
+        else if (c == '>') out += "&gt;";
+        else out += c;
+    }
+    return out;
+}
+
+struct HeatMap {
+    std::string title, row_axis, col_axis;
+    int rows = 0, cols = 0;
+    std::vector<double> values;                        // [rows, cols], row-major
+    std::vector<std::string> row_labels, col_labels;   // rows and cols of them (or none)
+
+    // The largest finite value: the darkest colour (1 when there is none above 0).
+    double largest() const {
+        double top = 0;
+        for (double v : values)
+            if (std::isfinite(v)) top = std::max(top, v);
+        return top > 0 ? top : 1;
+    }
+
+    // White (255) for 0 to dark blue (8, 48, 107) for the largest value, linear in between.
+    static std::string colour(double fraction) {
+        const double f = std::min(std::max(fraction, 0.0), 1.0);
+        char rgb[32];
+        std::snprintf(rgb, sizeof rgb, "rgb(%d,%d,%d)", int(255 - f * (255 - 8)),
+                      int(255 - f * (255 - 48)), int(255 - f * (255 - 107)));
+        return rgb;
+    }
+
+    std::string svg() const {
+        if (rows <= 0 || cols <= 0 || values.size() != std::size_t(rows) * cols)
+            throw std::invalid_argument("HeatMap: values must hold rows·cols numbers");
+        const double cell = std::max(4.0, std::min(16.0, 640.0 / std::max(rows, cols)));
+        const double left = 110, top = 130, width = left + cell * cols + 120,
+                     height = top + cell * rows + 40;
+        const double top_value = largest();
+        std::string out;
+        char buf[320];
+        std::snprintf(buf, sizeof buf,
+                      "<svg xmlns='http://www.w3.org/2000/svg' width='%g' height='%g' "
+                      "font-family='monospace' font-size='%d'>\n<rect width='100%%' "
+                      "height='100%%' fill='white'/>\n",
+                      width, height, int(cell - 3) > 6 ? int(cell - 3) : 6);
+        out += buf;
+        std::snprintf(buf, sizeof buf,
+                      "<text x='%g' y='22' font-family='sans-serif' font-size='15'>%s</text>\n",
+                      left, xml_escaped(title).c_str());
+        out += buf;
+        std::snprintf(buf, sizeof buf,
+                      "<text x='%g' y='44' font-family='sans-serif' font-size='12'>columns: "
+                      "%s; rows: %s</text>\n",
+                      left, xml_escaped(col_axis).c_str(), xml_escaped(row_axis).c_str());
+        out += buf;
+        for (int r = 0; r < rows; ++r)
+            for (int c = 0; c < cols; ++c) {
+                const double v = values[std::size_t(r) * cols + c];
+                const std::string fill = std::isnan(v) ? "#e8e8e8" : colour(v / top_value);
+                std::snprintf(buf, sizeof buf,
+                              "<rect x='%.1f' y='%.1f' width='%.1f' height='%.1f' fill='%s'/>\n",
+                              left + c * cell, top + r * cell, cell, cell, fill.c_str());
+                out += buf;
+            }
+        for (std::size_t r = 0; r < row_labels.size() && int(r) < rows; ++r) {
+            std::snprintf(buf, sizeof buf, "<text x='%g' y='%.1f' text-anchor='end'>%s</text>\n",
+                          left - 4, top + (double(r) + 0.8) * cell,
+                          xml_escaped(row_labels[r]).c_str());
+            out += buf;
+        }
+        for (std::size_t c = 0; c < col_labels.size() && int(c) < cols; ++c) {   // written upward
+            const double x = left + (double(c) + 0.8) * cell, y = top - 4;
+            std::snprintf(buf, sizeof buf,
+                          "<text x='%.1f' y='%g' transform='rotate(-90 %.1f %g)'>%s</text>\n", x, y,
+                          x, y, xml_escaped(col_labels[c]).c_str());
+            out += buf;
+        }
+        // The scale: ten steps from 0 to the largest value.
+        const double bar_x = left + cell * cols + 30;
+        for (int k = 0; k < 10; ++k) {
+            std::snprintf(buf, sizeof buf,
+                          "<rect x='%g' y='%g' width='16' height='14' fill='%s'/>\n", bar_x,
+                          top + 14.0 * (9 - k), colour((k + 0.5) / 10).c_str());
+            out += buf;
+        }
+        std::snprintf(buf, sizeof buf,
+                      "<text x='%g' y='%g' font-family='sans-serif' font-size='11'>%.3g</text>\n"
+                      "<text x='%g' y='%g' font-family='sans-serif' font-size='11'>0</text>\n",
+                      bar_x + 20, top + 11, top_value, bar_x + 20, top + 14 * 9 + 11);
+        out += buf;
+        return out + "</svg>\n";
+    }
+
+    // Writes build/plots/<name>.svg and returns its path.
+    std::string save(const std::string& name) const {
+        ::mkdir("build", 0755);
+        ::mkdir("build/plots", 0755);
+        const std::string path = "build/plots/" + name + ".svg";
+        std::ofstream f(path);
+        if (!f) throw std::runtime_error("HeatMap::save: cannot write " + path);
+        f << svg();
+        std::printf("  (heat map written to %s)\n", path.c_str());
+        return path;
+    }
+};

@@ -33,3 +33,40 @@
     }
     return groups;
 // END EXERCISE
+
+// BEGIN EXERCISE 15.3
+    if (T < 1 || scores.size() != std::size_t(T) * std::size_t(T))
+        throw std::invalid_argument("apply_causal_mask: needs T >= 1 and T·T scores, got T = " +
+                                    std::to_string(T) + " and " + std::to_string(scores.size()));
+    for (int i = 0; i < T; ++i)
+        for (int j = i + 1; j < T; ++j)   // the keys after query i: the future
+            scores[std::size_t(i) * T + j] = -INFINITY;
+// END EXERCISE
+
+// BEGIN EXERCISE 15.4
+    const int d = cache.d;
+    if (d < 1 || q.size() != std::size_t(d) || k.size() != std::size_t(d) ||
+        v.size() != std::size_t(d))
+        throw std::invalid_argument("attend_and_append: q, k and v must hold d = " +
+                                    std::to_string(d) + " numbers each (d >= 1)");
+    cache.keys.insert(cache.keys.end(), k.begin(), k.end());   // row t
+    cache.values.insert(cache.values.end(), v.begin(), v.end());
+    const std::size_t positions = cache.keys.size() / std::size_t(d);   // t + 1
+    std::vector<double> p(positions);
+    double largest = -INFINITY;
+    for (std::size_t s = 0; s < positions; ++s) {   // p_s ∝ exp(q·k_s/√d)
+        double dot = 0;
+        for (int c = 0; c < d; ++c) dot += q[std::size_t(c)] * cache.keys[s * d + c];
+        p[s] = dot / std::sqrt(double(d));
+        largest = std::max(largest, p[s]);
+    }
+    double total = 0;
+    for (double& w : p) {
+        w = std::exp(w - largest);   // minus the largest: no overflow
+        total += w;
+    }
+    std::vector<double> out(std::size_t(d), 0.0);
+    for (std::size_t s = 0; s < positions; ++s)
+        for (int c = 0; c < d; ++c) out[std::size_t(c)] += p[s] / total * cache.values[s * d + c];
+    return out;
+// END EXERCISE
