@@ -3658,16 +3658,17 @@ static void head_backward(const real* q, const real* P, const real* go, int T, i
 Tensor causal_self_attention(const Tensor& qkv, int heads) {
     const char* op = "causal_self_attention";
     check_devices(op, {qkv}, Device::CPU);   // no CUDA kernel yet
-    if (qkv.rank() != 3 || qkv.dim(2) % 3 != 0 || qkv.numel() == 0)
-        argument_error(op, "needs [q | k | v] of shape [B, T, 3D], none of them 0; got " +
-                               shape_str(qkv.shape()));
-    const int B = qkv.dim(0), T = qkv.dim(1), D = qkv.dim(2) / 3;
+    if ((qkv.rank() != 2 && qkv.rank() != 3) || qkv.dim(-1) % 3 != 0 || qkv.numel() == 0)
+        argument_error(op,
+                       "needs [q | k | v] of shape [B, T, 3D] or [T, 3D], none of them 0; got " +
+                           shape_str(qkv.shape()));
+    const int B = qkv.rank() == 3 ? qkv.dim(0) : 1, T = qkv.dim(-2), D = qkv.dim(-1) / 3;
     if (heads <= 0 || D % heads != 0)
         argument_error(op, std::to_string(heads) + " heads do not divide the width D = " +
                                std::to_string(D) + " of [q | k | v] " + shape_str(qkv.shape()));
     const int d = D / heads, units = B * heads;   // units: (sequence, head) pairs
     const real scale = real(1 / std::sqrt(double(d)));
-    Tensor out = Tensor::from_op({B, T, D}, op, {qkv});
+    Tensor out = Tensor::from_op(qkv.rank() == 3 ? Shape{B, T, D} : Shape{T, D}, op, {qkv});
     Tensor saved_p({B, heads, T, T});   // P, for backward
     const real* x = qkv.values().data();
     real *o = out.values().data(), *P = saved_p.values().data();
@@ -4673,7 +4674,7 @@ KVCache::KVCache(const GPTConfig& config_) : config(checked_gpt_config(config_))
     attention.assign(config.layers, std::vector<real>());
 }
 
-// y = x·W + b for one row x [in]: W [in, out], y [out], summed in double.
+// y = x·W + b for one row x [in], W [in, out], summed in double.
 static std::vector<real> row_times(const std::vector<real>& x, const nn::Linear& layer) {
     const std::size_t in = layer.W.dim(0), out = layer.W.dim(1);
     const real *w = layer.W.values().data(), *b = layer.b.values().data();
@@ -4683,7 +4684,7 @@ static std::vector<real> row_times(const std::vector<real>& x, const nn::Linear&
     return std::vector<real>(sum.begin(), sum.end());
 }
 
-// LayerNorm of one row, as layer_norm (§2.7): (x − μ)/√(σ² + eps)·gain + bias.
+// LayerNorm of one row (§2.7): (x − μ)/√(σ² + eps)·gain + bias.
 static std::vector<real> norm_row(const std::vector<real>& x, const nn::LayerNorm& norm) {
     const std::size_t D = x.size();
     double mean = 0, var = 0;
@@ -4711,7 +4712,7 @@ static void attend_cached(const real* q, const KVCache& cache, int layer, int t,
         weight[s] = dot / std::sqrt(double(d));
         max_score = std::max(max_score, weight[s]);
     }
-    for (int s = 0; s <= t; ++s) {   // minus the max: no overflow
+    for (int s = 0; s <= t; ++s) {   // − the max: no overflow
         weight[s] = std::exp(weight[s] - max_score);
         total += weight[s];
     }

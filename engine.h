@@ -856,8 +856,8 @@ enum class AttentionKernel { composed, fused };
 Tensor multi_head_attention(const Tensor& x, const Tensor& Wq, const Tensor& Wk, const Tensor& Wv,
                             const Tensor& Wo, int heads, bool causal, AttentionKernel kernel);
 // Causal self-attention over all H heads at once (engine.cpp §4.4), as a GPT block runs it:
-// [q | k | v] [B, T, 3D] → [B, T, D]; head h reads columns h·d … of q, k and v (d = D/H) and
-// writes columns h·d … of the output: attention() on those slices joined by concat, uncopied.
+// [q | k | v] [B, T, 3D] → [B, T, D] ([T, 3D]: B = 1); head h reads columns h·d … of q, k, v
+// (d = D/H) and writes columns h·d … of the output: attention() on those slices, concatenated.
 Tensor causal_self_attention(const Tensor& qkv, int heads);
 
 // ---------------------------------------------------------------------------------------------

@@ -5653,7 +5653,10 @@ TEST("12 attention", "causal_self_attention equals attention on each head's slic
     EXPECT_THROWS(causal_self_attention(Tensor({2, 3, 12}), 3),
                   "causal_self_attention: 3 heads do not divide the width D = 4");
     EXPECT_THROWS(causal_self_attention(Tensor({2, 3, 10}), 1),
-                  "causal_self_attention: needs [q | k | v] of shape [B, T, 3D]");
+                  "causal_self_attention: needs [q | k | v] of shape [B, T, 3D] or [T, 3D]");
+    const Tensor one = randn({7, 12}, rng);   // [T, 3D]: a batch of one
+    EXPECT_TRUE(max_difference(causal_self_attention(one, 2).values(),
+                               causal_self_attention(reshape(one, {1, 7, 12}), 2).values()) == 0);
 }
 
 TEST("12 attention",
