@@ -1493,8 +1493,13 @@ static real* aligned_64(std::vector<real>& buffer, std::size_t n) {
     return static_cast<real*>(std::align(64, n * sizeof(real), start, space));
 }
 
-// C's rows ldc apart. Uncounted: matmul_blocked counts; causal attention (§4.4) counts its own.
-void multiply_blocks(int M, int N, int K, MatrixView A, MatrixView B, real* C, int ldc) {
+// Triangles of zeros that causal attention (§4.4) skips, tile by tile: C is wanted on and below
+// the diagonal only, or A is 0 above (A_ik = 0 for k > i) or below it. Adding 0·b changes no bit.
+enum class Zeros { none, c_above, a_above, a_below };
+
+// C's rows ldc apart. Uncounted: matmul_blocked counts; causal attention counts its own.
+static void multiply_blocks(int M, int N, int K, MatrixView A, MatrixView B, real* C, int ldc,
+                            Zeros zeros = Zeros::none) {
     const int m_panels = (M + MR - 1) / MR, n_panels = (N + NR - 1) / NR,
               m_blocks = (M + MC - 1) / MC;
     static thread_local std::vector<real> packed_a, packed_b;
@@ -1516,10 +1521,18 @@ void multiply_blocks(int M, int N, int K, MatrixView A, MatrixView B, real* C, i
 #pragma omp for collapse(2)
             for (int ib = 0; ib < m_blocks; ++ib)
                 for (int jp = 0; jp < n_panels; ++jp)
-                    for (int i = ib * MC; i < std::min(M, ib * MC + MC); i += MR)
-                        micro_kernel(kc, a + std::size_t(i) * kc, b + std::size_t(jp) * NR * kc,
-                                     C + std::size_t(i) * ldc + jp * NR, ldc, std::min(MR, M - i),
+                    for (int i = ib * MC; i < std::min(M, ib * MC + MC); i += MR) {
+                        const int mr = std::min(MR, M - i);   // rows i … i + mr − 1
+                        int from = 0, to = kc;                // the k of this tile
+                        if (zeros == Zeros::a_above) to = std::min(kc, i + mr - p0);
+                        if (zeros == Zeros::a_below) from = std::max(0, i - p0);
+                        if ((zeros == Zeros::c_above && jp * NR > i + mr - 1) || from >= to)
+                            continue;
+                        micro_kernel(to - from, a + std::size_t(i) * kc + std::size_t(from) * MR,
+                                     b + (std::size_t(jp) * kc + from) * NR,
+                                     C + std::size_t(i) * ldc + jp * NR, ldc, mr,
                                      std::min(NR, N - jp * NR));
+                    }
         }
     }
 }
@@ -1863,7 +1876,8 @@ Tensor slice(const Tensor& x, int axis, int start, int end) {
 static double log_sum_exp(const real* x, std::size_t n) {
     const real m = *std::max_element(x, x + n);
     double s = 0;
-    for (std::size_t j = 0; j < n; ++j) s += std::exp(double(x[j] - m));
+#pragma omp simd reduction(+ : s)
+    for (std::size_t j = 0; j < n; ++j) s += exp_by_reduction(double(x[j] - m));   // §2.3
     return m + std::log(s);
 }
 
@@ -1984,11 +1998,10 @@ Tensor cross_entropy(const Tensor& logits, const std::vector<int>& labels, real 
     for (int b = 0; b < B; ++b) {
         const real* z = logit + std::size_t(b) * C;
         const double lse = log_sum_exp(z, C);
-        for (int c = 0; c < C; ++c) {
-            const double log_p = z[c] - lse;
-            probs[std::size_t(b) * C + c] = real(std::exp(log_p));
-            row_loss[b] -= (c == labels[b] ? on : off) * log_p;
-        }
+        real* p = probs.data() + std::size_t(b) * C;
+#pragma omp simd
+        for (int c = 0; c < C; ++c) p[c] = real(exp_by_reduction(z[c] - lse));
+        for (int c = 0; c < C; ++c) row_loss[b] -= (c == labels[b] ? on : off) * (z[c] - lse);
     }
     double loss = 0;
     for (double l : row_loss) loss += l;
@@ -3638,21 +3651,25 @@ static void softmax_backward_rows(const real* P, real* dP, int T, real scale) {
 // output.
 static void head_forward(const real* q, int T, int D, int d, real scale, real* P, real* o) {
     const int ld = 3 * D;
-    multiply_blocks(T, T, d, row_major(q, ld), transposed(q + D, ld), P, T);   // S = Q·Kᵀ
+    multiply_blocks(T, T, d, row_major(q, ld), transposed(q + D, ld), P, T, Zeros::c_above);   // S
     causal_softmax_rows(P, T, scale);
-    multiply_blocks(T, d, T, row_major(P, T), row_major(q + 2 * D, ld), o, D);   // O = P·V
+    multiply_blocks(T, d, T, row_major(P, T), row_major(q + 2 * D, ld), o, D,
+                    Zeros::a_above);   // O
 }
 
 // Its backward into dq (dK, dV: D, 2D further) from go, its dO; dS: [T, T] room.
 static void head_backward(const real* q, const real* P, const real* go, int T, int D, int d,
                           real scale, real* dS, real* dq) {
     const int ld = 3 * D;
-    multiply_blocks(T, d, T, transposed(P, T), row_major(go, D), dq + 2 * D, ld);   // dV = Pᵀ·dO
+    const MatrixView Pt = transposed(P, T), dSt = transposed(dS, T);   // upper triangles
+    multiply_blocks(T, d, T, Pt, row_major(go, D), dq + 2 * D, ld, Zeros::a_below);   // dV = Pᵀ·dO
     std::fill(dS, dS + std::size_t(T) * T, real(0));
-    multiply_blocks(T, T, d, row_major(go, D), transposed(q + 2 * D, ld), dS, T);   // dP = dO·Vᵀ
+    const MatrixView Vt = transposed(q + 2 * D, ld);
+    multiply_blocks(T, T, d, row_major(go, D), Vt, dS, T, Zeros::c_above);   // dP = dO·Vᵀ
     softmax_backward_rows(P, dS, T, scale);
-    multiply_blocks(T, d, T, row_major(dS, T), row_major(q + D, ld), dq, ld);    // dQ = dS·K
-    multiply_blocks(T, d, T, transposed(dS, T), row_major(q, ld), dq + D, ld);   // dK = dSᵀ·Q
+    multiply_blocks(T, d, T, row_major(dS, T), row_major(q + D, ld), dq, ld,
+                    Zeros::a_above);                                               // dQ
+    multiply_blocks(T, d, T, dSt, row_major(q, ld), dq + D, ld, Zeros::a_below);   // dK = dSᵀ·Q
 }
 
 Tensor causal_self_attention(const Tensor& qkv, int heads) {

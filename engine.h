@@ -479,8 +479,6 @@ inline MatrixView transposed(const real* data, int cols) {
 void matmul_naive(int M, int N, int K, MatrixView A, MatrixView B, real* C);     // the oracle
 void matmul_ikj(int M, int N, int K, const real* A, const real* B, real* C);     // row-major only
 void matmul_blocked(int M, int N, int K, MatrixView A, MatrixView B, real* C);   // what matmul uses
-// The same loops, uncounted, into C with rows ldc apart (a block of a wider matrix).
-void multiply_blocks(int M, int N, int K, MatrixView A, MatrixView B, real* C, int ldc);
 
 // Threads for the loops that use OpenMP (matmul_blocked); 1 when built without it (NO_OMP=1).
 void set_num_threads(int n);
