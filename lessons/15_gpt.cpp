@@ -872,12 +872,7 @@ static void attention_map(const nn::GPT& model, const Corpus& corpus) {
 // ---------------------------------------------------------------------------------------------
 static void scale_up(const TrainResult& run, const GPTConfig& ours) {
     heading("6. Scaling up: GPT-2 small on this machine");
-    GPTConfig gpt2;
-    gpt2.vocab = 50257;
-    gpt2.context = 1024;
-    gpt2.layers = 12;
-    gpt2.heads = 12;
-    gpt2.width = 768;
+    const GPTConfig gpt2{50257, 1024, 12, 12, 768};   // V, T, L, H, D
     const double N = double(gpt_parameter_count(gpt2));
     const int sequences = 512;
     const double tokens_per_step = double(sequences) * gpt2.context;
@@ -1132,12 +1127,7 @@ static void check_top_k() {
 
 static void check_decay_groups() {
     // A tiny GPT (V 7, T 5, L 2, H 2, D 8), its groups written out by hand from GPT-2's layout.
-    GPTConfig c;
-    c.vocab = 7;
-    c.context = 5;
-    c.layers = 2;
-    c.heads = 2;
-    c.width = 8;
+    GPTConfig c{7, 5, 2, 2, 8};
     Rng rng(15);
     const nn::GPT tiny(c, rng);
     std::vector<std::string> decay = {"wte", "wpe"}, no_decay;
