@@ -79,7 +79,7 @@ static void peak(Report& report, int threads) {
         },
         5);
     if (!(sink > 0)) throw std::runtime_error("peak: the FMA chains gave " + std::to_string(sink));
-    report.row("peak", threads, "fma", rate(gflop, t), "GFLOP/s");
+    report.row("peak", threads, "fma x" + std::to_string(fma_lanes), rate(gflop, t), "GFLOP/s");
     report.peak_gflops[threads] =
         rate(gflop, t).max;   // a ceiling: the best run, not the typical one
 }

@@ -3169,11 +3169,12 @@ std::int64_t counted_flops() { return flops_counted; }
 void reset_counted_flops() { flops_counted = 0; }
 void count_flops(std::int64_t flops) { flops_counted += flops; }
 
-// The ceiling that achieved FLOP/s are compared with (MFU): 12 independent chains of 8-wide fused
-// multiply-adds, acc = acc·m + c, enough in flight to cover the FMA latency on both pipes, and no
-// memory traffic. The chains converge to c/(1 − m), so nothing overflows however long it runs.
+// The ceiling that achieved FLOP/s are compared with (MFU): 12 independent chains of fused
+// multiply-adds as wide as the widest vector (engine.h), acc = acc·m + c, enough in flight to
+// cover the FMA latency on both pipes, and no memory traffic. The chains converge to c/(1 − m),
+// so nothing overflows however long it runs.
 double fma_chains(long iterations) {
-    constexpr int chains = 12, lanes = 8;
+    constexpr int chains = 12, lanes = fma_lanes;
     real acc[chains][lanes] = {};
     const real m = real(0.999), c = real(1e-3);
     for (long it = 0; it < iterations; ++it)

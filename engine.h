@@ -776,10 +776,19 @@ void reset_counted_flops();
 void count_flops(std::int64_t flops);
 
 // The machine's ceiling, for MFU (bench's `peak` row, lesson 15): fma_chains(n) runs 12
-// independent chains of 8-wide fused multiply-adds n times on the calling thread, with no memory
-// traffic, and returns their sum (use it, or the work may be optimized away).
+// independent chains of fused multiply-adds n times on the calling thread, each as wide as the
+// widest vector the build targets (fma_lanes: 16 floats with AVX-512, 8 with AVX, 4 with SSE or
+// NEON; half as many doubles), with no memory traffic, and returns their sum (use it, or the
+// work may be optimized away).
+#if defined(__AVX512F__)
+constexpr int fma_lanes = 64 / int(sizeof(real));
+#elif defined(__AVX__)
+constexpr int fma_lanes = 32 / int(sizeof(real));
+#else
+constexpr int fma_lanes = 16 / int(sizeof(real));
+#endif
 double fma_chains(long iterations);
-constexpr double fma_chain_flops_per_iteration = 2.0 * 12 * 8;   // a multiply-add is 2 FLOPs
+constexpr double fma_chain_flops_per_iteration = 2.0 * 12 * fma_lanes;   // a multiply-add: 2
 
 // Bytes of tensor storage (the data and gradients of every live tensor), counted where storage
 // is allocated and freed, so reading them costs nothing. current_tensor_bytes() equals
