@@ -3687,10 +3687,10 @@ Tensor causal_self_attention(const Tensor& qkv, int heads) {
     const int d = D / heads, units = B * heads;   // units: (sequence, head) pairs
     const real scale = real(1 / std::sqrt(double(d)));
     Tensor out = Tensor::from_op(qkv.rank() == 3 ? Shape{B, T, D} : Shape{T, D}, op, {qkv});
-    Tensor saved_p({B, heads, T, T});   // P, for backward
+    Tensor saved_p({B, heads, T, T});   // P; backward reads it
     const real* x = qkv.values().data();
     real *o = out.values().data(), *P = saved_p.values().data();
-    const double work = double(units) * T * T * d;   // under 10⁵: one thread is faster
+    const double work = double(units) * T * T * d;   // tiny: not worth waking threads
 #pragma omp parallel for if (work > 1e5)
     for (int u = 0; u < units; ++u) {
         const int b = u / heads, h = u % heads;

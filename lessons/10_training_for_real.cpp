@@ -1093,10 +1093,5 @@ static int parse_options(int argc, char** argv) {
 }
 
 int main(int argc, char** argv) {
-    const bool checking = argc > 1 && std::strcmp(argv[1], "--check") == 0;
-    if (!checking) {
-        const int status = parse_options(argc, argv);
-        if (status >= 0) return status;
-    }
-    return run_lesson(argc, argv, lesson, check_homework);
+    return run_lesson(argc, argv, parse_options, lesson, check_homework);
 }

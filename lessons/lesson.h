@@ -103,6 +103,17 @@ inline int run_lesson(int argc, char** argv, void (*lesson)(), int (*check_homew
     }
 }
 
+// The same, for a lesson with flags: parse_options returns −1 to go on, or the exit status (a
+// bad flag, --help). `--check` skips it: the grader passes no flags.
+inline int run_lesson(int argc, char** argv, int (*parse_options)(int, char**), void (*lesson)(),
+                      int (*check_homework)()) {
+    if (argc < 2 || std::strcmp(argv[1], "--check") != 0) {
+        const int status = parse_options(argc, argv);
+        if (status >= 0) return status;
+    }
+    return run_lesson(argc, argv, lesson, check_homework);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Small helpers that several lessons (and tests.cpp) use: one copy here instead of one per file.
 // ---------------------------------------------------------------------------------------------
