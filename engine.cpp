@@ -1419,9 +1419,9 @@ void matmul_ikj(int M, int N, int K, const real* A, const real* B, real* C) {
 
 // 3. Cache blocking with a register-blocked micro-kernel (the GotoBLAS/BLIS design). The kernel
 // keeps an MR×NR tile of C in registers and streams the inputs past it: per k, MR numbers of A
-// and NR of B for MR·NR multiply-adds. The blocks keep its inputs in L1/L2. Packing copies each
-// block in the order the kernel reads it, zero-padded to whole tiles, so the kernel needs no
-// strides or edge cases. Each element of C is summed by one thread in one order: the result is
+// and NR of B for MR·NR multiply-adds. The blocks keep its inputs in L1/L2. Packing copies B's
+// block (and A's, when its rows are strided) in the order the kernel reads it, B zero-padded to
+// whole tiles. Each element of C is summed by one thread in one order: the result is
 // bit-identical for any thread count.
 namespace {
 constexpr int MR = 6, NR = 16;     // register tile
@@ -1437,19 +1437,23 @@ static inline real multiply_add(real a, real b, real c) {
 #endif
 }
 
-// C[mr, nr] += Ã·B̃ over kc, Ã packed as [kc][MR], B̃ as [kc][NR]. acc's indices are
-// compile-time constants, so it stays in registers.
-static void micro_kernel(int kc, const real* a, const real* b, real* C, int ldc, int mr, int nr) {
+// C[mr, nr] += A·B̃ over kc: A(i, p) = a[i·a_row + p·a_step], packed (1, MR) or in place (lda, 1).
+// Rows past mr repeat row mr − 1 (in bounds; never stored). acc stays in registers.
+static void micro_kernel(int kc, const real* a, std::ptrdiff_t a_row, std::ptrdiff_t a_step,
+                         const real* b, real* C, int ldc, int mr, int nr) {
     // C's rows are rarely in cache: request them now, to arrive during the k loop.
     for (int i = 0; i < MR; ++i) {
         __builtin_prefetch(C + std::size_t(i) * ldc);
         __builtin_prefetch(C + std::size_t(i) * ldc + NR - 1);
     }
+    const real* row[MR];
+    for (int i = 0; i < MR; ++i) row[i] = a + std::min(i, mr - 1) * a_row;
     real acc[MR][NR] = {};
-    for (int p = 0; p < kc; ++p, a += MR, b += NR)
+    for (int p = 0; p < kc; ++p, b += NR)
         for (int i = 0; i < MR; ++i) {
+            const real a_ip = row[i][p * a_step];
 #pragma omp simd
-            for (int j = 0; j < NR; ++j) acc[i][j] = multiply_add(a[i], b[j], acc[i][j]);
+            for (int j = 0; j < NR; ++j) acc[i][j] = multiply_add(a_ip, b[j], acc[i][j]);
         }
     if (mr == MR && nr == NR) {   // a whole tile: constant bounds, vectorized
         for (int i = 0; i < MR; ++i) {
@@ -1464,9 +1468,8 @@ static void micro_kernel(int kc, const real* a, const real* b, real* C, int ldc,
 
 // Packing writes each packed row whole, k in the outer loop, so the source is read as streams.
 
-// Rows [i0, i0+mr) × columns [p0, p0+kc) of A as Ã[kc][MR]; rows past mr are zeros.
+// Rows [i0, i0+mr) × columns [p0, p0+kc) of A as Ã[kc][MR].
 static void pack_a_panel(MatrixView A, int i0, int mr, int p0, int kc, real* out) {
-    if (mr < MR) std::fill(out, out + std::size_t(kc) * MR, real(0));
     for (int p = 0; p < kc; ++p)
         for (int i = 0; i < mr; ++i) out[p * MR + i] = A(i0 + i, p0 + p);
 }
@@ -1474,6 +1477,13 @@ static void pack_a_panel(MatrixView A, int i0, int mr, int p0, int kc, real* out
 // Rows [p0, p0+kc) × columns [j0, j0+nr) of B as B̃[kc][NR]; columns past nr are zeros.
 static void pack_b_panel(MatrixView B, int p0, int kc, int j0, int nr, real* out) {
     if (nr < NR) std::fill(out, out + std::size_t(kc) * NR, real(0));
+    if (B.row_stride == 1) {   // transposed: read each contiguous column whole
+        for (int j = 0; j < nr; ++j) {
+            const real* column = B.data + (j0 + j) * B.col_stride + p0;
+            for (int p = 0; p < kc; ++p) out[p * NR + j] = column[p];
+        }
+        return;
+    }
     for (int p = 0; p < kc; ++p) {
         if (nr == NR && B.col_stride == 1) {   // NR contiguous numbers
             const real* row = B.data + (p0 + p) * B.row_stride + j0;
@@ -1502,9 +1512,12 @@ static void multiply_blocks(int M, int N, int K, MatrixView A, MatrixView B, rea
                             Zeros zeros = Zeros::none) {
     const int m_panels = (M + MR - 1) / MR, n_panels = (N + NR - 1) / NR,
               m_blocks = (M + MC - 1) / MC;
+    // A with contiguous rows is read in place (packing it cost as much as attention's 64×32
+    // products); strided rows are packed, or each k would touch MR cache lines.
+    const bool a_in_place = A.col_stride == 1;
     static thread_local std::vector<real> packed_a, packed_b;
-    real *a = aligned_64(packed_a, std::size_t(m_panels) * MR * KC),
-         *b = aligned_64(packed_b, std::size_t(n_panels) * NR * KC);
+    real* a = a_in_place ? nullptr : aligned_64(packed_a, std::size_t(m_panels) * MR * KC);
+    real* b = aligned_64(packed_b, std::size_t(n_panels) * NR * KC);
     for (int p0 = 0; p0 < K; p0 += KC) {
         const int kc = std::min(KC, K - p0);
         // Below 10⁶ flops, waking the other threads costs more than it saves.
@@ -1515,7 +1528,7 @@ static void multiply_blocks(int M, int N, int K, MatrixView A, MatrixView B, rea
                 pack_b_panel(B, p0, kc, jp * NR, std::min(NR, N - jp * NR),
                              b + std::size_t(jp) * NR * kc);
 #pragma omp for
-            for (int ip = 0; ip < m_panels; ++ip)
+            for (int ip = 0; ip < (a_in_place ? 0 : m_panels); ++ip)
                 pack_a_panel(A, ip * MR, std::min(MR, M - ip * MR), p0, kc,
                              a + std::size_t(ip) * MR * kc);
 #pragma omp for collapse(2)
@@ -1528,8 +1541,11 @@ static void multiply_blocks(int M, int N, int K, MatrixView A, MatrixView B, rea
                         if (zeros == Zeros::a_below) from = std::max(0, i - p0);
                         if ((zeros == Zeros::c_above && jp * NR > i + mr - 1) || from >= to)
                             continue;
-                        micro_kernel(to - from, a + std::size_t(i) * kc + std::size_t(from) * MR,
-                                     b + (std::size_t(jp) * kc + from) * NR,
+                        const real* a_tile = a_in_place
+                                                 ? A.data + i * A.row_stride + p0 + from
+                                                 : a + std::size_t(i) * kc + std::size_t(from) * MR;
+                        micro_kernel(to - from, a_tile, a_in_place ? A.row_stride : 1,
+                                     a_in_place ? 1 : MR, b + (std::size_t(jp) * kc + from) * NR,
                                      C + std::size_t(i) * ldc + jp * NR, ldc, mr,
                                      std::min(NR, N - jp * NR));
                     }
