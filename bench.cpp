@@ -45,7 +45,13 @@ static Timing rate(double gflop, Timing ms) {
 // measured with the same number of threads: how close to the machine's ceiling it runs.
 struct Report {
     std::ofstream csv;
-    double peak_gflops[3] = {0, 0, 0};   // by thread count, once the peak rows have run
+    double peak_gflops[3] = {0, 0, 0};   // by thread count: the best peak run so far
+    struct Rate {
+        std::string name;
+        int threads;
+        double gflops;
+    };
+    std::vector<Rate> rates;   // the CPU's GFLOP/s rows, for report_highest_share
     Report() {
         ::mkdir("build", 0755);
         csv.open("build/bench.csv");
@@ -62,6 +68,8 @@ struct Report {
             threads <= 2)
             limit = peak_gflops[threads];
         if (limit > 0) std::printf(" %5.1f%%", 100 * t.median / limit);
+        if (limit == peak_gflops[threads] && limit > 0)
+            rates.push_back({std::string(name) + " " + size, threads, t.median});
         std::printf("\n");
         std::fflush(stdout);
         csv << name << ',' << threads << ',' << size << ',' << t.median << ',' << unit << '\n';
@@ -81,7 +89,57 @@ static void peak(Report& report, int threads) {
     if (!(sink > 0)) throw std::runtime_error("peak: the FMA chains gave " + std::to_string(sink));
     report.row("peak", threads, "fma x" + std::to_string(fma_lanes), rate(gflop, t), "GFLOP/s");
     report.peak_gflops[threads] =
-        rate(gflop, t).max;   // a ceiling: the best run, not the typical one
+        std::max(report.peak_gflops[threads], rate(gflop, t).max);   // a ceiling: the best run
+}
+
+// The peak row should be the ceiling. The full table says how close its rows come; a virtual
+// machine's speed drifts, so the best peak run counts, measured again after the other rows.
+static void report_highest_share(Report& report, const std::vector<int>& thread_counts) {
+    for (int threads : thread_counts) peak(report, threads);
+    double highest = 0;
+    for (const Report::Rate& r : report.rates)
+        highest = std::max(highest, r.gflops / report.peak_gflops[r.threads]);
+    std::printf("(the highest GFLOP/s row ran at %.1f%% of the best peak run)\n", 100 * highest);
+}
+
+// test-all's proof that the peak is the ceiling: runs of the matmul alternate with runs of the
+// FMA chains that take about as long, and the fastest run of each counts. On a busy machine a
+// longer run is more often interrupted by other processes; the fastest run of each is the one
+// that was not. The matmul's best may not pass the chains' best by more than 5% (timing noise).
+static void check_peak_is_ceiling(const std::vector<int>& thread_counts) {
+    for (int threads : thread_counts) {
+        set_num_threads(threads);
+        for (int N : {256, 512}) {
+            Rng rng(1);
+            const Tensor a = randn({N, N}, rng), b = randn({N, N}, rng);
+            const double flops = 2.0 * N * N * double(N);
+            // Chains of as many FLOPs as the product, at the build's vector width.
+            const long iterations = long(flops / threads / fma_chain_flops_per_iteration) + 1;
+            double sink = 0, best_peak = 0, best_matmul = 0;
+            for (int r = 0; r < 25; ++r) {
+                const Timing chains = time_ms(
+                    [&] {
+#pragma omp parallel num_threads(threads) reduction(+ : sink)
+                        sink += fma_chains(iterations);
+                    },
+                    1);
+                const Timing product = time_ms([&] { matmul(a, b); }, 1);
+                best_peak = std::max(best_peak, fma_chain_flops_per_iteration * double(iterations) *
+                                                    threads / chains.min);
+                best_matmul = std::max(best_matmul, flops / product.min);
+            }
+            if (!(sink > 0)) throw std::runtime_error("peak: the FMA chains gave no sum");
+            const double share = best_matmul / best_peak;
+            std::printf("matmul %d on %d thread(s): %.1f%% of the FMA chains (fma x%d; the fastest "
+                        "of 25 runs each)\n",
+                        N, threads, 100 * share, fma_lanes);
+            if (share > 1.05)
+                throw std::runtime_error("the peak is not the ceiling: matmul " +
+                                         std::to_string(N) + " ran at " +
+                                         std::to_string(100 * share) + "% of it");
+        }
+    }
+    std::printf("(every matmul within 105%% of the peak)\n");
 }
 
 // 64 entries of C = A·B recomputed in double; one more than 1e-4 (relative) off stops the bench.
@@ -479,6 +537,10 @@ static int run(int argc, char** argv) {
     const int most = num_threads();   // OpenMP's default: one per core
     std::vector<int> thread_counts = {1};
     if (most >= 2) thread_counts.push_back(2);
+    if (argc > 1 && std::string(argv[1]) == "--peak-check") {
+        check_peak_is_ceiling(thread_counts);
+        return 0;
+    }
     for (int threads : thread_counts) peak(report, threads);
     set_num_threads(1);
     matmul_steps(report, 512);
@@ -498,6 +560,7 @@ static int run(int argc, char** argv) {
         set_num_threads(threads);
         gpt_step(report, threads);
     }
+    report_highest_share(report, thread_counts);
     scalar_moons(report);
     if (cuda_is_emulated()) {
         emulated_kernel(report);

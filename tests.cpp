@@ -4395,6 +4395,21 @@ TEST_OF_OTHER_BUILD("cuda", "cuda_event_timing: bench --gpu-only checks and time
             fail_at(__FILE__, __LINE__, std::string("no row ") + row + " in:\n" + r.output);
 }
 
+// bench's `peak` row must be the machine's ceiling (#18): FMA chains as wide as the build's
+// widest vector, and no matmul above them by more than timing noise (5%), each matmul timed
+// right after a run of the chains (bench --peak-check exits 1 otherwise).
+TEST_OF_OTHER_BUILD("04 tensors", "peak: bench's FMA chains are as wide as the build's vectors and "
+                                  "no matmul row exceeds them by more than 5%") {
+    require_binary(build_dir + "/bench");
+    const CommandResult r = run_command(build_dir + "/bench --peak-check");
+    if (r.exit_code != 0) fail_at(__FILE__, __LINE__, "bench --peak-check failed:\n" + r.output);
+    // bench is built in float, the tests in double: the same vector holds twice as many floats
+    const std::string width = "fma x" + std::to_string(fma_lanes * sizeof(real) / sizeof(float));
+    for (const std::string& expected : {width, std::string("every matmul within 105% of the peak")})
+        if (r.output.find(expected) == std::string::npos)
+            fail_at(__FILE__, __LINE__, "no \"" + expected + "\" in:\n" + r.output);
+}
+
 TEST("cuda", "cuda_training_step: forward, backward and AdamW on the device equal the CPU step") {
     cuda_tests::under_every_schedule(cuda_tests::test_training_step);
 }
