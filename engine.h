@@ -479,6 +479,8 @@ inline MatrixView transposed(const real* data, int cols) {
 void matmul_naive(int M, int N, int K, MatrixView A, MatrixView B, real* C);     // the oracle
 void matmul_ikj(int M, int N, int K, const real* A, const real* B, real* C);     // row-major only
 void matmul_blocked(int M, int N, int K, MatrixView A, MatrixView B, real* C);   // what matmul uses
+// matmul_blocked with another register tile (mr×nr: 6x4, 6x8, 6x16, 14x16, 14x32), for the tests.
+void matmul_with_tile(int mr, int nr, int M, int N, int K, MatrixView A, MatrixView B, real* C);
 
 // Threads for the loops that use OpenMP (matmul_blocked); 1 when built without it (NO_OMP=1).
 void set_num_threads(int n);

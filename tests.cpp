@@ -1503,8 +1503,8 @@ TEST("04 tensors",
 struct Product {
     int M, N, K;
 };
-// Odd sizes (not multiples of the 6×16 tile), one whole tile, sizes past the MC = 144 and
-// KC = 256 blocks, and empty ones.
+// Odd sizes (not multiples of any tile), one whole 6×16 tile, sizes past the MC = 48 (MR = 6)
+// or 112 (MR = 14) and KC = 512 blocks, and empty ones.
 static const std::vector<Product> odd_products = {{1, 1, 1},    {7, 3, 5},      {13, 19, 17},
                                                   {6, 16, 256}, {145, 33, 300}, {150, 70, 520},
                                                   {0, 3, 4},    {3, 0, 4},      {3, 4, 0}};
@@ -1558,6 +1558,36 @@ TEST("04 tensors",
                                    product_into_random(dw, xt, dz, matmul_naive)),
                     0, 1e-12);
     }
+}
+
+// The build picks one register tile (engine.cpp §2.4); the others run here, on any machine: each
+// shape with row-major and transposed operands (in place and packed A), against the naive loop.
+TEST("04 tensors",
+     "matmul_with_tile: every register tile (6x4, 6x8, 6x16, 14x16, 14x32), row-major "
+     "and transposed operands, equals matmul_naive") {
+    Rng rng(14);
+    for (const Product s : odd_products) {
+        const std::vector<real> A = randn({std::max(s.M * s.K, 1)}, rng).values(),
+                                B = randn({std::max(s.K * s.N, 1)}, rng).values();
+        const MatrixView a_views[] = {row_major(A.data(), s.K), transposed(A.data(), s.M)},
+                         b_views[] = {row_major(B.data(), s.N), transposed(B.data(), s.K)};
+        for (const MatrixView a : a_views)
+            for (const MatrixView b : b_views) {
+                const std::vector<real> want = product_into_random(s, a, b, matmul_naive);
+                for (const auto& [mr, nr] :
+                     {std::pair{6, 4}, {6, 8}, {6, 16}, {14, 16}, {14, 32}}) {
+                    Rng c_rng(11);   // product_into_random's C
+                    std::vector<real> C = randn({std::max(s.M * s.N, 1)}, c_rng).values();
+                    C.resize(std::size_t(s.M) * s.N);
+                    matmul_with_tile(mr, nr, s.M, s.N, s.K, a, b, C.data());
+                    EXPECT_NEAR(max_difference(C, want), 0, 1e-12);
+                }
+            }
+    }
+    std::vector<real> C(1);
+    EXPECT_THROWS(
+        matmul_with_tile(5, 16, 1, 1, 1, row_major(C.data(), 1), row_major(C.data(), 1), C.data()),
+        "matmul_with_tile: no 5x16 tile (6x4, 6x8, 6x16, 14x16, 14x32)");
 }
 
 TEST("04 tensors", "matmul_blocked gives the same bits with 1 and 2 threads") {
