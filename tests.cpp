@@ -4399,6 +4399,177 @@ TEST("cuda", "cuda_training_step: forward, backward and AdamW on the device equa
     cuda_tests::under_every_schedule(cuda_tests::test_training_step);
 }
 
+// ---- the GPT's kernels (kernels.cu §10 to §13), each against a plain loop in double ----------
+
+namespace cuda_tests {
+
+// ids with repeats (V = 5 for 11 positions), so the scatter-add must sum rows that collide.
+static void test_embedding() {   // tolerance 1e-6: a few float additions
+    Random rng{31};
+    const int V = 5, D = 7, B = 2, T = 6, N = B * T;
+    std::vector<int> ids(static_cast<std::size_t>(N));
+    for (int& id : ids) id = int(rng.next() % V);
+    ids[3] = ids[0];   // a sure collision
+    const std::vector<float> wte = rng.vector(std::size_t(V) * D),
+                             wpe = rng.vector(std::size_t(T) * D),
+                             g = rng.vector(std::size_t(N) * D),
+                             dwte0 = rng.vector(std::size_t(V) * D),
+                             dwpe0 = rng.vector(std::size_t(T) * D);
+    DeviceBuffer<int> Ids = to_device(ids);
+    DeviceBuffer<float> Wte = to_device(wte), Wpe = to_device(wpe), G = to_device(g),
+                        Out(std::size_t(N) * D), X(std::size_t(N) * D), dWte = to_device(dwte0),
+                        dWte2 = to_device(dwte0), dWpe = to_device(dwpe0);
+    std::vector<double> lookup(std::size_t(N) * D), embed(std::size_t(N) * D), dwte = widen(dwte0),
+                                                                               dwpe = widen(dwpe0);
+    for (int k = 0; k < N; ++k)
+        for (int j = 0; j < D; ++j) {
+            const std::size_t at = std::size_t(k) * D + j, row = std::size_t(ids[k]) * D + j;
+            lookup[at] = wte[row];
+            embed[at] = double(wte[row]) + wpe[std::size_t(k % T) * D + j];
+            dwte[row] += g[at];
+            dwpe[std::size_t(k % T) * D + j] += g[at];
+        }
+    cuda_embedding_forward(Wte.data(), Ids.data(), Out.data(), N, D);
+    expect_close("embedding forward", to_host(Out), lookup, 0);
+    cuda_embedding_backward(G.data(), Ids.data(), dWte.data(), N, D);
+    expect_close("embedding backward (the scatter-add)", to_host(dWte), dwte, 1e-6);
+    cuda_gpt_embed_forward(Wte.data(), Wpe.data(), Ids.data(), X.data(), B, T, D);
+    expect_close("gpt_embed forward: wte[id] + wpe[t]", to_host(X), embed, 1e-6);
+    cuda_gpt_embed_backward(G.data(), Ids.data(), dWte2.data(), dWpe.data(), B, T, D);
+    expect_close("gpt_embed backward, dwte", to_host(dWte2), dwte, 1e-6);
+    expect_close("gpt_embed backward, dwpe", to_host(dWpe), dwpe, 1e-6);
+}
+
+// Two matrices of 37 × 45: the 32 × 32 tiles divide neither side. Exact: numbers only move.
+static void test_transpose() {
+    Random rng{32};
+    const int batch = 2, R = 37, C = 45;
+    const std::size_t n = std::size_t(batch) * R * C;
+    const std::vector<float> x = rng.vector(n), g = rng.vector(n), dx0 = rng.vector(n);
+    DeviceBuffer<float> X = to_device(x), Y(n), G = to_device(g), dX = to_device(dx0);
+    std::vector<double> y(n), dx = widen(dx0);
+    for (int t = 0; t < batch; ++t)
+        for (int r = 0; r < R; ++r)
+            for (int c = 0; c < C; ++c) {
+                const std::size_t in = (std::size_t(t) * R + r) * C + c,
+                                  out = (std::size_t(t) * C + c) * R + r;
+                y[out] = x[in];
+                dx[in] += g[out];   // g has Y's shape [C, R]
+            }
+    cuda_transpose_forward(X.data(), Y.data(), batch, R, C);
+    expect_close("transpose forward", to_host(Y), y, 0);
+    cuda_transpose_backward(G.data(), dX.data(), batch, R, C);
+    expect_close("transpose backward (added)", to_host(dX), dx, 1e-7);
+}
+
+// Causal attention over qkv [B, T, 3D] in double, the formulas of engine.cpp §4.3: out [B, T, D],
+// lse [B·H, T], and dqkv += the gradient for dout.
+struct AttentionReference {
+    std::vector<double> out, lse, dqkv;
+};
+static AttentionReference attention_reference(const std::vector<float>& qkv,
+                                              const std::vector<float>& dout,
+                                              const std::vector<float>& dqkv0, int B, int T, int D,
+                                              int H) {
+    const int d = D / H;
+    const double s = 1 / std::sqrt(double(d));
+    AttentionReference ref{std::vector<double>(std::size_t(B) * T * D),
+                           std::vector<double>(std::size_t(B) * H * T), widen(dqkv0)};
+    auto at = [&](int b, int t, int part, int h, int c) {   // part 0, 1, 2: q, k, v
+        return (std::size_t(b) * T + t) * 3 * D + std::size_t(part) * D + std::size_t(h) * d + c;
+    };
+    auto o_at = [&](int b, int t, int h, int c) {
+        return (std::size_t(b) * T + t) * D + std::size_t(h) * d + c;
+    };
+    for (int b = 0; b < B; ++b)
+        for (int h = 0; h < H; ++h) {
+            std::vector<double> P(std::size_t(T) * T, 0.0), dS(std::size_t(T) * T, 0.0);
+            for (int i = 0; i < T; ++i) {
+                double largest = -INFINITY, total = 0;
+                for (int j = 0; j <= i; ++j) {
+                    double dot = 0;
+                    for (int c = 0; c < d; ++c)
+                        dot += double(qkv[at(b, i, 0, h, c)]) * qkv[at(b, j, 1, h, c)];
+                    P[std::size_t(i) * T + j] = s * dot;
+                    largest = std::max(largest, s * dot);
+                }
+                for (int j = 0; j <= i; ++j) total += std::exp(P[std::size_t(i) * T + j] - largest);
+                for (int j = 0; j <= i; ++j)
+                    P[std::size_t(i) * T + j] =
+                        std::exp(P[std::size_t(i) * T + j] - largest) / total;
+                ref.lse[(std::size_t(b) * H + h) * T + i] = largest + std::log(total);
+                for (int c = 0; c < d; ++c)
+                    for (int j = 0; j <= i; ++j)
+                        ref.out[o_at(b, i, h, c)] +=
+                            P[std::size_t(i) * T + j] * qkv[at(b, j, 2, h, c)];
+            }
+            for (int i = 0; i < T; ++i) {   // dP = dO·Vᵀ, then dS = P ∘ (dP − rowsum(P ∘ dP))
+                double row = 0;
+                for (int j = 0; j <= i; ++j) {
+                    double dp = 0;
+                    for (int c = 0; c < d; ++c)
+                        dp += double(dout[o_at(b, i, h, c)]) * qkv[at(b, j, 2, h, c)];
+                    dS[std::size_t(i) * T + j] = dp;
+                    row += dp * P[std::size_t(i) * T + j];
+                }
+                for (int j = 0; j <= i; ++j)
+                    dS[std::size_t(i) * T + j] =
+                        P[std::size_t(i) * T + j] * (dS[std::size_t(i) * T + j] - row);
+            }
+            for (int i = 0; i < T; ++i)
+                for (int j = 0; j <= i; ++j)
+                    for (int c = 0; c < d; ++c) {
+                        const double p = P[std::size_t(i) * T + j], ds = dS[std::size_t(i) * T + j];
+                        ref.dqkv[at(b, j, 2, h, c)] += p * dout[o_at(b, i, h, c)];        // dV
+                        ref.dqkv[at(b, i, 0, h, c)] += s * ds * qkv[at(b, j, 1, h, c)];   // dQ
+                        ref.dqkv[at(b, j, 1, h, c)] += s * ds * qkv[at(b, i, 0, h, c)];   // dK
+                    }
+        }
+    return ref;
+}
+
+// B 2, T 37 (the naive kernels' 16 × 16 tiles and the flash tiles of 32 divide neither), H 3
+// heads of d = 5 features. Tolerance 1e-5: sums of up to 37 float products.
+static void test_attention(bool flash) {
+    Random rng{flash ? 34u : 33u};
+    const int B = 2, T = 37, H = 3, d = 5, D = H * d;
+    const std::size_t n_qkv = std::size_t(B) * T * 3 * D, n_out = std::size_t(B) * T * D;
+    const std::vector<float> qkv = rng.vector(n_qkv, -2, 2), dout = rng.vector(n_out),
+                             dqkv0 = rng.vector(n_qkv);
+    const AttentionReference want = attention_reference(qkv, dout, dqkv0, B, T, D, H);
+    DeviceBuffer<float> Qkv = to_device(qkv), Dout = to_device(dout), dQkv = to_device(dqkv0),
+                        Out(n_out);
+    const std::string name = flash ? "flash_attention" : "attention_naive";
+    if (flash) {
+        DeviceBuffer<float> Lse(std::size_t(B) * H * T);
+        cuda_flash_attention_forward(Qkv.data(), Out.data(), Lse.data(), B, T, D, H);
+        expect_close(name + " log-sum-exp", to_host(Lse), want.lse, 1e-5);
+        cuda_flash_attention_backward(Qkv.data(), Out.data(), Lse.data(), Dout.data(), dQkv.data(),
+                                      B, T, D, H);
+    } else {
+        DeviceBuffer<float> P(std::size_t(B) * H * T * T);
+        cuda_attention_naive_forward(Qkv.data(), Out.data(), P.data(), B, T, D, H);
+        cuda_attention_naive_backward(Qkv.data(), P.data(), Dout.data(), dQkv.data(), B, T, D, H);
+    }
+    expect_close(name + " forward", to_host(Out), want.out, 1e-5);
+    expect_close(name + " backward (dq, dk, dv added into dqkv)", to_host(dQkv), want.dqkv, 1e-5);
+}
+
+}   // namespace cuda_tests
+
+TEST("cuda", "cuda_embedding: lookup, scatter-add with repeated ids, token + position fused") {
+    cuda_tests::under_every_schedule(cuda_tests::test_embedding);
+}
+TEST("cuda", "cuda_transpose: 32 x 32 tiles through shared memory, forward and added backward") {
+    cuda_tests::under_every_schedule(cuda_tests::test_transpose);
+}
+TEST("cuda", "cuda_attention_naive: causal scores, softmax, P·V, and the backward, T = 37") {
+    cuda_tests::under_every_schedule([] { cuda_tests::test_attention(false); });
+}
+TEST("cuda", "cuda_flash_attention: online softmax, the log-sum-exp, the backward, T = 37") {
+    cuda_tests::under_every_schedule([] { cuda_tests::test_attention(true); });
+}
+
 // =============================================================================================
 // cuda, the engine on the device (engine.cpp Part 5): tensors moved with to() / move_to() run
 // their ops on the kernels above. The independent truth is the CPU engine: the same training
