@@ -1153,10 +1153,12 @@ void cuda_transpose_backward(const float* dY, float* dX, int batch, int R, int C
 // cost is strided access (rows 3D floats apart), which the tiled kernels of §13 turn into one
 // coalesced load per tile anyway.
 // Per (b, h), with s = 1/√d:
-//     S_ij = s·q_i·k_j   P_ij = softmax_j(S_ij) over j ≤ i (0 above the diagonal)   o_i = Σ_j P_ij·v_j
+//     S_ij = s·q_i·k_j    P_ij = softmax_j(S_ij) over j ≤ i (0 above the diagonal)
+//     o_i = Σ_j P_ij·v_j
 // Backward, with dO given:
-//     dV = Pᵀ·dO    dP = dO·Vᵀ    dS_ij = P_ij·(dP_ij − Σ_j' P_ij'·dP_ij')    dQ = s·dS·K    dK = s·dSᵀ·Q
-// Step by step, one kernel for each line, P [B·H, T, T] materialized in device memory: the
+//     dV = Pᵀ·dO    dP = dO·Vᵀ    dS_ij = P_ij·(dP_ij − Σ_j' P_ij'·dP_ij')
+//     dQ = s·dS·K   dK = s·dSᵀ·Q
+// Step by step, one kernel for each formula, P [B·H, T, T] materialized in device memory: the
 // version to read first and the oracle of §13. Its memory is its problem: P has T² numbers per
 // head where q, k, v have T·d, and every step writes or reads all of them (T = 1024, d = 64: P is
 // 16 times the size of q, k and v together).
