@@ -695,7 +695,12 @@ void cuda_softmax_cross_entropy_backward(const float* probs, const int* labels, 
 // again (8·rows·D): 24·rows·D bytes for about 20·rows·D FLOPs.
 // =============================================================================================
 
-// Grid: one block of 128 threads per row.
+// Grid: one block per row, of 128 threads, or of ⌈D/32⌉ warps when D < 128: a GPT's rows can be
+// short (D = 32 in lesson 15's --cuda), and the threads past D would only wait at the barriers.
+static unsigned layer_norm_threads(int D) {
+    return std::min(unsigned(row_block), 32 * blocks_for(D, 32));
+}
+
 static __global__ void layer_norm_forward_kernel(const float* X, const float* gain,
                                                  const float* bias, float* Y, float* mean,
                                                  float* rstd, int D, float eps) {
@@ -716,7 +721,7 @@ static __global__ void layer_norm_forward_kernel(const float* X, const float* ga
     }
 }
 
-// dx, one block of 128 threads per row.
+// dx, one block per row as in the forward.
 static __global__ void layer_norm_backward_dx_kernel(const float* X, const float* gain,
                                                      const float* mean, const float* rstd,
                                                      const float* dY, float* dX, int D) {
@@ -769,7 +774,8 @@ void cuda_layer_norm_forward(const float* X, const float* gain, const float* bia
                              float* mean, float* rstd, int rows, int D, float eps) {
     check_arguments(rows >= 0 && D > 0, "layer_norm: needs rows >= 0 and D > 0");
     if (rows == 0) return;
-    LAUNCH(layer_norm_forward_kernel, rows, row_block)(X, gain, bias, Y, mean, rstd, D, eps);
+    LAUNCH(layer_norm_forward_kernel, rows, layer_norm_threads(D))
+    (X, gain, bias, Y, mean, rstd, D, eps);
     CUDA_CHECK(cudaGetLastError());
 }
 // dX [rows, D] += ..., dgain and dbias [D] += ...
@@ -778,7 +784,8 @@ void cuda_layer_norm_backward(const float* X, const float* gain, const float* me
                               float* dbias, int rows, int D) {
     check_arguments(rows >= 0 && D > 0, "layer_norm: needs rows >= 0 and D > 0");
     if (rows == 0) return;
-    LAUNCH(layer_norm_backward_dx_kernel, rows, row_block)(X, gain, mean, rstd, dY, dX, D);
+    LAUNCH(layer_norm_backward_dx_kernel, rows, layer_norm_threads(D))
+    (X, gain, mean, rstd, dY, dX, D);
     CUDA_CHECK(cudaGetLastError());
     LAUNCH(layer_norm_backward_params_kernel, blocks_for(D, strip_width),
            dim3(strip_width, strip_rows))
@@ -800,6 +807,9 @@ void cuda_layer_norm_backward(const float* X, const float* gain, const float* me
 // among them, multiplied rather than divided by), each formed on the host in double and rounded
 // to float once: the two give the same bits.
 // Grid: ⌈n/256⌉ blocks of 256 threads, one element each.
+// Weight-decay groups (a GPT decays its matrices, not its biases and gains: lesson 15 §3) need
+// nothing more: each group is an optimizer of its own, and every launch takes its tensor's λ
+// (0 for the group without decay).
 // =============================================================================================
 
 struct AdamWConstants {

@@ -4388,9 +4388,12 @@ TEST_OF_OTHER_BUILD("cuda", "cuda_event_timing: bench --gpu-only checks and time
     const CommandResult r = run_command(build_dir + "/bench --gpu-only");
     EXPECT_EQ(r.exit_code, 0);
     for (const char* row :
-         {"gpu_add", "gpu_relu", "gpu_sum_v1", "gpu_sum_v2", "gpu_grad_norm", "gpu_adamw",
-          "gpu_softmax_ce", "gpu_bias_grad", "gpu_layer_norm", "gpu_layer_norm_bw", "gpu_matmul_v1",
-          "gpu_matmul_v2", "gpu_matmul_v3", "gpu_matmul_dx", "gpu_matmul_dw"})
+         {"gpu_add",          "gpu_relu",          "gpu_sum_v1",     "gpu_sum_v2",
+          "gpu_grad_norm",    "gpu_adamw",         "gpu_softmax_ce", "gpu_bias_grad",
+          "gpu_layer_norm",   "gpu_layer_norm_bw", "gpu_matmul_v1",  "gpu_matmul_v2",
+          "gpu_matmul_v3",    "gpu_matmul_dx",     "gpu_matmul_dw",  "gpu_embedding",
+          "gpu_embedding_bw", "gpu_transpose",     "gpu_attn_naive", "gpu_attn_naive_bw",
+          "gpu_flash_attn",   "gpu_flash_attn_bw", "gpu_gpt_step"})
         if (r.output.find(row) == std::string::npos)
             fail_at(__FILE__, __LINE__, std::string("no row ") + row + " in:\n" + r.output);
 }
