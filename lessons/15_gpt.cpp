@@ -990,8 +990,8 @@ static void on_the_device(const Corpus& corpus) {
     heading("7. The training step on the device (--cuda)");
     const GPTConfig c = device_config(corpus.tokenizer.vocab_size());
     const int windows = cuda_is_emulated() ? 4 : batch;
-    std::printf("%s; V = %d, T = %d, L = %d, H = %d, D = %d, B = %d; %d steps of section 3's\n"
-                "training step (warmup over %ld steps, clipping, two AdamW groups).\n",
+    std::printf("%s.\nV = %d, T = %d, L = %d, H = %d, D = %d, B = %d; %d steps of section 3's "
+                "training step\n(warmup over %ld steps, clipping, two AdamW groups).\n",
                 cuda_is_emulated() ? "No GPU: kernels.cu runs on this CPU through cuda_emu.h"
                                    : "kernels.cu built by nvcc, on the GPU",
                 c.vocab, c.context, c.layers, c.heads, c.width, windows, device_steps,
