@@ -4150,7 +4150,7 @@ Tensor matmul_on_device(const Tensor& a, const Tensor& b) {
     if ((a.rank() != 2 && a.rank() != 3) || b.rank() != 2 || a.dim(-1) != b.dim(0))
         argument_error("matmul", "on cuda, multiplies [M,K]·[K,N] or [B,M,K]·[K,N] only; got " +
                                      shape_str(a.shape()) + " · " + shape_str(b.shape()));
-    const int M = int(a.numel() / a.dim(-1)), K = a.dim(-1), N = b.dim(1);
+    const int M = a.rank() == 3 ? a.dim(0) * a.dim(1) : a.dim(0), K = a.dim(-1), N = b.dim(1);
     Shape shape = a.shape();
     shape.back() = N;
     Tensor out = Tensor::from_op(shape, "matmul", {a, b}, Device::CUDA);
