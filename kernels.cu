@@ -1172,9 +1172,10 @@ void cuda_transpose_backward(const float* dY, float* dX, int batch, int R, int C
 // version to read first and the oracle of §13. Its memory is its problem: P has T² numbers per
 // head where q, k, v have T·d, and every step writes or reads all of them (T = 1024, d = 64: P is
 // 16 times the size of q, k and v together).
-// Cost, with pairs = B·H·T(T + 1)/2: forward 4·pairs·d FLOPs for S and P·V; P is written by the
-// scores kernel, read and written by the softmax, read by P·V: about 16·B·H·T² bytes. Backward
-// 8·pairs·d FLOPs (dV, dP, dQ, dK) and about 28·B·H·T² bytes of P and dP traffic.
+// Cost, with pairs = B·H·T(T + 1)/2: forward 4·pairs·d FLOPs for S and P·V. P's traffic: the
+// scores kernel writes all T² entries, the softmax reads and writes the lower half, P·V reads
+// it: about 10·B·H·T² bytes. Backward 8·pairs·d FLOPs (dV, dP, dQ, dK) and about 16·B·H·T²
+// bytes of P and dP (dP written whole; P and dP read, dS written, dS read twice: lower halves).
 // =============================================================================================
 
 constexpr int head_dim_max = 64;   // §13 keeps a row of d numbers per thread in registers
@@ -1365,11 +1366,15 @@ void cuda_attention_naive_backward(const float* qkv, const float* P, const float
 // query tiles (as the forward), dk and dv by key tiles, walking the query tiles at or below the
 // diagonal. Both recompute S and dP: more FLOPs, no atomics, the same bits on every run.
 // Threads keep a row of d ≤ 64 numbers (q, o, dq, k, v, ...) in arrays; d = 64 is GPT-2's.
-// Cost, pairs = B·H·T(T + 1)/2: forward 4·pairs·d FLOPs (and one exp per pair); it reads q once
-// and each key tile once per query tile at or below it, about T/64 times on average: with
-// n = B·H·T·d, about 4n(1 + T/32) bytes, against §12's 16·B·H·T² for P alone. Backward: the dq
-// kernel 6·pairs·d FLOPs (S, dP, dq), the dk/dv kernel 8·pairs·d (S, dv, dP, dk): 14·pairs·d
-// against §12's 8, the price of not storing P.
+// Cost, pairs = B·H·T(T + 1)/2: forward 4·pairs·d FLOPs (and one exp per pair). With
+// n = B·H·T·d, it reads q and writes o once, and reads each key tile (K and V) once per query
+// tile at or below it, T/64 times on average: about 4n(2 + T/32) bytes requested, the re-reads
+// mostly served by the L2 cache. §12 moves about 10·B·H·T² bytes of P besides its own reads of
+// q, k, v; at T = 1024 and d = 64 the two request bytes of the same order, but here no T² array
+// exists (memory O(T) per head, not O(T²)) and what is re-read is cached. Bigger query tiles (64
+// to 128 rows, as FlashAttention uses) divide the re-reads. Backward: the dq kernel 6·pairs·d
+// FLOPs (S, dP, dq), the dk/dv kernel 8·pairs·d (S, dv, dP, dk): 14·pairs·d against §12's 8,
+// the price of not storing P.
 // =============================================================================================
 
 constexpr int flash_tile = 32;   // queries per block and keys per tile: one warp per block
