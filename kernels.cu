@@ -1366,6 +1366,9 @@ void cuda_attention_naive_backward(const float* qkv, const float* P, const float
 // query tiles (as the forward), dk and dv by key tiles, walking the query tiles at or below the
 // diagonal. Both recompute S and dP: more FLOPs, no atomics, the same bits on every run.
 // Threads keep a row of d ≤ 64 numbers (q, o, dq, k, v, ...) in arrays; d = 64 is GPT-2's.
+// Indexed up to a d known only at run time, those arrays live in local memory (nvcc -Xptxas -v:
+// a stack frame of 640 bytes for the forward, 1 KB for dk/dv; no spills), served by the L1
+// cache. A kernel for one d (a template) would keep them in registers.
 // Cost, pairs = B·H·T(T + 1)/2: forward 4·pairs·d FLOPs (and one exp per pair). With
 // n = B·H·T·d, it reads q and writes o once, and reads each key tile (K and V) once per query
 // tile at or below it, T/64 times on average: about 4n(2 + T/32) bytes requested, the re-reads
