@@ -4783,7 +4783,7 @@ static std::vector<double> train_gpt(nn::GPT& model, Device device, int steps, i
 // The tests' engine computes in double, the device in float: after 20 steps of AdamW the losses
 // must still agree to 1e-4 (relative). On today's emulator a step of this tiny GPT (V 11, T 7,
 // L 2, H 2, D 10, B 3) takes about 1.2 s on the device, so `make test` runs 2 steps and
-// `make test-all` the 20 (25 s).
+// `make test-all` the 20 (30 s).
 static void test_gpt_training(int steps) {
     GPTConfig c;
     c.vocab = 11;
