@@ -60,7 +60,7 @@ OTHER_TEST_BINS := $(B)/O0/tests $(B)/bench \
 fuzz: $(B)/tests
 	FUZZ_CALLS=$(or $(N),100000) FUZZ_GRAPHS=$(or $(N),forever) SEED=$(SEED) TEST_TIME_LIMIT=0 $(B)/tests --show-output fuzz/
 
-.PHONY: all test test-all run asan asan-tests valgrind valgrind-run valgrind-tests lessons lesson check exercise exercise-reset bench bench-gpu demo demo-gpu data format format-check clean help
+.PHONY: all test test-all run asan asan-tests valgrind valgrind-run valgrind-tests lessons lesson check exercise exercise-reset bench bench-gpu demo demo-gpu gpt-gpu data format format-check clean help
 all: $(B)/tests $(OTHER_TEST_BINS) $(foreach n,$(LESSONS),$(B)/lessons/$(n)) $(B)/demo
 
 help:
@@ -83,8 +83,10 @@ help:
 	@echo "                      replays one)"
 	@echo "make cuda             compile kernels.cu with nvcc for sm_80 and sm_90 (when nvcc exists)"
 	@echo "make demo-gpu         the demo, trained on the GPU (nvcc and a GPU)"
-	@echo "make bench-gpu        make bench plus 15 kernels checked and timed on the GPU (nvcc and a GPU;"
-	@echo "                      make bench runs it where both are present)"
+	@echo "make gpt-gpu          lesson 15 --cuda on the GPU: 20 GPT steps there and on the CPU, side"
+	@echo "                      by side (nvcc and a GPU; without one, lesson 15 --cuda emulates it)"
+	@echo "make bench-gpu        make bench plus 22 kernels and the GPT step checked and timed on the GPU"
+	@echo "                      (nvcc and a GPU; make bench runs it where both are present)"
 	@echo "make bench            matmul GFLOP/s against the FMA peak, the MLP and scalar training steps,"
 	@echo "                      1 and 2 threads; writes build/bench.csv (NO_OMP=1: build without OpenMP)"
 	@echo "make format           format every source file (.clang-format; clang-format 14)"
@@ -279,6 +281,15 @@ $(B)/demo-gpu: $(B)/gpu/demo.o $(B)/engine.o $(B)/gpu/kernels.o
 demo-gpu: $(B)/demo-gpu
 	$(B)/demo-gpu --cuda
 
+# make gpt-gpu: lesson 15's training step on Device::CUDA (its --cuda), kernels.cu built by nvcc.
+$(B)/gpu/15.o: lessons/15_gpt.cpp $(LESSON_DEPS)
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) $(STUB_FLAGS) -I. -Ilessons -c $< -o $@
+$(B)/gpt-gpu: $(B)/gpu/15.o $(B)/engine.o $(B)/gpu/kernels.o
+	$(NVCC) -ccbin $(CXX) $(if $(OMP),-Xcompiler $(OMP)) $^ -o $@
+gpt-gpu: $(B)/gpt-gpu
+	$(B)/gpt-gpu --cuda
+
 # ---- your own program ------------------------------------------------------------------------
 # make run FILE=path/to/yours.cpp [ARGS="..."] builds your program against the engine (real =
 # float, the lessons' flags; lesson.h's plots are on the include path) into build/run/yours, and
@@ -321,7 +332,7 @@ data:
 	@bash lessons/get_data.sh
 
 # ---- benchmarks ------------------------------------------------------------------------------
-# make bench-gpu: the same bench, with kernels.cu compiled by nvcc, so it also runs 15 kernels on
+# make bench-gpu: the same bench, with kernels.cu compiled by nvcc, so it also runs 22 kernels on
 # the GPU: each is checked against the CPU engine, then timed with CUDA events. It needs nvcc and
 # a GPU (without one it stops at the first CUDA call, saying so). `make bench` runs it by itself
 # where nvcc and a GPU both answer. GPU_CODE holds machine code for sm_80 (A100) and sm_90

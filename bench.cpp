@@ -515,6 +515,129 @@ static void gpu_matmuls(Report& report, int N, int repeats, Rng& rng) {
     }
 }
 
+// A GPT's own kernels (kernels.cu §10 to §13) at GPT-2 small's sizes (B 4, T 1024, H 12, d 64,
+// V 50257), each checked against the CPU engine's op first: the lookup and its scatter-add, the
+// tied head's transpose, and causal attention, naive and tiled, forward and backward. Attention's
+// GFLOP are the model's (4·pairs·d forward, 8·pairs·d backward), whatever a kernel recomputes.
+static void gpu_gpt_kernels(Report& report, bool small, int repeats, Rng& rng) {
+    const int B = small ? 2 : 4, T = small ? 40 : 1024, H = small ? 2 : 12, d = small ? 8 : 64,
+              D = H * d, V = small ? 50 : 50257, N = B * T;
+    std::vector<int> ids(static_cast<std::size_t>(N));
+    for (int& id : ids) id = int(rng.below(std::uint64_t(V)));
+    DeviceBuffer<int> ids_d(ids.size());
+    cuda_copy_to_device(ids_d.data(), ids.data(), ids_d.bytes());
+    const DeviceBuffer<float> table = device_random(std::size_t(V) * D, rng),
+                              g = device_random(std::size_t(N) * D, rng);
+    DeviceBuffer<float> out(std::size_t(N) * D), dtable(std::size_t(V) * D);
+    Tensor table_t({V, D}, host_copy(table));
+    table_t.requires_grad_();
+    const Tensor looked_up = embedding(table_t, ids);
+    looked_up.backward(Tensor({N, D}, host_copy(g)));
+    const double rows_gb = 4e-9 * N * D, no_flops = 0;
+    const std::string size = std::to_string(N) + "x" + std::to_string(D);
+    auto lookup = [&] { cuda_embedding_forward(table.data(), ids_d.data(), out.data(), N, D); };
+    lookup();
+    expect_close("gpu_embedding", host_copy(out), looked_up.values(), 0);
+    gpu_row(report, "gpu_embedding", size, 2 * rows_gb, no_flops, lookup, repeats);
+    auto scatter = [&] { cuda_embedding_backward(g.data(), ids_d.data(), dtable.data(), N, D); };
+    cuda_zero(dtable.data(), dtable.bytes());
+    scatter();
+    expect_close("gpu_embedding_bw", host_copy(dtable), table_t.grad(), 1e-4);
+    gpu_row(report, "gpu_embedding_bw", size, 3 * rows_gb, no_flops, scatter, repeats);
+
+    DeviceBuffer<float> tableT(std::size_t(V) * D);
+    auto transposed_table = [&] { cuda_transpose_forward(table.data(), tableT.data(), 1, V, D); };
+    transposed_table();
+    expect_close("gpu_transpose", host_copy(tableT), transpose(table_t.detach()).values(), 0);
+    gpu_row(report, "gpu_transpose", std::to_string(V) + "x" + std::to_string(D), 8e-9 * V * D,
+            no_flops, transposed_table, repeats);
+
+    const DeviceBuffer<float> qkv = device_random(std::size_t(N) * 3 * D, rng),
+                              dout = device_random(std::size_t(N) * D, rng);
+    DeviceBuffer<float> o(std::size_t(N) * D), lse(std::size_t(B) * H * T),
+        P(std::size_t(B) * H * T * T), dqkv(std::size_t(N) * 3 * D);
+    Tensor x({B, T, 3 * D}, host_copy(qkv));
+    x.requires_grad_();
+    const Tensor attended = causal_self_attention(x, H);
+    attended.backward(Tensor({B, T, D}, host_copy(dout)));
+    const double pairs = double(B) * H * T * (T + 1) / 2;
+    const std::string shape = "B" + std::to_string(B) + " H" + std::to_string(H) + " T" +
+                              std::to_string(T) + " d" + std::to_string(d);
+    auto naive = [&] { cuda_attention_naive_forward(qkv.data(), o.data(), P.data(), B, T, D, H); };
+    naive();
+    expect_close("gpu_attn_naive", host_copy(o), attended.values(), 1e-4);
+    gpu_row(report, "gpu_attn_naive", shape, 0, 4e-9 * pairs * d, naive, repeats);
+    auto naive_backward = [&] {
+        cuda_attention_naive_backward(qkv.data(), P.data(), dout.data(), dqkv.data(), B, T, D, H);
+    };
+    cuda_zero(dqkv.data(), dqkv.bytes());
+    naive_backward();
+    expect_close("gpu_attn_naive_bw", host_copy(dqkv), x.grad(), 1e-4);
+    gpu_row(report, "gpu_attn_naive_bw", shape, 0, 8e-9 * pairs * d, naive_backward, repeats);
+    auto flash = [&] {
+        cuda_flash_attention_forward(qkv.data(), o.data(), lse.data(), B, T, D, H);
+    };
+    flash();
+    expect_close("gpu_flash_attn", host_copy(o), attended.values(), 1e-4);
+    gpu_row(report, "gpu_flash_attn", shape, 0, 4e-9 * pairs * d, flash, repeats);
+    auto flash_backward = [&] {
+        cuda_flash_attention_backward(qkv.data(), o.data(), lse.data(), dout.data(), dqkv.data(), B,
+                                      T, D, H);
+    };
+    cuda_zero(dqkv.data(), dqkv.bytes());
+    flash_backward();
+    expect_close("gpu_flash_attn_bw", host_copy(dqkv), x.grad(), 1e-4);
+    gpu_row(report, "gpu_flash_attn_bw", shape, 0, 8e-9 * pairs * d, flash_backward, repeats);
+}
+
+// The training step of gpt_step (above) with the model and the batch on Device::CUDA: every op
+// through kernels.cu, and the host waits for the loss once a step (loss.item(), as lesson 15
+// does). Checked first: from the same weights, the first step's loss on the device must be the
+// CPU's within 1e-4 (relative). GFLOP/s are the model's, 3·F per token (engine.cpp §6.2). small:
+// a tiny GPT the emulator runs in seconds.
+static void gpu_gpt_step(Report& report, bool small) {
+    const GPTConfig config = small ? GPTConfig{20, 9, 1, 2, 16} : GPTConfig{114, 64, 4, 4, 128};
+    const int B = small ? 2 : 12, T = config.context;
+    Rng rng(4);
+    std::vector<int> ids, targets;
+    for (int i = 0; i < B * T; ++i) {
+        ids.push_back(int(rng.below(std::uint64_t(config.vocab))));
+        targets.push_back(int(rng.below(std::uint64_t(config.vocab))));
+    }
+    Rng init_cpu(6), init_device(6);
+    const nn::GPT on_cpu(config, init_cpu);
+    nn::GPT model(config, init_device);
+    model.to(Device::CUDA);
+    std::vector<Tensor> matrices, others;
+    for (const Tensor& p : model.parameters()) {
+        if (p.rank() == 2) matrices.push_back(p);
+        else others.push_back(p);
+    }
+    AdamW decayed(matrices, 1e-3, 0.9, 0.99, 1e-8, 0.1),
+        not_decayed(others, 1e-3, 0.9, 0.99, 1e-8, 0);
+    double loss = 0;
+    auto step = [&] {
+        decayed.zero_grad();
+        not_decayed.zero_grad();
+        const Tensor l = model.loss(ids, targets, B, T);
+        l.backward();
+        clip_grad_norm(model.parameters(), 1.0);
+        decayed.step();
+        not_decayed.step();
+        loss = l.item();
+    };
+    step();
+    const double want = on_cpu.loss(ids, targets, B, T).item();
+    if (!(std::fabs(loss - want) <= 1e-4 * want))
+        throw std::runtime_error("gpu_gpt_step: the first loss is " + std::to_string(loss) +
+                                 " on the device, " + std::to_string(want) + " on the cpu");
+    const double gflop = 3e-9 * double(gpt_forward_flops(config, B, T));
+    const std::string size = "L" + std::to_string(config.layers) + " H" +
+                             std::to_string(config.heads) + " D" + std::to_string(config.width) +
+                             " T" + std::to_string(T) + "/b" + std::to_string(B);
+    gpu_row(report, "gpu_gpt_step", size, 0, gflop, step, small ? 1 : 20);
+}
+
 static void gpu_kernels(Report& report, bool small) {
     std::printf("(kernels.cu on the %s, timed with CUDA events; last column: share of an H100 "
                 "SXM's paper limit, %.0f GB/s or %.0f GFLOP/s)\n",
@@ -524,6 +647,8 @@ static void gpu_kernels(Report& report, bool small) {
     gpu_vector_kernels(report, small ? 4096 : 1 << 24, repeats, rng);
     gpu_row_kernels(report, small ? 64 : 16384, small ? 100 : 1024, repeats, rng);
     gpu_matmuls(report, small ? 64 : 2048, repeats, rng);
+    gpu_gpt_kernels(report, small, repeats, rng);
+    gpu_gpt_step(report, small);
 }
 
 // `bench --gpu-only` runs just the kernels.cu rows (on the emulator, at small sizes: the tests

@@ -1715,6 +1715,7 @@ static AxisSplit split_at(const Shape& shape, int axis) {
 Tensor transpose(const Tensor& x) {
     if (x.rank() < 2)
         argument_error("transpose", "needs at least 2 axes, got " + shape_str(x.shape()));
+    if (on_cuda(x)) return transpose_on_device(x);   // device: Part 5
     Shape shape = x.shape();
     std::swap(shape[shape.size() - 1], shape[shape.size() - 2]);
     const int R = x.dim(-2), C = x.dim(-1);
@@ -1759,6 +1760,7 @@ Tensor reshape(const Tensor& x, Shape shape) {
         argument_error("reshape", "cannot reshape " + shape_str(x.shape()) + " (" +
                                       std::to_string(x.numel()) + " elements) to " +
                                       shape_str(shape));
+    if (on_cuda(x)) return reshape_on_device(x, shape);   // device: Part 5
     Tensor out = Tensor::from_op(shape, "reshape", {x});
     std::copy_n(x.values().data(), x.numel(), out.values().data());
     if (out.requires_grad()) {
@@ -2161,6 +2163,7 @@ Tensor layer_norm(const Tensor& x, const Tensor& gain, const Tensor& bias, real 
     if (bias.shape() != gain.shape())
         argument_error("layer_norm", "bias must have shape " + shape_str(gain.shape()) + ", got " +
                                          shape_str(bias.shape()));
+    if (on_cuda(x, gain, bias)) return layer_norm_on_device(x, gain, bias, eps);   // Part 5
     const std::size_t D = x.dim(-1), rows = x.numel() / D;
     std::vector<real> xhat(x.numel()), rstd(rows);   // kept for the backward
     Tensor out = Tensor::from_op(x.shape(), "layer_norm", {x, gain, bias});
@@ -2269,6 +2272,7 @@ Tensor embedding(const Tensor& table, const std::vector<int>& ids) {
             argument_error("embedding", "id " + std::to_string(ids[k]) + " at position " +
                                             std::to_string(k) + " is outside [0, " +
                                             std::to_string(V) + ")");
+    if (on_cuda(table)) return embedding_on_device(table, ids);   // device: Part 5
     Tensor out = Tensor::from_op({int(ids.size()), D}, "embedding", {table});
     for (std::size_t k = 0; k < ids.size(); ++k)
         std::copy_n(table.values().data() + std::size_t(ids[k]) * D, D,
@@ -3719,7 +3723,6 @@ static void head_backward(const real* q, const real* P, const real* go, int T, i
 
 Tensor causal_self_attention(const Tensor& qkv, int heads) {
     const char* op = "causal_self_attention";
-    check_devices(op, {qkv}, Device::CPU);   // no CUDA kernel yet
     if ((qkv.rank() != 2 && qkv.rank() != 3) || qkv.dim(-1) % 3 != 0 || qkv.numel() == 0)
         argument_error(op,
                        "needs [q | k | v] of shape [B, T, 3D] or [T, 3D], none of them 0; got " +
@@ -3728,6 +3731,7 @@ Tensor causal_self_attention(const Tensor& qkv, int heads) {
     if (heads <= 0 || D % heads != 0)
         argument_error(op, std::to_string(heads) + " heads do not divide the width D = " +
                                std::to_string(D) + " of [q | k | v] " + shape_str(qkv.shape()));
+    if (on_cuda(qkv)) return causal_self_attention_on_device(qkv, heads);   // device: Part 5
     const int d = D / heads, units = B * heads;   // units: (sequence, head) pairs
     const real scale = real(1 / std::sqrt(double(d)));
     Tensor out = Tensor::from_op(qkv.rank() == 3 ? Shape{B, T, D} : Shape{T, D}, op, {qkv});
@@ -4111,6 +4115,10 @@ void MLP::to(Device device) {
     for (Linear& layer : layers) layer.to(device);
 }
 
+void GPT::to(Device device) {
+    for (Tensor p : parameters()) p.move_to(device);   // a handle: the node itself moves
+}
+
 }   // namespace nn
 
 // ---------------------------------------------------------------------------------------------
@@ -4155,14 +4163,16 @@ Tensor unary_on_device(const Tensor& x, const char* op, DeviceForward f, DeviceB
     return out;
 }
 
-// a + b of one shape, or a row b [N] added to every row of a [..., N] (a bias: the kernel reads
-// b[i % N]). Backward (§2.2): da += g; db += g, or for the row db += Σ_rows g.
+// a + b of one shape, or b whose shape ends a's, repeated over a's leading axes: a bias [N] on
+// every row of [..., N], wpe [T, D] on each sequence of [B, T, D]. The kernel reads b[i % nb].
+// Backward (§2.2): da += g; db += g, or db += Σ over the repeats of g.
 Tensor add_on_device(const Tensor& a, const Tensor& b) {
     if (a.numel() < b.numel()) return add_on_device(b, a);   // + commutes: the row goes second
-    if (!(a.shape() == b.shape() || (b.rank() == 1 && a.rank() >= 1 && b.dim(0) == a.dim(-1))))
-        argument_error(
-            "+", "on cuda, adds tensors of one shape, or a row [N] to every row of [..., N]; got " +
-                     shape_str(a.shape()) + " and " + shape_str(b.shape()));
+    const Shape &sa = a.shape(), &sb = b.shape();
+    if (!(sb.size() <= sa.size() && std::equal(sb.rbegin(), sb.rend(), sa.rbegin())))
+        argument_error("+", "on cuda, adds tensors of one shape, or b whose shape ends a's ([N] to "
+                            "every row of [..., N]); got " +
+                                shape_str(a.shape()) + " and " + shape_str(b.shape()));
     Tensor out = Tensor::from_op(a.shape(), "+", {a, b}, Device::CUDA);
     const int n = int(a.numel()), nb = int(b.numel());
     cuda_add_forward(device_data(a), device_data(b), device_data(out), n, nb);
@@ -4178,14 +4188,16 @@ Tensor add_on_device(const Tensor& a, const Tensor& b) {
     return out;
 }
 
-// Z = X·W for X [M, K], W [K, N], the products of an MLP (the batched forms of §2.4 stay on the
+// Z = X·W for X [M, K] or [B, M, K] (B·M rows), W [K, N] (the batched W of §2.4 stays on the
 // CPU). Forward: matmul_v3, the fastest of kernels.cu §2. Backward: dX += dZ·Wᵀ, dW += Xᵀ·dZ.
 Tensor matmul_on_device(const Tensor& a, const Tensor& b) {
-    if (a.rank() != 2 || b.rank() != 2 || a.dim(1) != b.dim(0))
-        argument_error("matmul", "on cuda, multiplies [M,K]·[K,N] only; got " +
+    if ((a.rank() != 2 && a.rank() != 3) || b.rank() != 2 || a.dim(-1) != b.dim(0))
+        argument_error("matmul", "on cuda, multiplies [M,K]·[K,N] or [B,M,K]·[K,N] only; got " +
                                      shape_str(a.shape()) + " · " + shape_str(b.shape()));
-    const int M = a.dim(0), K = a.dim(1), N = b.dim(1);
-    Tensor out = Tensor::from_op({M, N}, "matmul", {a, b}, Device::CUDA);
+    const int M = a.rank() == 3 ? a.dim(0) * a.dim(1) : a.dim(0), K = a.dim(-1), N = b.dim(1);
+    Shape shape = a.shape();
+    shape.back() = N;
+    Tensor out = Tensor::from_op(shape, "matmul", {a, b}, Device::CUDA);
     cuda_matmul_v3(device_data(a), device_data(b), device_data(out), M, K, N);
     const std::int64_t flops = 2 * std::int64_t(M) * K * N;
     count_flops(flops);   // §4.1
@@ -4209,12 +4221,118 @@ Tensor matmul_on_device(const Tensor& a, const Tensor& b) {
 // x·W + b: no fused kernel, so the product, then the bias add (db = Σ_rows dY).
 Tensor linear_on_device(const Tensor& x, const Tensor& W, const Tensor& b) {
     check_devices("linear", {x, W, b}, Device::CUDA);
-    if (!(x.rank() == 2 && W.rank() == 2 && b.rank() == 1 && x.dim(1) == W.dim(0) &&
-          b.dim(0) == W.dim(1)))
-        argument_error("linear", "on cuda, needs x [M, K], W [K, N] and b [N]; got " +
+    if (!((x.rank() == 2 || x.rank() == 3) && W.rank() == 2 && b.rank() == 1 &&
+          x.dim(-1) == W.dim(0) && b.dim(0) == W.dim(1)))
+        argument_error("linear", "on cuda, needs x [M, K] or [B, M, K], W [K, N] and b [N]; got " +
                                      shape_str(x.shape()) + ", " + shape_str(W.shape()) + ", " +
                                      shape_str(b.shape()));
     return add_on_device(matmul_on_device(x, W), b);
+}
+
+// Same numbers, another shape (§2.5): a copy; backward dx += g.
+Tensor reshape_on_device(const Tensor& x, const Shape& shape) {
+    Tensor out = Tensor::from_op(shape, "reshape", {x}, Device::CUDA);
+    const int n = int(x.numel());
+    cuda_copy_on_device(device_data(out), device_data(x), out.node()->cuda_data.bytes());
+    if (out.requires_grad()) {
+        TensorNode *px = x.node(), *po = out.node();
+        po->backward = [=] { accumulate(grad_on_device(px), po->cuda_grad.data(), n); };
+    }
+    return out;
+}
+
+// The last two axes swapped (§2.5), by kernels.cu §11; backward dx += gᵀ.
+Tensor transpose_on_device(const Tensor& x) {
+    Shape shape = x.shape();
+    std::swap(shape[shape.size() - 1], shape[shape.size() - 2]);
+    const int R = x.dim(-2), C = x.dim(-1), batch = R != 0 && C != 0 ? int(x.numel() / (R * C)) : 0;
+    Tensor out = Tensor::from_op(shape, "transpose", {x}, Device::CUDA);
+    cuda_transpose_forward(device_data(x), device_data(out), batch, R, C);
+    if (out.requires_grad()) {
+        TensorNode *px = x.node(), *po = out.node();
+        po->backward = [=] {
+            cuda_transpose_backward(po->cuda_grad.data(), grad_on_device(px), batch, R, C);
+        };
+    }
+    return out;
+}
+
+// Ids (or labels) on the device, kept alive by the backward that reads them.
+static std::shared_ptr<DeviceBuffer<int>> ints_on_device(const std::vector<int>& ids) {
+    const auto d = std::make_shared<DeviceBuffer<int>>(ids.size());
+    cuda_copy_to_device(d->data(), ids.data(), d->bytes());
+    return d;
+}
+
+// out[k] = table[ids[k]] (§2.7, kernels.cu §10); backward: the scatter-add, by atomics.
+Tensor embedding_on_device(const Tensor& table, const std::vector<int>& ids) {
+    const int N = int(ids.size()), D = table.dim(1);
+    Tensor out = Tensor::from_op({N, D}, "embedding", {table}, Device::CUDA);
+    const auto y = ints_on_device(ids);
+    cuda_embedding_forward(device_data(table), y->data(), device_data(out), N, D);
+    if (out.requires_grad()) {
+        TensorNode *pt = table.node(), *po = out.node();
+        po->backward = [=] {
+            cuda_embedding_backward(po->cuda_grad.data(), y->data(), grad_on_device(pt), N, D);
+        };
+    }
+    return out;
+}
+
+// A gradient the kernel must write but nobody needs goes to scratch memory.
+static float* grad_or_scratch(TensorNode* n, DeviceBuffer<float>& scratch) {
+    if (n->requires_grad) return grad_on_device(n);
+    scratch = DeviceBuffer<float>(n->cuda_data.size());
+    return scratch.data();
+}
+
+// layer_norm (§2.7) by kernels.cu §5, keeping μ and r per row. ε > 0: a constant row is then
+// finite (the CPU names the row when ε = 0; the kernel cannot).
+Tensor layer_norm_on_device(const Tensor& x, const Tensor& gain, const Tensor& bias, real eps) {
+    check_devices("layer_norm", {x, gain, bias}, Device::CUDA);
+    if (!(eps > 0)) argument_error("layer_norm", "on cuda, needs eps > 0, got " + to_string(eps));
+    const int D = x.dim(-1), rows = int(x.numel() / D);
+    Tensor out = Tensor::from_op(x.shape(), "layer_norm", {x, gain, bias}, Device::CUDA);
+    const auto stats = std::make_shared<DeviceBuffer<float>>(2 * std::size_t(rows));   // μ, r
+    cuda_layer_norm_forward(device_data(x), device_data(gain), device_data(bias), device_data(out),
+                            stats->data(), stats->data() + rows, rows, D, float(eps));
+    if (out.requires_grad()) {
+        TensorNode *px = x.node(), *pg = gain.node(), *pb = bias.node(), *po = out.node();
+        po->backward = [=] {
+            DeviceBuffer<float> scratch[3];
+            cuda_layer_norm_backward(
+                px->cuda_data.data(), pg->cuda_data.data(), stats->data(), stats->data() + rows,
+                po->cuda_grad.data(), grad_or_scratch(px, scratch[0]),
+                grad_or_scratch(pg, scratch[1]), grad_or_scratch(pb, scratch[2]), rows, D);
+        };
+    }
+    return out;
+}
+
+// causal_self_attention (§4.4) by kernels.cu §13: qkv read in place, each row's log-sum-exp kept
+// instead of P; the backward rebuilds P from it. FLOPs counted as on the CPU.
+Tensor causal_self_attention_on_device(const Tensor& qkv, int heads) {
+    const int B = qkv.rank() == 3 ? qkv.dim(0) : 1, T = qkv.dim(-2), D = qkv.dim(-1) / 3;
+    const int d = D / heads;
+    if (d > 64)
+        argument_error("causal_self_attention",
+                       "on cuda, heads of at most 64 features; got D/H = " + std::to_string(d) +
+                           " for " + shape_str(qkv.shape()));
+    Tensor out = Tensor::from_op(qkv.rank() == 3 ? Shape{B, T, D} : Shape{T, D},
+                                 "causal_self_attention", {qkv}, Device::CUDA);
+    const auto lse = std::make_shared<DeviceBuffer<float>>(std::size_t(B) * heads * T);
+    cuda_flash_attention_forward(device_data(qkv), device_data(out), lse->data(), B, T, D, heads);
+    const std::int64_t pairs = std::int64_t(B) * heads * T * (T + 1) / 2;
+    count_flops(4 * pairs * d);
+    if (out.requires_grad()) {
+        TensorNode *px = qkv.node(), *po = out.node();
+        po->backward = [=] {
+            cuda_flash_attention_backward(px->cuda_data.data(), po->cuda_data.data(), lse->data(),
+                                          po->cuda_grad.data(), grad_on_device(px), B, T, D, heads);
+            count_flops(8 * pairs * d);
+        };
+    }
+    return out;
 }
 
 // The fused softmax + cross-entropy of §2.6, by kernels.cu §4. The forward keeps p = softmax(z)
@@ -4229,8 +4347,7 @@ Tensor cross_entropy_on_device(const Tensor& logits, const std::vector<int>& lab
     Tensor out = Tensor::from_op({1}, "cross_entropy", {logits}, Device::CUDA);
     const Tensor probs =
         Tensor::zeros({B, C}, Device::CUDA);   // a live tensor: tensor_bytes sees it
-    const auto y = std::make_shared<DeviceBuffer<int>>(labels.size());
-    cuda_copy_to_device(y->data(), labels.data(), y->bytes());
+    const auto y = ints_on_device(labels);
     cuda_softmax_cross_entropy_forward(device_data(logits), y->data(), device_data(probs),
                                        device_data(out), B, C);
     if (out.requires_grad()) {

@@ -1053,6 +1053,7 @@ struct GPT {
     // The mean cross-entropy of the B·T next-token predictions; targets are [B, T] like ids.
     Tensor loss(const std::vector<int>& ids, const std::vector<int>& targets, int B, int T) const;
     std::vector<Tensor> parameters() const;
+    void to(Device device);   // every parameter moves, in place (engine.cpp Part 5)
     // "wte", "wpe", "blocks.0.ln1.gain", ..., "ln_f.bias" (and "head"): a checkpoint's names.
     std::vector<std::pair<std::string, Tensor>> named_parameters() const;
 };
@@ -1127,6 +1128,24 @@ void cuda_adamw_update(float* W, const float* G, float* m, float* v, int n, doub
 float cuda_grad_norm(const std::vector<const float*>& grads, const std::vector<int>& sizes);
 float cuda_clip_grad_norm(const std::vector<float*>& grads, const std::vector<int>& sizes,
                           float max_norm);
+// The GPT's kernels (kernels.cu §10 to §13). ids are device ints; qkv is [B, T, 3D] as
+// engine.cpp §4.4 lays it out, out [B, T, D], P [B·H, T, T], lse [B·H, T].
+void cuda_embedding_forward(const float* table, const int* ids, float* out, int N, int D);
+void cuda_embedding_backward(const float* dout, const int* ids, float* dtable, int N, int D);
+void cuda_gpt_embed_forward(const float* wte, const float* wpe, const int* ids, float* x, int B,
+                            int T, int D);   // x = wte[ids] + wpe[t]
+void cuda_gpt_embed_backward(const float* dx, const int* ids, float* dwte, float* dwpe, int B,
+                             int T, int D);
+void cuda_transpose_forward(const float* X, float* Y, int batch, int R, int C);
+void cuda_transpose_backward(const float* dY, float* dX, int batch, int R, int C);
+void cuda_attention_naive_forward(const float* qkv, float* out, float* P, int B, int T, int D,
+                                  int H);
+void cuda_attention_naive_backward(const float* qkv, const float* P, const float* dout, float* dqkv,
+                                   int B, int T, int D, int H);
+void cuda_flash_attention_forward(const float* qkv, float* out, float* lse, int B, int T, int D,
+                                  int H);
+void cuda_flash_attention_backward(const float* qkv, const float* out, const float* lse,
+                                   const float* dout, float* dqkv, int B, int T, int D, int H);
 // Milliseconds per call of `launch` (the kernels it starts), timed with CUDA events after one
 // warm-up call (kernels.cu §9). On the emulator it times the CPU running them.
 double cuda_time_ms(const std::function<void()>& launch, int repeats);
@@ -1144,6 +1163,11 @@ Tensor unary_on_device(const Tensor& x, const char* op, DeviceForward f, DeviceB
 Tensor add_on_device(const Tensor& a, const Tensor& b);
 Tensor matmul_on_device(const Tensor& a, const Tensor& b);
 Tensor linear_on_device(const Tensor& x, const Tensor& W, const Tensor& b);
+Tensor reshape_on_device(const Tensor& x, const Shape& shape);
+Tensor transpose_on_device(const Tensor& x);
+Tensor embedding_on_device(const Tensor& table, const std::vector<int>& ids);
+Tensor layer_norm_on_device(const Tensor& x, const Tensor& gain, const Tensor& bias, real eps);
+Tensor causal_self_attention_on_device(const Tensor& qkv, int heads);
 Tensor cross_entropy_on_device(const Tensor& logits, const std::vector<int>& labels,
                                real label_smoothing);
 double grad_norm_on_device(const Tensor& p);

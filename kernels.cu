@@ -18,6 +18,12 @@
 //   7  The global gradient norm (a two-stage reduction) and clipping by it
 //   8  Device memory for the engine's tensors
 //   9  Timing kernels with CUDA events
+//  10  Embeddings: the lookup and its scatter-add backward (atomics), token + position fused
+//  11  Transpose through shared memory (the tied head's wteᵀ)
+//  12  Causal attention, naive: scores, softmax and P·V as separate kernels, P in memory
+//  13  Causal attention, tiled (FlashAttention): online softmax, the log-sum-exp for the backward
+//  (The rest of a GPT step is above: GELU §1.4, the residual add §1.1, layer norm §5,
+//  softmax-CE §4, AdamW §6 (once per weight-decay group), the gradient norm §7.)
 //
 // Each kernel states which CPU loop it replaces, how its threads map onto the data, and what it
 // costs: the bytes it moves to and from global memory (floats are 4 bytes), and its FLOPs (a
@@ -48,6 +54,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -688,7 +695,12 @@ void cuda_softmax_cross_entropy_backward(const float* probs, const int* labels, 
 // again (8·rows·D): 24·rows·D bytes for about 20·rows·D FLOPs.
 // =============================================================================================
 
-// Grid: one block of 128 threads per row.
+// Grid: one block per row, of 128 threads, or of ⌈D/32⌉ warps when D < 128: a GPT's rows can be
+// short (D = 32 in lesson 15's --cuda), and the threads past D would only wait at the barriers.
+static unsigned layer_norm_threads(int D) {
+    return std::min(unsigned(row_block), 32 * blocks_for(D, 32));
+}
+
 static __global__ void layer_norm_forward_kernel(const float* X, const float* gain,
                                                  const float* bias, float* Y, float* mean,
                                                  float* rstd, int D, float eps) {
@@ -709,7 +721,7 @@ static __global__ void layer_norm_forward_kernel(const float* X, const float* ga
     }
 }
 
-// dx, one block of 128 threads per row.
+// dx, one block per row as in the forward.
 static __global__ void layer_norm_backward_dx_kernel(const float* X, const float* gain,
                                                      const float* mean, const float* rstd,
                                                      const float* dY, float* dX, int D) {
@@ -762,7 +774,8 @@ void cuda_layer_norm_forward(const float* X, const float* gain, const float* bia
                              float* mean, float* rstd, int rows, int D, float eps) {
     check_arguments(rows >= 0 && D > 0, "layer_norm: needs rows >= 0 and D > 0");
     if (rows == 0) return;
-    LAUNCH(layer_norm_forward_kernel, rows, row_block)(X, gain, bias, Y, mean, rstd, D, eps);
+    LAUNCH(layer_norm_forward_kernel, rows, layer_norm_threads(D))
+    (X, gain, bias, Y, mean, rstd, D, eps);
     CUDA_CHECK(cudaGetLastError());
 }
 // dX [rows, D] += ..., dgain and dbias [D] += ...
@@ -771,7 +784,8 @@ void cuda_layer_norm_backward(const float* X, const float* gain, const float* me
                               float* dbias, int rows, int D) {
     check_arguments(rows >= 0 && D > 0, "layer_norm: needs rows >= 0 and D > 0");
     if (rows == 0) return;
-    LAUNCH(layer_norm_backward_dx_kernel, rows, row_block)(X, gain, mean, rstd, dY, dX, D);
+    LAUNCH(layer_norm_backward_dx_kernel, rows, layer_norm_threads(D))
+    (X, gain, mean, rstd, dY, dX, D);
     CUDA_CHECK(cudaGetLastError());
     LAUNCH(layer_norm_backward_params_kernel, blocks_for(D, strip_width),
            dim3(strip_width, strip_rows))
@@ -793,6 +807,9 @@ void cuda_layer_norm_backward(const float* X, const float* gain, const float* me
 // among them, multiplied rather than divided by), each formed on the host in double and rounded
 // to float once: the two give the same bits.
 // Grid: ⌈n/256⌉ blocks of 256 threads, one element each.
+// Weight-decay groups (a GPT decays its matrices, not its biases and gains: lesson 15 §3) need
+// nothing more: each group is an optimizer of its own, and every launch takes its tensor's λ
+// (0 for the group without decay).
 // =============================================================================================
 
 struct AdamWConstants {
@@ -997,4 +1014,558 @@ bool cuda_is_emulated() {
 #else
     return true;
 #endif
+}
+
+// =============================================================================================
+// 10. Embeddings: the lookup, its scatter-add backward, and token + position in one kernel
+//
+// Replaces embedding() (engine.cpp §2.7): out[k] = table[ids[k]] for N ids, rows of D floats. The
+// ids are ints in device memory, checked against [0, V) on the host (the engine does that before
+// it copies them in). A GPT's input (engine.cpp §6.2) adds the position's row to the token's:
+//     x[b][t] = wte[ids[b·T + t]] + wpe[t]
+// The engine builds that from two lookups and §1.1's broadcast add (wpe's rows 0..T−1 are one
+// [T, D] block added to each of the B sequences: nb = T·D). gpt_embed_forward fuses the two
+// here, as llm.c's encoder does: one pass over x instead of three.
+// Mapping: one thread per output number: thread i does row k = i / D, column j = i % D, so a
+// warp reads consecutive floats of one table row (coalesced within the row).
+// Cost: the lookup reads N·D floats and N ids and writes N·D: about 8·N·D bytes, no FLOPs. The
+// fused forward reads wpe too: 12·B·T·D bytes, B·T·D FLOPs.
+//
+// The backward is a scatter: dtable[ids[k]] += dout[k]. Two positions with the same token (an
+// 'e' at k and at k') add into the same row, and their threads may run at the same moment. A
+// plain `+=` is a read, an add and a write: both threads read the old value, both write old + their
+// own share, and one share is lost. atomicAdd(p, v) does the read-add-write as one indivisible
+// step in the memory system, so concurrent adds to one address all land. The price: the adds
+// land in whatever order the threads arrive, and float addition is not associative, so the last
+// bits of dtable can differ from run to run on a GPU. (The deterministic alternative sorts the
+// positions by id and lets one thread sum each id's rows in a fixed order; it costs a sort per
+// step. cuda_emu switches threads only at barriers and warp operations, so its `+=` never
+// races: the emulator cannot show the lost update, only the right sum.)
+// Cost: reads dout (4·N·D bytes) and does N·D atomic adds on dtable, N·D FLOPs. dwpe of the fused
+// backward is a column sum over the B sequences, bias_grad_kernel's job (§1.2), M = B, N = T·D.
+// =============================================================================================
+
+static __global__ void embedding_forward_kernel(const float* table, const int* ids, float* out,
+                                                int N, int D) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < N * D) out[i] = table[ids[i / D] * D + i % D];
+}
+
+static __global__ void gpt_embed_forward_kernel(const float* wte, const float* wpe, const int* ids,
+                                                float* x, int BT, int T, int D) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= BT * D) return;
+    const int k = i / D, j = i % D, t = k % T;   // row k is position t of its sequence
+    x[i] = wte[ids[k] * D + j] + wpe[t * D + j];
+}
+
+static __global__ void embedding_backward_kernel(const float* dout, const int* ids, float* dtable,
+                                                 int N, int D) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < N * D) atomicAdd(&dtable[ids[i / D] * D + i % D], dout[i]);
+}
+
+// out [N, D] = table[ids]: table [V, D], ids [N] (device ints, each in [0, V)).
+void cuda_embedding_forward(const float* table, const int* ids, float* out, int N, int D) {
+    check_arguments(N >= 0 && D > 0 && std::int64_t(N) * D < (std::int64_t(1) << 31),
+                    "embedding: needs N >= 0, D > 0 and N·D < 2^31");
+    if (N == 0) return;
+    LAUNCH(embedding_forward_kernel, blocks_for(N * D, elementwise_block), elementwise_block)
+    (table, ids, out, N, D);
+    CUDA_CHECK(cudaGetLastError());
+}
+// dtable [V, D] += the rows of dout [N, D], row k into row ids[k]
+void cuda_embedding_backward(const float* dout, const int* ids, float* dtable, int N, int D) {
+    check_arguments(N >= 0 && D > 0 && std::int64_t(N) * D < (std::int64_t(1) << 31),
+                    "embedding: needs N >= 0, D > 0 and N·D < 2^31");
+    if (N == 0) return;
+    LAUNCH(embedding_backward_kernel, blocks_for(N * D, elementwise_block), elementwise_block)
+    (dout, ids, dtable, N, D);
+    CUDA_CHECK(cudaGetLastError());
+}
+// x [B·T, D] = wte[ids] + wpe[t], for ids [B·T] (row b·T + t is position t of sequence b).
+void cuda_gpt_embed_forward(const float* wte, const float* wpe, const int* ids, float* x, int B,
+                            int T, int D) {
+    check_arguments(B >= 0 && T > 0 && D > 0 && std::int64_t(B) * T * D < (std::int64_t(1) << 31),
+                    "gpt_embed: needs B >= 0, T > 0, D > 0 and B·T·D < 2^31");
+    if (B == 0) return;
+    LAUNCH(gpt_embed_forward_kernel, blocks_for(B * T * D, elementwise_block), elementwise_block)
+    (wte, wpe, ids, x, B * T, T, D);
+    CUDA_CHECK(cudaGetLastError());
+}
+// dwte += the scatter of dx by ids; dwpe [T, D] += Σ_b dx[b] (a column sum over B rows of T·D).
+void cuda_gpt_embed_backward(const float* dx, const int* ids, float* dwte, float* dwpe, int B,
+                             int T, int D) {
+    cuda_embedding_backward(dx, ids, dwte, B * T, D);
+    cuda_bias_grad(dx, dwpe, B, T * D);
+}
+
+// =============================================================================================
+// 11. Transpose: Y[t][c][r] = X[t][r][c] for each of `batch` matrices [R, C]
+//
+// Replaces transpose() (engine.cpp §2.5); a GPT's tied head multiplies by wteᵀ. Its backward is
+// a transpose too, added: dX[t][r][c] += dY[t][c][r]. No FLOPs, 8n bytes; the question is only
+// how to move them fast. Copied naively, either the reads or the writes walk down a column,
+// C (or R) floats apart: every thread of a warp hits another memory segment. So a block copies a
+// 32 × 32 tile into shared memory with coalesced reads along X's rows, and writes it out with
+// coalesced writes along Y's rows, reading the tile by columns. The tile's rows are padded to 33
+// floats: a column then falls on 32 different banks (§2 v3), not all on one.
+// Mapping: blocks of 32 × 8 threads, each thread moving 4 numbers of the tile (rows y, y + 8, ...);
+// grid ⌈C/32⌉ × ⌈R/32⌉ × batch.
+// =============================================================================================
+
+constexpr int transpose_tile = 32, transpose_rows = 8;
+static __global__ void transpose_kernel(const float* X, float* Y, int R, int C, bool accumulate) {
+    __shared__ float tile_[transpose_tile][transpose_tile + 1];
+    const std::size_t matrix = std::size_t(blockIdx.z) * R * C;
+    const int c0 = blockIdx.x * transpose_tile, r0 = blockIdx.y * transpose_tile;
+    for (int y = threadIdx.y; y < transpose_tile; y += transpose_rows) {   // rows of X
+        const int r = r0 + y, c = c0 + threadIdx.x;
+        if (r < R && c < C) tile_[y][threadIdx.x] = X[matrix + std::size_t(r) * C + c];
+    }
+    __syncthreads();   // the whole tile is in before any thread reads it by columns
+    for (int y = threadIdx.y; y < transpose_tile; y += transpose_rows) {   // rows of Y
+        const int c = c0 + y, r = r0 + threadIdx.x;
+        if (r >= R || c >= C) continue;
+        float& out = Y[matrix + std::size_t(c) * R + r];
+        out = accumulate ? out + tile_[threadIdx.x][y] : tile_[threadIdx.x][y];
+    }
+}
+
+static void transpose(const float* X, float* Y, int batch, int R, int C, bool accumulate) {
+    check_arguments(batch >= 0 && R >= 0 && C >= 0 && batch <= 65535,
+                    "transpose: needs sizes >= 0 and batch <= 65535");
+    if (batch == 0 || R == 0 || C == 0) return;
+    LAUNCH(transpose_kernel,
+           dim3(blocks_for(C, transpose_tile), blocks_for(R, transpose_tile), unsigned(batch)),
+           dim3(transpose_tile, transpose_rows))
+    (X, Y, R, C, accumulate);
+    CUDA_CHECK(cudaGetLastError());
+}
+// Y [batch, C, R] = Xᵀ of each X [batch, R, C]
+void cuda_transpose_forward(const float* X, float* Y, int batch, int R, int C) {
+    transpose(X, Y, batch, R, C, false);
+}
+// dX [batch, R, C] += dYᵀ of each dY [batch, C, R]
+void cuda_transpose_backward(const float* dY, float* dX, int batch, int R, int C) {
+    transpose(dY, dX, batch, C, R, true);
+}
+
+// =============================================================================================
+// 12. Causal attention, naive: the scores in memory
+//
+// Replaces causal_self_attention() (engine.cpp §4.4) with the formulas of §4.3. The input is the
+// engine's [q | k | v] of shape [B, T, 3D], read where it lies: head h of sequence b has its
+// query i at qkv[b][i][h·d .. h·d + d − 1], its key D further and its value 2D further (d = D/H,
+// rows 3D apart). The output [B, T, D] takes head h's o_i at columns h·d ... of row i. So no
+// kernel has to cut qkv into per-head tensors [B, H, T, d] first: each kernel computes its row's
+// address (qkv_row below), and the backward writes dq, dk, dv into dqkv at the same places. The
+// cost is strided access (rows 3D floats apart), which the tiled kernels of §13 turn into one
+// coalesced load per tile anyway.
+// Per (b, h), with s = 1/√d:
+//     S_ij = s·q_i·k_j    P_ij = softmax_j(S_ij) over j ≤ i (0 above the diagonal)
+//     o_i = Σ_j P_ij·v_j
+// Backward, with dO given:
+//     dV = Pᵀ·dO    dP = dO·Vᵀ    dS_ij = P_ij·(dP_ij − Σ_j' P_ij'·dP_ij')
+//     dQ = s·dS·K   dK = s·dSᵀ·Q
+// Step by step, one kernel for each formula, P [B·H, T, T] materialized in device memory: the
+// version to read first and the oracle of §13. Its memory is its problem: P has T² numbers per
+// head where q, k, v have T·d, and every step writes or reads all of them (T = 1024, d = 64: P is
+// 16 times the size of q, k and v together).
+// Cost, with pairs = B·H·T(T + 1)/2: forward 4·pairs·d FLOPs for S and P·V. P's traffic: the
+// scores kernel writes all T² entries, the softmax reads and writes the lower half, P·V reads
+// it: about 10·B·H·T² bytes. Backward 8·pairs·d FLOPs (dV, dP, dQ, dK) and about 16·B·H·T²
+// bytes of P and dP (dP written whole; P and dP read, dS written, dS read twice: lower halves).
+// =============================================================================================
+
+constexpr int head_dim_max = 64;   // §13 keeps a row of d numbers per thread in registers
+
+// Where row t of sequence b starts in [B, T, 3D] (q at +h·d, k at +D + h·d, v at +2D + h·d)
+static __device__ std::size_t qkv_row(int b, int t, int T, int D) {
+    return (std::size_t(b) * T + t) * 3 * D;
+}
+
+// S, then P in place. Thread (x, y) of block (bx, by, u) computes S_ij for i = by·16 + y,
+// j = bx·16 + x of the pair u = b·H + h. Entries above the diagonal get 0 (they stay 0 in P).
+static __global__ void attention_scores_kernel(const float* qkv, float* P, int T, int D, int H,
+                                               float scale) {
+    const int i = blockIdx.y * tile + threadIdx.y, j = blockIdx.x * tile + threadIdx.x;
+    const int u = blockIdx.z, b = u / H, d = D / H, h = u % H;
+    if (i >= T || j >= T) return;
+    float s = 0;
+    if (j <= i) {
+        const float *q = qkv + qkv_row(b, i, T, D) + h * d,
+                    *k = qkv + qkv_row(b, j, T, D) + D + h * d;
+        for (int c = 0; c < d; ++c) s += q[c] * k[c];
+        s *= scale;
+    }
+    P[(std::size_t(u) * T + i) * T + j] = s;
+}
+
+// Softmax of row i of pair u over its keys j ≤ i, in place: one warp (32 threads) per row, with
+// §3's butterfly for the max and the sum. Grid: B·H·T blocks.
+static __global__ void attention_softmax_kernel(float* P, int T) {
+    const int row = blockIdx.x, i = row % T;
+    float* p = P + std::size_t(row) * T;
+    float m = -INFINITY;
+    for (int j = threadIdx.x; j <= i; j += 32) m = fmaxf(m, p[j]);
+    m = warp_all_reduce(m, Reduce::max);
+    float sum = 0;
+    for (int j = threadIdx.x; j <= i; j += 32) sum += expf(p[j] - m);
+    sum = warp_all_reduce(sum, Reduce::sum);
+    for (int j = threadIdx.x; j <= i; j += 32) p[j] = expf(p[j] - m) / sum;
+}
+
+// o_i = Σ_{j ≤ i} P_ij·v_j: thread (x, y) of block (bx, by, u) computes feature c = bx·16 + x of
+// row i = by·16 + y.
+static __global__ void attention_pv_kernel(const float* qkv, const float* P, float* out, int T,
+                                           int D, int H) {
+    const int i = blockIdx.y * tile + threadIdx.y, c = blockIdx.x * tile + threadIdx.x;
+    const int u = blockIdx.z, b = u / H, d = D / H, h = u % H;
+    if (i >= T || c >= d) return;
+    const float* p = P + (std::size_t(u) * T + i) * T;
+    float o = 0;
+    for (int j = 0; j <= i; ++j) o += p[j] * qkv[qkv_row(b, j, T, D) + 2 * D + h * d + c];
+    out[(std::size_t(b) * T + i) * D + h * d + c] = o;
+}
+
+// dV and dK, one thread per (key j, feature c): dv_j += Σ_{i ≥ j} P_ij·do_i and
+// dk_j += s·Σ_{i ≥ j} dS_ij·q_i. (dS is ready when dk runs: the wrapper launches this twice.)
+static __global__ void attention_dkv_kernel(const float* qkv, const float* P, const float* dS,
+                                            const float* dout, float* dqkv, int T, int D, int H,
+                                            float scale) {
+    const int j = blockIdx.y * tile + threadIdx.y, c = blockIdx.x * tile + threadIdx.x;
+    const int u = blockIdx.z, b = u / H, d = D / H, h = u % H;
+    if (j >= T || c >= d) return;
+    float acc = 0;
+    for (int i = j; i < T; ++i) {
+        const std::size_t ij = (std::size_t(u) * T + i) * T + j;
+        acc += dS ? dS[ij] * qkv[qkv_row(b, i, T, D) + h * d + c]
+                  : P[ij] * dout[(std::size_t(b) * T + i) * D + h * d + c];
+    }
+    dqkv[qkv_row(b, j, T, D) + (dS ? D : 2 * D) + h * d + c] += dS ? scale * acc : acc;
+}
+
+// dP_ij = do_i·v_j for j ≤ i, the mapping of the scores kernel.
+static __global__ void attention_dp_kernel(const float* qkv, const float* dout, float* dP, int T,
+                                           int D, int H) {
+    const int i = blockIdx.y * tile + threadIdx.y, j = blockIdx.x * tile + threadIdx.x;
+    const int u = blockIdx.z, b = u / H, d = D / H, h = u % H;
+    if (i >= T || j >= T) return;
+    float s = 0;
+    if (j <= i) {
+        const float *g = dout + (std::size_t(b) * T + i) * D + h * d,
+                    *v = qkv + qkv_row(b, j, T, D) + 2 * D + h * d;
+        for (int c = 0; c < d; ++c) s += g[c] * v[c];
+    }
+    dP[(std::size_t(u) * T + i) * T + j] = s;
+}
+
+// dS = P ∘ (dP − rowsum(P ∘ dP)) in place of dP: softmax's backward, a warp per row.
+static __global__ void attention_softmax_backward_kernel(const float* P, float* dP, int T) {
+    const int row = blockIdx.x, i = row % T;
+    const float* p = P + std::size_t(row) * T;
+    float* g = dP + std::size_t(row) * T;
+    float dot = 0;
+    for (int j = threadIdx.x; j <= i; j += 32) dot += p[j] * g[j];
+    dot = warp_all_reduce(dot, Reduce::sum);
+    for (int j = threadIdx.x; j <= i; j += 32) g[j] = p[j] * (g[j] - dot);
+}
+
+// dq_i += s·Σ_{j ≤ i} dS_ij·k_j, one thread per (query i, feature c).
+static __global__ void attention_dq_kernel(const float* qkv, const float* dS, float* dqkv, int T,
+                                           int D, int H, float scale) {
+    const int i = blockIdx.y * tile + threadIdx.y, c = blockIdx.x * tile + threadIdx.x;
+    const int u = blockIdx.z, b = u / H, d = D / H, h = u % H;
+    if (i >= T || c >= d) return;
+    const float* g = dS + (std::size_t(u) * T + i) * T;
+    float acc = 0;
+    for (int j = 0; j <= i; ++j) acc += g[j] * qkv[qkv_row(b, j, T, D) + D + h * d + c];
+    dqkv[qkv_row(b, i, T, D) + h * d + c] += scale * acc;
+}
+
+static void check_attention_sizes(int B, int T, int D, int H, const char* what) {
+    check_arguments(B >= 0 && T > 0 && H > 0 && D > 0 && D % H == 0,
+                    (std::string(what) + ": needs B >= 0, T > 0, H > 0 and H dividing D").c_str());
+    check_arguments(std::int64_t(B) * T * 3 * D < (std::int64_t(1) << 31) && B * H <= 65535,
+                    (std::string(what) + ": needs B·T·3D < 2^31 and B·H <= 65535").c_str());
+}
+
+// The grid of the per-pair kernels: 16 × 16 tiles of a [rows, cols] matrix, for each of B·H pairs.
+static dim3 pair_tiles(int rows, int cols, int pairs) {
+    return dim3(blocks_for(cols, tile), blocks_for(rows, tile), unsigned(pairs));
+}
+
+// qkv [B, T, 3D] → out [B, T, D], and P [B·H, T, T] for the backward.
+void cuda_attention_naive_forward(const float* qkv, float* out, float* P, int B, int T, int D,
+                                  int H) {
+    check_attention_sizes(B, T, D, H, "attention_naive");
+    check_arguments(std::int64_t(B) * H * T * T < (std::int64_t(1) << 31),
+                    "attention_naive: P needs B·H·T² < 2^31");
+    if (B == 0) return;
+    const int d = D / H;
+    const float scale = 1 / std::sqrt(float(d));
+    LAUNCH(attention_scores_kernel, pair_tiles(T, T, B * H), dim3(tile, tile))
+    (qkv, P, T, D, H, scale);
+    CUDA_CHECK(cudaGetLastError());
+    LAUNCH(attention_softmax_kernel, unsigned(B * H * T), 32)(P, T);
+    CUDA_CHECK(cudaGetLastError());
+    LAUNCH(attention_pv_kernel, pair_tiles(T, d, B * H), dim3(tile, tile))(qkv, P, out, T, D, H);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// dqkv [B, T, 3D] += the gradients of q, k and v, from dout [B, T, D] and the forward's P.
+void cuda_attention_naive_backward(const float* qkv, const float* P, const float* dout, float* dqkv,
+                                   int B, int T, int D, int H) {
+    check_attention_sizes(B, T, D, H, "attention_naive");
+    if (B == 0) return;
+    const int d = D / H;
+    const float scale = 1 / std::sqrt(float(d));
+    DeviceScratch dS(B * H * T * T);
+    const dim3 per_feature = pair_tiles(T, d, B * H), threads(tile, tile);
+    LAUNCH(attention_dkv_kernel, per_feature, threads)
+    (qkv, P, nullptr, dout, dqkv, T, D, H, scale);   // dV
+    CUDA_CHECK(cudaGetLastError());
+    LAUNCH(attention_dp_kernel, pair_tiles(T, T, B * H), threads)(qkv, dout, dS.p, T, D, H);
+    CUDA_CHECK(cudaGetLastError());
+    LAUNCH(attention_softmax_backward_kernel, unsigned(B * H * T), 32)(P, dS.p, T);
+    CUDA_CHECK(cudaGetLastError());
+    LAUNCH(attention_dq_kernel, per_feature, threads)(qkv, dS.p, dqkv, T, D, H, scale);
+    CUDA_CHECK(cudaGetLastError());
+    LAUNCH(attention_dkv_kernel, per_feature, threads)
+    (qkv, P, dS.p, dout, dqkv, T, D, H, scale);   // dK
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// =============================================================================================
+// 13. Causal attention, tiled (FlashAttention): P never leaves the chip
+//
+// The same function as §12, and the same layout of qkv, out and dqkv, without P in memory.
+// Forward: a block owns a tile of 32 queries of one (b, h), one query per thread, and walks over
+// the keys in tiles of 32: the block loads a tile of K and of V into shared memory (coalesced:
+// consecutive threads read consecutive features of a row), then each thread scores its query
+// against the tile's keys and folds them into a running ("online") softmax. For query i, after
+// the keys seen so far, it keeps m (the largest score), l = Σ_j e^(S_ij − m) and
+// o = Σ_j e^(S_ij − m)·v_j, unnormalized. A new tile with largest score m̃ changes them to
+//     m' = max(m, m̃),   l' = e^(m − m')·l + Σ_tile e^(S_ij − m'),
+//     o' = e^(m − m')·o + Σ_tile e^(S_ij − m')·v_j
+// (multiplying by e^(m − m') re-expresses the old sums relative to the new max: nothing is
+// recomputed, nothing overflows). At the end o_i = o/l, and the row's log-sum-exp
+// L_i = m + log l = log Σ_j e^(S_ij) is saved: [B·H, T] numbers instead of P's [B·H, T, T].
+// Causal masking costs nothing extra: a query tile stops at the key tile that holds its last
+// query (the tiles above the diagonal are never loaded), and inside the diagonal tile thread i
+// scores keys j ≤ i only. A tile that T does not fill loads zeros and its threads past T only
+// help load and wait at the barriers (every thread must reach each __syncthreads()).
+// Backward: P_ij = e^(S_ij − L_i) is rebuilt from Q, K and L, tile by tile. Softmax's backward
+// needs rowsum(P ∘ dP) per row; since dP = dO·Vᵀ and O = P·V, that sum is Σ_j P_ij·(do_i·v_j) =
+// do_i·o_i: D_i = rowsum(dO ∘ O), one dot product per row, computed first. Then
+//     dS_ij = P_ij·(do_i·v_j − D_i),   dq_i = s·Σ_j dS_ij·k_j,   dk_j = s·Σ_i dS_ij·q_i,
+//     dv_j = Σ_i P_ij·do_i
+// dq sums over keys and dk, dv over queries, so one pass cannot own both without atomics
+// (FlashAttention-2 adds dq with atomicAdd). Here two kernels each own what they write: dq by
+// query tiles (as the forward), dk and dv by key tiles, walking the query tiles at or below the
+// diagonal. Both recompute S and dP: more FLOPs, no atomics, the same bits on every run.
+// Threads keep a row of d ≤ 64 numbers (q, o, dq, k, v, ...) in arrays; d = 64 is GPT-2's.
+// Indexed up to a d known only at run time, those arrays live in local memory (nvcc -Xptxas -v:
+// a stack frame of 640 bytes for the forward, 1 KB for dk/dv; no spills), served by the L1
+// cache. A kernel for one d (a template) would keep them in registers.
+// Cost, pairs = B·H·T(T + 1)/2: forward 4·pairs·d FLOPs (and one exp per pair). With
+// n = B·H·T·d, it reads q and writes o once, and reads each key tile (K and V) once per query
+// tile at or below it, T/64 times on average: about 4n(2 + T/32) bytes requested, the re-reads
+// mostly served by the L2 cache. §12 moves about 10·B·H·T² bytes of P besides its own reads of
+// q, k, v; at T = 1024 and d = 64 the two request bytes of the same order, but here no T² array
+// exists (memory O(T) per head, not O(T²)) and what is re-read is cached. Bigger query tiles (64
+// to 128 rows, as FlashAttention uses) divide the re-reads. Backward: the dq kernel 6·pairs·d
+// FLOPs (S, dP, dq), the dk/dv kernel 8·pairs·d (S, dv, dP, dk): 14·pairs·d against §12's 8,
+// the price of not storing P.
+// =============================================================================================
+
+constexpr int flash_tile = 32;   // queries per block and keys per tile: one warp per block
+
+// std::min and std::max are host functions to nvcc: these two are for the kernels.
+static __device__ int smaller(int a, int b) { return a < b ? a : b; }
+static __device__ int larger(int a, int b) { return a > b ? a : b; }
+
+static __global__ void flash_attention_forward_kernel(const float* qkv, float* out, float* lse,
+                                                      int T, int D, int H, float scale) {
+    __shared__ float Ks[flash_tile][head_dim_max], Vs[flash_tile][head_dim_max];
+    const int u = blockIdx.y, b = u / H, h = u % H, d = D / H;
+    const int i0 = blockIdx.x * flash_tile, i = i0 + threadIdx.x;
+    const bool active = i < T;
+    float q[head_dim_max], o[head_dim_max];
+    for (int c = 0; c < d; ++c) {   // s folded into q: S_ij = (s·q_i)·k_j
+        q[c] = active ? scale * qkv[qkv_row(b, i, T, D) + h * d + c] : 0.0f;
+        o[c] = 0;
+    }
+    float m = -INFINITY, l = 0;
+    const int keys_end =
+        smaller(T, i0 + flash_tile);   // the block's last query sees keys < keys_end
+    for (int j0 = 0; j0 < keys_end; j0 += flash_tile) {
+        for (int e = threadIdx.x; e < flash_tile * d; e += flash_tile) {
+            const int r = e / d, c = e % d, j = j0 + r;
+            Ks[r][c] = j < T ? qkv[qkv_row(b, j, T, D) + D + h * d + c] : 0.0f;
+            Vs[r][c] = j < T ? qkv[qkv_row(b, j, T, D) + 2 * D + h * d + c] : 0.0f;
+        }
+        __syncthreads();                                                 // the tiles are complete
+        const int keys = active ? smaller(flash_tile, i - j0 + 1) : 0;   // j = j0 + r ≤ i
+        if (keys > 0) {
+            float s[flash_tile], tile_max = -INFINITY;
+            for (int r = 0; r < keys; ++r) {
+                s[r] = 0;
+                for (int c = 0; c < d; ++c) s[r] += q[c] * Ks[r][c];
+                tile_max = fmaxf(tile_max, s[r]);
+            }
+            const float m_new = fmaxf(m, tile_max), rescale = expf(m - m_new);   // e^−∞ = 0
+            l *= rescale;
+            for (int c = 0; c < d; ++c) o[c] *= rescale;
+            for (int r = 0; r < keys; ++r) {
+                const float p = expf(s[r] - m_new);
+                l += p;
+                for (int c = 0; c < d; ++c) o[c] += p * Vs[r][c];
+            }
+            m = m_new;
+        }
+        __syncthreads();   // done with the tiles before the next ones overwrite them
+    }
+    if (!active) return;
+    for (int c = 0; c < d; ++c) out[(std::size_t(b) * T + i) * D + h * d + c] = o[c] / l;
+    lse[std::size_t(u) * T + i] = m + logf(l);
+}
+
+// D_i = do_i·o_i for every row i of every pair u = b·H + h: one thread per row.
+static __global__ void flash_attention_rowdot_kernel(const float* out, const float* dout,
+                                                     float* Drow, int B, int T, int D, int H) {
+    const int row = blockIdx.x * blockDim.x + threadIdx.x;   // u·T + i
+    if (row >= B * H * T) return;
+    const int u = row / T, i = row % T, b = u / H, h = u % H, d = D / H;
+    const std::size_t at = (std::size_t(b) * T + i) * D + h * d;
+    float s = 0;
+    for (int c = 0; c < d; ++c) s += dout[at + c] * out[at + c];
+    Drow[row] = s;
+}
+
+// dq_i += s·Σ_{j ≤ i} dS_ij·k_j: the forward's mapping, one query per thread.
+static __global__ void flash_attention_dq_kernel(const float* qkv, const float* dout,
+                                                 const float* lse, const float* Drow, float* dqkv,
+                                                 int T, int D, int H, float scale) {
+    __shared__ float Ks[flash_tile][head_dim_max], Vs[flash_tile][head_dim_max];
+    const int u = blockIdx.y, b = u / H, h = u % H, d = D / H;
+    const int i0 = blockIdx.x * flash_tile, i = i0 + threadIdx.x;
+    const bool active = i < T;
+    float q[head_dim_max], g[head_dim_max], dq[head_dim_max];
+    for (int c = 0; c < d; ++c) {
+        q[c] = active ? scale * qkv[qkv_row(b, i, T, D) + h * d + c] : 0.0f;
+        g[c] = active ? dout[(std::size_t(b) * T + i) * D + h * d + c] : 0.0f;
+        dq[c] = 0;
+    }
+    const float L = active ? lse[std::size_t(u) * T + i] : 0.0f,
+                Di = active ? Drow[std::size_t(u) * T + i] : 0.0f;
+    const int keys_end = smaller(T, i0 + flash_tile);
+    for (int j0 = 0; j0 < keys_end; j0 += flash_tile) {
+        for (int e = threadIdx.x; e < flash_tile * d; e += flash_tile) {
+            const int r = e / d, c = e % d, j = j0 + r;
+            Ks[r][c] = j < T ? qkv[qkv_row(b, j, T, D) + D + h * d + c] : 0.0f;
+            Vs[r][c] = j < T ? qkv[qkv_row(b, j, T, D) + 2 * D + h * d + c] : 0.0f;
+        }
+        __syncthreads();
+        const int keys = active ? smaller(flash_tile, i - j0 + 1) : 0;
+        for (int r = 0; r < keys; ++r) {
+            float s = 0, dp = 0;
+            for (int c = 0; c < d; ++c) {
+                s += q[c] * Ks[r][c];
+                dp += g[c] * Vs[r][c];
+            }
+            const float ds = expf(s - L) * (dp - Di);   // dS_ij = P_ij·(dP_ij − D_i)
+            for (int c = 0; c < d; ++c) dq[c] += ds * Ks[r][c];
+        }
+        __syncthreads();
+    }
+    if (!active) return;
+    for (int c = 0; c < d; ++c) dqkv[qkv_row(b, i, T, D) + h * d + c] += scale * dq[c];
+}
+
+// dk_j += s·Σ_{i ≥ j} dS_ij·q_i and dv_j += Σ_{i ≥ j} P_ij·do_i: one key per thread; the block
+// walks the query tiles from its own (the diagonal) down to T.
+static __global__ void flash_attention_dkv_kernel(const float* qkv, const float* dout,
+                                                  const float* lse, const float* Drow, float* dqkv,
+                                                  int T, int D, int H, float scale) {
+    __shared__ float Qs[flash_tile][head_dim_max], Gs[flash_tile][head_dim_max];
+    __shared__ float Ls[flash_tile], Ds[flash_tile];
+    const int u = blockIdx.y, b = u / H, h = u % H, d = D / H;
+    const int j0 = blockIdx.x * flash_tile, j = j0 + threadIdx.x;
+    const bool active = j < T;
+    float k[head_dim_max], v[head_dim_max], dk[head_dim_max], dv[head_dim_max];
+    for (int c = 0; c < d; ++c) {
+        k[c] = active ? qkv[qkv_row(b, j, T, D) + D + h * d + c] : 0.0f;
+        v[c] = active ? qkv[qkv_row(b, j, T, D) + 2 * D + h * d + c] : 0.0f;
+        dk[c] = dv[c] = 0;
+    }
+    for (int i0 = j0; i0 < T; i0 += flash_tile) {
+        for (int e = threadIdx.x; e < flash_tile * d; e += flash_tile) {
+            const int r = e / d, c = e % d, i = i0 + r;
+            Qs[r][c] = i < T ? scale * qkv[qkv_row(b, i, T, D) + h * d + c] : 0.0f;
+            Gs[r][c] = i < T ? dout[(std::size_t(b) * T + i) * D + h * d + c] : 0.0f;
+        }
+        const int i = i0 + int(threadIdx.x);
+        Ls[threadIdx.x] = i < T ? lse[std::size_t(u) * T + i] : 0.0f;
+        Ds[threadIdx.x] = i < T ? Drow[std::size_t(u) * T + i] : 0.0f;
+        __syncthreads();
+        const int first = active ? larger(0, j - i0) : flash_tile;   // queries i = i0 + r ≥ j
+        const int last = smaller(flash_tile, T - i0);                // and i < T
+        for (int r = first; r < last; ++r) {
+            float s = 0, dp = 0;
+            for (int c = 0; c < d; ++c) {
+                s += Qs[r][c] * k[c];
+                dp += Gs[r][c] * v[c];
+            }
+            const float p = expf(s - Ls[r]), ds = p * (dp - Ds[r]);
+            for (int c = 0; c < d; ++c) {
+                dv[c] += p * Gs[r][c];
+                dk[c] += ds * Qs[r][c];   // Qs holds s·q: dk_j = s·Σ dS_ij·q_i
+            }
+        }
+        __syncthreads();
+    }
+    if (!active) return;
+    for (int c = 0; c < d; ++c) {
+        dqkv[qkv_row(b, j, T, D) + D + h * d + c] += dk[c];
+        dqkv[qkv_row(b, j, T, D) + 2 * D + h * d + c] += dv[c];
+    }
+}
+
+static void check_flash_sizes(int B, int T, int D, int H) {
+    check_attention_sizes(B, T, D, H, "flash_attention");
+    check_arguments(D / H <= head_dim_max, "flash_attention: needs a head size D/H <= 64");
+}
+
+// qkv [B, T, 3D] → out [B, T, D] and lse [B·H, T] (each row's log Σ_j e^(S_ij), for the backward).
+void cuda_flash_attention_forward(const float* qkv, float* out, float* lse, int B, int T, int D,
+                                  int H) {
+    check_flash_sizes(B, T, D, H);
+    if (B == 0) return;
+    const float scale = 1 / std::sqrt(float(D / H));
+    LAUNCH(flash_attention_forward_kernel, dim3(blocks_for(T, flash_tile), unsigned(B * H)),
+           flash_tile)
+    (qkv, out, lse, T, D, H, scale);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// dqkv [B, T, 3D] += the gradients of q, k, v, from the forward's out and lse and dout [B, T, D].
+void cuda_flash_attention_backward(const float* qkv, const float* out, const float* lse,
+                                   const float* dout, float* dqkv, int B, int T, int D, int H) {
+    check_flash_sizes(B, T, D, H);
+    if (B == 0) return;
+    const float scale = 1 / std::sqrt(float(D / H));
+    DeviceScratch Drow(B * H * T);
+    LAUNCH(flash_attention_rowdot_kernel, blocks_for(B * H * T, elementwise_block),
+           elementwise_block)
+    (out, dout, Drow.p, B, T, D, H);
+    CUDA_CHECK(cudaGetLastError());
+    const dim3 grid(blocks_for(T, flash_tile), unsigned(B * H));
+    LAUNCH(flash_attention_dq_kernel, grid, flash_tile)
+    (qkv, dout, lse, Drow.p, dqkv, T, D, H, scale);
+    CUDA_CHECK(cudaGetLastError());
+    LAUNCH(flash_attention_dkv_kernel, grid, flash_tile)
+    (qkv, dout, lse, Drow.p, dqkv, T, D, H, scale);
+    CUDA_CHECK(cudaGetLastError());
 }

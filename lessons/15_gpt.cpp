@@ -21,6 +21,8 @@
 //   5. Attention: what each head looks at on a short prompt, and one head's weights drawn as a
 //      heat map in build/plots/15_attention.svg.
 //   6. With --scale-up: what training GPT-2 small (124M parameters) would cost on this machine.
+//   7. With --cuda (instead of 2 to 6): the training step on Device::CUDA, through kernels.cu,
+//      beside the same steps on the CPU.
 // The last line is `val loss: X.XXXX`, the final validation loss.
 //
 // Time, measured on a 2-core AMD EPYC (a virtual machine whose speed drifts): the whole lesson
@@ -30,6 +32,8 @@
 // `--steps 200` takes about 10 s.
 // Sampling 500 tokens through the KV cache takes about 0.2 s (0.18 to 0.22 ms a token for the
 // model; recomputing the prefix took 1.5 to 2.2 ms a token, 8 to 12x more, in three runs).
+// --cuda: the tiny GPT's 20 steps took 58 s on the emulated device (0.08 s on the CPU), with the
+// emulator of 2026-12-06.
 //
 // The data comes from `make data` (data/fortunes.txt). Without it the lesson says so and stops.
 //
@@ -49,6 +53,8 @@
 //   --untied         the output head is a [V, D] matrix of its own, not wte
 //   --bpe N          tokens of byte-pair encoding with N merges: a vocabulary of 114 + N
 //   --scale-up       also estimate GPT-2 small's cost on this machine (section 6)
+//   --cuda           20 steps on the device and on the CPU, their losses side by side
+//                    (section 7); `make gpt-gpu` builds it for a real GPU
 //   --check          grade the homework (the same as `make check N=15`)
 //   --help           this list
 // Everything is seeded: two runs print the same numbers, apart from the timings.
@@ -81,6 +87,7 @@ struct Options {
     bool warmup = true, clip = true, tied = true;
     int bpe_merges = 0;   // 0: one byte per token
     bool scale_up = false;
+    bool cuda = false;
     // The recipe's model and training, whatever the number of steps: its loss bounds apply.
     bool recipe() const {
         return width == 128 && layers == 4 && heads == 4 && context == 64 && warmup && clip &&
@@ -400,7 +407,8 @@ struct Trainer {
     std::vector<Tensor> params;   // all of them: what clipping sees
     AdamW decay, no_decay;
     Rng data_rng;
-    long step = 0;   // steps taken
+    long step = 0;         // steps taken
+    int windows = batch;   // B
     Trainer(nn::GPT& model_, const ParameterGroups& groups)
         : model(model_), params(model_.parameters()),
           decay(groups.decay, lr_max, beta1, beta2, adam_eps, weight_decay),
@@ -463,7 +471,7 @@ static StepLog train_step(Trainer& t, const Corpus& corpus, const Plan& plan) {
     t.no_decay.lr = log.lr;
     t.decay.zero_grad();   // 2. forget the previous batch's gradients
     t.no_decay.zero_grad();
-    const TokenBatch b = sample_batch(corpus.train, batch, t.model.config.context, t.data_rng);
+    const TokenBatch b = sample_batch(corpus.train, t.windows, t.model.config.context, t.data_rng);
     const Tensor loss = t.model.loss(b.inputs, b.targets, b.B, b.T);   // 3. forward
     log.loss = loss.item();
     loss.backward();                                                          // 4. dL/dθ
@@ -939,10 +947,81 @@ static void check_loss_bound(long steps, double val) {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// 7. On the device (--cuda). The model and the batches move to Device::CUDA (engine.cpp Part 5)
+// and the training step of section 3 runs unchanged: every op of the forward and backward pass,
+// the clipping and both AdamW groups run the kernels of kernels.cu (§10 to §13 for the lookups,
+// the transpose of the tied head and attention; the rest are the MLP's). Attention is the tiled
+// one: FlashAttention's online softmax, the log-sum-exp kept for the backward instead of P.
+// Both models start from the same seed and draw the same windows, so the two columns differ only
+// by rounding: both compute in float, in different orders (a GPU block sums in its own order).
+// Without a GPU "the device" is cuda_emu.h, which runs every CUDA thread of every block on this
+// CPU, one at a time: hundreds of times slower than the engine's own loops, so it trains a tiny
+// GPT (B 4, T 16, L 2, H 2, D 32). Built with nvcc (`make gpt-gpu`) on a GPU, it trains the
+// recipe's model.
+// ---------------------------------------------------------------------------------------------
+static const int device_steps = 20;
+
+static GPTConfig device_config(int vocab) {
+    GPTConfig config = model_config(vocab);
+    if (!cuda_is_emulated()) return config;
+    config.context = 16;
+    config.layers = 2;
+    config.heads = 2;
+    config.width = 32;
+    return config;
+}
+
+// The losses of the first device_steps steps on `device`, and the seconds they took.
+static std::vector<double> losses_on(Device device, const GPTConfig& config, int windows,
+                                     const Corpus& corpus, double& seconds) {
+    Rng rng(model_seed);
+    nn::GPT model(config, rng);
+    model.to(device);   // before the optimizers: their state is made where the parameters are
+    Trainer t(model, parameter_groups(model));
+    t.windows = windows;
+    const Plan plan = plan_for(device_steps);
+    std::vector<double> losses;
+    const Clock::time_point start = Clock::now();
+    while (t.step < plan.steps) losses.push_back(train_step(t, corpus, plan).loss);
+    seconds = seconds_since(start);
+    return losses;
+}
+
+static void on_the_device(const Corpus& corpus) {
+    heading("7. The training step on the device (--cuda)");
+    const GPTConfig c = device_config(corpus.tokenizer.vocab_size());
+    const int windows = cuda_is_emulated() ? 4 : batch;
+    std::printf("%s.\nV = %d, T = %d, L = %d, H = %d, D = %d, B = %d; %d steps of section 3's "
+                "training step\n(warmup over %ld steps, clipping, two AdamW groups).\n",
+                cuda_is_emulated() ? "No GPU: kernels.cu runs on this CPU through cuda_emu.h"
+                                   : "kernels.cu built by nvcc, on the GPU",
+                c.vocab, c.context, c.layers, c.heads, c.width, windows, device_steps,
+                plan_for(device_steps).warmup);
+    double cpu_seconds = 0, device_seconds = 0;
+    const std::vector<double> cpu = losses_on(Device::CPU, c, windows, corpus, cpu_seconds);
+    const std::vector<double> cuda = losses_on(Device::CUDA, c, windows, corpus, device_seconds);
+    std::printf("\n  step  loss on cpu  loss on cuda  relative difference\n");
+    double worst = 0;
+    for (int s = 0; s < device_steps; ++s) {
+        const double relative = std::fabs(cuda[s] - cpu[s]) / cpu[s];
+        worst = std::max(worst, relative);
+        std::printf("  %4d  %11.6f  %12.6f  %19.1e\n", s + 1, cpu[s], cuda[s], relative);
+    }
+    std::printf("\nThe largest relative difference: %.1e. %d steps took %.2f s on the cpu and "
+                "%.2f s on\nthe %s.\n",
+                worst, device_steps, cpu_seconds, device_seconds,
+                cuda_is_emulated() ? "emulated device (every CUDA thread run by this CPU)" : "GPU");
+    if (!(worst < 1e-4))
+        throw std::runtime_error("the device's losses differ from the cpu's by " +
+                                 std::to_string(worst) + " (relative), not below 1e-4");
+}
+
 static void lesson() {
     std::printf("Lesson 15: a GPT, trained from scratch\n");
     Corpus corpus;
     if (!load_corpus(corpus)) return;
+    if (options.cuda) return on_the_device(corpus);
     the_data(corpus);
 
     heading("2. The model: a baby GPT");
@@ -1358,6 +1437,8 @@ static void print_usage() {
         "  --untied         an output head of its own instead of wte\n"
         "  --bpe N          byte-pair encoding with N merges: a vocabulary of 114 + N tokens\n"
         "  --scale-up       also estimate what GPT-2 small (124M) would cost on this machine\n"
+        "  --cuda           20 steps on the device (kernels.cu; the emulator without a GPU) and\n"
+        "                   on the CPU, their losses side by side\n"
         "  --check          grade the homework\n",
         checkpoint_path);
 }
@@ -1414,6 +1495,7 @@ static int parse_options(int argc, char** argv) {
         else if (arg == "--no-clip") options.clip = false;
         else if (arg == "--untied") options.tied = false;
         else if (arg == "--scale-up") options.scale_up = true;
+        else if (arg == "--cuda") options.cuda = true;
         else {
             std::printf("unknown flag '%s'\n", arg.c_str());
             print_usage();
