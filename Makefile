@@ -38,6 +38,29 @@ lesson_num   = $(firstword $(subst _, ,$(notdir $(1))))
 LESSONS     := $(foreach f,$(LESSON_SRCS),$(call lesson_num,$(f)))
 # Lessons with homework have a reference solution file of the same name in lessons/solutions/.
 HOMEWORK    := $(foreach f,$(LESSON_SRCS),$(if $(wildcard lessons/solutions/$(notdir $(f))),$(call lesson_num,$(f))))
+# Lessons that include <mpi.h> (lesson 16) build with mpicxx, the compiler wrapper of an MPI
+# installation: it runs $(CXX) (OMPI_CXX and MPICH_CXX tell it which) with MPI's include and
+# library flags, and they run under mpirun with NP ranks. MPI is optional, like CUDA: without
+# mpicxx and mpirun, make builds everything else and says how to get them. (MPICXX=none pretends
+# they are missing.)
+MPICXX      ?= mpicxx
+MPIRUN      ?= mpirun
+NP          ?= 2
+MPI_LESSONS := $(foreach f,$(shell grep -l '^#include <mpi.h>' $(LESSON_SRCS)),$(call lesson_num,$(f)))
+HAVE_MPI    := $(shell command -v $(MPICXX) >/dev/null 2>&1 && command -v $(MPIRUN) >/dev/null 2>&1 && echo yes)
+MPI_HINT    := lesson $(MPI_LESSONS) needs MPI, which is not installed: apt-get install openmpi-bin libopenmpi-dev (Debian, Ubuntu)
+# The lessons and homework that this machine can build.
+BUILT_LESSONS  := $(if $(HAVE_MPI),$(LESSONS),$(filter-out $(MPI_LESSONS),$(LESSONS)))
+BUILT_HOMEWORK := $(if $(HAVE_MPI),$(HOMEWORK),$(filter-out $(MPI_LESSONS),$(HOMEWORK)))
+# Open MPI's mpirun refuses root unless told, and more ranks than cores unless told: a container
+# or CI runs as root, and a small machine may have fewer cores than ranks. (Recursive `=`: the
+# shell runs only when a lesson is launched.)
+MPIRUN_FLAGS = $(if $(shell $(MPIRUN) --version 2>/dev/null | grep -q 'Open MPI' && echo y),--oversubscribe $(if $(filter 0,$(shell id -u)),--allow-run-as-root))
+MPI_LAUNCH   = $(MPIRUN) $(MPIRUN_FLAGS) -np $(NP)
+# How lesson $(1) starts: under mpirun when it is an MPI lesson, else by itself.
+launch       = $(if $(filter $(1),$(MPI_LESSONS)),$(MPI_LAUNCH) )
+# The compiler for a lesson source $(1): mpicxx wrapping $(CXX) for an MPI lesson.
+lesson_cxx   = $(if $(filter $(call lesson_num,$(1)),$(MPI_LESSONS)),OMPI_CXX=$(CXX) MPICH_CXX=$(CXX) $(MPICXX),$(CXX))
 # Engine exercise regions: `// BEGIN EXERCISE <name>` in engine.cpp.
 REGIONS     := $(shell sed -n 's|.*// BEGIN EXERCISE \([A-Za-z0-9_.]*\).*|\1|p' engine.cpp)
 SPLICE      := lessons/exercises.awk
@@ -48,7 +71,7 @@ SPLICE      := lessons/exercises.awk
 # the stub reports TODO).
 OTHER_TEST_BINS := $(B)/O0/tests $(B)/bench \
                    $(foreach r,$(REGIONS),$(B)/stubs/$(r)/tests) \
-                   $(foreach n,$(HOMEWORK),$(B)/lessons/$(n)-solution $(B)/lessons/$(n)-stub) \
+                   $(foreach n,$(BUILT_HOMEWORK),$(B)/lessons/$(n)-solution $(B)/lessons/$(n)-stub) \
                    $(B)/example $(B)/lessons/10
 
 # Keep generated sources and objects (make would otherwise delete them as intermediates).
@@ -61,7 +84,19 @@ fuzz: $(B)/tests
 	FUZZ_CALLS=$(or $(N),100000) FUZZ_GRAPHS=$(or $(N),forever) SEED=$(SEED) TEST_TIME_LIMIT=0 $(B)/tests --show-output fuzz/
 
 .PHONY: all test test-all run asan asan-tests valgrind valgrind-run valgrind-tests lessons lesson check exercise exercise-reset bench bench-gpu demo demo-gpu gpt-gpu data format format-check clean help
-all: $(B)/tests $(OTHER_TEST_BINS) $(foreach n,$(LESSONS),$(B)/lessons/$(n)) $(B)/demo
+all: $(B)/tests $(OTHER_TEST_BINS) $(foreach n,$(BUILT_LESSONS),$(B)/lessons/$(n)) $(B)/demo mpi-note
+
+# Without MPI, a note for each MPI lesson: make prints it, and tests.cpp skips that lesson's
+# homework proofs, quoting it. With MPI the notes go.
+.PHONY: mpi-note
+mpi-note:
+ifeq ($(HAVE_MPI),)
+	@mkdir -p $(B)/lessons
+	@for n in $(MPI_LESSONS); do echo "$(MPI_HINT)" > $(B)/lessons/$$n.not-built; done
+	@echo "not built: $(MPI_HINT)"
+else
+	@rm -f $(foreach n,$(MPI_LESSONS),$(B)/lessons/$(n).not-built)
+endif
 
 help:
 	@echo "make                  build everything (into build/)"
@@ -71,7 +106,8 @@ help:
 	@echo "make asan             lessons and tests under AddressSanitizer + UndefinedBehaviorSanitizer"
 	@echo "make valgrind         lessons and tests under valgrind's memcheck"
 	@echo "make lessons          build and run every lesson"
-	@echo "make lesson N=02      build and run one lesson (ARGS=\"--steps 200\" passes it flags)"
+	@echo "make lesson N=02      build and run one lesson (ARGS=\"--steps 200\" passes it flags);"
+	@echo "                      lesson 16 runs under mpirun with NP=2 ranks (it needs MPI)"
 	@echo "make check N=02       grade lesson 02's homework (SOLUTIONS=1: the reference solutions)"
 	@echo "make exercise E=name  blank an engine region for you to rewrite; regions: $(REGIONS)"
 	@echo "make exercise-reset   restore engine.cpp (your attempt is kept in .saved/)"
@@ -141,7 +177,7 @@ $(B)/O0/tests: tests.cpp engine.cpp engine.h $(B)/kernels.o $(B)/flags
 
 test: $(B)/tests
 	$(B)/tests $(FILTER)
-test-all: $(B)/tests $(OTHER_TEST_BINS)
+test-all: $(B)/tests $(OTHER_TEST_BINS) mpi-note
 	$(B)/tests --all $(FILTER)
 
 # Each region blanked on its own, linked with the same tests: its tests must then say TODO.
@@ -170,9 +206,9 @@ $(B)/asan32/%.o: %.cpp engine.h $(B)/flags
 # only their homework checks run. Everything runs many times slower here than natively, so the
 # harness's time limit per test is raised.
 SAN_ENV := ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1
-lesson_args = $(if $(filter 10 15,$(1)),--check)
+lesson_args = $(if $(filter 10 15 $(MPI_LESSONS),$(1)),--check)
 
-asan: $(foreach n,$(LESSONS),asan-lesson-$(n)) asan-tests
+asan: $(foreach n,$(BUILT_LESSONS),asan-lesson-$(n)) asan-tests
 asan-tests: $(B)/asan/tests
 	$(SAN_ENV) TEST_TIME_LIMIT=1800 $(B)/asan/tests $(FILTER)
 asan-lesson-%: $(B)/asan32/lessons/%
@@ -193,7 +229,7 @@ VALGRIND_ARCH := $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma
 valgrind:
 	@command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install valgrind)"; exit 2; }
 	@$(MAKE) --no-print-directory B=$(B)/valgrind ARCH='$(VALGRIND_ARCH)' DEFS=-DENGINE_SEPARATE_MULTIPLY_ADD valgrind-run
-valgrind-run: $(foreach n,$(LESSONS),valgrind-lesson-$(n)) valgrind-tests
+valgrind-run: $(foreach n,$(BUILT_LESSONS),valgrind-lesson-$(n)) valgrind-tests
 valgrind-tests: $(B)/tests
 	TEST_TIME_LIMIT=1800 $(VALGRIND) $(B)/tests $(FILTER)
 valgrind-lesson-%: $(B)/lessons/%
@@ -204,11 +240,12 @@ valgrind-lesson-%: $(B)/lessons/%
 # build/lessons/NN          the lesson as you edit it (run it; `--check` grades your homework)
 # build/lessons/NN-solution the same lesson with the reference solutions spliced in
 # build/lessons/NN-stub     the same lesson with every exercise blanked, whatever you wrote
+# (An MPI lesson's three are built by mpicxx; its homework check runs without mpirun.)
 LESSON_DEPS := $(B)/engine.o $(B)/kernels.o engine.h cuda_emu.h lessons/lesson.h $(B)/flags
 define lesson_rules
 $(B)/lessons/$(1): $(2) $(LESSON_DEPS)
 	@mkdir -p $$(@D)
-	$$(CXX) $$(CXXFLAGS) $$(STUB_FLAGS) -I. -Ilessons $(2) $(B)/engine.o $(B)/kernels.o -o $$@
+	$(call lesson_cxx,$(2)) $$(CXXFLAGS) $$(STUB_FLAGS) -I. -Ilessons $(2) $(B)/engine.o $(B)/kernels.o -o $$@
 $(B)/lessons/$(1)-solution.cpp: $(2) lessons/solutions/$(notdir $(2)) $$(SPLICE)
 	@mkdir -p $$(@D)
 	awk -v mode=splice -f $$(SPLICE) lessons/solutions/$(notdir $(2)) $(2) > $$@
@@ -216,28 +253,35 @@ $(B)/lessons/$(1)-stub.cpp: $(2) $$(SPLICE)
 	@mkdir -p $$(@D)
 	awk -v mode=blank -f $$(SPLICE) $(2) > $$@
 $(B)/lessons/$(1)-%: $(B)/lessons/$(1)-%.cpp $(LESSON_DEPS)
-	$$(CXX) $$(CXXFLAGS) $$(STUB_FLAGS) -I. -Ilessons $$< $(B)/engine.o $(B)/kernels.o -o $$@
+	$(call lesson_cxx,$(2)) $$(CXXFLAGS) $$(STUB_FLAGS) -I. -Ilessons $$< $(B)/engine.o $(B)/kernels.o -o $$@
 $(B)/asan32/lessons/$(1): $(2) $(B)/asan32/engine.o $(B)/asan32/kernels.o engine.h lessons/lesson.h $(B)/flags
 	@mkdir -p $$(@D)
-	$$(CXX) $$(CXXFLAGS) $$(SANITIZE) $$(STUB_FLAGS) -I. -Ilessons $(2) $(B)/asan32/engine.o $(B)/asan32/kernels.o -o $$@
+	$(call lesson_cxx,$(2)) $$(CXXFLAGS) $$(SANITIZE) $$(STUB_FLAGS) -I. -Ilessons $(2) $(B)/asan32/engine.o $(B)/asan32/kernels.o -o $$@
 endef
 $(foreach f,$(LESSON_SRCS),$(eval $(call lesson_rules,$(call lesson_num,$(f)),$(f))))
 
-lessons: $(foreach n,$(LESSONS),$(B)/lessons/$(n))
-	@set -e; for n in $(LESSONS); do echo "=== lesson $$n"; $(B)/lessons/$$n; done
+lessons: $(foreach n,$(BUILT_LESSONS),$(B)/lessons/$(n))
+	@set -e; for n in $(LESSONS); do echo "=== lesson $$n"; \
+	     case " $(BUILT_LESSONS) " in *" $$n "*) ;; *) echo "skipped: $(MPI_HINT)"; continue;; esac; \
+	     case " $(MPI_LESSONS) " in *" $$n "*) $(MPI_LAUNCH) $(B)/lessons/$$n;; *) $(B)/lessons/$$n;; esac; \
+	 done
 
 # N must name a lesson (or, for check, a lesson with homework): make's own "No rule to make
 # target" would not say which ones exist.
 known = case " $(2) " in *" $(1) "*) ;; *) echo "no $(3) $(1); there are: $(2)"; exit 2;; esac
+# An MPI lesson without MPI: say how to get it, and stop.
+mpi_or_hint = case " $(BUILT_LESSONS) " in *" $(1) "*) ;; *) echo "$(MPI_HINT)"; exit 2;; esac
 lesson:
 	@test -n "$(N)" || { echo "usage: make lesson N=02 [ARGS=\"...\"]   (lessons: $(LESSONS))"; exit 2; }
 	@$(call known,$(N),$(LESSONS),lesson)
+	@$(call mpi_or_hint,$(N))
 	@$(MAKE) --no-print-directory $(B)/lessons/$(N)
-	$(B)/lessons/$(N) $(ARGS)
+	$(call launch,$(N))$(B)/lessons/$(N) $(ARGS)
 
 check:
 	@test -n "$(N)" || { echo "usage: make check N=02 [SOLUTIONS=1]   (homework: $(HOMEWORK))"; exit 2; }
 	@$(call known,$(N),$(HOMEWORK),homework for lesson)
+	@$(call mpi_or_hint,$(N))
 	@$(MAKE) --no-print-directory $(B)/lessons/$(N)$(if $(SOLUTIONS),-solution)
 	@$(B)/lessons/$(N)$(if $(SOLUTIONS),-solution) --check
 

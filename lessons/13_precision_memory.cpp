@@ -537,40 +537,14 @@ static void mixed_precision_training() {
 // a gradient of the same size for each of them (PyTorch frees those as it goes; this engine
 // keeps them until the graph is freed).
 // ---------------------------------------------------------------------------------------------
-// Bytes per parameter of Adam training, the numbers in the comment above.
-namespace adam_bytes {
-const int fp32 = 4, fp16 = 2;
-const int fp32_training = fp32 + fp32 + fp32 + fp32;     // weight, gradient, m, v
-const int weight = fp16, gradient = fp16;                // mixed precision's 16-bit copies
-const int optimizer_state = fp32 + fp32 + fp32;          // fp32 master weight, m, v: ZeRO's K = 12
-const int mixed = weight + gradient + optimizer_state;   // 16
-}   // namespace adam_bytes
-
+// The bytes per parameter above are lesson.h's adam_bytes, which lesson 16 uses too.
 static void print_7b_row(const char* what, int bytes) {
     const double seven_b = 7e9, GB = 1e9;
     std::printf("%-52s  %9d  %9.0f GB\n", what, bytes, bytes * seven_b / GB);
 }
 
-// ZeRO (Rajbhandari et al., 2020) and FSDP. Plain data parallelism keeps all 16 bytes per
-// parameter on every one of the N devices. Sharding a buffer splits it into N pieces, one per
-// device (each device updates its piece; the gradients are reduce-scattered, the weights
-// all-gathered when needed). Stage 1 shards the 12 bytes of optimizer state, stage 2 also the
-// 2 bytes of gradient, stage 3 (FSDP's full sharding) also the 2 bytes of weights. For Ψ
-// parameters, bytes per device:
-//     stage 0: 16Ψ     stage 1: 4Ψ + 12Ψ/N     stage 2: 2Ψ + 14Ψ/N     stage 3: 16Ψ/N
-// Not counted: activations, and the buffers into which stage 3 gathers a layer's weights.
-static int sharded_bytes(int stage) {   // per parameter, split over the devices
-    const int sharded_in_order[] = {adam_bytes::optimizer_state, adam_bytes::gradient,
-                                    adam_bytes::weight};
-    int bytes = 0;
-    for (int s = 0; s < stage; ++s) bytes += sharded_in_order[s];
-    return bytes;
-}
-
-static double bytes_per_device(double params, int stage, int devices) {
-    const int sharded = sharded_bytes(stage), replicated = adam_bytes::mixed - sharded;
-    return params * replicated + params * sharded / devices;
-}
+// ZeRO (Rajbhandari et al., 2020) and FSDP: lesson.h gives each stage's bytes per device
+// (sharded_bytes, bytes_per_device, stage_formula), the formulas shared with lesson 16.
 
 // The fewest devices on which a stage fits in `capacity` bytes; 0: no number of devices does
 // (what every device keeps whole is already too much).
@@ -588,15 +562,6 @@ static int lowest_stage_that_fits(double params, double capacity) {
     int stage = 0;
     while (stage < 4 && fewest_devices(params, stage, capacity) == 0) ++stage;
     return stage;
-}
-
-static std::string stage_formula(int stage) {
-    const int sharded = sharded_bytes(stage), replicated = adam_bytes::mixed - sharded;
-    char buf[48];
-    if (sharded == 0) std::snprintf(buf, sizeof buf, "%dP", replicated);
-    else if (replicated == 0) std::snprintf(buf, sizeof buf, "%dP/N", sharded);
-    else std::snprintf(buf, sizeof buf, "%dP + %dP/N", replicated, sharded);
-    return buf;
 }
 
 static std::string fewest_text(double params, int stage, double capacity) {

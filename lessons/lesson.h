@@ -195,6 +195,50 @@ std::vector<T> to_host(const DeviceBuffer<T>& device) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// ZeRO's memory per device (lesson 13 §5 derives it, lesson 16 measures stage 1). Training with
+// Adam in mixed precision keeps, per parameter: a 16-bit weight (2 bytes) and gradient (2), and
+// the optimizer state, 12 bytes in fp32: the master weight, m and v (ZeRO's K = 12). In plain
+// fp32 it is weight 4 + gradient 4 + m 4 + v 4. Plain data parallelism keeps all of it on every
+// one of N devices. ZeRO (Rajbhandari et al., 2020) and FSDP shard it, one piece per device, each
+// updating its own piece (the gradients reduce-scattered, the weights all-gathered when needed):
+// stage 1 shards the optimizer state, stage 2 also the gradient, stage 3 (FSDP's full sharding)
+// also the weights. For Ψ parameters, bytes per device:
+//     stage 0: 16Ψ     stage 1: 4Ψ + 12Ψ/N     stage 2: 2Ψ + 14Ψ/N     stage 3: 16Ψ/N
+// Not counted: activations, and the buffers into which stage 3 gathers a layer's weights.
+// ---------------------------------------------------------------------------------------------
+namespace adam_bytes {
+const int fp32 = 4, fp16 = 2;
+const int fp32_training = fp32 + fp32 + fp32 + fp32;     // weight, gradient, m, v
+const int weight = fp16, gradient = fp16;                // mixed precision's 16-bit copies
+const int optimizer_state = fp32 + fp32 + fp32;          // fp32 master weight, m, v: ZeRO's K = 12
+const int mixed = weight + gradient + optimizer_state;   // 16
+}   // namespace adam_bytes
+
+// Bytes per parameter that a stage (0 to 3) splits over the devices: state, then gradient, weight.
+inline int sharded_bytes(int stage) {
+    const int sharded_in_order[] = {adam_bytes::optimizer_state, adam_bytes::gradient,
+                                    adam_bytes::weight};
+    int bytes = 0;
+    for (int s = 0; s < stage; ++s) bytes += sharded_in_order[s];
+    return bytes;
+}
+
+inline double bytes_per_device(double params, int stage, int devices) {
+    const int sharded = sharded_bytes(stage), replicated = adam_bytes::mixed - sharded;
+    return params * replicated + params * sharded / devices;
+}
+
+// "4P + 12P/N": a stage's bytes per device for P parameters on N devices.
+inline std::string stage_formula(int stage) {
+    const int sharded = sharded_bytes(stage), replicated = adam_bytes::mixed - sharded;
+    char buf[48];
+    if (sharded == 0) std::snprintf(buf, sizeof buf, "%dP", replicated);
+    else if (replicated == 0) std::snprintf(buf, sizeof buf, "%dP/N", sharded);
+    else std::snprintf(buf, sizeof buf, "%dP + %dP/N", replicated, sharded);
+    return buf;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Plots: a minimal SVG line chart, enough to see a loss curve or an error-versus-h slope.
 // Axes may be logarithmic (base 10); points that cannot be drawn (≤ 0 on a log axis, NaN, inf)
 // are skipped. Files go to build/plots/, which `make clean` removes.
