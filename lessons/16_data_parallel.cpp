@@ -21,9 +21,9 @@
 //   7. Where the time goes: computing against communicating, per step, and tokens per second of
 //      2 ranks against 1.
 //
-// Time, measured on a 2-core AMD EPYC (a virtual machine shared with other work), 2026-12-06:
-// about 1 minute, and 20 s with `--steps 20` (what CI runs), while other programs kept both
-// cores busy (a load average of 4); `--steps 20` took 8 s in a quieter moment.
+// Time, measured on a 2-core AMD EPYC, 2026-12-06: 18 s with nothing else running (2 ranks then
+// reached 1.67x the tokens a second of one process), about 1 minute while other programs kept
+// both cores busy; `--steps 20` (what CI runs) took 8 s quiet and 20 to 40 s busy.
 //
 // The data comes from `make data` (data/fortunes.txt). Without it the lesson says so and stops.
 // MPI comes from the system (Debian: apt-get install openmpi-bin libopenmpi-dev).
