@@ -35,12 +35,15 @@
 // Limits: ELF systems (Linux), one host thread.
 // Cost: a switch from one fiber to another is a few instructions of assembly on x86-64 and
 // AArch64 ("switching from one fiber to another" below; swapcontext elsewhere, which makes a
-// system call each time). Measured 2026-12-06 on our 2-core AMD EPYC, g++ 12 -O3, medians of 9:
-// a wait at __syncthreads() or in a warp shuffle costs @WAIT@ per thread (two switches and
-// the scheduler's work; with swapcontext @WAIT_UC@); a launch of one block of 32 threads
-// that do nothing @LAUNCH@ (@LAUNCH_UC@); matmul_v2 on 64³, 16 blocks of 256 threads that wait
-// 9 times each, @MM@ (`make bench`'s emulated_kernel; @MM_UC@); `demo --cuda`, 1,500 steps
-// of an MLP, @DEMO@ (about an hour before).
+// system call each time). Measured 2026-12-06 on our 2-core AMD EPYC, g++ 12 -O3, medians:
+//                                                            now          before (swapcontext)
+//   a wait at __syncthreads() or a warp shuffle, per thread  16-30 ns     0.5-1.1 µs
+//   a launch of one block of 32 threads that do nothing      1.1-1.5 µs   15.7 µs
+//   matmul_v2 on 64³: 16 blocks of 256 threads, 9 waits      1.2-1.4 ms   27-30 ms
+//   `demo --cuda`: 1,500 steps of an MLP on 600 points       3 min CPU    about an hour (est.)
+// (the matmul is `make bench`'s emulated_kernel row; the demo took 4 min 23 s while the machine
+// was shared.) A wait costs two switches, the scheduler's choice of the next thread, and the
+// cache misses of reaching another stack.
 #pragma once
 #ifdef __CUDACC__
 #error "cuda_emu.h stands in for CUDA on the CPU; nvcc builds use the real CUDA runtime"
