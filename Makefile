@@ -165,8 +165,9 @@ $(B)/f64/%.o: %.cpp engine.h $(B)/flags
 	@mkdir -p $(@D)
 	$(CXX) $(CXXFLAGS) $(F64) $(TEST_DEFS) -c $< -o $@
 
-# tests.cpp also includes lessons/lesson.h (the plots' ticks are tested).
-$(B)/f64/tests.o $(B)/O0/tests $(B)/asan/tests.o: lessons/lesson.h
+# tests.cpp also includes lessons/lesson.h (the plots' ticks are tested) and cuda_emu.h (it
+# launches kernels of its own).
+$(B)/f64/tests.o $(B)/O0/tests $(B)/asan/tests.o: lessons/lesson.h cuda_emu.h
 $(B)/tests: $(B)/f64/tests.o $(B)/f64/engine.o $(B)/kernels.o
 	$(CXX) $(CXXFLAGS) $^ -o $@
 
@@ -254,7 +255,7 @@ $(B)/lessons/$(1)-stub.cpp: $(2) $$(SPLICE)
 	awk -v mode=blank -f $$(SPLICE) $(2) > $$@
 $(B)/lessons/$(1)-%: $(B)/lessons/$(1)-%.cpp $(LESSON_DEPS)
 	$(call lesson_cxx,$(2)) $$(CXXFLAGS) $$(STUB_FLAGS) -I. -Ilessons $$< $(B)/engine.o $(B)/kernels.o -o $$@
-$(B)/asan32/lessons/$(1): $(2) $(B)/asan32/engine.o $(B)/asan32/kernels.o engine.h lessons/lesson.h $(B)/flags
+$(B)/asan32/lessons/$(1): $(2) $(B)/asan32/engine.o $(B)/asan32/kernels.o engine.h cuda_emu.h lessons/lesson.h $(B)/flags
 	@mkdir -p $$(@D)
 	$(call lesson_cxx,$(2)) $$(CXXFLAGS) $$(SANITIZE) $$(STUB_FLAGS) -I. -Ilessons $(2) $(B)/asan32/engine.o $(B)/asan32/kernels.o -o $$@
 endef

@@ -4174,6 +4174,101 @@ static void test_warp_ops() {
     }
 }
 
+// Fibers are switched by hand-written assembly (cuda_emu.h): a switch that lost a register or a
+// stack slot would corrupt whatever a thread keeps across a barrier. Each thread keeps six
+// integers (which the compiler holds in the callee-saved registers) and four doubles (on the
+// stack on x86-64, in d8-d15 on AArch64) live across 2 × 40 switches: a barrier, and a shuffle
+// that hands each lane its neighbour's b. A plain loop over all threads, round by round, is the
+// reference; integer arithmetic and doubles without fused multiply-adds give exactly its numbers.
+constexpr int switch_rounds = 40, switch_values = 10;
+struct SwitchState {
+    unsigned a, b, c, d, e, f;
+    double x, y, z, w;
+    void step(int round) {
+        a = a * 1664525u + 1013904223u;
+        b ^= a >> 7;
+        c += b * 31u;
+        d = (d << 3) ^ c;
+        e += d ^ unsigned(round);
+        f ^= e * 17u;
+        x = x * 0.75 + y;
+        y = y * 0.5 + z;
+        z = z * 0.25 + double(f % 100);
+        w = w - x * 0.125;
+    }
+};
+static SwitchState switch_start(unsigned seed) {
+    return {seed,  seed * 3 + 1, seed ^ 0x5bd1e995u, seed + 7,      seed * seed,
+            ~seed, seed * 0.5,   1.0 / (seed + 1.0), -double(seed), 2.0};
+}
+__global__ void many_switches_kernel(const unsigned* seeds, double* out) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    SwitchState s = switch_start(seeds[i]);
+    for (int round = 0; round < switch_rounds; ++round) {
+        s.step(round);
+        __syncthreads();
+        s.a += __shfl_xor_sync(0xffffffffu, s.b, 1);
+    }
+    const double values[switch_values] = {double(s.a), double(s.b), double(s.c), double(s.d),
+                                          double(s.e), double(s.f), s.x,         s.y,
+                                          s.z,         s.w};
+    for (int k = 0; k < switch_values; ++k) out[i * switch_values + k] = values[k];
+}
+
+static void test_many_switches() {
+    const int threads = 64, blocks = 3, n = threads * blocks;
+    std::vector<unsigned> seeds(n);
+    for (int i = 0; i < n; ++i) seeds[std::size_t(i)] = unsigned(1000 + 7 * i);
+    std::vector<SwitchState> want(std::size_t(n), SwitchState{});
+    for (int i = 0; i < n; ++i) want[std::size_t(i)] = switch_start(seeds[std::size_t(i)]);
+    for (int round = 0; round < switch_rounds; ++round) {
+        for (SwitchState& s : want) s.step(round);
+        std::vector<unsigned> b(want.size());   // every lane reads its neighbour's b at once
+        for (int i = 0; i < n; ++i) b[std::size_t(i)] = want[std::size_t(i)].b;
+        for (int i = 0; i < n; ++i) want[std::size_t(i)].a += b[std::size_t(i ^ 1)];
+    }
+    DeviceBuffer<unsigned> Seeds = to_device(seeds);
+    DeviceBuffer<double> Out(std::size_t(n * switch_values));
+    LAUNCH(many_switches_kernel, blocks, threads)(Seeds.data(), Out.data());
+    const std::vector<double> got = to_host(Out);
+    for (int i = 0; i < n; ++i) {
+        const SwitchState& s = want[std::size_t(i)];
+        const double values[switch_values] = {double(s.a), double(s.b), double(s.c), double(s.d),
+                                              double(s.e), double(s.f), s.x,         s.y,
+                                              s.z,         s.w};
+        for (int k = 0; k < switch_values; ++k)
+            CHECK(got[std::size_t(i * switch_values + k)] == values[k],
+                  "thread " + std::to_string(i) + ", value " + std::to_string(k) + ": " +
+                      show(got[std::size_t(i * switch_values + k)]) + " vs " + show(values[k]));
+    }
+}
+
+// An exception that a kernel's thread throws leaves the launch with its type and message, while
+// the other threads wait at a barrier or in a shuffle; their fibers are abandoned, and the next
+// launch starts them afresh.
+struct KernelTestError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+__global__ void throwing_kernel(float* y) {
+    const int t = threadIdx.x;
+    y[t] = __shfl_xor_sync(0xffffffffu, float(t), 1);
+    if (blockIdx.x == 1 && t == 37) throw KernelTestError("thread 37 gives up");
+    __syncthreads();
+    y[t] = 1;
+}
+
+static void test_kernel_exceptions() {
+    DeviceBuffer<float> Y(64);
+    bool caught = false;
+    try {
+        LAUNCH(throwing_kernel, 2, 64)(Y.data());
+    } catch (const KernelTestError& e) {
+        caught = std::string(e.what()) == "thread 37 gives up";
+    }
+    CHECK(caught, "the kernel's KernelTestError, with its message, leaves the launch");
+    test_many_switches();   // the abandoned fibers start afresh
+}
+
 // Block 0 writes its shared memory; block 1 reads it without writing: it must see NaN, not
 // block 0's data. Also: memory from cudaMalloc is NaN until written.
 __global__ void shared_leak_kernel(float* y) {
@@ -4397,6 +4492,13 @@ TEST("cuda", "cuda_emu: deadlocks are reported at the launch") {
 }
 TEST("cuda", "cuda_emu: warp shuffles and ballot") {
     cuda_tests::under_every_schedule(cuda_tests::test_warp_ops);
+}
+TEST("cuda", "cuda_emu: 6 integers and 4 doubles per thread kept across 80 fiber switches") {
+    cuda_tests::under_every_schedule(cuda_tests::test_many_switches);
+}
+TEST("cuda",
+     "cuda_emu: a kernel's exception leaves the launch with its type; the next launch runs") {
+    cuda_tests::under_every_schedule(cuda_tests::test_kernel_exceptions);
 }
 TEST("cuda", "cuda_emu: NaN-filled memory, per-block shared memory, atomicAdd") {
     cuda_tests::once(cuda_tests::test_nan_fill_and_atomics);

@@ -9,8 +9,8 @@
 // It prints a progress line while it trains, the final accuracy, and writes two plots:
 // build/plots/demo_loss.svg and build/plots/demo_decision_boundary.svg.
 // `demo --cuda` runs the same loop with the model and the data on Device::CUDA (engine.cpp
-// Part 5). It is meant for a GPU (`make demo-gpu`); through the emulator each step takes over two
-// seconds (an hour for the run, which ends as on the CPU: loss 0.0066, accuracy 0.9967), so there
+// Part 5). It is meant for a GPU (`make demo-gpu`); through the emulator each step takes about
+// 0.12 s (3 minutes for the run, which ends as on the CPU: loss 0.0066, accuracy 0.9967), so there
 // the tests run the same loop on a tiny model instead.
 
 #include "lesson.h"
