@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <fstream>
 #include <functional>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <sys/stat.h>
@@ -244,31 +245,41 @@ static void mlp_step(Report& report, int threads) {
 // One training step of lesson 15's GPT (nanoGPT's "baby GPT": V 114, T 64, L 4, H 4, D 128),
 // batch 12: forward, cross-entropy over the 768 next-token predictions, backward, clipping at
 // 1.0, AdamW with weight decay 0.1 on the 2-D matrices and none on biases and gains.
-static void gpt_step(Report& report, int threads) {
-    Rng rng(4);
-    const GPTConfig config{114, 64, 4, 4, 128};
-    const nn::GPT model(config, rng);
+// Lesson 15's step on `model`: its two AdamW groups (decay 0.1 on the 2-D matrices, none on
+// biases and gains), the loss, backward, clipping at 1.0. The returned function runs one step
+// and returns its loss.
+static std::function<double()> gpt_training_step(const nn::GPT& model, const std::vector<int>& ids,
+                                                 const std::vector<int>& targets, int B, int T) {
     std::vector<Tensor> matrices, others;
     for (const Tensor& p : model.parameters()) {
         if (p.rank() == 2) matrices.push_back(p);
         else others.push_back(p);
     }
-    AdamW decayed(matrices, 1e-3, 0.9, 0.99, 1e-8, 0.1),
-        not_decayed(others, 1e-3, 0.9, 0.99, 1e-8, 0);
+    auto decayed = std::make_shared<AdamW>(matrices, 1e-3, 0.9, 0.99, 1e-8, 0.1);
+    auto not_decayed = std::make_shared<AdamW>(others, 1e-3, 0.9, 0.99, 1e-8, 0);
+    return [&model, &ids, &targets, B, T, decayed, not_decayed] {
+        decayed->zero_grad();
+        not_decayed->zero_grad();
+        const Tensor loss = model.loss(ids, targets, B, T);
+        loss.backward();
+        clip_grad_norm(model.parameters(), 1.0);
+        decayed->step();
+        not_decayed->step();
+        return double(loss.item());
+    };
+}
+
+static void gpt_step(Report& report, int threads) {
+    Rng rng(4);
+    const GPTConfig config{114, 64, 4, 4, 128};
+    const nn::GPT model(config, rng);
     const int B = 12, T = 64;
     std::vector<int> ids, targets;
     for (int i = 0; i < B * T; ++i) {
         ids.push_back(int(rng.below(114)));
         targets.push_back(int(rng.below(114)));
     }
-    auto step = [&] {
-        decayed.zero_grad();
-        not_decayed.zero_grad();
-        model.loss(ids, targets, B, T).backward();
-        clip_grad_norm(model.parameters(), 1.0);
-        decayed.step();
-        not_decayed.step();
-    };
+    const std::function<double()> step = gpt_training_step(model, ids, targets, B, T);
     report.row("gpt_step", threads, "L4 H4 D128 T64/b12", time_ms(step, 11), "ms");
 }
 
@@ -608,24 +619,9 @@ static void gpu_gpt_step(Report& report, bool small) {
     const nn::GPT on_cpu(config, init_cpu);
     nn::GPT model(config, init_device);
     model.to(Device::CUDA);
-    std::vector<Tensor> matrices, others;
-    for (const Tensor& p : model.parameters()) {
-        if (p.rank() == 2) matrices.push_back(p);
-        else others.push_back(p);
-    }
-    AdamW decayed(matrices, 1e-3, 0.9, 0.99, 1e-8, 0.1),
-        not_decayed(others, 1e-3, 0.9, 0.99, 1e-8, 0);
+    const std::function<double()> train = gpt_training_step(model, ids, targets, B, T);
     double loss = 0;
-    auto step = [&] {
-        decayed.zero_grad();
-        not_decayed.zero_grad();
-        const Tensor l = model.loss(ids, targets, B, T);
-        l.backward();
-        clip_grad_norm(model.parameters(), 1.0);
-        decayed.step();
-        not_decayed.step();
-        loss = l.item();
-    };
+    auto step = [&] { loss = train(); };
     step();
     const double want = on_cpu.loss(ids, targets, B, T).item();
     if (!(std::fabs(loss - want) <= 1e-4 * want))

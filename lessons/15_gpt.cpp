@@ -160,16 +160,9 @@ static void describe_vocabulary(const ByteVocabulary& vocabulary) {
                 "  terminal jokes; the bytes from 80 up are pieces of accented letters.)\n");
 }
 
-// False (after saying what to do) when data/fortunes.txt is missing: the lesson then ends
-// quietly, as lesson 10 does without its images, so that `make lessons` still passes on a
-// machine without the data.
+// False (after saying what to do) when data/fortunes.txt is missing (lesson.h).
 static bool load_corpus(Corpus& corpus) {
-    if (!std::ifstream(corpus_path)) {
-        std::printf("\nNo %s here: this lesson needs the text. Run `make data` first\n"
-                    "(from the repository root, where the lesson looks for data/).\n",
-                    corpus_path);
-        return false;
-    }
+    if (!have_text(corpus_path)) return false;
     const std::string text = load_text(corpus_path);
     const TextSplit split = split_text(text, 0.9);
     corpus.bytes = text.size();

@@ -124,14 +124,9 @@ struct Corpus {
 
 static const char* const corpus_path = "data/fortunes.txt";
 
-// False (after saying what to do) when data/fortunes.txt is missing, as in lesson 15.
+// False (after saying what to do) when data/fortunes.txt is missing (lesson.h).
 static bool load_corpus(Corpus& corpus) {
-    if (!std::ifstream(corpus_path)) {
-        std::printf("\nNo %s here: this lesson needs the text. Run `make data` first\n"
-                    "(from the repository root, where the lesson looks for data/).\n",
-                    corpus_path);
-        return false;
-    }
+    if (!have_text(corpus_path)) return false;
     const std::string text = load_text(corpus_path);
     corpus.vocabulary = ByteVocabulary(text);
     corpus.train = corpus.vocabulary.encode(split_text(text, 0.9).train);

@@ -121,6 +121,16 @@ inline int run_lesson(int argc, char** argv, int (*parse_options)(int, char**), 
 // A section title, printed the same way by every lesson so its output reads as one document.
 inline void heading(const char* title) { std::printf("\n== %s\n\n", title); }
 
+// False, after saying what to do, when the text `make data` brings (lessons 15 and 16) is not
+// there: the lesson then ends quietly, so that `make lessons` passes on a machine without it.
+inline bool have_text(const char* path) {
+    if (std::ifstream(path)) return true;
+    std::printf("\nNo %s here: this lesson needs the text. Run `make data` first\n"
+                "(from the repository root, where the lesson looks for data/).\n",
+                path);
+    return false;
+}
+
 // max |a[i] − b[i]|: how far two computations of the same numbers (fused and composed, say)
 // disagree. Vectors of different sizes cannot agree: infinity.
 inline double max_difference(const std::vector<real>& a, const std::vector<real>& b) {
