@@ -26,9 +26,10 @@
 // The last line is `val loss: X.XXXX`, the final validation loss.
 //
 // Time, measured on a 2-core AMD EPYC (a virtual machine whose speed drifts): the whole lesson
-// took 1 min 56 s with nothing else running (2 min 14 s in a slower hour), ending at a
-// validation loss of 2.011. The 2,000 steps ran at 13,700 to 20,700 tokens a second (37 to 56 ms
-// a step, README "How fast is it"), and the 11 evaluations of 200 batches took about 2.8 s each.
+// took 1 min 51 s and 1 min 56 s in two runs with nothing else running (2 min 14 s in a slower
+// hour), ending at a validation loss of 2.011. The 2,000 steps ran at 13,700 to 20,700 tokens a
+// second (37 to 56 ms a step, README "How fast is it"), and the 11 evaluations of 200 batches
+// took about 2.8 s each.
 // `--steps 200` takes about 10 s.
 // Sampling 500 tokens through the KV cache takes about 0.2 s (0.18 to 0.22 ms a token for the
 // model; recomputing the prefix took 1.5 to 2.2 ms a token, 8 to 12x more, in three runs).
