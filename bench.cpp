@@ -255,6 +255,7 @@ static std::function<double()> gpt_training_step(const nn::GPT& model, const std
         if (p.rank() == 2) matrices.push_back(p);
         else others.push_back(p);
     }
+    // Shared, because the returned function owns them and a std::function must be copyable.
     auto decayed = std::make_shared<AdamW>(matrices, 1e-3, 0.9, 0.99, 1e-8, 0.1);
     auto not_decayed = std::make_shared<AdamW>(others, 1e-3, 0.9, 0.99, 1e-8, 0);
     return [&model, &ids, &targets, B, T, decayed, not_decayed] {

@@ -391,6 +391,18 @@ inline void widen_axis(Axis& axis, double span, bool whole_numbers) {
     add_linear_ticks(axis, nice_step(span, whole_numbers));
 }
 
+// Writes an SVG drawing to build/plots/<name>.svg, says so, and returns the path.
+inline std::string save_svg(const std::string& name, const std::string& svg, const char* what) {
+    ::mkdir("build", 0755);
+    ::mkdir("build/plots", 0755);
+    const std::string path = "build/plots/" + name + ".svg";
+    std::ofstream f(path);
+    if (!f) throw std::runtime_error(std::string(what) + ": cannot write " + path);
+    f << svg;
+    std::printf("  (%s written to %s)\n", what, path.c_str());
+    return path;
+}
+
 struct Plot {
     std::string title, x_label, y_label;
     bool log_x = false, log_y = false;
@@ -414,16 +426,7 @@ struct Plot {
     }
 
     // Writes build/plots/<name>.svg and returns its path.
-    std::string save(const std::string& name) const {
-        ::mkdir("build", 0755);
-        ::mkdir("build/plots", 0755);
-        const std::string path = "build/plots/" + name + ".svg";
-        std::ofstream f(path);
-        if (!f) throw std::runtime_error("Plot::save: cannot write " + path);
-        f << svg();
-        std::printf("  (plot written to %s)\n", path.c_str());
-        return path;
-    }
+    std::string save(const std::string& name) const { return save_svg(name, svg(), "plot"); }
 
     // The two axes as they will be drawn (tests read their ticks).
     void axes(Axis& x_axis, Axis& y_axis) const {
@@ -660,14 +663,5 @@ struct HeatMap {
     }
 
     // Writes build/plots/<name>.svg and returns its path.
-    std::string save(const std::string& name) const {
-        ::mkdir("build", 0755);
-        ::mkdir("build/plots", 0755);
-        const std::string path = "build/plots/" + name + ".svg";
-        std::ofstream f(path);
-        if (!f) throw std::runtime_error("HeatMap::save: cannot write " + path);
-        f << svg();
-        std::printf("  (heat map written to %s)\n", path.c_str());
-        return path;
-    }
+    std::string save(const std::string& name) const { return save_svg(name, svg(), "heat map"); }
 };
